@@ -1,0 +1,82 @@
+/* Shared definitions for obsd's uprobe programs on Go binaries (amd64). */
+#ifndef OBSD_H
+#define OBSD_H
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+typedef __u8 u8;
+typedef __u16 u16;
+typedef __u32 u32;
+typedef __u64 u64;
+typedef __s64 s64;
+
+/* User-space register layout the kernel hands uprobe programs on x86-64.
+ * Defined here so the build needs no arch-specific kernel headers. */
+struct pt_regs {
+	unsigned long r15, r14, r13, r12, bp, bx, r11, r10, r9, r8;
+	unsigned long ax, cx, dx, si, di, orig_ax, ip, cs, flags, sp, ss;
+};
+
+/* Go's register ABI (ABIInternal, Go 1.17+ on amd64): integer arguments in
+ * RAX, RBX, RCX, RDI, RSI, R8, R9, R10, R11; the current g in R14. At a
+ * function's PUSHQ BP the arguments are still in their registers. */
+#define GO_ARG1(r) ((r)->ax)
+#define GO_ARG2(r) ((r)->bx)
+#define GO_ARG3(r) ((r)->cx)
+#define GO_ARG4(r) ((r)->di)
+#define GO_G(r) ((r)->r14)
+
+/* An offset constant left at OFF_NONE means the field does not exist in the
+ * target's version; the loader rewrites every offset it knows. */
+#define OFF_NONE ((u64)-1)
+
+/* Indexes of the per-CPU counters user space reads at scrape time. */
+enum obsd_counter {
+	CNT_RINGBUF_FULL = 0, /* record not submitted: ring buffer full */
+	CNT_INFLIGHT_FULL,    /* start not recorded: in-flight map full */
+	CNT_ACTIVE_FULL,      /* active gauge not updated: map full */
+	CNT_UNMATCHED_END,    /* end seen without its start (attached mid-request) */
+	CNT_STALE_START,      /* start replaced one that never ended (panic, hijack) */
+	CNT_READ_FAILED,      /* a user-memory read failed; the record is marked */
+	CNT_MAX,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CNT_MAX);
+	__type(key, u32);
+	__type(value, u64);
+} obsd_counters SEC(".maps");
+
+static __always_inline void count(u32 idx)
+{
+	u64 *v = bpf_map_lookup_elem(&obsd_counters, &idx);
+	if (v)
+		*v += 1; /* per-CPU slot: no atomics needed */
+}
+
+/* A Go string header. */
+struct go_string {
+	u64 ptr;
+	u64 len;
+};
+
+/* read_go_string copies at most max bytes of the Go string whose header is
+ * at addr into dst and returns the string's full length (so the caller can
+ * tell truncation), or -1 if the header could not be read. */
+static __always_inline s64 read_go_string(void *dst, u32 max, u64 addr, u32 *copied)
+{
+	struct go_string s;
+	*copied = 0;
+	if (bpf_probe_read_user(&s, sizeof(s), (void *)addr) != 0)
+		return -1;
+	u32 n = s.len < max ? (u32)s.len : max;
+	if (n > 0 && bpf_probe_read_user(dst, n, (void *)s.ptr) != 0)
+		return -1;
+	*copied = n;
+	return (s64)s.len;
+}
+
+#endif

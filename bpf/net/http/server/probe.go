@@ -1,0 +1,94 @@
+// Package server is the probe for net/http servers: one record per HTTP/1
+// request, from serverHandler.ServeHTTP to (*response).finishRequest.
+package server
+
+import (
+	"encoding/binary"
+	"fmt"
+	"unsafe"
+
+	"github.com/obsd-dev/obsd/bpf/probe"
+)
+
+// Record flags, as set by probe.bpf.c.
+const (
+	flagPathTruncated    = 1
+	flagPatternTruncated = 2
+	flagReadFailed       = 4
+)
+
+// RecordSize is the size of one ring-buffer record.
+const RecordSize = int(unsafe.Sizeof(bpfHttpServerEvent{}))
+
+func field(pkg, typ, name string) probe.Field {
+	return probe.Field{Module: "std", Package: pkg, Struct: typ, Field: name}
+}
+
+// New returns the probe declaration.
+func New() *probe.Probe {
+	return &probe.Probe{
+		Name:  "net/http/server",
+		MinGo: "go1.21",
+		Sites: []probe.Site{
+			{Symbol: "net/http.serverHandler.ServeHTTP", Program: "http_server_start"},
+			{Symbol: "net/http.(*response).finishRequest", Program: "http_server_end"},
+		},
+		Consts: []probe.Const{
+			{Name: "off_request_method", Field: field("net/http", "Request", "Method")},
+			{Name: "off_request_url", Field: field("net/http", "Request", "URL")},
+			{Name: "off_request_pattern", Field: field("net/http", "Request", "Pattern"), Optional: true},
+			{Name: "off_request_pat", Field: field("net/http", "Request", "pat"), Optional: true},
+			{Name: "off_pattern_str", Field: field("net/http", "pattern", "str"), Optional: true},
+			{Name: "off_url_path", Field: field("net/url", "URL", "Path")},
+			{Name: "off_response_req", Field: field("net/http", "response", "req")},
+			{Name: "off_response_status", Field: field("net/http", "response", "status")},
+		},
+		ProcessMaps: map[string]int{
+			"http_server_inflight": int(unsafe.Offsetof(bpfInflightKey{}.Tgid)),
+			"http_server_active":   int(unsafe.Offsetof(bpfActiveKey{}.Tgid)),
+		},
+		ActiveMap: "http_server_active",
+		// Indexed like enum method_idx in probe.bpf.c.
+		ActiveMethods: []string{"_OTHER", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"},
+		Spec:          loadBpf,
+		RecordSize: RecordSize,
+		Decode:     Decode,
+	}
+}
+
+// Decode turns one ring-buffer record into a Request. It reads fields at
+// their offsets in the generated struct rather than through reflection: it
+// runs once per request.
+func Decode(raw []byte) (probe.Request, error) {
+	if len(raw) < RecordSize {
+		return probe.Request{}, fmt.Errorf("decoding http server record: %d bytes, want %d", len(raw), RecordSize)
+	}
+	var e bpfHttpServerEvent
+	ne := binary.NativeEndian
+	flags := raw[unsafe.Offsetof(e.Flags)]
+	methodLen := int(raw[unsafe.Offsetof(e.MethodLen)])
+	if flags&flagReadFailed != 0 && methodLen == 0 {
+		return probe.Request{}, fmt.Errorf("decoding http server record: target memory unreadable")
+	}
+	status := int(ne.Uint16(raw[unsafe.Offsetof(e.Status):]))
+	if status == 0 {
+		// finishRequest writes 200 for handlers that wrote nothing.
+		status = 200
+	}
+	return probe.Request{
+		Kind:      probe.KindHTTPServer,
+		PID:       ne.Uint32(raw[unsafe.Offsetof(e.Tgid):]),
+		StartNS:   ne.Uint64(raw[unsafe.Offsetof(e.StartNs):]),
+		EndNS:     ne.Uint64(raw[unsafe.Offsetof(e.EndNs):]),
+		Method:    str(raw, unsafe.Offsetof(e.Method), len(e.Method), methodLen),
+		Path:      str(raw, unsafe.Offsetof(e.Path), len(e.Path), int(ne.Uint16(raw[unsafe.Offsetof(e.PathLen):]))),
+		Pattern:   str(raw, unsafe.Offsetof(e.Pattern), len(e.Pattern), int(ne.Uint16(raw[unsafe.Offsetof(e.PatternLen):]))),
+		Status:    status,
+		Truncated: flags&(flagPathTruncated|flagPatternTruncated) != 0,
+	}, nil
+}
+
+// str copies n bytes (at most capacity) of the char array at off.
+func str(raw []byte, off uintptr, capacity, n int) string {
+	return string(raw[off : off+uintptr(min(n, capacity))])
+}

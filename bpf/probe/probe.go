@@ -1,0 +1,97 @@
+// Package probe describes an eBPF probe as data: where it attaches in a Go
+// binary, which struct field offsets it needs as C constants, which Go
+// versions it supports, and how its ring-buffer records decode. Attaching,
+// constant injection and reading live in internal/uprobes; a probe package
+// only declares.
+package probe
+
+import (
+	"github.com/cilium/ebpf"
+)
+
+// Site is one attach point. Every site is the entry of a Go function, placed
+// on the prologue's PUSHQ BP (an instruction the kernel emulates, so a hit
+// costs no single-step); there are no return probes.
+type Site struct {
+	// Symbol is the Go function, e.g. "net/http.serverHandler.ServeHTTP".
+	Symbol string
+	// Program is the name of the BPF program in the collection spec.
+	Program string
+}
+
+// Field names a struct field whose byte offset a probe needs.
+type Field struct {
+	// Module is "std" for the standard library, else the module path
+	// (e.g. "google.golang.org/grpc"); it selects which version keys the
+	// fallback offsets table.
+	Module string
+	// Package is the import path, e.g. "net/http".
+	Package string
+	// Struct is the type name within Package, e.g. "Request".
+	Struct string
+	// Field is the field name, e.g. "Method".
+	Field string
+}
+
+// Const binds a C `volatile const` in the BPF object to a field offset.
+type Const struct {
+	// Name of the constant in the BPF object.
+	Name string
+	Field Field
+	// Optional fields exist only in some versions (net/http.Request.Pattern
+	// since Go 1.23). When absent, the constant keeps the object's default,
+	// which the C code must treat as "not present".
+	Optional bool
+}
+
+// Probe is the whole declaration of one instrumentation.
+type Probe struct {
+	// Name is short and stable; it appears in logs and metric labels.
+	Name string
+	// MinGo is the oldest Go release supported, as "go1.21".
+	MinGo string
+	Sites []Site
+	Consts []Const
+	// Spec loads the compiled BPF collection.
+	Spec func() (*ebpf.CollectionSpec, error)
+	// RecordSize is the byte size of one ring-buffer record.
+	RecordSize int
+	// Decode turns one ring-buffer record into a Request. It must not keep
+	// raw, which the reader reuses.
+	Decode func(raw []byte) (Request, error)
+	// ProcessMaps lists maps whose keys hold a tgid, by name, with the tgid's
+	// byte offset in the key: entries of an exited process are deleted.
+	ProcessMaps map[string]int
+	// ActiveMap, if set, names a hash map keyed by {u32 tgid, u32 method
+	// index} with an s64 count of requests in flight; ActiveMethods maps a
+	// method index to its semconv name.
+	ActiveMap     string
+	ActiveMethods []string
+}
+
+// Kind says which side of which protocol a Request was observed on.
+type Kind uint8
+
+const (
+	KindHTTPServer Kind = iota + 1
+)
+
+// Request is one observed call, free of BPF types.
+type Request struct {
+	Kind Kind
+	// PID is the thread group ID of the observed process.
+	PID uint32
+	// StartNS and EndNS are CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns).
+	StartNS, EndNS uint64
+	// Method is the request method as sent, e.g. "GET".
+	Method string
+	// Path is the URL path as received (may be truncated, see Truncated).
+	Path string
+	// Pattern is the ServeMux pattern that routed the request, as written
+	// in the program ("GET /items/{id}"), or "" when none did.
+	Pattern string
+	// Status is the response status code; 0 never leaves the decoder.
+	Status int
+	// Truncated is set when Path or Pattern were longer than the record.
+	Truncated bool
+}

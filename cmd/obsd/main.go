@@ -1,0 +1,148 @@
+// Command obsd instruments Go services with eBPF uprobes and exports their
+// RED metrics and spans, without changes to their code.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/obsd-dev/obsd/internal/agent"
+	"github.com/obsd-dev/obsd/internal/discover"
+	otelexport "github.com/obsd-dev/obsd/internal/export/otel"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Getenv, os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "obsd:", err)
+		os.Exit(1)
+	}
+}
+
+// config is everything flags and environment say.
+type config struct {
+	agent    agent.Config
+	logLevel slog.Level
+}
+
+// parse reads flags, each with an OBSD_* environment equivalent; a flag
+// given on the command line wins over the environment.
+func parse(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
+	var (
+		c      config
+		pids   intList
+		ports  intList
+		exes   strList
+		traces string
+		level  string
+	)
+	fs := flag.NewFlagSet("obsd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Var(&pids, "pid", "instrument this process ID (repeatable; env OBSD_PID, comma-separated)")
+	fs.Var(&exes, "exe", "instrument processes whose executable path matches this glob (repeatable; env OBSD_EXE, comma-separated)")
+	fs.Var(&ports, "port", "instrument the process listening on this TCP port (repeatable; env OBSD_PORT, comma-separated)")
+	fs.StringVar(&c.agent.Listen, "listen", envOr(getenv, "OBSD_LISTEN", ":9400"), "address of /metrics, /healthz, /readyz (env OBSD_LISTEN)")
+	fs.StringVar(&traces, "traces", getenv("OBSD_TRACES"), "span export: otlp, stdout or none (env OBSD_TRACES; default otlp when OTEL_EXPORTER_OTLP_*ENDPOINT is set, else none)")
+	fs.StringVar(&level, "log-level", envOr(getenv, "OBSD_LOG_LEVEL", "info"), "debug, info, warn or error (env OBSD_LOG_LEVEL)")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	for _, env := range []struct {
+		name string
+		into flag.Value
+		set  bool
+	}{{"OBSD_PID", &pids, len(pids) > 0}, {"OBSD_EXE", &exes, len(exes) > 0}, {"OBSD_PORT", &ports, len(ports) > 0}} {
+		v := getenv(env.name)
+		if v == "" || env.set {
+			continue
+		}
+		for _, item := range strings.Split(v, ",") {
+			if err := env.into.Set(strings.TrimSpace(item)); err != nil {
+				return c, fmt.Errorf("%s: %w", env.name, err)
+			}
+		}
+	}
+	c.agent.Criteria = discover.Criteria{PIDs: pids, ExeGlobs: exes, Ports: ports}
+	if c.agent.Criteria.Empty() {
+		return c, errors.New("nothing to instrument: give --pid, --exe or --port (or OBSD_PID, OBSD_EXE, OBSD_PORT)")
+	}
+	mode, err := otelexport.ModeFromEnv(traces, getenv)
+	if err != nil {
+		return c, err
+	}
+	c.agent.Traces = mode
+	if err := c.logLevel.UnmarshalText([]byte(level)); err != nil {
+		return c, fmt.Errorf("--log-level: %w", err)
+	}
+	return c, nil
+}
+
+func run(args []string, getenv func(string) string, stderr io.Writer) error {
+	c, err := parse(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: c.logLevel}))
+	c.agent.Logger = log
+	c.agent.Version = version()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	a, err := agent.New(ctx, c.agent)
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}
+
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "devel"
+}
+
+func envOr(getenv func(string) string, name, def string) string {
+	if v := getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+type intList []int
+
+func (l *intList) String() string { return fmt.Sprint([]int(*l)) }
+func (l *intList) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 {
+		return fmt.Errorf("not a positive number: %q", s)
+	}
+	*l = append(*l, n)
+	return nil
+}
+
+type strList []string
+
+func (l *strList) String() string { return strings.Join(*l, ",") }
+func (l *strList) Set(s string) error {
+	if s == "" {
+		return errors.New("empty value")
+	}
+	*l = append(*l, s)
+	return nil
+}

@@ -1,0 +1,78 @@
+package uprobes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf/ringbuf"
+)
+
+// PollInterval bounds how long a record waits in the ring buffer. Probes
+// submit with BPF_RB_NO_WAKEUP (a wakeup costs the target several µs per
+// request), so the reader wakes on a timer instead.
+const PollInterval = 50 * time.Millisecond
+
+// Run reads every probe's ring buffer until ctx is done, handing decoded
+// requests to the Sink. beat, if not nil, is called after every poll so a
+// liveness check can tell the loop is alive.
+func (m *Manager) Run(ctx context.Context, beat func()) error {
+	var wg sync.WaitGroup
+	errs := make([]error, len(m.probes))
+	readers := make([]*ringbuf.Reader, len(m.probes))
+	for i, lp := range m.probes {
+		rd, err := ringbuf.NewReader(lp.maps["events"])
+		if err != nil {
+			for _, r := range readers[:i] {
+				r.Close()
+			}
+			return fmt.Errorf("opening ring buffer of probe %s: %w", lp.Name, err)
+		}
+		readers[i] = rd
+	}
+	for i, lp := range m.probes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = m.read(lp, readers[i], beat)
+		}()
+	}
+	<-ctx.Done()
+	for _, rd := range readers {
+		rd.Close()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (m *Manager) read(lp *loadedProbe, rd *ringbuf.Reader, beat func()) error {
+	var rec ringbuf.Record
+	rd.SetDeadline(time.Now().Add(PollInterval))
+	for {
+		err := rd.ReadInto(&rec)
+		switch {
+		case err == nil:
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			// Everything pending was read; sleep until the next poll.
+			if beat != nil {
+				beat()
+			}
+			rd.SetDeadline(time.Now().Add(PollInterval))
+			continue
+		case errors.Is(err, ringbuf.ErrClosed):
+			return nil
+		default:
+			return fmt.Errorf("reading ring buffer of probe %s: %w", lp.Name, err)
+		}
+		req, err := lp.Decode(rec.RawSample)
+		if err != nil {
+			m.stats.decodeError(lp.Name, err)
+			continue
+		}
+		m.stats.event(lp.Name)
+		m.sink.Request(req)
+	}
+}

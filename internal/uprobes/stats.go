@@ -1,0 +1,190 @@
+package uprobes
+
+import (
+	"encoding/binary"
+	"errors"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cilium/ebpf"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Indexes of the per-CPU counters in bpf/include/obsd.h (enum obsd_counter),
+// each either a loss (a request not reported) or an anomaly (reported, but
+// something about it was off).
+var bpfCounters = []struct {
+	reason string
+	lost   bool
+}{
+	{"ringbuf_full", true},
+	{"inflight_map_full", true},
+	{"active_map_full", false},
+	{"end_without_start", false},
+	{"start_without_end", false},
+	{"read_failed", false},
+}
+
+type stats struct {
+	m *Manager
+
+	mu           sync.Mutex
+	attachErrs   map[string]uint64
+	events       map[string]*atomic.Uint64 // per probe, created up front
+	decodeErrs   map[string]*atomic.Uint64
+	loggedDecode atomic.Bool
+
+	processes, attachErrors, events_, lost, anomalies *prometheus.Desc
+}
+
+func newStats(m *Manager) *stats {
+	s := &stats{
+		m:          m,
+		attachErrs: map[string]uint64{},
+		events:     map[string]*atomic.Uint64{},
+		decodeErrs: map[string]*atomic.Uint64{},
+		processes: prometheus.NewDesc("obsd_instrumented_processes",
+			"Processes with probes attached now.", nil, nil),
+		attachErrors: prometheus.NewDesc("obsd_instrumentation_errors_total",
+			"Processes obsd selected but did not instrument, by reason.", []string{"reason"}, nil),
+		events_: prometheus.NewDesc("obsd_events_total",
+			"Records read from a probe's ring buffer.", []string{"probe"}, nil),
+		lost: prometheus.NewDesc("obsd_events_lost_total",
+			"Requests observed but not reported, by probe and reason.", []string{"probe", "reason"}, nil),
+		anomalies: prometheus.NewDesc("obsd_probe_anomalies_total",
+			"Requests reported incompletely or state repaired in the probe, by probe and reason.", []string{"probe", "reason"}, nil),
+	}
+	for _, lp := range m.probes {
+		s.events[lp.Name] = new(atomic.Uint64)
+		s.decodeErrs[lp.Name] = new(atomic.Uint64)
+	}
+	return s
+}
+
+func (s *stats) attachError(reason string) {
+	s.mu.Lock()
+	s.attachErrs[reason]++
+	s.mu.Unlock()
+}
+
+func (s *stats) event(probe string) { s.events[probe].Add(1) }
+
+func (s *stats) decodeError(probe string, err error) {
+	s.decodeErrs[probe].Add(1)
+	if !s.loggedDecode.Swap(true) {
+		s.m.log.Warn("dropping undecodable record (logged once; see obsd_events_lost_total{reason=\"decode\"})", "probe", probe, "err", err)
+	}
+}
+
+// Collector exposes obsd's own probe health. Counters kept in BPF maps are
+// read at scrape time.
+func (m *Manager) Collector() prometheus.Collector { return m.stats }
+
+func (s *stats) Describe(ch chan<- *prometheus.Desc) {
+	ch <- s.processes
+	ch <- s.attachErrors
+	ch <- s.events_
+	ch <- s.lost
+	ch <- s.anomalies
+}
+
+func (s *stats) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(s.processes, prometheus.GaugeValue, float64(s.m.Processes()))
+	s.mu.Lock()
+	for reason, n := range s.attachErrs {
+		ch <- prometheus.MustNewConstMetric(s.attachErrors, prometheus.CounterValue, float64(n), reason)
+	}
+	s.mu.Unlock()
+	for _, lp := range s.m.probes {
+		ch <- prometheus.MustNewConstMetric(s.events_, prometheus.CounterValue, float64(s.events[lp.Name].Load()), lp.Name)
+		ch <- prometheus.MustNewConstMetric(s.lost, prometheus.CounterValue, float64(s.decodeErrs[lp.Name].Load()), lp.Name, "decode")
+		counts, err := readCounters(lp.maps["obsd_counters"])
+		if err != nil {
+			ch <- prometheus.NewInvalidMetric(s.lost, err)
+			continue
+		}
+		for i, c := range bpfCounters {
+			desc := s.anomalies
+			if c.lost {
+				desc = s.lost
+			}
+			ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(counts[i]), lp.Name, c.reason)
+		}
+	}
+}
+
+// readCounters sums the per-CPU counters.
+func readCounters(mp *ebpf.Map) ([]uint64, error) {
+	out := make([]uint64, len(bpfCounters))
+	if mp == nil {
+		return out, errors.New("probe has no obsd_counters map")
+	}
+	var perCPU []uint64
+	for i := range out {
+		if err := mp.Lookup(uint32(i), &perCPU); err != nil {
+			return nil, err
+		}
+		for _, v := range perCPU {
+			out[i] += v
+		}
+	}
+	return out, nil
+}
+
+// Active is the number of requests in flight in one process for one method.
+type Active struct {
+	PID    uint32
+	Method string
+	N      int64
+}
+
+// ActiveRequests reads the in-kernel gauges of requests in flight.
+func (m *Manager) ActiveRequests() ([]Active, error) {
+	var out []Active
+	for _, lp := range m.probes {
+		mp := lp.maps[lp.ActiveMap]
+		if lp.ActiveMap == "" || mp == nil {
+			continue
+		}
+		var key [8]byte
+		var val int64
+		it := mp.Iterate()
+		for it.Next(&key, &val) {
+			idx := binary.NativeEndian.Uint32(key[4:])
+			method := "_OTHER"
+			if int(idx) < len(lp.ActiveMethods) {
+				method = lp.ActiveMethods[idx]
+			}
+			out = append(out, Active{PID: binary.NativeEndian.Uint32(key[:4]), Method: method, N: val})
+		}
+		if err := it.Err(); err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+// forgetPID deletes an exited process's entries from per-process maps.
+// Called with m.mu held.
+func (m *Manager) forgetPID(tgid uint32) {
+	for _, lp := range m.probes {
+		for name, off := range lp.ProcessMaps {
+			mp := lp.maps[name]
+			if mp == nil {
+				continue
+			}
+			key := make([]byte, mp.KeySize())
+			val := make([]byte, mp.ValueSize())
+			var stale [][]byte
+			it := mp.Iterate()
+			for it.Next(&key, &val) {
+				if binary.NativeEndian.Uint32(key[off:]) == tgid {
+					stale = append(stale, append([]byte(nil), key...))
+				}
+			}
+			for _, k := range stale {
+				_ = mp.Delete(k) // already gone is fine
+			}
+		}
+	}
+}

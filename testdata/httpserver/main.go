@@ -1,0 +1,69 @@
+// Command httpserver is the sample service obsd's tests, demo and benchmark
+// instrument. It builds with every Go release from 1.21 on: routes that need
+// Go 1.22 patterns live in routes_go122.go.
+//
+// It prints the address it listens on as the first line of stdout.
+package main
+
+import (
+	"crypto/sha256"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+)
+
+func main() {
+	addr := flag.String("addr", "127.0.0.1:0", "listen address")
+	flag.Parse()
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("/hello", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "hello\n")
+	})
+	// /work?us=N spends about N µs of CPU, for the benchmark's handler cost.
+	mux.HandleFunc("/work", func(w http.ResponseWriter, r *http.Request) {
+		us, _ := strconv.Atoi(r.URL.Query().Get("us"))
+		sum := burn(time.Duration(us) * time.Microsecond)
+		fmt.Fprintf(w, "%x\n", sum[:4])
+	})
+	mux.HandleFunc("/echo", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/octet-stream")
+		io.Copy(w, r.Body)
+	})
+	// A handler that never writes: net/http answers 200 with no body.
+	mux.HandleFunc("/empty", func(w http.ResponseWriter, r *http.Request) {})
+	registerRoutes(mux)
+
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(ln.Addr().String())
+	os.Stdout.Sync()
+	log.Fatal(http.Serve(ln, mux))
+}
+
+func burn(d time.Duration) [32]byte {
+	var sum [32]byte
+	for start := time.Now(); time.Since(start) < d; {
+		sum = sha256.Sum256(sum[:])
+	}
+	return sum
+}
+
+// status writes the code given as the last path element.
+func status(w http.ResponseWriter, code string) {
+	c, err := strconv.Atoi(code)
+	if err != nil || c < 200 || c > 599 {
+		http.Error(w, "bad status", http.StatusBadRequest)
+		return
+	}
+	w.WriteHeader(c)
+	fmt.Fprintf(w, "status %d\n", c)
+}
