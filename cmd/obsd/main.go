@@ -16,6 +16,9 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/go-logr/logr"
+	"go.opentelemetry.io/otel"
+
 	"github.com/obsd-dev/obsd/internal/agent"
 	"github.com/obsd-dev/obsd/internal/discover"
 	otelexport "github.com/obsd-dev/obsd/internal/export/otel"
@@ -101,12 +104,23 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	c.agent.Logger = log
 	c.agent.Version = version()
 
+	// The OTel SDK reports through globals: route its errors to our log
+	// (export failures are counted and rate-limited by the exporter) and
+	// turn on its self-observability, so spans its batch queue drops are
+	// counted in obsd_spans_dropped_total instead of vanishing.
+	otel.SetErrorHandler(otelexport.ErrorHandler(log))
+	otel.SetLogger(logr.FromSlogHandler(log.Handler()))
+	if os.Getenv("OTEL_GO_X_OBSERVABILITY") == "" {
+		os.Setenv("OTEL_GO_X_OBSERVABILITY", "true")
+	}
+
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	a, err := agent.New(ctx, c.agent)
 	if err != nil {
 		return err
 	}
+	otel.SetMeterProvider(a.MeterProvider())
 	return a.Run(ctx)
 }
 
@@ -129,7 +143,7 @@ type intList []int
 func (l *intList) String() string { return fmt.Sprint([]int(*l)) }
 func (l *intList) Set(s string) error {
 	n, err := strconv.Atoi(s)
-	if err != nil || n <= 0 {
+	if err != nil || n <= 0 || n > 1<<22 {
 		return fmt.Errorf("not a positive number: %q", s)
 	}
 	*l = append(*l, n)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/obsd-dev/obsd/bpf/probe"
@@ -140,6 +141,10 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	return a, nil
 }
 
+// MeterProvider receives the OTel SDK's self-metrics (spans dropped by the
+// batch queue); main installs it globally.
+func (a *Agent) MeterProvider() metric.MeterProvider { return a.spans.MeterProvider() }
+
 // Addr is the bound address of the HTTP endpoints.
 func (a *Agent) Addr() net.Addr { return a.ln.Addr() }
 
@@ -151,10 +156,7 @@ func (a *Agent) Handler() http.Handler {
 		ErrorHandling:     promhttp.ContinueOnError,
 		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 	}))
-	mux.Handle("/healthz", a.checks.Healthz())
-	mux.Handle("/healthz/", a.checks.Healthz())
-	mux.Handle("/readyz", a.checks.Readyz())
-	mux.Handle("/readyz/", a.checks.Readyz())
+	a.checks.Register(mux)
 	return mux
 }
 

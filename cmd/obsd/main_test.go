@@ -1,0 +1,62 @@
+package main
+
+import (
+	"io"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/obsd-dev/obsd/internal/discover"
+	otelexport "github.com/obsd-dev/obsd/internal/export/otel"
+)
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		want    discover.Criteria
+		listen  string
+		traces  otelexport.Mode
+		wantErr string
+	}{
+		{name: "pid", args: []string{"--pid", "4242"},
+			want: discover.Criteria{PIDs: []int{4242}}, listen: ":9400", traces: "none"},
+		{name: "repeat and combine", args: []string{"--pid", "1", "--pid", "2", "--exe", "*/bin/*", "--port", "8080"},
+			want: discover.Criteria{PIDs: []int{1, 2}, ExeGlobs: []string{"*/bin/*"}, Ports: []int{8080}}, listen: ":9400", traces: "none"},
+		{name: "env equivalents", env: map[string]string{"OBSD_PID": "7, 8", "OBSD_EXE": "/a,/b", "OBSD_PORT": "80", "OBSD_LISTEN": "127.0.0.1:1", "OBSD_TRACES": "stdout"},
+			want: discover.Criteria{PIDs: []int{7, 8}, ExeGlobs: []string{"/a", "/b"}, Ports: []int{80}}, listen: "127.0.0.1:1", traces: "stdout"},
+		{name: "flag wins over env", args: []string{"--pid", "3", "--listen", ":1"}, env: map[string]string{"OBSD_PID": "9", "OBSD_LISTEN": ":2"},
+			want: discover.Criteria{PIDs: []int{3}}, listen: ":1", traces: "none"},
+		{name: "otlp when an endpoint is set", args: []string{"--port", "80"}, env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"},
+			want: discover.Criteria{Ports: []int{80}}, listen: ":9400", traces: "otlp"},
+		{name: "nothing selected", wantErr: "nothing to instrument"},
+		{name: "bad pid", args: []string{"--pid", "x"}, wantErr: "not a positive number"},
+		{name: "bad traces", args: []string{"--pid", "1", "--traces", "jaeger"}, wantErr: "jaeger"},
+		{name: "bad env", env: map[string]string{"OBSD_PORT": "http"}, wantErr: "OBSD_PORT"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			getenv := func(k string) string { return tt.env[k] }
+			c, err := parse(tt.args, getenv, io.Discard)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(c.agent.Criteria, tt.want) {
+				t.Errorf("criteria = %+v, want %+v", c.agent.Criteria, tt.want)
+			}
+			if c.agent.Listen != tt.listen {
+				t.Errorf("listen = %q, want %q", c.agent.Listen, tt.listen)
+			}
+			if c.agent.Traces != tt.traces {
+				t.Errorf("traces = %q, want %q", c.agent.Traces, tt.traces)
+			}
+		})
+	}
+}

@@ -1,0 +1,171 @@
+package otelexport
+
+import (
+	"reflect"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"golang.org/x/sys/unix"
+
+	"github.com/obsd-dev/obsd/bpf/probe"
+)
+
+func TestHTTPServerSpan(t *testing.T) {
+	tests := []struct {
+		name      string
+		req       probe.Request
+		wantName  string
+		wantAttrs map[string]any
+		wantCode  codes.Code
+	}{
+		{
+			name:     "matched pattern with method",
+			req:      probe.Request{Method: "GET", Path: "/items/42", Pattern: "GET /items/{id}", Status: 200},
+			wantName: "GET /items/{id}",
+			wantAttrs: map[string]any{
+				"http.request.method": "GET", "url.scheme": "http", "url.path": "/items/42",
+				"http.response.status_code": int64(200), "http.route": "/items/{id}",
+			},
+		},
+		{
+			name:     "pattern with host",
+			req:      probe.Request{Method: "POST", Path: "/a/b", Pattern: "POST example.com/a/", Status: 201},
+			wantName: "POST /a/",
+			wantAttrs: map[string]any{
+				"http.request.method": "POST", "url.scheme": "http", "url.path": "/a/b",
+				"http.response.status_code": int64(201), "http.route": "/a/",
+			},
+		},
+		{
+			name:     "no pattern: method only, no route",
+			req:      probe.Request{Method: "DELETE", Path: "/x", Status: 404},
+			wantName: "DELETE",
+			wantAttrs: map[string]any{
+				"http.request.method": "DELETE", "url.scheme": "http", "url.path": "/x",
+				"http.response.status_code": int64(404),
+			},
+		},
+		{
+			name:     "non-standard method",
+			req:      probe.Request{Method: "PURGE", Path: "/cache", Pattern: "/cache", Status: 204},
+			wantName: "HTTP /cache",
+			wantAttrs: map[string]any{
+				"http.request.method": "_OTHER", "http.request.method_original": "PURGE",
+				"url.scheme": "http", "url.path": "/cache",
+				"http.response.status_code": int64(204), "http.route": "/cache",
+			},
+		},
+		{
+			name:     "non-standard method without pattern",
+			req:      probe.Request{Method: "get", Path: "/", Status: 200},
+			wantName: "HTTP",
+			wantAttrs: map[string]any{
+				"http.request.method": "_OTHER", "http.request.method_original": "get",
+				"url.scheme": "http", "url.path": "/", "http.response.status_code": int64(200),
+			},
+		},
+		{
+			name:     "5xx is an error",
+			req:      probe.Request{Method: "GET", Path: "/boom", Pattern: "/boom", Status: 503},
+			wantName: "GET /boom",
+			wantAttrs: map[string]any{
+				"http.request.method": "GET", "url.scheme": "http", "url.path": "/boom",
+				"http.response.status_code": int64(503), "http.route": "/boom", "error.type": "503",
+			},
+			wantCode: codes.Error,
+		},
+		{
+			name:     "4xx stays unset",
+			req:      probe.Request{Method: "GET", Path: "/nope", Status: 499},
+			wantName: "GET",
+			wantAttrs: map[string]any{
+				"http.request.method": "GET", "url.scheme": "http", "url.path": "/nope",
+				"http.response.status_code": int64(499),
+			},
+		},
+		{
+			name:     "truncated path is marked",
+			req:      probe.Request{Method: "GET", Path: "/very/long", Status: 200, Truncated: true},
+			wantName: "GET",
+			wantAttrs: map[string]any{
+				"http.request.method": "GET", "url.scheme": "http", "url.path": "/very/long",
+				"http.response.status_code": int64(200), "obsd.request.truncated": true,
+			},
+		},
+		{
+			name:     "malformed pattern gives no route",
+			req:      probe.Request{Method: "GET", Path: "/p", Pattern: "GET nohost", Status: 200},
+			wantName: "GET",
+			wantAttrs: map[string]any{
+				"http.request.method": "GET", "url.scheme": "http", "url.path": "/p",
+				"http.response.status_code": int64(200),
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			name, attrs, code := httpServerSpan(tt.req)
+			if name != tt.wantName {
+				t.Errorf("name = %q, want %q", name, tt.wantName)
+			}
+			if got := attrMap(attrs); !reflect.DeepEqual(got, tt.wantAttrs) {
+				t.Errorf("attributes = %v, want %v", got, tt.wantAttrs)
+			}
+			if code != tt.wantCode {
+				t.Errorf("status = %v, want %v", code, tt.wantCode)
+			}
+		})
+	}
+}
+
+func attrMap(kvs []attribute.KeyValue) map[string]any {
+	m := make(map[string]any, len(kvs))
+	for _, kv := range kvs {
+		if _, dup := m[string(kv.Key)]; dup {
+			m["DUPLICATE "+string(kv.Key)] = true
+		}
+		m[string(kv.Key)] = kv.Value.AsInterface()
+	}
+	return m
+}
+
+// monoNow reads the clock bpf_ktime_get_ns reads.
+func monoNow(t *testing.T) uint64 {
+	t.Helper()
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		t.Fatalf("reading CLOCK_MONOTONIC: %v", err)
+	}
+	return uint64(ts.Nano())
+}
+
+func TestClock(t *testing.T) {
+	c, err := newClock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkNear := func(t *testing.T) {
+		t.Helper()
+		m := monoNow(t)
+		got := c.wall(m)
+		if d := time.Since(got); d < -time.Millisecond || d > time.Millisecond {
+			t.Fatalf("wall(now) is %v off time.Now()", d)
+		}
+	}
+	checkNear(t)
+
+	// A stale sync with a wrong offset must be corrected by the next
+	// conversion of a later timestamp.
+	m := monoNow(t)
+	c.offset.Store(c.offset.Load() + int64(time.Hour))
+	c.synced.Store(int64(m) - int64(2*resyncEvery))
+	checkNear(t)
+
+	// A timestamp from before the last sync converts with the current offset.
+	off := c.offset.Load()
+	if got, want := c.wall(m-uint64(time.Second)), time.Unix(0, int64(m)-int64(time.Second)+off); !got.Equal(want) {
+		t.Fatalf("wall(earlier) = %v, want %v", got, want)
+	}
+}

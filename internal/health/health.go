@@ -1,0 +1,210 @@
+// Package health serves obsd's own liveness and readiness endpoints.
+//
+// Both answer JSON, {"status":"ok"|"failure","checks":{"name":"ok"|"error"}},
+// with 200 or 503. Checks run concurrently, each under one deadline (1 s by
+// default, the Kubernetes probe default); a check that overruns is reported
+// as a timeout without holding up the response, and a panicking check is a
+// failure, not a crash.
+//
+// Liveness checks must look only at the process itself (goroutines, heap,
+// a stalled event loop): restarting obsd cannot fix a dependency.
+// Readiness checks may look outward (the OTLP collector, BPF attachment).
+package health
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Check reports a problem as an error. It should return when ctx is done.
+type Check func(ctx context.Context) error
+
+// Status values of a response.
+const (
+	StatusOK      = "ok"
+	StatusFailure = "failure"
+)
+
+// Response is the JSON body of both endpoints.
+type Response struct {
+	Status string            `json:"status"`
+	Checks map[string]string `json:"checks"`
+}
+
+// Checker holds named liveness and readiness checks. Add checks at
+// start-up; the handlers are safe for concurrent use.
+type Checker struct {
+	timeout time.Duration
+
+	mu    sync.RWMutex
+	live  []*check
+	ready []*check
+}
+
+type check struct {
+	name string
+	f    Check
+	// running is set while a run is in flight; a check that ignores its
+	// context is not started again on top of itself by every probe.
+	running atomic.Bool
+}
+
+// New returns a Checker whose checks each get timeout; 0 means 1 s.
+func New(timeout time.Duration) *Checker {
+	if timeout <= 0 {
+		timeout = time.Second
+	}
+	return &Checker{timeout: timeout}
+}
+
+// AddLiveness adds a check to Healthz. Like http.ServeMux with a bad
+// pattern, it panics on an empty name, a name containing '/', a nil check
+// or a name used twice: those are programming errors found at start-up.
+func (c *Checker) AddLiveness(name string, f Check) { c.add(&c.live, "liveness", name, f) }
+
+// AddReadiness adds a check to Readyz; see AddLiveness for what panics.
+func (c *Checker) AddReadiness(name string, f Check) { c.add(&c.ready, "readiness", name, f) }
+
+func (c *Checker) add(list *[]*check, kind, name string, f Check) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case name == "":
+		panic(fmt.Sprintf("health: %s check with an empty name", kind))
+	case strings.Contains(name, "/"):
+		panic(fmt.Sprintf("health: %s check name %q contains '/'", kind, name))
+	case f == nil:
+		panic(fmt.Sprintf("health: %s check %q is nil", kind, name))
+	}
+	for _, ch := range *list {
+		if ch.name == name {
+			panic(fmt.Sprintf("health: %s check %q added twice", kind, name))
+		}
+	}
+	*list = append(*list, &check{name: name, f: f})
+}
+
+// Healthz serves the liveness checks. Mounted on a pattern with a {check}
+// wildcard (e.g. "GET /healthz/{check}") it runs only the named check and
+// answers 404 for an unknown name.
+func (c *Checker) Healthz() http.Handler { return c.handler(&c.live) }
+
+// Readyz serves the readiness checks, like Healthz.
+func (c *Checker) Readyz() http.Handler { return c.handler(&c.ready) }
+
+// Register mounts both handlers and their per-check sub-paths on mux at
+// /healthz and /readyz.
+func (c *Checker) Register(mux *http.ServeMux) {
+	mux.Handle("GET /healthz", c.Healthz())
+	mux.Handle("GET /healthz/{check}", c.Healthz())
+	mux.Handle("GET /readyz", c.Readyz())
+	mux.Handle("GET /readyz/{check}", c.Readyz())
+}
+
+func (c *Checker) handler(list *[]*check) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c.mu.RLock()
+		checks := *list
+		c.mu.RUnlock()
+
+		code := http.StatusOK
+		if name := r.PathValue("check"); name != "" {
+			var one []*check
+			for _, ch := range checks {
+				if ch.name == name {
+					one = append(one, ch)
+				}
+			}
+			if one == nil {
+				writeJSON(w, http.StatusNotFound, Response{
+					Status: StatusFailure,
+					Checks: map[string]string{name: "no such check"},
+				})
+				return
+			}
+			checks = one
+		}
+		resp := c.run(r.Context(), checks)
+		if resp.Status != StatusOK {
+			code = http.StatusServiceUnavailable
+		}
+		writeJSON(w, code, resp)
+	})
+}
+
+// run runs checks concurrently and collects what each said by the deadline.
+func (c *Checker) run(parent context.Context, checks []*check) Response {
+	ctx, cancel := context.WithTimeout(parent, c.timeout)
+	defer cancel()
+
+	results := make([]string, len(checks))
+	var wg sync.WaitGroup
+	for i, ch := range checks {
+		wg.Go(func() { results[i] = c.runOne(ctx, ch) })
+	}
+	wg.Wait()
+
+	resp := Response{Status: StatusOK, Checks: make(map[string]string, len(checks))}
+	for i, ch := range checks {
+		resp.Checks[ch.name] = results[i]
+		if results[i] != StatusOK {
+			resp.Status = StatusFailure
+		}
+	}
+	return resp
+}
+
+// runOne returns "ok" or the failure text, never later than ctx's deadline.
+func (c *Checker) runOne(ctx context.Context, ch *check) string {
+	if !ch.running.CompareAndSwap(false, true) {
+		return fmt.Sprintf("timeout after %v (previous run still in progress)", c.timeout)
+	}
+	done := make(chan error, 1) // buffered: a late check must not block forever
+	go func() {
+		defer ch.running.Store(false)
+		defer func() {
+			if p := recover(); p != nil {
+				done <- fmt.Errorf("panic: %v", p)
+			}
+		}()
+		done <- ch.f(ctx)
+	}()
+	select {
+	case err := <-done:
+		switch {
+		case err == nil:
+			return StatusOK
+		case errors.Is(err, context.DeadlineExceeded) && errors.Is(ctx.Err(), context.DeadlineExceeded):
+			return c.timeoutText()
+		}
+		return err.Error()
+	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return c.timeoutText()
+		}
+		return ctx.Err().Error()
+	}
+}
+
+func (c *Checker) timeoutText() string { return fmt.Sprintf("timeout after %v", c.timeout) }
+
+func writeJSON(w http.ResponseWriter, code int, resp Response) {
+	b, err := json.Marshal(resp)
+	if err != nil {
+		// A map of strings always marshals; keep the contract anyway.
+		code = http.StatusInternalServerError
+		b = []byte(`{"status":"failure","checks":{}}`)
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	_, _ = w.Write(append(b, '\n'))
+}

@@ -1,0 +1,538 @@
+// Package e2e holds what the end-to-end tests share: building the binaries
+// once per run, starting real processes, a real OTLP/gRPC receiver, and
+// reading obsd's scrape.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf/link"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/grpc"
+)
+
+// RequireRoot skips a test that attaches BPF programs when not root, and
+// fails it instead when OBSD_REQUIRE_BPF=1 (CI).
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("OBSD_REQUIRE_BPF") == "1" {
+		t.Fatal("OBSD_REQUIRE_BPF=1 but not running as root")
+	}
+	t.Skip("needs root to attach BPF programs (set OBSD_REQUIRE_BPF=1 to make this a failure)")
+}
+
+// RepoRoot finds the directory holding the root go.mod.
+func RepoRoot() string {
+	dir, _ := os.Getwd()
+	for {
+		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && bytes.Contains(b, []byte("module github.com/obsd-dev/obsd\n")) {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			panic("e2e: root go.mod not found")
+		}
+		dir = parent
+	}
+}
+
+// Builds caches binaries by name for the whole test binary run, so each is
+// built at most once however many tests use it.
+type Builds struct {
+	Dir string
+	mu  sync.Mutex
+	m   map[string]*build
+}
+
+type build struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// NewBuilds returns a cache writing into dir.
+func NewBuilds(dir string) *Builds { return &Builds{Dir: dir, m: map[string]*build{}} }
+
+// Get builds name once with fn, which writes the binary to the path given.
+func (b *Builds) Get(t testing.TB, name string, fn func(out string) error) string {
+	t.Helper()
+	b.mu.Lock()
+	bd := b.m[name]
+	if bd == nil {
+		bd = &build{}
+		b.m[name] = bd
+	}
+	b.mu.Unlock()
+	bd.once.Do(func() {
+		bd.path = filepath.Join(b.Dir, name)
+		bd.err = fn(bd.path)
+	})
+	if bd.err != nil {
+		t.Fatalf("building %s: %v", name, bd.err)
+	}
+	return bd.path
+}
+
+// GoBuild runs `go build` in dir with extra environment.
+func GoBuild(dir string, env []string, args ...string) error {
+	cmd := exec.Command("go", append([]string{"build"}, args...)...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("go build %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+// Obsd builds cmd/obsd.
+func (b *Builds) Obsd(t testing.TB) string {
+	t.Helper()
+	return b.Get(t, "obsd", func(out string) error {
+		return GoBuild(RepoRoot(), nil, "-o", out, "./cmd/obsd")
+	})
+}
+
+// Variant is one way of building testdata/httpserver.
+type Variant struct {
+	Name string
+	// Toolchain is a GOTOOLCHAIN value such as "go1.21.13"; "" is the Go
+	// running the tests.
+	Toolchain string
+	Stripped  bool // -ldflags='-s -w': no symbols, no DWARF
+	PIE       bool
+}
+
+// HTTPServer builds testdata/httpserver as v.
+func (b *Builds) HTTPServer(t testing.TB, v Variant) string {
+	t.Helper()
+	return b.Get(t, "httpserver-"+v.Name, func(out string) error {
+		var args []string
+		if v.Stripped {
+			args = append(args, "-ldflags=-s -w")
+		}
+		if v.PIE {
+			args = append(args, "-buildmode=pie")
+		}
+		src := filepath.Join(RepoRoot(), "testdata", "httpserver")
+		if v.Toolchain == "" {
+			return GoBuild(RepoRoot(), nil, append(args, "-o", out, "./testdata/httpserver")...)
+		}
+		// An older toolchain cannot build inside the root module (its go
+		// line is newer), so build a copy in a module of its own whose go
+		// line is the toolchain's: it decides the ServeMux behaviour.
+		dir, err := os.MkdirTemp(b.Dir, "src-")
+		if err != nil {
+			return err
+		}
+		files, _ := filepath.Glob(filepath.Join(src, "*.go"))
+		for _, f := range files {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(filepath.Join(dir, filepath.Base(f)), data, 0o644); err != nil {
+				return err
+			}
+		}
+		minor := regexp.MustCompile(`^go(1\.\d+)`).FindStringSubmatch(v.Toolchain)
+		if minor == nil {
+			return fmt.Errorf("bad toolchain %q", v.Toolchain)
+		}
+		mod := fmt.Sprintf("module httpserver\n\ngo %s\n", minor[1])
+		if err := os.WriteFile(filepath.Join(dir, "go.mod"), []byte(mod), 0o644); err != nil {
+			return err
+		}
+		env := []string{"GOTOOLCHAIN=" + v.Toolchain, "GOWORK=off", "GOFLAGS=-mod=mod"}
+		return GoBuild(dir, env, append(args, "-o", out, ".")...)
+	})
+}
+
+// Proc is a started process whose first stdout line was read.
+type Proc struct {
+	Cmd   *exec.Cmd
+	First string
+	Out   *SyncBuffer // rest of stdout and stderr
+}
+
+// PID returns the process ID.
+func (p *Proc) PID() int { return p.Cmd.Process.Pid }
+
+// Start runs bin, waits for its first line of stdout, and kills it at
+// cleanup.
+func Start(t testing.TB, bin string, env []string, args ...string) *Proc {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	out := &SyncBuffer{}
+	cmd.Stderr = out
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", bin, err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	first := make(chan string, 1)
+	go func() {
+		r := bufio.NewReader(stdout)
+		line, _ := r.ReadString('\n')
+		first <- strings.TrimSpace(line)
+		io.Copy(out, r)
+	}()
+	select {
+	case line := <-first:
+		if line == "" {
+			t.Fatalf("%s printed nothing; output:\n%s", bin, out)
+		}
+		return &Proc{Cmd: cmd, First: line, Out: out}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%s did not start; output:\n%s", bin, out)
+	}
+	return nil
+}
+
+// SyncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// Obsd is a running obsd.
+type Obsd struct {
+	Cmd  *exec.Cmd
+	Base string // http://host:port
+	Log  *SyncBuffer
+	done chan error
+}
+
+var listenRE = regexp.MustCompile(`obsd running listen=(\S+)`)
+
+// StartObsd runs obsd with args (plus --listen on a free loopback port) and
+// waits until it serves.
+func StartObsd(t testing.TB, bin string, env []string, args ...string) *Obsd {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"--listen", "127.0.0.1:0", "--log-level", "debug"}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	log := &SyncBuffer{}
+	cmd.Stderr = log
+	cmd.Stdout = log
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting obsd: %v", err)
+	}
+	o := &Obsd{Cmd: cmd, Log: log, done: make(chan error, 1)}
+	go func() { o.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-o.done
+		if t.Failed() {
+			t.Logf("obsd log:\n%s", log)
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if m := listenRE.FindStringSubmatch(log.String()); m != nil {
+			o.Base = "http://" + m[1]
+			return o
+		}
+		select {
+		case err := <-o.done:
+			o.done <- err
+			t.Fatalf("obsd exited: %v\n%s", err, log)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	t.Fatalf("obsd did not start serving:\n%s", log)
+	return nil
+}
+
+// Get fetches path from obsd and returns status and body.
+func (o *Obsd) Get(t testing.TB, path string, header ...string) (int, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", o.Base+path, nil)
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading %s: %v", path, err)
+	}
+	return resp.StatusCode, body
+}
+
+// Scrape returns /metrics in the Prometheus text format.
+func (o *Obsd) Scrape(t testing.TB) []byte {
+	t.Helper()
+	code, body := o.Get(t, "/metrics")
+	if code != 200 {
+		t.Fatalf("/metrics answered %d: %s", code, body)
+	}
+	return body
+}
+
+// Families parses a text-format scrape.
+func Families(t testing.TB, scrape []byte) map[string]*dto.MetricFamily {
+	t.Helper()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(bytes.NewReader(scrape))
+	if err != nil {
+		t.Fatalf("parsing scrape: %v\n%s", err, scrape)
+	}
+	return fams
+}
+
+// Labels returns a metric's labels as a map.
+func Labels(m *dto.Metric) map[string]string {
+	out := map[string]string{}
+	for _, l := range m.GetLabel() {
+		out[l.GetName()] = l.GetValue()
+	}
+	return out
+}
+
+// Value returns a counter's or gauge's value, or a histogram's count.
+func Value(m *dto.Metric) float64 {
+	switch {
+	case m.Counter != nil:
+		return m.GetCounter().GetValue()
+	case m.Gauge != nil:
+		return m.GetGauge().GetValue()
+	case m.Histogram != nil:
+		return float64(m.GetHistogram().GetSampleCount())
+	}
+	return 0
+}
+
+// Sum adds Value over the metrics of family name whose labels include want.
+func Sum(fams map[string]*dto.MetricFamily, name string, want map[string]string) float64 {
+	var total float64
+	for _, m := range fams[name].GetMetric() {
+		l := Labels(m)
+		ok := true
+		for k, v := range want {
+			if l[k] != v {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			total += Value(m)
+		}
+	}
+	return total
+}
+
+// WaitScrape polls /metrics until cond holds or timeout passes, and returns
+// the last scrape.
+func (o *Obsd) WaitScrape(t testing.TB, timeout time.Duration, what string, cond func(map[string]*dto.MetricFamily) bool) []byte {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		s := o.Scrape(t)
+		if cond(Families(t, s)) {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s; last scrape:\n%s", what, s)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Stop sends SIGTERM and requires a clean exit within 10 s.
+func (o *Obsd) Stop(t testing.TB) {
+	t.Helper()
+	o.Cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-o.done:
+		o.done <- err
+		if err != nil {
+			t.Fatalf("obsd exited with %v after SIGTERM:\n%s", err, o.Log)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("obsd did not exit within 10 s of SIGTERM:\n%s", o.Log)
+	}
+}
+
+// Promtool runs `promtool check metrics` on a scrape. Missing promtool skips
+// the check, unless OBSD_REQUIRE_BPF=1 (CI installs it).
+func Promtool(t testing.TB, scrape []byte) {
+	t.Helper()
+	path, err := exec.LookPath("promtool")
+	if err != nil {
+		if os.Getenv("OBSD_REQUIRE_BPF") == "1" {
+			t.Fatal("promtool not installed (Debian package prometheus)")
+		}
+		t.Log("promtool not installed; skipping the lint")
+		return
+	}
+	cmd := exec.Command(path, "check", "metrics")
+	cmd.Stdin = bytes.NewReader(scrape)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("promtool check metrics: %v\n%s", err, out)
+	}
+}
+
+// UprobeMultiLinks counts uprobe-multi links in the whole kernel.
+func UprobeMultiLinks(t testing.TB) int {
+	t.Helper()
+	n := 0
+	it := new(link.Iterator)
+	defer it.Close()
+	for it.Next() {
+		info, err := it.Link.Info()
+		if err != nil {
+			continue
+		}
+		if info.Type == link.UprobeMultiType {
+			n++
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatalf("listing BPF links: %v", err)
+	}
+	return n
+}
+
+// Receiver is a real OTLP/gRPC trace receiver on loopback.
+type Receiver struct {
+	collectortrace.UnimplementedTraceServiceServer
+	Endpoint string
+	mu       sync.Mutex
+	spans    []*tracepb.ResourceSpans
+}
+
+// StartReceiver serves OTLP/gRPC on 127.0.0.1 until cleanup.
+func StartReceiver(t testing.TB) *Receiver {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Receiver{Endpoint: "http://" + ln.Addr().String()}
+	srv := grpc.NewServer()
+	collectortrace.RegisterTraceServiceServer(srv, r)
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	return r
+}
+
+// Export implements the OTLP trace service.
+func (r *Receiver) Export(_ context.Context, req *collectortrace.ExportTraceServiceRequest) (*collectortrace.ExportTraceServiceResponse, error) {
+	r.mu.Lock()
+	r.spans = append(r.spans, req.GetResourceSpans()...)
+	r.mu.Unlock()
+	return &collectortrace.ExportTraceServiceResponse{}, nil
+}
+
+// Span is a received span with its resource's attributes.
+type Span struct {
+	*tracepb.Span
+	Resource map[string]string
+}
+
+// Spans returns every span received so far.
+func (r *Receiver) Spans() []Span {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []Span
+	for _, rs := range r.spans {
+		res := map[string]string{}
+		for _, kv := range rs.GetResource().GetAttributes() {
+			res[kv.GetKey()] = AnyString(kv.GetValue())
+		}
+		for _, ss := range rs.GetScopeSpans() {
+			for _, s := range ss.GetSpans() {
+				out = append(out, Span{Span: s, Resource: res})
+			}
+		}
+	}
+	return out
+}
+
+// Attr returns a span attribute as a string.
+func (s Span) Attr(key string) string {
+	for _, kv := range s.GetAttributes() {
+		if kv.GetKey() == key {
+			return AnyString(kv.GetValue())
+		}
+	}
+	return ""
+}
+
+// AnyString formats an OTLP value.
+func AnyString(v interface {
+	GetStringValue() string
+	GetIntValue() int64
+	GetBoolValue() bool
+}) string {
+	if s := v.GetStringValue(); s != "" {
+		return s
+	}
+	if i := v.GetIntValue(); i != 0 {
+		return fmt.Sprint(i)
+	}
+	if v.GetBoolValue() {
+		return "true"
+	}
+	return ""
+}
+
+// WaitSpans polls until the receiver holds at least n spans.
+func (r *Receiver) WaitSpans(t testing.TB, n int, timeout time.Duration) []Span {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		s := r.Spans()
+		if len(s) >= n {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("received %d spans, want %d", len(s), n)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

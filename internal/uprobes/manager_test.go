@@ -1,0 +1,83 @@
+package uprobes
+
+import (
+	"os"
+	"os/exec"
+	"strconv"
+	"testing"
+
+	"github.com/obsd-dev/obsd/bpf/probe"
+	"github.com/obsd-dev/obsd/internal/inspect"
+)
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("OBSD_REQUIRE_BPF") == "1" {
+		t.Fatal("OBSD_REQUIRE_BPF=1 but not running as root")
+	}
+	t.Skip("needs root to load BPF programs")
+}
+
+type discard struct{}
+
+func (discard) Request(probe.Request) {}
+
+func newManager(t *testing.T) *Manager {
+	t.Helper()
+	m, err := New(Options{Sink: discard{}})
+	if err != nil {
+		t.Fatalf("loading every probe through the verifier: %v", err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
+// TestProbesLoad puts every enabled probe through the kernel verifier.
+func TestProbesLoad(t *testing.T) {
+	requireRoot(t)
+	m := newManager(t)
+	if len(m.probes) != len(Probes()) {
+		t.Fatalf("loaded %d probes, want %d", len(m.probes), len(Probes()))
+	}
+}
+
+// TestAttachRefusals checks that processes obsd cannot instrument are
+// refused with the right reason, counted, and left running.
+func TestAttachRefusals(t *testing.T) {
+	requireRoot(t)
+	m := newManager(t)
+	tests := []struct {
+		name   string
+		bin    string
+		args   []string
+		reason string
+	}{
+		{"not Go", "sleep", []string{"30"}, inspect.ReasonNotGo},
+		{"Go 1.19 from Debian", "promtool", []string{"--help"}, inspect.ReasonGoVersion},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path, err := exec.LookPath(tt.bin)
+			if err != nil {
+				t.Skipf("%s not installed", tt.bin)
+			}
+			// Attach through a file path: the refusal is about the binary.
+			_, err = m.Attach(os.Getpid(), path)
+			if err == nil {
+				t.Fatal("attached")
+			}
+			if got := inspect.ReasonOf(err); got != tt.reason {
+				t.Errorf("reason %q (%v), want %q", got, err, tt.reason)
+			}
+			if m.stats.attachErrs[tt.reason] == 0 {
+				t.Errorf("refusal not counted")
+			}
+		})
+	}
+	if _, err := m.Attach(1<<22+1, "/proc/"+strconv.Itoa(1<<22+1)+"/exe"); inspect.ReasonOf(err) != ReasonExited {
+		t.Errorf("attach to a missing process: %v, want reason %s", err, ReasonExited)
+	}
+}
