@@ -26,8 +26,8 @@ OTEL_SERVICE_NAME=${OTEL_SERVICE_NAME:-} "$bin/obsd" --pid "$srv_pid" --traces=s
 obsd_pid=$!
 metrics=""
 for _ in $(seq 100); do
-	listen=$(sed -n 's/.*obsd running listen=\([^ ]*\).*/\1/p' "$work/obsd.log" | head -1)
-	if [ -n "$listen" ] && curl -fs "http://$listen/metrics" | grep -q '^obsd_instrumented_processes 1'; then
+	listen=$(sed -n 's/.*msg="obsd running" listen=\([^ ]*\).*/\1/p' "$work/obsd.log" | head -1)
+	if [ -n "$listen" ] && curl -fs "http://$listen/metrics" 2>/dev/null | grep -c '^obsd_instrumented_processes 1' >/dev/null; then
 		metrics="http://$listen/metrics"
 		break
 	fi

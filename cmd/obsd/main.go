@@ -84,6 +84,9 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (config,
 	if c.agent.Criteria.Empty() {
 		return c, errors.New("nothing to instrument: give --pid, --exe or --port (or OBSD_PID, OBSD_EXE, OBSD_PORT)")
 	}
+	if err := c.agent.Criteria.Validate(); err != nil {
+		return c, err
+	}
 	mode, err := otelexport.ModeFromEnv(traces, getenv)
 	if err != nil {
 		return c, err
@@ -143,7 +146,7 @@ type intList []int
 func (l *intList) String() string { return fmt.Sprint([]int(*l)) }
 func (l *intList) Set(s string) error {
 	n, err := strconv.Atoi(s)
-	if err != nil || n <= 0 || n > 1<<22 {
+	if err != nil || n <= 0 {
 		return fmt.Errorf("not a positive number: %q", s)
 	}
 	*l = append(*l, n)

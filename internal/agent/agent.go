@@ -198,7 +198,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	errs := []error{runErr, srv.Shutdown(shutdownCtx)}
-	errs = append(errs, a.mgr.Close(), a.spans.Shutdown(shutdownCtx))
+	errs = append(errs, a.mgr.Close(), a.spans.Shutdown(shutdownCtx), a.watcher.Close())
 	a.log.Info("obsd stopped; all probes detached")
 	return errors.Join(errs...)
 }

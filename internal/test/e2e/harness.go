@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -244,7 +245,7 @@ type Obsd struct {
 	done chan error
 }
 
-var listenRE = regexp.MustCompile(`obsd running listen=(\S+)`)
+var listenRE = regexp.MustCompile(`msg="obsd running" listen=(\S+)`)
 
 // StartObsd runs obsd with args (plus --listen on a free loopback port) and
 // waits until it serves.
@@ -416,18 +417,25 @@ func Promtool(t testing.TB, scrape []byte) {
 	}
 }
 
-// UprobeMultiLinks counts uprobe-multi links in the whole kernel.
-func UprobeMultiLinks(t testing.TB) int {
+// ProbeLinks counts the uprobe-multi links in the whole kernel whose
+// program's name starts with prefix (the kernel keeps 15 characters).
+func ProbeLinks(t testing.TB, prefix string) int {
 	t.Helper()
 	n := 0
 	it := new(link.Iterator)
 	defer it.Close()
 	for it.Next() {
 		info, err := it.Link.Info()
+		if err != nil || info.Type != link.UprobeMultiType {
+			continue
+		}
+		prog, err := ebpf.NewProgramFromID(info.Program)
 		if err != nil {
 			continue
 		}
-		if info.Type == link.UprobeMultiType {
+		pi, err := prog.Info()
+		prog.Close()
+		if err == nil && strings.HasPrefix(pi.Name, prefix) {
 			n++
 		}
 	}
@@ -435,6 +443,23 @@ func UprobeMultiLinks(t testing.TB) int {
 		t.Fatalf("listing BPF links: %v", err)
 	}
 	return n
+}
+
+// WaitNoProbeLinks fails unless every link of programs named prefix* is gone
+// within 5 s (the kernel releases a closed link asynchronously).
+func WaitNoProbeLinks(t testing.TB, prefix string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n := ProbeLinks(t, prefix)
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d uprobe-multi links of %s* programs still attached after obsd stopped", n, prefix)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // Receiver is a real OTLP/gRPC trace receiver on loopback.

@@ -167,7 +167,6 @@ func TestRequestsCountedExactly(t *testing.T) {
 				case "port":
 					args = []string{"--port", addr[strings.LastIndex(addr, ":")+1:]}
 				}
-				linksBefore := e2e.UprobeMultiLinks(t)
 				o := e2e.StartObsd(t, obsdBin, []string{
 					"OTEL_EXPORTER_OTLP_ENDPOINT=" + recv.Endpoint,
 					"OTEL_EXPORTER_OTLP_INSECURE=true",
@@ -193,10 +192,11 @@ func TestRequestsCountedExactly(t *testing.T) {
 					t.Errorf("obsd_events_lost_total = %v, want 0", lost)
 				}
 
-				o.Stop(t)
-				if n := e2e.UprobeMultiLinks(t); n != linksBefore {
-					t.Errorf("%d uprobe-multi links after obsd stopped, want %d as before it started", n, linksBefore)
+				if n := e2e.ProbeLinks(t, "http_server"); n != 2 {
+					t.Errorf("%d links of http_server programs while attached, want 2", n)
 				}
+				o.Stop(t)
+				e2e.WaitNoProbeLinks(t, "http_server")
 			})
 		}
 	}
