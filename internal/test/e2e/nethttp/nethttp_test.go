@@ -299,3 +299,5 @@ func checkSpans(t *testing.T, spans []e2e.Span, service string, noPatterns bool)
 		t.Errorf("span names %v: want 40 named %q", names, wantItems)
 	}
 }
+
+func itoa(n int) string { return strconv.Itoa(n) }
