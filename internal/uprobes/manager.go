@@ -54,7 +54,7 @@ type Manager struct {
 
 	mu    sync.Mutex
 	procs map[int]*process
-	bins  map[binKey]*binary
+	bins  map[binKey]*loadedBinary
 	// refused remembers binaries that cannot be instrumented, so a node full
 	// of non-Go processes costs one inspection and one log line per binary.
 	refused map[binKey]error
@@ -69,9 +69,9 @@ type loadedProbe struct {
 
 type binKey struct{ dev, ino uint64 }
 
-// binary is one executable's programs, loaded with its offsets, shared by all
+// loadedBinary is one executable's programs, loaded with its offsets, shared by all
 // processes running it.
-type binary struct {
+type loadedBinary struct {
 	key      binKey
 	info     *inspect.Binary
 	refs     int
@@ -81,7 +81,7 @@ type binary struct {
 
 type process struct {
 	pid   int
-	bin   *binary
+	bin   *loadedBinary
 	links []link.Link
 }
 
@@ -112,7 +112,7 @@ func New(o Options) (*Manager, error) {
 		offsets: o.Offsets,
 		sink:    o.Sink,
 		procs:   map[int]*process{},
-		bins:    map[binKey]*binary{},
+		bins:    map[binKey]*loadedBinary{},
 		refused: map[binKey]error{},
 	}
 	for _, p := range o.Probes {
@@ -263,12 +263,12 @@ func (m *Manager) attach(pid int, exePath string) (_ *inspect.Binary, repeat boo
 
 // loadBinary inspects an executable and loads every probe's programs with
 // the binary's offsets. Called with m.mu held.
-func (m *Manager) loadBinary(key binKey, exePath string) (*binary, error) {
+func (m *Manager) loadBinary(key binKey, exePath string) (*loadedBinary, error) {
 	info, err := inspect.Open(exePath)
 	if err != nil {
 		return nil, err
 	}
-	bin := &binary{key: key, info: info}
+	bin := &loadedBinary{key: key, info: info}
 	ok := false
 	defer func() {
 		if !ok {
@@ -355,12 +355,12 @@ func (m *Manager) Detach(pid int) error {
 	return err
 }
 
-func (m *Manager) releaseBinary(bin *binary) {
+func (m *Manager) releaseBinary(bin *loadedBinary) {
 	bin.refs--
 	m.dropIfUnused(bin)
 }
 
-func (m *Manager) dropIfUnused(bin *binary) {
+func (m *Manager) dropIfUnused(bin *loadedBinary) {
 	if bin.refs <= 0 {
 		delete(m.bins, bin.key)
 		bin.close()
@@ -381,7 +381,7 @@ func (p *process) close() error {
 	return nil
 }
 
-func (b *binary) close() {
+func (b *loadedBinary) close() {
 	for _, c := range b.programs {
 		c.Close()
 	}
