@@ -217,7 +217,7 @@ func (a *Agent) Added(p discover.Process) {
 			PID:        p.PID,
 			Attrs:      p.ResourceAttrs,
 		},
-		spans: info.Modules[manualSDKModule] == "",
+		spans: emitsSpans(info.Modules[manualSDKModule] != "", p.ManualTracing),
 	}
 	if t.svc.Name == "" {
 		t.svc.Name = filepath.Base(p.Exe)
@@ -227,6 +227,19 @@ func (a *Agent) Added(p discover.Process) {
 	a.mu.Unlock()
 	a.log.Info("instrumented process", "pid", p.PID, "exe", p.Exe, "service", t.svc.Name,
 		"go", info.GoVersion, "spans", t.spans)
+}
+
+// emitsSpans applies the rule of manual/README.md ("Working with obsd"): a
+// service linking the OTel SDK traces itself, unless OTEL_GO_MANUAL in its
+// environment says otherwise ("1": it does, "0": it does not).
+func emitsSpans(linksSDK bool, manualEnv string) bool {
+	switch manualEnv {
+	case "1", "true":
+		return false
+	case "0", "false":
+		return true
+	}
+	return !linksSDK
 }
 
 // Removed implements discover.Handler.

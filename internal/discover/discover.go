@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -94,6 +95,9 @@ type Process struct {
 	// ResourceAttrs are the target's OTEL_RESOURCE_ATTRIBUTES, decoded; nil
 	// when unset or unreadable. Shared between values: do not modify.
 	ResourceAttrs map[string]string
+	// ManualTracing is the target's OTEL_GO_MANUAL ("1" or "0"), which
+	// overrides obsd's guess whether the service traces itself; "" if unset.
+	ManualTracing string
 }
 
 // Options configure a Watcher. The zero value works.
@@ -550,6 +554,7 @@ func (w *Watcher) describe(pid int, p *proc) Process {
 		info.ResourceAttrs = attrs
 	}
 	info.ServiceName = serviceName(env, info.ResourceAttrs, p.exe)
+	info.ManualTracing = strings.TrimSpace(env[envManual])
 	p.info = info
 	return *info
 }

@@ -168,6 +168,8 @@ func parseResourceAttrs(s string) (map[string]string, error) {
 const (
 	envServiceName  = "OTEL_SERVICE_NAME"
 	envResourceAttr = "OTEL_RESOURCE_ATTRIBUTES"
+	// envManual is the marker of manual/ ("Working with obsd").
+	envManual = "OTEL_GO_MANUAL"
 )
 
 // serviceName picks service.name as the OpenTelemetry SDK inside the target

@@ -1,0 +1,170 @@
+// Package manualgrpc serves manual.Health as the standard gRPC health
+// service (grpc.health.v1) and instruments gRPC clients and servers with
+// the current otelgrpc stats handlers (the interceptors are deprecated).
+// It is a package of its own so that HTTP-only programs do not link it.
+package manualgrpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/obsd-dev/obsd/manual"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+)
+
+// ServerOption makes a grpc.Server create a span for every RPC it serves,
+// continuing the caller's trace from the request metadata. Without opts
+// it uses the global TracerProvider and propagators that
+// manual.SetupTracing installs.
+func ServerOption(opts ...otelgrpc.Option) grpc.ServerOption {
+	return grpc.StatsHandler(otelgrpc.NewServerHandler(opts...))
+}
+
+// DialOption makes a client connection create a span for every RPC and
+// send the trace context in the metadata. Call with the incoming request's
+// context, never context.Background(), or the trace breaks here. Without
+// opts it uses the global TracerProvider and propagators.
+func DialOption(opts ...otelgrpc.Option) grpc.DialOption {
+	return grpc.WithStatsHandler(otelgrpc.NewClientHandler(opts...))
+}
+
+// Service names understood by HealthServer, besides "KIND/CHECK" for a
+// single check (for example "readiness/db").
+const (
+	// ServiceReadiness and the empty name report every readiness check;
+	// Kubernetes gRPC probes without a service name ask for "".
+	ServiceReadiness = "readiness"
+	// ServiceLiveness reports every liveness check; use it as the service
+	// of a Kubernetes gRPC liveness probe.
+	ServiceLiveness = "liveness"
+)
+
+// HealthOpts configures NewHealthServer. The zero value is ready to use.
+type HealthOpts struct {
+	// WatchInterval is how often a Watch stream re-runs its checks to
+	// detect a change. Zero means 5 s.
+	WatchInterval time.Duration
+}
+
+// HealthServer implements grpc.health.v1.Health on a manual.Health, so HTTP
+// probes and gRPC probes share one set of checks, deadlines and the drain.
+type HealthServer struct {
+	healthpb.UnimplementedHealthServer
+	h     *manual.Health
+	every time.Duration
+}
+
+// NewHealthServer returns a HealthServer backed by h.
+func NewHealthServer(h *manual.Health, opts HealthOpts) *HealthServer {
+	every := opts.WatchInterval
+	if every <= 0 {
+		every = 5 * time.Second
+	}
+	return &HealthServer{h: h, every: every}
+}
+
+// Register registers hs on s as the grpc.health.v1.Health service.
+func Register(s grpc.ServiceRegistrar, hs *HealthServer) {
+	healthpb.RegisterHealthServer(s, hs)
+}
+
+var errUnknownService = errors.New("unknown service")
+
+// statusOf runs what service names and maps the report to a serving status.
+func (hs *HealthServer) statusOf(ctx context.Context, service string) (healthpb.HealthCheckResponse_ServingStatus, error) {
+	var rep manual.Report
+	switch service {
+	case "", ServiceReadiness:
+		rep = hs.h.Run(ctx, manual.Readiness)
+	case ServiceLiveness:
+		rep = hs.h.Run(ctx, manual.Liveness)
+	default:
+		kindName, check, ok := strings.Cut(service, "/")
+		var kind manual.Kind
+		switch {
+		case ok && kindName == ServiceReadiness:
+			kind = manual.Readiness
+		case ok && kindName == ServiceLiveness:
+			kind = manual.Liveness
+		default:
+			return healthpb.HealthCheckResponse_SERVICE_UNKNOWN, errUnknownService
+		}
+		var err error
+		rep, err = hs.h.RunOne(ctx, kind, check)
+		if err != nil {
+			return healthpb.HealthCheckResponse_SERVICE_UNKNOWN, errUnknownService
+		}
+	}
+	if rep.OK() {
+		return healthpb.HealthCheckResponse_SERVING, nil
+	}
+	return healthpb.HealthCheckResponse_NOT_SERVING, nil
+}
+
+// Check implements grpc.health.v1.Health/Check.
+func (hs *HealthServer) Check(ctx context.Context, req *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
+	st, err := hs.statusOf(ctx, req.GetService())
+	if err != nil {
+		return nil, status.Errorf(codes.NotFound, "health service %q: %v", req.GetService(), err)
+	}
+	return &healthpb.HealthCheckResponse{Status: st}, nil
+}
+
+// List implements grpc.health.v1.Health/List: "", "liveness",
+// "readiness" and every "KIND/CHECK".
+func (hs *HealthServer) List(ctx context.Context, _ *healthpb.HealthListRequest) (*healthpb.HealthListResponse, error) {
+	out := &healthpb.HealthListResponse{Statuses: map[string]*healthpb.HealthCheckResponse{}}
+	for _, kind := range []manual.Kind{manual.Liveness, manual.Readiness} {
+		rep := hs.h.Run(ctx, kind)
+		st := healthpb.HealthCheckResponse_NOT_SERVING
+		if rep.OK() {
+			st = healthpb.HealthCheckResponse_SERVING
+		}
+		out.Statuses[kind.String()] = &healthpb.HealthCheckResponse{Status: st}
+		if kind == manual.Readiness {
+			out.Statuses[""] = &healthpb.HealthCheckResponse{Status: st}
+		}
+		for name, v := range rep.Checks {
+			cs := healthpb.HealthCheckResponse_NOT_SERVING
+			if v == manual.StatusOK {
+				cs = healthpb.HealthCheckResponse_SERVING
+			}
+			out.Statuses[kind.String()+"/"+name] = &healthpb.HealthCheckResponse{Status: cs}
+		}
+	}
+	return out, nil
+}
+
+// Watch implements grpc.health.v1.Health/Watch: it sends the status at
+// once and again whenever it changes, re-running the checks every
+// WatchInterval; an unknown service is SERVICE_UNKNOWN, not an error.
+func (hs *HealthServer) Watch(req *healthpb.HealthCheckRequest, stream grpc.ServerStreamingServer[healthpb.HealthCheckResponse]) error {
+	ctx := stream.Context()
+	t := time.NewTicker(hs.every)
+	defer t.Stop()
+	last := healthpb.HealthCheckResponse_ServingStatus(-1)
+	for {
+		st, _ := hs.statusOf(ctx, req.GetService())
+		if ctx.Err() != nil {
+			return status.FromContextError(ctx.Err()).Err()
+		}
+		if st != last {
+			if err := stream.Send(&healthpb.HealthCheckResponse{Status: st}); err != nil {
+				return fmt.Errorf("sending health status: %w", err)
+			}
+			last = st
+		}
+		select {
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,264 @@
+package manual
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// DefaultSampleRatio is the share of new traces sampled when neither
+// TracingOpts nor OTEL_TRACES_SAMPLER choose otherwise: 1 %, enough to see
+// every hot path in a busy service at a cost that stays flat under load.
+const DefaultSampleRatio = 0.01
+
+// The rule that keeps obsd from making a second span for a request that
+// the application already traces; see "Working with obsd" in README.md.
+const (
+	// MarkerAttribute is the resource attribute (value true) that
+	// SetupTracing puts on every span, telling a collector that the spans
+	// come from manual instrumentation.
+	MarkerAttribute = "obsd.manual"
+	// MarkerEnv is the environment variable obsd reads from a process's
+	// initial environment: "1" means the process traces itself (obsd emits
+	// metrics only), "0" means it does not, overriding the build-info rule.
+	MarkerEnv = "OTEL_GO_MANUAL"
+	// SDKModule is the module whose presence in a binary's build info makes
+	// obsd treat the process as self-tracing when MarkerEnv is unset.
+	SDKModule = "go.opentelemetry.io/otel/sdk"
+)
+
+// TracingOpts configures SetupTracing. The zero value is ready to use.
+type TracingOpts struct {
+	// ServiceName is the service.name resource attribute. OTEL_SERVICE_NAME
+	// overrides it (as in NewRegistry, so metrics and traces agree); empty
+	// means the executable's base name.
+	ServiceName string
+	// SampleRatio is the ratio of ParentBased(TraceIDRatioBased(ratio)),
+	// used when OTEL_TRACES_SAMPLER is unset. Zero means
+	// DefaultSampleRatio (0.01). To sample nothing, set Sampler to
+	// sdktrace.NeverSample().
+	SampleRatio float64
+	// Sampler, when set, is used as given, ignoring OTEL_TRACES_SAMPLER and
+	// SampleRatio.
+	Sampler sdktrace.Sampler
+	// Exporter, when set, replaces the OTLP/gRPC exporter, which is
+	// configured by OTEL_EXPORTER_OTLP_* (default endpoint localhost:4317).
+	Exporter sdktrace.SpanExporter
+	// Attributes are added to the resource; OTEL_RESOURCE_ATTRIBUTES
+	// overrides them key by key.
+	Attributes []attribute.KeyValue
+}
+
+// SetupTracing installs an OpenTelemetry TracerProvider as the global one,
+// with W3C tracecontext and baggage propagators, batching spans to the
+// OTLP/gRPC exporter. The resource carries service.name, host.name, the
+// process, Kubernetes attributes from the downward API variables
+// (K8S_POD_NAME or POD_NAME, K8S_NAMESPACE_NAME or POD_NAMESPACE,
+// K8S_NODE_NAME or NODE_NAME, K8S_POD_UID or POD_UID), OTEL_RESOURCE_ATTRIBUTES and
+// MarkerAttribute.
+//
+// The sampler is ParentBased(TraceIDRatioBased(0.01)) unless
+// OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG say otherwise (all the
+// specification's values except the remote samplers); an invalid value is
+// an error, not a silent fallback. OTEL_SDK_DISABLED=true installs nothing.
+//
+// Call the returned shutdown on exit: it flushes buffered spans.
+func SetupTracing(ctx context.Context, opts TracingOpts) (shutdown func(context.Context) error, err error) {
+	noop := func(context.Context) error { return nil }
+	if v, _ := strconv.ParseBool(os.Getenv("OTEL_SDK_DISABLED")); v {
+		return noop, nil
+	}
+	sampler := opts.Sampler
+	if sampler == nil {
+		ratio := opts.SampleRatio
+		if ratio == 0 {
+			ratio = DefaultSampleRatio
+		}
+		if ratio < 0 || ratio > 1 {
+			return nil, fmt.Errorf("setting up tracing: sample ratio %v outside [0, 1]", ratio)
+		}
+		sampler, err = SamplerFromEnv(os.Getenv("OTEL_TRACES_SAMPLER"), os.Getenv("OTEL_TRACES_SAMPLER_ARG"), ratio)
+		if err != nil {
+			return nil, fmt.Errorf("setting up tracing: %w", err)
+		}
+	}
+
+	res, err := newResource(ctx, opts)
+	if err != nil {
+		return nil, fmt.Errorf("setting up tracing: %w", err)
+	}
+
+	exp := opts.Exporter
+	if exp == nil {
+		exp, err = otlptracegrpc.New(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("setting up tracing: creating otlp/grpc exporter: %w", err)
+		}
+	}
+
+	tp := sdktrace.NewTracerProvider(
+		sdktrace.WithSampler(sampler),
+		sdktrace.WithResource(res),
+		sdktrace.WithBatcher(exp),
+	)
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+		// Export failures land here; without a handler they go to a
+		// logger that nobody configured.
+		slog.Warn("opentelemetry", "error", err)
+	}))
+	otel.SetTracerProvider(tp)
+	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
+	return func(ctx context.Context) error {
+		if err := tp.Shutdown(ctx); err != nil {
+			return fmt.Errorf("shutting down tracer provider: %w", err)
+		}
+		return nil
+	}, nil
+}
+
+// SamplerFromEnv returns the sampler that OTEL_TRACES_SAMPLER=name and
+// OTEL_TRACES_SAMPLER_ARG=arg describe. An empty name means
+// ParentBased(TraceIDRatioBased(defaultRatio)). As the specification says,
+// a ratio sampler without arg samples everything. Remote samplers and
+// unknown names are errors.
+func SamplerFromEnv(name, arg string, defaultRatio float64) (sdktrace.Sampler, error) {
+	name = strings.ToLower(strings.TrimSpace(name))
+	ratio := func() (float64, error) {
+		if strings.TrimSpace(arg) == "" {
+			return 1, nil
+		}
+		r, err := strconv.ParseFloat(strings.TrimSpace(arg), 64)
+		if err != nil {
+			return 0, fmt.Errorf("parsing OTEL_TRACES_SAMPLER_ARG=%q: %w", arg, err)
+		}
+		if r < 0 || r > 1 {
+			return 0, fmt.Errorf("parsing OTEL_TRACES_SAMPLER_ARG=%q: ratio outside [0, 1]", arg)
+		}
+		return r, nil
+	}
+	switch name {
+	case "":
+		return sdktrace.ParentBased(sdktrace.TraceIDRatioBased(defaultRatio)), nil
+	case "always_on":
+		return sdktrace.AlwaysSample(), nil
+	case "always_off":
+		return sdktrace.NeverSample(), nil
+	case "parentbased_always_on":
+		return sdktrace.ParentBased(sdktrace.AlwaysSample()), nil
+	case "parentbased_always_off":
+		return sdktrace.ParentBased(sdktrace.NeverSample()), nil
+	case "traceidratio":
+		r, err := ratio()
+		if err != nil {
+			return nil, err
+		}
+		return sdktrace.TraceIDRatioBased(r), nil
+	case "parentbased_traceidratio":
+		r, err := ratio()
+		if err != nil {
+			return nil, err
+		}
+		return sdktrace.ParentBased(sdktrace.TraceIDRatioBased(r)), nil
+	default:
+		return nil, fmt.Errorf("parsing OTEL_TRACES_SAMPLER=%q: unsupported sampler", name)
+	}
+}
+
+func newResource(ctx context.Context, opts TracingOpts) (*resource.Resource, error) {
+	attrs := []attribute.KeyValue{
+		attribute.String("service.name", serviceName(opts.ServiceName)),
+		attribute.Bool(MarkerAttribute, true),
+	}
+	for _, k := range []struct{ key, env1, env2 string }{
+		{"k8s.pod.name", "K8S_POD_NAME", "POD_NAME"},
+		{"k8s.namespace.name", "K8S_NAMESPACE_NAME", "POD_NAMESPACE"},
+		{"k8s.node.name", "K8S_NODE_NAME", "NODE_NAME"},
+		{"k8s.pod.uid", "K8S_POD_UID", "POD_UID"},
+	} {
+		v := os.Getenv(k.env1)
+		if v == "" {
+			v = os.Getenv(k.env2)
+		}
+		if v != "" {
+			attrs = append(attrs, attribute.String(k.key, v))
+		}
+	}
+	attrs = append(attrs, opts.Attributes...)
+	// Later options override earlier ones: the environment wins over code.
+	res, err := resource.New(ctx,
+		resource.WithTelemetrySDK(),
+		resource.WithHost(),
+		resource.WithProcessPID(),
+		resource.WithProcessExecutableName(),
+		resource.WithProcessRuntimeName(),
+		resource.WithProcessRuntimeVersion(),
+		resource.WithAttributes(attrs...),
+		resource.WithFromEnv(),
+	)
+	if err != nil && !errors.Is(err, resource.ErrPartialResource) {
+		return nil, fmt.Errorf("building resource: %w", err)
+	}
+	return res, nil
+}
+
+// serviceName is the one rule for service names used by both metrics and
+// traces: OTEL_SERVICE_NAME, else the code's choice, else the executable.
+func serviceName(code string) string {
+	if v := os.Getenv("OTEL_SERVICE_NAME"); v != "" {
+		return v
+	}
+	if code != "" {
+		return code
+	}
+	return executableName()
+}
+
+// TraceHandler wraps an HTTP server handler with otelhttp: it continues the
+// caller's trace from the traceparent header or starts one, subject to the
+// sampler, and names the span after the ServeMux pattern when there is one.
+// operation names spans that match no pattern.
+func TraceHandler(h http.Handler, operation string) http.Handler {
+	return otelhttp.NewHandler(h, operation)
+}
+
+// TraceTransport wraps an HTTP client transport with otelhttp, so outgoing
+// requests get a client span and a traceparent header. Nil base means
+// http.DefaultTransport. Requests must carry the incoming request's context
+// (req.WithContext(r.Context()) or http.NewRequestWithContext), never
+// context.Background(), or the trace breaks here.
+func TraceTransport(base http.RoundTripper) http.RoundTripper {
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	return otelhttp.NewTransport(base)
+}
+
+// HasTrace reports whether ctx carries a valid trace context, local or
+// remote, sampled or not. A handler that finds none has lost its context
+// (a context.Background() somewhere upstream).
+func HasTrace(ctx context.Context) bool {
+	return trace.SpanContextFromContext(ctx).IsValid()
+}
+
+// TraceID returns the hex trace ID that ctx carries, or "" when none.
+func TraceID(ctx context.Context) string {
+	sc := trace.SpanContextFromContext(ctx)
+	if !sc.IsValid() {
+		return ""
+	}
+	return sc.TraceID().String()
+}
