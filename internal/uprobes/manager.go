@@ -192,6 +192,9 @@ func (m *Manager) Attach(pid int, exePath string) (*inspect.Binary, error) {
 			m.log.Debug("not instrumenting process", "pid", pid, "reason", reason, "err", err)
 		case reason == ReasonExited:
 			m.log.Info("process exited before it was instrumented", "pid", pid)
+		case reason == inspect.ReasonNotGo:
+			// Expected under a broad --exe glob; once per binary.
+			m.log.Info("not instrumenting process", "pid", pid, "reason", reason, "err", err)
 		default:
 			m.log.Warn("not instrumenting process", "pid", pid, "reason", reason, "err", err)
 		}

@@ -36,6 +36,11 @@ func main() {
 		w.Header().Set("Content-Type", "application/octet-stream")
 		io.Copy(w, r.Body)
 	})
+	// net/http recovers a handler's panic and drops the connection: the
+	// request never reaches finishRequest.
+	mux.HandleFunc("/panic", func(w http.ResponseWriter, r *http.Request) {
+		panic("boom")
+	})
 	// A handler that never writes: net/http answers 200 with no body.
 	mux.HandleFunc("/empty", func(w http.ResponseWriter, r *http.Request) {})
 	registerRoutes(mux)

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -95,4 +96,38 @@ func TestExactUnderLoad(t *testing.T) {
 	}
 	e2e.Promtool(t, scrape)
 	o.Stop(t)
+}
+
+// TestTargetSurvives: a handler that panics, and obsd killed with SIGKILL,
+// change nothing for the target: it keeps serving, the kernel drops the
+// probes with obsd's file descriptors, and counting stays exact.
+func TestTargetSurvives(t *testing.T) {
+	e2e.RequireRoot(t)
+	obsdBin := builds.Obsd(t)
+	srv := e2e.Start(t, builds.HTTPServer(t, e2e.Variant{Name: "current"}), nil)
+	base := "http://" + srv.First
+	o := e2e.StartObsd(t, obsdBin, nil, "--pid", itoa(srv.PID()), "--traces", "none")
+	o.WaitScrape(t, 10*time.Second, "instrumented", instrumented(1))
+
+	for i := 0; i < 3; i++ {
+		if resp, err := http.Get(base + "/panic"); err == nil {
+			resp.Body.Close()
+			t.Fatalf("/panic answered %s; want the connection dropped", resp.Status)
+		}
+	}
+	get(t, base+"/hello", 5)
+	o.WaitScrape(t, 5*time.Second, "5 requests", func(f map[string]*dto.MetricFamily) bool {
+		return requestCount(f, srv.PID()) == 5
+	})
+	time.Sleep(200 * time.Millisecond)
+	if n := requestCount(e2e.Families(t, o.Scrape(t)), srv.PID()); n != 5 {
+		t.Errorf("counted %v requests, want the 5 that completed", n)
+	}
+
+	o.Cmd.Process.Kill()
+	e2e.WaitNoProbeLinks(t, "http_server")
+	get(t, base+"/hello", 3)
+	if err := srv.Cmd.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Fatalf("target died: %v", err)
+	}
 }
