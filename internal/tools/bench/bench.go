@@ -1,0 +1,512 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+)
+
+// userHZ is the unit of utime and stime in /proc/PID/stat (USER_HZ, which
+// `getconf CLK_TCK` prints); it is 100 on every Linux architecture Go runs on.
+const userHZ = 100
+
+type kind int
+
+const (
+	plain kind = iota
+	floorKind
+	obsdKind
+)
+
+// config is one way of running the server.
+type config struct {
+	name   string
+	label  string
+	kind   kind
+	traces string // obsd's --traces
+}
+
+type route struct{ name, path string }
+
+var routes = []route{
+	{"hello", "/hello"},
+	{"work 200 µs", "/work?us=200"},
+}
+
+// sample is one measured wrk run.
+type sample struct {
+	wrk       wrkResult
+	runs      uint64        // BPF program runs during the run
+	runtime   time.Duration // BPF run time during the run
+	serverCPU float64       // fraction of one core the server used
+	serverUS  float64       // server CPU µs per request wrk counted
+	foreign   float64       // fraction of the server's CPU busy with other processes
+	steal     float64       // fraction of the server's CPU stolen by the hypervisor
+}
+
+// rateResult is the fixed-rate run against one obsd configuration.
+type rateResult struct {
+	cfg       config
+	load      loadResult
+	cpu       float64 // fraction of one core obsd used, from utime+stime (10 ms ticks)
+	cpuSched  float64 // the same from its live threads' schedstat (ns)
+	memBefore memory
+	memAfter  memory
+	lost      float64
+	counted   float64 // http_server_request_duration_seconds_count added during the run
+}
+
+// Remeasure when other processes took more than maxForeign of the server's
+// CPU, at most maxRetries times in a run.
+const (
+	maxForeign = 0.05
+	maxRetries = 8
+)
+
+type bench struct {
+	retries    int
+	o          options
+	log        *slog.Logger
+	taskset    string
+	ncpu       int
+	dir        string
+	serverBin  string
+	goVersion  string
+	floor      *floorProbe
+	stats      io.Closer
+	configs    []config
+	notes      []string
+	obsdOthers map[string]bool
+}
+
+func newBench(ctx context.Context, o options, log *slog.Logger, taskset string, ncpu int) (*bench, error) {
+	b := &bench{o: o, log: log, taskset: taskset, ncpu: ncpu, obsdOthers: map[string]bool{}}
+	b.configs = []config{
+		{name: "plain", label: "plain", kind: plain},
+		{name: "floor", label: "floor (2 empty uprobes)", kind: floorKind},
+	}
+	if o.obsd != "" {
+		b.configs = append(b.configs, config{name: "obsd", label: "obsd (--traces none)", kind: obsdKind, traces: "none"})
+		if o.spans {
+			b.configs = append(b.configs, config{name: "obsd+spans", label: "obsd (--traces stdout > /dev/null)", kind: obsdKind, traces: "stdout"})
+		}
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			b.close()
+		}
+	}()
+	dir, err := os.MkdirTemp("", "obsd-bench-")
+	if err != nil {
+		return nil, fmt.Errorf("make temp dir: %w", err)
+	}
+	b.dir = dir
+	root, err := moduleRoot()
+	if err != nil {
+		return nil, err
+	}
+	b.serverBin = filepath.Join(dir, "httpserver")
+	log.Info("building testdata/httpserver", "out", b.serverBin)
+	bctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	build := exec.CommandContext(bctx, "go", "build", "-o", b.serverBin, "./testdata/httpserver")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("build testdata/httpserver: %w\n%s", err, out)
+	}
+	if v, err := exec.CommandContext(bctx, "go", "version").Output(); err == nil {
+		b.goVersion = strings.TrimSpace(string(v))
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("remove memlock limit: %w", err)
+	}
+	if b.floor, err = loadFloor(b.serverBin); err != nil {
+		return nil, err
+	}
+	// Run counts and run times are only kept while stats are enabled;
+	// closing restores the previous setting.
+	if b.stats, err = ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME)); err != nil {
+		return nil, fmt.Errorf("enable BPF run-time stats: %w", err)
+	}
+	ok = true
+	return b, nil
+}
+
+func (b *bench) close() {
+	if b.stats != nil {
+		b.stats.Close()
+	}
+	b.floor.close()
+	if b.dir != "" {
+		os.RemoveAll(b.dir)
+	}
+}
+
+// moduleRoot finds obsd's go.mod from the working directory up.
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", fmt.Errorf("find module root: %w", err)
+	}
+	for {
+		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && strings.Contains(string(data), "module github.com/obsd-dev/obsd\n") {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("find module root: run from inside the obsd repository (no go.mod of github.com/obsd-dev/obsd above the working directory)")
+		}
+		dir = parent
+	}
+}
+
+func (b *bench) note(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	b.log.Warn(msg)
+	b.notes = append(b.notes, msg)
+}
+
+func (b *bench) obsdArgv() []string {
+	cpus := b.o.obsdCPUs
+	if cpus == "" {
+		cpus = fmt.Sprintf("0-%d", b.ncpu-1)
+	}
+	return []string{b.taskset, "-c", cpus, b.o.obsd}
+}
+
+func (b *bench) run(ctx context.Context) (*report, error) {
+	rep := &report{
+		o:       b.o,
+		host:    readHost(b.ncpu, b.goVersion),
+		configs: b.configs,
+		samples: map[string]map[string][]sample{},
+	}
+	for _, c := range b.configs {
+		rep.samples[c.name] = map[string][]sample{}
+	}
+	busy, err := b.waitQuiet(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rep.busyBefore = busy
+	start := time.Now()
+	for r := 1; r <= b.o.rounds; r++ {
+		for _, c := range b.configs {
+			b.log.Info("measuring", "round", r, "of", b.o.rounds, "config", c.name, "elapsed", time.Since(start).Round(time.Second))
+			got, err := b.runConfig(ctx, c, r)
+			if err != nil {
+				return nil, fmt.Errorf("round %d, %s: %w", r, c.name, err)
+			}
+			for path, s := range got {
+				rep.samples[c.name][path] = append(rep.samples[c.name][path], s)
+			}
+		}
+	}
+	for _, c := range b.configs {
+		if c.kind != obsdKind {
+			continue
+		}
+		b.log.Info("fixed-rate run", "config", c.name, "rate", b.o.rate, "for", b.o.rateFor)
+		rr, err := b.runFixedRate(ctx, c)
+		if err != nil {
+			return nil, fmt.Errorf("fixed-rate run, %s: %w", c.name, err)
+		}
+		rep.rates = append(rep.rates, rr)
+	}
+	rep.notes = b.notes
+	rep.elapsed = time.Since(start)
+	return rep, nil
+}
+
+// runConfig starts a fresh server, instruments it as c says, and measures
+// every route once.
+func (b *bench) runConfig(ctx context.Context, c config, round int) (map[string]sample, error) {
+	srv, addr, err := startServer(ctx, b.taskset, b.serverBin, b.o.serverCPU)
+	if err != nil {
+		return nil, err
+	}
+	defer srv.stop(2 * time.Second)
+
+	var set *progSet
+	var ob *proc
+	var obBase string
+	switch c.kind {
+	case floorKind:
+		l, err := b.floor.attach(srv.pid())
+		if err != nil {
+			return nil, err
+		}
+		defer l.Close()
+		set = &progSet{progs: []*ebpf.Program{b.floor.prog}, names: []string{"floor_probe"}}
+	case obsdKind:
+		ob, obBase, err = startObsd(ctx, b.obsdArgv(), c.traces, srv.pid())
+		if err != nil {
+			return nil, err
+		}
+		defer ob.stop(5 * time.Second)
+		var others []string
+		set, others, err = obsdPrograms(ob.pid())
+		if err != nil {
+			return nil, err
+		}
+		defer set.close()
+		for _, o := range others {
+			if !b.obsdOthers[o] {
+				b.obsdOthers[o] = true
+				b.note("obsd also holds BPF program %s, not counted in BPF runs/request", o)
+			}
+		}
+	}
+
+	out := map[string]sample{}
+	for _, rt := range routes {
+		url := "http://" + addr + rt.path
+		var s sample
+		for attempt := 1; ; attempt++ {
+			if b.o.warmup > 0 {
+				if _, err := runWrk(ctx, b.taskset, b.o.wrk, b.o.loadCPU, b.o.warmup, url); err != nil {
+					return nil, fmt.Errorf("warm-up: %w", err)
+				}
+			}
+			if s, err = b.measure(ctx, url, srv, ob, set); err != nil {
+				return nil, err
+			}
+			// Other work on the server's CPU (another process, not obsd)
+			// would be charged to the configuration: measure again.
+			// A bounded budget keeps a busy host from stretching the run.
+			if s.foreign < maxForeign || attempt == 3 || b.retries >= maxRetries {
+				if s.foreign >= maxForeign {
+					b.note("round %d, %s, %s: other processes took %.0f%% of the server's CPU after %d attempt(s); kept the last", round, c.name, rt.path, 100*s.foreign, attempt)
+				}
+				break
+			}
+			b.retries++
+			b.note("round %d, %s, %s: other processes took %.0f%% of the server's CPU; measured again", round, c.name, rt.path, 100*s.foreign)
+		}
+		w := s.wrk
+		if w.SocketErrors > 0 || w.Non2xx > 0 {
+			b.note("round %d, %s, %s: wrk saw %d socket errors and %d non-2xx/3xx responses", round, c.name, rt.path, w.SocketErrors, w.Non2xx)
+		}
+		if set != nil {
+			if h := float64(s.runs) / float64(w.Requests); h < 1.99 || h > 2.01 {
+				b.note("round %d, %s, %s: %.3f BPF runs per request (%d runs, %d requests), want 2", round, c.name, rt.path, h, s.runs, w.Requests)
+			}
+		}
+		b.log.Info("measured", "config", c.name, "route", rt.path, "rps", fmt.Sprintf("%.0f", w.RPS),
+			"runs/req", fmt.Sprintf("%.3f", float64(s.runs)/float64(w.Requests)),
+			"serverCPU", fmt.Sprintf("%.2f", s.serverCPU), "foreign", fmt.Sprintf("%.2f", s.foreign))
+		out[rt.path] = s
+	}
+	if ob != nil {
+		text, err := scrape(ctx, obBase)
+		if err != nil {
+			return nil, err
+		}
+		if lost, _ := sumMetric(text, "obsd_events_lost_total"); lost != 0 {
+			b.note("round %d, %s: obsd_events_lost_total is %.0f after the wrk runs", round, c.name, lost)
+		}
+	}
+	return out, nil
+}
+
+// measure runs wrk once against url and reads the BPF, server and CPU
+// counters around it.
+func (b *bench) measure(ctx context.Context, url string, srv, ob *proc, set *progSet) (sample, error) {
+	var before, after counters
+	var err error
+	if set != nil {
+		if before, err = set.read(); err != nil {
+			return sample{}, err
+		}
+	}
+	srv0, err := procRunTime(srv.pid())
+	if err != nil {
+		return sample{}, err
+	}
+	var ob0, ob1 time.Duration
+	if ob != nil {
+		if ob0, err = procRunTime(ob.pid()); err != nil {
+			return sample{}, err
+		}
+	}
+	cpu0, err := readCPUTimes(b.o.serverCPU)
+	if err != nil {
+		return sample{}, err
+	}
+	t0 := time.Now()
+	w, err := runWrk(ctx, b.taskset, b.o.wrk, b.o.loadCPU, b.o.duration, url)
+	if err != nil {
+		return sample{}, err
+	}
+	wall := time.Since(t0)
+	cpu1, err := readCPUTimes(b.o.serverCPU)
+	if err != nil {
+		return sample{}, err
+	}
+	srv1, err := procRunTime(srv.pid())
+	if err != nil {
+		return sample{}, err
+	}
+	if ob != nil {
+		if ob1, err = procRunTime(ob.pid()); err != nil {
+			return sample{}, err
+		}
+	}
+	if set != nil {
+		if after, err = set.read(); err != nil {
+			return sample{}, err
+		}
+	}
+	if srv.exited() {
+		return sample{}, srv.failure("measure " + url)
+	}
+	if ob != nil && ob.exited() {
+		return sample{}, ob.failure("measure " + url)
+	}
+	srvCPU := srv1 - srv0
+	// Busy time on the server's CPU that neither the server nor obsd (which
+	// may run anywhere, so this is a lower bound) accounts for.
+	foreign := (cpu1.busy - cpu0.busy) - srvCPU - (ob1 - ob0)
+	return sample{
+		wrk:       w,
+		runs:      after.runs - before.runs,
+		runtime:   after.runtime - before.runtime,
+		serverCPU: srvCPU.Seconds() / wall.Seconds(),
+		serverUS:  float64(srvCPU.Nanoseconds()) / 1e3 / float64(w.Requests),
+		foreign:   max(0, foreign.Seconds()/wall.Seconds()),
+		steal:     (cpu1.steal - cpu0.steal).Seconds() / wall.Seconds(),
+	}, nil
+}
+
+// runFixedRate drives /hello at the configured rate against a fresh server
+// and obsd, and reads obsd's CPU and memory around it.
+func (b *bench) runFixedRate(ctx context.Context, c config) (rateResult, error) {
+	rr := rateResult{cfg: c}
+	srv, addr, err := startServer(ctx, b.taskset, b.serverBin, b.o.serverCPU)
+	if err != nil {
+		return rr, err
+	}
+	defer srv.stop(2 * time.Second)
+	ob, base, err := startObsd(ctx, b.obsdArgv(), c.traces, srv.pid())
+	if err != nil {
+		return rr, err
+	}
+	defer ob.stop(5 * time.Second)
+
+	text, err := scrape(ctx, base)
+	if err != nil {
+		return rr, err
+	}
+	count0, _ := sumMetric(text, "http_server_request_duration_seconds_count")
+	if rr.memBefore, err = procMemory(ob.pid()); err != nil {
+		return rr, err
+	}
+	cpu0, err := procCPUTicks(ob.pid())
+	if err != nil {
+		return rr, err
+	}
+	run0, err := procRunTime(ob.pid())
+	if err != nil {
+		return rr, err
+	}
+	t0 := time.Now()
+	rr.load = fixedRate(ctx, "http://"+addr+"/hello", b.o.rate, b.o.rateFor, 8)
+	run1, err := procRunTime(ob.pid())
+	if err != nil {
+		return rr, err
+	}
+	cpu1, err := procCPUTicks(ob.pid())
+	if err != nil {
+		return rr, err
+	}
+	wall := time.Since(t0).Seconds()
+	rr.cpu = float64(cpu1-cpu0) / userHZ / wall
+	rr.cpuSched = (run1 - run0).Seconds() / wall
+	if rr.memAfter, err = procMemory(ob.pid()); err != nil {
+		return rr, err
+	}
+	if ctx.Err() != nil {
+		return rr, ctx.Err()
+	}
+	if rr.load.FirstErr != nil {
+		b.note("fixed-rate run, %s: %d request errors, first: %v", c.name, rr.load.Errors, rr.load.FirstErr)
+	}
+	if got := float64(rr.load.Responses) / rr.load.Elapsed.Seconds(); got < 0.99*float64(b.o.rate) {
+		b.note("fixed-rate run, %s: reached %.0f req/s, below the %d asked (%d skipped)", c.name, got, b.o.rate, rr.load.Skipped)
+	}
+	// obsd reads its ring buffer on its own schedule: wait for the count
+	// to reach what was sent, or to stop moving.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if text, err = scrape(ctx, base); err != nil {
+			return rr, err
+		}
+		n, _ := sumMetric(text, "http_server_request_duration_seconds_count")
+		rr.counted = n - count0
+		if int(rr.counted) >= rr.load.Responses || time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return rr, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	rr.lost, _ = sumMetric(text, "obsd_events_lost_total")
+	if ob.exited() {
+		return rr, ob.failure("fixed-rate run")
+	}
+	return rr, nil
+}
+
+// waitQuiet samples how busy the host's CPUs are, for up to -wait-quiet,
+// until a one-second window is below 10% on every CPU, and returns the
+// busiest CPU's share in the last window.
+func (b *bench) waitQuiet(ctx context.Context) (float64, error) {
+	deadline := time.Now().Add(b.o.waitQuiet)
+	for {
+		var before []cpuTimes
+		for n := range b.ncpu {
+			t, err := readCPUTimes(n)
+			if err != nil {
+				return 0, err
+			}
+			before = append(before, t)
+		}
+		t0 := time.Now()
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(time.Second):
+		}
+		wall := time.Since(t0)
+		busiest := 0.0
+		for n := range b.ncpu {
+			t, err := readCPUTimes(n)
+			if err != nil {
+				return 0, err
+			}
+			busiest = max(busiest, (t.busy-before[n].busy).Seconds()/wall.Seconds())
+		}
+		if busiest < 0.1 || time.Now().After(deadline) {
+			if busiest >= 0.1 {
+				b.note("the host was busy before the run: one CPU was %.0f%% busy with other work", 100*busiest)
+			}
+			return busiest, nil
+		}
+		b.log.Info("waiting for a quiet host", "busiest CPU", fmt.Sprintf("%.0f%%", 100*busiest), "until", deadline.Format(time.TimeOnly))
+	}
+}

@@ -1,0 +1,178 @@
+// Command bench measures what obsd costs an instrumented Go HTTP server, and
+// how much of that is the uprobe traps alone (the floor) rather than obsd's
+// BPF code and user-space processing.
+//
+// In one run it alternates, round-robin so machine drift hits all equally:
+// the server alone (plain), two empty uprobes at obsd's two sites (floor),
+// obsd without span export, and obsd with spans written to /dev/null. The
+// server is pinned to one CPU and wrk to another, so 1/throughput is about
+// the server's CPU time per request. It then drives /hello at a fixed rate
+// to read obsd's own CPU and memory, and checks that no event was lost.
+//
+// It prints a Markdown table on stdout. Run from the module root as root:
+//
+//	go build -o bin/obsd ./cmd/obsd && go run ./internal/tools/bench
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// pinnedEnv marks the re-executed, CPU-pinned bench process.
+const pinnedEnv = "OBSD_BENCH_PINNED"
+
+type options struct {
+	rounds    int
+	duration  time.Duration
+	warmup    time.Duration
+	obsd      string
+	out       string
+	spans     bool
+	rate      int
+	rateFor   time.Duration
+	serverCPU int
+	loadCPU   int
+	obsdCPUs  string
+	wrk       string
+	waitQuiet time.Duration
+}
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(2)
+		}
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func parseFlags(args []string) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.IntVar(&o.rounds, "rounds", 3, "rounds; each round runs every configuration once, in turn")
+	fs.DurationVar(&o.duration, "duration", 5*time.Second, "wrk duration per configuration and route (whole seconds)")
+	fs.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured wrk run before each measurement (whole seconds, 0 for none)")
+	fs.StringVar(&o.obsd, "obsd", "bin/obsd", `obsd binary; "" skips the obsd configurations`)
+	fs.StringVar(&o.out, "out", "", "also write the Markdown report to this file")
+	fs.BoolVar(&o.spans, "spans", true, "also run obsd with --traces stdout (to /dev/null)")
+	fs.IntVar(&o.rate, "rate", 10000, "requests/s of the fixed-rate run that measures obsd's CPU and memory")
+	fs.DurationVar(&o.rateFor, "rate-duration", 5*time.Second, "length of the fixed-rate run")
+	fs.IntVar(&o.serverCPU, "server-cpu", 0, "CPU the server is pinned to")
+	fs.IntVar(&o.loadCPU, "load-cpu", 1, "CPU wrk and this tool's own load loop are pinned to")
+	fs.StringVar(&o.obsdCPUs, "obsd-cpus", "", `taskset CPU list for obsd; "" leaves it free on every CPU`)
+	fs.StringVar(&o.wrk, "wrk", "/usr/bin/wrk", "wrk binary")
+	fs.DurationVar(&o.waitQuiet, "wait-quiet", 0, "wait up to this long for every CPU to be under 10% busy before measuring")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return o, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	case o.rounds < 1:
+		return o, fmt.Errorf("-rounds must be at least 1, got %d", o.rounds)
+	case o.duration < time.Second || o.duration%time.Second != 0:
+		return o, fmt.Errorf("-duration must be whole seconds, at least 1s (wrk's unit), got %s", o.duration)
+	case o.warmup < 0 || o.warmup%time.Second != 0:
+		return o, fmt.Errorf("-warmup must be whole seconds, got %s", o.warmup)
+	case o.rate < 1 || o.rate > 200000:
+		return o, fmt.Errorf("-rate must be in 1..200000, got %d", o.rate)
+	case o.rateFor < time.Second || o.rateFor > time.Minute:
+		return o, fmt.Errorf("-rate-duration must be in 1s..1m, got %s", o.rateFor)
+	case o.waitQuiet < 0 || o.waitQuiet > time.Hour:
+		return o, fmt.Errorf("-wait-quiet must be in 0..1h, got %s", o.waitQuiet)
+	case o.serverCPU < 0 || o.loadCPU < 0 || o.serverCPU == o.loadCPU:
+		return o, fmt.Errorf("-server-cpu (%d) and -load-cpu (%d) must be two different CPUs", o.serverCPU, o.loadCPU)
+	}
+	return o, nil
+}
+
+func run(args []string) error {
+	o, err := parseFlags(args)
+	if err != nil {
+		return err
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("must run as root: it attaches uprobes, loads BPF and enables kernel.bpf_stats_enabled (try: sudo go run ./internal/tools/bench)")
+	}
+	taskset, err := exec.LookPath("taskset")
+	if err != nil {
+		return fmt.Errorf("find taskset (util-linux), needed to pin the server and the load generator: %w", err)
+	}
+	ncpu, err := onlineCPUs()
+	if err != nil {
+		return err
+	}
+	if o.serverCPU >= ncpu || o.loadCPU >= ncpu {
+		return fmt.Errorf("need CPUs %d and %d, this host has %d", o.serverCPU, o.loadCPU, ncpu)
+	}
+	// Pin this process, the fixed-rate load generator, away from the server's
+	// CPU before it starts any thread of consequence; children are pinned
+	// explicitly by taskset.
+	if os.Getenv(pinnedEnv) == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("find own executable to re-run it pinned: %w", err)
+		}
+		argv := append([]string{"taskset", "-c", strconv.Itoa(o.loadCPU), exe}, args...)
+		err = syscall.Exec(taskset, argv, append(os.Environ(), pinnedEnv+"=1"))
+		return fmt.Errorf("re-run pinned to CPU %d: %w", o.loadCPU, err)
+	}
+	if _, err := os.Stat(o.wrk); err != nil {
+		return fmt.Errorf("find wrk: %w", err)
+	}
+	if o.obsd != "" {
+		if _, err := os.Stat(o.obsd); err != nil {
+			return fmt.Errorf("find obsd binary (build it with `make build`, or pass -obsd \"\" to skip obsd): %w", err)
+		}
+	}
+
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	b, err := newBench(ctx, o, log, taskset, ncpu)
+	if err != nil {
+		return err
+	}
+	defer b.close()
+	rep, err := b.run(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("interrupted: %w", err)
+		}
+		return err
+	}
+	md := rep.markdown()
+	fmt.Print(md)
+	if o.out != "" {
+		if err := os.WriteFile(o.out, []byte(md), 0o644); err != nil {
+			return fmt.Errorf("write report: %w", err)
+		}
+	}
+	return nil
+}
+
+// onlineCPUs counts the host's CPUs from /proc/cpuinfo, not from this
+// process's affinity mask, which may already be a single CPU.
+func onlineCPUs() (int, error) {
+	data, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return 0, fmt.Errorf("count CPUs: %w", err)
+	}
+	n := countPrefix(string(data), "processor\t")
+	if n == 0 {
+		return 0, errors.New("count CPUs: no processor line in /proc/cpuinfo")
+	}
+	return n, nil
+}
