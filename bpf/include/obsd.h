@@ -36,7 +36,6 @@ struct pt_regs {
 enum obsd_counter {
 	CNT_RINGBUF_FULL = 0, /* record not submitted: ring buffer full */
 	CNT_INFLIGHT_FULL,    /* start not recorded: in-flight map full */
-	CNT_ACTIVE_FULL,      /* active gauge not updated: map full */
 	CNT_UNMATCHED_END,    /* end seen without its start (attached mid-request) */
 	CNT_STALE_START,      /* start replaced one that never ended (panic, hijack) */
 	CNT_READ_FAILED,      /* a user-memory read failed; the record is marked */

@@ -36,7 +36,7 @@ type Field struct {
 // Const binds a C `volatile const` in the BPF object to a field offset.
 type Const struct {
 	// Name of the constant in the BPF object.
-	Name string
+	Name  string
 	Field Field
 	// Optional fields exist only in some versions (net/http.Request.Pattern
 	// since Go 1.23). When absent, the constant keeps the object's default,
@@ -49,8 +49,8 @@ type Probe struct {
 	// Name is short and stable; it appears in logs and metric labels.
 	Name string
 	// MinGo is the oldest Go release supported, as "go1.21".
-	MinGo string
-	Sites []Site
+	MinGo  string
+	Sites  []Site
 	Consts []Const
 	// Spec loads the compiled BPF collection.
 	Spec func() (*ebpf.CollectionSpec, error)
@@ -62,11 +62,23 @@ type Probe struct {
 	// ProcessMaps lists maps whose keys hold a tgid, by name, with the tgid's
 	// byte offset in the key: entries of an exited process are deleted.
 	ProcessMaps map[string]int
-	// ActiveMap, if set, names a hash map keyed by {u32 tgid, u32 method
-	// index} with an s64 count of requests in flight; ActiveMethods maps a
-	// method index to its semconv name.
-	ActiveMap     string
-	ActiveMethods []string
+	// Active, if its Map is set, says how to count requests in flight.
+	Active ActiveSlots
+}
+
+// ActiveSlots describes a map with one slot per goroutine, busy while a
+// request is in flight, which user space counts at scrape time.
+type ActiveSlots struct {
+	Map string
+	// TGIDOffset is the byte offset of the u32 tgid in the key.
+	TGIDOffset int
+	// StartOffset is the byte offset of a u64 in the value that is non-zero
+	// while the slot is busy.
+	StartOffset int
+	// MethodOffset is the byte offset of a u8 method index in the value,
+	// which Methods maps to semconv names.
+	MethodOffset int
+	Methods      []string
 }
 
 // Kind says which side of which protocol a Request was observed on.

@@ -98,7 +98,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		checks:   health.New(time.Second),
 		beat:     health.NewHeartbeat(5 * time.Second),
 	}
-	a.mgr, err = uprobes.New(uprobes.Options{Logger: cfg.Logger, Sink: a})
+	a.mgr, err = uprobes.New(uprobes.Options{Logger: cfg.Logger, Sink: a, Spans: cfg.Traces != otelexport.ModeNone && cfg.Traces != ""})
 	if err != nil {
 		return nil, fmt.Errorf("loading probes: %w", err)
 	}

@@ -21,6 +21,9 @@ import (
 	"github.com/obsd-dev/obsd/internal/offsets"
 )
 
+// withSpans is the BPF constant that Options.Spans sets.
+const withSpans = "with_spans"
+
 // ReasonExited is counted when a process is gone before it could be attached.
 const ReasonExited = "process_exited"
 
@@ -42,10 +45,15 @@ type Options struct {
 	Sink    Sink
 	// Probes overrides the enabled list (tests, benchmarks); nil means Probes().
 	Probes []*probe.Probe
+	// Spans says requests become spans, which carry the URL path: probes
+	// then copy every path, not only those the fallback route needs. It
+	// sets the BPF constant with_spans where a probe has one.
+	Spans bool
 }
 
 // Manager attaches probes to processes. Methods are safe for concurrent use.
 type Manager struct {
+	spans   bool
 	log     *slog.Logger
 	offsets *offsets.Table
 	sink    Sink
@@ -108,6 +116,7 @@ func New(o Options) (*Manager, error) {
 		return nil, fmt.Errorf("removing memlock limit: %w", err)
 	}
 	m := &Manager{
+		spans:   o.Spans,
 		log:     o.Logger,
 		offsets: o.Offsets,
 		sink:    o.Sink,
@@ -293,6 +302,11 @@ func (m *Manager) loadBinary(key binKey, exePath string) (*loadedBinary, error) 
 			offs = append(offs, off)
 		}
 		spec := lp.spec.Copy()
+		if v, ok := spec.Variables[withSpans]; ok {
+			if err := v.Set(m.spans); err != nil {
+				return nil, fmt.Errorf("setting %s of probe %s: %w", withSpans, lp.Name, err)
+			}
+		}
 		for _, c := range lp.Consts {
 			off, err := m.fieldOffset(info, c.Field)
 			if err != nil {

@@ -19,7 +19,6 @@ var bpfCounters = []struct {
 }{
 	{"ringbuf_full", true},
 	{"inflight_map_full", true},
-	{"active_map_full", false},
 	{"end_without_start", false},
 	{"start_without_end", false},
 	{"read_failed", false},
@@ -138,30 +137,42 @@ type Active struct {
 	N      int64
 }
 
-// ActiveRequests reads the in-kernel gauges of requests in flight.
+// ActiveRequests counts the busy in-flight slots of every probe that keeps
+// them, by process and method. It runs at scrape time, so the probes pay
+// nothing for the gauge.
 func (m *Manager) ActiveRequests() ([]Active, error) {
-	var out []Active
+	type key struct {
+		pid    uint32
+		method string
+	}
+	counts := map[key]int64{}
+	var errs []error
 	for _, lp := range m.probes {
-		mp := lp.maps[lp.ActiveMap]
-		if lp.ActiveMap == "" || mp == nil {
+		a := lp.Active
+		mp := lp.maps[a.Map]
+		if a.Map == "" || mp == nil {
 			continue
 		}
-		var key [8]byte
-		var val int64
+		k := make([]byte, mp.KeySize())
+		v := make([]byte, mp.ValueSize())
 		it := mp.Iterate()
-		for it.Next(&key, &val) {
-			idx := binary.NativeEndian.Uint32(key[4:])
-			method := "_OTHER"
-			if int(idx) < len(lp.ActiveMethods) {
-				method = lp.ActiveMethods[idx]
+		for it.Next(&k, &v) {
+			if binary.NativeEndian.Uint64(v[a.StartOffset:]) == 0 {
+				continue // idle slot
 			}
-			out = append(out, Active{PID: binary.NativeEndian.Uint32(key[:4]), Method: method, N: val})
+			method := "_OTHER"
+			if idx := int(v[a.MethodOffset]); idx < len(a.Methods) {
+				method = a.Methods[idx]
+			}
+			counts[key{binary.NativeEndian.Uint32(k[a.TGIDOffset:]), method}]++
 		}
-		if err := it.Err(); err != nil {
-			return out, err
-		}
+		errs = append(errs, it.Err())
 	}
-	return out, nil
+	out := make([]Active, 0, len(counts))
+	for k, n := range counts {
+		out = append(out, Active{PID: k.pid, Method: k.method, N: n})
+	}
+	return out, errors.Join(errs...)
 }
 
 // forgetPID deletes an exited process's entries from per-process maps.

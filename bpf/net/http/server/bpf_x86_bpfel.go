@@ -13,12 +13,6 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type bpfActiveKey struct {
-	_         structs.HostLayout
-	Tgid      uint32
-	MethodIdx uint32
-}
-
 type bpfHttpServerEvent struct {
 	_          structs.HostLayout
 	StartNs    uint64
@@ -38,6 +32,8 @@ type bpfHttpServerEvent struct {
 type bpfInflight struct {
 	_         structs.HostLayout
 	StartNs   uint64
+	Req       uint64
+	Url       uint64
 	MethodLen uint8
 	MethodIdx uint8
 	Flags     uint8
@@ -57,7 +53,6 @@ type bpfInflightKey struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	bpfMapEvents                = "events"
-	bpfMapHttpServerActive      = "http_server_active"
 	bpfMapHttpServerInflight    = "http_server_inflight"
 	bpfMapObsdCounters          = "obsd_counters"
 	bpfProgHttpServerEnd        = "http_server_end"
@@ -71,6 +66,7 @@ const (
 	bpfVarOffResponseStatus     = "off_response_status"
 	bpfVarOffUrlPath            = "off_url_path"
 	bpfVarUnusedHttpServerEvent = "unused_http_server_event"
+	bpfVarWithSpans             = "with_spans"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -124,7 +120,6 @@ type bpfProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
 	Events             *ebpf.MapSpec `ebpf:"events"`
-	HttpServerActive   *ebpf.MapSpec `ebpf:"http_server_active"`
 	HttpServerInflight *ebpf.MapSpec `ebpf:"http_server_inflight"`
 	ObsdCounters       *ebpf.MapSpec `ebpf:"obsd_counters"`
 }
@@ -142,6 +137,7 @@ type bpfVariableSpecs struct {
 	OffResponseStatus     *ebpf.VariableSpec `ebpf:"off_response_status"`
 	OffUrlPath            *ebpf.VariableSpec `ebpf:"off_url_path"`
 	UnusedHttpServerEvent *ebpf.VariableSpec `ebpf:"unused_http_server_event"`
+	WithSpans             *ebpf.VariableSpec `ebpf:"with_spans"`
 }
 
 // bpfObjects contains all objects after they have been loaded into the kernel.
@@ -165,7 +161,6 @@ func (o *bpfObjects) Close() error {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
 	Events             *ebpf.Map `ebpf:"events"`
-	HttpServerActive   *ebpf.Map `ebpf:"http_server_active"`
 	HttpServerInflight *ebpf.Map `ebpf:"http_server_inflight"`
 	ObsdCounters       *ebpf.Map `ebpf:"obsd_counters"`
 }
@@ -173,7 +168,6 @@ type bpfMaps struct {
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.Events,
-		m.HttpServerActive,
 		m.HttpServerInflight,
 		m.ObsdCounters,
 	)
@@ -192,6 +186,7 @@ type bpfVariables struct {
 	OffResponseStatus     *ebpf.Variable `ebpf:"off_response_status"`
 	OffUrlPath            *ebpf.Variable `ebpf:"off_url_path"`
 	UnusedHttpServerEvent *ebpf.Variable `ebpf:"unused_http_server_event"`
+	WithSpans             *ebpf.Variable `ebpf:"with_spans"`
 }
 
 // bpfPrograms contains all programs after they have been loaded into the kernel.

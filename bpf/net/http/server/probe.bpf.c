@@ -25,6 +25,9 @@ volatile const u64 off_pattern_str = OFF_NONE;     /* Go 1.22 */
 volatile const u64 off_url_path = OFF_NONE;
 volatile const u64 off_response_req = OFF_NONE;
 volatile const u64 off_response_status = OFF_NONE;
+/* Set by the loader when spans are exported: they carry url.path, so the
+ * path is read even when a pattern gives the route. */
+volatile const u8 with_spans = 1;
 
 enum method_idx {
 	M_OTHER = 0, M_GET, M_HEAD, M_POST, M_PUT, M_DELETE, M_CONNECT, M_OPTIONS, M_TRACE, M_PATCH,
@@ -57,6 +60,8 @@ struct inflight_key {
 
 struct inflight {
 	u64 start_ns;
+	u64 req; /* *http.Request, == w.req at the end */
+	u64 url; /* req.URL */
 	u8 method_len;
 	u8 method_idx;
 	u8 flags;
@@ -64,25 +69,17 @@ struct inflight {
 	char method[METHOD_MAX];
 };
 
-struct active_key {
-	u32 tgid;
-	u32 method_idx;
-};
-
+/* One slot per goroutine that has served a request. A slot is reused in
+ * place for the goroutine's next request (keep-alive connections keep their
+ * goroutine), so the hot path does lookups, not inserts and deletes; a slot
+ * with start_ns == 0 is idle. LRU evicts idle slots of goroutines gone.
+ * User space counts the busy slots for http_server_active_requests. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct inflight_key);
 	__type(value, struct inflight);
 } http_server_inflight SEC(".maps");
-
-/* Requests in flight by process and method, for http_server_active_requests. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct active_key);
-	__type(value, s64);
-} http_server_active SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -118,27 +115,6 @@ static __always_inline u8 method_index(const char *m, u8 n)
 	return M_OTHER;
 }
 
-static __always_inline void active_add(u32 tgid, u8 method_idx, s64 delta)
-{
-	struct active_key k = {.tgid = tgid, .method_idx = method_idx};
-	s64 *v = bpf_map_lookup_elem(&http_server_active, &k);
-	if (v) {
-		__sync_fetch_and_add(v, delta);
-		return;
-	}
-	if (delta < 0)
-		return;
-	s64 one = delta;
-	if (bpf_map_update_elem(&http_server_active, &k, &one, BPF_NOEXIST) != 0) {
-		/* Lost a race with another CPU creating it: add to theirs. */
-		v = bpf_map_lookup_elem(&http_server_active, &k);
-		if (v)
-			__sync_fetch_and_add(v, delta);
-		else
-			count(CNT_ACTIVE_FULL);
-	}
-}
-
 SEC("uprobe.multi")
 int http_server_start(struct pt_regs *ctx)
 {
@@ -154,26 +130,43 @@ int http_server_start(struct pt_regs *ctx)
 		return 0;
 
 	struct inflight_key key = {.g = GO_G(ctx), .tgid = bpf_get_current_pid_tgid() >> 32};
-	struct inflight *old = bpf_map_lookup_elem(&http_server_inflight, &key);
-	if (old) {
+	struct inflight *in = bpf_map_lookup_elem(&http_server_inflight, &key);
+	if (!in) {
+		struct inflight fresh = {};
+		if (bpf_map_update_elem(&http_server_inflight, &key, &fresh, BPF_NOEXIST) != 0 ||
+		    !(in = bpf_map_lookup_elem(&http_server_inflight, &key))) {
+			count(CNT_INFLIGHT_FULL);
+			return 0;
+		}
+	} else if (in->start_ns) {
 		/* The goroutine's previous request never reached finishRequest. */
 		count(CNT_STALE_START);
-		active_add(key.tgid, old->method_idx, -1);
 	}
 
-	struct inflight in = {};
-	u32 n = 0;
-	if (read_go_string(in.method, METHOD_MAX, req + off_request_method, &n) < 0)
-		in.flags |= FLAG_READ_FAILED;
-	in.method_len = n;
-	in.method_idx = method_index(in.method, in.method_len);
-	in.start_ns = bpf_ktime_get_ns();
-
-	if (bpf_map_update_elem(&http_server_inflight, &key, &in, BPF_ANY) != 0) {
-		count(CNT_INFLIGHT_FULL);
-		return 0;
+	/* Method and URL are adjacent in every Go release (0 and 16); one read
+	 * then gets both. The loader's constants make the other branch dead. */
+	struct {
+		struct go_string method;
+		u64 url;
+	} hdr = {};
+	long err;
+	if (off_request_url == off_request_method + 16) {
+		err = bpf_probe_read_user(&hdr, sizeof(hdr), (void *)(req + off_request_method));
+	} else {
+		err = bpf_probe_read_user(&hdr.method, sizeof(hdr.method), (void *)(req + off_request_method));
+		err |= bpf_probe_read_user(&hdr.url, sizeof(hdr.url), (void *)(req + off_request_url));
 	}
-	active_add(key.tgid, in.method_idx, 1);
+	in->flags = 0;
+	in->method_len = 0;
+	u32 n = hdr.method.len < METHOD_MAX ? (u32)hdr.method.len : METHOD_MAX;
+	if (err != 0 || (n > 0 && bpf_probe_read_user(in->method, n, (void *)hdr.method.ptr) != 0))
+		in->flags |= FLAG_READ_FAILED;
+	else
+		in->method_len = n;
+	in->method_idx = method_index(in->method, in->method_len);
+	in->req = req;
+	in->url = hdr.url;
+	in->start_ns = bpf_ktime_get_ns();
 	return 0;
 }
 
@@ -184,7 +177,7 @@ int http_server_end(struct pt_regs *ctx)
 	u64 w = GO_ARG1(ctx);
 	struct inflight_key key = {.g = GO_G(ctx), .tgid = bpf_get_current_pid_tgid() >> 32};
 	struct inflight *in = bpf_map_lookup_elem(&http_server_inflight, &key);
-	if (!in) {
+	if (!in || !in->start_ns) {
 		count(CNT_UNMATCHED_END);
 		return 0;
 	}
@@ -192,8 +185,7 @@ int http_server_end(struct pt_regs *ctx)
 	struct http_server_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(CNT_RINGBUF_FULL);
-		active_add(key.tgid, in->method_idx, -1);
-		bpf_map_delete_elem(&http_server_inflight, &key);
+		in->start_ns = 0;
 		return 0;
 	}
 
@@ -203,41 +195,26 @@ int http_server_end(struct pt_regs *ctx)
 	e->flags = in->flags;
 	e->method_len = in->method_len;
 	__builtin_memcpy(e->method, in->method, METHOD_MAX);
-	active_add(key.tgid, in->method_idx, -1);
-	bpf_map_delete_elem(&http_server_inflight, &key);
 
 	/* Reserved memory is not zeroed; clear what may be read partially. */
 	e->path_len = 0;
 	e->pattern_len = 0;
 	e->_pad = 0;
 
+	u64 req = in->req, url = in->url;
+	in->start_ns = 0;
+
 	u64 status = 0;
 	if (bpf_probe_read_user(&status, sizeof(status), (void *)(w + off_response_status)) != 0)
 		e->flags |= FLAG_READ_FAILED;
 	e->status = (u16)status;
 
-	u64 req = 0, url = 0;
-	bpf_probe_read_user(&req, sizeof(req), (void *)(w + off_response_req));
-	if (req)
-		bpf_probe_read_user(&url, sizeof(url), (void *)(req + off_request_url));
-
 	u32 n = 0;
 	s64 full;
-	if (url) {
-		full = read_go_string(e->path, PATH_MAX_LEN, url + off_url_path, &n);
-		if (full < 0)
-			e->flags |= FLAG_READ_FAILED;
-		else if (full > n)
-			e->flags |= FLAG_PATH_TRUNCATED;
-		e->path_len = n;
-	} else {
-		e->flags |= FLAG_READ_FAILED;
-	}
-
 	u64 pstr = 0;
-	if (req && off_request_pattern != OFF_NONE) {
+	if (off_request_pattern != OFF_NONE) {
 		pstr = req + off_request_pattern;
-	} else if (req && off_request_pat != OFF_NONE) {
+	} else if (off_request_pat != OFF_NONE) {
 		u64 pat = 0;
 		bpf_probe_read_user(&pat, sizeof(pat), (void *)(req + off_request_pat));
 		if (pat)
@@ -248,6 +225,20 @@ int http_server_end(struct pt_regs *ctx)
 		if (full > n)
 			e->flags |= FLAG_PATTERN_TRUNCATED;
 		e->pattern_len = n;
+	}
+
+	/* Metrics need the path only for the fallback route. */
+	if (with_spans || e->pattern_len == 0) {
+		if (!url) {
+			e->flags |= FLAG_READ_FAILED;
+		} else {
+			full = read_go_string(e->path, PATH_MAX_LEN, url + off_url_path, &n);
+			if (full < 0)
+				e->flags |= FLAG_READ_FAILED;
+			else if (full > n)
+				e->flags |= FLAG_PATH_TRUNCATED;
+			e->path_len = n;
+		}
 	}
 
 	if (e->flags & FLAG_READ_FAILED)

@@ -45,12 +45,16 @@ func New() *probe.Probe {
 		},
 		ProcessMaps: map[string]int{
 			"http_server_inflight": int(unsafe.Offsetof(bpfInflightKey{}.Tgid)),
-			"http_server_active":   int(unsafe.Offsetof(bpfActiveKey{}.Tgid)),
 		},
-		ActiveMap: "http_server_active",
-		// Indexed like enum method_idx in probe.bpf.c.
-		ActiveMethods: []string{"_OTHER", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"},
-		Spec:          loadBpf,
+		Active: probe.ActiveSlots{
+			Map:          "http_server_inflight",
+			TGIDOffset:   int(unsafe.Offsetof(bpfInflightKey{}.Tgid)),
+			StartOffset:  int(unsafe.Offsetof(bpfInflight{}.StartNs)),
+			MethodOffset: int(unsafe.Offsetof(bpfInflight{}.MethodIdx)),
+			// Indexed like enum method_idx in probe.bpf.c.
+			Methods: []string{"_OTHER", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"},
+		},
+		Spec:       loadBpf,
 		RecordSize: RecordSize,
 		Decode:     Decode,
 	}

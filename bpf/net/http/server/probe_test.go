@@ -54,7 +54,7 @@ func TestDecode(t *testing.T) {
 			Status: 200, Truncated: true},
 	}, {
 		name: "lengths beyond the arrays are clamped",
-		in: bpfHttpServerEvent{Tgid: 1, MethodLen: 200, Method: chars[[16]int8]("0123456789abcdef"), Status: 200},
+		in:   bpfHttpServerEvent{Tgid: 1, MethodLen: 200, Method: chars[[16]int8]("0123456789abcdef"), Status: 200},
 		want: probe.Request{Kind: probe.KindHTTPServer, PID: 1, Method: "0123456789abcdef", Status: 200},
 	}}
 	for _, tt := range tests {
@@ -100,6 +100,9 @@ func TestConstsExistInObject(t *testing.T) {
 		if spec.Programs[s.Program] == nil {
 			t.Errorf("site %s: program %s not in the object", s.Symbol, s.Program)
 		}
+	}
+	if spec.Maps[p.Active.Map] == nil {
+		t.Errorf("active map %s not in the object", p.Active.Map)
 	}
 	for name := range p.ProcessMaps {
 		if spec.Maps[name] == nil {
