@@ -4,6 +4,7 @@ package prom
 
 import (
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,6 +31,22 @@ type HTTPServer struct {
 	overflow *prometheus.Desc
 	activeFn func() ([]Active, error)
 	routes   *routes
+
+	// observers caches the child of duration per label combination: the
+	// reader calls Observe once per request, and resolving a child from six
+	// label values costs more than the rest of the request's processing.
+	// Every part of the key is bounded (methods normalised, patterns fixed
+	// by the program, fallback routes capped), and Forget prunes it.
+	mu        sync.Mutex
+	observers map[obsKey]prometheus.Observer
+}
+
+type obsKey struct {
+	instance string
+	method   string
+	status   int
+	// pattern is the raw ServeMux pattern; route is set only without one.
+	pattern, route string
 }
 
 // NewHTTPServer creates the families; activeFn is read at scrape time.
@@ -47,8 +64,9 @@ func NewHTTPServer(activeFn func() ([]Active, error)) *HTTPServer {
 		overflow: prometheus.NewDesc("obsd_route_overflow_total",
 			"Unrouted requests labelled "+OverflowRoute+" because the process exceeded the distinct fallback routes limit.",
 			export.ServiceLabels, nil),
-		activeFn: activeFn,
-		routes:   newRoutes(),
+		activeFn:  activeFn,
+		routes:    newRoutes(),
+		observers: map[obsKey]prometheus.Observer{},
 	}
 }
 
@@ -56,9 +74,25 @@ func NewHTTPServer(activeFn func() ([]Active, error)) *HTTPServer {
 // bucket's exemplar, so a slow bucket leads to a trace.
 func (h *HTTPServer) Observe(svc export.Service, r probe.Request, sc trace.SpanContext) {
 	sec := time.Duration(r.EndNS - r.StartNS).Seconds()
-	o := h.duration.WithLabelValues(
-		export.Method(r.Method), strconv.Itoa(r.Status), h.routes.route(svc, r),
-		svc.Name, svc.InstanceID, svc.Host)
+	k := obsKey{instance: svc.InstanceID, method: export.Method(r.Method), status: r.Status, pattern: r.Pattern}
+	if r.Pattern == "" {
+		k.route = h.routes.route(svc, r)
+	}
+	h.mu.Lock()
+	o, ok := h.observers[k]
+	if !ok {
+		route := k.route
+		if k.pattern != "" {
+			// ServeMux validates patterns; an unparsable one still gets a
+			// bounded label.
+			if route = export.PatternRoute(k.pattern); route == "" {
+				route = OverflowRoute
+			}
+		}
+		o = h.duration.WithLabelValues(k.method, strconv.Itoa(k.status), route, svc.Name, svc.InstanceID, svc.Host)
+		h.observers[k] = o
+	}
+	h.mu.Unlock()
 	if sc.IsSampled() {
 		o.(prometheus.ExemplarObserver).ObserveWithExemplar(sec, prometheus.Labels{
 			"trace_id": sc.TraceID().String(), "span_id": sc.SpanID().String()})
@@ -69,7 +103,14 @@ func (h *HTTPServer) Observe(svc export.Service, r probe.Request, sc trace.SpanC
 
 // Forget drops an exited process's series.
 func (h *HTTPServer) Forget(svc export.Service) {
+	h.mu.Lock()
+	for k := range h.observers {
+		if k.instance == svc.InstanceID {
+			delete(h.observers, k)
+		}
+	}
 	h.duration.DeletePartialMatch(prometheus.Labels{"service_instance_id": svc.InstanceID})
+	h.mu.Unlock()
 	h.routes.forget(svc.InstanceID)
 }
 

@@ -1,0 +1,132 @@
+package prom
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/obsd-dev/obsd/bpf/probe"
+	"github.com/obsd-dev/obsd/internal/export"
+)
+
+func TestHTTPServerObserve(t *testing.T) {
+	svcA := export.Service{Name: "a", InstanceID: "h:1", Host: "h", PID: 1}
+	svcB := export.Service{Name: "b", InstanceID: "h:2", Host: "h", PID: 2}
+	active := []Active{{Service: svcA, Method: "GET", N: 3}}
+	h := NewHTTPServer(func() ([]Active, error) { return active, nil })
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(h)
+
+	req := func(method, pattern, path string, status int) probe.Request {
+		return probe.Request{Kind: probe.KindHTTPServer, Method: method, Pattern: pattern, Path: path,
+			Status: status, StartNS: 1_000_000, EndNS: 3_000_000}
+	}
+	for i := 0; i < 5; i++ {
+		h.Observe(svcA, req("GET", "GET /items/{id}", "/items/1", 200), trace.SpanContext{})
+	}
+	h.Observe(svcA, req("BREW", "GET /items/{id}", "/items/1", 200), trace.SpanContext{})
+	h.Observe(svcA, req("GET", "", "/users/77", 404), trace.SpanContext{})
+	h.Observe(svcB, req("POST", "/echo", "/echo", 500), trace.SpanContext{})
+
+	want := `
+# HELP http_server_active_requests Number of HTTP server requests in flight.
+# TYPE http_server_active_requests gauge
+http_server_active_requests{host_name="h",http_request_method="GET",service_instance_id="h:1",service_name="a"} 3
+`
+	if err := testutil.CollectAndCompare(h, strings.NewReader(want), "http_server_active_requests"); err != nil {
+		t.Error(err)
+	}
+	counts := map[string]float64{}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "http_server_request_duration_seconds" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			var parts []string
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "host_name" {
+					continue
+				}
+				parts = append(parts, l.GetValue())
+			}
+			counts[strings.Join(parts, " ")] = float64(m.GetHistogram().GetSampleCount())
+			if got := m.GetHistogram().GetSampleSum(); got != float64(m.GetHistogram().GetSampleCount())*0.002 {
+				t.Errorf("%v: sum %v, want 2 ms each", parts, got)
+			}
+		}
+	}
+	wantCounts := map[string]float64{
+		"GET 200 /items/{id} h:1 a":    5,
+		"_OTHER 200 /items/{id} h:1 a": 1,
+		"GET 404 /users/* h:1 a":       1,
+		"POST 500 /echo h:2 b":         1,
+	}
+	for k, n := range wantCounts {
+		if counts[k] != n {
+			t.Errorf("%s: %v, want %v (all: %v)", k, counts[k], n, counts)
+		}
+	}
+	if len(counts) != len(wantCounts) {
+		t.Errorf("series %v, want %v", counts, wantCounts)
+	}
+
+	h.Forget(svcA)
+	if n := testutil.CollectAndCount(h, "http_server_request_duration_seconds"); n != 1 {
+		t.Errorf("%d series after forgetting a, want 1", n)
+	}
+	// A forgotten instance starts afresh.
+	h.Observe(svcA, req("GET", "GET /items/{id}", "/items/1", 200), trace.SpanContext{})
+	if n := testutil.CollectAndCount(h, "http_server_request_duration_seconds"); n != 2 {
+		t.Errorf("%d series, want 2", n)
+	}
+}
+
+func TestHTTPServerExemplar(t *testing.T) {
+	h := NewHTTPServer(nil)
+	svc := export.Service{Name: "a", InstanceID: "h:1", Host: "h"}
+	sc := trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID:    trace.TraceID{1, 2, 3},
+		SpanID:     trace.SpanID{4, 5},
+		TraceFlags: trace.FlagsSampled,
+	})
+	h.Observe(svc, probe.Request{Method: "GET", Pattern: "/x", Status: 200, EndNS: 1e6}, sc)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(h)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found bool
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, b := range m.GetHistogram().GetBucket() {
+				if ex := b.GetExemplar(); ex != nil {
+					for _, l := range ex.GetLabel() {
+						if l.GetName() == "trace_id" && l.GetValue() == sc.TraceID().String() {
+							found = true
+						}
+					}
+				}
+			}
+		}
+	}
+	if !found {
+		t.Error("no exemplar with the sampled span's trace_id")
+	}
+}
+
+func BenchmarkObserve(b *testing.B) {
+	h := NewHTTPServer(nil)
+	svc := export.Service{Name: "a", InstanceID: "h:1", Host: "h"}
+	r := probe.Request{Method: "GET", Pattern: "GET /items/{id}", Path: "/items/1", Status: 200, EndNS: 1e6}
+	for b.Loop() {
+		h.Observe(svc, r, trace.SpanContext{})
+	}
+}
