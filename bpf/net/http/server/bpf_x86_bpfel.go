@@ -25,8 +25,6 @@ type bpfHttpServerEvent struct {
 	PatternLen uint16
 	Pad        uint32
 	Method     [16]int8
-	Path       [128]int8
-	Pattern    [128]int8
 }
 
 type bpfInflight struct {
@@ -48,12 +46,19 @@ type bpfInflightKey struct {
 	Pad  uint32
 }
 
+type bpfScratch struct {
+	_    structs.HostLayout
+	H    bpfHttpServerEvent
+	Data [256]int8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	bpfMapEvents                = "events"
 	bpfMapHttpServerInflight    = "http_server_inflight"
+	bpfMapHttpServerScratch     = "http_server_scratch"
 	bpfMapObsdCounters          = "obsd_counters"
 	bpfProgHttpServerEnd        = "http_server_end"
 	bpfProgHttpServerStart      = "http_server_start"
@@ -121,6 +126,7 @@ type bpfProgramSpecs struct {
 type bpfMapSpecs struct {
 	Events             *ebpf.MapSpec `ebpf:"events"`
 	HttpServerInflight *ebpf.MapSpec `ebpf:"http_server_inflight"`
+	HttpServerScratch  *ebpf.MapSpec `ebpf:"http_server_scratch"`
 	ObsdCounters       *ebpf.MapSpec `ebpf:"obsd_counters"`
 }
 
@@ -162,6 +168,7 @@ func (o *bpfObjects) Close() error {
 type bpfMaps struct {
 	Events             *ebpf.Map `ebpf:"events"`
 	HttpServerInflight *ebpf.Map `ebpf:"http_server_inflight"`
+	HttpServerScratch  *ebpf.Map `ebpf:"http_server_scratch"`
 	ObsdCounters       *ebpf.Map `ebpf:"obsd_counters"`
 }
 
@@ -169,6 +176,7 @@ func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.Events,
 		m.HttpServerInflight,
+		m.HttpServerScratch,
 		m.ObsdCounters,
 	)
 }

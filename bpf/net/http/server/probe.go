@@ -17,8 +17,12 @@ const (
 	flagReadFailed       = 4
 )
 
-// RecordSize is the size of one ring-buffer record.
-const RecordSize = int(unsafe.Sizeof(bpfHttpServerEvent{}))
+// HeaderSize is the fixed part of a record; the pattern and the path
+// follow it.
+const HeaderSize = int(unsafe.Sizeof(bpfHttpServerEvent{}))
+
+// MaxRecordSize bounds a record: header, 128-byte pattern, 128-byte path.
+const MaxRecordSize = HeaderSize + 2*128
 
 func field(pkg, typ, name string) probe.Field {
 	return probe.Field{Module: "std", Package: pkg, Struct: typ, Field: name}
@@ -55,7 +59,7 @@ func New() *probe.Probe {
 			Methods: []string{"_OTHER", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"},
 		},
 		Spec:       loadBpf,
-		RecordSize: RecordSize,
+		RecordSize: MaxRecordSize,
 		Decode:     Decode,
 	}
 }
@@ -64,35 +68,58 @@ func New() *probe.Probe {
 // their offsets in the generated struct rather than through reflection: it
 // runs once per request.
 func Decode(raw []byte) (probe.Request, error) {
-	if len(raw) < RecordSize {
-		return probe.Request{}, fmt.Errorf("decoding http server record: %d bytes, want %d", len(raw), RecordSize)
+	if len(raw) < HeaderSize {
+		return probe.Request{}, fmt.Errorf("decoding http server record: %d bytes, want at least %d", len(raw), HeaderSize)
 	}
 	var e bpfHttpServerEvent
 	ne := binary.NativeEndian
 	flags := raw[unsafe.Offsetof(e.Flags)]
-	methodLen := int(raw[unsafe.Offsetof(e.MethodLen)])
+	methodLen := min(int(raw[unsafe.Offsetof(e.MethodLen)]), len(e.Method))
 	if flags&flagReadFailed != 0 && methodLen == 0 {
 		return probe.Request{}, fmt.Errorf("decoding http server record: target memory unreadable")
+	}
+	patternLen := int(ne.Uint16(raw[unsafe.Offsetof(e.PatternLen):]))
+	pathLen := int(ne.Uint16(raw[unsafe.Offsetof(e.PathLen):]))
+	if HeaderSize+patternLen+pathLen > len(raw) {
+		return probe.Request{}, fmt.Errorf("decoding http server record: %d bytes of strings in a %d-byte record", patternLen+pathLen, len(raw))
 	}
 	status := int(ne.Uint16(raw[unsafe.Offsetof(e.Status):]))
 	if status == 0 {
 		// finishRequest writes 200 for handlers that wrote nothing.
 		status = 200
 	}
+	method := unsafe.Offsetof(e.Method)
+	data := raw[HeaderSize:]
 	return probe.Request{
 		Kind:      probe.KindHTTPServer,
 		PID:       ne.Uint32(raw[unsafe.Offsetof(e.Tgid):]),
 		StartNS:   ne.Uint64(raw[unsafe.Offsetof(e.StartNs):]),
 		EndNS:     ne.Uint64(raw[unsafe.Offsetof(e.EndNs):]),
-		Method:    str(raw, unsafe.Offsetof(e.Method), len(e.Method), methodLen),
-		Path:      str(raw, unsafe.Offsetof(e.Path), len(e.Path), int(ne.Uint16(raw[unsafe.Offsetof(e.PathLen):]))),
-		Pattern:   str(raw, unsafe.Offsetof(e.Pattern), len(e.Pattern), int(ne.Uint16(raw[unsafe.Offsetof(e.PatternLen):]))),
+		Method:    internMethod(raw[method : method+uintptr(methodLen)]),
+		Pattern:   string(data[:patternLen]),
+		Path:      string(data[patternLen : patternLen+pathLen]),
 		Status:    status,
 		Truncated: flags&(flagPathTruncated|flagPatternTruncated) != 0,
 	}, nil
 }
 
-// str copies n bytes (at most capacity) of the char array at off.
-func str(raw []byte, off uintptr, capacity, n int) string {
-	return string(raw[off : off+uintptr(min(n, capacity))])
+// internMethod saves an allocation per request for the usual methods.
+func internMethod(b []byte) string {
+	switch string(b) {
+	case "GET":
+		return "GET"
+	case "POST":
+		return "POST"
+	case "PUT":
+		return "PUT"
+	case "DELETE":
+		return "DELETE"
+	case "HEAD":
+		return "HEAD"
+	case "PATCH":
+		return "PATCH"
+	case "OPTIONS":
+		return "OPTIONS"
+	}
+	return string(b)
 }

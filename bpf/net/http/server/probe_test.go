@@ -8,21 +8,24 @@ import (
 	"github.com/obsd-dev/obsd/bpf/probe"
 )
 
-// record encodes an event the way the kernel lays it out, through
-// encoding/binary rather than the offsets Decode uses.
-func record(t *testing.T, e bpfHttpServerEvent) []byte {
+// record encodes a header the way the kernel lays it out, through
+// encoding/binary rather than the offsets Decode uses, and appends the
+// strings.
+func record(t *testing.T, e bpfHttpServerEvent, pattern, path string) []byte {
 	t.Helper()
+	e.PatternLen, e.PathLen = uint16(len(pattern)), uint16(len(path))
 	var b bytes.Buffer
 	if err := binary.Write(&b, binary.NativeEndian, &e); err != nil {
 		t.Fatal(err)
 	}
-	if b.Len() != RecordSize {
-		t.Fatalf("encoded %d bytes, want %d", b.Len(), RecordSize)
+	if b.Len() != HeaderSize {
+		t.Fatalf("encoded %d bytes, want %d", b.Len(), HeaderSize)
 	}
+	b.WriteString(pattern + path)
 	return b.Bytes()
 }
 
-func chars[T [16]int8 | [128]int8](s string) (a T) {
+func method(s string) (a [16]int8) {
 	for i := 0; i < len(s) && i < len(a); i++ {
 		a[i] = int8(s[i])
 	}
@@ -31,35 +34,39 @@ func chars[T [16]int8 | [128]int8](s string) (a T) {
 
 func TestDecode(t *testing.T) {
 	tests := []struct {
-		name string
-		in   bpfHttpServerEvent
-		want probe.Request
+		name          string
+		in            bpfHttpServerEvent
+		pattern, path string
+		want          probe.Request
 	}{{
-		name: "pattern route",
-		in: bpfHttpServerEvent{StartNs: 100, EndNs: 250, Tgid: 42, Status: 404, MethodLen: 3,
-			Method: chars[[16]int8]("GET"), PathLen: 8, Path: chars[[128]int8]("/items/7"),
-			PatternLen: 15, Pattern: chars[[128]int8]("GET /items/{id}")},
+		name:    "pattern route",
+		in:      bpfHttpServerEvent{StartNs: 100, EndNs: 250, Tgid: 42, Status: 404, MethodLen: 3, Method: method("GET")},
+		pattern: "GET /items/{id}", path: "/items/7",
 		want: probe.Request{Kind: probe.KindHTTPServer, PID: 42, StartNS: 100, EndNS: 250,
 			Method: "GET", Path: "/items/7", Pattern: "GET /items/{id}", Status: 404},
 	}, {
 		name: "no status written means 200",
-		in: bpfHttpServerEvent{Tgid: 1, MethodLen: 4, Method: chars[[16]int8]("POST"),
-			PathLen: 1, Path: chars[[128]int8]("/")},
+		in:   bpfHttpServerEvent{Tgid: 1, MethodLen: 4, Method: method("POST")},
+		path: "/",
 		want: probe.Request{Kind: probe.KindHTTPServer, PID: 1, Method: "POST", Path: "/", Status: 200},
 	}, {
-		name: "truncated path",
-		in: bpfHttpServerEvent{Tgid: 1, MethodLen: 3, Method: chars[[16]int8]("GET"), Flags: flagPathTruncated,
-			PathLen: 128, Path: chars[[128]int8]("/x"), Status: 200},
-		want: probe.Request{Kind: probe.KindHTTPServer, PID: 1, Method: "GET", Path: "/x" + string(make([]byte, 126)),
-			Status: 200, Truncated: true},
+		name:    "pattern without path (metrics only)",
+		in:      bpfHttpServerEvent{Tgid: 1, MethodLen: 3, Method: method("GET"), Status: 200},
+		pattern: "/hello",
+		want:    probe.Request{Kind: probe.KindHTTPServer, PID: 1, Method: "GET", Pattern: "/hello", Status: 200},
 	}, {
-		name: "lengths beyond the arrays are clamped",
-		in:   bpfHttpServerEvent{Tgid: 1, MethodLen: 200, Method: chars[[16]int8]("0123456789abcdef"), Status: 200},
+		name: "truncated path",
+		in:   bpfHttpServerEvent{Tgid: 1, MethodLen: 3, Method: method("GET"), Flags: flagPathTruncated, Status: 200},
+		path: "/x",
+		want: probe.Request{Kind: probe.KindHTTPServer, PID: 1, Method: "GET", Path: "/x", Status: 200, Truncated: true},
+	}, {
+		name: "method length beyond the array is clamped",
+		in:   bpfHttpServerEvent{Tgid: 1, MethodLen: 200, Method: method("0123456789abcdef"), Status: 200},
 		want: probe.Request{Kind: probe.KindHTTPServer, PID: 1, Method: "0123456789abcdef", Status: 200},
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := Decode(record(t, tt.in))
+			got, err := Decode(record(t, tt.in, tt.pattern, tt.path))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -71,12 +78,15 @@ func TestDecode(t *testing.T) {
 }
 
 func TestDecodeErrors(t *testing.T) {
-	if _, err := Decode(make([]byte, RecordSize-1)); err == nil {
+	if _, err := Decode(make([]byte, HeaderSize-1)); err == nil {
 		t.Error("short record decoded")
 	}
-	unreadable := record(t, bpfHttpServerEvent{Flags: flagReadFailed})
-	if _, err := Decode(unreadable); err == nil {
+	if _, err := Decode(record(t, bpfHttpServerEvent{Flags: flagReadFailed}, "", "")); err == nil {
 		t.Error("record with unreadable method decoded")
+	}
+	r := record(t, bpfHttpServerEvent{MethodLen: 3, Method: method("GET")}, "/p", "/path")
+	if _, err := Decode(r[:len(r)-1]); err == nil {
+		t.Error("record shorter than its string lengths decoded")
 	}
 }
 
