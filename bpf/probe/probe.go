@@ -75,10 +75,9 @@ type ActiveSlots struct {
 	// StartOffset is the byte offset of a u64 in the value that is non-zero
 	// while the slot is busy.
 	StartOffset int
-	// MethodOffset is the byte offset of a u8 method index in the value,
-	// which Methods maps to semconv names.
-	MethodOffset int
-	Methods      []string
+	// MethodLenOffset is the byte offset of a u8 length and MethodOffset of
+	// the bytes of the request method, as received, in the value.
+	MethodLenOffset, MethodOffset int
 }
 
 // Kind says which side of which protocol a Request was observed on.

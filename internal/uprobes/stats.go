@@ -130,7 +130,8 @@ func readCounters(mp *ebpf.Map) ([]uint64, error) {
 	return out, nil
 }
 
-// Active is the number of requests in flight in one process for one method.
+// Active is the number of requests in flight in one process for one
+// method, as received (not normalised).
 type Active struct {
 	PID    uint32
 	Method string
@@ -160,10 +161,8 @@ func (m *Manager) ActiveRequests() ([]Active, error) {
 			if binary.NativeEndian.Uint64(v[a.StartOffset:]) == 0 {
 				continue // idle slot
 			}
-			method := "_OTHER"
-			if idx := int(v[a.MethodOffset]); idx < len(a.Methods) {
-				method = a.Methods[idx]
-			}
+			n := min(int(v[a.MethodLenOffset]), len(v)-a.MethodOffset)
+			method := string(v[a.MethodOffset : a.MethodOffset+n])
 			counts[key{binary.NativeEndian.Uint32(k[a.TGIDOffset:]), method}]++
 		}
 		errs = append(errs, it.Err())

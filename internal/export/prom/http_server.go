@@ -135,8 +135,13 @@ func (h *HTTPServer) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.NewInvalidMetric(h.active, err)
 		return
 	}
+	// Methods outside the standard set fold into _OTHER, so sum first.
+	type key struct{ name, instance, host, method string }
+	sums := map[key]int64{}
 	for _, a := range act {
-		ch <- prometheus.MustNewConstMetric(h.active, prometheus.GaugeValue, float64(a.N),
-			append([]string{a.Method}, a.Service.LabelValues()...)...)
+		sums[key{a.Service.Name, a.Service.InstanceID, a.Service.Host, export.Method(a.Method)}] += a.N
+	}
+	for k, n := range sums {
+		ch <- prometheus.MustNewConstMetric(h.active, prometheus.GaugeValue, float64(n), k.method, k.name, k.instance, k.host)
 	}
 }

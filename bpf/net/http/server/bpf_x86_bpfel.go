@@ -33,9 +33,8 @@ type bpfInflight struct {
 	Req       uint64
 	Url       uint64
 	MethodLen uint8
-	MethodIdx uint8
 	Flags     uint8
-	Pad       [5]uint8
+	Pad       [6]uint8
 	Method    [16]int8
 }
 

@@ -29,10 +29,6 @@ volatile const u64 off_response_status = OFF_NONE;
  * path is read even when a pattern gives the route. */
 volatile const u8 with_spans = 1;
 
-enum method_idx {
-	M_OTHER = 0, M_GET, M_HEAD, M_POST, M_PUT, M_DELETE, M_CONNECT, M_OPTIONS, M_TRACE, M_PATCH,
-};
-
 #define FLAG_PATH_TRUNCATED 1
 #define FLAG_PATTERN_TRUNCATED 2
 #define FLAG_READ_FAILED 4
@@ -71,9 +67,8 @@ struct inflight {
 	u64 req; /* *http.Request, == w.req at the end */
 	u64 url; /* req.URL */
 	u8 method_len;
-	u8 method_idx;
 	u8 flags;
-	u8 _pad[5];
+	u8 _pad[6];
 	char method[METHOD_MAX];
 };
 
@@ -103,32 +98,6 @@ struct {
 
 /* Keeps struct http_server_event in BTF for bpf2go -type. */
 const struct http_server_event *unused_http_server_event __attribute__((unused));
-
-static __always_inline u8 method_index(const char *m, u8 n)
-{
-	switch (n) {
-	case 3:
-		if (m[0] == 'G' && m[1] == 'E' && m[2] == 'T') return M_GET;
-		if (m[0] == 'P' && m[1] == 'U' && m[2] == 'T') return M_PUT;
-		break;
-	case 4:
-		if (m[0] == 'P' && m[1] == 'O' && m[2] == 'S' && m[3] == 'T') return M_POST;
-		if (m[0] == 'H' && m[1] == 'E' && m[2] == 'A' && m[3] == 'D') return M_HEAD;
-		break;
-	case 5:
-		if (m[0] == 'P' && m[1] == 'A' && m[2] == 'T' && m[3] == 'C' && m[4] == 'H') return M_PATCH;
-		if (m[0] == 'T' && m[1] == 'R' && m[2] == 'A' && m[3] == 'C' && m[4] == 'E') return M_TRACE;
-		break;
-	case 6:
-		if (m[0] == 'D' && m[1] == 'E' && m[2] == 'L' && m[3] == 'E' && m[4] == 'T' && m[5] == 'E') return M_DELETE;
-		break;
-	case 7:
-		if (m[0] == 'O' && m[1] == 'P' && m[2] == 'T') return M_OPTIONS;
-		if (m[0] == 'C' && m[1] == 'O' && m[2] == 'N') return M_CONNECT;
-		break;
-	}
-	return M_OTHER;
-}
 
 SEC("uprobe.multi")
 int http_server_start(struct pt_regs *ctx)
@@ -178,7 +147,6 @@ int http_server_start(struct pt_regs *ctx)
 		in->flags |= FLAG_READ_FAILED;
 	else
 		in->method_len = n;
-	in->method_idx = method_index(in->method, in->method_len);
 	in->req = req;
 	in->url = hdr.url;
 	in->start_ns = bpf_ktime_get_ns();

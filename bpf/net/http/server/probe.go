@@ -51,12 +51,11 @@ func New() *probe.Probe {
 			"http_server_inflight": int(unsafe.Offsetof(bpfInflightKey{}.Tgid)),
 		},
 		Active: probe.ActiveSlots{
-			Map:          "http_server_inflight",
-			TGIDOffset:   int(unsafe.Offsetof(bpfInflightKey{}.Tgid)),
-			StartOffset:  int(unsafe.Offsetof(bpfInflight{}.StartNs)),
-			MethodOffset: int(unsafe.Offsetof(bpfInflight{}.MethodIdx)),
-			// Indexed like enum method_idx in probe.bpf.c.
-			Methods: []string{"_OTHER", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"},
+			Map:             "http_server_inflight",
+			TGIDOffset:      int(unsafe.Offsetof(bpfInflightKey{}.Tgid)),
+			StartOffset:     int(unsafe.Offsetof(bpfInflight{}.StartNs)),
+			MethodLenOffset: int(unsafe.Offsetof(bpfInflight{}.MethodLen)),
+			MethodOffset:    int(unsafe.Offsetof(bpfInflight{}.Method)),
 		},
 		Spec:       loadBpf,
 		RecordSize: MaxRecordSize,
