@@ -8,18 +8,8 @@ import (
 
 	"github.com/obsd-dev/obsd/bpf/probe"
 	"github.com/obsd-dev/obsd/internal/inspect"
+	"github.com/obsd-dev/obsd/internal/test/e2e"
 )
-
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("OBSD_REQUIRE_BPF") == "1" {
-		t.Fatal("OBSD_REQUIRE_BPF=1 but not running as root")
-	}
-	t.Skip("needs root to load BPF programs")
-}
 
 type discard struct{}
 
@@ -37,17 +27,23 @@ func newManager(t *testing.T) *Manager {
 
 // TestProbesLoad puts every enabled probe through the kernel verifier.
 func TestProbesLoad(t *testing.T) {
-	requireRoot(t)
+	e2e.RequireRoot(t)
 	m := newManager(t)
 	if len(m.probes) != len(Probes()) {
 		t.Fatalf("loaded %d probes, want %d", len(m.probes), len(Probes()))
+	}
+	for _, lp := range m.probes {
+		// The Go list of counters must match enum obsd_counter in C.
+		if n := lp.maps["obsd_counters"].MaxEntries(); int(n) != len(bpfCounters) {
+			t.Errorf("probe %s has %d counters, Go names %d", lp.Name, n, len(bpfCounters))
+		}
 	}
 }
 
 // TestAttachRefusals checks that processes obsd cannot instrument are
 // refused with the right reason, counted, and left running.
 func TestAttachRefusals(t *testing.T) {
-	requireRoot(t)
+	e2e.RequireRoot(t)
 	m := newManager(t)
 	tests := []struct {
 		name   string
