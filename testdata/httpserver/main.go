@@ -7,6 +7,7 @@ package main
 
 import (
 	"crypto/sha256"
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"io"
@@ -20,6 +21,7 @@ import (
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:0", "listen address")
+	useTLS := flag.Bool("tls", false, "serve HTTPS with a self-signed certificate (HTTP/2 and HTTP/1.1)")
 	flag.Parse()
 
 	mux := http.NewServeMux()
@@ -51,6 +53,14 @@ func main() {
 	}
 	fmt.Println(ln.Addr().String())
 	os.Stdout.Sync()
+	if *useTLS {
+		cert, err := selfSigned()
+		if err != nil {
+			log.Fatal(err)
+		}
+		srv := &http.Server{Handler: mux, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}}
+		log.Fatal(srv.ServeTLS(ln, "", ""))
+	}
 	log.Fatal(http.Serve(ln, mux))
 }
 
