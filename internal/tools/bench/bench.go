@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -34,7 +35,52 @@ type config struct {
 	name   string
 	label  string
 	kind   kind
-	traces string // obsd's --traces
+	traces string   // obsd's --traces
+	env    []string // added to obsd's environment
+	// ratio is the share of requests whose spans obsd exports (1 for
+	// always_on), 0 when it exports none.
+	ratio float64
+}
+
+// sampleRatio is the production sampling rate, ParentBased(TraceIDRatioBased(0.01)).
+const sampleRatio = 0.01
+
+// benchConfigs lists the configurations a run measures, in the order each
+// round runs them. endpoint is the span receiver's, http://HOST:PORT.
+func benchConfigs(o options, endpoint string) []config {
+	cs := []config{
+		{name: "plain", label: "plain", kind: plain},
+		{name: "floor", label: "floor (2 empty uprobes)", kind: floorKind},
+	}
+	if o.obsd == "" {
+		return cs
+	}
+	cs = append(cs, config{name: "obsd", label: "obsd (--traces none)", kind: obsdKind, traces: "none"})
+	if !o.spans {
+		return cs
+	}
+	otlp := []string{"OTEL_EXPORTER_OTLP_ENDPOINT=" + endpoint, "OTEL_EXPORTER_OTLP_INSECURE=true"}
+	return append(cs,
+		config{name: "obsd+otlp 1%", label: "obsd (OTLP, 1% sampled)", kind: obsdKind, traces: "otlp", ratio: sampleRatio,
+			env: append(otlp[:2:2], "OTEL_TRACES_SAMPLER=parentbased_traceidratio", fmt.Sprintf("OTEL_TRACES_SAMPLER_ARG=%g", sampleRatio))},
+		config{name: "obsd+otlp 100%", label: "obsd (OTLP, 100% sampled)", kind: obsdKind, traces: "otlp", ratio: 1,
+			env: append(otlp[:2:2], "OTEL_TRACES_SAMPLER=always_on")},
+	)
+}
+
+// obsdEnv is the environment obsd runs with: this process's without any
+// OTEL_* or OBSD_* variable, so that only the configuration's settings
+// apply (a stray OTEL_EXPORTER_OTLP_TRACES_ENDPOINT would win over the
+// receiver's endpoint, OBSD_EXE would add processes), then extra.
+func obsdEnv(base, extra []string) []string {
+	var env []string
+	for _, kv := range base {
+		if strings.HasPrefix(kv, "OTEL_") || strings.HasPrefix(kv, "OBSD_") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return append(env, extra...)
 }
 
 type route struct{ name, path string }
@@ -65,7 +111,27 @@ type rateResult struct {
 	memAfter  memory
 	lost      float64
 	counted   float64 // http_server_request_duration_seconds_count added during the run
+	spans     spanCounts
 }
+
+// spanCounts is what became of a fixed-rate run's spans, for configurations
+// that export them. obsd's counters cover the run alone: its obsd started
+// with it and saw no request before.
+type spanCounts struct {
+	received     int64   // by the receiver during the run and its flush
+	created      float64 // obsd_spans_created_total: sampled or not
+	exported     float64 // obsd_spans_exported_total
+	exportErrors float64 // obsd_span_export_errors_total
+	dropped      float64 // obsd_spans_dropped_total
+}
+
+// Once a run's requests are counted, the receiver's count is final when it
+// has not moved for longer than the batch span processor's schedule delay
+// (OTEL_BSP_SCHEDULE_DELAY, 5 s by default and left so), within flushWait.
+const (
+	flushQuiet = 6500 * time.Millisecond
+	flushWait  = 20 * time.Second
+)
 
 // Remeasure when other processes took more than maxForeign of the server's
 // CPU, at most maxRetries times in a run.
@@ -88,26 +154,30 @@ type bench struct {
 	configs    []config
 	notes      []string
 	obsdOthers map[string]bool
+	recv       *spanReceiver
+	// obsdOnServerCPU is whether obsd may run on the server's CPU, where
+	// its CPU time is then not another process's.
+	obsdOnServerCPU bool
 }
 
 func newBench(ctx context.Context, o options, log *slog.Logger, taskset string, ncpu int) (*bench, error) {
 	b := &bench{o: o, log: log, taskset: taskset, ncpu: ncpu, obsdOthers: map[string]bool{}}
-	b.configs = []config{
-		{name: "plain", label: "plain", kind: plain},
-		{name: "floor", label: "floor (2 empty uprobes)", kind: floorKind},
+	cpus, all, err := o.obsdCPUSet()
+	if err != nil {
+		return nil, err
 	}
-	if o.obsd != "" {
-		b.configs = append(b.configs, config{name: "obsd", label: "obsd (--traces none)", kind: obsdKind, traces: "none"})
-		if o.spans {
-			b.configs = append(b.configs, config{name: "obsd+spans", label: "obsd (--traces stdout > /dev/null)", kind: obsdKind, traces: "stdout"})
-		}
-	}
+	b.obsdOnServerCPU = all || slices.Contains(cpus, o.serverCPU)
 	ok := false
 	defer func() {
 		if !ok {
 			b.close()
 		}
 	}()
+	// In this process, so on the load CPU with the load generators.
+	if b.recv, err = startReceiver(); err != nil {
+		return nil, err
+	}
+	b.configs = benchConfigs(o, b.recv.endpoint)
 	dir, err := os.MkdirTemp("", "obsd-bench-")
 	if err != nil {
 		return nil, fmt.Errorf("make temp dir: %w", err)
@@ -149,6 +219,7 @@ func (b *bench) close() {
 		b.stats.Close()
 	}
 	b.floor.close()
+	b.recv.close()
 	if b.dir != "" {
 		os.RemoveAll(b.dir)
 	}
@@ -180,9 +251,9 @@ func (b *bench) note(format string, args ...any) {
 }
 
 func (b *bench) obsdArgv() []string {
-	cpus := b.o.obsdCPUs
-	if cpus == "" {
-		cpus = fmt.Sprintf("0-%d", b.ncpu-1)
+	cpus := fmt.Sprintf("0-%d", b.ncpu-1)
+	if set, all, _ := b.o.obsdCPUSet(); !all {
+		cpus = joinInts(set)
 	}
 	return []string{b.taskset, "-c", cpus, b.o.obsd}
 }
@@ -252,7 +323,7 @@ func (b *bench) runConfig(ctx context.Context, c config, round int) (map[string]
 		defer l.Close()
 		set = &progSet{progs: []*ebpf.Program{b.floor.prog}, names: []string{"floor_probe"}}
 	case obsdKind:
-		ob, obBase, err = startObsd(ctx, b.obsdArgv(), c.traces, srv.pid())
+		ob, obBase, err = startObsd(ctx, b.obsdArgv(), obsdEnv(os.Environ(), c.env), c.traces, srv.pid())
 		if err != nil {
 			return nil, err
 		}
@@ -318,6 +389,15 @@ func (b *bench) runConfig(ctx context.Context, c config, round int) (map[string]
 		if lost, _ := sumMetric(text, "obsd_events_lost_total"); lost != 0 {
 			b.note("round %d, %s: obsd_events_lost_total is %.0f after the wrk runs", round, c.name, lost)
 		}
+		// At wrk's rate a full batch queue drops spans: say how many, as
+		// what the configuration measured is obsd doing less than asked.
+		if c.ratio > 0 {
+			dropped, _ := sumMetric(text, "obsd_spans_dropped_total")
+			failed, _ := sumMetric(text, "obsd_span_export_errors_total")
+			if dropped != 0 || failed != 0 {
+				b.note("round %d, %s: after the wrk runs obsd_spans_dropped_total is %.0f and obsd_span_export_errors_total is %.0f", round, c.name, dropped, failed)
+			}
+		}
 	}
 	return out, nil
 }
@@ -377,9 +457,12 @@ func (b *bench) measure(ctx context.Context, url string, srv, ob *proc, set *pro
 		return sample{}, ob.failure("measure " + url)
 	}
 	srvCPU := srv1 - srv0
-	// Busy time on the server's CPU that neither the server nor obsd (which
-	// may run anywhere, so this is a lower bound) accounts for.
-	foreign := (cpu1.busy - cpu0.busy) - srvCPU - (ob1 - ob0)
+	// Busy time on the server's CPU that neither the server nor obsd
+	// accounts for; a lower bound when obsd may also run elsewhere.
+	foreign := (cpu1.busy - cpu0.busy) - srvCPU
+	if b.obsdOnServerCPU {
+		foreign -= ob1 - ob0
+	}
 	return sample{
 		wrk:       w,
 		runs:      after.runs - before.runs,
@@ -400,7 +483,7 @@ func (b *bench) runFixedRate(ctx context.Context, c config) (rateResult, error) 
 		return rr, err
 	}
 	defer srv.stop(2 * time.Second)
-	ob, base, err := startObsd(ctx, b.obsdArgv(), c.traces, srv.pid())
+	ob, base, err := startObsd(ctx, b.obsdArgv(), obsdEnv(os.Environ(), c.env), c.traces, srv.pid())
 	if err != nil {
 		return rr, err
 	}
@@ -411,6 +494,7 @@ func (b *bench) runFixedRate(ctx context.Context, c config) (rateResult, error) 
 		return rr, err
 	}
 	count0, _ := sumMetric(text, "http_server_request_duration_seconds_count")
+	recv0 := b.recv.received()
 	if rr.memBefore, err = procMemory(ob.pid()); err != nil {
 		return rr, err
 	}
@@ -466,10 +550,48 @@ func (b *bench) runFixedRate(ctx context.Context, c config) (rateResult, error) 
 		}
 	}
 	rr.lost, _ = sumMetric(text, "obsd_events_lost_total")
+	if c.ratio > 0 {
+		if rr.spans, err = b.waitSpans(ctx, base, recv0, rr.load.Responses); err != nil {
+			return rr, err
+		}
+	}
 	if ob.exited() {
 		return rr, ob.failure("fixed-rate run")
 	}
 	return rr, nil
+}
+
+// waitSpans waits for obsd's batch span processor to flush what the
+// fixed-rate run queued, then reads the receiver's count (less recv0) and
+// obsd's span counters. It stops early once every response has a span.
+func (b *bench) waitSpans(ctx context.Context, base string, recv0 int64, responses int) (spanCounts, error) {
+	var sc spanCounts
+	deadline := time.Now().Add(flushWait)
+	last, moved := int64(-1), time.Now()
+	for {
+		n := b.recv.received() - recv0
+		if n != last {
+			last, moved = n, time.Now()
+		}
+		if n >= int64(responses) || time.Since(moved) > flushQuiet || time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return sc, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	text, err := scrape(ctx, base)
+	if err != nil {
+		return sc, err
+	}
+	sc.received = b.recv.received() - recv0
+	sc.created, _ = sumMetric(text, "obsd_spans_created_total")
+	sc.exported, _ = sumMetric(text, "obsd_spans_exported_total")
+	sc.exportErrors, _ = sumMetric(text, "obsd_span_export_errors_total")
+	sc.dropped, _ = sumMetric(text, "obsd_spans_dropped_total")
+	return sc, nil
 }
 
 // waitQuiet samples how busy the host's CPUs are, for up to -wait-quiet,

@@ -4,10 +4,13 @@
 //
 // In one run it alternates, round-robin so machine drift hits all equally:
 // the server alone (plain), two empty uprobes at obsd's two sites (floor),
-// obsd without span export, and obsd with spans written to /dev/null. The
-// server is pinned to one CPU and wrk to another, so 1/throughput is about
-// the server's CPU time per request. It then drives /hello at a fixed rate
-// to read obsd's own CPU and memory, and checks that no event was lost.
+// obsd without span export, and obsd exporting spans over OTLP/gRPC, 1%
+// sampled (the production setting) and 100% sampled, to a receiver inside
+// this tool that counts and drops them. The server is pinned to one CPU;
+// wrk, this tool (with the receiver) and by default obsd to another, so
+// 1/throughput is about the server's CPU time per request. It then drives
+// /hello at a fixed rate to read obsd's own CPU and memory, and checks that
+// no event was lost and every sampled span arrived.
 //
 // It prints a Markdown table on stdout. Run from the module root as root:
 //
@@ -23,7 +26,9 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -65,12 +70,12 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured wrk run before each measurement (whole seconds, 0 for none)")
 	fs.StringVar(&o.obsd, "obsd", "bin/obsd", `obsd binary; "" skips the obsd configurations`)
 	fs.StringVar(&o.out, "out", "", "also write the Markdown report to this file")
-	fs.BoolVar(&o.spans, "spans", true, "also run obsd with --traces stdout (to /dev/null)")
+	fs.BoolVar(&o.spans, "spans", true, "also run obsd exporting spans over OTLP/gRPC to an in-process receiver, 1% and 100% sampled")
 	fs.IntVar(&o.rate, "rate", 10000, "requests/s of the fixed-rate run that measures obsd's CPU and memory")
 	fs.DurationVar(&o.rateFor, "rate-duration", 5*time.Second, "length of the fixed-rate run")
 	fs.IntVar(&o.serverCPU, "server-cpu", 0, "CPU the server is pinned to")
 	fs.IntVar(&o.loadCPU, "load-cpu", 1, "CPU wrk and this tool's own load loop are pinned to")
-	fs.StringVar(&o.obsdCPUs, "obsd-cpus", "", `taskset CPU list for obsd; "" leaves it free on every CPU`)
+	fs.StringVar(&o.obsdCPUs, "obsd-cpus", "", `taskset CPU list for obsd, e.g. "1" or "0-1,3" (default: the -load-cpu CPU); "all" leaves it free on every CPU`)
 	fs.StringVar(&o.wrk, "wrk", "/usr/bin/wrk", "wrk binary")
 	fs.DurationVar(&o.waitQuiet, "wait-quiet", 0, "wait up to this long for every CPU to be under 10% busy before measuring")
 	if err := fs.Parse(args); err != nil {
@@ -94,7 +99,65 @@ func parseFlags(args []string) (options, error) {
 	case o.serverCPU < 0 || o.loadCPU < 0 || o.serverCPU == o.loadCPU:
 		return o, fmt.Errorf("-server-cpu (%d) and -load-cpu (%d) must be two different CPUs", o.serverCPU, o.loadCPU)
 	}
+	if _, _, err := o.obsdCPUSet(); err != nil {
+		return o, err
+	}
 	return o, nil
+}
+
+// obsdCPUSet returns the CPUs obsd is pinned to, sorted, or all=true when
+// it runs unpinned.
+func (o options) obsdCPUSet() (cpus []int, all bool, err error) {
+	switch o.obsdCPUs {
+	case "":
+		return []int{o.loadCPU}, false, nil
+	case "all":
+		return nil, true, nil
+	}
+	cpus, err = parseCPUList(o.obsdCPUs)
+	if err != nil {
+		return nil, false, fmt.Errorf("-obsd-cpus: %w", err)
+	}
+	return cpus, false, nil
+}
+
+// parseCPUList parses a taskset CPU list of numbers and ranges, "0-2,5",
+// into sorted distinct CPU numbers. Strides ("0-7:2") are refused.
+func parseCPUList(s string) ([]int, error) {
+	seen := map[int]bool{}
+	for _, item := range strings.Split(s, ",") {
+		lo, hi, isRange := strings.Cut(strings.TrimSpace(item), "-")
+		a, err := strconv.Atoi(lo)
+		if err != nil || a < 0 {
+			return nil, fmt.Errorf("parse CPU list %q: %q is not a CPU number or range", s, item)
+		}
+		b := a
+		if isRange {
+			if b, err = strconv.Atoi(hi); err != nil || b < a {
+				return nil, fmt.Errorf("parse CPU list %q: %q is not a CPU number or range", s, item)
+			}
+		}
+		if b > 4095 {
+			return nil, fmt.Errorf("parse CPU list %q: CPU %d is out of range", s, b)
+		}
+		for c := a; c <= b; c++ {
+			seen[c] = true
+		}
+	}
+	cpus := make([]int, 0, len(seen))
+	for c := range seen {
+		cpus = append(cpus, c)
+	}
+	slices.Sort(cpus)
+	return cpus, nil
+}
+
+func joinInts(v []int) string {
+	s := make([]string, len(v))
+	for i, n := range v {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ",")
 }
 
 func run(args []string) error {
@@ -115,6 +178,9 @@ func run(args []string) error {
 	}
 	if o.serverCPU >= ncpu || o.loadCPU >= ncpu {
 		return fmt.Errorf("need CPUs %d and %d, this host has %d", o.serverCPU, o.loadCPU, ncpu)
+	}
+	if cpus, _, _ := o.obsdCPUSet(); len(cpus) > 0 && cpus[len(cpus)-1] >= ncpu {
+		return fmt.Errorf("-obsd-cpus %s: this host has CPUs 0-%d", o.obsdCPUs, ncpu-1)
 	}
 	// Pin this process, the fixed-rate load generator, away from the server's
 	// CPU before it starts any thread of consequence; children are pinned

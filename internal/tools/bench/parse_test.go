@@ -179,6 +179,8 @@ func TestParseFlags(t *testing.T) {
 		{"same CPUs", []string{"-server-cpu", "1"}, "two different CPUs"},
 		{"rate", []string{"-rate", "0"}, "-rate"},
 		{"extra", []string{"x"}, "unexpected arguments"},
+		{"obsd CPUs", []string{"-obsd-cpus", "1:2"}, "-obsd-cpus: parse CPU list"},
+		{"obsd CPUs all", []string{"-obsd-cpus", "all"}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -187,7 +189,7 @@ func TestParseFlags(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if o.rounds != 3 || o.obsd != "bin/obsd" || o.duration.Seconds() != 5 {
+				if o.rounds != 3 || o.obsd != "bin/obsd" || o.duration.Seconds() != 5 || !o.spans {
 					t.Errorf("defaults = %+v", o)
 				}
 				return

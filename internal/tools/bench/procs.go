@@ -47,13 +47,15 @@ type proc struct {
 	err  error // valid once done is closed
 }
 
-// startProc starts argv; stdout, if not nil, receives the child's stdout.
-// The child gets SIGKILL if this process dies first.
-func startProc(name string, argv []string, stdout io.Writer) (*proc, error) {
+// startProc starts argv with env (nil: this process's environment);
+// stdout, if not nil, receives the child's stdout. The child gets SIGKILL
+// if this process dies first.
+func startProc(name string, argv, env []string, stdout io.Writer) (*proc, error) {
 	p := &proc{name: name, out: &tailBuffer{max: 64 << 10}, done: make(chan struct{})}
 	p.cmd = exec.Command(argv[0], argv[1:]...)
 	p.cmd.Stderr = p.out
 	p.cmd.Stdout = stdout
+	p.cmd.Env = env
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
@@ -99,7 +101,7 @@ func (p *proc) failure(what string) error {
 // address it printed.
 func startServer(ctx context.Context, taskset, bin string, cpu int) (*proc, string, error) {
 	pr, pw := io.Pipe()
-	p, err := startProc("httpserver", []string{taskset, "-c", fmt.Sprint(cpu), bin, "-addr", "127.0.0.1:0"}, pw)
+	p, err := startProc("httpserver", []string{taskset, "-c", fmt.Sprint(cpu), bin, "-addr", "127.0.0.1:0"}, nil, pw)
 	if err != nil {
 		return nil, "", err
 	}
@@ -136,11 +138,11 @@ func startServer(ctx context.Context, taskset, bin string, cpu int) (*proc, stri
 
 var obsdListenRE = regexp.MustCompile(`obsd running"?\s+listen=(\S+)`)
 
-// startObsd runs obsd on pid and waits until its /metrics shows the process
-// instrumented.
-func startObsd(ctx context.Context, argv []string, traces string, pid int) (*proc, string, error) {
+// startObsd runs obsd on pid with env and waits until its /metrics shows
+// the process instrumented.
+func startObsd(ctx context.Context, argv, env []string, traces string, pid int) (*proc, string, error) {
 	argv = append(argv, "--pid", fmt.Sprint(pid), "--listen", "127.0.0.1:0", "--traces", traces)
-	p, err := startProc("obsd", argv, nil) // stdout (spans, with --traces stdout) to /dev/null
+	p, err := startProc("obsd", argv, env, nil) // stdout to /dev/null
 	if err != nil {
 		return nil, "", err
 	}

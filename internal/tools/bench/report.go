@@ -160,19 +160,24 @@ func (r *report) markdown() string {
 	} else {
 		w("Host kind unknown (no floor measurement).\n\n")
 	}
-	obsdCPUs := r.o.obsdCPUs
-	if obsdCPUs == "" {
-		obsdCPUs = "any CPU"
-	}
-	w("Server (testdata/httpserver) pinned to CPU %d, `wrk -t1 -c16 -d%ds` pinned to CPU %d, obsd on %s; "+
+	w("Server (testdata/httpserver) pinned to CPU %d, `wrk -t1 -c16 -d%ds` pinned to CPU %d (the load CPU); "+
 		"%d rounds, configurations round-robin within each round, a fresh server per configuration and round, "+
 		"%s wrk warm-up before each measurement; figures are medians over rounds. "+
 		"Cost per request = 1e6/rps − 1e6/rps(plain), as the server has one core; "+
 		"\"server CPU µs/req\" is the server's own CPU time (schedstat) over wrk's request count, a cross-check that holds even when the server is not saturated. "+
 		"BPF run-time statistics (kernel.bpf_stats_enabled) were on for the whole run. "+
 		"Before the run the busiest CPU was %.0f%% busy.\n\n",
-		r.o.serverCPU, int(r.o.duration/time.Second), r.o.loadCPU, obsdCPUs,
+		r.o.serverCPU, int(r.o.duration/time.Second), r.o.loadCPU,
 		r.o.rounds, r.o.warmup, 100*r.busyBefore)
+	if slices.ContainsFunc(r.configs, func(c config) bool { return c.kind == obsdKind }) {
+		w("%s\n\n", r.o.obsdPlacement())
+	}
+	if slices.ContainsFunc(r.configs, func(c config) bool { return c.ratio > 0 }) {
+		w("The OTLP configurations run obsd with `--traces otlp`, OTEL_EXPORTER_OTLP_ENDPOINT set to a receiver inside this tool " +
+			"(OTLP/gRPC on 127.0.0.1, insecure, on the load CPU) that counts the spans and drops them, and the SDK's default batching; " +
+			"1%% sampled is OTEL_TRACES_SAMPLER=parentbased_traceidratio with OTEL_TRACES_SAMPLER_ARG=0.01 (the production setting), " +
+			"100%% sampled is OTEL_TRACES_SAMPLER=always_on.\n\n")
+	}
 
 	w("### Throughput\n\n")
 	w("| route | configuration | req/s | per round | vs plain | µs/req over plain | BPF runs/req | BPF ns/req | server CPU | server CPU µs/req |\n")
@@ -226,6 +231,7 @@ func (r *report) markdown() string {
 				rr.lost, passFail(rr.lost == 0), counted)
 		}
 		w("\n")
+		r.spanTable(w)
 	}
 
 	w("### Anomalies\n\n")
@@ -262,8 +268,78 @@ func (r *report) anomalies() []string {
 		if rr.load.Non200 > 0 {
 			notes = append(notes, fmt.Sprintf("fixed-rate run, %s: %d responses were not 200", rr.cfg.name, rr.load.Non200))
 		}
+		if rr.cfg.ratio == 0 {
+			continue
+		}
+		sc := rr.spans
+		if want, tol, ok := rr.spansExpected(); !ok {
+			notes = append(notes, fmt.Sprintf("fixed-rate run, %s: the receiver got %d spans for %d responses, want %.0f ± %.0f", rr.cfg.name, sc.received, rr.load.Responses, want, tol))
+		}
+		if float64(sc.received) != sc.exported {
+			notes = append(notes, fmt.Sprintf("fixed-rate run, %s: the receiver got %d spans, obsd_spans_exported_total is %.0f", rr.cfg.name, sc.received, sc.exported))
+		}
+		if sc.exportErrors != 0 || sc.dropped != 0 {
+			notes = append(notes, fmt.Sprintf("fixed-rate run, %s: obsd_span_export_errors_total = %.0f, obsd_spans_dropped_total = %.0f", rr.cfg.name, sc.exportErrors, sc.dropped))
+		}
 	}
 	return notes
+}
+
+// obsdPlacement says in one sentence where obsd ran and what that means for
+// the throughput figures.
+func (o options) obsdPlacement() string {
+	cpus, all, _ := o.obsdCPUSet()
+	switch {
+	case all:
+		return "obsd ran unpinned on every CPU (-obsd-cpus all), so the throughput figures also count whatever of obsd's own work the scheduler put on the server's CPU."
+	case len(cpus) == 1 && cpus[0] == o.loadCPU:
+		return fmt.Sprintf("obsd is pinned to the load CPU (%d) so that it takes no CPU from the pinned server: "+
+			"the throughput figures measure what obsd costs the server, not where the scheduler put obsd, "+
+			"whose own CPU the fixed-rate run reports.", o.loadCPU)
+	case slices.Contains(cpus, o.serverCPU):
+		return fmt.Sprintf("obsd was pinned to CPUs %s, which include the server's, so the throughput figures also count whatever of obsd's own work ran there.", joinInts(cpus))
+	default:
+		return fmt.Sprintf("obsd was pinned to CPUs %s, away from the server's, so the throughput figures measure what obsd costs the server, not obsd's own CPU, which the fixed-rate run reports.", joinInts(cpus))
+	}
+}
+
+// spansExpected is how many spans the receiver should have for the run's
+// responses: each is sampled with probability ratio, so the count is
+// binomial and tol is 5 standard deviations (0 when every span is sampled).
+func (rr rateResult) spansExpected() (want, tol float64, ok bool) {
+	n, p := float64(rr.load.Responses), rr.cfg.ratio
+	want = n * p
+	tol = 5 * math.Sqrt(n*p*(1-p))
+	return want, tol, math.Abs(float64(rr.spans.received)-want) <= tol
+}
+
+// spanTable writes what became of the fixed-rate runs' spans.
+func (r *report) spanTable(w func(string, ...any)) {
+	if !slices.ContainsFunc(r.rates, func(rr rateResult) bool { return rr.cfg.ratio > 0 }) {
+		return
+	}
+	w("Spans of the fixed-rate run, after waiting for obsd's batch span processor to flush (the receiver's count is the run's alone; obsd's counters are totals of an obsd started for the run):\n\n")
+	w("| configuration | responses | spans received | received / responses | expected | obsd_spans_created_total | obsd_spans_exported_total | obsd_span_export_errors_total | obsd_spans_dropped_total |\n")
+	w("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |\n")
+	for _, rr := range r.rates {
+		if rr.cfg.ratio == 0 {
+			continue
+		}
+		sc := rr.spans
+		share := "—"
+		if rr.load.Responses > 0 {
+			share = fmt.Sprintf("%.2f%%", 100*float64(sc.received)/float64(rr.load.Responses))
+		}
+		want, tol, ok := rr.spansExpected()
+		expected := fmt.Sprintf("%s: %s", thousands(want), passFail(ok))
+		if tol > 0 {
+			expected = fmt.Sprintf("%s ± %s (5σ): %s", thousands(want), thousands(tol), passFail(ok))
+		}
+		w("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", rr.cfg.label, thousands(float64(rr.load.Responses)),
+			thousands(float64(sc.received)), share, expected, thousands(sc.created), thousands(sc.exported),
+			thousands(sc.exportErrors), thousands(sc.dropped))
+	}
+	w("\n")
 }
 
 func mib(kib uint64) float64 { return float64(kib) / 1024 }

@@ -200,3 +200,42 @@ func TestReportInconclusive(t *testing.T) {
 		t.Errorf("report marks more than /work inconclusive:\n%s", md)
 	}
 }
+
+func TestReportSpans(t *testing.T) {
+	r := fakeReport(map[string][2]float64{
+		"plain": {100000, 4400},
+		"floor": {90000, 4390},
+		"obsd":  {80000, 4380},
+	})
+	cfgs := benchConfigs(options{obsd: "bin/obsd", spans: true}, "http://127.0.0.1:4317")
+	r.configs = cfgs
+	one, all := cfgs[3], cfgs[4]
+	load := loadResult{Planned: 50000, Responses: 50000, Elapsed: 5 * time.Second}
+	r.rates = []rateResult{
+		{cfg: cfgs[2], load: load, counted: 50000},
+		// 1%: 500 expected, σ = √(50000·0.01·0.99) ≈ 22.2, so 5σ ≈ 111.
+		{cfg: one, load: load, counted: 50000, spans: spanCounts{received: 523, created: 50000, exported: 523}},
+		{cfg: all, load: load, counted: 50000, spans: spanCounts{received: 49000, created: 50000, exported: 49000, dropped: 1000}},
+	}
+	md := r.markdown()
+	for _, want := range []string{
+		"obsd is pinned to the load CPU (1) so that it takes no CPU from the pinned server",
+		"1% sampled is OTEL_TRACES_SAMPLER=parentbased_traceidratio with OTEL_TRACES_SAMPLER_ARG=0.01",
+		"| obsd (OTLP, 1% sampled) | 50,000 | 523 | 1.05% | 500 ± 111 (5σ): PASS | 50,000 | 523 | 0 | 0 |",
+		"| obsd (OTLP, 100% sampled) | 50,000 | 49,000 | 98.00% | 50,000: FAIL | 50,000 | 49,000 | 0 | 1,000 |",
+		"- fixed-rate run, obsd+otlp 100%: the receiver got 49000 spans for 50000 responses, want 50000 ± 0",
+		"- fixed-rate run, obsd+otlp 100%: obsd_span_export_errors_total = 0, obsd_spans_dropped_total = 1000",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q; report:\n%s", want, md)
+		}
+	}
+	if strings.Contains(md, "obsd+otlp 1%: the receiver") || strings.Contains(md, "| obsd (--traces none) | 50,000 | 0 |") {
+		t.Errorf("report flags the 1%% run or lists spans for --traces none:\n%s", md)
+	}
+	// A receiver short of what obsd says it exported is a lost export.
+	r.rates[1].spans.received = 500
+	if md := r.markdown(); !strings.Contains(md, "obsd+otlp 1%: the receiver got 500 spans, obsd_spans_exported_total is 523") {
+		t.Errorf("report does not flag received ≠ exported:\n%s", md)
+	}
+}
