@@ -23,11 +23,9 @@ const truncatedKey = attribute.Key("obsd.request.truncated")
 // for 5xx, a 4xx is the client's fault.
 func httpServerSpan(r probe.Request) (string, []attribute.KeyValue, codes.Code) {
 	method := export.Method(r.Method)
-	nameMethod := method
 	attrs := make([]attribute.KeyValue, 0, 8)
 	attrs = append(attrs, semconv.HTTPRequestMethodKey.String(method))
 	if method == export.OtherMethod {
-		nameMethod = "HTTP"
 		attrs = append(attrs, semconv.HTTPRequestMethodOriginal(r.Method))
 	}
 	attrs = append(attrs,
@@ -35,9 +33,7 @@ func httpServerSpan(r probe.Request) (string, []attribute.KeyValue, codes.Code) 
 		semconv.URLPath(r.Path),
 		semconv.HTTPResponseStatusCode(r.Status),
 	)
-	name := nameMethod
 	if route := export.PatternRoute(r.Pattern); route != "" {
-		name += " " + route
 		attrs = append(attrs, semconv.HTTPRoute(route))
 	}
 	status := codes.Unset
@@ -48,5 +44,18 @@ func httpServerSpan(r probe.Request) (string, []attribute.KeyValue, codes.Code) 
 	if r.Truncated {
 		attrs = append(attrs, truncatedKey.Bool(true))
 	}
-	return name, attrs, status
+	return httpServerSpanName(r), attrs, status
+}
+
+// httpServerSpanName is the span name alone: it is all an unsampled span
+// needs, so the reader does not build attributes that would be dropped.
+func httpServerSpanName(r probe.Request) string {
+	method := export.Method(r.Method)
+	if method == export.OtherMethod {
+		method = "HTTP"
+	}
+	if route := export.PatternRoute(r.Pattern); route != "" {
+		return method + " " + route
+	}
+	return method
 }

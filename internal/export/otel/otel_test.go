@@ -670,3 +670,18 @@ func BenchmarkSpan(b *testing.B) {
 		})
 	}
 }
+
+func TestBatchOptions(t *testing.T) {
+	if n := len(batchOptions(func(string) string { return "" })); n != 1 {
+		t.Errorf("no OTEL_BSP_MAX_QUEUE_SIZE: %d options, want obsd's queue size", n)
+	}
+	env := func(k string) string {
+		if k == "OTEL_BSP_MAX_QUEUE_SIZE" {
+			return "100"
+		}
+		return ""
+	}
+	if n := len(batchOptions(env)); n != 0 {
+		t.Errorf("OTEL_BSP_MAX_QUEUE_SIZE set: %d options, want none so the variable wins", n)
+	}
+}
