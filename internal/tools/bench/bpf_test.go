@@ -12,24 +12,15 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
-)
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("OBSD_REQUIRE_BPF") == "1" {
-		t.Fatal("OBSD_REQUIRE_BPF=1 but not running as root")
-	}
-	t.Skip("needs root for BPF")
-}
+	"github.com/obsd-dev/obsd/internal/test/e2e"
+)
 
 // TestFloor attaches the empty program to a real server and checks that
 // every request runs it exactly twice, and that obsdPrograms finds programs
 // through a process's fds.
 func TestFloor(t *testing.T) {
-	requireRoot(t)
+	e2e.RequireRoot(t)
 	root, err := moduleRoot()
 	if err != nil {
 		t.Fatal(err)
