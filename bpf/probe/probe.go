@@ -54,8 +54,6 @@ type Probe struct {
 	Consts []Const
 	// Spec loads the compiled BPF collection.
 	Spec func() (*ebpf.CollectionSpec, error)
-	// RecordSize is the byte size of one ring-buffer record.
-	RecordSize int
 	// Decode turns one ring-buffer record into a Request. It must not keep
 	// raw, which the reader reuses.
 	Decode func(raw []byte) (Request, error)

@@ -41,8 +41,6 @@ type Config struct {
 	// Listen is the address of /metrics, /healthz and /readyz.
 	Listen string
 	Traces otelexport.Mode
-	// Interval between discovery scans; 0 means the discover default.
-	Interval time.Duration
 	// Forget is how long an exited process's series stay exported, so the
 	// last scrape sees its final counts.
 	Forget time.Duration
@@ -119,7 +117,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	})
 	a.reg.MustRegister(a.http, a.mgr.Collector(), buildInfo, a.unattributed)
 
-	a.watcher = discover.New(cfg.Criteria, discover.Options{Interval: cfg.Interval, Logger: cfg.Logger})
+	a.watcher = discover.New(cfg.Criteria, discover.Options{Logger: cfg.Logger})
 	a.checks.AddLiveness("event_loop", a.beat.Check)
 	a.checks.AddLiveness("goroutines", health.GoroutinesBelow(10000))
 	a.checks.AddLiveness("heap", health.HeapBelow(1<<30))

@@ -254,30 +254,30 @@ func parseListeners(r io.Reader) ([]listener, error) {
 
 // parseSocketLink returns the inode of an fd link target "socket:[12345]".
 func parseSocketLink(link string) (uint64, bool) {
-	s, ok := strings.CutPrefix(link, "socket:[")
-	if !ok {
-		return 0, false
+	if kind, n, ok := parseInodeLink(link); ok && kind == "socket" {
+		return n, true
 	}
-	s, ok = strings.CutSuffix(s, "]")
-	if !ok {
-		return 0, false
-	}
-	n, err := strconv.ParseUint(s, 10, 64)
-	return n, err == nil
+	return 0, false
 }
 
 // parseNSLink returns the inode of a namespace link target "net:[4026531840]".
 func parseNSLink(link string) (uint64, bool) {
-	_, s, ok := strings.Cut(link, ":[")
+	_, n, ok := parseInodeLink(link)
+	return n, ok
+}
+
+// parseInodeLink splits the kernel's "KIND:[INODE]" link targets.
+func parseInodeLink(link string) (kind string, inode uint64, ok bool) {
+	kind, s, ok := strings.Cut(link, ":[")
 	if !ok {
-		return 0, false
+		return "", 0, false
 	}
 	s, ok = strings.CutSuffix(s, "]")
 	if !ok {
-		return 0, false
+		return "", 0, false
 	}
 	n, err := strconv.ParseUint(s, 10, 64)
-	return n, err == nil
+	return kind, n, err == nil
 }
 
 // deletedSuffix is what the kernel appends to the exe link of a process

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/cilium/ebpf"
@@ -73,6 +74,8 @@ type loadedProbe struct {
 	*probe.Probe
 	spec *ebpf.CollectionSpec
 	maps map[string]*ebpf.Map
+	// Counted by the probe's reader, read at scrape time.
+	events, decodeErrs atomic.Uint64
 }
 
 type binKey struct{ dev, ino uint64 }

@@ -70,10 +70,10 @@ func (m *Manager) read(lp *loadedProbe, rd *ringbuf.Reader, beat func()) error {
 		}
 		req, err := lp.Decode(rec.RawSample)
 		if err != nil {
-			m.stats.decodeError(lp.Name, err)
+			m.stats.decodeError(lp, err)
 			continue
 		}
-		m.stats.event(lp.Name)
+		lp.events.Add(1)
 		m.sink.Request(req)
 		// Under a load that never lets the ring run empty the deadline
 		// never fires; the loop is still alive.

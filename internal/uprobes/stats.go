@@ -29,33 +29,25 @@ type stats struct {
 
 	mu           sync.Mutex
 	attachErrs   map[string]uint64
-	events       map[string]*atomic.Uint64 // per probe, created up front
-	decodeErrs   map[string]*atomic.Uint64
 	loggedDecode atomic.Bool
 
-	processes, attachErrors, events_, lost, anomalies *prometheus.Desc
+	processes, attachErrors, events, lost, anomalies *prometheus.Desc
 }
 
 func newStats(m *Manager) *stats {
 	s := &stats{
 		m:          m,
 		attachErrs: map[string]uint64{},
-		events:     map[string]*atomic.Uint64{},
-		decodeErrs: map[string]*atomic.Uint64{},
 		processes: prometheus.NewDesc("obsd_instrumented_processes",
 			"Processes with probes attached now.", nil, nil),
 		attachErrors: prometheus.NewDesc("obsd_instrumentation_errors_total",
 			"Processes obsd selected but did not instrument, by reason.", []string{"reason"}, nil),
-		events_: prometheus.NewDesc("obsd_events_total",
+		events: prometheus.NewDesc("obsd_events_total",
 			"Records read from a probe's ring buffer.", []string{"probe"}, nil),
 		lost: prometheus.NewDesc("obsd_events_lost_total",
 			"Requests observed but not reported, by probe and reason.", []string{"probe", "reason"}, nil),
 		anomalies: prometheus.NewDesc("obsd_probe_anomalies_total",
 			"Requests reported incompletely or state repaired in the probe, by probe and reason.", []string{"probe", "reason"}, nil),
-	}
-	for _, lp := range m.probes {
-		s.events[lp.Name] = new(atomic.Uint64)
-		s.decodeErrs[lp.Name] = new(atomic.Uint64)
 	}
 	return s
 }
@@ -66,12 +58,10 @@ func (s *stats) attachError(reason string) {
 	s.mu.Unlock()
 }
 
-func (s *stats) event(probe string) { s.events[probe].Add(1) }
-
-func (s *stats) decodeError(probe string, err error) {
-	s.decodeErrs[probe].Add(1)
+func (s *stats) decodeError(lp *loadedProbe, err error) {
+	lp.decodeErrs.Add(1)
 	if !s.loggedDecode.Swap(true) {
-		s.m.log.Warn("dropping undecodable record (logged once; see obsd_events_lost_total{reason=\"decode\"})", "probe", probe, "err", err)
+		s.m.log.Warn("dropping undecodable record (logged once; see obsd_events_lost_total{reason=\"decode\"})", "probe", lp.Name, "err", err)
 	}
 }
 
@@ -82,7 +72,7 @@ func (m *Manager) Collector() prometheus.Collector { return m.stats }
 func (s *stats) Describe(ch chan<- *prometheus.Desc) {
 	ch <- s.processes
 	ch <- s.attachErrors
-	ch <- s.events_
+	ch <- s.events
 	ch <- s.lost
 	ch <- s.anomalies
 }
@@ -95,8 +85,8 @@ func (s *stats) Collect(ch chan<- prometheus.Metric) {
 	}
 	s.mu.Unlock()
 	for _, lp := range s.m.probes {
-		ch <- prometheus.MustNewConstMetric(s.events_, prometheus.CounterValue, float64(s.events[lp.Name].Load()), lp.Name)
-		ch <- prometheus.MustNewConstMetric(s.lost, prometheus.CounterValue, float64(s.decodeErrs[lp.Name].Load()), lp.Name, "decode")
+		ch <- prometheus.MustNewConstMetric(s.events, prometheus.CounterValue, float64(lp.events.Load()), lp.Name)
+		ch <- prometheus.MustNewConstMetric(s.lost, prometheus.CounterValue, float64(lp.decodeErrs.Load()), lp.Name, "decode")
 		counts, err := readCounters(lp.maps["obsd_counters"])
 		if err != nil {
 			ch <- prometheus.NewInvalidMetric(s.lost, err)

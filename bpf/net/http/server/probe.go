@@ -21,9 +21,6 @@ const (
 // follow it.
 const HeaderSize = int(unsafe.Sizeof(bpfHttpServerEvent{}))
 
-// MaxRecordSize bounds a record: header, 128-byte pattern, 128-byte path.
-const MaxRecordSize = HeaderSize + 2*128
-
 func field(pkg, typ, name string) probe.Field {
 	return probe.Field{Module: "std", Package: pkg, Struct: typ, Field: name}
 }
@@ -57,9 +54,8 @@ func New() *probe.Probe {
 			MethodLenOffset: int(unsafe.Offsetof(bpfInflight{}.MethodLen)),
 			MethodOffset:    int(unsafe.Offsetof(bpfInflight{}.Method)),
 		},
-		Spec:       loadBpf,
-		RecordSize: MaxRecordSize,
-		Decode:     Decode,
+		Spec:   loadBpf,
+		Decode: Decode,
 	}
 }
 
