@@ -39,6 +39,7 @@ enum obsd_counter {
 	CNT_UNMATCHED_END,    /* end seen without its start (attached mid-request) */
 	CNT_STALE_START,      /* start replaced one that never ended (panic, hijack) */
 	CNT_READ_FAILED,      /* a user-memory read failed; the record is marked */
+	CNT_METRICS_FULL,     /* in-kernel metrics map full: sent as a record instead */
 	CNT_MAX,
 };
 

@@ -17,6 +17,9 @@ type Site struct {
 	Symbol string
 	// Program is the name of the BPF program in the collection spec.
 	Program string
+	// VaddrConst, if set, names a u64 constant that receives the site's
+	// link-time address: with ctx->ip it gives the load bias of a PIE.
+	VaddrConst string
 }
 
 // Field names a struct field whose byte offset a probe needs.
@@ -62,6 +65,42 @@ type Probe struct {
 	ProcessMaps map[string]int
 	// Active, if its Map is set, says how to count requests in flight.
 	Active ActiveSlots
+	// Metrics, if its Map is set, says how to read what the probe counts in
+	// the kernel instead of sending records.
+	Metrics MetricsMap
+}
+
+// MetricsMap describes a per-CPU hash of duration histograms that a probe
+// fills in the kernel. The loader sets the constants it names.
+type MetricsMap struct {
+	Map string
+	// BoundsConst names a u64 array constant that receives the bucket upper
+	// bounds in ns, from the exported histogram's buckets.
+	BoundsConst string
+	// RodataStartConst and RodataEndConst name u64 constants that receive
+	// the link-time range of the executable's .rodata, where string literals
+	// live; the probe reports those by address.
+	RodataStartConst, RodataEndConst string
+	// Decode turns one entry, with its value on every CPU, into a Histogram
+	// whose Pattern is still an address.
+	Decode func(key []byte, perCPU [][]byte) (Histogram, error)
+}
+
+// Histogram is one series counted in the kernel, cumulative since the
+// process was attached.
+type Histogram struct {
+	Kind   Kind
+	PID    uint32
+	Method string
+	Status int
+	// PatternAddr and PatternLen locate the pattern's bytes in .rodata
+	// (link-time address); the loader resolves them into Pattern.
+	PatternAddr uint64
+	PatternLen  int
+	Pattern     string
+	// Buckets are counts per bucket, not cumulative; the last is +Inf.
+	Buckets []uint64
+	SumNS   uint64
 }
 
 // ActiveSlots describes a map with one slot per goroutine, busy while a

@@ -96,7 +96,12 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		checks:   health.New(time.Second),
 		beat:     health.NewHeartbeat(5 * time.Second),
 	}
-	a.mgr, err = uprobes.New(uprobes.Options{Logger: cfg.Logger, Sink: a, Spans: cfg.Traces != otelexport.ModeNone && cfg.Traces != ""})
+	a.mgr, err = uprobes.New(uprobes.Options{
+		Logger:          cfg.Logger,
+		Sink:            a,
+		Spans:           cfg.Traces != otelexport.ModeNone && cfg.Traces != "",
+		DurationBuckets: prom.DurationBuckets,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("loading probes: %w", err)
 	}
@@ -105,7 +110,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		a.mgr.Close()
 		return nil, fmt.Errorf("setting up trace export: %w", err)
 	}
-	a.http = prom.NewHTTPServer(a.active)
+	a.http = prom.NewHTTPServer(a.active, a.kernel)
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "obsd_build_info", Help: "Always 1; labels say which obsd runs.",
 		ConstLabels: prometheus.Labels{"version": cfg.Version, "host_name": host},
@@ -261,6 +266,7 @@ func (a *Agent) Removed(p discover.Process) {
 		}
 		a.mu.Unlock()
 		a.http.Forget(t.svc)
+		a.mgr.Forget(p.PID)
 		a.spans.Forget(p.PID)
 	})
 }
@@ -295,6 +301,23 @@ func (a *Agent) active() ([]prom.Active, error) {
 		if t := a.services[x.PID]; t != nil {
 			out = append(out, prom.Active{Service: t.svc, Method: x.Method, N: x.N})
 		}
+	}
+	return out, err
+}
+
+// kernel attributes the histograms the probes counted in the kernel.
+func (a *Agent) kernel() ([]prom.Kernel, error) {
+	hs, err := a.mgr.Histograms()
+	out := make([]prom.Kernel, 0, len(hs))
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	for _, h := range hs {
+		t := a.services[h.PID]
+		if t == nil || h.Kind != probe.KindHTTPServer {
+			continue
+		}
+		out = append(out, prom.Kernel{Service: t.svc, Method: h.Method, Status: h.Status,
+			Pattern: h.Pattern, Buckets: h.Buckets, SumNS: h.SumNS})
 	}
 	return out, err
 }

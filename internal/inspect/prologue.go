@@ -93,3 +93,14 @@ func findPushBP(code []byte) (int, error) {
 	}
 	return 0, fmt.Errorf("no PUSHQ BP in the first %d bytes", len(code))
 }
+
+// Vaddr is FileOffset's inverse: the link-time virtual address at which the byte at file offset
+// off is mapped.
+func (b *Binary) Vaddr(off uint64) (uint64, error) {
+	for _, p := range b.elf.Progs {
+		if p.Type == elf.PT_LOAD && off >= p.Off && off-p.Off < p.Filesz {
+			return off - p.Off + p.Vaddr, nil
+		}
+	}
+	return 0, fmt.Errorf("map file offset %#x of %s to an address: in no loaded segment", off, b.Path)
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"go/version"
 	"log/slog"
+	"math"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -48,13 +49,19 @@ type Options struct {
 	Probes []*probe.Probe
 	// Spans says requests become spans, which carry the URL path: probes
 	// then copy every path, not only those the fallback route needs. It
-	// sets the BPF constant with_spans where a probe has one.
+	// sets the BPF constant with_spans where a probe has one. Without spans,
+	// probes that can count requests in the kernel do (see Histograms).
 	Spans bool
+	// DurationBuckets are the upper bounds, in seconds, of the exported
+	// duration histogram; in-kernel histograms use the same. When it is
+	// empty, probes send a record per request.
+	DurationBuckets []float64
 }
 
 // Manager attaches probes to processes. Methods are safe for concurrent use.
 type Manager struct {
 	spans   bool
+	bounds  []uint64 // DurationBuckets in ns
 	log     *slog.Logger
 	offsets *offsets.Table
 	sink    Sink
@@ -67,6 +74,9 @@ type Manager struct {
 	// refused remembers binaries that cannot be instrumented, so a node full
 	// of non-Go processes costs one inspection and one log line per binary.
 	refused map[binKey]error
+	// retired holds the final in-kernel series of detached processes until
+	// Forget, so the last scrapes still see their counts.
+	retired map[uint32][]probe.Histogram
 }
 
 // loadedProbe holds what a probe shares across all targets: its maps.
@@ -88,6 +98,11 @@ type loadedBinary struct {
 	refs     int
 	sites    [][]uint64 // per probe, per site: file offset
 	programs []*ebpf.Collection
+	// static reads patterns that probes report by address; nil when the
+	// binary has no .rodata or in-kernel metrics are off.
+	static *inspect.Static
+	// patterns caches what static resolved, by address and length.
+	patterns map[[2]uint64]string
 }
 
 type process struct {
@@ -126,14 +141,21 @@ func New(o Options) (*Manager, error) {
 		procs:   map[int]*process{},
 		bins:    map[binKey]*loadedBinary{},
 		refused: map[binKey]error{},
+		retired: map[uint32][]probe.Histogram{},
+	}
+	for _, b := range o.DurationBuckets {
+		m.bounds = append(m.bounds, uint64(math.Round(b*1e9)))
 	}
 	for _, p := range o.Probes {
 		lp, err := loadProbe(p)
+		if err == nil {
+			m.probes = append(m.probes, lp)
+			err = m.checkBounds(lp)
+		}
 		if err != nil {
 			m.closeMaps()
 			return nil, err
 		}
-		m.probes = append(m.probes, lp)
 	}
 	m.stats = newStats(m)
 	return m, nil
@@ -283,7 +305,7 @@ func (m *Manager) loadBinary(key binKey, exePath string) (*loadedBinary, error) 
 	if err != nil {
 		return nil, err
 	}
-	bin := &loadedBinary{key: key, info: info}
+	bin := &loadedBinary{key: key, info: info, patterns: map[[2]uint64]string{}}
 	ok := false
 	defer func() {
 		if !ok {
@@ -296,6 +318,13 @@ func (m *Manager) loadBinary(key binKey, exePath string) (*loadedBinary, error) 
 			return nil, &inspect.Error{Reason: inspect.ReasonGoVersion,
 				Err: fmt.Errorf("built with %s; probe %s needs %s or later", info.GoVersion, lp.Name, lp.MinGo)}
 		}
+		spec := lp.spec.Copy()
+		set := func(name string, v any) error {
+			if err := spec.Variables[name].Set(v); err != nil {
+				return fmt.Errorf("setting %s of probe %s: %w", name, lp.Name, err)
+			}
+			return nil
+		}
 		var offs []uint64
 		for _, s := range lp.Sites {
 			off, err := info.EntrySite(s.Symbol)
@@ -303,12 +332,23 @@ func (m *Manager) loadBinary(key binKey, exePath string) (*loadedBinary, error) 
 				return nil, err
 			}
 			offs = append(offs, off)
-		}
-		spec := lp.spec.Copy()
-		if v, ok := spec.Variables[withSpans]; ok {
-			if err := v.Set(m.spans); err != nil {
-				return nil, fmt.Errorf("setting %s of probe %s: %w", withSpans, lp.Name, err)
+			if s.VaddrConst != "" {
+				va, err := info.Vaddr(off)
+				if err != nil {
+					return nil, &inspect.Error{Reason: inspect.ReasonSymbol, Err: err}
+				}
+				if err := set(s.VaddrConst, va); err != nil {
+					return nil, err
+				}
 			}
+		}
+		if _, ok := spec.Variables[withSpans]; ok {
+			if err := set(withSpans, m.spans); err != nil {
+				return nil, err
+			}
+		}
+		if err := m.setMetricsConsts(bin, info, lp, set); err != nil {
+			return nil, err
 		}
 		for _, c := range lp.Consts {
 			off, err := m.fieldOffset(info, c.Field)
@@ -368,8 +408,11 @@ func (m *Manager) Detach(pid int) error {
 	if !ok {
 		return nil
 	}
-	delete(m.procs, pid)
 	err := proc.close()
+	if rerr := m.retire(proc); rerr != nil {
+		err = errors.Join(err, fmt.Errorf("keeping final counts of pid %d: %w", pid, rerr))
+	}
+	delete(m.procs, pid)
 	m.releaseBinary(proc.bin)
 	m.forgetPID(uint32(pid))
 	return err
@@ -406,6 +449,10 @@ func (b *loadedBinary) close() {
 		c.Close()
 	}
 	b.programs = nil
+	if b.static != nil {
+		b.static.Close()
+		b.static = nil
+	}
 }
 
 // Processes returns the number of attached processes.

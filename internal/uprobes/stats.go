@@ -22,6 +22,7 @@ var bpfCounters = []struct {
 	{"end_without_start", false},
 	{"start_without_end", false},
 	{"read_failed", false},
+	{"metrics_map_full", false},
 }
 
 type stats struct {

@@ -3,7 +3,11 @@
 package prom
 
 import (
+	"errors"
+	"fmt"
+	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,21 +28,39 @@ type Active struct {
 	N       int64
 }
 
-// HTTPServer holds the http_server_* families.
+// Kernel is one duration histogram counted in the kernel, cumulative.
+type Kernel struct {
+	Service export.Service
+	// Method as received, Status, and the ServeMux pattern.
+	Method  string
+	Status  int
+	Pattern string
+	// Buckets are counts per bucket of DurationBuckets, not cumulative,
+	// plus +Inf last.
+	Buckets []uint64
+	SumNS   uint64
+}
+
+// HTTPServer holds the http_server_* families. Durations come from two
+// sources that share series: requests observed one by one (Observe) and
+// histograms the probe keeps in the kernel, read at scrape time.
 type HTTPServer struct {
-	duration *prometheus.HistogramVec
+	duration *prometheus.Desc
 	active   *prometheus.Desc
 	overflow *prometheus.Desc
 	activeFn func() ([]Active, error)
+	kernelFn func() ([]Kernel, error)
 	routes   *routes
 
-	// observers caches the child of duration per label combination: the
-	// reader calls Observe once per request, and resolving a child from six
-	// label values costs more than the rest of the request's processing.
-	// Every part of the key is bounded (methods normalised, patterns fixed
-	// by the program, fallback routes capped), and Forget prunes it.
-	mu        sync.Mutex
-	observers map[obsKey]prometheus.Observer
+	mu sync.Mutex
+	// series holds the observed histograms by label values.
+	series map[string]*histogram
+	// observers caches the series per raw request fields: the reader calls
+	// Observe once per request, and deriving the labels costs more than the
+	// rest of the request's processing. Every part of the key is bounded
+	// (methods normalised, patterns fixed by the program, fallback routes
+	// capped), and Forget prunes it.
+	observers map[obsKey]*histogram
 }
 
 type obsKey struct {
@@ -49,15 +71,27 @@ type obsKey struct {
 	pattern, route string
 }
 
-// NewHTTPServer creates the families; activeFn is read at scrape time.
-func NewHTTPServer(activeFn func() ([]Active, error)) *HTTPServer {
+type histogram struct {
+	instance string
+	labels   []string
+	counts   []uint64 // per bucket, +Inf last
+	sum      float64
+	// exemplars holds the latest sampled request per bucket.
+	exemplars []*prometheus.Exemplar
+}
+
+func newHistogram(instance string, labels []string) *histogram {
+	return &histogram{instance: instance, labels: labels,
+		counts: make([]uint64, len(DurationBuckets)+1), exemplars: make([]*prometheus.Exemplar, len(DurationBuckets)+1)}
+}
+
+// NewHTTPServer creates the families; activeFn and kernelFn, either of which
+// may be nil, are read at scrape time.
+func NewHTTPServer(activeFn func() ([]Active, error), kernelFn func() ([]Kernel, error)) *HTTPServer {
 	labels := append([]string{"http_request_method", "http_response_status_code", "http_route"}, export.ServiceLabels...)
 	return &HTTPServer{
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "http_server_request_duration_seconds",
-			Help:    "Duration of HTTP server requests, from the handler's start to the end of the response.",
-			Buckets: DurationBuckets,
-		}, labels),
+		duration: prometheus.NewDesc("http_server_request_duration_seconds",
+			"Duration of HTTP server requests, from the handler's start to the end of the response.", labels, nil),
 		active: prometheus.NewDesc("http_server_active_requests",
 			"Number of HTTP server requests in flight.",
 			append([]string{"http_request_method"}, export.ServiceLabels...), nil),
@@ -65,10 +99,29 @@ func NewHTTPServer(activeFn func() ([]Active, error)) *HTTPServer {
 			"Unrouted requests labelled "+OverflowRoute+" because the process exceeded the distinct fallback routes limit.",
 			export.ServiceLabels, nil),
 		activeFn:  activeFn,
+		kernelFn:  kernelFn,
 		routes:    newRoutes(),
-		observers: map[obsKey]prometheus.Observer{},
+		series:    map[string]*histogram{},
+		observers: map[obsKey]*histogram{},
 	}
 }
+
+// labelValues of a request's series: method normalised, route from the
+// pattern.
+func labelValues(svc export.Service, method string, status int, route string) []string {
+	return []string{method, strconv.Itoa(status), route, svc.Name, svc.InstanceID, svc.Host}
+}
+
+// patternRoute is the route of a request a pattern routed. ServeMux
+// validates patterns; an unparsable one still gets a bounded label.
+func patternRoute(pattern string) string {
+	if route := export.PatternRoute(pattern); route != "" {
+		return route
+	}
+	return OverflowRoute
+}
+
+func seriesKey(labels []string) string { return strings.Join(labels, "\xff") }
 
 // Observe records one request. When sc is sampled, its trace ID becomes the
 // bucket's exemplar, so a slow bucket leads to a trace.
@@ -78,27 +131,34 @@ func (h *HTTPServer) Observe(svc export.Service, r probe.Request, sc trace.SpanC
 	if r.Pattern == "" {
 		k.route = h.routes.route(svc, r)
 	}
+	// Le semantics: the first bucket whose bound is >= sec.
+	b := sort.SearchFloat64s(DurationBuckets, sec)
+	var ex *prometheus.Exemplar
+	if sc.IsSampled() {
+		ex = &prometheus.Exemplar{Value: sec, Timestamp: time.Now(), Labels: prometheus.Labels{
+			"trace_id": sc.TraceID().String(), "span_id": sc.SpanID().String()}}
+	}
 	h.mu.Lock()
-	o, ok := h.observers[k]
+	defer h.mu.Unlock()
+	s, ok := h.observers[k]
 	if !ok {
 		route := k.route
 		if k.pattern != "" {
-			// ServeMux validates patterns; an unparsable one still gets a
-			// bounded label.
-			if route = export.PatternRoute(k.pattern); route == "" {
-				route = OverflowRoute
-			}
+			route = patternRoute(k.pattern)
 		}
-		o = h.duration.WithLabelValues(k.method, strconv.Itoa(k.status), route, svc.Name, svc.InstanceID, svc.Host)
-		h.observers[k] = o
+		labels := labelValues(svc, k.method, k.status, route)
+		key := seriesKey(labels)
+		if s = h.series[key]; s == nil {
+			s = newHistogram(svc.InstanceID, labels)
+			h.series[key] = s
+		}
+		h.observers[k] = s
 	}
-	h.mu.Unlock()
-	if sc.IsSampled() {
-		o.(prometheus.ExemplarObserver).ObserveWithExemplar(sec, prometheus.Labels{
-			"trace_id": sc.TraceID().String(), "span_id": sc.SpanID().String()})
-		return
+	s.counts[b]++
+	s.sum += sec
+	if ex != nil {
+		s.exemplars[b] = ex
 	}
-	o.Observe(sec)
 }
 
 // Forget drops an exited process's series.
@@ -109,19 +169,23 @@ func (h *HTTPServer) Forget(svc export.Service) {
 			delete(h.observers, k)
 		}
 	}
-	h.duration.DeletePartialMatch(prometheus.Labels{"service_instance_id": svc.InstanceID})
+	for k, s := range h.series {
+		if s.instance == svc.InstanceID {
+			delete(h.series, k)
+		}
+	}
 	h.mu.Unlock()
 	h.routes.forget(svc.InstanceID)
 }
 
 func (h *HTTPServer) Describe(ch chan<- *prometheus.Desc) {
-	h.duration.Describe(ch)
+	ch <- h.duration
 	ch <- h.active
 	ch <- h.overflow
 }
 
 func (h *HTTPServer) Collect(ch chan<- prometheus.Metric) {
-	h.duration.Collect(ch)
+	h.collectDurations(ch)
 	h.routes.mu.Lock()
 	for _, oc := range h.routes.overflow {
 		ch <- prometheus.MustNewConstMetric(h.overflow, prometheus.CounterValue, float64(oc.n), oc.svc.LabelValues()...)
@@ -143,5 +207,67 @@ func (h *HTTPServer) Collect(ch chan<- prometheus.Metric) {
 	}
 	for k, n := range sums {
 		ch <- prometheus.MustNewConstMetric(h.active, prometheus.GaugeValue, float64(n), k.method, k.name, k.instance, k.host)
+	}
+}
+
+// collectDurations merges the observed series with the kernel's: the same
+// labels may come from both, and a series must appear once.
+func (h *HTTPServer) collectDurations(ch chan<- prometheus.Metric) {
+	var kernel []Kernel
+	var kerr error
+	if h.kernelFn != nil {
+		kernel, kerr = h.kernelFn()
+	}
+	merged := map[string]*histogram{}
+	h.mu.Lock()
+	for key, s := range h.series {
+		c := newHistogram(s.instance, s.labels)
+		copy(c.counts, s.counts)
+		copy(c.exemplars, s.exemplars)
+		c.sum = s.sum
+		merged[key] = c
+	}
+	h.mu.Unlock()
+	for _, k := range kernel {
+		if len(k.Buckets) != len(DurationBuckets)+1 {
+			kerr = errors.Join(kerr, fmt.Errorf("kernel histogram with %d buckets, want %d", len(k.Buckets), len(DurationBuckets)+1))
+			continue
+		}
+		labels := labelValues(k.Service, export.Method(k.Method), k.Status, patternRoute(k.Pattern))
+		key := seriesKey(labels)
+		c := merged[key]
+		if c == nil {
+			c = newHistogram(k.Service.InstanceID, labels)
+			merged[key] = c
+		}
+		for i, n := range k.Buckets {
+			c.counts[i] += n
+		}
+		c.sum += float64(k.SumNS) / 1e9
+	}
+	if kerr != nil {
+		ch <- prometheus.NewInvalidMetric(h.duration, kerr)
+	}
+	for _, c := range merged {
+		var total uint64
+		cum := make(map[float64]uint64, len(DurationBuckets))
+		for i, bound := range DurationBuckets {
+			total += c.counts[i]
+			cum[bound] = total
+		}
+		total += c.counts[len(DurationBuckets)]
+		m := prometheus.MustNewConstHistogram(h.duration, total, c.sum, cum, c.labels...)
+		var exs []prometheus.Exemplar
+		for _, ex := range c.exemplars {
+			if ex != nil {
+				exs = append(exs, *ex)
+			}
+		}
+		if len(exs) > 0 {
+			if mx, err := prometheus.NewMetricWithExemplars(m, exs...); err == nil {
+				m = mx
+			}
+		}
+		ch <- m
 	}
 }

@@ -16,7 +16,7 @@ func TestHTTPServerObserve(t *testing.T) {
 	svcA := export.Service{Name: "a", InstanceID: "h:1", Host: "h", PID: 1}
 	svcB := export.Service{Name: "b", InstanceID: "h:2", Host: "h", PID: 2}
 	active := []Active{{Service: svcA, Method: "GET", N: 3}}
-	h := NewHTTPServer(func() ([]Active, error) { return active, nil })
+	h := NewHTTPServer(func() ([]Active, error) { return active, nil }, nil)
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(h)
 
@@ -89,7 +89,7 @@ http_server_active_requests{host_name="h",http_request_method="GET",service_inst
 }
 
 func TestHTTPServerExemplar(t *testing.T) {
-	h := NewHTTPServer(nil)
+	h := NewHTTPServer(nil, nil)
 	svc := export.Service{Name: "a", InstanceID: "h:1", Host: "h"}
 	sc := trace.NewSpanContext(trace.SpanContextConfig{
 		TraceID:    trace.TraceID{1, 2, 3},
@@ -123,10 +123,71 @@ func TestHTTPServerExemplar(t *testing.T) {
 }
 
 func BenchmarkObserve(b *testing.B) {
-	h := NewHTTPServer(nil)
+	h := NewHTTPServer(nil, nil)
 	svc := export.Service{Name: "a", InstanceID: "h:1", Host: "h"}
 	r := probe.Request{Method: "GET", Pattern: "GET /items/{id}", Path: "/items/1", Status: 200, EndNS: 1e6}
 	for b.Loop() {
 		h.Observe(svc, r, trace.SpanContext{})
+	}
+}
+
+// Series counted in the kernel and series observed one by one share labels:
+// the scrape shows one series holding both.
+func TestHTTPServerKernelMerge(t *testing.T) {
+	svc := export.Service{Name: "a", InstanceID: "h:1", Host: "h", PID: 1}
+	buckets := func(at int, n uint64) []uint64 {
+		b := make([]uint64, len(DurationBuckets)+1)
+		b[at] = n
+		return b
+	}
+	kernel := []Kernel{
+		// 3 requests of 2 ms and 2 of 20 s (+Inf), routed by a pattern.
+		{Service: svc, Method: "GET", Status: 200, Pattern: "GET /items/{id}", Buckets: buckets(0, 3), SumNS: 6_000_000},
+		{Service: svc, Method: "GET", Status: 200, Pattern: "GET /items/{id}", Buckets: buckets(len(DurationBuckets), 2), SumNS: 40e9},
+		{Service: svc, Method: "BREW", Status: 418, Pattern: "/pot", Buckets: buckets(1, 1), SumNS: 7_000_000},
+	}
+	h := NewHTTPServer(nil, func() ([]Kernel, error) { return kernel, nil })
+	h.Observe(svc, probe.Request{Method: "GET", Pattern: "GET /items/{id}", Status: 200, StartNS: 0, EndNS: 2_000_000}, trace.SpanContext{})
+
+	want := `
+# HELP http_server_request_duration_seconds Duration of HTTP server requests, from the handler's start to the end of the response.
+# TYPE http_server_request_duration_seconds histogram
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="0.005"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="0.01"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="0.025"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="0.05"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="0.075"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="0.1"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="0.25"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="0.5"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="0.75"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="1"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="2.5"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="5"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="7.5"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="10"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="+Inf"} 6
+http_server_request_duration_seconds_sum{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a"} 40.008
+http_server_request_duration_seconds_count{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a"} 6
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="0.005"} 0
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="0.01"} 1
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="0.025"} 1
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="0.05"} 1
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="0.075"} 1
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="0.1"} 1
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="0.25"} 1
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="0.5"} 1
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="0.75"} 1
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="1"} 1
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="2.5"} 1
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="5"} 1
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="7.5"} 1
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="10"} 1
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="+Inf"} 1
+http_server_request_duration_seconds_sum{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a"} 0.007
+http_server_request_duration_seconds_count{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a"} 1
+`
+	if err := testutil.CollectAndCompare(h, strings.NewReader(want), "http_server_request_duration_seconds"); err != nil {
+		t.Error(err)
 	}
 }

@@ -27,6 +27,24 @@ type bpfHttpServerEvent struct {
 	Method     [16]int8
 }
 
+type bpfHttpServerMetric struct {
+	_       structs.HostLayout
+	Buckets [15]uint64
+	SumNs   uint64
+}
+
+type bpfHttpServerMetricKey struct {
+	_          structs.HostLayout
+	Tgid       uint32
+	Status     uint16
+	MethodLen  uint8
+	Pad        uint8
+	Method     [8]int8
+	Pattern    uint64
+	PatternLen uint32
+	Pad2       uint32
+}
+
 type bpfInflight struct {
 	_         structs.HostLayout
 	StartNs   uint64
@@ -55,22 +73,29 @@ type bpfScratch struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	bpfMapEvents                = "events"
-	bpfMapHttpServerInflight    = "http_server_inflight"
-	bpfMapHttpServerScratch     = "http_server_scratch"
-	bpfMapObsdCounters          = "obsd_counters"
-	bpfProgHttpServerEnd        = "http_server_end"
-	bpfProgHttpServerStart      = "http_server_start"
-	bpfVarOffPatternStr         = "off_pattern_str"
-	bpfVarOffRequestMethod      = "off_request_method"
-	bpfVarOffRequestPat         = "off_request_pat"
-	bpfVarOffRequestPattern     = "off_request_pattern"
-	bpfVarOffRequestUrl         = "off_request_url"
-	bpfVarOffResponseReq        = "off_response_req"
-	bpfVarOffResponseStatus     = "off_response_status"
-	bpfVarOffUrlPath            = "off_url_path"
-	bpfVarUnusedHttpServerEvent = "unused_http_server_event"
-	bpfVarWithSpans             = "with_spans"
+	bpfMapEvents                    = "events"
+	bpfMapHttpServerInflight        = "http_server_inflight"
+	bpfMapHttpServerMetrics         = "http_server_metrics"
+	bpfMapHttpServerScratch         = "http_server_scratch"
+	bpfMapObsdCounters              = "obsd_counters"
+	bpfProgHttpServerEnd            = "http_server_end"
+	bpfProgHttpServerStart          = "http_server_start"
+	bpfVarDurationBoundsNs          = "duration_bounds_ns"
+	bpfVarEndSiteVaddr              = "end_site_vaddr"
+	bpfVarOffPatternStr             = "off_pattern_str"
+	bpfVarOffRequestMethod          = "off_request_method"
+	bpfVarOffRequestPat             = "off_request_pat"
+	bpfVarOffRequestPattern         = "off_request_pattern"
+	bpfVarOffRequestUrl             = "off_request_url"
+	bpfVarOffResponseReq            = "off_response_req"
+	bpfVarOffResponseStatus         = "off_response_status"
+	bpfVarOffUrlPath                = "off_url_path"
+	bpfVarRodataEnd                 = "rodata_end"
+	bpfVarRodataStart               = "rodata_start"
+	bpfVarUnusedHttpServerEvent     = "unused_http_server_event"
+	bpfVarUnusedHttpServerMetric    = "unused_http_server_metric"
+	bpfVarUnusedHttpServerMetricKey = "unused_http_server_metric_key"
+	bpfVarWithSpans                 = "with_spans"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -125,6 +150,7 @@ type bpfProgramSpecs struct {
 type bpfMapSpecs struct {
 	Events             *ebpf.MapSpec `ebpf:"events"`
 	HttpServerInflight *ebpf.MapSpec `ebpf:"http_server_inflight"`
+	HttpServerMetrics  *ebpf.MapSpec `ebpf:"http_server_metrics"`
 	HttpServerScratch  *ebpf.MapSpec `ebpf:"http_server_scratch"`
 	ObsdCounters       *ebpf.MapSpec `ebpf:"obsd_counters"`
 }
@@ -133,16 +159,22 @@ type bpfMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
-	OffPatternStr         *ebpf.VariableSpec `ebpf:"off_pattern_str"`
-	OffRequestMethod      *ebpf.VariableSpec `ebpf:"off_request_method"`
-	OffRequestPat         *ebpf.VariableSpec `ebpf:"off_request_pat"`
-	OffRequestPattern     *ebpf.VariableSpec `ebpf:"off_request_pattern"`
-	OffRequestUrl         *ebpf.VariableSpec `ebpf:"off_request_url"`
-	OffResponseReq        *ebpf.VariableSpec `ebpf:"off_response_req"`
-	OffResponseStatus     *ebpf.VariableSpec `ebpf:"off_response_status"`
-	OffUrlPath            *ebpf.VariableSpec `ebpf:"off_url_path"`
-	UnusedHttpServerEvent *ebpf.VariableSpec `ebpf:"unused_http_server_event"`
-	WithSpans             *ebpf.VariableSpec `ebpf:"with_spans"`
+	DurationBoundsNs          *ebpf.VariableSpec `ebpf:"duration_bounds_ns"`
+	EndSiteVaddr              *ebpf.VariableSpec `ebpf:"end_site_vaddr"`
+	OffPatternStr             *ebpf.VariableSpec `ebpf:"off_pattern_str"`
+	OffRequestMethod          *ebpf.VariableSpec `ebpf:"off_request_method"`
+	OffRequestPat             *ebpf.VariableSpec `ebpf:"off_request_pat"`
+	OffRequestPattern         *ebpf.VariableSpec `ebpf:"off_request_pattern"`
+	OffRequestUrl             *ebpf.VariableSpec `ebpf:"off_request_url"`
+	OffResponseReq            *ebpf.VariableSpec `ebpf:"off_response_req"`
+	OffResponseStatus         *ebpf.VariableSpec `ebpf:"off_response_status"`
+	OffUrlPath                *ebpf.VariableSpec `ebpf:"off_url_path"`
+	RodataEnd                 *ebpf.VariableSpec `ebpf:"rodata_end"`
+	RodataStart               *ebpf.VariableSpec `ebpf:"rodata_start"`
+	UnusedHttpServerEvent     *ebpf.VariableSpec `ebpf:"unused_http_server_event"`
+	UnusedHttpServerMetric    *ebpf.VariableSpec `ebpf:"unused_http_server_metric"`
+	UnusedHttpServerMetricKey *ebpf.VariableSpec `ebpf:"unused_http_server_metric_key"`
+	WithSpans                 *ebpf.VariableSpec `ebpf:"with_spans"`
 }
 
 // bpfObjects contains all objects after they have been loaded into the kernel.
@@ -167,6 +199,7 @@ func (o *bpfObjects) Close() error {
 type bpfMaps struct {
 	Events             *ebpf.Map `ebpf:"events"`
 	HttpServerInflight *ebpf.Map `ebpf:"http_server_inflight"`
+	HttpServerMetrics  *ebpf.Map `ebpf:"http_server_metrics"`
 	HttpServerScratch  *ebpf.Map `ebpf:"http_server_scratch"`
 	ObsdCounters       *ebpf.Map `ebpf:"obsd_counters"`
 }
@@ -175,6 +208,7 @@ func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.Events,
 		m.HttpServerInflight,
+		m.HttpServerMetrics,
 		m.HttpServerScratch,
 		m.ObsdCounters,
 	)
@@ -184,16 +218,22 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
-	OffPatternStr         *ebpf.Variable `ebpf:"off_pattern_str"`
-	OffRequestMethod      *ebpf.Variable `ebpf:"off_request_method"`
-	OffRequestPat         *ebpf.Variable `ebpf:"off_request_pat"`
-	OffRequestPattern     *ebpf.Variable `ebpf:"off_request_pattern"`
-	OffRequestUrl         *ebpf.Variable `ebpf:"off_request_url"`
-	OffResponseReq        *ebpf.Variable `ebpf:"off_response_req"`
-	OffResponseStatus     *ebpf.Variable `ebpf:"off_response_status"`
-	OffUrlPath            *ebpf.Variable `ebpf:"off_url_path"`
-	UnusedHttpServerEvent *ebpf.Variable `ebpf:"unused_http_server_event"`
-	WithSpans             *ebpf.Variable `ebpf:"with_spans"`
+	DurationBoundsNs          *ebpf.Variable `ebpf:"duration_bounds_ns"`
+	EndSiteVaddr              *ebpf.Variable `ebpf:"end_site_vaddr"`
+	OffPatternStr             *ebpf.Variable `ebpf:"off_pattern_str"`
+	OffRequestMethod          *ebpf.Variable `ebpf:"off_request_method"`
+	OffRequestPat             *ebpf.Variable `ebpf:"off_request_pat"`
+	OffRequestPattern         *ebpf.Variable `ebpf:"off_request_pattern"`
+	OffRequestUrl             *ebpf.Variable `ebpf:"off_request_url"`
+	OffResponseReq            *ebpf.Variable `ebpf:"off_response_req"`
+	OffResponseStatus         *ebpf.Variable `ebpf:"off_response_status"`
+	OffUrlPath                *ebpf.Variable `ebpf:"off_url_path"`
+	RodataEnd                 *ebpf.Variable `ebpf:"rodata_end"`
+	RodataStart               *ebpf.Variable `ebpf:"rodata_start"`
+	UnusedHttpServerEvent     *ebpf.Variable `ebpf:"unused_http_server_event"`
+	UnusedHttpServerMetric    *ebpf.Variable `ebpf:"unused_http_server_metric"`
+	UnusedHttpServerMetricKey *ebpf.Variable `ebpf:"unused_http_server_metric_key"`
+	WithSpans                 *ebpf.Variable `ebpf:"with_spans"`
 }
 
 // bpfPrograms contains all programs after they have been loaded into the kernel.

@@ -26,8 +26,16 @@ volatile const u64 off_url_path = OFF_NONE;
 volatile const u64 off_response_req = OFF_NONE;
 volatile const u64 off_response_status = OFF_NONE;
 /* Set by the loader when spans are exported: they carry url.path, so the
- * path is read even when a pattern gives the route. */
+ * path is read even when a pattern gives the route, and every request
+ * becomes a record (user space samples and makes the metrics). */
 volatile const u8 with_spans = 1;
+/* Link-time addresses, set by the loader: the .rodata section, where Go
+ * keeps string literals, and the end program's attach site. The site and
+ * ctx->ip give the load bias of a PIE binary. rodata_end == 0 disables
+ * in-kernel metrics. */
+volatile const u64 rodata_start = 0;
+volatile const u64 rodata_end = 0;
+volatile const u64 end_site_vaddr = 0;
 
 #define FLAG_PATH_TRUNCATED 1
 #define FLAG_PATTERN_TRUNCATED 2
@@ -96,8 +104,76 @@ struct {
 	__uint(max_entries, 8 << 20);
 } events SEC(".maps");
 
-/* Keeps struct http_server_event in BTF for bpf2go -type. */
+/* In-kernel metrics. Without spans, a request routed by a ServeMux
+ * pattern that is a string literal (it lives in .rodata for the life of the
+ * process) is counted here, keyed by the pattern's link-time address, and
+ * needs no record: no ring-buffer traffic, no work in user space. User
+ * space reads the pattern from the executable file and the sums at scrape
+ * time. Anything else (fallback routes, patterns built at run time, a full
+ * map) still becomes a record, so nothing is dropped. */
+struct http_server_metric_key {
+	u32 tgid;
+	u16 status;
+	u8 method_len;
+	u8 _pad;
+	char method[8]; /* no standard method is longer; longer ones are _OTHER */
+	u64 pattern;    /* link-time address of the pattern's bytes */
+	u32 pattern_len;
+	u32 _pad2;
+};
+
+/* Upper bounds of the duration buckets in ns, set by the loader from the
+ * exported histogram's (the semconv buckets of http.server.request.duration),
+ * so the two cannot disagree. */
+#define DURATION_BOUNDS 14
+volatile const u64 duration_bounds_ns[DURATION_BOUNDS] = {};
+
+struct http_server_metric {
+	u64 buckets[DURATION_BOUNDS + 1]; /* non-cumulative; the last is +Inf */
+	u64 sum_ns;
+};
+
+/* Per CPU, so the hot path needs no atomics; no preallocation, so memory
+ * follows the series in use rather than max_entries times the CPUs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct http_server_metric_key);
+	__type(value, struct http_server_metric);
+} http_server_metrics SEC(".maps");
+
+/* Keeps these structs in BTF for bpf2go -type. */
 const struct http_server_event *unused_http_server_event __attribute__((unused));
+const struct http_server_metric_key *unused_http_server_metric_key __attribute__((unused));
+const struct http_server_metric *unused_http_server_metric __attribute__((unused));
+
+/* count_request adds one request to the in-kernel metrics; 0 when the
+ * map is full. */
+static __always_inline int count_request(struct http_server_metric_key *k, u64 d)
+{
+	struct http_server_metric *v = bpf_map_lookup_elem(&http_server_metrics, k);
+	if (!v) {
+		struct http_server_metric fresh = {};
+		/* EEXIST: another CPU added the key meanwhile; the lookup finds it. */
+		bpf_map_update_elem(&http_server_metrics, k, &fresh, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(&http_server_metrics, k);
+		if (!v)
+			return 0;
+	}
+	u32 b = 0;
+#pragma unroll
+	for (int i = 0; i < DURATION_BOUNDS; i++) {
+		if (d <= duration_bounds_ns[i])
+			break;
+		b++;
+	}
+	if (b > DURATION_BOUNDS) /* bounds for the verifier */
+		b = DURATION_BOUNDS;
+	v->buckets[b] += 1; /* this CPU's copy: no atomics needed */
+	v->sum_ns += d;
+	return 1;
+}
 
 SEC("uprobe.multi")
 int http_server_start(struct pt_regs *ctx)
@@ -188,20 +264,45 @@ int http_server_end(struct pt_regs *ctx)
 		e->flags |= FLAG_READ_FAILED;
 	e->status = (u16)status;
 
+	/* The pattern's string header: in the Request (1.23+), or behind
+	 * Request.pat (1.22). */
+	struct go_string pat = {};
+	if (off_request_pattern != OFF_NONE) {
+		bpf_probe_read_user(&pat, sizeof(pat), (void *)(req + off_request_pattern));
+	} else if (off_request_pat != OFF_NONE) {
+		u64 p = 0;
+		bpf_probe_read_user(&p, sizeof(p), (void *)(req + off_request_pat));
+		if (p)
+			bpf_probe_read_user(&pat, sizeof(pat), (void *)(p + off_pattern_str));
+	}
+
+	if (!with_spans && rodata_end && pat.len > 0 && pat.len <= PATTERN_MAX && !(e->flags & FLAG_READ_FAILED)) {
+		/* PIE bias: ctx->ip is the site, maybe past the trap byte; the
+		 * bias is page-aligned, so round to the nearest page. */
+		u64 bias = (ctx->ip - end_site_vaddr + 2048) & ~4095ULL;
+		u64 va = pat.ptr - bias;
+		if (va >= rodata_start && va + pat.len <= rodata_end) {
+			struct http_server_metric_key mk = {
+				.tgid = key.tgid,
+				.status = e->status,
+				.method_len = e->method_len,
+				.pattern = va,
+				.pattern_len = pat.len,
+			};
+			__builtin_memcpy(mk.method, e->method, sizeof(mk.method));
+			if (count_request(&mk, end - e->start_ns))
+				return 0;
+			count(CNT_METRICS_FULL);
+		}
+	}
+
 	u32 n = 0, used = 0;
 	s64 full;
-	u64 pstr = 0;
-	if (off_request_pattern != OFF_NONE) {
-		pstr = req + off_request_pattern;
-	} else if (off_request_pat != OFF_NONE) {
-		u64 pat = 0;
-		bpf_probe_read_user(&pat, sizeof(pat), (void *)(req + off_request_pat));
-		if (pat)
-			pstr = pat + off_pattern_str;
-	}
-	if (pstr) {
-		full = read_go_string(sc->data, PATTERN_MAX, pstr, &n);
-		if (full > n)
+	if (pat.len > 0) {
+		n = pat.len < PATTERN_MAX ? (u32)pat.len : PATTERN_MAX;
+		if (bpf_probe_read_user(sc->data, n, (void *)pat.ptr) != 0)
+			n = 0;
+		if (pat.len > n)
 			e->flags |= FLAG_PATTERN_TRUNCATED;
 		e->pattern_len = n;
 		used = n;

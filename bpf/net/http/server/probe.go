@@ -32,7 +32,7 @@ func New() *probe.Probe {
 		MinGo: "go1.21",
 		Sites: []probe.Site{
 			{Symbol: "net/http.serverHandler.ServeHTTP", Program: "http_server_start"},
-			{Symbol: "net/http.(*response).finishRequest", Program: "http_server_end"},
+			{Symbol: "net/http.(*response).finishRequest", Program: "http_server_end", VaddrConst: "end_site_vaddr"},
 		},
 		Consts: []probe.Const{
 			{Name: "off_request_method", Field: field("net/http", "Request", "Method")},
@@ -54,9 +54,52 @@ func New() *probe.Probe {
 			MethodLenOffset: int(unsafe.Offsetof(bpfInflight{}.MethodLen)),
 			MethodOffset:    int(unsafe.Offsetof(bpfInflight{}.Method)),
 		},
+		Metrics: probe.MetricsMap{
+			Map:              "http_server_metrics",
+			BoundsConst:      "duration_bounds_ns",
+			RodataStartConst: "rodata_start",
+			RodataEndConst:   "rodata_end",
+			Decode:           DecodeMetric,
+		},
 		Spec:   loadBpf,
 		Decode: Decode,
 	}
+}
+
+// DecodeMetric sums one in-kernel series over the CPUs.
+func DecodeMetric(key []byte, perCPU [][]byte) (probe.Histogram, error) {
+	var k bpfHttpServerMetricKey
+	var v bpfHttpServerMetric
+	if len(key) != int(unsafe.Sizeof(k)) {
+		return probe.Histogram{}, fmt.Errorf("decoding http server metric: %d-byte key, want %d", len(key), unsafe.Sizeof(k))
+	}
+	ne := binary.NativeEndian
+	methodLen := min(int(key[unsafe.Offsetof(k.MethodLen)]), len(k.Method))
+	method := unsafe.Offsetof(k.Method)
+	status := int(ne.Uint16(key[unsafe.Offsetof(k.Status):]))
+	if status == 0 {
+		status = 200 // as in Decode
+	}
+	h := probe.Histogram{
+		Kind:        probe.KindHTTPServer,
+		PID:         ne.Uint32(key[unsafe.Offsetof(k.Tgid):]),
+		Method:      internMethod(key[method : method+uintptr(methodLen)]),
+		Status:      status,
+		PatternAddr: ne.Uint64(key[unsafe.Offsetof(k.Pattern):]),
+		PatternLen:  int(ne.Uint32(key[unsafe.Offsetof(k.PatternLen):])),
+		Buckets:     make([]uint64, len(v.Buckets)),
+	}
+	sum := unsafe.Offsetof(v.SumNs)
+	for _, c := range perCPU {
+		if len(c) < int(unsafe.Sizeof(v)) {
+			return probe.Histogram{}, fmt.Errorf("decoding http server metric: %d-byte value, want %d", len(c), unsafe.Sizeof(v))
+		}
+		for i := range h.Buckets {
+			h.Buckets[i] += ne.Uint64(c[8*i:])
+		}
+		h.SumNS += ne.Uint64(c[sum:])
+	}
+	return h, nil
 }
 
 // Decode turns one ring-buffer record into a Request. It reads fields at

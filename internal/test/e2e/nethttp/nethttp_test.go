@@ -304,3 +304,54 @@ func checkSpans(t *testing.T, spans []e2e.Span, service string, noPatterns bool)
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// TestCountedInKernel: without spans, a request that a ServeMux pattern
+// written in the program routed is counted in the kernel and sends no
+// record. The counts must be as exact as the records' for every build (PIE
+// needs the load bias, Go 1.22 reads the pattern through Request.pat,
+// stripped binaries still have .rodata), and must outlive the process until
+// it is forgotten.
+func TestCountedInKernel(t *testing.T) {
+	e2e.RequireRoot(t)
+	obsdBin := builds.Obsd(t)
+	for _, v := range variants {
+		t.Run(v.Name, func(t *testing.T) {
+			noPatterns := strings.HasPrefix(v.Toolchain, "go1.21.")
+			service := "kernel-" + v.Name
+			srv := e2e.Start(t, builds.HTTPServer(t, v), []string{"OTEL_SERVICE_NAME=" + service})
+			o := e2e.StartObsd(t, obsdBin, nil, "--pid", itoa(srv.PID()), "--traces", "none")
+			o.WaitScrape(t, 10*time.Second, "the server to be instrumented", instrumented(1))
+
+			send(t, srv.First)
+			o.WaitScrape(t, 10*time.Second, fmt.Sprintf("%d requests", total()), func(f map[string]*dto.MetricFamily) bool {
+				return requestCount(f, srv.PID()) >= float64(total())
+			})
+			time.Sleep(300 * time.Millisecond) // anything extra would show now
+			scrape := o.Scrape(t)
+			fams := e2e.Families(t, scrape)
+			checkCounts(t, fams, srv.PID(), service, noPatterns)
+			e2e.Promtool(t, scrape)
+
+			// Only requests no pattern routed (the 404s of /nope) need the
+			// path for their route, so only they travel as records.
+			wantRecords := 6.0
+			if noPatterns {
+				wantRecords = float64(total())
+			}
+			if n := e2e.Sum(fams, "obsd_events_total", nil); n != wantRecords {
+				t.Errorf("obsd_events_total = %v, want %v", n, wantRecords)
+			}
+			for _, name := range []string{"obsd_events_lost_total", "obsd_probe_anomalies_total"} {
+				if n := e2e.Sum(fams, name, nil); n != 0 {
+					t.Errorf("%s = %v, want 0", name, n)
+				}
+			}
+
+			srv.Cmd.Process.Kill()
+			srv.Cmd.Wait()
+			fams = e2e.Families(t, o.WaitScrape(t, 5*time.Second, "the exited process to be released", instrumented(0)))
+			checkCounts(t, fams, srv.PID(), service, noPatterns)
+			o.Stop(t)
+		})
+	}
+}

@@ -1,0 +1,167 @@
+package uprobes
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/obsd-dev/obsd/bpf/probe"
+	"github.com/obsd-dev/obsd/internal/inspect"
+)
+
+// kernelMetrics says probes count requests in the kernel where they can:
+// without spans (they need a record per request, and their exemplars come
+// with user-space observations) and with buckets to count in.
+func (m *Manager) kernelMetrics() bool { return !m.spans && len(m.bounds) > 0 }
+
+// checkBounds fails New when a probe's in-kernel histogram cannot use the
+// exporter's buckets.
+func (m *Manager) checkBounds(lp *loadedProbe) error {
+	mm := lp.Metrics
+	if mm.Map == "" || !m.kernelMetrics() {
+		return nil
+	}
+	v, ok := lp.spec.Variables[mm.BoundsConst]
+	if !ok {
+		return fmt.Errorf("probe %s: constant %q not in BPF object", lp.Name, mm.BoundsConst)
+	}
+	if int(v.Size()) != 8*len(m.bounds) {
+		return fmt.Errorf("probe %s counts %d duration buckets in the kernel, the exporter has %d",
+			lp.Name, v.Size()/8, len(m.bounds))
+	}
+	return nil
+}
+
+// setMetricsConsts turns on a probe's in-kernel metrics for one binary. A
+// binary whose .rodata cannot be read keeps them off and sends records,
+// which lose nothing.
+func (m *Manager) setMetricsConsts(bin *loadedBinary, info *inspect.Binary, lp *loadedProbe, set func(string, any) error) error {
+	mm := lp.Metrics
+	if mm.Map == "" || !m.kernelMetrics() {
+		return nil
+	}
+	if bin.static == nil {
+		st, err := info.OpenStatic()
+		if err != nil {
+			m.log.Debug("in-kernel metrics off for binary", "exe", info.Path, "err", err)
+			return nil
+		}
+		bin.static = st
+	}
+	if err := set(mm.BoundsConst, m.bounds); err != nil {
+		return err
+	}
+	if err := set(mm.RodataStartConst, bin.static.Start); err != nil {
+		return err
+	}
+	return set(mm.RodataEndConst, bin.static.End)
+}
+
+// Histograms returns the series every probe counted in the kernel, with
+// their patterns resolved, and the final series of processes detached but
+// not yet forgotten. It runs at scrape time.
+func (m *Manager) Histograms() ([]probe.Histogram, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []probe.Histogram
+	var errs []error
+	for _, lp := range m.probes {
+		hs, _, err := m.readMetrics(lp, func(pid uint32) bool { return m.procs[int(pid)] != nil })
+		out = append(out, hs...)
+		errs = append(errs, err)
+	}
+	for _, hs := range m.retired {
+		out = append(out, hs...)
+	}
+	return out, errors.Join(errs...)
+}
+
+// retire moves a detaching process's in-kernel series to m.retired and
+// deletes them from the maps. Called with m.mu held, before the binary is
+// released: resolving patterns needs it.
+func (m *Manager) retire(proc *process) error {
+	var errs []error
+	for _, lp := range m.probes {
+		hs, keys, err := m.readMetrics(lp, func(pid uint32) bool { return pid == uint32(proc.pid) })
+		errs = append(errs, err)
+		if len(hs) > 0 {
+			m.retired[uint32(proc.pid)] = append(m.retired[uint32(proc.pid)], hs...)
+		}
+		for _, k := range keys {
+			_ = lp.maps[lp.Metrics.Map].Delete(k) // already gone is fine
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Forget drops the final series of a detached process.
+func (m *Manager) Forget(pid int) {
+	m.mu.Lock()
+	delete(m.retired, uint32(pid))
+	m.mu.Unlock()
+}
+
+// readMetrics decodes the entries of a probe's metrics map whose process
+// keep selects, and returns their keys too. Called with m.mu held.
+func (m *Manager) readMetrics(lp *loadedProbe, keep func(pid uint32) bool) ([]probe.Histogram, [][]byte, error) {
+	mm := lp.Metrics
+	mp := lp.maps[mm.Map]
+	if mm.Map == "" || mp == nil {
+		return nil, nil, nil
+	}
+	var out []probe.Histogram
+	var keys [][]byte
+	var errs []error
+	key := make([]byte, mp.KeySize())
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading %s of probe %s: %w", mm.Map, lp.Name, err)
+	}
+	vals := make([][]byte, ncpu)
+	it := mp.Iterate()
+	for it.Next(&key, vals) {
+		if len(key) < 4 || !keep(binary.NativeEndian.Uint32(key)) {
+			continue
+		}
+		h, err := mm.Decode(key, vals)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := m.resolve(&h); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, h)
+		keys = append(keys, append([]byte(nil), key...))
+	}
+	if err := it.Err(); err != nil {
+		errs = append(errs, fmt.Errorf("reading %s of probe %s: %w", mm.Map, lp.Name, err))
+	}
+	return out, keys, errors.Join(errs...)
+}
+
+// resolve reads h's pattern from its process's executable, once per
+// binary, address and length. Called with m.mu held.
+func (m *Manager) resolve(h *probe.Histogram) error {
+	if h.PatternLen == 0 {
+		return nil
+	}
+	proc := m.procs[int(h.PID)]
+	if proc == nil || proc.bin.static == nil {
+		return fmt.Errorf("pattern at %#x of pid %d: process not attached", h.PatternAddr, h.PID)
+	}
+	k := [2]uint64{h.PatternAddr, uint64(h.PatternLen)}
+	s, ok := proc.bin.patterns[k]
+	if !ok {
+		var err error
+		if s, err = proc.bin.static.String(h.PatternAddr, h.PatternLen); err != nil {
+			return fmt.Errorf("pattern of pid %d: %w", h.PID, err)
+		}
+		proc.bin.patterns[k] = s
+	}
+	h.Pattern = s
+	return nil
+}
