@@ -89,13 +89,13 @@ func DecodeMetric(key []byte, perCPU [][]byte) (probe.Histogram, error) {
 		PatternLen:  int(ne.Uint32(key[unsafe.Offsetof(k.PatternLen):])),
 		Buckets:     make([]uint64, len(v.Buckets)),
 	}
-	sum := unsafe.Offsetof(v.SumNs)
+	buckets, sum := unsafe.Offsetof(v.Buckets), unsafe.Offsetof(v.SumNs)
 	for _, c := range perCPU {
 		if len(c) < int(unsafe.Sizeof(v)) {
 			return probe.Histogram{}, fmt.Errorf("decoding http server metric: %d-byte value, want %d", len(c), unsafe.Sizeof(v))
 		}
 		for i := range h.Buckets {
-			h.Buckets[i] += ne.Uint64(c[8*i:])
+			h.Buckets[i] += ne.Uint64(c[buckets+8*uintptr(i):])
 		}
 		h.SumNS += ne.Uint64(c[sum:])
 	}

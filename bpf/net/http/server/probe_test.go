@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"encoding/binary"
+	"reflect"
 	"testing"
 
 	"github.com/obsd-dev/obsd/bpf/probe"
@@ -117,6 +118,53 @@ func TestConstsExistInObject(t *testing.T) {
 	for name := range p.ProcessMaps {
 		if spec.Maps[name] == nil {
 			t.Errorf("process map %s not in the object", name)
+		}
+	}
+}
+
+func encode(t *testing.T, v any) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	if err := binary.Write(&b, binary.NativeEndian, v); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+func TestDecodeMetric(t *testing.T) {
+	var m8 [8]int8
+	copy(m8[:], []int8{'P', 'O', 'S', 'T'})
+	key := encode(t, &bpfHttpServerMetricKey{Tgid: 7, Status: 201, MethodLen: 4, Method: m8, Pattern: 0x6c8123, PatternLen: 15})
+	cpu0 := bpfHttpServerMetric{SumNs: 3_000}
+	cpu0.Buckets[0], cpu0.Buckets[14] = 2, 1
+	cpu1 := bpfHttpServerMetric{SumNs: 500}
+	cpu1.Buckets[0] = 1
+	got, err := DecodeMetric(key, [][]byte{encode(t, &cpu0), encode(t, &cpu1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := probe.Histogram{Kind: probe.KindHTTPServer, PID: 7, Method: "POST", Status: 201,
+		PatternAddr: 0x6c8123, PatternLen: 15, SumNS: 3_500, Buckets: make([]uint64, 15)}
+	want.Buckets[0], want.Buckets[14] = 3, 1
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("DecodeMetric = %+v, want %+v", got, want)
+	}
+
+	// Status 0 (nothing written) reads as 200, as for records.
+	key = encode(t, &bpfHttpServerMetricKey{Tgid: 7, MethodLen: 3, Method: [8]int8{'G', 'E', 'T'}})
+	if got, err := DecodeMetric(key, [][]byte{encode(t, &cpu1)}); err != nil || got.Status != 200 || got.Method != "GET" {
+		t.Errorf("DecodeMetric = %+v, %v; want GET 200", got, err)
+	}
+	for _, bad := range []struct {
+		name   string
+		key    []byte
+		values [][]byte
+	}{
+		{"short key", key[:8], [][]byte{encode(t, &cpu1)}},
+		{"short value", key, [][]byte{encode(t, &cpu1)[:64]}},
+	} {
+		if _, err := DecodeMetric(bad.key, bad.values); err == nil {
+			t.Errorf("%s: no error", bad.name)
 		}
 	}
 }
