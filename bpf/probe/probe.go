@@ -142,4 +142,9 @@ type Request struct {
 	Status int
 	// Truncated is set when Path or Pattern were longer than the record.
 	Truncated bool
+	// Sampled says the probe sampled the request for a span (only when
+	// spans are on); TraceIDLow is then the value of the trace ID's last 8
+	// bytes (big-endian), drawn so that the configured ratio sampler agrees.
+	Sampled    bool
+	TraceIDLow uint64
 }

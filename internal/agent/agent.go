@@ -96,10 +96,18 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		checks:   health.New(time.Second),
 		beat:     health.NewHeartbeat(5 * time.Second),
 	}
+	spans := cfg.Traces != otelexport.ModeNone && cfg.Traces != ""
+	ratio := 0.0
+	if spans {
+		if ratio, err = otelexport.SampleRatio(os.Getenv); err != nil {
+			return nil, fmt.Errorf("setting up trace export: %w", err)
+		}
+	}
 	a.mgr, err = uprobes.New(uprobes.Options{
 		Logger:          cfg.Logger,
 		Sink:            a,
-		Spans:           cfg.Traces != otelexport.ModeNone && cfg.Traces != "",
+		Spans:           spans,
+		SampleRatio:     ratio,
 		DurationBuckets: prom.DurationBuckets,
 	})
 	if err != nil {

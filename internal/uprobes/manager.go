@@ -23,8 +23,24 @@ import (
 	"github.com/obsd-dev/obsd/internal/offsets"
 )
 
-// withSpans is the BPF constant that Options.Spans sets.
-const withSpans = "with_spans"
+// withSpans and sampleBoundConst are the BPF constants that Options.Spans
+// and Options.SampleRatio set.
+const (
+	withSpans        = "with_spans"
+	sampleBoundConst = "sample_bound"
+)
+
+// sampleBound is the OTel SDK's TraceIDRatioBased bound: a trace ID whose
+// last 8 bytes, big-endian, shifted right by one, are below it is sampled.
+func sampleBound(ratio float64) uint64 {
+	switch {
+	case ratio >= 1:
+		return 1 << 63
+	case ratio > 0:
+		return uint64(ratio * (1 << 63))
+	}
+	return 0
+}
 
 // ReasonExited is counted when a process is gone before it could be attached.
 const ReasonExited = "process_exited"
@@ -49,9 +65,13 @@ type Options struct {
 	Probes []*probe.Probe
 	// Spans says requests become spans, which carry the URL path: probes
 	// then copy every path, not only those the fallback route needs. It
-	// sets the BPF constant with_spans where a probe has one. Without spans,
-	// probes that can count requests in the kernel do (see Histograms).
+	// sets the BPF constant with_spans where a probe has one. Requests not
+	// sampled for a span are counted in the kernel where the probe can (see
+	// Histograms).
 	Spans bool
+	// SampleRatio is the share of requests the probes sample for spans, as
+	// the OTel TraceIDRatioBased sampler would; used only with Spans.
+	SampleRatio float64
 	// DurationBuckets are the upper bounds, in seconds, of the exported
 	// duration histogram; in-kernel histograms use the same. When it is
 	// empty, probes send a record per request.
@@ -61,6 +81,7 @@ type Options struct {
 // Manager attaches probes to processes. Methods are safe for concurrent use.
 type Manager struct {
 	spans   bool
+	sample  uint64   // the sample_bound constant: SampleRatio * 2^63
 	bounds  []uint64 // DurationBuckets in ns
 	log     *slog.Logger
 	offsets *offsets.Table
@@ -143,6 +164,7 @@ func New(o Options) (*Manager, error) {
 		refused: map[binKey]error{},
 		retired: map[uint32][]probe.Histogram{},
 	}
+	m.sample = sampleBound(o.SampleRatio)
 	for _, b := range o.DurationBuckets {
 		m.bounds = append(m.bounds, uint64(math.Round(b*1e9)))
 	}
@@ -344,6 +366,11 @@ func (m *Manager) loadBinary(key binKey, exePath string) (*loadedBinary, error) 
 		}
 		if _, ok := spec.Variables[withSpans]; ok {
 			if err := set(withSpans, m.spans); err != nil {
+				return nil, err
+			}
+		}
+		if _, ok := spec.Variables[sampleBoundConst]; ok {
+			if err := set(sampleBoundConst, m.sample); err != nil {
 				return nil, err
 			}
 		}

@@ -12,9 +12,9 @@ import (
 )
 
 // kernelMetrics says probes count requests in the kernel where they can:
-// without spans (they need a record per request, and their exemplars come
-// with user-space observations) and with buckets to count in.
-func (m *Manager) kernelMetrics() bool { return !m.spans && len(m.bounds) > 0 }
+// those not sampled for a span (a sampled one is a record, observed in user
+// space with its exemplar), given buckets to count in.
+func (m *Manager) kernelMetrics() bool { return len(m.bounds) > 0 }
 
 // checkBounds fails New when a probe's in-kernel histogram cannot use the
 // exporter's buckets.

@@ -1,6 +1,9 @@
 package otelexport
 
 import (
+	"context"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"math"
 	"strings"
 	"testing"
 )
@@ -51,40 +54,61 @@ func TestModeFromEnv(t *testing.T) {
 	}
 }
 
-func TestCheckSamplerEnv(t *testing.T) {
+func TestSampleRatio(t *testing.T) {
 	tests := []struct {
 		sampler, arg string
+		want         float64
 		wantErr      string
 	}{
-		{"", "", ""},
-		{"always_on", "", ""},
-		{"ALWAYS_OFF", "ignored", ""},
-		{"parentbased_always_on", "", ""},
-		{"parentbased_always_off", "", ""},
-		{"traceidratio", "", ""},
-		{"parentbased_traceidratio", "0.01", ""},
-		{"traceidratio", "1", ""},
-		{"traceidratio", "0", ""},
-		{"parentbased_traceidratio", "1.5", "outside [0, 1]"},
-		{"traceidratio", "-0.1", "outside [0, 1]"},
-		{"traceidratio", "NaN", "outside [0, 1]"},
-		{"traceidratio", "one percent", `OTEL_TRACES_SAMPLER_ARG "one percent"`},
-		{"jaeger_remote", "", `"jaeger_remote" is not supported`},
+		{"", "", 1, ""},
+		{"always_on", "", 1, ""},
+		{"ALWAYS_OFF", "ignored", 0, ""},
+		{"parentbased_always_on", "", 1, ""},
+		{"parentbased_always_off", "", 0, ""},
+		{"traceidratio", "", 1, ""},
+		{"parentbased_traceidratio", "0.01", 0.01, ""},
+		{"traceidratio", "1", 1, ""},
+		{"traceidratio", "0", 0, ""},
+		{"parentbased_traceidratio", "1.5", 0, "outside [0, 1]"},
+		{"traceidratio", "-0.1", 0, "outside [0, 1]"},
+		{"traceidratio", "NaN", 0, "outside [0, 1]"},
+		{"traceidratio", "one percent", 0, `OTEL_TRACES_SAMPLER_ARG "one percent"`},
+		{"jaeger_remote", "", 0, `"jaeger_remote" is not supported`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.sampler+"/"+tt.arg, func(t *testing.T) {
 			env := map[string]string{"OTEL_TRACES_SAMPLER": tt.sampler, "OTEL_TRACES_SAMPLER_ARG": tt.arg}
-			err := checkSamplerEnv(func(k string) string { return env[k] })
+			got, err := SampleRatio(func(k string) string { return env[k] })
 			if tt.wantErr == "" {
-				if err != nil {
-					t.Fatalf("checkSamplerEnv() = %v, want nil", err)
+				if err != nil || got != tt.want {
+					t.Fatalf("SampleRatio() = %v, %v; want %v", got, err, tt.want)
 				}
 				return
 			}
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Fatalf("checkSamplerEnv() = %v, want error containing %q", err, tt.wantErr)
+				t.Fatalf("SampleRatio() = %v, want error containing %q", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// TestIDGeneratorAgreesWithRatioSampler: a trace ID built from a draw the
+// probe's test kept, (x >> 1) < ratio * 2^63, is sampled by the SDK's
+// TraceIDRatioBased with that ratio, and one it refused is not.
+func TestIDGeneratorAgreesWithRatioSampler(t *testing.T) {
+	const ratio = 0.25
+	bound := uint64(ratio * (1 << 63))
+	sampler := sdktrace.TraceIDRatioBased(ratio)
+	for _, x := range []uint64{0, 1, 2*bound - 2, 2*bound - 1, 2 * bound, 2*bound + 1, math.MaxUint64} {
+		ctx := context.WithValue(context.Background(), traceIDLowKey{}, x)
+		tid, sid := idGenerator{}.NewIDs(ctx)
+		if !tid.IsValid() || !sid.IsValid() {
+			t.Fatalf("invalid IDs %v %v", tid, sid)
+		}
+		res := sampler.ShouldSample(sdktrace.SamplingParameters{ParentContext: context.Background(), TraceID: tid})
+		if got, want := res.Decision == sdktrace.RecordAndSample, (x>>1) < bound; got != want {
+			t.Errorf("x=%#x: SDK samples %v, probe's test says %v", x, got, want)
+		}
 	}
 }
 

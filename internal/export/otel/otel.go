@@ -113,7 +113,7 @@ func New(ctx context.Context, o Options) (*Exporter, error) {
 		procs: make(map[int]*process),
 		created: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "obsd_spans_created_total",
-			Help: "Spans handed to the OpenTelemetry SDK, sampled or not.",
+			Help: "Spans started for the requests the probes sampled (the SDK may still drop them).",
 		}),
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "obsd_spans_dropped_total",
@@ -169,7 +169,7 @@ func New(ctx context.Context, o Options) (*Exporter, error) {
 	shared.next = e.real
 	e.shared = shared
 
-	if err := checkSamplerEnv(os.Getenv); err != nil {
+	if _, err := SampleRatio(os.Getenv); err != nil {
 		return nil, errors.Join(err, e.real.Shutdown(ctx))
 	}
 	base, err := baseResource(ctx, o.Attrs)
@@ -224,7 +224,7 @@ func (e *Exporter) MeterProvider() metric.MeterProvider {
 // exemplar when it is sampled. In ModeNone, or after Shutdown, it returns an
 // empty SpanContext.
 func (e *Exporter) Span(svc export.Service, r probe.Request) trace.SpanContext {
-	if e.real == nil {
+	if e.real == nil || !r.Sampled {
 		return trace.SpanContext{}
 	}
 	p := e.process(svc)
@@ -242,7 +242,8 @@ func (e *Exporter) Span(svc export.Service, r probe.Request) trace.SpanContext {
 	// at the production ratio (1%) building them for every request would be
 	// most of obsd's span cost. The samplers OTEL_TRACES_SAMPLER offers
 	// decide on the trace ID and parent, never on attributes.
-	_, span := p.tracer.Start(parentContext(r), httpServerSpanName(r),
+	ctx := context.WithValue(parentContext(r), traceIDLowKey{}, r.TraceIDLow)
+	_, span := p.tracer.Start(ctx, httpServerSpanName(r),
 		trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithTimestamp(start),
 	)
@@ -302,6 +303,7 @@ func (e *Exporter) newProcess(svc export.Service) *process {
 	// No sampler option: the SDK then reads OTEL_TRACES_SAMPLER(_ARG).
 	tp := sdktrace.NewTracerProvider(
 		sdktrace.WithResource(res),
+		sdktrace.WithIDGenerator(idGenerator{}),
 		sdktrace.WithBatcher(e.shared, batchOptions(os.Getenv)...),
 	)
 	return &process{

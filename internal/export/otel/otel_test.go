@@ -247,7 +247,7 @@ func TestOTLPSpans(t *testing.T) {
 		code  tracepb.Status_StatusCode
 	}{
 		{
-			svc: svcA, req: probe.Request{Method: "GET", Path: "/items/42", Pattern: "GET /items/{id}", Status: 200},
+			svc: svcA, req: probe.Request{Sampled: true, Method: "GET", Path: "/items/42", Pattern: "GET /items/{id}", Status: 200},
 			ago: 40 * time.Millisecond, took: 1234567 * time.Nanosecond,
 			name: "GET /items/{id}",
 			attrs: map[string]any{"http.request.method": "GET", "url.scheme": "http", "url.path": "/items/42",
@@ -255,7 +255,7 @@ func TestOTLPSpans(t *testing.T) {
 			code: tracepb.Status_STATUS_CODE_UNSET,
 		},
 		{
-			svc: svcA, req: probe.Request{Method: "POST", Path: "/pay", Status: 503},
+			svc: svcA, req: probe.Request{Sampled: true, Method: "POST", Path: "/pay", Status: 503},
 			ago: 30 * time.Millisecond, took: 20 * time.Millisecond,
 			name: "POST",
 			attrs: map[string]any{"http.request.method": "POST", "url.scheme": "http", "url.path": "/pay",
@@ -263,7 +263,7 @@ func TestOTLPSpans(t *testing.T) {
 			code: tracepb.Status_STATUS_CODE_ERROR,
 		},
 		{
-			svc: svcB, req: probe.Request{Method: "PURGE", Path: "/cache/k", Pattern: "/cache/", Status: 404},
+			svc: svcB, req: probe.Request{Sampled: true, Method: "PURGE", Path: "/cache/k", Pattern: "/cache/", Status: 404},
 			ago: 10 * time.Millisecond, took: 1,
 			name: "HTTP /cache/",
 			attrs: map[string]any{"http.request.method": "_OTHER", "http.request.method_original": "PURGE",
@@ -366,7 +366,7 @@ func TestOTLPSpans(t *testing.T) {
 		t.Errorf("counters = %v, want %v", c, wantCounts)
 	}
 	// After Shutdown spans are ignored, not panics.
-	if sc := e.Span(svcA, probe.Request{Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now}); sc.IsValid() {
+	if sc := e.Span(svcA, probe.Request{Sampled: true, Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now}); sc.IsValid() {
 		t.Errorf("Span after Shutdown = %+v, want empty", sc)
 	}
 	if err := e.Shutdown(t.Context()); err != nil {
@@ -395,7 +395,7 @@ func TestOTLPPartialSuccess(t *testing.T) {
 	e, reg, logs := newExporter(t, Options{Mode: ModeOTLP})
 	now := monoNow(t)
 	for range 2 {
-		e.Span(svcA, probe.Request{Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now + 1000})
+		e.Span(svcA, probe.Request{Sampled: true, Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now + 1000})
 	}
 	shutdown(t, e)
 	want := map[string]float64{
@@ -433,7 +433,7 @@ func TestOTLPUnreachable(t *testing.T) {
 	}
 	errCount := func() float64 { return counters(t, reg)["obsd_span_export_errors_total"] }
 	now := monoNow(t)
-	req := probe.Request{Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now + 1000}
+	req := probe.Request{Sampled: true, Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now + 1000}
 	e.Span(svcA, req)
 	waitFor(t, "the first failed export", func() bool { return errCount() == 1 })
 	e.Span(svcA, req)
@@ -485,7 +485,7 @@ func TestDroppedSpansCounted(t *testing.T) {
 	const n = 50
 	now := monoNow(t)
 	for range n {
-		e.Span(svcA, probe.Request{Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now + 1000})
+		e.Span(svcA, probe.Request{Sampled: true, Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now + 1000})
 	}
 	// At most one span is in the stalled export and one in the queue.
 	if d := counters(t, reg)["obsd_spans_dropped_total"]; d < n-2 {
@@ -510,8 +510,8 @@ func TestStdout(t *testing.T) {
 		t.Errorf("Check in stdout mode: %v", err)
 	}
 	now := monoNow(t)
-	e.Span(svcA, probe.Request{Method: "GET", Path: "/items/1", Pattern: "/items/{id}", Status: 200, StartNS: now, EndNS: now + 5000})
-	e.Span(svcB, probe.Request{Method: "DELETE", Path: "/k", Status: 500, StartNS: now, EndNS: now + 5000})
+	e.Span(svcA, probe.Request{Sampled: true, Method: "GET", Path: "/items/1", Pattern: "/items/{id}", Status: 200, StartNS: now, EndNS: now + 5000})
+	e.Span(svcB, probe.Request{Sampled: true, Method: "DELETE", Path: "/k", Status: 500, StartNS: now, EndNS: now + 5000})
 	shutdown(t, e)
 
 	type kv struct {
@@ -559,7 +559,7 @@ func TestSamplerFromEnv(t *testing.T) {
 	var out bytes.Buffer
 	e, reg, _ := newExporter(t, Options{Mode: ModeStdout, Stdout: &out})
 	now := monoNow(t)
-	sc := e.Span(svcA, probe.Request{Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now})
+	sc := e.Span(svcA, probe.Request{Sampled: true, Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now})
 	if !sc.IsValid() || sc.IsSampled() {
 		t.Errorf("Span = %+v, want a valid unsampled context", sc)
 	}
@@ -569,6 +569,25 @@ func TestSamplerFromEnv(t *testing.T) {
 	}
 	if c := counters(t, reg); c["obsd_spans_created_total"] != 1 || c["obsd_spans_exported_total"] != 0 {
 		t.Errorf("counters = %v, want 1 created, 0 exported", c)
+	}
+}
+
+// TestUnsampledRequestMakesNoSpan: the probe's sampling decision stands; a
+// request it did not sample reaches the exporter only for its metrics.
+func TestUnsampledRequestMakesNoSpan(t *testing.T) {
+	setOTLPEnv(t, "127.0.0.1:1", nil)
+	var out bytes.Buffer
+	e, reg, _ := newExporter(t, Options{Mode: ModeStdout, Stdout: &out})
+	now := monoNow(t)
+	if sc := e.Span(svcA, probe.Request{Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now}); sc.IsValid() {
+		t.Errorf("Span = %+v, want none", sc)
+	}
+	shutdown(t, e)
+	if out.Len() != 0 {
+		t.Errorf("exported:\n%s", out.String())
+	}
+	if c := counters(t, reg); c["obsd_spans_created_total"] != 0 {
+		t.Errorf("counters = %v, want 0 created", c)
 	}
 }
 
@@ -616,7 +635,7 @@ func TestNew(t *testing.T) {
 func TestModeNone(t *testing.T) {
 	e, reg, _ := newExporter(t, Options{}) // zero Mode is none
 	now := monoNow(t)
-	if sc := e.Span(svcA, probe.Request{Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now}); sc.IsValid() {
+	if sc := e.Span(svcA, probe.Request{Sampled: true, Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now}); sc.IsValid() {
 		t.Errorf("Span in none mode = %+v, want empty", sc)
 	}
 	e.Forget(svcA.PID)
@@ -662,7 +681,7 @@ func BenchmarkSpan(b *testing.B) {
 			var ts unix.Timespec
 			_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 			now := uint64(ts.Nano())
-			r := probe.Request{Method: "GET", Path: "/items/42", Pattern: "GET /items/{id}", Status: 200, StartNS: now, EndNS: now + 1000, PID: 1001}
+			r := probe.Request{Sampled: true, Method: "GET", Path: "/items/42", Pattern: "GET /items/{id}", Status: 200, StartNS: now, EndNS: now + 1000, PID: 1001}
 			b.ReportAllocs()
 			for b.Loop() {
 				e.Span(svcA, r)

@@ -1,37 +1,81 @@
 package otelexport
 
 import (
+	"context"
+	"encoding/binary"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
-// checkSamplerEnv validates OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG.
-// sdktrace.NewTracerProvider applies them itself when no sampler option is
-// given (sdk/trace/provider.go, tracerProviderOptionsFromEnv), but a bad
-// value there only reaches otel.Handle and falls back to sampling
-// everything; checking up front turns that into a start-up error.
-func checkSamplerEnv(getenv func(string) string) error {
+// SampleRatio reads OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG as the
+// share of new traces to sample, which the probes apply in the kernel (a
+// request not sampled costs no record). sdktrace.NewTracerProvider still
+// applies the variables itself (sdk/trace/provider.go,
+// tracerProviderOptionsFromEnv) to the sampled requests, and agrees, as
+// their trace IDs come from the probe's draw (see idGenerator). A bad value
+// there would only reach otel.Handle and fall back to sampling everything;
+// checking up front turns that into a start-up error.
+func SampleRatio(getenv func(string) string) (float64, error) {
 	s := strings.ToLower(strings.TrimSpace(getenv("OTEL_TRACES_SAMPLER")))
 	arg := strings.TrimSpace(getenv("OTEL_TRACES_SAMPLER_ARG"))
+	// Spans obsd makes are roots until incoming traceparent is read, so a
+	// parentbased_ sampler decides as its root sampler does.
 	switch s {
-	case "", "always_on", "always_off", "parentbased_always_on", "parentbased_always_off":
+	case "", "always_on", "parentbased_always_on":
 		// The spec says an argument a sampler does not take is ignored.
-		return nil
+		return 1, nil
+	case "always_off", "parentbased_always_off":
+		return 0, nil
 	case "traceidratio", "parentbased_traceidratio":
 		if arg == "" {
-			return nil // the SDK uses ratio 1
+			return 1, nil // as the SDK
 		}
 		r, err := strconv.ParseFloat(arg, 64)
 		if err != nil {
-			return fmt.Errorf("parsing OTEL_TRACES_SAMPLER_ARG %q: %w", arg, err)
+			return 0, fmt.Errorf("parsing OTEL_TRACES_SAMPLER_ARG %q: %w", arg, err)
 		}
 		if !(r >= 0 && r <= 1) { // also refuses NaN
-			return fmt.Errorf("parsing OTEL_TRACES_SAMPLER_ARG: ratio %v is outside [0, 1]", r)
+			return 0, fmt.Errorf("parsing OTEL_TRACES_SAMPLER_ARG: ratio %v is outside [0, 1]", r)
 		}
-		return nil
+		return r, nil
 	}
-	return fmt.Errorf("parsing OTEL_TRACES_SAMPLER: %q is not supported by the Go SDK "+
+	return 0, fmt.Errorf("parsing OTEL_TRACES_SAMPLER: %q is not supported by the Go SDK "+
 		"(want always_on, always_off, traceidratio, parentbased_always_on, "+
 		"parentbased_always_off or parentbased_traceidratio)", s)
+}
+
+// traceIDLowKey carries a probe's draw from Span to idGenerator.
+type traceIDLowKey struct{}
+
+// idGenerator makes random IDs, except that the last 8 bytes of a trace ID
+// are the probe's draw when the context carries one: the TraceIDRatioBased
+// sampler tests exactly those bytes, so it keeps every span the probe
+// sampled, and a downstream sampler with the same ratio decides alike.
+type idGenerator struct{}
+
+func (idGenerator) NewIDs(ctx context.Context) (trace.TraceID, trace.SpanID) {
+	var tid trace.TraceID
+	low, ok := ctx.Value(traceIDLowKey{}).(uint64)
+	if !ok {
+		low = rand.Uint64()
+	}
+	binary.BigEndian.PutUint64(tid[8:], low)
+	for !tid.IsValid() || tid[0]|tid[1]|tid[2]|tid[3]|tid[4]|tid[5]|tid[6]|tid[7] == 0 {
+		binary.BigEndian.PutUint64(tid[:8], rand.Uint64())
+	}
+	return tid, newSpanID()
+}
+
+func (idGenerator) NewSpanID(context.Context, trace.TraceID) trace.SpanID { return newSpanID() }
+
+func newSpanID() trace.SpanID {
+	var sid trace.SpanID
+	for !sid.IsValid() {
+		binary.BigEndian.PutUint64(sid[:], rand.Uint64())
+	}
+	return sid
 }

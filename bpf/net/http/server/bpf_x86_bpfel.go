@@ -24,6 +24,7 @@ type bpfHttpServerEvent struct {
 	PathLen    uint16
 	PatternLen uint16
 	Pad        uint32
+	TraceIdLow uint64
 	Method     [16]int8
 }
 
@@ -92,6 +93,7 @@ const (
 	bpfVarOffUrlPath                = "off_url_path"
 	bpfVarRodataEnd                 = "rodata_end"
 	bpfVarRodataStart               = "rodata_start"
+	bpfVarSampleBound               = "sample_bound"
 	bpfVarUnusedHttpServerEvent     = "unused_http_server_event"
 	bpfVarUnusedHttpServerMetric    = "unused_http_server_metric"
 	bpfVarUnusedHttpServerMetricKey = "unused_http_server_metric_key"
@@ -171,6 +173,7 @@ type bpfVariableSpecs struct {
 	OffUrlPath                *ebpf.VariableSpec `ebpf:"off_url_path"`
 	RodataEnd                 *ebpf.VariableSpec `ebpf:"rodata_end"`
 	RodataStart               *ebpf.VariableSpec `ebpf:"rodata_start"`
+	SampleBound               *ebpf.VariableSpec `ebpf:"sample_bound"`
 	UnusedHttpServerEvent     *ebpf.VariableSpec `ebpf:"unused_http_server_event"`
 	UnusedHttpServerMetric    *ebpf.VariableSpec `ebpf:"unused_http_server_metric"`
 	UnusedHttpServerMetricKey *ebpf.VariableSpec `ebpf:"unused_http_server_metric_key"`
@@ -230,6 +233,7 @@ type bpfVariables struct {
 	OffUrlPath                *ebpf.Variable `ebpf:"off_url_path"`
 	RodataEnd                 *ebpf.Variable `ebpf:"rodata_end"`
 	RodataStart               *ebpf.Variable `ebpf:"rodata_start"`
+	SampleBound               *ebpf.Variable `ebpf:"sample_bound"`
 	UnusedHttpServerEvent     *ebpf.Variable `ebpf:"unused_http_server_event"`
 	UnusedHttpServerMetric    *ebpf.Variable `ebpf:"unused_http_server_metric"`
 	UnusedHttpServerMetricKey *ebpf.Variable `ebpf:"unused_http_server_metric_key"`

@@ -25,10 +25,14 @@ volatile const u64 off_pattern_str = OFF_NONE;     /* Go 1.22 */
 volatile const u64 off_url_path = OFF_NONE;
 volatile const u64 off_response_req = OFF_NONE;
 volatile const u64 off_response_status = OFF_NONE;
-/* Set by the loader when spans are exported: they carry url.path, so the
- * path is read even when a pattern gives the route, and every request
- * becomes a record (user space samples and makes the metrics). */
+/* Set by the loader when spans are exported. The probe then samples: it
+ * draws the low 64 bits of the trace ID and keeps the request when
+ * (x >> 1) < sample_bound, the test of the OTel SDK's TraceIDRatioBased
+ * sampler with sample_bound = ratio * 2^63, so the SDK, given that trace ID,
+ * agrees. A sampled request becomes a record with its URL path (spans carry
+ * url.path); the others are counted like requests without spans. */
 volatile const u8 with_spans = 1;
+volatile const u64 sample_bound = 1ULL << 63; /* ratio 1 */
 /* Link-time addresses, set by the loader: the .rodata section, where Go
  * keeps string literals, and the end program's attach site. The site and
  * ctx->ip give the load bias of a PIE binary. rodata_end == 0 disables
@@ -40,6 +44,7 @@ volatile const u64 end_site_vaddr = 0;
 #define FLAG_PATH_TRUNCATED 1
 #define FLAG_PATTERN_TRUNCATED 2
 #define FLAG_READ_FAILED 4
+#define FLAG_SAMPLED 8
 
 /* A record is this header followed by pattern_len bytes of the pattern and
  * path_len bytes of the path. Records carry only the bytes used: every
@@ -55,6 +60,7 @@ struct http_server_event {
 	u16 path_len;
 	u16 pattern_len;
 	u32 _pad;
+	u64 trace_id_low; /* when FLAG_SAMPLED: bytes 8..15 of the trace ID, big-endian value */
 	char method[METHOD_MAX];
 };
 
@@ -255,6 +261,14 @@ int http_server_end(struct pt_regs *ctx)
 	e->path_len = 0;
 	e->pattern_len = 0;
 	e->_pad = 0;
+	e->trace_id_low = 0;
+	if (with_spans) {
+		u64 x = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
+		if ((x >> 1) < sample_bound) {
+			e->flags |= FLAG_SAMPLED;
+			e->trace_id_low = x;
+		}
+	}
 
 	u64 req = in->req, url = in->url;
 	in->start_ns = 0;
@@ -276,7 +290,7 @@ int http_server_end(struct pt_regs *ctx)
 			bpf_probe_read_user(&pat, sizeof(pat), (void *)(p + off_pattern_str));
 	}
 
-	if (!with_spans && rodata_end && pat.len > 0 && pat.len <= PATTERN_MAX && !(e->flags & FLAG_READ_FAILED)) {
+	if (!(e->flags & (FLAG_SAMPLED | FLAG_READ_FAILED)) && rodata_end && pat.len > 0 && pat.len <= PATTERN_MAX) {
 		/* PIE bias: ctx->ip is the site, maybe past the trap byte; the
 		 * bias is page-aligned, so round to the nearest page. */
 		u64 bias = (ctx->ip - end_site_vaddr + 2048) & ~4095ULL;
@@ -309,7 +323,7 @@ int http_server_end(struct pt_regs *ctx)
 	}
 
 	/* Metrics need the path only for the fallback route. */
-	if (with_spans || used == 0) {
+	if ((e->flags & FLAG_SAMPLED) || used == 0) {
 		if (used > PATTERN_MAX) /* bounds for the verifier */
 			used = PATTERN_MAX;
 		if (!url) {

@@ -15,6 +15,7 @@ const (
 	flagPathTruncated    = 1
 	flagPatternTruncated = 2
 	flagReadFailed       = 4
+	flagSampled          = 8
 )
 
 // HeaderSize is the fixed part of a record; the pattern and the path
@@ -129,15 +130,17 @@ func Decode(raw []byte) (probe.Request, error) {
 	method := unsafe.Offsetof(e.Method)
 	data := raw[HeaderSize:]
 	return probe.Request{
-		Kind:      probe.KindHTTPServer,
-		PID:       ne.Uint32(raw[unsafe.Offsetof(e.Tgid):]),
-		StartNS:   ne.Uint64(raw[unsafe.Offsetof(e.StartNs):]),
-		EndNS:     ne.Uint64(raw[unsafe.Offsetof(e.EndNs):]),
-		Method:    internMethod(raw[method : method+uintptr(methodLen)]),
-		Pattern:   string(data[:patternLen]),
-		Path:      string(data[patternLen : patternLen+pathLen]),
-		Status:    status,
-		Truncated: flags&(flagPathTruncated|flagPatternTruncated) != 0,
+		Kind:       probe.KindHTTPServer,
+		PID:        ne.Uint32(raw[unsafe.Offsetof(e.Tgid):]),
+		StartNS:    ne.Uint64(raw[unsafe.Offsetof(e.StartNs):]),
+		EndNS:      ne.Uint64(raw[unsafe.Offsetof(e.EndNs):]),
+		Method:     internMethod(raw[method : method+uintptr(methodLen)]),
+		Pattern:    string(data[:patternLen]),
+		Path:       string(data[patternLen : patternLen+pathLen]),
+		Status:     status,
+		Truncated:  flags&(flagPathTruncated|flagPatternTruncated) != 0,
+		Sampled:    flags&flagSampled != 0,
+		TraceIDLow: ne.Uint64(raw[unsafe.Offsetof(e.TraceIdLow):]),
 	}, nil
 }
 

@@ -2,8 +2,10 @@ package nethttp
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"sort"
@@ -351,6 +353,70 @@ func TestCountedInKernel(t *testing.T) {
 			srv.Cmd.Wait()
 			fams = e2e.Families(t, o.WaitScrape(t, 5*time.Second, "the exited process to be released", instrumented(0)))
 			checkCounts(t, fams, srv.PID(), service, noPatterns)
+			o.Stop(t)
+		})
+	}
+}
+
+// TestSampledInKernel: with a ratio sampler the probe samples. The sampled
+// requests become spans whose trace IDs the SDK's TraceIDRatioBased agrees
+// with; the others are counted in the kernel, so metrics stay exact.
+func TestSampledInKernel(t *testing.T) {
+	e2e.RequireRoot(t)
+	obsdBin := builds.Obsd(t)
+	srvBin := builds.HTTPServer(t, e2e.Variant{Name: "current"})
+	for _, tc := range []struct {
+		sampler, arg string
+		ratio        float64
+	}{
+		{"parentbased_traceidratio", "0.5", 0.5},
+		{"always_off", "", 0},
+	} {
+		t.Run(tc.sampler, func(t *testing.T) {
+			srv := e2e.Start(t, srvBin, []string{"OTEL_SERVICE_NAME=sampled"})
+			recv := e2e.StartReceiver(t)
+			o := e2e.StartObsd(t, obsdBin, []string{
+				"OTEL_EXPORTER_OTLP_ENDPOINT=" + recv.Endpoint,
+				"OTEL_EXPORTER_OTLP_INSECURE=true",
+				"OTEL_BSP_SCHEDULE_DELAY=100",
+				"OTEL_TRACES_SAMPLER=" + tc.sampler,
+				"OTEL_TRACES_SAMPLER_ARG=" + tc.arg,
+			}, "--pid", itoa(srv.PID()))
+			o.WaitScrape(t, 10*time.Second, "the server to be instrumented", instrumented(1))
+
+			send(t, srv.First)
+			o.WaitScrape(t, 10*time.Second, fmt.Sprintf("%d requests", total()), func(f map[string]*dto.MetricFamily) bool {
+				return requestCount(f, srv.PID()) >= float64(total())
+			})
+			time.Sleep(500 * time.Millisecond) // spans flush every 100 ms
+			fams := e2e.Families(t, o.Scrape(t))
+			checkCounts(t, fams, srv.PID(), "sampled", false)
+
+			created := e2e.Sum(fams, "obsd_spans_created_total", nil)
+			spans := recv.Spans()
+			if float64(len(spans)) != created {
+				t.Errorf("%d spans received, obsd_spans_created_total = %v", len(spans), created)
+			}
+			// Binomial: within 5 standard deviations of the ratio.
+			n := float64(total())
+			mean, sd := n*tc.ratio, math.Sqrt(n*tc.ratio*(1-tc.ratio))
+			if math.Abs(float64(len(spans))-mean) > 5*sd {
+				t.Errorf("%d of %v requests sampled, want %v ± %.0f", len(spans), n, mean, 5*sd)
+			}
+			bound := uint64(tc.ratio * (1 << 63))
+			for _, s := range spans {
+				if x := binary.BigEndian.Uint64(s.GetTraceId()[8:]); x>>1 >= bound {
+					t.Errorf("trace ID %x is outside ratio %v", s.GetTraceId(), tc.ratio)
+				}
+			}
+			// Records: the sampled requests, plus the unsampled unrouted
+			// ones (the 6 to /nope, which need their path for a route).
+			if ev := e2e.Sum(fams, "obsd_events_total", nil); ev < created || ev > created+6 {
+				t.Errorf("obsd_events_total = %v, want between %v and %v", ev, created, created+6)
+			}
+			if lost := e2e.Sum(fams, "obsd_events_lost_total", nil); lost != 0 {
+				t.Errorf("obsd_events_lost_total = %v, want 0", lost)
+			}
 			o.Stop(t)
 		})
 	}
