@@ -28,6 +28,15 @@ struct pt_regs {
 #define GO_ARG4(r) ((r)->di)
 #define GO_G(r) ((r)->r14)
 
+/* load_bias is what was added to the target's link-time addresses when it
+ * was loaded (0 unless PIE): the probe's ip minus its site's link-time
+ * address, which the loader sets. ip may be past the trap byte; a PIE's
+ * bias is page-aligned, so round to the nearest page. */
+static __always_inline u64 load_bias(struct pt_regs *ctx, u64 site_vaddr)
+{
+	return (ctx->ip - site_vaddr + 2048) & ~4095ULL;
+}
+
 /* An offset constant left at OFF_NONE means the field does not exist in the
  * target's version; the loader rewrites every offset it knows. */
 #define OFF_NONE ((u64)-1)

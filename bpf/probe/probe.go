@@ -47,6 +47,16 @@ type Const struct {
 	Optional bool
 }
 
+// ITabConst binds a u64 constant in the BPF object to the link-time address
+// of the itab for converting Type to Interface, whose method slots hold
+// Methods (in the interface's method order). The loader leaves it 0 when
+// the binary does not give the itab; the program must then do without.
+type ITabConst struct {
+	Name            string
+	Type, Interface string
+	Methods         []string
+}
+
 // Probe is the whole declaration of one instrumentation.
 type Probe struct {
 	// Name is short and stable; it appears in logs and metric labels.
@@ -55,6 +65,7 @@ type Probe struct {
 	MinGo  string
 	Sites  []Site
 	Consts []Const
+	ITabs  []ITabConst
 	// Spec loads the compiled BPF collection.
 	Spec func() (*ebpf.CollectionSpec, error)
 	// Decode turns one ring-buffer record into a Request. It must not keep

@@ -188,9 +188,21 @@ func loadProbe(p *probe.Probe) (*loadedProbe, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading spec of probe %s: %w", p.Name, err)
 	}
+	names := []string{}
 	for _, c := range p.Consts {
-		if _, ok := spec.Variables[c.Name]; !ok {
-			return nil, fmt.Errorf("probe %s: constant %q not in BPF object", p.Name, c.Name)
+		names = append(names, c.Name)
+	}
+	for _, it := range p.ITabs {
+		names = append(names, it.Name)
+	}
+	for _, s := range p.Sites {
+		if s.VaddrConst != "" {
+			names = append(names, s.VaddrConst)
+		}
+	}
+	for _, name := range names {
+		if _, ok := spec.Variables[name]; !ok {
+			return nil, fmt.Errorf("probe %s: constant %q not in BPF object", p.Name, name)
 		}
 	}
 	lp := &loadedProbe{Probe: p, spec: spec, maps: map[string]*ebpf.Map{}}
@@ -376,6 +388,16 @@ func (m *Manager) loadBinary(key binKey, exePath string) (*loadedBinary, error) 
 		}
 		if err := m.setMetricsConsts(bin, info, lp, set); err != nil {
 			return nil, err
+		}
+		for _, it := range lp.ITabs {
+			addr, err := info.ITab(it.Type, it.Interface, it.Methods)
+			if err != nil {
+				m.log.Debug("itab unknown; the probe reads memory instead", "exe", info.Path, "itab", it.Name, "err", err)
+				continue
+			}
+			if err := set(it.Name, addr); err != nil {
+				return nil, err
+			}
 		}
 		for _, c := range lp.Consts {
 			off, err := m.fieldOffset(info, c.Field)

@@ -91,9 +91,11 @@ const (
 	bpfVarOffResponseReq            = "off_response_req"
 	bpfVarOffResponseStatus         = "off_response_status"
 	bpfVarOffUrlPath                = "off_url_path"
+	bpfVarResponseWriterItab        = "response_writer_itab"
 	bpfVarRodataEnd                 = "rodata_end"
 	bpfVarRodataStart               = "rodata_start"
 	bpfVarSampleBound               = "sample_bound"
+	bpfVarStartSiteVaddr            = "start_site_vaddr"
 	bpfVarUnusedHttpServerEvent     = "unused_http_server_event"
 	bpfVarUnusedHttpServerMetric    = "unused_http_server_metric"
 	bpfVarUnusedHttpServerMetricKey = "unused_http_server_metric_key"
@@ -171,9 +173,11 @@ type bpfVariableSpecs struct {
 	OffResponseReq            *ebpf.VariableSpec `ebpf:"off_response_req"`
 	OffResponseStatus         *ebpf.VariableSpec `ebpf:"off_response_status"`
 	OffUrlPath                *ebpf.VariableSpec `ebpf:"off_url_path"`
+	ResponseWriterItab        *ebpf.VariableSpec `ebpf:"response_writer_itab"`
 	RodataEnd                 *ebpf.VariableSpec `ebpf:"rodata_end"`
 	RodataStart               *ebpf.VariableSpec `ebpf:"rodata_start"`
 	SampleBound               *ebpf.VariableSpec `ebpf:"sample_bound"`
+	StartSiteVaddr            *ebpf.VariableSpec `ebpf:"start_site_vaddr"`
 	UnusedHttpServerEvent     *ebpf.VariableSpec `ebpf:"unused_http_server_event"`
 	UnusedHttpServerMetric    *ebpf.VariableSpec `ebpf:"unused_http_server_metric"`
 	UnusedHttpServerMetricKey *ebpf.VariableSpec `ebpf:"unused_http_server_metric_key"`
@@ -231,9 +235,11 @@ type bpfVariables struct {
 	OffResponseReq            *ebpf.Variable `ebpf:"off_response_req"`
 	OffResponseStatus         *ebpf.Variable `ebpf:"off_response_status"`
 	OffUrlPath                *ebpf.Variable `ebpf:"off_url_path"`
+	ResponseWriterItab        *ebpf.Variable `ebpf:"response_writer_itab"`
 	RodataEnd                 *ebpf.Variable `ebpf:"rodata_end"`
 	RodataStart               *ebpf.Variable `ebpf:"rodata_start"`
 	SampleBound               *ebpf.Variable `ebpf:"sample_bound"`
+	StartSiteVaddr            *ebpf.Variable `ebpf:"start_site_vaddr"`
 	UnusedHttpServerEvent     *ebpf.Variable `ebpf:"unused_http_server_event"`
 	UnusedHttpServerMetric    *ebpf.Variable `ebpf:"unused_http_server_metric"`
 	UnusedHttpServerMetricKey *ebpf.Variable `ebpf:"unused_http_server_metric_key"`

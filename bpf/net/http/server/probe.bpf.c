@@ -40,6 +40,11 @@ volatile const u64 sample_bound = 1ULL << 63; /* ratio 1 */
 volatile const u64 rodata_start = 0;
 volatile const u64 rodata_end = 0;
 volatile const u64 end_site_vaddr = 0;
+/* The itab of *response as a ResponseWriter and the start program's site,
+ * both link-time, set by the loader when the binary gives the itab (0:
+ * not known, read memory instead). */
+volatile const u64 response_writer_itab = 0;
+volatile const u64 start_site_vaddr = 0;
 
 #define FLAG_PATH_TRUNCATED 1
 #define FLAG_PATTERN_TRUNCATED 2
@@ -190,10 +195,16 @@ int http_server_start(struct pt_regs *ctx)
 		return 0;
 
 	/* Only HTTP/1 requests end in (*response).finishRequest. HTTP/2 calls
-	 * ServeHTTP with its own writer type; a *response always has w.req == req. */
-	u64 wreq = 0;
-	if (bpf_probe_read_user(&wreq, sizeof(wreq), (void *)(rw_data + off_response_req)) != 0 || wreq != req)
-		return 0;
+	 * ServeHTTP with its own writer type. The itab register tells the type
+	 * for free; without it, a *response always has w.req == req. */
+	if (response_writer_itab) {
+		if (GO_ARG2(ctx) != response_writer_itab + load_bias(ctx, start_site_vaddr))
+			return 0;
+	} else {
+		u64 wreq = 0;
+		if (bpf_probe_read_user(&wreq, sizeof(wreq), (void *)(rw_data + off_response_req)) != 0 || wreq != req)
+			return 0;
+	}
 
 	struct inflight_key key = {.g = GO_G(ctx), .tgid = bpf_get_current_pid_tgid() >> 32};
 	struct inflight *in = bpf_map_lookup_elem(&http_server_inflight, &key);
@@ -291,10 +302,7 @@ int http_server_end(struct pt_regs *ctx)
 	}
 
 	if (!(e->flags & (FLAG_SAMPLED | FLAG_READ_FAILED)) && rodata_end && pat.len > 0 && pat.len <= PATTERN_MAX) {
-		/* PIE bias: ctx->ip is the site, maybe past the trap byte; the
-		 * bias is page-aligned, so round to the nearest page. */
-		u64 bias = (ctx->ip - end_site_vaddr + 2048) & ~4095ULL;
-		u64 va = pat.ptr - bias;
+		u64 va = pat.ptr - load_bias(ctx, end_site_vaddr);
 		if (va >= rodata_start && va + pat.len <= rodata_end) {
 			struct http_server_metric_key mk = {
 				.tgid = key.tgid,

@@ -32,7 +32,7 @@ func New() *probe.Probe {
 		Name:  "net/http/server",
 		MinGo: "go1.21",
 		Sites: []probe.Site{
-			{Symbol: "net/http.serverHandler.ServeHTTP", Program: "http_server_start"},
+			{Symbol: "net/http.serverHandler.ServeHTTP", Program: "http_server_start", VaddrConst: "start_site_vaddr"},
 			{Symbol: "net/http.(*response).finishRequest", Program: "http_server_end", VaddrConst: "end_site_vaddr"},
 		},
 		Consts: []probe.Const{
@@ -45,6 +45,16 @@ func New() *probe.Probe {
 			{Name: "off_response_req", Field: field("net/http", "response", "req")},
 			{Name: "off_response_status", Field: field("net/http", "response", "status")},
 		},
+		ITabs: []probe.ITabConst{{
+			Name:      "response_writer_itab",
+			Type:      "*net/http.response",
+			Interface: "net/http.ResponseWriter",
+			Methods: []string{
+				"net/http.(*response).Header",
+				"net/http.(*response).Write",
+				"net/http.(*response).WriteHeader",
+			},
+		}},
 		ProcessMaps: map[string]int{
 			"http_server_inflight": int(unsafe.Offsetof(bpfInflightKey{}.Tgid)),
 		},
