@@ -15,4 +15,7 @@ func registerRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("/status/", func(w http.ResponseWriter, r *http.Request) {
 		status(w, strings.TrimPrefix(r.URL.Path, "/status/"))
 	})
+	mux.HandleFunc("/dyn/", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("dyn " + strings.TrimPrefix(r.URL.Path, "/dyn/") + "\n"))
+	})
 }

@@ -303,7 +303,7 @@ int http_server_end(struct pt_regs *ctx)
 
 	if (!(e->flags & (FLAG_SAMPLED | FLAG_READ_FAILED)) && rodata_end && pat.len > 0 && pat.len <= PATTERN_MAX) {
 		u64 va = pat.ptr - load_bias(ctx, end_site_vaddr);
-		if (va >= rodata_start && va + pat.len <= rodata_end) {
+		if (va >= rodata_start && va < rodata_end && pat.len <= rodata_end - va) {
 			struct http_server_metric_key mk = {
 				.tgid = key.tgid,
 				.status = e->status,
