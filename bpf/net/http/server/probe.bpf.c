@@ -257,37 +257,24 @@ int http_server_end(struct pt_regs *ctx)
 		count(CNT_UNMATCHED_END);
 		return 0;
 	}
+	/* The slot stays this goroutine's until its next start: its method
+	 * bytes can be used below. */
+	u64 start = in->start_ns, req = in->req, url = in->url;
+	in->start_ns = 0;
+	u8 flags = in->flags;
 
-	u32 zero = 0;
-	struct scratch *sc = bpf_map_lookup_elem(&http_server_scratch, &zero);
-	if (!sc) /* cannot happen: a one-slot per-CPU array */
-		return 0;
-	struct http_server_event *e = &sc->h;
-	e->start_ns = in->start_ns;
-	e->end_ns = end;
-	e->tgid = key.tgid;
-	e->flags = in->flags;
-	e->method_len = in->method_len;
-	__builtin_memcpy(e->method, in->method, METHOD_MAX);
-	e->path_len = 0;
-	e->pattern_len = 0;
-	e->_pad = 0;
-	e->trace_id_low = 0;
+	u64 trace_id_low = 0;
 	if (with_spans) {
 		u64 x = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
 		if ((x >> 1) < sample_bound) {
-			e->flags |= FLAG_SAMPLED;
-			e->trace_id_low = x;
+			flags |= FLAG_SAMPLED;
+			trace_id_low = x;
 		}
 	}
 
-	u64 req = in->req, url = in->url;
-	in->start_ns = 0;
-
 	u64 status = 0;
 	if (bpf_probe_read_user(&status, sizeof(status), (void *)(w + off_response_status)) != 0)
-		e->flags |= FLAG_READ_FAILED;
-	e->status = (u16)status;
+		flags |= FLAG_READ_FAILED;
 
 	/* The pattern's string header: in the Request (1.23+), or behind
 	 * Request.pat (1.22). */
@@ -301,22 +288,39 @@ int http_server_end(struct pt_regs *ctx)
 			bpf_probe_read_user(&pat, sizeof(pat), (void *)(p + off_pattern_str));
 	}
 
-	if (!(e->flags & (FLAG_SAMPLED | FLAG_READ_FAILED)) && rodata_end && pat.len > 0 && pat.len <= PATTERN_MAX) {
+	/* The common case ends here, before any record is assembled. */
+	if (!(flags & (FLAG_SAMPLED | FLAG_READ_FAILED)) && rodata_end && pat.len > 0 && pat.len <= PATTERN_MAX) {
 		u64 va = pat.ptr - load_bias(ctx, end_site_vaddr);
 		if (va >= rodata_start && va < rodata_end && pat.len <= rodata_end - va) {
 			struct http_server_metric_key mk = {
 				.tgid = key.tgid,
-				.status = e->status,
-				.method_len = e->method_len,
+				.status = (u16)status,
+				.method_len = in->method_len,
 				.pattern = va,
 				.pattern_len = pat.len,
 			};
-			__builtin_memcpy(mk.method, e->method, sizeof(mk.method));
-			if (count_request(&mk, end - e->start_ns))
+			__builtin_memcpy(mk.method, in->method, sizeof(mk.method));
+			if (count_request(&mk, end - start))
 				return 0;
 			count(CNT_METRICS_FULL);
 		}
 	}
+
+	u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&http_server_scratch, &zero);
+	if (!sc) /* cannot happen: a one-slot per-CPU array */
+		return 0;
+	struct http_server_event *e = &sc->h;
+	e->start_ns = start;
+	e->end_ns = end;
+	e->tgid = key.tgid;
+	e->status = (u16)status;
+	e->method_len = in->method_len;
+	__builtin_memcpy(e->method, in->method, METHOD_MAX);
+	e->path_len = 0;
+	e->pattern_len = 0;
+	e->_pad = 0;
+	e->trace_id_low = trace_id_low;
 
 	u32 n = 0, used = 0;
 	s64 full;
@@ -325,29 +329,30 @@ int http_server_end(struct pt_regs *ctx)
 		if (bpf_probe_read_user(sc->data, n, (void *)pat.ptr) != 0)
 			n = 0;
 		if (pat.len > n)
-			e->flags |= FLAG_PATTERN_TRUNCATED;
+			flags |= FLAG_PATTERN_TRUNCATED;
 		e->pattern_len = n;
 		used = n;
 	}
 
 	/* Metrics need the path only for the fallback route. */
-	if ((e->flags & FLAG_SAMPLED) || used == 0) {
+	if ((flags & FLAG_SAMPLED) || used == 0) {
 		if (used > PATTERN_MAX) /* bounds for the verifier */
 			used = PATTERN_MAX;
 		if (!url) {
-			e->flags |= FLAG_READ_FAILED;
+			flags |= FLAG_READ_FAILED;
 		} else {
 			full = read_go_string(sc->data + used, PATH_MAX_LEN, url + off_url_path, &n);
 			if (full < 0)
-				e->flags |= FLAG_READ_FAILED;
+				flags |= FLAG_READ_FAILED;
 			else if (full > n)
-				e->flags |= FLAG_PATH_TRUNCATED;
+				flags |= FLAG_PATH_TRUNCATED;
 			e->path_len = n;
 			used += n;
 		}
 	}
 
-	if (e->flags & FLAG_READ_FAILED)
+	e->flags = flags;
+	if (flags & FLAG_READ_FAILED)
 		count(CNT_READ_FAILED);
 	if (used > PATTERN_MAX + PATH_MAX_LEN)
 		used = PATTERN_MAX + PATH_MAX_LEN;
