@@ -1,10 +1,15 @@
 package uprobes
 
 import (
+	"bytes"
+	"log/slog"
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"testing"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/obsd-dev/obsd/bpf/probe"
 	"github.com/obsd-dev/obsd/internal/inspect"
@@ -75,5 +80,42 @@ func TestAttachRefusals(t *testing.T) {
 	}
 	if _, err := m.Attach(1<<22+1, "/proc/"+strconv.Itoa(1<<22+1)+"/exe"); inspect.ReasonOf(err) != ReasonExited {
 		t.Errorf("attach to a missing process: %v, want reason %s", err, ReasonExited)
+	}
+}
+
+// TestCountersLoggedOnce: a BPF counter that becomes non-zero is logged
+// once per probe and reason, however often it grows.
+func TestCountersLoggedOnce(t *testing.T) {
+	e2e.RequireRoot(t)
+	var logs bytes.Buffer
+	m, err := New(Options{Sink: discard{}, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	lp := m.probes[0]
+	set := func(idx uint32, n uint64) {
+		t.Helper()
+		perCPU := make([]uint64, ebpf.MustPossibleCPU())
+		perCPU[0] = n
+		if err := lp.maps["obsd_counters"].Put(idx, perCPU); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.stats.logCounters()
+	if logs.Len() != 0 {
+		t.Fatalf("logged with every counter at zero:\n%s", &logs)
+	}
+	set(0, 3) // ringbuf_full: a loss
+	set(3, 1) // start_without_end: an anomaly
+	m.stats.logCounters()
+	set(0, 5)
+	m.stats.logCounters()
+	out := logs.String()
+	if n := strings.Count(out, "reason=ringbuf_full"); n != 1 || !strings.Contains(out, "level=WARN") {
+		t.Errorf("ringbuf_full logged %d times, want once as a warning:\n%s", n, out)
+	}
+	if n := strings.Count(out, "reason=start_without_end"); n != 1 {
+		t.Errorf("start_without_end logged %d times, want once:\n%s", n, out)
 	}
 }

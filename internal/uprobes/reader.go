@@ -40,7 +40,16 @@ func (m *Manager) Run(ctx context.Context, beat func()) error {
 			errs[i] = m.read(lp, readers[i], beat)
 		}()
 	}
-	<-ctx.Done()
+	tick := time.NewTicker(CounterCheckInterval)
+	defer tick.Stop()
+	for done := false; !done; {
+		select {
+		case <-ctx.Done():
+			done = true
+		case <-tick.C:
+			m.stats.logCounters()
+		}
+	}
 	for _, rd := range readers {
 		rd.Close()
 	}

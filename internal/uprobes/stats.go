@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,14 +32,18 @@ type stats struct {
 	mu           sync.Mutex
 	attachErrs   map[string]uint64
 	loggedDecode atomic.Bool
+	// loggedCounters holds the probe/reason pairs of BPF counters already
+	// logged: each is logged the first time it is seen non-zero.
+	loggedCounters map[string]bool
 
 	processes, attachErrors, events, lost, anomalies *prometheus.Desc
 }
 
 func newStats(m *Manager) *stats {
 	s := &stats{
-		m:          m,
-		attachErrs: map[string]uint64{},
+		m:              m,
+		attachErrs:     map[string]uint64{},
+		loggedCounters: map[string]bool{},
 		processes: prometheus.NewDesc("obsd_instrumented_processes",
 			"Processes with probes attached now.", nil, nil),
 		attachErrors: prometheus.NewDesc("obsd_instrumentation_errors_total",
@@ -63,6 +68,36 @@ func (s *stats) decodeError(lp *loadedProbe, err error) {
 	lp.decodeErrs.Add(1)
 	if !s.loggedDecode.Swap(true) {
 		s.m.log.Warn("dropping undecodable record (logged once; see obsd_events_lost_total{reason=\"decode\"})", "probe", lp.Name, "err", err)
+	}
+}
+
+// CounterCheckInterval is how often the probes' BPF counters are checked
+// for a loss or anomaly to log, whether or not anyone scrapes.
+const CounterCheckInterval = 10 * time.Second
+
+// logCounters (called from Run's goroutine only) logs, once per probe and
+// reason, a BPF counter that has become non-zero: a loss as a warning, an
+// anomaly as information. The metrics carry the running counts.
+func (s *stats) logCounters() {
+	for _, lp := range s.m.probes {
+		counts, err := readCounters(lp.maps["obsd_counters"])
+		if err != nil {
+			continue // the scrape reports it
+		}
+		for i, c := range bpfCounters {
+			key := lp.Name + "/" + c.reason
+			if counts[i] == 0 || s.loggedCounters[key] {
+				continue
+			}
+			s.loggedCounters[key] = true
+			if c.lost {
+				s.m.log.Warn("requests observed but not reported (logged once; see obsd_events_lost_total)",
+					"probe", lp.Name, "reason", c.reason, "so_far", counts[i])
+			} else {
+				s.m.log.Info("probe anomaly (logged once; see obsd_probe_anomalies_total)",
+					"probe", lp.Name, "reason", c.reason, "so_far", counts[i])
+			}
+		}
 	}
 }
 
