@@ -219,10 +219,11 @@ func (e *Exporter) MeterProvider() metric.MeterProvider {
 	return dropMeterProvider{dropped: e.dropped}
 }
 
-// Span makes one SERVER span for r, started and ended at the request's own
-// times, and returns its context so the caller can attach a trace_id
-// exemplar when it is sampled. In ModeNone, or after Shutdown, it returns an
-// empty SpanContext.
+// Span makes one SERVER span for r, a request the probe sampled, started and
+// ended at the request's own times, and returns its context so the caller
+// can attach a trace_id exemplar when it is sampled. For a request the probe
+// did not sample, in ModeNone, or after Shutdown, it returns an empty
+// SpanContext.
 func (e *Exporter) Span(svc export.Service, r probe.Request) trace.SpanContext {
 	if e.real == nil || !r.Sampled {
 		return trace.SpanContext{}
@@ -238,9 +239,9 @@ func (e *Exporter) Span(svc export.Service, r probe.Request) trace.SpanContext {
 	if r.EndNS > r.StartNS {
 		end = start.Add(time.Duration(r.EndNS - r.StartNS))
 	}
-	// Attributes are set after the sampling decision, not passed to Start:
-	// at the production ratio (1%) building them for every request would be
-	// most of obsd's span cost. The samplers OTEL_TRACES_SAMPLER offers
+	// The trace ID carries the probe's draw, so the SDK's sampler, set from
+	// the same OTEL_TRACES_SAMPLER, keeps the span. Attributes are still
+	// set after its decision, not passed to Start: the samplers it offers
 	// decide on the trace ID and parent, never on attributes.
 	ctx := context.WithValue(parentContext(r), traceIDLowKey{}, r.TraceIDLow)
 	_, span := p.tracer.Start(ctx, httpServerSpanName(r),
