@@ -324,8 +324,7 @@ func (a *Agent) kernel() ([]prom.Kernel, error) {
 		if t == nil || h.Kind != probe.KindHTTPServer {
 			continue
 		}
-		out = append(out, prom.Kernel{Service: t.svc, Method: h.Method, Status: h.Status,
-			Pattern: h.Pattern, Buckets: h.Buckets, SumNS: h.SumNS})
+		out = append(out, prom.Kernel{Service: t.svc, Histogram: h})
 	}
 	return out, err
 }

@@ -29,16 +29,10 @@ type Active struct {
 }
 
 // Kernel is one duration histogram counted in the kernel, cumulative.
+// Its buckets are those of DurationBuckets, plus +Inf last.
 type Kernel struct {
 	Service export.Service
-	// Method as received, Status, and the ServeMux pattern.
-	Method  string
-	Status  int
-	Pattern string
-	// Buckets are counts per bucket of DurationBuckets, not cumulative,
-	// plus +Inf last.
-	Buckets []uint64
-	SumNS   uint64
+	probe.Histogram
 }
 
 // HTTPServer holds the http_server_* families. Durations come from two

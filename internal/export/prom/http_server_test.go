@@ -142,9 +142,9 @@ func TestHTTPServerKernelMerge(t *testing.T) {
 	}
 	kernel := []Kernel{
 		// 3 requests of 2 ms and 2 of 20 s (+Inf), routed by a pattern.
-		{Service: svc, Method: "GET", Status: 200, Pattern: "GET /items/{id}", Buckets: buckets(0, 3), SumNS: 6_000_000},
-		{Service: svc, Method: "GET", Status: 200, Pattern: "GET /items/{id}", Buckets: buckets(len(DurationBuckets), 2), SumNS: 40e9},
-		{Service: svc, Method: "BREW", Status: 418, Pattern: "/pot", Buckets: buckets(1, 1), SumNS: 7_000_000},
+		{Service: svc, Histogram: probe.Histogram{Method: "GET", Status: 200, Pattern: "GET /items/{id}", Buckets: buckets(0, 3), SumNS: 6_000_000}},
+		{Service: svc, Histogram: probe.Histogram{Method: "GET", Status: 200, Pattern: "GET /items/{id}", Buckets: buckets(len(DurationBuckets), 2), SumNS: 40e9}},
+		{Service: svc, Histogram: probe.Histogram{Method: "BREW", Status: 418, Pattern: "/pot", Buckets: buckets(1, 1), SumNS: 7_000_000}},
 	}
 	h := NewHTTPServer(nil, func() ([]Kernel, error) { return kernel, nil })
 	h.Observe(svc, probe.Request{Method: "GET", Pattern: "GET /items/{id}", Status: 200, StartNS: 0, EndNS: 2_000_000}, trace.SpanContext{})
