@@ -417,9 +417,11 @@ func Promtool(t testing.TB, scrape []byte) {
 	}
 }
 
-// ProbeLinks counts the uprobe-multi links in the whole kernel whose
-// program's name starts with prefix (the kernel keeps 15 characters).
-func ProbeLinks(t testing.TB, prefix string) int {
+// ProbeLinks counts the uprobe-multi links filtered to target pid whose
+// program's name starts with prefix (the kernel keeps 15 characters). Only
+// links on this test's own target count: any other eBPF user on the machine,
+// another obsd included, is left out.
+func ProbeLinks(t testing.TB, prefix string, pid int) int {
 	t.Helper()
 	n := 0
 	it := new(link.Iterator)
@@ -427,6 +429,11 @@ func ProbeLinks(t testing.TB, prefix string) int {
 	for it.Next() {
 		info, err := it.Link.Info()
 		if err != nil || info.Type != link.UprobeMultiType {
+			continue
+		}
+		if um := info.UprobeMulti(); um == nil {
+			continue
+		} else if p, ok := um.Pid(); !ok || int(p) != pid {
 			continue
 		}
 		prog, err := ebpf.NewProgramFromID(info.Program)
@@ -445,13 +452,14 @@ func ProbeLinks(t testing.TB, prefix string) int {
 	return n
 }
 
-// WaitNoProbeLinks fails unless every link of programs named prefix* is gone
-// within 5 s (the kernel releases a closed link asynchronously).
-func WaitNoProbeLinks(t testing.TB, prefix string) {
+// WaitNoProbeLinks fails unless every link of programs named prefix* on
+// target pid is gone within 5 s (the kernel releases a closed link
+// asynchronously).
+func WaitNoProbeLinks(t testing.TB, prefix string, pid int) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		n := ProbeLinks(t, prefix)
+		n := ProbeLinks(t, prefix, pid)
 		if n == 0 {
 			return
 		}

@@ -43,7 +43,7 @@ func TestLateStartAndExit(t *testing.T) {
 	srv.Cmd.Process.Kill()
 	srv.Cmd.Wait()
 	o.WaitScrape(t, 5*time.Second, "the exited process to be released", instrumented(0))
-	e2e.WaitNoProbeLinks(t, "http_server")
+	e2e.WaitNoProbeLinks(t, "http_server", srv.PID())
 	o.Stop(t)
 }
 
@@ -125,7 +125,7 @@ func TestTargetSurvives(t *testing.T) {
 	}
 
 	o.Cmd.Process.Kill()
-	e2e.WaitNoProbeLinks(t, "http_server")
+	e2e.WaitNoProbeLinks(t, "http_server", srv.PID())
 	get(t, base+"/hello", 3)
 	if err := srv.Cmd.Process.Signal(syscall.Signal(0)); err != nil {
 		t.Fatalf("target died: %v", err)

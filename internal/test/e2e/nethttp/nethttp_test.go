@@ -202,11 +202,11 @@ func TestRequestsCountedExactly(t *testing.T) {
 					t.Errorf("obsd_events_lost_total = %v, want 0", lost)
 				}
 
-				if n := e2e.ProbeLinks(t, "http_server"); n != 2 {
+				if n := e2e.ProbeLinks(t, "http_server", srv.PID()); n != 2 {
 					t.Errorf("%d links of http_server programs while attached, want 2", n)
 				}
 				o.Stop(t)
-				e2e.WaitNoProbeLinks(t, "http_server")
+				e2e.WaitNoProbeLinks(t, "http_server", srv.PID())
 			})
 		}
 	}
