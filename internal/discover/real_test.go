@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/obsd-dev/obsd/internal/test/e2e"
 )
 
 // These tests watch real processes in the real /proc: copies of
@@ -307,7 +309,7 @@ func TestRealRemoval(t *testing.T) {
 // a removal plus an addition.
 func TestRealReexec(t *testing.T) {
 	if aslr, err := os.ReadFile("/proc/sys/kernel/randomize_va_space"); err != nil || strings.TrimSpace(string(aslr)) == "0" {
-		t.Skip("address space randomization is off, so an exec of the same file cannot be told apart")
+		e2e.Skip(t, "address space randomization is off, so an exec of the same file cannot be told apart")
 	}
 	c := startChild(t, childOpts{})
 	w := newReal(t, Criteria{ExeGlobs: []string{childName}}, Options{}, false)
@@ -453,10 +455,7 @@ func TestRealPortOtherNetNS(t *testing.T) {
 	// Loopback is down in a new namespace; the wildcard address still binds.
 	c, err := tryStartChild(t, childOpts{args: []string{"-listen", "0.0.0.0:0"}, attrs: attrs})
 	if err != nil {
-		if os.Getenv("OBSD_REQUIRE_BPF") == "1" {
-			t.Fatalf("starting a child in a new network namespace: %v", err)
-		}
-		t.Skipf("cannot start a child in a new network namespace: %v", err)
+		e2e.Skip(t, "cannot start a child in a new network namespace: %v", err)
 	}
 	own, _ := os.Readlink("/proc/self/ns/net")
 	theirs, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", c.pid))

@@ -14,6 +14,8 @@ import (
 	"runtime"
 	"testing"
 	"unsafe"
+
+	"github.com/obsd-dev/obsd/internal/test/e2e"
 )
 
 // The variants of testdata/hello that TestMain builds, once per test run.
@@ -86,7 +88,7 @@ func binPath(t *testing.T, variant string) string {
 	t.Helper()
 	p, ok := bins[variant]
 	if !ok {
-		t.Skipf("%s not built (no C compiler)", variant)
+		e2e.Skip(t, "%s not built (no C compiler: install gcc)", variant)
 	}
 	return p
 }
@@ -174,7 +176,7 @@ func TestOpenErrors(t *testing.T) {
 func TestOpenGo119(t *testing.T) {
 	const path = "/usr/bin/promtool"
 	if _, err := os.Stat(path); err != nil {
-		t.Skipf("no %s: %v", path, err)
+		e2e.Skip(t, "no %s (Debian package prometheus): %v", path, err)
 	}
 	b, err := Open(path)
 	if err != nil {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"log/slog"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -61,12 +60,9 @@ func TestAttachRefusals(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			path, err := exec.LookPath(tt.bin)
-			if err != nil {
-				t.Skipf("%s not installed", tt.bin)
-			}
+			path := e2e.RequireTool(t, tt.bin)
 			// Attach through a file path: the refusal is about the binary.
-			_, err = m.Attach(os.Getpid(), path)
+			_, err := m.Attach(os.Getpid(), path)
 			if err == nil {
 				t.Fatal("attached")
 			}

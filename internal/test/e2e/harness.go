@@ -38,10 +38,35 @@ func RequireRoot(t testing.TB) {
 	if os.Geteuid() == 0 {
 		return
 	}
-	if os.Getenv("OBSD_REQUIRE_BPF") == "1" {
-		t.Fatal("OBSD_REQUIRE_BPF=1 but not running as root")
+	Skip(t, "needs root to attach BPF programs")
+}
+
+// Required reports whether OBSD_REQUIRE_BPF=1 (CI): every test must then
+// run, so whatever would skip one is a failure.
+func Required() bool { return os.Getenv("OBSD_REQUIRE_BPF") == "1" }
+
+// Skip skips the test with the reason given, or fails it when
+// OBSD_REQUIRE_BPF=1. Every skip in obsd's tests goes through here or
+// RequireRoot, so CI never reports a test as passed that did not run.
+func Skip(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if Required() {
+		t.Fatalf("OBSD_REQUIRE_BPF=1 but %s", msg)
 	}
-	t.Skip("needs root to attach BPF programs (set OBSD_REQUIRE_BPF=1 to make this a failure)")
+	t.Skip(msg + " (set OBSD_REQUIRE_BPF=1 to make this a failure)")
+}
+
+// RequireTool returns the path of the command name, or skips the test (fails
+// it when OBSD_REQUIRE_BPF=1) when it is not installed. .ci/run installs
+// every tool a test asks for.
+func RequireTool(t testing.TB, name string) string {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	if err != nil {
+		Skip(t, "%s is not installed: %v", name, err)
+	}
+	return path
 }
 
 // RepoRoot finds the directory holding the root go.mod.

@@ -44,10 +44,7 @@ func TestFloor(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.close()
-	taskset, err := exec.LookPath("taskset")
-	if err != nil {
-		t.Skip("no taskset")
-	}
+	taskset := e2e.RequireTool(t, "taskset") // util-linux
 	ctx := context.Background()
 	srv, addr, err := startServer(ctx, taskset, bin, 0)
 	if err != nil {

@@ -109,13 +109,7 @@ func TestThirdPartyServer(t *testing.T) {
 // obsd refuses it once with a clear reason and it keeps serving.
 func TestOldGoRefused(t *testing.T) {
 	e2e.RequireRoot(t)
-	bin, err := exec.LookPath("prometheus")
-	if err != nil {
-		if os.Getenv("OBSD_REQUIRE_BPF") == "1" {
-			t.Fatal("Debian's prometheus package is not installed")
-		}
-		t.Skip("prometheus not installed")
-	}
+	bin := e2e.RequireTool(t, "prometheus") // Debian's package, built with Go 1.19
 	obsdBin := builds.Obsd(t)
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "prometheus.yml")
