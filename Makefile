@@ -13,10 +13,18 @@ build:
 generate:
 	$(GO) generate ./bpf/...
 
+# Both modules, always: a failure in the first does not hide the second.
+# Each suite's verdict is printed last; the exit status is non-zero if
+# either failed. RACE= turns the race detector off.
+RACE ?= -race
 test:
-	$(GO) vet ./...
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
-	cd manual && $(GO) vet ./... && $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+	@root=PASS; manual=PASS; \
+	echo "== root module: go vet, go test $(RACE)"; \
+	{ $(GO) vet ./... && $(GO) test $(RACE) -count=1 -timeout $(TEST_TIMEOUT) ./...; } || root=FAIL; \
+	echo "== manual/: go vet, go test $(RACE)"; \
+	{ cd manual && $(GO) vet ./... && $(GO) test $(RACE) -count=1 -timeout $(TEST_TIMEOUT) ./...; } || manual=FAIL; \
+	echo "== make test: root module $$root, manual/ $$manual"; \
+	[ $$root = PASS ] && [ $$manual = PASS ]
 
 # Builds obsd and testdata/httpserver, instruments the server, drives
 # traffic, and shows the metrics and spans. Needs root.

@@ -4,12 +4,16 @@
 set -euo pipefail
 bin=${1:-bin}
 if [ "$(id -u)" != 0 ]; then
-	echo "make demo attaches eBPF uprobes: run it as root (sudo make demo)" >&2
+	echo "make demo attaches eBPF uprobes: run it as root (from a root shell, or with sudo if you have it)" >&2
+	exit 1
+fi
+if ! command -v curl >/dev/null; then
+	echo "make demo drives traffic with curl: install it (Debian: apt-get install curl)" >&2
 	exit 1
 fi
 work=$(mktemp -d)
 cleanup() {
-	kill "$obsd_pid" "$srv_pid" 2>/dev/null || true
+	kill ${obsd_pid:-} ${srv_pid:-} 2>/dev/null || true
 	wait 2>/dev/null || true
 	rm -rf "$work"
 }
