@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -25,17 +26,19 @@ import (
 // The toolchain decides which files make each package (go list, CGO_ENABLED=0,
 // linux/amd64); go/types decides the offsets.
 //
-// Toolchains checked: the one running the test, every Go toolchain already in
-// the module cache (the e2e tests download go1.21.13, go1.22.12 and go1.27.3),
-// and those named in OBSD_OFFSETS_TOOLCHAINS (comma-separated, e.g.
-// "go1.23.0,go1.26.11"; downloaded through the module proxy if needed).
+// Toolchains checked: the one running the test, alwaysChecked, every Go
+// toolchain already in the module cache, and those named in
+// OBSD_OFFSETS_TOOLCHAINS (comma-separated, e.g. "go1.23.0,go1.25.14"). The
+// go command downloads a missing one through the module proxy.
 func TestTableMatchesSource(t *testing.T) {
 	tb := load(t)
-	toolchains := []string{"local"}
+	toolchains := append([]string{"local"}, alwaysChecked...)
 	toolchains = append(toolchains, cachedToolchains(t)...)
 	if env := os.Getenv("OBSD_OFFSETS_TOOLCHAINS"); env != "" {
 		toolchains = append(toolchains, strings.Split(env, ",")...)
 	}
+	slices.Sort(toolchains[1:])
+	toolchains = slices.Compact(toolchains)
 	seen := map[string]bool{}
 	for _, tc := range toolchains {
 		t.Run(tc, func(t *testing.T) {
@@ -72,6 +75,11 @@ func TestTableMatchesSource(t *testing.T) {
 		})
 	}
 }
+
+// alwaysChecked are checked even on a fresh machine: the oldest and newest
+// minors and the three releases the e2e tests build with, plus go1.26.11,
+// whose security fix moved response.status within a minor.
+var alwaysChecked = []string{"go1.21.13", "go1.22.12", "go1.26.11", "go1.27.3"}
 
 // cachedToolchains lists the GOTOOLCHAIN values of the Go toolchains in the
 // module cache, e.g. "go1.21.13".
