@@ -15,8 +15,8 @@ generate:
 
 # Every suite of both modules, each even when an earlier one failed; the last
 # lines give each verdict, and the exit status is non-zero if any failed.
-# The race detector is on except for the timing suites (scripts/test.sh says
-# which); RACE= turns it off.
+# The race detector is on except for the benchmark tool's timing tests
+# (scripts/test.sh says why); RACE= turns it off.
 RACE ?= -race
 test:
 	GO='$(GO)' RACE='$(RACE)' TEST_TIMEOUT='$(TEST_TIMEOUT)' ./scripts/test.sh

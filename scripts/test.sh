@@ -11,11 +11,11 @@ GO=${GO:-go}
 RACE=${RACE--race}
 TEST_TIMEOUT=${TEST_TIMEOUT:-30m}
 
-# The end-to-end suites and the benchmark tool's fixed-rate loop time real
-# requests; under the race detector the load loop misses its rate bounds
-# (TestFixedRate: 1.5 s for a 1 s run). They test separate processes (obsd is
-# built without -race), so the detector would watch only the harness there.
-norace_re='/internal/test/e2e(/|$)|/internal/tools/bench$'
+# The benchmark tool's fixed-rate load loop misses its bounds under the race
+# detector (TestFixedRate: 1.5 s for a 1 s run, 5 connections for 4, every
+# run), so it runs without. The end-to-end suites pass under it (measured:
+# 147 s without, 207 s with, race build included) and keep it.
+norace_re='/internal/tools/bench$'
 
 results=()
 root=PASS manual=PASS
@@ -39,7 +39,7 @@ step root "root: go vet" "$GO" vet ./...
 # shellcheck disable=SC2086 # package lists and RACE split on purpose
 step root "root: go test $RACE" "$GO" test $RACE -count=1 -timeout "$TEST_TIMEOUT" $race_pkgs
 # shellcheck disable=SC2086
-step root "root: go test (e2e, bench)" "$GO" test -count=1 -timeout "$TEST_TIMEOUT" $norace_pkgs
+step root "root: go test (bench tool, no -race)" "$GO" test -count=1 -timeout "$TEST_TIMEOUT" $norace_pkgs
 cd manual || exit 1
 step manual "manual/: go vet" "$GO" vet ./...
 # shellcheck disable=SC2086
