@@ -138,11 +138,12 @@ struct inflight {
  * keep-alive path); start_ns == 0 is idle. The connection's close, or a
  * hijack, deletes it. A plain hash, not an LRU: an LRU would evict busy
  * slots silently; here a full map or budget is counted as a loss.
+ * Preallocated (as the LRU was): an insert then never fails for want of
+ * memory when many connections open at once.
  * User space counts the busy slots for http_server_active_requests. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 262144);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
 	__type(key, struct inflight_key);
 	__type(value, struct inflight);
 } http_server_inflight SEC(".maps");
@@ -205,7 +206,10 @@ struct http_server_metric {
 };
 
 /* Per CPU, so the hot path needs no atomics; no preallocation, so memory
- * follows the series in use rather than max_entries times the CPUs. */
+ * follows the series in use rather than max_entries times the CPUs. An
+ * insert can then fail for a moment when many new series arrive at once
+ * (the kernel refills its per-CPU caches asynchronously): counted as
+ * metrics_map_full, the request sent as a record, the next one retries. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 32768);

@@ -78,6 +78,9 @@ func rawRequest(t *testing.T, addr, req string) (net.Conn, *bufio.Reader, int) {
 		c.Close()
 		t.Fatalf("reading the answer to %q: %v", req, err)
 	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		io.Copy(io.Discard, resp.Body) // the connection's next answer follows
+	}
 	return c, br, resp.StatusCode
 }
 
@@ -384,23 +387,29 @@ func TestSeriesBudget(t *testing.T) {
 	// 400 statuses times 6 methods: 2,400 series, more than the budget
 	// (bpf/net/http/server.BudgetSeries, 2,048).
 	methods := []string{"GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
+	// In-kernel series are allocated as they come; when many arrive at once
+	// an insert can fail for a moment (counted as metrics_map_full, sent as
+	// a record). Passes repeat until the budget is reached.
 	client := &http.Client{Timeout: 10 * time.Second}
 	sent := 0
-	for code := 200; code < 600; code++ {
-		for _, m := range methods {
-			req, _ := http.NewRequest(m, fmt.Sprintf("http://%s/status/%d", srv.First, code), nil)
-			resp, err := client.Do(req)
-			if err != nil {
-				t.Fatal(err)
+	for pass := 0; pass < 4 && (pass == 0 || metricsEntries(t, srv.PID()) < 2048); pass++ {
+		for code := 200; code < 600; code++ {
+			for _, m := range methods {
+				req, _ := http.NewRequest(m, fmt.Sprintf("http://%s/status/%d", srv.First, code), nil)
+				resp, err := client.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != code {
+					t.Fatalf("%s /status/%d answered %d", m, code, resp.StatusCode)
+				}
+				sent++
 			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != code {
-				t.Fatalf("%s /status/%d answered %d", m, code, resp.StatusCode)
-			}
-			sent++
 		}
 	}
+	const nSeries = 400 * 6
 	scrape := o.WaitScrape(t, 10*time.Second, "the requests", func(f map[string]*dto.MetricFamily) bool {
 		return requestCount(f, srv.PID()) >= float64(sent)
 	})
@@ -408,15 +417,17 @@ func TestSeriesBudget(t *testing.T) {
 	if n := requestCount(fams, srv.PID()); n != float64(sent) {
 		t.Errorf("counted %v requests, want %d", n, sent)
 	}
-	if n := len(series(fams, srv.PID())); n != sent {
-		t.Errorf("%d series, want %d", n, sent)
+	if n := len(series(fams, srv.PID())); n != nSeries {
+		t.Errorf("%d series, want %d", n, nSeries)
 	}
 	const budget = 2048
 	if n := metricsEntries(t, srv.PID()); n != budget {
 		t.Errorf("%d in-kernel map entries, want the budget %d", n, budget)
 	}
-	if n := e2e.Sum(fams, "obsd_probe_anomalies_total", map[string]string{"reason": "metrics_budget"}); n != float64(sent-budget) {
-		t.Errorf("metrics_budget = %v, want %d", n, sent-budget)
+	// The last pass found the budget spent: each of its requests of a
+	// series beyond it was counted as such.
+	if n := e2e.Sum(fams, "obsd_probe_anomalies_total", map[string]string{"reason": "metrics_budget"}); n < nSeries-budget {
+		t.Errorf("metrics_budget = %v, want at least %d", n, nSeries-budget)
 	}
 	if n := e2e.Sum(fams, "obsd_events_lost_total", nil); n != 0 {
 		t.Errorf("obsd_events_lost_total = %v, want 0", n)
