@@ -61,7 +61,7 @@ volatile const u64 response_writer_itab = 0;
 volatile const u64 start_site_vaddr = 0;
 /* Per-process budgets in the maps every process on the node shares: one
  * process (or one client of it) cannot fill them for the others. */
-volatile const s64 budget_slots = 16384;
+volatile const s64 budget_slots = 32768;
 volatile const s64 budget_series = 2048;
 
 #define FLAG_PATH_TRUNCATED 1

@@ -30,7 +30,7 @@ var methodNames = [...]string{"_OTHER", "GET", "HEAD", "POST", "PUT", "DELETE", 
 const (
 	// BudgetSlots bounds a process's in-flight slots (one per HTTP/1
 	// connection); past it, requests of new connections are lost, counted.
-	BudgetSlots = 16384
+	BudgetSlots = 32768
 	// BudgetSeries bounds a process's in-kernel series; past it, requests
 	// of new series are sent as records (nothing lost), counted.
 	BudgetSeries = 2048
