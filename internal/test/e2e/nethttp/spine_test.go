@@ -17,7 +17,9 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	dto "github.com/prometheus/client_model/go"
+	"golang.org/x/sys/unix"
 
 	"github.com/obsd-dev/obsd/internal/test/e2e"
 )
@@ -528,5 +530,86 @@ func TestTLSScheme(t *testing.T) {
 	}
 	if len(spans) != n {
 		t.Errorf("%d spans, want %d", len(spans), n)
+	}
+}
+
+// runCounts returns the run count of each program attached to pid, by its
+// name's first 15 characters (as the kernel keeps them).
+func runCounts(t *testing.T, pid int) map[string]uint64 {
+	t.Helper()
+	out := map[string]uint64{}
+	it := new(link.Iterator)
+	defer it.Close()
+	for it.Next() {
+		info, err := it.Link.Info()
+		if err != nil || info.Type != link.UprobeMultiType {
+			continue
+		}
+		if p, ok := info.UprobeMulti().Pid(); !ok || int(p) != pid {
+			continue
+		}
+		prog, err := ebpf.NewProgramFromID(info.Program)
+		if err != nil {
+			continue
+		}
+		pi, err := prog.Info()
+		st, serr := prog.Stats()
+		prog.Close()
+		if err != nil || serr != nil {
+			t.Fatalf("program of link %d: %v %v", info.ID, err, serr)
+		}
+		name := pi.Name // in full from BTF when cilium/ebpf can, else cut by the kernel
+		out[name[:min(len(name), 15)]] += st.RunCount
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestKeepAliveTwoHits: the ends added for requests that never finish cost
+// the keep-alive path nothing: exactly two probe runs per request, and one
+// more per connection, at its close.
+func TestKeepAliveTwoHits(t *testing.T) {
+	e2e.RequireRoot(t)
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		t.Fatalf("enabling BPF run counts: %v", err)
+	}
+	defer stats.Close()
+	srv := e2e.Start(t, builds.HTTPServer(t, e2e.Variant{Name: "current"}), nil)
+	o := e2e.StartObsd(t, builds.Obsd(t), nil, "--pid", itoa(srv.PID()), "--traces", "none")
+	o.WaitScrape(t, 10*time.Second, "instrumented", instrumented(1))
+
+	before := runCounts(t, srv.PID())
+	const n = 500
+	c, br, _ := rawRequest(t, srv.First, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+	for i := 1; i < n; i++ {
+		io.WriteString(c, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+	}
+	mid := runCounts(t, srv.PID())
+	c.Close()
+	want := map[string]uint64{"http_server_sta": n, "http_server_end": n}
+	got := map[string]uint64{}
+	for name, runs := range mid {
+		if d := runs - before[name]; d != 0 {
+			got[name] = d
+		}
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("probe runs for %d keep-alive requests: %v, want %v", n, got, want)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runCounts(t, srv.PID())["http_server_clo"]-before["http_server_clo"] != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the connection's close ran the close probe %d times, want 1",
+				runCounts(t, srv.PID())["http_server_clo"]-before["http_server_clo"])
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
