@@ -41,14 +41,17 @@ static __always_inline u64 load_bias(struct pt_regs *ctx, u64 site_vaddr)
  * target's version; the loader rewrites every offset it knows. */
 #define OFF_NONE ((u64)-1)
 
-/* Indexes of the per-CPU counters user space reads at scrape time. */
+/* Indexes of the per-CPU counters user space reads at scrape time
+ * (internal/uprobes/stats.go names them and says which are losses). */
 enum obsd_counter {
-	CNT_RINGBUF_FULL = 0, /* record not submitted: ring buffer full */
-	CNT_INFLIGHT_FULL,    /* start not recorded: in-flight map full */
+	CNT_RINGBUF_FULL = 0, /* lost: record not submitted, ring buffer full */
+	CNT_INFLIGHT_FULL,    /* lost: start not recorded, in-flight map full */
 	CNT_UNMATCHED_END,    /* end seen without its start (attached mid-request) */
-	CNT_STALE_START,      /* start replaced one that never ended (panic, hijack) */
-	CNT_READ_FAILED,      /* a user-memory read failed; the record is marked */
+	CNT_STALE_START,      /* lost: a start found its goroutine's previous request never ended */
+	CNT_READ_FAILED,      /* lost: a user-memory read failed, nothing trustworthy to report */
 	CNT_METRICS_FULL,     /* in-kernel metrics map full: sent as a record instead */
+	CNT_INFLIGHT_BUDGET,  /* lost: the process has its budget of in-flight slots */
+	CNT_METRICS_BUDGET,   /* the process has its budget of in-kernel series: sent as a record */
 	CNT_MAX,
 };
 

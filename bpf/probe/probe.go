@@ -20,6 +20,10 @@ type Site struct {
 	// VaddrConst, if set, names a u64 constant that receives the site's
 	// link-time address: with ctx->ip it gives the load bias of a PIE.
 	VaddrConst string
+	// Optional sites may be missing from a binary: the linker drops a
+	// method nothing can call (net/http.(*response).Hijack in a program
+	// that never hijacks), and then nothing can reach the site either.
+	Optional bool
 }
 
 // Field names a struct field whose byte offset a probe needs.
@@ -153,6 +157,8 @@ type Request struct {
 	Status int
 	// Truncated is set when Path or Pattern were longer than the record.
 	Truncated bool
+	// TLS says the request came over TLS (url.scheme "https").
+	TLS bool
 	// Sampled says the probe sampled the request for a span (only when
 	// spans are on); TraceIDLow is then the value of the trace ID's last 8
 	// bytes (big-endian), drawn so that the configured ratio sampler agrees.

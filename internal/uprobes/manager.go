@@ -310,6 +310,9 @@ func (m *Manager) attach(pid int, exePath string) (_ *inspect.Binary, repeat boo
 	}
 	for i, lp := range m.probes {
 		for j, site := range lp.Sites {
+			if bin.sites[i][j] == 0 {
+				continue // an optional site the binary lacks
+			}
 			prog := bin.programs[i].Programs[site.Program]
 			l, err := ex.UprobeMulti(nil, prog, &link.UprobeMultiOptions{
 				Addresses: []uint64{bin.sites[i][j]},
@@ -362,6 +365,10 @@ func (m *Manager) loadBinary(key binKey, exePath string) (*loadedBinary, error) 
 		var offs []uint64
 		for _, s := range lp.Sites {
 			off, err := info.EntrySite(s.Symbol)
+			if err != nil && s.Optional && inspect.ReasonOf(err) == inspect.ReasonSymbol {
+				offs = append(offs, 0) // not in this binary: nothing can call it
+				continue
+			}
 			if err != nil {
 				return nil, err
 			}

@@ -103,7 +103,7 @@ func TestCountersLoggedOnce(t *testing.T) {
 		t.Fatalf("logged with every counter at zero:\n%s", &logs)
 	}
 	set(0, 3) // ringbuf_full: a loss
-	set(3, 1) // start_without_end: an anomaly
+	set(2, 1) // end_without_start: an anomaly
 	m.stats.logCounters()
 	set(0, 5)
 	m.stats.logCounters()
@@ -111,7 +111,7 @@ func TestCountersLoggedOnce(t *testing.T) {
 	if n := strings.Count(out, "reason=ringbuf_full"); n != 1 || !strings.Contains(out, "level=WARN") {
 		t.Errorf("ringbuf_full logged %d times, want once as a warning:\n%s", n, out)
 	}
-	if n := strings.Count(out, "reason=start_without_end"); n != 1 {
-		t.Errorf("start_without_end logged %d times, want once:\n%s", n, out)
+	if n := strings.Count(out, "reason=end_without_start"); n != 1 {
+		t.Errorf("end_without_start logged %d times, want once:\n%s", n, out)
 	}
 }

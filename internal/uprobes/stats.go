@@ -12,18 +12,27 @@ import (
 )
 
 // Indexes of the per-CPU counters in bpf/include/obsd.h (enum obsd_counter),
-// each either a loss (a request not reported) or an anomaly (reported, but
-// something about it was off).
+// each either a loss (a request not reported, or not faithfully: counted in
+// obsd_events_lost_total) or an anomaly (reported, but something about it
+// was off).
 var bpfCounters = []struct {
 	reason string
 	lost   bool
 }{
 	{"ringbuf_full", true},
 	{"inflight_map_full", true},
+	// An end without its start: obsd attached while the request was in
+	// flight (nothing else can cause it: in-flight slots are never evicted).
 	{"end_without_start", false},
-	{"start_without_end", false},
-	{"read_failed", false},
+	// A start found the goroutine's previous request never ended.
+	{"start_without_end", true},
+	// Target memory could not be read: no status, pattern or path to trust.
+	{"read_failed", true},
 	{"metrics_map_full", false},
+	// The process has its budget of in-flight slots in the node-wide map.
+	{"inflight_budget", true},
+	// The process has its budget of in-kernel series: sent as records.
+	{"metrics_budget", false},
 }
 
 type stats struct {

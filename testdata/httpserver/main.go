@@ -43,6 +43,30 @@ func main() {
 	mux.HandleFunc("/panic", func(w http.ResponseWriter, r *http.Request) {
 		panic("boom")
 	})
+	// http.ErrAbortHandler: net/http drops the connection without logging.
+	mux.HandleFunc("/abort", func(w http.ResponseWriter, r *http.Request) {
+		panic(http.ErrAbortHandler)
+	})
+	// Takes the connection, as WebSocket servers do: writes 101 on the raw
+	// connection and echoes what follows until the client closes. The
+	// request never reaches finishRequest.
+	mux.HandleFunc("/upgrade", func(w http.ResponseWriter, r *http.Request) {
+		conn, rw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		defer conn.Close()
+		rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		rw.Flush()
+		io.Copy(conn, rw)
+	})
+	// /sleep?ms=N answers after N ms: a request that stays in flight.
+	mux.HandleFunc("/sleep", func(w http.ResponseWriter, r *http.Request) {
+		ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
+		time.Sleep(time.Duration(ms) * time.Millisecond)
+		io.WriteString(w, "slept\n")
+	})
 	// A handler that never writes: net/http answers 200 with no body.
 	mux.HandleFunc("/empty", func(w http.ResponseWriter, r *http.Request) {})
 	registerRoutes(mux)
@@ -61,8 +85,12 @@ func main() {
 		srv := &http.Server{Handler: mux, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}}
 		log.Fatal(srv.ServeTLS(ln, "", ""))
 	}
-	log.Fatal(http.Serve(ln, mux))
+	log.Fatal(http.Serve(ln, wrap(mux)))
 }
+
+// wrap is what serves plain HTTP in front of the mux: the mux itself, or
+// x/net's h2c handler in a build with -tags h2c (h2c.go).
+var wrap = func(h http.Handler) http.Handler { return h }
 
 func burn(d time.Duration) [32]byte {
 	var sum [32]byte

@@ -28,8 +28,12 @@ func httpServerSpan(r probe.Request) (string, []attribute.KeyValue, codes.Code) 
 	if method == export.OtherMethod {
 		attrs = append(attrs, semconv.HTTPRequestMethodOriginal(r.Method))
 	}
+	scheme := "http"
+	if r.TLS {
+		scheme = "https"
+	}
 	attrs = append(attrs,
-		semconv.URLScheme("http"),
+		semconv.URLScheme(scheme),
 		semconv.URLPath(r.Path),
 		semconv.HTTPResponseStatusCode(r.Status),
 	)

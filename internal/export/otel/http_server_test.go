@@ -30,6 +30,15 @@ func TestHTTPServerSpan(t *testing.T) {
 			},
 		},
 		{
+			name:     "over TLS",
+			req:      probe.Request{Method: "GET", Path: "/items/42", Pattern: "GET /items/{id}", Status: 200, TLS: true},
+			wantName: "GET /items/{id}",
+			wantAttrs: map[string]any{
+				"http.request.method": "GET", "url.scheme": "https", "url.path": "/items/42",
+				"http.response.status_code": int64(200), "http.route": "/items/{id}",
+			},
+		},
+		{
 			name:     "pattern with host",
 			req:      probe.Request{Method: "POST", Path: "/a/b", Pattern: "POST example.com/a/", Status: 201},
 			wantName: "POST /a/",

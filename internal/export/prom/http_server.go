@@ -55,7 +55,15 @@ type HTTPServer struct {
 	// (methods normalised, patterns fixed by the program, fallback routes
 	// capped), and Forget prunes it.
 	observers map[obsKey]*histogram
+	// gauges holds every (process, method) the gauge has a series for: each
+	// method a process has had a request of, counted or in flight. A series
+	// reads 0 when nothing is in flight rather than vanishing, until Forget.
+	gauges map[gaugeKey]export.Service
 }
+
+// gaugeKey is one http_server_active_requests series: the method is
+// normalised.
+type gaugeKey struct{ instance, method string }
 
 type obsKey struct {
 	instance string
@@ -97,6 +105,7 @@ func NewHTTPServer(activeFn func() ([]Active, error), kernelFn func() ([]Kernel,
 		routes:    newRoutes(),
 		series:    map[string]*histogram{},
 		observers: map[obsKey]*histogram{},
+		gauges:    map[gaugeKey]export.Service{},
 	}
 }
 
@@ -147,6 +156,7 @@ func (h *HTTPServer) Observe(svc export.Service, r probe.Request, sc trace.SpanC
 			h.series[key] = s
 		}
 		h.observers[k] = s
+		h.gauges[gaugeKey{svc.InstanceID, k.method}] = svc
 	}
 	s.counts[b]++
 	s.sum += sec
@@ -166,6 +176,11 @@ func (h *HTTPServer) Forget(svc export.Service) {
 	for k, s := range h.series {
 		if s.instance == svc.InstanceID {
 			delete(h.series, k)
+		}
+	}
+	for k := range h.gauges {
+		if k.instance == svc.InstanceID {
+			delete(h.gauges, k)
 		}
 	}
 	h.mu.Unlock()
@@ -194,13 +209,20 @@ func (h *HTTPServer) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	// Methods outside the standard set fold into _OTHER, so sum first.
-	type key struct{ name, instance, host, method string }
-	sums := map[key]int64{}
+	sums := map[gaugeKey]int64{}
+	h.mu.Lock()
 	for _, a := range act {
-		sums[key{a.Service.Name, a.Service.InstanceID, a.Service.Host, export.Method(a.Method)}] += a.N
+		k := gaugeKey{a.Service.InstanceID, export.Method(a.Method)}
+		sums[k] += a.N
+		h.gauges[k] = a.Service
 	}
-	for k, n := range sums {
-		ch <- prometheus.MustNewConstMetric(h.active, prometheus.GaugeValue, float64(n), k.method, k.name, k.instance, k.host)
+	gauges := make(map[gaugeKey]export.Service, len(h.gauges))
+	for k, svc := range h.gauges {
+		gauges[k] = svc
+	}
+	h.mu.Unlock()
+	for k, svc := range gauges {
+		ch <- prometheus.MustNewConstMetric(h.active, prometheus.GaugeValue, float64(sums[k]), k.method, svc.Name, svc.InstanceID, svc.Host)
 	}
 }
 
@@ -227,7 +249,11 @@ func (h *HTTPServer) collectDurations(ch chan<- prometheus.Metric) {
 			kerr = errors.Join(kerr, fmt.Errorf("kernel histogram with %d buckets, want %d", len(k.Buckets), len(DurationBuckets)+1))
 			continue
 		}
-		labels := labelValues(k.Service, export.Method(k.Method), k.Status, patternRoute(k.Pattern))
+		method := export.Method(k.Method)
+		h.mu.Lock()
+		h.gauges[gaugeKey{k.Service.InstanceID, method}] = k.Service
+		h.mu.Unlock()
+		labels := labelValues(k.Service, method, k.Status, patternRoute(k.Pattern))
 		key := seriesKey(labels)
 		c := merged[key]
 		if c == nil {

@@ -35,6 +35,8 @@ func TestHTTPServerObserve(t *testing.T) {
 # HELP http_server_active_requests Number of HTTP server requests in flight.
 # TYPE http_server_active_requests gauge
 http_server_active_requests{host_name="h",http_request_method="GET",service_instance_id="h:1",service_name="a"} 3
+http_server_active_requests{host_name="h",http_request_method="POST",service_instance_id="h:2",service_name="b"} 0
+http_server_active_requests{host_name="h",http_request_method="_OTHER",service_instance_id="h:1",service_name="a"} 0
 `
 	if err := testutil.CollectAndCompare(h, strings.NewReader(want), "http_server_active_requests"); err != nil {
 		t.Error(err)
@@ -86,6 +88,40 @@ http_server_active_requests{host_name="h",http_request_method="GET",service_inst
 	if n := testutil.CollectAndCount(h, "http_server_request_duration_seconds"); n != 2 {
 		t.Errorf("%d series, want 2", n)
 	}
+}
+
+// The gauge has a series for each method a process has seen, in flight,
+// counted one by one or in the kernel; it reads 0 when nothing is in
+// flight and goes only when the process is forgotten.
+func TestActiveGaugeStaysAtZero(t *testing.T) {
+	svc := export.Service{Name: "a", InstanceID: "h:1", Host: "h", PID: 1}
+	var active []Active
+	var kernel []Kernel
+	h := NewHTTPServer(func() ([]Active, error) { return active, nil }, func() ([]Kernel, error) { return kernel, nil })
+	gauge := func(want string) {
+		t.Helper()
+		head := "# HELP http_server_active_requests Number of HTTP server requests in flight.\n# TYPE http_server_active_requests gauge\n"
+		if want == "" {
+			head = ""
+		}
+		if err := testutil.CollectAndCompare(h, strings.NewReader(head+want), "http_server_active_requests"); err != nil {
+			t.Error(err)
+		}
+	}
+	gauge("") // nothing seen yet
+	active = []Active{{Service: svc, Method: "GET", N: 2}, {Service: svc, Method: "BREW", N: 1}, {Service: svc, Method: "PURGE", N: 1}}
+	gauge(`http_server_active_requests{host_name="h",http_request_method="GET",service_instance_id="h:1",service_name="a"} 2
+http_server_active_requests{host_name="h",http_request_method="_OTHER",service_instance_id="h:1",service_name="a"} 2
+`)
+	active = nil
+	kernel = []Kernel{{Service: svc, Histogram: probe.Histogram{Method: "DELETE", Status: 204, Pattern: "/x", Buckets: make([]uint64, len(DurationBuckets)+1)}}}
+	gauge(`http_server_active_requests{host_name="h",http_request_method="DELETE",service_instance_id="h:1",service_name="a"} 0
+http_server_active_requests{host_name="h",http_request_method="GET",service_instance_id="h:1",service_name="a"} 0
+http_server_active_requests{host_name="h",http_request_method="_OTHER",service_instance_id="h:1",service_name="a"} 0
+`)
+	kernel = nil
+	h.Forget(svc)
+	gauge("")
 }
 
 func TestHTTPServerExemplar(t *testing.T) {

@@ -114,8 +114,11 @@ func (s *progSet) close() {
 	}
 }
 
-// obsdProgNames are obsd's net/http server programs.
-var obsdProgNames = map[string]bool{"http_server_start": true, "http_server_end": true}
+// obsdProgNames are obsd's net/http server programs: the two of every
+// request, and those of the ends that are not on the keep-alive path (a
+// connection's close, a hijack, a 417), so that runs/request shows them.
+var obsdProgNames = map[string]bool{"http_server_start": true, "http_server_end": true,
+	"http_server_close": true, "http_server_hijack": true, "http_server_expect": true}
 
 // isObsdProg matches a program name as the kernel keeps it, truncated to 15
 // characters, or in full, as cilium/ebpf recovers it from BTF when it can.

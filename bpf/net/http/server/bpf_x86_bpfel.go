@@ -13,6 +13,12 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type bpfBudget struct {
+	_      structs.HostLayout
+	Slots  int64
+	Series int64
+}
+
 type bpfHttpServerEvent struct {
 	_          structs.HostLayout
 	StartNs    uint64
@@ -38,12 +44,11 @@ type bpfHttpServerMetricKey struct {
 	_          structs.HostLayout
 	Tgid       uint32
 	Status     uint16
-	MethodLen  uint8
+	Method     uint8
 	Pad        uint8
-	Method     [8]int8
-	Pattern    uint64
 	PatternLen uint32
 	Pad2       uint32
+	Pattern    uint64
 }
 
 type bpfInflight struct {
@@ -53,7 +58,8 @@ type bpfInflight struct {
 	Url       uint64
 	MethodLen uint8
 	Flags     uint8
-	Pad       [6]uint8
+	MethodId  uint8
+	Pad       [5]uint8
 	Method    [16]int8
 }
 
@@ -75,18 +81,27 @@ type bpfScratch struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	bpfMapEvents                    = "events"
+	bpfMapHttpServerBudget          = "http_server_budget"
 	bpfMapHttpServerInflight        = "http_server_inflight"
 	bpfMapHttpServerMetrics         = "http_server_metrics"
 	bpfMapHttpServerScratch         = "http_server_scratch"
 	bpfMapObsdCounters              = "obsd_counters"
+	bpfProgHttpServerClose          = "http_server_close"
 	bpfProgHttpServerEnd            = "http_server_end"
+	bpfProgHttpServerExpect         = "http_server_expect"
+	bpfProgHttpServerHijack         = "http_server_hijack"
 	bpfProgHttpServerStart          = "http_server_start"
+	bpfVarBudgetSeries              = "budget_series"
+	bpfVarBudgetSlots               = "budget_slots"
+	bpfVarCloseSiteVaddr            = "close_site_vaddr"
 	bpfVarDurationBoundsNs          = "duration_bounds_ns"
 	bpfVarEndSiteVaddr              = "end_site_vaddr"
+	bpfVarHijackSiteVaddr           = "hijack_site_vaddr"
 	bpfVarOffPatternStr             = "off_pattern_str"
 	bpfVarOffRequestMethod          = "off_request_method"
 	bpfVarOffRequestPat             = "off_request_pat"
 	bpfVarOffRequestPattern         = "off_request_pattern"
+	bpfVarOffRequestTls             = "off_request_tls"
 	bpfVarOffRequestUrl             = "off_request_url"
 	bpfVarOffResponseReq            = "off_response_req"
 	bpfVarOffResponseStatus         = "off_response_status"
@@ -96,9 +111,11 @@ const (
 	bpfVarRodataStart               = "rodata_start"
 	bpfVarSampleBound               = "sample_bound"
 	bpfVarStartSiteVaddr            = "start_site_vaddr"
+	bpfVarUnusedBudget              = "unused_budget"
 	bpfVarUnusedHttpServerEvent     = "unused_http_server_event"
 	bpfVarUnusedHttpServerMetric    = "unused_http_server_metric"
 	bpfVarUnusedHttpServerMetricKey = "unused_http_server_metric_key"
+	bpfVarUnusedInflight            = "unused_inflight"
 	bpfVarWithSpans                 = "with_spans"
 )
 
@@ -144,8 +161,11 @@ type bpfSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfProgramSpecs struct {
-	HttpServerEnd   *ebpf.ProgramSpec `ebpf:"http_server_end"`
-	HttpServerStart *ebpf.ProgramSpec `ebpf:"http_server_start"`
+	HttpServerClose  *ebpf.ProgramSpec `ebpf:"http_server_close"`
+	HttpServerEnd    *ebpf.ProgramSpec `ebpf:"http_server_end"`
+	HttpServerExpect *ebpf.ProgramSpec `ebpf:"http_server_expect"`
+	HttpServerHijack *ebpf.ProgramSpec `ebpf:"http_server_hijack"`
+	HttpServerStart  *ebpf.ProgramSpec `ebpf:"http_server_start"`
 }
 
 // bpfMapSpecs contains maps before they are loaded into the kernel.
@@ -153,6 +173,7 @@ type bpfProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
 	Events             *ebpf.MapSpec `ebpf:"events"`
+	HttpServerBudget   *ebpf.MapSpec `ebpf:"http_server_budget"`
 	HttpServerInflight *ebpf.MapSpec `ebpf:"http_server_inflight"`
 	HttpServerMetrics  *ebpf.MapSpec `ebpf:"http_server_metrics"`
 	HttpServerScratch  *ebpf.MapSpec `ebpf:"http_server_scratch"`
@@ -163,12 +184,17 @@ type bpfMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
+	BudgetSeries              *ebpf.VariableSpec `ebpf:"budget_series"`
+	BudgetSlots               *ebpf.VariableSpec `ebpf:"budget_slots"`
+	CloseSiteVaddr            *ebpf.VariableSpec `ebpf:"close_site_vaddr"`
 	DurationBoundsNs          *ebpf.VariableSpec `ebpf:"duration_bounds_ns"`
 	EndSiteVaddr              *ebpf.VariableSpec `ebpf:"end_site_vaddr"`
+	HijackSiteVaddr           *ebpf.VariableSpec `ebpf:"hijack_site_vaddr"`
 	OffPatternStr             *ebpf.VariableSpec `ebpf:"off_pattern_str"`
 	OffRequestMethod          *ebpf.VariableSpec `ebpf:"off_request_method"`
 	OffRequestPat             *ebpf.VariableSpec `ebpf:"off_request_pat"`
 	OffRequestPattern         *ebpf.VariableSpec `ebpf:"off_request_pattern"`
+	OffRequestTls             *ebpf.VariableSpec `ebpf:"off_request_tls"`
 	OffRequestUrl             *ebpf.VariableSpec `ebpf:"off_request_url"`
 	OffResponseReq            *ebpf.VariableSpec `ebpf:"off_response_req"`
 	OffResponseStatus         *ebpf.VariableSpec `ebpf:"off_response_status"`
@@ -178,9 +204,11 @@ type bpfVariableSpecs struct {
 	RodataStart               *ebpf.VariableSpec `ebpf:"rodata_start"`
 	SampleBound               *ebpf.VariableSpec `ebpf:"sample_bound"`
 	StartSiteVaddr            *ebpf.VariableSpec `ebpf:"start_site_vaddr"`
+	UnusedBudget              *ebpf.VariableSpec `ebpf:"unused_budget"`
 	UnusedHttpServerEvent     *ebpf.VariableSpec `ebpf:"unused_http_server_event"`
 	UnusedHttpServerMetric    *ebpf.VariableSpec `ebpf:"unused_http_server_metric"`
 	UnusedHttpServerMetricKey *ebpf.VariableSpec `ebpf:"unused_http_server_metric_key"`
+	UnusedInflight            *ebpf.VariableSpec `ebpf:"unused_inflight"`
 	WithSpans                 *ebpf.VariableSpec `ebpf:"with_spans"`
 }
 
@@ -205,6 +233,7 @@ func (o *bpfObjects) Close() error {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
 	Events             *ebpf.Map `ebpf:"events"`
+	HttpServerBudget   *ebpf.Map `ebpf:"http_server_budget"`
 	HttpServerInflight *ebpf.Map `ebpf:"http_server_inflight"`
 	HttpServerMetrics  *ebpf.Map `ebpf:"http_server_metrics"`
 	HttpServerScratch  *ebpf.Map `ebpf:"http_server_scratch"`
@@ -214,6 +243,7 @@ type bpfMaps struct {
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.Events,
+		m.HttpServerBudget,
 		m.HttpServerInflight,
 		m.HttpServerMetrics,
 		m.HttpServerScratch,
@@ -225,12 +255,17 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
+	BudgetSeries              *ebpf.Variable `ebpf:"budget_series"`
+	BudgetSlots               *ebpf.Variable `ebpf:"budget_slots"`
+	CloseSiteVaddr            *ebpf.Variable `ebpf:"close_site_vaddr"`
 	DurationBoundsNs          *ebpf.Variable `ebpf:"duration_bounds_ns"`
 	EndSiteVaddr              *ebpf.Variable `ebpf:"end_site_vaddr"`
+	HijackSiteVaddr           *ebpf.Variable `ebpf:"hijack_site_vaddr"`
 	OffPatternStr             *ebpf.Variable `ebpf:"off_pattern_str"`
 	OffRequestMethod          *ebpf.Variable `ebpf:"off_request_method"`
 	OffRequestPat             *ebpf.Variable `ebpf:"off_request_pat"`
 	OffRequestPattern         *ebpf.Variable `ebpf:"off_request_pattern"`
+	OffRequestTls             *ebpf.Variable `ebpf:"off_request_tls"`
 	OffRequestUrl             *ebpf.Variable `ebpf:"off_request_url"`
 	OffResponseReq            *ebpf.Variable `ebpf:"off_response_req"`
 	OffResponseStatus         *ebpf.Variable `ebpf:"off_response_status"`
@@ -240,9 +275,11 @@ type bpfVariables struct {
 	RodataStart               *ebpf.Variable `ebpf:"rodata_start"`
 	SampleBound               *ebpf.Variable `ebpf:"sample_bound"`
 	StartSiteVaddr            *ebpf.Variable `ebpf:"start_site_vaddr"`
+	UnusedBudget              *ebpf.Variable `ebpf:"unused_budget"`
 	UnusedHttpServerEvent     *ebpf.Variable `ebpf:"unused_http_server_event"`
 	UnusedHttpServerMetric    *ebpf.Variable `ebpf:"unused_http_server_metric"`
 	UnusedHttpServerMetricKey *ebpf.Variable `ebpf:"unused_http_server_metric_key"`
+	UnusedInflight            *ebpf.Variable `ebpf:"unused_inflight"`
 	WithSpans                 *ebpf.Variable `ebpf:"with_spans"`
 }
 
@@ -250,13 +287,19 @@ type bpfVariables struct {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfPrograms struct {
-	HttpServerEnd   *ebpf.Program `ebpf:"http_server_end"`
-	HttpServerStart *ebpf.Program `ebpf:"http_server_start"`
+	HttpServerClose  *ebpf.Program `ebpf:"http_server_close"`
+	HttpServerEnd    *ebpf.Program `ebpf:"http_server_end"`
+	HttpServerExpect *ebpf.Program `ebpf:"http_server_expect"`
+	HttpServerHijack *ebpf.Program `ebpf:"http_server_hijack"`
+	HttpServerStart  *ebpf.Program `ebpf:"http_server_start"`
 }
 
 func (p *bpfPrograms) Close() error {
 	return _BpfClose(
+		p.HttpServerClose,
 		p.HttpServerEnd,
+		p.HttpServerExpect,
+		p.HttpServerHijack,
 		p.HttpServerStart,
 	)
 }

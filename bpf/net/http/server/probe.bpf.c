@@ -1,12 +1,23 @@
 //go:build ignore
 
-/* net/http server: one record per request.
+/* net/http server: every HTTP/1 request net/http parsed, counted once.
  *
- * Start: net/http.serverHandler.ServeHTTP(sh, rw ResponseWriter, req *Request)
- * End:   net/http.(*response).finishRequest(w *response), which conn.serve calls
- *        right after ServeHTTP returns, on the same goroutine.
- * Both probes sit on the prologue's PUSHQ BP (emulated, not single-stepped).
- * In-flight state is keyed by (tgid, g): a goroutine runs one request at a time.
+ * Start: net/http.serverHandler.ServeHTTP(sh, rw ResponseWriter, req *Request),
+ *        or (*response).sendExpectationFailed(w) for a request net/http
+ *        answers itself (417, unsupported Expect) without the handler.
+ * End:   net/http.(*response).finishRequest(w *response), which conn.serve
+ *        calls right after ServeHTTP returns, on the same goroutine; or,
+ *        for requests that never get there:
+ *        (*response).Hijack(w): the handler takes the connection (WebSocket,
+ *        any Upgrade, x/net h2c); reported with the status written before
+ *        the hijack, else 101;
+ *        (*conn).close(c): once per connection, from conn.serve's deferred
+ *        recover; a request still in flight there was ended by a panic
+ *        (http.ErrAbortHandler included) or runtime.Goexit: reported as 500.
+ * Every probe sits on the prologue's PUSHQ BP (emulated, not single-stepped).
+ * In-flight state is keyed by (tgid, g): a goroutine runs one request at a
+ * time. A keep-alive request costs exactly two hits (start, finishRequest);
+ * close and Hijack run once per connection.
  */
 #include "obsd.h"
 
@@ -20,8 +31,9 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 volatile const u64 off_request_method = OFF_NONE;
 volatile const u64 off_request_url = OFF_NONE;
 volatile const u64 off_request_pattern = OFF_NONE; /* Go 1.23+ */
-volatile const u64 off_request_pat = OFF_NONE;     /* Go 1.22 */
-volatile const u64 off_pattern_str = OFF_NONE;     /* Go 1.22 */
+volatile const u64 off_request_pat = OFF_NONE;     /* Go 1.22+ */
+volatile const u64 off_request_tls = OFF_NONE;
+volatile const u64 off_pattern_str = OFF_NONE; /* Go 1.22+ */
 volatile const u64 off_url_path = OFF_NONE;
 volatile const u64 off_response_req = OFF_NONE;
 volatile const u64 off_response_status = OFF_NONE;
@@ -34,22 +46,51 @@ volatile const u64 off_response_status = OFF_NONE;
 volatile const u8 with_spans = 1;
 volatile const u64 sample_bound = 1ULL << 63; /* ratio 1 */
 /* Link-time addresses, set by the loader: the .rodata section, where Go
- * keeps string literals, and the end program's attach site. The site and
+ * keeps string literals, and each program's attach site. A site and
  * ctx->ip give the load bias of a PIE binary. rodata_end == 0 disables
  * in-kernel metrics. */
 volatile const u64 rodata_start = 0;
 volatile const u64 rodata_end = 0;
 volatile const u64 end_site_vaddr = 0;
+volatile const u64 hijack_site_vaddr = 0;
+volatile const u64 close_site_vaddr = 0;
 /* The itab of *response as a ResponseWriter and the start program's site,
  * both link-time, set by the loader when the binary gives the itab (0:
  * not known, read memory instead). */
 volatile const u64 response_writer_itab = 0;
 volatile const u64 start_site_vaddr = 0;
+/* Per-process budgets in the maps every process on the node shares: one
+ * process (or one client of it) cannot fill them for the others. */
+volatile const s64 budget_slots = 32768;
+volatile const s64 budget_series = 2048;
 
 #define FLAG_PATH_TRUNCATED 1
 #define FLAG_PATTERN_TRUNCATED 2
 #define FLAG_READ_FAILED 4
 #define FLAG_SAMPLED 8
+#define FLAG_TLS 16      /* the request came over TLS (records only) */
+#define FLAG_HIJACKED 32 /* ended by Hijack */
+#define FLAG_ABORTED 64  /* ended by the connection's close: panic */
+
+/* Status codes the probe reports for requests that never reach
+ * finishRequest (see the top of this file). */
+#define STATUS_HIJACKED 101
+#define STATUS_ABORTED 500
+
+/* Standard methods as a small number: the in-kernel key holds this, never
+ * the method's bytes. M_OTHER is any other method. */
+enum method_id {
+	M_OTHER = 0,
+	M_GET,
+	M_HEAD,
+	M_POST,
+	M_PUT,
+	M_DELETE,
+	M_CONNECT,
+	M_OPTIONS,
+	M_TRACE,
+	M_PATCH,
+};
 
 /* A record is this header followed by pattern_len bytes of the pattern and
  * path_len bytes of the path. Records carry only the bytes used: every
@@ -87,21 +128,40 @@ struct inflight {
 	u64 url; /* req.URL */
 	u8 method_len;
 	u8 flags;
-	u8 _pad[6];
-	char method[METHOD_MAX];
+	u8 method_id; /* enum method_id */
+	u8 _pad[5];
+	char method[METHOD_MAX]; /* method_len bytes are the method's */
 };
 
-/* One slot per goroutine that has served a request. A slot is reused in
- * place for the goroutine's next request (keep-alive connections keep their
- * goroutine), so the hot path does lookups, not inserts and deletes; a slot
- * with start_ns == 0 is idle. LRU evicts idle slots of goroutines gone.
+/* One slot per goroutine serving an HTTP/1 connection. A slot is reused in
+ * place for the connection's next request (no inserts or deletes on the
+ * keep-alive path); start_ns == 0 is idle. The connection's close, or a
+ * hijack, deletes it. A plain hash, not an LRU: an LRU would evict busy
+ * slots silently; here a full map or budget is counted as a loss.
+ * Preallocated (as the LRU was): an insert then never fails for want of
+ * memory when many connections open at once.
  * User space counts the busy slots for http_server_active_requests. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct inflight_key);
 	__type(value, struct inflight);
 } http_server_inflight SEC(".maps");
+
+/* What each process holds in the shared maps, against its budget. Created
+ * by the probe on a process's first insert, deleted by user space when the
+ * process is detached. */
+struct budget {
+	s64 slots;  /* entries of http_server_inflight */
+	s64 series; /* entries of http_server_metrics */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, u32);
+	__type(value, struct budget);
+} http_server_budget SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -121,16 +181,17 @@ struct {
  * needs no record: no ring-buffer traffic, no work in user space. User
  * space reads the pattern from the executable file and the sums at scrape
  * time. Anything else (fallback routes, patterns built at run time, a full
- * map) still becomes a record, so nothing is dropped. */
+ * map or budget) still becomes a record, so nothing is dropped.
+ * The key is canonical: every byte is set (no padding left to chance), the
+ * method is an enum_method_id, so one series has one key. */
 struct http_server_metric_key {
 	u32 tgid;
 	u16 status;
-	u8 method_len;
+	u8 method; /* enum method_id */
 	u8 _pad;
-	char method[8]; /* no standard method is longer; longer ones are _OTHER */
-	u64 pattern;    /* link-time address of the pattern's bytes */
 	u32 pattern_len;
 	u32 _pad2;
+	u64 pattern; /* link-time address of the pattern's bytes */
 };
 
 /* Upper bounds of the duration buckets in ns, set by the loader from the
@@ -145,10 +206,13 @@ struct http_server_metric {
 };
 
 /* Per CPU, so the hot path needs no atomics; no preallocation, so memory
- * follows the series in use rather than max_entries times the CPUs. */
+ * follows the series in use rather than max_entries times the CPUs. An
+ * insert can then fail for a moment when many new series arrive at once
+ * (the kernel refills its per-CPU caches asynchronously): counted as
+ * metrics_map_full, the request sent as a record, the next one retries. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 16384);
+	__uint(max_entries, 32768);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct http_server_metric_key);
 	__type(value, struct http_server_metric);
@@ -158,19 +222,101 @@ struct {
 const struct http_server_event *unused_http_server_event __attribute__((unused));
 const struct http_server_metric_key *unused_http_server_metric_key __attribute__((unused));
 const struct http_server_metric *unused_http_server_metric __attribute__((unused));
+const struct inflight *unused_inflight __attribute__((unused));
+const struct budget *unused_budget __attribute__((unused));
 
-/* count_request adds one request to the in-kernel metrics; 0 when the
- * map is full. */
+/* budget_of returns tgid's budget entry, creating it; NULL when the budget
+ * map itself is full. */
+static __always_inline struct budget *budget_of(u32 tgid)
+{
+	struct budget *b = bpf_map_lookup_elem(&http_server_budget, &tgid);
+	if (b)
+		return b;
+	struct budget fresh = {};
+	bpf_map_update_elem(&http_server_budget, &tgid, &fresh, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&http_server_budget, &tgid);
+}
+
+/* take reserves one entry of a budget; 0 when it is spent. Concurrent
+ * takers may overshoot by at most one per CPU, which is harmless. */
+static __always_inline int take(s64 *used, s64 limit)
+{
+	if (*used >= limit)
+		return 0;
+	__sync_fetch_and_add(used, 1);
+	return 1;
+}
+
+#define C8(x, i) ((u64)(u8)(x) << (8 * (i)))
+#define M3(a, b, c) (C8(a, 0) | C8(b, 1) | C8(c, 2))
+#define M4(a, b, c, d) (M3(a, b, c) | C8(d, 3))
+#define M5(a, b, c, d, e) (M4(a, b, c, d) | C8(e, 4))
+#define M6(a, b, c, d, e, f) (M5(a, b, c, d, e) | C8(f, 5))
+#define M7(a, b, c, d, e, f, g) (M6(a, b, c, d, e, f) | C8(g, 6))
+
+/* method_id classifies the n bytes of a method at m (which holds at least
+ * 8 bytes; those past n are ignored). */
+static __always_inline u8 method_id(const char *m, u32 n)
+{
+	if (n < 3 || n > 7)
+		return M_OTHER;
+	u64 v;
+	__builtin_memcpy(&v, m, 8);
+	v &= (1ULL << (8 * n)) - 1;
+	switch (n) {
+	case 3:
+		if (v == M3('G', 'E', 'T'))
+			return M_GET;
+		if (v == M3('P', 'U', 'T'))
+			return M_PUT;
+		break;
+	case 4:
+		if (v == M4('P', 'O', 'S', 'T'))
+			return M_POST;
+		if (v == M4('H', 'E', 'A', 'D'))
+			return M_HEAD;
+		break;
+	case 5:
+		if (v == M5('P', 'A', 'T', 'C', 'H'))
+			return M_PATCH;
+		if (v == M5('T', 'R', 'A', 'C', 'E'))
+			return M_TRACE;
+		break;
+	case 6:
+		if (v == M6('D', 'E', 'L', 'E', 'T', 'E'))
+			return M_DELETE;
+		break;
+	case 7:
+		if (v == M7('O', 'P', 'T', 'I', 'O', 'N', 'S'))
+			return M_OPTIONS;
+		if (v == M7('C', 'O', 'N', 'N', 'E', 'C', 'T'))
+			return M_CONNECT;
+		break;
+	}
+	return M_OTHER;
+}
+
+/* count_request adds one request to the in-kernel metrics; 0 when it
+ * could not (map full or the process's budget spent). */
 static __always_inline int count_request(struct http_server_metric_key *k, u64 d)
 {
 	struct http_server_metric *v = bpf_map_lookup_elem(&http_server_metrics, k);
 	if (!v) {
+		struct budget *b = budget_of(k->tgid);
+		if (!b || !take(&b->series, budget_series)) {
+			count(CNT_METRICS_BUDGET);
+			return 0;
+		}
 		struct http_server_metric fresh = {};
-		/* EEXIST: another CPU added the key meanwhile; the lookup finds it. */
+		/* EEXIST: another CPU added the key meanwhile; the lookup finds it
+		 * (and this CPU's reservation stays taken, a bounded overcount). */
 		bpf_map_update_elem(&http_server_metrics, k, &fresh, BPF_NOEXIST);
 		v = bpf_map_lookup_elem(&http_server_metrics, k);
-		if (!v)
+		if (!v) {
+			__sync_fetch_and_add(&b->series, -1);
+			count(CNT_METRICS_FULL);
 			return 0;
+		}
 	}
 	u32 b = 0;
 #pragma unroll
@@ -184,6 +330,221 @@ static __always_inline int count_request(struct http_server_metric_key *k, u64 d
 	v->buckets[b] += 1; /* this CPU's copy: no atomics needed */
 	v->sum_ns += d;
 	return 1;
+}
+
+static __always_inline struct inflight_key key_of(struct pt_regs *ctx)
+{
+	struct inflight_key key = {.g = GO_G(ctx), .tgid = bpf_get_current_pid_tgid() >> 32, ._pad = 0};
+	return key;
+}
+
+/* start records req as in flight on the current goroutine. */
+static __always_inline void start(struct pt_regs *ctx, u64 req)
+{
+	struct inflight_key key = key_of(ctx);
+	struct inflight *in = bpf_map_lookup_elem(&http_server_inflight, &key);
+	if (!in) {
+		/* A connection's first request: the slot's one insert. */
+		struct budget *b = budget_of(key.tgid);
+		if (!b || !take(&b->slots, budget_slots)) {
+			count(CNT_INFLIGHT_BUDGET);
+			return;
+		}
+		struct inflight fresh = {};
+		if (bpf_map_update_elem(&http_server_inflight, &key, &fresh, BPF_NOEXIST) != 0 ||
+		    !(in = bpf_map_lookup_elem(&http_server_inflight, &key))) {
+			__sync_fetch_and_add(&b->slots, -1);
+			count(CNT_INFLIGHT_FULL);
+			return;
+		}
+	} else if (in->start_ns) {
+		/* The goroutine's previous request was never ended: lost. */
+		count(CNT_STALE_START);
+	}
+
+	/* Method and URL are adjacent in every Go release (0 and 16); one read
+	 * then gets both. The loader's constants make the other branch dead. */
+	struct {
+		struct go_string method;
+		u64 url;
+	} hdr = {};
+	long err;
+	if (off_request_url == off_request_method + 16) {
+		err = bpf_probe_read_user(&hdr, sizeof(hdr), (void *)(req + off_request_method));
+	} else {
+		err = bpf_probe_read_user(&hdr.method, sizeof(hdr.method), (void *)(req + off_request_method));
+		err |= bpf_probe_read_user(&hdr.url, sizeof(hdr.url), (void *)(req + off_request_url));
+	}
+	in->flags = 0;
+	in->method_len = 0;
+	in->method_id = M_OTHER;
+	u32 n = hdr.method.len < METHOD_MAX ? (u32)hdr.method.len : METHOD_MAX;
+	if (err != 0 || (n > 0 && bpf_probe_read_user(in->method, n, (void *)hdr.method.ptr) != 0)) {
+		in->flags |= FLAG_READ_FAILED;
+	} else {
+		in->method_len = n;
+		/* A method longer than METHOD_MAX is not standard, whatever its
+		 * first bytes say. */
+		if (hdr.method.len <= METHOD_MAX)
+			in->method_id = method_id(in->method, n);
+	}
+	in->req = req;
+	in->url = hdr.url;
+	in->start_ns = bpf_ktime_get_ns();
+}
+
+/* report counts or sends the request in flight in in, ended at end with
+ * status. w is the *response when known (its status was read by the
+ * caller); site_vaddr is the calling program's site, for the load bias. */
+static __always_inline void report(struct pt_regs *ctx, u64 site_vaddr, u32 tgid, struct inflight *in, u64 end,
+				   u64 status, u8 flags)
+{
+	u64 start = in->start_ns, req = in->req, url = in->url;
+	flags |= in->flags;
+	if (flags & FLAG_READ_FAILED) {
+		/* Nothing trustworthy to report: a loss, not a 200 or a
+		 * made-up route. */
+		count(CNT_READ_FAILED);
+		return;
+	}
+
+	u64 trace_id_low = 0;
+	if (with_spans) {
+		u64 x = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
+		if ((x >> 1) < sample_bound) {
+			flags |= FLAG_SAMPLED;
+			trace_id_low = x;
+		}
+	}
+
+	/* The pattern's string header: in the Request (1.23+), or behind
+	 * Request.pat (1.22). A pattern counts only when the mux registered
+	 * it: Go 1.23-1.25 set Request.Pattern to the concrete target of the
+	 * mux's own redirects, and every version does so for CONNECT, with
+	 * Request.pat nil. In 1.23+ both lie within 40 bytes of each other, so
+	 * one read gets them. */
+	struct go_string pat = {};
+	u64 patp = 1;
+	long err = 0;
+	if (off_request_pattern != OFF_NONE) {
+		if (off_request_pat != OFF_NONE && off_request_pat >= off_request_pattern + 16 &&
+		    off_request_pat - off_request_pattern <= 56) {
+			u64 buf[8] = {};
+			u64 span = off_request_pat - off_request_pattern + 8;
+			if (span > sizeof(buf)) /* bounds for the verifier */
+				span = sizeof(buf);
+			err = bpf_probe_read_user(buf, span, (void *)(req + off_request_pattern));
+			pat.ptr = buf[0];
+			pat.len = buf[1];
+			u32 i = (off_request_pat - off_request_pattern) / 8;
+			if (i > 7)
+				i = 7;
+			patp = buf[i];
+		} else {
+			err = bpf_probe_read_user(&pat, sizeof(pat), (void *)(req + off_request_pattern));
+			if (off_request_pat != OFF_NONE)
+				err |= bpf_probe_read_user(&patp, sizeof(patp), (void *)(req + off_request_pat));
+		}
+	} else if (off_request_pat != OFF_NONE) {
+		err = bpf_probe_read_user(&patp, sizeof(patp), (void *)(req + off_request_pat));
+		if (!err && patp)
+			err = bpf_probe_read_user(&pat, sizeof(pat), (void *)(patp + off_pattern_str));
+	}
+	if (err != 0) {
+		count(CNT_READ_FAILED);
+		return;
+	}
+	if (!patp)
+		pat.len = 0;
+
+	/* The common case ends here, before any record is assembled. */
+	if (!(flags & FLAG_SAMPLED) && rodata_end && pat.len > 0 && pat.len <= PATTERN_MAX) {
+		u64 va = pat.ptr - load_bias(ctx, site_vaddr);
+		if (va >= rodata_start && va < rodata_end && pat.len <= rodata_end - va) {
+			struct http_server_metric_key mk;
+			__builtin_memset(&mk, 0, sizeof(mk));
+			mk.tgid = tgid;
+			mk.status = (u16)status;
+			mk.method = in->method_id;
+			mk.pattern = va;
+			mk.pattern_len = pat.len;
+			if (count_request(&mk, end - start))
+				return;
+		}
+	}
+
+	u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&http_server_scratch, &zero);
+	if (!sc) /* cannot happen: a one-slot per-CPU array */
+		return;
+	struct http_server_event *e = &sc->h;
+	e->start_ns = start;
+	e->end_ns = end;
+	e->tgid = tgid;
+	e->status = (u16)status;
+	e->method_len = in->method_len;
+	__builtin_memcpy(e->method, in->method, METHOD_MAX);
+	e->path_len = 0;
+	e->pattern_len = 0;
+	e->_pad = 0;
+	e->trace_id_low = trace_id_low;
+
+	/* Records only: the scheme, from Request.TLS. */
+	if (off_request_tls != OFF_NONE) {
+		u64 tls = 0;
+		if (bpf_probe_read_user(&tls, sizeof(tls), (void *)(req + off_request_tls)) == 0 && tls)
+			flags |= FLAG_TLS;
+	}
+
+	u32 n = 0, used = 0;
+	s64 full;
+	if (pat.len > 0) {
+		n = pat.len < PATTERN_MAX ? (u32)pat.len : PATTERN_MAX;
+		if (bpf_probe_read_user(sc->data, n, (void *)pat.ptr) != 0) {
+			count(CNT_READ_FAILED);
+			return;
+		}
+		if (pat.len > n)
+			flags |= FLAG_PATTERN_TRUNCATED;
+		e->pattern_len = n;
+		used = n;
+	}
+
+	/* Metrics need the path only for the fallback route. */
+	if ((flags & FLAG_SAMPLED) || used == 0) {
+		if (used > PATTERN_MAX) /* bounds for the verifier */
+			used = PATTERN_MAX;
+		if (!url) {
+			count(CNT_READ_FAILED);
+			return;
+		}
+		full = read_go_string(sc->data + used, PATH_MAX_LEN, url + off_url_path, &n);
+		if (full < 0) {
+			count(CNT_READ_FAILED);
+			return;
+		}
+		if (full > n)
+			flags |= FLAG_PATH_TRUNCATED;
+		e->path_len = n;
+		used += n;
+	}
+
+	e->flags = flags;
+	if (used > PATTERN_MAX + PATH_MAX_LEN)
+		used = PATTERN_MAX + PATH_MAX_LEN;
+	/* No wakeup: the reader polls, which saves ~7 us per request. */
+	if (bpf_ringbuf_output(&events, sc, sizeof(sc->h) + used, BPF_RB_NO_WAKEUP) != 0)
+		count(CNT_RINGBUF_FULL);
+}
+
+/* release deletes the goroutine's slot: its connection is done. */
+static __always_inline void release(struct inflight_key *key)
+{
+	if (bpf_map_delete_elem(&http_server_inflight, key) != 0)
+		return;
+	struct budget *b = bpf_map_lookup_elem(&http_server_budget, &key->tgid);
+	if (b)
+		__sync_fetch_and_add(&b->slots, -1);
 }
 
 SEC("uprobe.multi")
@@ -205,44 +566,22 @@ int http_server_start(struct pt_regs *ctx)
 		if (bpf_probe_read_user(&wreq, sizeof(wreq), (void *)(rw_data + off_response_req)) != 0 || wreq != req)
 			return 0;
 	}
+	start(ctx, req);
+	return 0;
+}
 
-	struct inflight_key key = {.g = GO_G(ctx), .tgid = bpf_get_current_pid_tgid() >> 32};
-	struct inflight *in = bpf_map_lookup_elem(&http_server_inflight, &key);
-	if (!in) {
-		struct inflight fresh = {};
-		if (bpf_map_update_elem(&http_server_inflight, &key, &fresh, BPF_NOEXIST) != 0 ||
-		    !(in = bpf_map_lookup_elem(&http_server_inflight, &key))) {
-			count(CNT_INFLIGHT_FULL);
-			return 0;
-		}
-	} else if (in->start_ns) {
-		/* The goroutine's previous request never reached finishRequest. */
-		count(CNT_STALE_START);
+/* (*response).sendExpectationFailed(w): net/http answers 417 itself and
+ * calls finishRequest, without the handler. The request starts here. */
+SEC("uprobe.multi")
+int http_server_expect(struct pt_regs *ctx)
+{
+	u64 w = GO_ARG1(ctx);
+	u64 req = 0;
+	if (!w || bpf_probe_read_user(&req, sizeof(req), (void *)(w + off_response_req)) != 0 || !req) {
+		count(CNT_READ_FAILED);
+		return 0;
 	}
-
-	/* Method and URL are adjacent in every Go release (0 and 16); one read
-	 * then gets both. The loader's constants make the other branch dead. */
-	struct {
-		struct go_string method;
-		u64 url;
-	} hdr = {};
-	long err;
-	if (off_request_url == off_request_method + 16) {
-		err = bpf_probe_read_user(&hdr, sizeof(hdr), (void *)(req + off_request_method));
-	} else {
-		err = bpf_probe_read_user(&hdr.method, sizeof(hdr.method), (void *)(req + off_request_method));
-		err |= bpf_probe_read_user(&hdr.url, sizeof(hdr.url), (void *)(req + off_request_url));
-	}
-	in->flags = 0;
-	in->method_len = 0;
-	u32 n = hdr.method.len < METHOD_MAX ? (u32)hdr.method.len : METHOD_MAX;
-	if (err != 0 || (n > 0 && bpf_probe_read_user(in->method, n, (void *)hdr.method.ptr) != 0))
-		in->flags |= FLAG_READ_FAILED;
-	else
-		in->method_len = n;
-	in->req = req;
-	in->url = hdr.url;
-	in->start_ns = bpf_ktime_get_ns();
+	start(ctx, req);
 	return 0;
 }
 
@@ -251,113 +590,77 @@ int http_server_end(struct pt_regs *ctx)
 {
 	u64 end = bpf_ktime_get_ns();
 	u64 w = GO_ARG1(ctx);
-	struct inflight_key key = {.g = GO_G(ctx), .tgid = bpf_get_current_pid_tgid() >> 32};
+	struct inflight_key key = key_of(ctx);
 	struct inflight *in = bpf_map_lookup_elem(&http_server_inflight, &key);
 	if (!in || !in->start_ns) {
 		count(CNT_UNMATCHED_END);
 		return 0;
 	}
 	/* The slot stays this goroutine's until its next start: its method
-	 * bytes can be used below. */
-	u64 start = in->start_ns, req = in->req, url = in->url;
-	in->start_ns = 0;
-	u8 flags = in->flags;
-
-	u64 trace_id_low = 0;
-	if (with_spans) {
-		u64 x = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
-		if ((x >> 1) < sample_bound) {
-			flags |= FLAG_SAMPLED;
-			trace_id_low = x;
-		}
-	}
-
+	 * bytes can be used by report. */
+	u8 flags = 0;
 	u64 status = 0;
 	if (bpf_probe_read_user(&status, sizeof(status), (void *)(w + off_response_status)) != 0)
 		flags |= FLAG_READ_FAILED;
+	/* finishRequest writes 200 for a handler that wrote nothing. */
+	if (status == 0)
+		status = 200;
+	report(ctx, end_site_vaddr, key.tgid, in, end, status, flags);
+	in->start_ns = 0;
+	return 0;
+}
 
-	/* The pattern's string header: in the Request (1.23+), or behind
-	 * Request.pat (1.22). */
-	struct go_string pat = {};
-	if (off_request_pattern != OFF_NONE) {
-		bpf_probe_read_user(&pat, sizeof(pat), (void *)(req + off_request_pattern));
-	} else if (off_request_pat != OFF_NONE) {
-		u64 p = 0;
-		bpf_probe_read_user(&p, sizeof(p), (void *)(req + off_request_pat));
-		if (p)
-			bpf_probe_read_user(&pat, sizeof(pat), (void *)(p + off_pattern_str));
-	}
-
-	/* The common case ends here, before any record is assembled. */
-	if (!(flags & (FLAG_SAMPLED | FLAG_READ_FAILED)) && rodata_end && pat.len > 0 && pat.len <= PATTERN_MAX) {
-		u64 va = pat.ptr - load_bias(ctx, end_site_vaddr);
-		if (va >= rodata_start && va < rodata_end && pat.len <= rodata_end - va) {
-			struct http_server_metric_key mk = {
-				.tgid = key.tgid,
-				.status = (u16)status,
-				.method_len = in->method_len,
-				.pattern = va,
-				.pattern_len = pat.len,
-			};
-			__builtin_memcpy(mk.method, in->method, sizeof(mk.method));
-			if (count_request(&mk, end - start))
-				return 0;
-			count(CNT_METRICS_FULL);
-		}
-	}
-
-	u32 zero = 0;
-	struct scratch *sc = bpf_map_lookup_elem(&http_server_scratch, &zero);
-	if (!sc) /* cannot happen: a one-slot per-CPU array */
+/* (*response).Hijack(w): the handler takes the connection; finishRequest
+ * will not run. What the handler writes on the raw connection is out of
+ * sight: the request is reported with the status written through the
+ * ResponseWriter before the hijack, else 101 (what WebSocket and h2c
+ * upgrades write), its duration ending at the hijack. */
+SEC("uprobe.multi")
+int http_server_hijack(struct pt_regs *ctx)
+{
+	u64 end = bpf_ktime_get_ns();
+	u64 w = GO_ARG1(ctx);
+	struct inflight_key key = key_of(ctx);
+	struct inflight *in = bpf_map_lookup_elem(&http_server_inflight, &key);
+	if (!in || !in->start_ns) {
+		/* Hijacked on another goroutine than the handler's, or attached
+		 * mid-request. */
+		count(CNT_UNMATCHED_END);
 		return 0;
-	struct http_server_event *e = &sc->h;
-	e->start_ns = start;
-	e->end_ns = end;
-	e->tgid = key.tgid;
-	e->status = (u16)status;
-	e->method_len = in->method_len;
-	__builtin_memcpy(e->method, in->method, METHOD_MAX);
-	e->path_len = 0;
-	e->pattern_len = 0;
-	e->_pad = 0;
-	e->trace_id_low = trace_id_low;
-
-	u32 n = 0, used = 0;
-	s64 full;
-	if (pat.len > 0) {
-		n = pat.len < PATTERN_MAX ? (u32)pat.len : PATTERN_MAX;
-		if (bpf_probe_read_user(sc->data, n, (void *)pat.ptr) != 0)
-			n = 0;
-		if (pat.len > n)
-			flags |= FLAG_PATTERN_TRUNCATED;
-		e->pattern_len = n;
-		used = n;
 	}
+	struct {
+		u64 req;
+		u64 status;
+	} f = {};
+	u8 flags = FLAG_HIJACKED;
+	if (bpf_probe_read_user(&f.req, sizeof(f.req), (void *)(w + off_response_req)) != 0 ||
+	    bpf_probe_read_user(&f.status, sizeof(f.status), (void *)(w + off_response_status)) != 0)
+		flags |= FLAG_READ_FAILED;
+	else if (f.req != in->req)
+		return 0; /* not this goroutine's request: leave it be */
+	if (f.status == 0)
+		f.status = STATUS_HIJACKED;
+	report(ctx, hijack_site_vaddr, key.tgid, in, end, f.status, flags);
+	/* conn.serve returns after a hijack without closing: the slot goes
+	 * now. */
+	release(&key);
+	return 0;
+}
 
-	/* Metrics need the path only for the fallback route. */
-	if ((flags & FLAG_SAMPLED) || used == 0) {
-		if (used > PATTERN_MAX) /* bounds for the verifier */
-			used = PATTERN_MAX;
-		if (!url) {
-			flags |= FLAG_READ_FAILED;
-		} else {
-			full = read_go_string(sc->data + used, PATH_MAX_LEN, url + off_url_path, &n);
-			if (full < 0)
-				flags |= FLAG_READ_FAILED;
-			else if (full > n)
-				flags |= FLAG_PATH_TRUNCATED;
-			e->path_len = n;
-			used += n;
-		}
-	}
-
-	e->flags = flags;
-	if (flags & FLAG_READ_FAILED)
-		count(CNT_READ_FAILED);
-	if (used > PATTERN_MAX + PATH_MAX_LEN)
-		used = PATTERN_MAX + PATH_MAX_LEN;
-	/* No wakeup: the reader polls, which saves ~7 us per request. */
-	if (bpf_ringbuf_output(&events, sc, sizeof(sc->h) + used, BPF_RB_NO_WAKEUP) != 0)
-		count(CNT_RINGBUF_FULL);
+/* (*conn).close(c): once per connection, from conn.serve's deferred
+ * function, on the serving goroutine. A request still in flight never
+ * reached finishRequest or Hijack: its handler panicked (net/http
+ * recovered it and drops the connection) or called runtime.Goexit. */
+SEC("uprobe.multi")
+int http_server_close(struct pt_regs *ctx)
+{
+	u64 end = bpf_ktime_get_ns();
+	struct inflight_key key = key_of(ctx);
+	struct inflight *in = bpf_map_lookup_elem(&http_server_inflight, &key);
+	if (!in)
+		return 0;
+	if (in->start_ns)
+		report(ctx, close_site_vaddr, key.tgid, in, end, STATUS_ABORTED, FLAG_ABORTED);
+	release(&key);
 	return 0;
 }

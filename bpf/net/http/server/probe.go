@@ -1,5 +1,7 @@
-// Package server is the probe for net/http servers: one record per HTTP/1
-// request, from serverHandler.ServeHTTP to (*response).finishRequest.
+// Package server is the probe for net/http servers: every HTTP/1 request
+// net/http parsed, from serverHandler.ServeHTTP (or sendExpectationFailed)
+// to (*response).finishRequest, Hijack, or the connection's close (see
+// probe.bpf.c for what each end reports).
 package server
 
 import (
@@ -16,6 +18,22 @@ const (
 	flagPatternTruncated = 2
 	flagReadFailed       = 4
 	flagSampled          = 8
+	flagTLS              = 16
+)
+
+// Methods as the probe numbers them in in-kernel keys (enum method_id);
+// index 0 is any other method.
+var methodNames = [...]string{"_OTHER", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+
+// Per-process budgets in the maps every process on the node shares, as
+// probe.bpf.c sets them (budget_slots, budget_series; a test checks).
+const (
+	// BudgetSlots bounds a process's in-flight slots (one per HTTP/1
+	// connection); past it, requests of new connections are lost, counted.
+	BudgetSlots = 32768
+	// BudgetSeries bounds a process's in-kernel series; past it, requests
+	// of new series are sent as records (nothing lost), counted.
+	BudgetSeries = 2048
 )
 
 // HeaderSize is the fixed part of a record; the pattern and the path
@@ -34,6 +52,9 @@ func New() *probe.Probe {
 		Sites: []probe.Site{
 			{Symbol: "net/http.serverHandler.ServeHTTP", Program: "http_server_start", VaddrConst: "start_site_vaddr"},
 			{Symbol: "net/http.(*response).finishRequest", Program: "http_server_end", VaddrConst: "end_site_vaddr"},
+			{Symbol: "net/http.(*response).sendExpectationFailed", Program: "http_server_expect"},
+			{Symbol: "net/http.(*conn).close", Program: "http_server_close", VaddrConst: "close_site_vaddr"},
+			{Symbol: "net/http.(*response).Hijack", Program: "http_server_hijack", VaddrConst: "hijack_site_vaddr", Optional: true},
 		},
 		Consts: []probe.Const{
 			{Name: "off_request_method", Field: field("net/http", "Request", "Method")},
@@ -41,6 +62,9 @@ func New() *probe.Probe {
 			{Name: "off_request_pattern", Field: field("net/http", "Request", "Pattern"), Optional: true},
 			{Name: "off_request_pat", Field: field("net/http", "Request", "pat"), Optional: true},
 			{Name: "off_pattern_str", Field: field("net/http", "pattern", "str"), Optional: true},
+			// Optional until the offsets table carries it: without it, a
+			// stripped binary's spans say url.scheme "http".
+			{Name: "off_request_tls", Field: field("net/http", "Request", "TLS"), Optional: true},
 			{Name: "off_url_path", Field: field("net/url", "URL", "Path")},
 			{Name: "off_response_req", Field: field("net/http", "response", "req")},
 			{Name: "off_response_status", Field: field("net/http", "response", "status")},
@@ -57,6 +81,7 @@ func New() *probe.Probe {
 		}},
 		ProcessMaps: map[string]int{
 			"http_server_inflight": int(unsafe.Offsetof(bpfInflightKey{}.Tgid)),
+			"http_server_budget":   0,
 		},
 		Active: probe.ActiveSlots{
 			Map:             "http_server_inflight",
@@ -85,16 +110,18 @@ func DecodeMetric(key []byte, perCPU [][]byte) (probe.Histogram, error) {
 		return probe.Histogram{}, fmt.Errorf("decoding http server metric: %d-byte key, want %d", len(key), unsafe.Sizeof(k))
 	}
 	ne := binary.NativeEndian
-	methodLen := min(int(key[unsafe.Offsetof(k.MethodLen)]), len(k.Method))
-	method := unsafe.Offsetof(k.Method)
+	id := int(key[unsafe.Offsetof(k.Method)])
+	if id >= len(methodNames) {
+		return probe.Histogram{}, fmt.Errorf("decoding http server metric: method number %d", id)
+	}
 	status := int(ne.Uint16(key[unsafe.Offsetof(k.Status):]))
 	if status == 0 {
-		status = 200 // as in Decode
+		return probe.Histogram{}, fmt.Errorf("decoding http server metric: status 0")
 	}
 	h := probe.Histogram{
 		Kind:        probe.KindHTTPServer,
 		PID:         ne.Uint32(key[unsafe.Offsetof(k.Tgid):]),
-		Method:      internMethod(key[method : method+uintptr(methodLen)]),
+		Method:      methodNames[id],
 		Status:      status,
 		PatternAddr: ne.Uint64(key[unsafe.Offsetof(k.Pattern):]),
 		PatternLen:  int(ne.Uint32(key[unsafe.Offsetof(k.PatternLen):])),
@@ -124,7 +151,8 @@ func Decode(raw []byte) (probe.Request, error) {
 	ne := binary.NativeEndian
 	flags := raw[unsafe.Offsetof(e.Flags)]
 	methodLen := min(int(raw[unsafe.Offsetof(e.MethodLen)]), len(e.Method))
-	if flags&flagReadFailed != 0 && methodLen == 0 {
+	if flags&flagReadFailed != 0 {
+		// The probe counts these as lost and sends none.
 		return probe.Request{}, fmt.Errorf("decoding http server record: target memory unreadable")
 	}
 	patternLen := int(ne.Uint16(raw[unsafe.Offsetof(e.PatternLen):]))
@@ -134,8 +162,8 @@ func Decode(raw []byte) (probe.Request, error) {
 	}
 	status := int(ne.Uint16(raw[unsafe.Offsetof(e.Status):]))
 	if status == 0 {
-		// finishRequest writes 200 for handlers that wrote nothing.
-		status = 200
+		// The probe writes the 200 of a handler that wrote nothing.
+		return probe.Request{}, fmt.Errorf("decoding http server record: status 0")
 	}
 	method := unsafe.Offsetof(e.Method)
 	data := raw[HeaderSize:]
@@ -149,6 +177,7 @@ func Decode(raw []byte) (probe.Request, error) {
 		Path:       string(data[patternLen : patternLen+pathLen]),
 		Status:     status,
 		Truncated:  flags&(flagPathTruncated|flagPatternTruncated) != 0,
+		TLS:        flags&flagTLS != 0,
 		Sampled:    flags&flagSampled != 0,
 		TraceIDLow: ne.Uint64(raw[unsafe.Offsetof(e.TraceIdLow):]),
 	}, nil

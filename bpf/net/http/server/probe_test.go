@@ -46,10 +46,10 @@ func TestDecode(t *testing.T) {
 		want: probe.Request{Kind: probe.KindHTTPServer, PID: 42, StartNS: 100, EndNS: 250,
 			Method: "GET", Path: "/items/7", Pattern: "GET /items/{id}", Status: 404},
 	}, {
-		name: "no status written means 200",
-		in:   bpfHttpServerEvent{Tgid: 1, MethodLen: 4, Method: method("POST")},
+		name: "over TLS",
+		in:   bpfHttpServerEvent{Tgid: 1, MethodLen: 4, Method: method("POST"), Status: 101, Flags: flagTLS},
 		path: "/",
-		want: probe.Request{Kind: probe.KindHTTPServer, PID: 1, Method: "POST", Path: "/", Status: 200},
+		want: probe.Request{Kind: probe.KindHTTPServer, PID: 1, Method: "POST", Path: "/", Status: 101, TLS: true},
 	}, {
 		name:    "pattern without path (metrics only)",
 		in:      bpfHttpServerEvent{Tgid: 1, MethodLen: 3, Method: method("GET"), Status: 200},
@@ -85,7 +85,13 @@ func TestDecodeErrors(t *testing.T) {
 	if _, err := Decode(record(t, bpfHttpServerEvent{Flags: flagReadFailed}, "", "")); err == nil {
 		t.Error("record with unreadable method decoded")
 	}
-	r := record(t, bpfHttpServerEvent{MethodLen: 3, Method: method("GET")}, "/p", "/path")
+	if _, err := Decode(record(t, bpfHttpServerEvent{Flags: flagReadFailed, Status: 200, MethodLen: 3, Method: method("GET")}, "", "/")); err == nil {
+		t.Error("record marked unreadable decoded")
+	}
+	if _, err := Decode(record(t, bpfHttpServerEvent{MethodLen: 3, Method: method("GET")}, "", "/")); err == nil {
+		t.Error("record without status decoded (the probe never sends one: it would read as 200)")
+	}
+	r := record(t, bpfHttpServerEvent{MethodLen: 3, Method: method("GET"), Status: 200}, "/p", "/path")
 	if _, err := Decode(r[:len(r)-1]); err == nil {
 		t.Error("record shorter than its string lengths decoded")
 	}
@@ -112,6 +118,14 @@ func TestConstsExistInObject(t *testing.T) {
 			t.Errorf("site %s: program %s not in the object", s.Symbol, s.Program)
 		}
 	}
+	for name, want := range map[string]int64{"budget_slots": BudgetSlots, "budget_series": BudgetSeries} {
+		var got int64
+		if v := spec.Variables[name]; v == nil {
+			t.Errorf("budget %s not in the BPF object", name)
+		} else if err := v.Get(&got); err != nil || got != want {
+			t.Errorf("%s = %d (%v), want %d as documented", name, got, err, want)
+		}
+	}
 	if spec.Maps[p.Active.Map] == nil {
 		t.Errorf("active map %s not in the object", p.Active.Map)
 	}
@@ -132,9 +146,7 @@ func encode(t *testing.T, v any) []byte {
 }
 
 func TestDecodeMetric(t *testing.T) {
-	var m8 [8]int8
-	copy(m8[:], []int8{'P', 'O', 'S', 'T'})
-	key := encode(t, &bpfHttpServerMetricKey{Tgid: 7, Status: 201, MethodLen: 4, Method: m8, Pattern: 0x6c8123, PatternLen: 15})
+	key := encode(t, &bpfHttpServerMetricKey{Tgid: 7, Status: 201, Method: 3, Pattern: 0x6c8123, PatternLen: 15})
 	cpu0 := bpfHttpServerMetric{SumNs: 3_000}
 	cpu0.Buckets[0], cpu0.Buckets[14] = 2, 1
 	cpu1 := bpfHttpServerMetric{SumNs: 500}
@@ -150,11 +162,14 @@ func TestDecodeMetric(t *testing.T) {
 		t.Errorf("DecodeMetric = %+v, want %+v", got, want)
 	}
 
-	// Status 0 (nothing written) reads as 200, as for records.
-	key = encode(t, &bpfHttpServerMetricKey{Tgid: 7, MethodLen: 3, Method: [8]int8{'G', 'E', 'T'}})
-	if got, err := DecodeMetric(key, [][]byte{encode(t, &cpu1)}); err != nil || got.Status != 200 || got.Method != "GET" {
-		t.Errorf("DecodeMetric = %+v, %v; want GET 200", got, err)
+	// Methods are numbered as in enum method_id; 0 is any other.
+	for id, name := range map[uint8]string{0: "_OTHER", 1: "GET", 6: "CONNECT", 9: "PATCH"} {
+		key := encode(t, &bpfHttpServerMetricKey{Tgid: 7, Status: 200, Method: id})
+		if got, err := DecodeMetric(key, [][]byte{encode(t, &cpu1)}); err != nil || got.Method != name {
+			t.Errorf("method %d: DecodeMetric = %+v, %v; want %s", id, got, err, name)
+		}
 	}
+	key = encode(t, &bpfHttpServerMetricKey{Tgid: 7, Status: 200, Method: 1})
 	for _, bad := range []struct {
 		name   string
 		key    []byte
@@ -162,6 +177,8 @@ func TestDecodeMetric(t *testing.T) {
 	}{
 		{"short key", key[:8], [][]byte{encode(t, &cpu1)}},
 		{"short value", key, [][]byte{encode(t, &cpu1)[:64]}},
+		{"status 0", encode(t, &bpfHttpServerMetricKey{Tgid: 7, Method: 1}), [][]byte{encode(t, &cpu1)}},
+		{"method out of range", encode(t, &bpfHttpServerMetricKey{Tgid: 7, Status: 200, Method: 10}), [][]byte{encode(t, &cpu1)}},
 	} {
 		if _, err := DecodeMetric(bad.key, bad.values); err == nil {
 			t.Errorf("%s: no error", bad.name)

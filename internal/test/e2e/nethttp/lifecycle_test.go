@@ -116,12 +116,13 @@ func TestTargetSurvives(t *testing.T) {
 		}
 	}
 	get(t, base+"/hello", 5)
-	o.WaitScrape(t, 5*time.Second, "5 requests", func(f map[string]*dto.MetricFamily) bool {
-		return requestCount(f, srv.PID()) == 5
+	// The panics count too, as 500 (see TestRequestsThatNeverFinish).
+	o.WaitScrape(t, 5*time.Second, "8 requests", func(f map[string]*dto.MetricFamily) bool {
+		return requestCount(f, srv.PID()) == 8
 	})
 	time.Sleep(200 * time.Millisecond)
-	if n := requestCount(e2e.Families(t, o.Scrape(t)), srv.PID()); n != 5 {
-		t.Errorf("counted %v requests, want the 5 that completed", n)
+	if n := requestCount(e2e.Families(t, o.Scrape(t)), srv.PID()); n != 8 {
+		t.Errorf("counted %v requests, want the 5 that completed and the 3 panics", n)
 	}
 
 	o.Cmd.Process.Kill()

@@ -202,8 +202,10 @@ func TestRequestsCountedExactly(t *testing.T) {
 					t.Errorf("obsd_events_lost_total = %v, want 0", lost)
 				}
 
-				if n := e2e.ProbeLinks(t, "http_server", srv.PID()); n != 2 {
-					t.Errorf("%d links of http_server programs while attached, want 2", n)
+				// Start, finishRequest, sendExpectationFailed, (*conn).close and
+				// (*response).Hijack (the sample service hijacks on /upgrade).
+				if n := e2e.ProbeLinks(t, "http_server", srv.PID()); n != 5 {
+					t.Errorf("%d links of http_server programs while attached, want 5", n)
 				}
 				o.Stop(t)
 				e2e.WaitNoProbeLinks(t, "http_server", srv.PID())
