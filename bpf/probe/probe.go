@@ -151,8 +151,12 @@ type Request struct {
 	Pattern string
 	// Status is the response status code; 0 never leaves the decoder.
 	Status int
-	// Truncated is set when Path or Pattern were longer than the record.
-	Truncated bool
+	// Truncated is set when Path or Pattern were longer than the record;
+	// PathTruncated and PatternTruncated say which. MethodTruncated is set
+	// when Method was longer than the probe copies.
+	Truncated                       bool
+	PathTruncated, PatternTruncated bool
+	MethodTruncated                 bool
 	// Sampled says the probe sampled the request for a span (only when
 	// spans are on); TraceIDLow is then the value of the trace ID's last 8
 	// bytes (big-endian), drawn so that the configured ratio sampler agrees.

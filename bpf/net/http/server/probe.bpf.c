@@ -50,6 +50,7 @@ volatile const u64 start_site_vaddr = 0;
 #define FLAG_PATTERN_TRUNCATED 2
 #define FLAG_READ_FAILED 4
 #define FLAG_SAMPLED 8
+#define FLAG_METHOD_TRUNCATED 16 /* the method was longer than METHOD_MAX */
 
 /* A record is this header followed by pattern_len bytes of the pattern and
  * path_len bytes of the path. Records carry only the bytes used: every
@@ -240,6 +241,8 @@ int http_server_start(struct pt_regs *ctx)
 		in->flags |= FLAG_READ_FAILED;
 	else
 		in->method_len = n;
+	if (hdr.method.len > METHOD_MAX)
+		in->flags |= FLAG_METHOD_TRUNCATED;
 	in->req = req;
 	in->url = hdr.url;
 	in->start_ns = bpf_ktime_get_ns();

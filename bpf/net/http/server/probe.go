@@ -16,6 +16,7 @@ const (
 	flagPatternTruncated = 2
 	flagReadFailed       = 4
 	flagSampled          = 8
+	flagMethodTruncated  = 16
 )
 
 // HeaderSize is the fixed part of a record; the pattern and the path
@@ -139,7 +140,7 @@ func Decode(raw []byte) (probe.Request, error) {
 	}
 	method := unsafe.Offsetof(e.Method)
 	data := raw[HeaderSize:]
-	return probe.Request{
+	r := probe.Request{
 		Kind:       probe.KindHTTPServer,
 		PID:        ne.Uint32(raw[unsafe.Offsetof(e.Tgid):]),
 		StartNS:    ne.Uint64(raw[unsafe.Offsetof(e.StartNs):]),
@@ -151,7 +152,11 @@ func Decode(raw []byte) (probe.Request, error) {
 		Truncated:  flags&(flagPathTruncated|flagPatternTruncated) != 0,
 		Sampled:    flags&flagSampled != 0,
 		TraceIDLow: ne.Uint64(raw[unsafe.Offsetof(e.TraceIdLow):]),
-	}, nil
+	}
+	r.PathTruncated = flags&flagPathTruncated != 0
+	r.PatternTruncated = flags&flagPatternTruncated != 0
+	r.MethodTruncated = flags&flagMethodTruncated != 0
+	return r, nil
 }
 
 // internMethod saves an allocation per request for the usual methods.
