@@ -89,9 +89,18 @@ func (rt *Routes) Route(svc Service, r probe.Request) Route {
 	return p.tree.route(r.Path, r.PathTruncated, p.set)
 }
 
-// Pattern returns the route of a pattern counted in the kernel (read whole
-// from the executable).
+// ProbePatternMax is how many bytes of a pattern the probe records
+// (PATTERN_MAX in bpf/net/http/server/probe.bpf.c).
+const ProbePatternMax = 128
+
+// Pattern returns the route of a pattern counted in the kernel, which
+// obsd reads whole from the executable. It is cut as the probe cuts the
+// patterns it records, so that a request gets the same route whether it
+// was counted in the kernel or sent as a record (sampled for a span).
 func (rt *Routes) Pattern(svc Service, pattern string) Route {
+	if len(pattern) > ProbePatternMax {
+		return rt.pattern(svc, pattern[:ProbePatternMax], true)
+	}
 	return rt.pattern(svc, pattern, false)
 }
 

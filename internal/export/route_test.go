@@ -212,3 +212,18 @@ func BenchmarkRouteFallbackKnown(b *testing.B) {
 		rt.Route(svc, r)
 	}
 }
+
+// TestKernelPatternCutAsRecords: a request must get the same route whether
+// it was counted in the kernel (whole pattern) or sent as a record (the
+// probe's first ProbePatternMax bytes, flagged as cut).
+func TestKernelPatternCutAsRecords(t *testing.T) {
+	long := "/" + strings.Repeat("日本語", 15) + "/" // 137 bytes; byte 128 is inside a character
+	rt := NewRoutes(slog.New(slog.DiscardHandler))
+	svc := Service{InstanceID: "h:1"}
+	kernel := rt.Pattern(svc, long)
+	record := rt.Route(svc, probe.Request{Pattern: long[:ProbePatternMax], Truncated: true, PatternTruncated: true})
+	want := Route{Value: long[:127] + CutMark, Source: SourcePattern}
+	if kernel != want || record != want {
+		t.Errorf("kernel route %+v, record route %+v, want both %+v", kernel, record, want)
+	}
+}
