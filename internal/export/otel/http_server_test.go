@@ -2,11 +2,13 @@ package otelexport
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/sdk/resource"
 	"golang.org/x/sys/unix"
 
 	"github.com/obsd-dev/obsd/bpf/probe"
@@ -201,5 +203,31 @@ func TestClock(t *testing.T) {
 	off := c.offset.Load()
 	if got, want := c.wall(m-uint64(time.Second)), time.Unix(0, int64(m)-int64(time.Second)+off); !got.Equal(want) {
 		t.Fatalf("wall(earlier) = %v, want %v", got, want)
+	}
+}
+
+// TestCleanResource: the OTLP exporter's protobuf refuses strings that are
+// not UTF-8, which costs the whole batch; a resource built from a target's
+// environment may hold any bytes.
+func TestCleanResource(t *testing.T) {
+	long := strings.Repeat("長", 100) // 300 bytes
+	res := cleanResource(resource.NewSchemaless(
+		attribute.String("service.name", "shop-\xff"),
+		attribute.String("k\xfe", "v"),
+		attribute.String("note", long),
+		attribute.Int("process.pid", 7),
+	))
+	want := map[string]any{
+		"service.name": "shop-\uFFFD",
+		"k\uFFFD":      "v",
+		"note":         long[:252] + export.CutMark,
+		"process.pid":  int64(7),
+	}
+	if got := attrMap(res.Attributes()); !reflect.DeepEqual(got, want) {
+		t.Errorf("cleanResource = %v, want %v", got, want)
+	}
+	clean := resource.NewSchemaless(attribute.String("a", "b"))
+	if cleanResource(clean) != clean {
+		t.Error("a clean resource was rebuilt")
 	}
 }

@@ -196,3 +196,48 @@ http_server_request_duration_seconds_count{host_name="h",http_request_method="_O
 func observe(h *HTTPServer, svc export.Service, r probe.Request, sc trace.SpanContext) {
 	h.Observe(svc, r, h.routes.Route(svc, r), sc)
 }
+
+// TestInvalidStringsScrape: client_golang refuses label values that are not
+// UTF-8, by panicking in MustNewConst*; the target's environment and request
+// data may hold any bytes. The scrape must still work and carry them cleaned.
+func TestInvalidStringsScrape(t *testing.T) {
+	svc := export.Service{Name: "shop-\xff", InstanceID: "h\xfe:1", Host: "h\xfd", PID: 1}
+	kernel := []Kernel{{Service: svc, Histogram: probe.Histogram{Method: "GET", Status: 200,
+		Pattern: "/k\xff", Buckets: make([]uint64, len(DurationBuckets)+1)}}}
+	// The agent cleans each Service once (Service.Clean); the durations'
+	// labels are cleaned again here, the active gauge's are not.
+	h := NewHTTPServer(func() ([]Active, error) { return []Active{{Service: svc.Clean(), Method: "GET", N: 1}}, nil },
+		func() ([]Kernel, error) { return kernel, nil }, nil)
+	observe(h, svc, probe.Request{Method: "GET", Pattern: "/users/\xff/", Status: 301, EndNS: 1e6}, trace.SpanContext{})
+	observe(h, svc, probe.Request{Method: "GET", Path: "/x/\xff", Status: 404, EndNS: 1e6}, trace.SpanContext{})
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(h)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gathering: %v", err)
+	}
+	routes := map[string]bool{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				switch l.GetName() {
+				case "http_route":
+					routes[l.GetValue()] = true
+				case "service_name":
+					if l.GetValue() != "shop-\uFFFD" {
+						t.Errorf("service_name = %q", l.GetValue())
+					}
+				}
+			}
+		}
+	}
+	want := map[string]bool{"/users/\uFFFD/": true, "/x/{param}": true, "/k\uFFFD": true}
+	if len(routes) != len(want) {
+		t.Errorf("routes %v, want %v", routes, want)
+	}
+	for r := range want {
+		if !routes[r] {
+			t.Errorf("routes %v, want %v", routes, want)
+		}
+	}
+}
