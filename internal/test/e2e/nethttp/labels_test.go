@@ -496,7 +496,7 @@ func TestUnroutedPathsLearned(t *testing.T) {
 // character boundary and marked, and the scrape parses.
 func TestStringsExported(t *testing.T) {
 	e2e.RequireRoot(t)
-	jp := strings.Repeat("日本語", 50) // 150 bytes
+	jp := strings.Repeat("日本語", 50)               // 150 bytes
 	long := "/" + strings.Repeat("日本語", 15) + "/" // testdata/httpserver's longPattern
 	for _, v := range []e2e.Variant{{Name: "current"}, {Name: "go1.24", Toolchain: "go1.24.9"}} {
 		t.Run(v.Name, func(t *testing.T) {
