@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"fmt"
 	"log/slog"
+	"os"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -225,5 +228,17 @@ func TestKernelPatternCutAsRecords(t *testing.T) {
 	want := Route{Value: long[:127] + CutMark, Source: SourcePattern}
 	if kernel != want || record != want {
 		t.Errorf("kernel route %+v, record route %+v, want both %+v", kernel, record, want)
+	}
+}
+
+// TestProbePatternMax: ProbePatternMax restates the probe's PATTERN_MAX.
+func TestProbePatternMax(t *testing.T) {
+	src, err := os.ReadFile("../../bpf/net/http/server/probe.bpf.c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^#define PATTERN_MAX (\d+)$`).FindSubmatch(src)
+	if m == nil || string(m[1]) != strconv.Itoa(ProbePatternMax) {
+		t.Errorf("probe.bpf.c defines PATTERN_MAX %q, ProbePatternMax is %d", m, ProbePatternMax)
 	}
 }

@@ -582,3 +582,36 @@ func TestStringsExported(t *testing.T) {
 		})
 	}
 }
+
+// TestStringsCountedInKernel: without spans, requests routed by a pattern
+// written in the program are counted in the kernel. A long multi-byte
+// pattern gets the same route as with spans (cut as the probe cuts,
+// marked), and an invalid service name costs neither kernel nor record
+// series.
+func TestStringsCountedInKernel(t *testing.T) {
+	e2e.RequireRoot(t)
+	long := "/" + strings.Repeat("日本語", 15) + "/" // testdata/httpserver's longPattern
+	srv := e2e.Start(t, builds.HTTPServer(t, e2e.Variant{Name: "current"}), []string{"OTEL_SERVICE_NAME=kernel-\xff"})
+	o := e2e.StartObsd(t, builds.Obsd(t), nil, "--pid", strconv.Itoa(srv.PID()))
+	o.WaitScrape(t, 10*time.Second, "the server to be instrumented", func(f map[string]*dto.MetricFamily) bool {
+		return e2e.Sum(f, "obsd_instrumented_processes", nil) == 1
+	})
+	var want tally
+	for range 5 {
+		want.add("GET", getPath(t, srv.First, long+"x"), long[:127]+cutMark)
+		want.add("GET", getPath(t, srv.First, "/hello"), "/hello")
+	}
+	scrape, fams := waitCounted(t, o, srv.PID(), want.n)
+	e2e.Promtool(t, scrape)
+	if got := routeCounts(fams, srv.PID()); !reflect.DeepEqual(got, want.m) {
+		t.Errorf("series:\n got  %v\n want %v", got, want.m)
+	}
+	// /hello is counted in the kernel; the probe keys only patterns of at
+	// most 128 bytes, so the long one comes as records (cut, flagged).
+	if n := e2e.Sum(fams, "obsd_events_total", nil); n != 5 {
+		t.Errorf("obsd_events_total = %v, want 5 (the long pattern's requests)", n)
+	}
+	if n := e2e.Sum(fams, "http_server_request_duration_seconds", map[string]string{"service_name": "kernel-\uFFFD"}); n != float64(want.n) {
+		t.Errorf("%v requests under service_name %q, want %d", n, "kernel-\uFFFD", want.n)
+	}
+}
