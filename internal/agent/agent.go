@@ -88,6 +88,8 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading host name: %w", err)
 	}
+	// A label value that is not UTF-8 would fail registration and scrapes.
+	host = export.Clean(host, export.MaxValueLen, false)
 	a := &Agent{
 		cfg:      cfg,
 		log:      cfg.Logger,
