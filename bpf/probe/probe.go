@@ -155,8 +155,12 @@ type Request struct {
 	Pattern string
 	// Status is the response status code; 0 never leaves the decoder.
 	Status int
-	// Truncated is set when Path or Pattern were longer than the record.
-	Truncated bool
+	// Truncated is set when Path or Pattern were longer than the record;
+	// PathTruncated and PatternTruncated say which. MethodTruncated is set
+	// when Method was longer than the probe copies.
+	Truncated                       bool
+	PathTruncated, PatternTruncated bool
+	MethodTruncated                 bool
 	// TLS says the request came over TLS (url.scheme "https").
 	TLS bool
 	// Sampled says the probe sampled the request for a span (only when

@@ -58,6 +58,7 @@ type Agent struct {
 	mgr     *uprobes.Manager
 	spans   *otelexport.Exporter
 	http    *prom.HTTPServer
+	routes  *export.Routes
 	watcher *discover.Watcher
 	checks  *health.Checker
 	beat    *health.Heartbeat
@@ -87,6 +88,8 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading host name: %w", err)
 	}
+	// A label value that is not UTF-8 would fail registration and scrapes.
+	host = export.Clean(host, export.MaxValueLen, false)
 	a := &Agent{
 		cfg:      cfg,
 		log:      cfg.Logger,
@@ -118,7 +121,8 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		a.mgr.Close()
 		return nil, fmt.Errorf("setting up trace export: %w", err)
 	}
-	a.http = prom.NewHTTPServer(a.active, a.kernel)
+	a.routes = export.NewRoutes(cfg.Logger)
+	a.http = prom.NewHTTPServer(a.active, a.kernel, a.routes)
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "obsd_build_info", Help: "Always 1; labels say which obsd runs.",
 		ConstLabels: prometheus.Labels{"version": cfg.Version, "host_name": host},
@@ -233,6 +237,7 @@ func (a *Agent) Added(p discover.Process) {
 	if t.svc.Name == "" {
 		t.svc.Name = filepath.Base(p.Exe)
 	}
+	t.svc = t.svc.Clean()
 	a.mu.Lock()
 	a.services[uint32(p.PID)] = t
 	a.mu.Unlock()
@@ -292,11 +297,13 @@ func (a *Agent) Request(r probe.Request) {
 	}
 	switch r.Kind {
 	case probe.KindHTTPServer:
+		// One route per request, so that metrics and span agree.
+		route := a.routes.Route(t.svc, r)
 		var sc trace.SpanContext
 		if t.spans {
-			sc = a.spans.Span(t.svc, r)
+			sc = a.spans.Span(t.svc, r, route)
 		}
-		a.http.Observe(t.svc, r, sc)
+		a.http.Observe(t.svc, r, route, sc)
 	}
 }
 

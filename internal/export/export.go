@@ -59,7 +59,25 @@ func PatternRoute(pattern string) string {
 // series obsd exports, in the order of Service.LabelValues.
 var ServiceLabels = []string{"service_name", "service_instance_id", "host_name"}
 
-// LabelValues returns the values for ServiceLabels.
+// LabelValues returns the values for ServiceLabels, each made valid UTF-8
+// and bounded by Clean (they come from the target's environment).
 func (s Service) LabelValues() []string {
-	return []string{s.Name, s.InstanceID, s.Host}
+	return []string{Clean(s.Name, MaxValueLen, false), Clean(s.InstanceID, MaxValueLen, false), Clean(s.Host, MaxValueLen, false)}
+}
+
+// Clean returns s with every string Clean'd: Name, InstanceID, Host and
+// Attrs (keys and values). The agent cleans each Service once, when the
+// process is instrumented, so that no exporter sees raw target strings.
+func (s Service) Clean() Service {
+	c := s
+	c.Name = Clean(s.Name, MaxValueLen, false)
+	c.InstanceID = Clean(s.InstanceID, MaxValueLen, false)
+	c.Host = Clean(s.Host, MaxValueLen, false)
+	if s.Attrs != nil {
+		c.Attrs = make(map[string]string, len(s.Attrs))
+		for k, v := range s.Attrs {
+			c.Attrs[Clean(k, MaxValueLen, false)] = Clean(v, MaxValueLen, false)
+		}
+	}
+	return c
 }

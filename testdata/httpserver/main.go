@@ -70,6 +70,7 @@ func main() {
 	// A handler that never writes: net/http answers 200 with no body.
 	mux.HandleFunc("/empty", func(w http.ResponseWriter, r *http.Request) {})
 	registerRoutes(mux)
+	registerLabelRoutes(mux)
 
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {

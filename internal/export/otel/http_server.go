@@ -15,18 +15,24 @@ import (
 // probe's record size, so a shortened path is never mistaken for the real one.
 const truncatedKey = attribute.Key("obsd.request.truncated")
 
+// routeSourceKey says where http.route came from: export.SourcePattern,
+// SourceFallback or SourceOverflow.
+const routeSourceKey = attribute.Key("obsd.route.source")
+
 // httpServerSpan derives name, attributes and status of an HTTP server span
 // following the semantic conventions (v1.26 and later): the name is
-// "{method} {http.route}", or the method alone without a matched route
-// (never the raw path, which would make names unbounded); http.route is set
-// only when a ServeMux pattern matched; a server span is an error only
-// for 5xx, a 4xx is the client's fault.
-func httpServerSpan(r probe.Request) (string, []attribute.KeyValue, codes.Code) {
+// "{method} {http.route}"; http.route is the request's route, the same
+// value as the metrics' http_route label (a pattern, the learned fallback
+// or the overflow value, obsd.route.source says which); a server span is an
+// error only for 5xx, a 4xx is the client's fault. Every string is valid
+// UTF-8 and every cut one ends in export.CutMark: the OTLP exporter would
+// otherwise reject the whole batch.
+func httpServerSpan(r probe.Request, route export.Route) (string, []attribute.KeyValue, codes.Code) {
 	method := export.Method(r.Method)
-	attrs := make([]attribute.KeyValue, 0, 8)
+	attrs := make([]attribute.KeyValue, 0, 10)
 	attrs = append(attrs, semconv.HTTPRequestMethodKey.String(method))
 	if method == export.OtherMethod {
-		attrs = append(attrs, semconv.HTTPRequestMethodOriginal(r.Method))
+		attrs = append(attrs, semconv.HTTPRequestMethodOriginal(export.Clean(r.Method, export.MaxValueLen, r.MethodTruncated)))
 	}
 	scheme := "http"
 	if r.TLS {
@@ -34,11 +40,11 @@ func httpServerSpan(r probe.Request) (string, []attribute.KeyValue, codes.Code) 
 	}
 	attrs = append(attrs,
 		semconv.URLScheme(scheme),
-		semconv.URLPath(r.Path),
+		semconv.URLPath(export.Clean(r.Path, export.MaxValueLen, r.PathTruncated)),
 		semconv.HTTPResponseStatusCode(r.Status),
 	)
-	if route := export.PatternRoute(r.Pattern); route != "" {
-		attrs = append(attrs, semconv.HTTPRoute(route))
+	if route.Value != "" {
+		attrs = append(attrs, semconv.HTTPRoute(route.Value), routeSourceKey.String(route.Source))
 	}
 	status := codes.Unset
 	if r.Status >= 500 {
@@ -48,18 +54,18 @@ func httpServerSpan(r probe.Request) (string, []attribute.KeyValue, codes.Code) 
 	if r.Truncated {
 		attrs = append(attrs, truncatedKey.Bool(true))
 	}
-	return httpServerSpanName(r), attrs, status
+	return httpServerSpanName(r, route), attrs, status
 }
 
 // httpServerSpanName is the span name alone: it is all an unsampled span
 // needs, so the reader does not build attributes that would be dropped.
-func httpServerSpanName(r probe.Request) string {
+func httpServerSpanName(r probe.Request, route export.Route) string {
 	method := export.Method(r.Method)
 	if method == export.OtherMethod {
 		method = "HTTP"
 	}
-	if route := export.PatternRoute(r.Pattern); route != "" {
-		return method + " " + route
+	if route.Value != "" {
+		return method + " " + route.Value
 	}
 	return method
 }

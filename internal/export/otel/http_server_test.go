@@ -2,14 +2,17 @@ package otelexport
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/sdk/resource"
 	"golang.org/x/sys/unix"
 
 	"github.com/obsd-dev/obsd/bpf/probe"
+	"github.com/obsd-dev/obsd/internal/export"
 )
 
 func TestHTTPServerSpan(t *testing.T) {
@@ -26,7 +29,7 @@ func TestHTTPServerSpan(t *testing.T) {
 			wantName: "GET /items/{id}",
 			wantAttrs: map[string]any{
 				"http.request.method": "GET", "url.scheme": "http", "url.path": "/items/42",
-				"http.response.status_code": int64(200), "http.route": "/items/{id}",
+				"http.response.status_code": int64(200), "http.route": "/items/{id}", "obsd.route.source": "pattern",
 			},
 		},
 		{
@@ -44,16 +47,16 @@ func TestHTTPServerSpan(t *testing.T) {
 			wantName: "POST /a/",
 			wantAttrs: map[string]any{
 				"http.request.method": "POST", "url.scheme": "http", "url.path": "/a/b",
-				"http.response.status_code": int64(201), "http.route": "/a/",
+				"http.response.status_code": int64(201), "http.route": "/a/", "obsd.route.source": "pattern",
 			},
 		},
 		{
-			name:     "no pattern: method only, no route",
-			req:      probe.Request{Method: "DELETE", Path: "/x", Status: 404},
-			wantName: "DELETE",
+			name:     "no pattern: the fallback route, as in metrics",
+			req:      probe.Request{Method: "DELETE", Path: "/x/42", Status: 404},
+			wantName: "DELETE /x/{param}",
 			wantAttrs: map[string]any{
-				"http.request.method": "DELETE", "url.scheme": "http", "url.path": "/x",
-				"http.response.status_code": int64(404),
+				"http.request.method": "DELETE", "url.scheme": "http", "url.path": "/x/42",
+				"http.response.status_code": int64(404), "http.route": "/x/{param}", "obsd.route.source": "fallback",
 			},
 		},
 		{
@@ -63,16 +66,17 @@ func TestHTTPServerSpan(t *testing.T) {
 			wantAttrs: map[string]any{
 				"http.request.method": "_OTHER", "http.request.method_original": "PURGE",
 				"url.scheme": "http", "url.path": "/cache",
-				"http.response.status_code": int64(204), "http.route": "/cache",
+				"http.response.status_code": int64(204), "http.route": "/cache", "obsd.route.source": "pattern",
 			},
 		},
 		{
 			name:     "non-standard method without pattern",
 			req:      probe.Request{Method: "get", Path: "/", Status: 200},
-			wantName: "HTTP",
+			wantName: "HTTP /",
 			wantAttrs: map[string]any{
 				"http.request.method": "_OTHER", "http.request.method_original": "get",
 				"url.scheme": "http", "url.path": "/", "http.response.status_code": int64(200),
+				"http.route": "/", "obsd.route.source": "fallback",
 			},
 		},
 		{
@@ -81,41 +85,73 @@ func TestHTTPServerSpan(t *testing.T) {
 			wantName: "GET /boom",
 			wantAttrs: map[string]any{
 				"http.request.method": "GET", "url.scheme": "http", "url.path": "/boom",
-				"http.response.status_code": int64(503), "http.route": "/boom", "error.type": "503",
+				"http.response.status_code": int64(503), "http.route": "/boom", "error.type": "503", "obsd.route.source": "pattern",
 			},
 			wantCode: codes.Error,
 		},
 		{
 			name:     "4xx stays unset",
 			req:      probe.Request{Method: "GET", Path: "/nope", Status: 499},
-			wantName: "GET",
+			wantName: "GET /nope",
 			wantAttrs: map[string]any{
 				"http.request.method": "GET", "url.scheme": "http", "url.path": "/nope",
-				"http.response.status_code": int64(499),
+				"http.response.status_code": int64(499), "http.route": "/nope", "obsd.route.source": "fallback",
 			},
 		},
 		{
 			name:     "truncated path is marked",
-			req:      probe.Request{Method: "GET", Path: "/very/long", Status: 200, Truncated: true},
-			wantName: "GET",
+			req:      probe.Request{Method: "GET", Path: "/very/long", Status: 200, Truncated: true, PathTruncated: true},
+			wantName: "GET /very/*",
 			wantAttrs: map[string]any{
-				"http.request.method": "GET", "url.scheme": "http", "url.path": "/very/long",
+				"http.request.method": "GET", "url.scheme": "http", "url.path": "/very/long…",
 				"http.response.status_code": int64(200), "obsd.request.truncated": true,
+				"http.route": "/very/*", "obsd.route.source": "fallback",
 			},
 		},
 		{
-			name:     "malformed pattern gives no route",
+			// The probe cut the path inside 本 (3 bytes: E6 9C AC).
+			name:     "path cut inside a character",
+			req:      probe.Request{Method: "GET", Path: "/日\xe6\x9c", Status: 200, Truncated: true, PathTruncated: true},
+			wantName: "GET /*",
+			wantAttrs: map[string]any{
+				"http.request.method": "GET", "url.scheme": "http", "url.path": "/日…",
+				"http.response.status_code": int64(200), "obsd.request.truncated": true,
+				"http.route": "/*", "obsd.route.source": "fallback",
+			},
+		},
+		{
+			name:     "invalid bytes in path and pattern",
+			req:      probe.Request{Method: "GET", Path: "/a\xffb/", Pattern: "/a\xffb/", Status: 301},
+			wantName: "GET /a\uFFFDb/",
+			wantAttrs: map[string]any{
+				"http.request.method": "GET", "url.scheme": "http", "url.path": "/a\uFFFDb/",
+				"http.response.status_code": int64(301), "http.route": "/a\uFFFDb/", "obsd.route.source": "pattern",
+			},
+		},
+		{
+			name:     "method cut by the probe",
+			req:      probe.Request{Method: "ABCDEFGHIJKLMNOP", Path: "/", Pattern: "/", Status: 200, MethodTruncated: true},
+			wantName: "HTTP /",
+			wantAttrs: map[string]any{
+				"http.request.method": "_OTHER", "http.request.method_original": "ABCDEFGHIJKLMNOP…",
+				"url.scheme": "http", "url.path": "/",
+				"http.response.status_code": int64(200), "http.route": "/", "obsd.route.source": "pattern",
+			},
+		},
+		{
+			name:     "malformed pattern gives the overflow route",
 			req:      probe.Request{Method: "GET", Path: "/p", Pattern: "GET nohost", Status: 200},
-			wantName: "GET",
+			wantName: "GET /*",
 			wantAttrs: map[string]any{
 				"http.request.method": "GET", "url.scheme": "http", "url.path": "/p",
-				"http.response.status_code": int64(200),
+				"http.response.status_code": int64(200), "http.route": "/*", "obsd.route.source": "overflow",
 			},
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			name, attrs, code := httpServerSpan(tt.req)
+			route := export.NewRoutes(nil).Route(export.Service{InstanceID: "h:1"}, tt.req)
+			name, attrs, code := httpServerSpan(tt.req, route)
 			if name != tt.wantName {
 				t.Errorf("name = %q, want %q", name, tt.wantName)
 			}
@@ -176,5 +212,31 @@ func TestClock(t *testing.T) {
 	off := c.offset.Load()
 	if got, want := c.wall(m-uint64(time.Second)), time.Unix(0, int64(m)-int64(time.Second)+off); !got.Equal(want) {
 		t.Fatalf("wall(earlier) = %v, want %v", got, want)
+	}
+}
+
+// TestCleanResource: the OTLP exporter's protobuf refuses strings that are
+// not UTF-8, which costs the whole batch; a resource built from a target's
+// environment may hold any bytes.
+func TestCleanResource(t *testing.T) {
+	long := strings.Repeat("長", 100) // 300 bytes
+	res := cleanResource(resource.NewSchemaless(
+		attribute.String("service.name", "shop-\xff"),
+		attribute.String("k\xfe", "v"),
+		attribute.String("note", long),
+		attribute.Int("process.pid", 7),
+	))
+	want := map[string]any{
+		"service.name": "shop-\uFFFD",
+		"k\uFFFD":      "v",
+		"note":         long[:252] + export.CutMark,
+		"process.pid":  int64(7),
+	}
+	if got := attrMap(res.Attributes()); !reflect.DeepEqual(got, want) {
+		t.Errorf("cleanResource = %v, want %v", got, want)
+	}
+	clean := resource.NewSchemaless(attribute.String("a", "b"))
+	if cleanResource(clean) != clean {
+		t.Error("a clean resource was rebuilt")
 	}
 }

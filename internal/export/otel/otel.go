@@ -220,11 +220,11 @@ func (e *Exporter) MeterProvider() metric.MeterProvider {
 }
 
 // Span makes one SERVER span for r, a request the probe sampled, started and
-// ended at the request's own times, and returns its context so the caller
-// can attach a trace_id exemplar when it is sampled. For a request the probe
-// did not sample, in ModeNone, or after Shutdown, it returns an empty
-// SpanContext.
-func (e *Exporter) Span(svc export.Service, r probe.Request) trace.SpanContext {
+// ended at the request's own times, with route as http.route (the value its
+// metrics carry), and returns its context so the caller can attach a
+// trace_id exemplar when it is sampled. For a request the probe did not
+// sample, in ModeNone, or after Shutdown, it returns an empty SpanContext.
+func (e *Exporter) Span(svc export.Service, r probe.Request, route export.Route) trace.SpanContext {
 	if e.real == nil || !r.Sampled {
 		return trace.SpanContext{}
 	}
@@ -244,14 +244,14 @@ func (e *Exporter) Span(svc export.Service, r probe.Request) trace.SpanContext {
 	// set after its decision, not passed to Start: the samplers it offers
 	// decide on the trace ID and parent, never on attributes.
 	ctx := context.WithValue(parentContext(r), traceIDLowKey{}, r.TraceIDLow)
-	_, span := p.tracer.Start(ctx, httpServerSpanName(r),
+	_, span := p.tracer.Start(ctx, httpServerSpanName(r, route),
 		trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithTimestamp(start),
 	)
 	if !span.IsRecording() {
 		return span.SpanContext()
 	}
-	_, attrs, status := httpServerSpan(r)
+	_, attrs, status := httpServerSpan(r, route)
 	span.SetAttributes(attrs...)
 	if status != codes.Unset {
 		span.SetStatus(status, "")
@@ -301,6 +301,7 @@ func (e *Exporter) newProcess(svc export.Service) *process {
 	)
 	// Merging a schemaless resource into base cannot conflict.
 	res, _ := resource.Merge(e.base, resource.NewSchemaless(attrs...))
+	res = cleanResource(res)
 	// No sampler option: the SDK then reads OTEL_TRACES_SAMPLER(_ARG).
 	tp := sdktrace.NewTracerProvider(
 		sdktrace.WithResource(res),
@@ -313,6 +314,32 @@ func (e *Exporter) newProcess(svc export.Service) *process {
 		tp:       tp,
 		tracer:   tp.Tracer(ScopeName, trace.WithSchemaURL(semconv.SchemaURL)),
 	}
+}
+
+// cleanResource makes every string of res valid UTF-8 within
+// export.MaxValueLen: the target's environment (OTEL_SERVICE_NAME,
+// OTEL_RESOURCE_ATTRIBUTES) may hold any bytes, and one invalid string
+// would make the collector reject every span of the batch.
+func cleanResource(res *resource.Resource) *resource.Resource {
+	attrs := res.Attributes()
+	changed := false
+	for i, kv := range attrs {
+		k := export.Clean(string(kv.Key), export.MaxValueLen, false)
+		if k != string(kv.Key) {
+			attrs[i].Key = attribute.Key(k)
+			changed = true
+		}
+		if kv.Value.Type() == attribute.STRING {
+			if s := export.Clean(kv.Value.AsString(), export.MaxValueLen, false); s != kv.Value.AsString() {
+				attrs[i].Value = attribute.StringValue(s)
+				changed = true
+			}
+		}
+	}
+	if !changed {
+		return res
+	}
+	return resource.NewWithAttributes(res.SchemaURL(), attrs...)
 }
 
 // defaultQueueSize replaces the SDK's 2,048-span queue, sized for one

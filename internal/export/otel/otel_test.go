@@ -251,15 +251,16 @@ func TestOTLPSpans(t *testing.T) {
 			ago: 40 * time.Millisecond, took: 1234567 * time.Nanosecond,
 			name: "GET /items/{id}",
 			attrs: map[string]any{"http.request.method": "GET", "url.scheme": "http", "url.path": "/items/42",
-				"http.response.status_code": int64(200), "http.route": "/items/{id}"},
+				"http.response.status_code": int64(200), "http.route": "/items/{id}", "obsd.route.source": "pattern"},
 			code: tracepb.Status_STATUS_CODE_UNSET,
 		},
 		{
 			svc: svcA, req: probe.Request{Sampled: true, Method: "POST", Path: "/pay", Status: 503},
 			ago: 30 * time.Millisecond, took: 20 * time.Millisecond,
-			name: "POST",
+			name: "POST /pay",
 			attrs: map[string]any{"http.request.method": "POST", "url.scheme": "http", "url.path": "/pay",
-				"http.response.status_code": int64(503), "error.type": "503"},
+				"http.response.status_code": int64(503), "error.type": "503",
+				"http.route": "/pay", "obsd.route.source": "fallback"},
 			code: tracepb.Status_STATUS_CODE_ERROR,
 		},
 		{
@@ -268,7 +269,7 @@ func TestOTLPSpans(t *testing.T) {
 			name: "HTTP /cache/",
 			attrs: map[string]any{"http.request.method": "_OTHER", "http.request.method_original": "PURGE",
 				"url.scheme": "http", "url.path": "/cache/k", "http.response.status_code": int64(404),
-				"http.route": "/cache/"},
+				"http.route": "/cache/", "obsd.route.source": "pattern"},
 			code: tracepb.Status_STATUS_CODE_UNSET,
 		},
 	}
@@ -278,7 +279,7 @@ func TestOTLPSpans(t *testing.T) {
 		r.req.PID = uint32(r.svc.PID)
 		r.req.StartNS = now - uint64(r.ago)
 		r.req.EndNS = r.req.StartNS + uint64(r.took)
-		sc := e.Span(r.svc, r.req)
+		sc := spanOf(e, r.svc, r.req)
 		if !sc.IsValid() || !sc.IsSampled() {
 			t.Fatalf("Span(%s) = %+v, want a valid sampled context", r.name, sc)
 		}
@@ -366,7 +367,7 @@ func TestOTLPSpans(t *testing.T) {
 		t.Errorf("counters = %v, want %v", c, wantCounts)
 	}
 	// After Shutdown spans are ignored, not panics.
-	if sc := e.Span(svcA, probe.Request{Sampled: true, Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now}); sc.IsValid() {
+	if sc := spanOf(e, svcA, probe.Request{Sampled: true, Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now}); sc.IsValid() {
 		t.Errorf("Span after Shutdown = %+v, want empty", sc)
 	}
 	if err := e.Shutdown(t.Context()); err != nil {
@@ -395,7 +396,7 @@ func TestOTLPPartialSuccess(t *testing.T) {
 	e, reg, logs := newExporter(t, Options{Mode: ModeOTLP})
 	now := monoNow(t)
 	for range 2 {
-		e.Span(svcA, probe.Request{Sampled: true, Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now + 1000})
+		spanOf(e, svcA, probe.Request{Sampled: true, Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now + 1000})
 	}
 	shutdown(t, e)
 	want := map[string]float64{
@@ -434,10 +435,10 @@ func TestOTLPUnreachable(t *testing.T) {
 	errCount := func() float64 { return counters(t, reg)["obsd_span_export_errors_total"] }
 	now := monoNow(t)
 	req := probe.Request{Sampled: true, Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now + 1000}
-	e.Span(svcA, req)
+	spanOf(e, svcA, req)
 	waitFor(t, "the first failed export", func() bool { return errCount() == 1 })
-	e.Span(svcA, req)
-	e.Span(svcB, req)
+	spanOf(e, svcA, req)
+	spanOf(e, svcB, req)
 	waitFor(t, "three failed spans", func() bool { return errCount() == 3 })
 
 	if err := e.Check(t.Context()); err == nil || !strings.Contains(err.Error(), "exporting spans at") {
@@ -448,7 +449,7 @@ func TestOTLPUnreachable(t *testing.T) {
 		t.Errorf("failure lines logged = %d, want 1:\n%s", n, logs.String())
 	}
 
-	e.Span(svcB, req) // still queued when Shutdown starts, or in flight
+	spanOf(e, svcB, req) // still queued when Shutdown starts, or in flight
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
 	defer cancel()
@@ -485,7 +486,7 @@ func TestDroppedSpansCounted(t *testing.T) {
 	const n = 50
 	now := monoNow(t)
 	for range n {
-		e.Span(svcA, probe.Request{Sampled: true, Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now + 1000})
+		spanOf(e, svcA, probe.Request{Sampled: true, Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now + 1000})
 	}
 	// At most one span is in the stalled export and one in the queue.
 	if d := counters(t, reg)["obsd_spans_dropped_total"]; d < n-2 {
@@ -510,8 +511,8 @@ func TestStdout(t *testing.T) {
 		t.Errorf("Check in stdout mode: %v", err)
 	}
 	now := monoNow(t)
-	e.Span(svcA, probe.Request{Sampled: true, Method: "GET", Path: "/items/1", Pattern: "/items/{id}", Status: 200, StartNS: now, EndNS: now + 5000})
-	e.Span(svcB, probe.Request{Sampled: true, Method: "DELETE", Path: "/k", Status: 500, StartNS: now, EndNS: now + 5000})
+	spanOf(e, svcA, probe.Request{Sampled: true, Method: "GET", Path: "/items/1", Pattern: "/items/{id}", Status: 200, StartNS: now, EndNS: now + 5000})
+	spanOf(e, svcB, probe.Request{Sampled: true, Method: "DELETE", Path: "/k", Status: 500, StartNS: now, EndNS: now + 5000})
 	shutdown(t, e)
 
 	type kv struct {
@@ -544,7 +545,7 @@ func TestStdout(t *testing.T) {
 		}
 		got = append(got, svc+" "+s.Name+" "+s.Status.Code+" "+strconv.Itoa(len(s.Attributes)))
 	}
-	want := []string{"checkout GET /items/{id} Unset 5", "cache DELETE Error 5"}
+	want := []string{"checkout GET /items/{id} Unset 6", "cache DELETE /k Error 7"}
 	if len(got) != 2 || !(reflect.DeepEqual(got, want) || reflect.DeepEqual(got, []string{want[1], want[0]})) {
 		t.Errorf("stdout spans = %q, want %q in any order", got, want)
 	}
@@ -559,7 +560,7 @@ func TestSamplerFromEnv(t *testing.T) {
 	var out bytes.Buffer
 	e, reg, _ := newExporter(t, Options{Mode: ModeStdout, Stdout: &out})
 	now := monoNow(t)
-	sc := e.Span(svcA, probe.Request{Sampled: true, Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now})
+	sc := spanOf(e, svcA, probe.Request{Sampled: true, Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now})
 	if !sc.IsValid() || sc.IsSampled() {
 		t.Errorf("Span = %+v, want a valid unsampled context", sc)
 	}
@@ -579,7 +580,7 @@ func TestUnsampledRequestMakesNoSpan(t *testing.T) {
 	var out bytes.Buffer
 	e, reg, _ := newExporter(t, Options{Mode: ModeStdout, Stdout: &out})
 	now := monoNow(t)
-	if sc := e.Span(svcA, probe.Request{Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now}); sc.IsValid() {
+	if sc := spanOf(e, svcA, probe.Request{Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now}); sc.IsValid() {
 		t.Errorf("Span = %+v, want none", sc)
 	}
 	shutdown(t, e)
@@ -635,7 +636,7 @@ func TestNew(t *testing.T) {
 func TestModeNone(t *testing.T) {
 	e, reg, _ := newExporter(t, Options{}) // zero Mode is none
 	now := monoNow(t)
-	if sc := e.Span(svcA, probe.Request{Sampled: true, Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now}); sc.IsValid() {
+	if sc := spanOf(e, svcA, probe.Request{Sampled: true, Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now}); sc.IsValid() {
 		t.Errorf("Span in none mode = %+v, want empty", sc)
 	}
 	e.Forget(svcA.PID)
@@ -684,7 +685,7 @@ func BenchmarkSpan(b *testing.B) {
 			r := probe.Request{Sampled: true, Method: "GET", Path: "/items/42", Pattern: "GET /items/{id}", Status: 200, StartNS: now, EndNS: now + 1000, PID: 1001}
 			b.ReportAllocs()
 			for b.Loop() {
-				e.Span(svcA, r)
+				spanOf(e, svcA, r)
 			}
 		})
 	}
@@ -703,4 +704,10 @@ func TestBatchOptions(t *testing.T) {
 	if n := len(batchOptions(env)); n != 0 {
 		t.Errorf("OTEL_BSP_MAX_QUEUE_SIZE set: %d options, want none so the variable wins", n)
 	}
+}
+
+// spanOf makes r's span with the route the agent would pass: that of a
+// fresh process.
+func spanOf(e *Exporter, svc export.Service, r probe.Request) trace.SpanContext {
+	return e.Span(svc, r, export.NewRoutes(slog.New(slog.DiscardHandler)).Route(svc, r))
 }

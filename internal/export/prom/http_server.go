@@ -44,7 +44,7 @@ type HTTPServer struct {
 	overflow *prometheus.Desc
 	activeFn func() ([]Active, error)
 	kernelFn func() ([]Kernel, error)
-	routes   *routes
+	routes   *export.Routes
 
 	mu sync.Mutex
 	// series holds the observed histograms by label values.
@@ -52,8 +52,8 @@ type HTTPServer struct {
 	// observers caches the series per raw request fields: the reader calls
 	// Observe once per request, and deriving the labels costs more than the
 	// rest of the request's processing. Every part of the key is bounded
-	// (methods normalised, patterns fixed by the program, fallback routes
-	// capped), and Forget prunes it.
+	// (methods normalised, routes through the process's LabelSet), and
+	// Forget prunes it.
 	observers map[obsKey]*histogram
 	// gauges holds every (process, method) the gauge has a series for: each
 	// method a process has had a request of, counted or in flight. A series
@@ -69,8 +69,7 @@ type obsKey struct {
 	instance string
 	method   string
 	status   int
-	// pattern is the raw ServeMux pattern; route is set only without one.
-	pattern, route string
+	route    string
 }
 
 type histogram struct {
@@ -88,8 +87,13 @@ func newHistogram(instance string, labels []string) *histogram {
 }
 
 // NewHTTPServer creates the families; activeFn and kernelFn, either of which
-// may be nil, are read at scrape time.
-func NewHTTPServer(activeFn func() ([]Active, error), kernelFn func() ([]Kernel, error)) *HTTPServer {
+// may be nil, are read at scrape time. routes, which the caller also uses
+// for the routes it passes to Observe, names the kernel's patterns and
+// counts obsd_route_overflow_total; nil means a Routes of its own.
+func NewHTTPServer(activeFn func() ([]Active, error), kernelFn func() ([]Kernel, error), routes *export.Routes) *HTTPServer {
+	if routes == nil {
+		routes = export.NewRoutes(nil)
+	}
 	labels := append([]string{"http_request_method", "http_response_status_code", "http_route"}, export.ServiceLabels...)
 	return &HTTPServer{
 		duration: prometheus.NewDesc("http_server_request_duration_seconds",
@@ -98,42 +102,33 @@ func NewHTTPServer(activeFn func() ([]Active, error), kernelFn func() ([]Kernel,
 			"Number of HTTP server requests in flight.",
 			append([]string{"http_request_method"}, export.ServiceLabels...), nil),
 		overflow: prometheus.NewDesc("obsd_route_overflow_total",
-			"Unrouted requests labelled "+OverflowRoute+" because the process exceeded the distinct fallback routes limit.",
+			"Requests labelled http_route=\""+export.OverflowRoute+"\" because their process already had "+
+				strconv.Itoa(export.MaxRoutes)+" distinct routes.",
 			export.ServiceLabels, nil),
 		activeFn:  activeFn,
 		kernelFn:  kernelFn,
-		routes:    newRoutes(),
+		routes:    routes,
 		series:    map[string]*histogram{},
 		observers: map[obsKey]*histogram{},
 		gauges:    map[gaugeKey]export.Service{},
 	}
 }
 
-// labelValues of a request's series: method normalised, route from the
-// pattern.
+// labelValues of a request's series: method normalised, route bounded,
+// every value valid UTF-8 (client_golang refuses anything else).
 func labelValues(svc export.Service, method string, status int, route string) []string {
-	return []string{method, strconv.Itoa(status), route, svc.Name, svc.InstanceID, svc.Host}
-}
-
-// patternRoute is the route of a request a pattern routed. ServeMux
-// validates patterns; an unparsable one still gets a bounded label.
-func patternRoute(pattern string) string {
-	if route := export.PatternRoute(pattern); route != "" {
-		return route
-	}
-	return OverflowRoute
+	return append([]string{method, strconv.Itoa(status), route}, svc.LabelValues()...)
 }
 
 func seriesKey(labels []string) string { return strings.Join(labels, "\xff") }
 
-// Observe records one request. When sc is sampled, its trace ID becomes the
-// bucket's exemplar, so a slow bucket leads to a trace.
-func (h *HTTPServer) Observe(svc export.Service, r probe.Request, sc trace.SpanContext) {
+// Observe records one request under route, which the caller got from the
+// Routes given to NewHTTPServer (its span carries the same). When sc is
+// sampled, its trace ID becomes the bucket's exemplar, so a slow bucket
+// leads to a trace.
+func (h *HTTPServer) Observe(svc export.Service, r probe.Request, route export.Route, sc trace.SpanContext) {
 	sec := time.Duration(r.EndNS - r.StartNS).Seconds()
-	k := obsKey{instance: svc.InstanceID, method: export.Method(r.Method), status: r.Status, pattern: r.Pattern}
-	if r.Pattern == "" {
-		k.route = h.routes.route(svc, r)
-	}
+	k := obsKey{instance: svc.InstanceID, method: export.Method(r.Method), status: r.Status, route: route.Value}
 	// Le semantics: the first bucket whose bound is >= sec.
 	b := sort.SearchFloat64s(DurationBuckets, sec)
 	var ex *prometheus.Exemplar
@@ -145,11 +140,7 @@ func (h *HTTPServer) Observe(svc export.Service, r probe.Request, sc trace.SpanC
 	defer h.mu.Unlock()
 	s, ok := h.observers[k]
 	if !ok {
-		route := k.route
-		if k.pattern != "" {
-			route = patternRoute(k.pattern)
-		}
-		labels := labelValues(svc, k.method, k.status, route)
+		labels := labelValues(svc, k.method, k.status, k.route)
 		key := seriesKey(labels)
 		if s = h.series[key]; s == nil {
 			s = newHistogram(svc.InstanceID, labels)
@@ -184,7 +175,7 @@ func (h *HTTPServer) Forget(svc export.Service) {
 		}
 	}
 	h.mu.Unlock()
-	h.routes.forget(svc.InstanceID)
+	h.routes.Forget(svc.InstanceID)
 }
 
 func (h *HTTPServer) Describe(ch chan<- *prometheus.Desc) {
@@ -195,11 +186,9 @@ func (h *HTTPServer) Describe(ch chan<- *prometheus.Desc) {
 
 func (h *HTTPServer) Collect(ch chan<- prometheus.Metric) {
 	h.collectDurations(ch)
-	h.routes.mu.Lock()
-	for _, oc := range h.routes.overflow {
-		ch <- prometheus.MustNewConstMetric(h.overflow, prometheus.CounterValue, float64(oc.n), oc.svc.LabelValues()...)
+	for _, o := range h.routes.Overflows() {
+		ch <- prometheus.MustNewConstMetric(h.overflow, prometheus.CounterValue, float64(o.N), o.Service.LabelValues()...)
 	}
-	h.routes.mu.Unlock()
 	if h.activeFn == nil {
 		return
 	}
@@ -253,7 +242,7 @@ func (h *HTTPServer) collectDurations(ch chan<- prometheus.Metric) {
 		h.mu.Lock()
 		h.gauges[gaugeKey{k.Service.InstanceID, method}] = k.Service
 		h.mu.Unlock()
-		labels := labelValues(k.Service, method, k.Status, patternRoute(k.Pattern))
+		labels := labelValues(k.Service, method, k.Status, h.routes.Pattern(k.Service, k.Pattern).Value)
 		key := seriesKey(labels)
 		c := merged[key]
 		if c == nil {

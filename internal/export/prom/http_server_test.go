@@ -16,7 +16,7 @@ func TestHTTPServerObserve(t *testing.T) {
 	svcA := export.Service{Name: "a", InstanceID: "h:1", Host: "h", PID: 1}
 	svcB := export.Service{Name: "b", InstanceID: "h:2", Host: "h", PID: 2}
 	active := []Active{{Service: svcA, Method: "GET", N: 3}}
-	h := NewHTTPServer(func() ([]Active, error) { return active, nil }, nil)
+	h := NewHTTPServer(func() ([]Active, error) { return active, nil }, nil, nil)
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(h)
 
@@ -25,11 +25,11 @@ func TestHTTPServerObserve(t *testing.T) {
 			Status: status, StartNS: 1_000_000, EndNS: 3_000_000}
 	}
 	for i := 0; i < 5; i++ {
-		h.Observe(svcA, req("GET", "GET /items/{id}", "/items/1", 200), trace.SpanContext{})
+		observe(h, svcA, req("GET", "GET /items/{id}", "/items/1", 200), trace.SpanContext{})
 	}
-	h.Observe(svcA, req("BREW", "GET /items/{id}", "/items/1", 200), trace.SpanContext{})
-	h.Observe(svcA, req("GET", "", "/users/77", 404), trace.SpanContext{})
-	h.Observe(svcB, req("POST", "/echo", "/echo", 500), trace.SpanContext{})
+	observe(h, svcA, req("BREW", "GET /items/{id}", "/items/1", 200), trace.SpanContext{})
+	observe(h, svcA, req("GET", "", "/users/77", 404), trace.SpanContext{})
+	observe(h, svcB, req("POST", "/echo", "/echo", 500), trace.SpanContext{})
 
 	want := `
 # HELP http_server_active_requests Number of HTTP server requests in flight.
@@ -67,7 +67,7 @@ http_server_active_requests{host_name="h",http_request_method="_OTHER",service_i
 	wantCounts := map[string]float64{
 		"GET 200 /items/{id} h:1 a":    5,
 		"_OTHER 200 /items/{id} h:1 a": 1,
-		"GET 404 /users/* h:1 a":       1,
+		"GET 404 /users/{param} h:1 a": 1,
 		"POST 500 /echo h:2 b":         1,
 	}
 	for k, n := range wantCounts {
@@ -84,7 +84,7 @@ http_server_active_requests{host_name="h",http_request_method="_OTHER",service_i
 		t.Errorf("%d series after forgetting a, want 1", n)
 	}
 	// A forgotten instance starts afresh.
-	h.Observe(svcA, req("GET", "GET /items/{id}", "/items/1", 200), trace.SpanContext{})
+	observe(h, svcA, req("GET", "GET /items/{id}", "/items/1", 200), trace.SpanContext{})
 	if n := testutil.CollectAndCount(h, "http_server_request_duration_seconds"); n != 2 {
 		t.Errorf("%d series, want 2", n)
 	}
@@ -97,7 +97,7 @@ func TestActiveGaugeStaysAtZero(t *testing.T) {
 	svc := export.Service{Name: "a", InstanceID: "h:1", Host: "h", PID: 1}
 	var active []Active
 	var kernel []Kernel
-	h := NewHTTPServer(func() ([]Active, error) { return active, nil }, func() ([]Kernel, error) { return kernel, nil })
+	h := NewHTTPServer(func() ([]Active, error) { return active, nil }, func() ([]Kernel, error) { return kernel, nil }, nil)
 	gauge := func(want string) {
 		t.Helper()
 		head := "# HELP http_server_active_requests Number of HTTP server requests in flight.\n# TYPE http_server_active_requests gauge\n"
@@ -125,14 +125,14 @@ http_server_active_requests{host_name="h",http_request_method="_OTHER",service_i
 }
 
 func TestHTTPServerExemplar(t *testing.T) {
-	h := NewHTTPServer(nil, nil)
+	h := NewHTTPServer(nil, nil, nil)
 	svc := export.Service{Name: "a", InstanceID: "h:1", Host: "h"}
 	sc := trace.NewSpanContext(trace.SpanContextConfig{
 		TraceID:    trace.TraceID{1, 2, 3},
 		SpanID:     trace.SpanID{4, 5},
 		TraceFlags: trace.FlagsSampled,
 	})
-	h.Observe(svc, probe.Request{Method: "GET", Pattern: "/x", Status: 200, EndNS: 1e6}, sc)
+	observe(h, svc, probe.Request{Method: "GET", Pattern: "/x", Status: 200, EndNS: 1e6}, sc)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(h)
 	mfs, err := reg.Gather()
@@ -159,11 +159,11 @@ func TestHTTPServerExemplar(t *testing.T) {
 }
 
 func BenchmarkObserve(b *testing.B) {
-	h := NewHTTPServer(nil, nil)
+	h := NewHTTPServer(nil, nil, nil)
 	svc := export.Service{Name: "a", InstanceID: "h:1", Host: "h"}
 	r := probe.Request{Method: "GET", Pattern: "GET /items/{id}", Path: "/items/1", Status: 200, EndNS: 1e6}
 	for b.Loop() {
-		h.Observe(svc, r, trace.SpanContext{})
+		observe(h, svc, r, trace.SpanContext{})
 	}
 }
 
@@ -182,8 +182,8 @@ func TestHTTPServerKernelMerge(t *testing.T) {
 		{Service: svc, Histogram: probe.Histogram{Method: "GET", Status: 200, Pattern: "GET /items/{id}", Buckets: buckets(len(DurationBuckets), 2), SumNS: 40e9}},
 		{Service: svc, Histogram: probe.Histogram{Method: "BREW", Status: 418, Pattern: "/pot", Buckets: buckets(1, 1), SumNS: 7_000_000}},
 	}
-	h := NewHTTPServer(nil, func() ([]Kernel, error) { return kernel, nil })
-	h.Observe(svc, probe.Request{Method: "GET", Pattern: "GET /items/{id}", Status: 200, StartNS: 0, EndNS: 2_000_000}, trace.SpanContext{})
+	h := NewHTTPServer(nil, func() ([]Kernel, error) { return kernel, nil }, nil)
+	observe(h, svc, probe.Request{Method: "GET", Pattern: "GET /items/{id}", Status: 200, StartNS: 0, EndNS: 2_000_000}, trace.SpanContext{})
 
 	want := `
 # HELP http_server_request_duration_seconds Duration of HTTP server requests, from the handler's start to the end of the response.
@@ -225,5 +225,55 @@ http_server_request_duration_seconds_count{host_name="h",http_request_method="_O
 `
 	if err := testutil.CollectAndCompare(h, strings.NewReader(want), "http_server_request_duration_seconds"); err != nil {
 		t.Error(err)
+	}
+}
+
+// observe records r under the route the agent would give it.
+func observe(h *HTTPServer, svc export.Service, r probe.Request, sc trace.SpanContext) {
+	h.Observe(svc, r, h.routes.Route(svc, r), sc)
+}
+
+// TestInvalidStringsScrape: client_golang refuses label values that are not
+// UTF-8, by panicking in MustNewConst*; the target's environment and request
+// data may hold any bytes. The scrape must still work and carry them cleaned.
+func TestInvalidStringsScrape(t *testing.T) {
+	svc := export.Service{Name: "shop-\xff", InstanceID: "h\xfe:1", Host: "h\xfd", PID: 1}
+	kernel := []Kernel{{Service: svc, Histogram: probe.Histogram{Method: "GET", Status: 200,
+		Pattern: "/k\xff", Buckets: make([]uint64, len(DurationBuckets)+1)}}}
+	// The agent cleans each Service once (Service.Clean); the durations'
+	// labels are cleaned again here, the active gauge's are not.
+	h := NewHTTPServer(func() ([]Active, error) { return []Active{{Service: svc.Clean(), Method: "GET", N: 1}}, nil },
+		func() ([]Kernel, error) { return kernel, nil }, nil)
+	observe(h, svc, probe.Request{Method: "GET", Pattern: "/users/\xff/", Status: 301, EndNS: 1e6}, trace.SpanContext{})
+	observe(h, svc, probe.Request{Method: "GET", Path: "/x/\xff", Status: 404, EndNS: 1e6}, trace.SpanContext{})
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(h)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gathering: %v", err)
+	}
+	routes := map[string]bool{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				switch l.GetName() {
+				case "http_route":
+					routes[l.GetValue()] = true
+				case "service_name":
+					if l.GetValue() != "shop-\uFFFD" {
+						t.Errorf("service_name = %q", l.GetValue())
+					}
+				}
+			}
+		}
+	}
+	want := map[string]bool{"/users/\uFFFD/": true, "/x/{param}": true, "/k\uFFFD": true}
+	if len(routes) != len(want) {
+		t.Errorf("routes %v, want %v", routes, want)
+	}
+	for r := range want {
+		if !routes[r] {
+			t.Errorf("routes %v, want %v", routes, want)
+		}
 	}
 }

@@ -71,6 +71,7 @@ volatile const s64 budget_series = 2048;
 #define FLAG_TLS 16      /* the request came over TLS (records only) */
 #define FLAG_HIJACKED 32 /* ended by Hijack */
 #define FLAG_ABORTED 64  /* ended by the connection's close: panic */
+#define FLAG_METHOD_TRUNCATED 128 /* the method was longer than METHOD_MAX */
 
 /* Status codes the probe reports for requests that never reach
  * finishRequest (see the top of this file). */
@@ -379,6 +380,8 @@ static __always_inline void start(struct pt_regs *ctx, u64 req)
 	in->method_len = 0;
 	in->method_id = M_OTHER;
 	u32 n = hdr.method.len < METHOD_MAX ? (u32)hdr.method.len : METHOD_MAX;
+	if (hdr.method.len > METHOD_MAX)
+		in->flags |= FLAG_METHOD_TRUNCATED;
 	if (err != 0 || (n > 0 && bpf_probe_read_user(in->method, n, (void *)hdr.method.ptr) != 0)) {
 		in->flags |= FLAG_READ_FAILED;
 	} else {

@@ -19,6 +19,7 @@ const (
 	flagReadFailed       = 4
 	flagSampled          = 8
 	flagTLS              = 16
+	flagMethodTruncated  = 128
 )
 
 // Methods as the probe numbers them in in-kernel keys (enum method_id);
@@ -167,7 +168,7 @@ func Decode(raw []byte) (probe.Request, error) {
 	}
 	method := unsafe.Offsetof(e.Method)
 	data := raw[HeaderSize:]
-	return probe.Request{
+	r := probe.Request{
 		Kind:       probe.KindHTTPServer,
 		PID:        ne.Uint32(raw[unsafe.Offsetof(e.Tgid):]),
 		StartNS:    ne.Uint64(raw[unsafe.Offsetof(e.StartNs):]),
@@ -180,7 +181,11 @@ func Decode(raw []byte) (probe.Request, error) {
 		TLS:        flags&flagTLS != 0,
 		Sampled:    flags&flagSampled != 0,
 		TraceIDLow: ne.Uint64(raw[unsafe.Offsetof(e.TraceIdLow):]),
-	}, nil
+	}
+	r.PathTruncated = flags&flagPathTruncated != 0
+	r.PatternTruncated = flags&flagPatternTruncated != 0
+	r.MethodTruncated = flags&flagMethodTruncated != 0
+	return r, nil
 }
 
 // internMethod saves an allocation per request for the usual methods.

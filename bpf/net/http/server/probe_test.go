@@ -59,7 +59,16 @@ func TestDecode(t *testing.T) {
 		name: "truncated path",
 		in:   bpfHttpServerEvent{Tgid: 1, MethodLen: 3, Method: method("GET"), Flags: flagPathTruncated, Status: 200},
 		path: "/x",
-		want: probe.Request{Kind: probe.KindHTTPServer, PID: 1, Method: "GET", Path: "/x", Status: 200, Truncated: true},
+		want: probe.Request{Kind: probe.KindHTTPServer, PID: 1, Method: "GET", Path: "/x", Status: 200, Truncated: true, PathTruncated: true},
+	}, {
+		name:    "truncated pattern",
+		in:      bpfHttpServerEvent{Tgid: 1, MethodLen: 3, Method: method("GET"), Flags: flagPatternTruncated, Status: 200},
+		pattern: "/x",
+		want:    probe.Request{Kind: probe.KindHTTPServer, PID: 1, Method: "GET", Pattern: "/x", Status: 200, Truncated: true, PatternTruncated: true},
+	}, {
+		name: "truncated method",
+		in:   bpfHttpServerEvent{Tgid: 1, MethodLen: 16, Method: method("0123456789abcdef"), Flags: flagMethodTruncated, Status: 200},
+		want: probe.Request{Kind: probe.KindHTTPServer, PID: 1, Method: "0123456789abcdef", Status: 200, MethodTruncated: true},
 	}, {
 		name: "method length beyond the array is clamped",
 		in:   bpfHttpServerEvent{Tgid: 1, MethodLen: 200, Method: method("0123456789abcdef"), Status: 200},

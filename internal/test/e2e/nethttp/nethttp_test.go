@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/http"
 	"os"
+	"reflect"
 	"sort"
 	"strconv"
 	"strings"
@@ -44,13 +45,13 @@ type call struct {
 
 var mix = []call{
 	{"GET", "/hello", "", 60, 200, "/hello", "/hello"},
-	{"GET", "/items/%d", "", 40, 200, "/items/{id}", "/items/*"},
-	{"GET", "/status/500", "", 12, 500, "/status/{code}", "/status/*"},
-	{"GET", "/status/404", "", 8, 404, "/status/{code}", "/status/*"},
+	{"GET", "/items/%d", "", 40, 200, "/items/{id}", "/items/{param}"},
+	{"GET", "/status/500", "", 12, 500, "/status/{code}", "/status/{param}"},
+	{"GET", "/status/404", "", 8, 404, "/status/{code}", "/status/{param}"},
 	{"POST", "/echo", "ping", 15, 200, "/echo", "/echo"},
 	{"GET", "/empty", "", 5, 200, "/empty", "/empty"},
-	{"GET", "/nope/42", "", 6, 404, "/nope/*", "/nope/*"},
-	{"GET", "/dyn/%d", "", 5, 200, "/dyn/{name}", "/dyn/*"},
+	{"GET", "/nope/42", "", 6, 404, "/nope/{param}", "/nope/{param}"},
+	{"GET", "/dyn/%d", "", 5, 200, "/dyn/{name}", "/dyn/{param}"},
 	{"PURGE", "/hello", "", 4, 200, "/hello", "/hello"},
 }
 
@@ -305,10 +306,25 @@ func checkSpans(t *testing.T, spans []e2e.Span, service string, noPatterns bool)
 	}
 	wantItems := "GET /items/{id}"
 	if noPatterns {
-		wantItems = "GET"
+		wantItems = "GET /items/{param}"
 	}
 	if names[wantItems] < 40 {
 		t.Errorf("span names %v: want 40 named %q", names, wantItems)
+	}
+	// Spans carry the route the metrics carry, fallback routes included.
+	wantRoutes, gotRoutes := map[string]int{}, map[string]int{}
+	for _, c := range mix {
+		if noPatterns {
+			wantRoutes[c.route121] += c.n
+		} else {
+			wantRoutes[c.route] += c.n
+		}
+	}
+	for _, s := range spans {
+		gotRoutes[s.Attr("http.route")]++
+	}
+	if !reflect.DeepEqual(gotRoutes, wantRoutes) {
+		t.Errorf("spans by http.route = %v, want %v", gotRoutes, wantRoutes)
 	}
 }
 
