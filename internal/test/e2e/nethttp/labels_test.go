@@ -315,7 +315,6 @@ func TestRoutesBounded(t *testing.T) {
 	}
 }
 
-
 // TestUnroutedPathsLearned: 10,000 distinct unrouted paths (slugs, UUIDs,
 // hashes, numbers) stay within the limit; the first words of a position are
 // routes until the position learns to be a parameter; a route known before
