@@ -211,7 +211,12 @@ func (h *HTTPServer) Collect(ch chan<- prometheus.Metric) {
 	}
 	h.mu.Unlock()
 	for k, svc := range gauges {
-		ch <- prometheus.MustNewConstMetric(h.active, prometheus.GaugeValue, float64(sums[k]), k.method, svc.Name, svc.InstanceID, svc.Host)
+		// Cleaned like every other label value: a Service from the kernel
+		// path may not have passed the agent's Clean.
+		ch <- prometheus.MustNewConstMetric(h.active, prometheus.GaugeValue, float64(sums[k]), k.method,
+			export.Clean(svc.Name, export.MaxValueLen, false),
+			export.Clean(svc.InstanceID, export.MaxValueLen, false),
+			export.Clean(svc.Host, export.MaxValueLen, false))
 	}
 }
 
