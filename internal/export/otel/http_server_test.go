@@ -38,7 +38,7 @@ func TestHTTPServerSpan(t *testing.T) {
 			wantName: "GET /items/{id}",
 			wantAttrs: map[string]any{
 				"http.request.method": "GET", "url.scheme": "https", "url.path": "/items/42",
-				"http.response.status_code": int64(200), "http.route": "/items/{id}",
+				"http.response.status_code": int64(200), "http.route": "/items/{id}", "obsd.route.source": "pattern",
 			},
 		},
 		{

@@ -147,7 +147,7 @@ func (h *HTTPServer) Observe(svc export.Service, r probe.Request, route export.R
 			h.series[key] = s
 		}
 		h.observers[k] = s
-		h.gauges[gaugeKey{svc.InstanceID, k.method}] = svc
+		h.addGauge(svc, k.method)
 	}
 	s.counts[b]++
 	s.sum += sec
@@ -170,12 +170,23 @@ func (h *HTTPServer) Forget(svc export.Service) {
 		}
 	}
 	for k := range h.gauges {
-		if k.instance == svc.InstanceID {
+		if k.instance == export.Clean(svc.InstanceID, export.MaxValueLen, false) {
 			delete(h.gauges, k)
 		}
 	}
 	h.mu.Unlock()
 	h.routes.Forget(svc.InstanceID)
+}
+
+// addGauge keeps an http_server_active_requests series for svc and the
+// normalised method, with its label values cleaned as every other label's
+// (the key must be the cleaned instance, or two keys would make one
+// series). Called with h.mu held.
+func (h *HTTPServer) addGauge(svc export.Service, method string) {
+	svc.Name = export.Clean(svc.Name, export.MaxValueLen, false)
+	svc.InstanceID = export.Clean(svc.InstanceID, export.MaxValueLen, false)
+	svc.Host = export.Clean(svc.Host, export.MaxValueLen, false)
+	h.gauges[gaugeKey{svc.InstanceID, method}] = svc
 }
 
 func (h *HTTPServer) Describe(ch chan<- *prometheus.Desc) {
@@ -201,9 +212,9 @@ func (h *HTTPServer) Collect(ch chan<- prometheus.Metric) {
 	sums := map[gaugeKey]int64{}
 	h.mu.Lock()
 	for _, a := range act {
-		k := gaugeKey{a.Service.InstanceID, export.Method(a.Method)}
+		k := gaugeKey{export.Clean(a.Service.InstanceID, export.MaxValueLen, false), export.Method(a.Method)}
 		sums[k] += a.N
-		h.gauges[k] = a.Service
+		h.addGauge(a.Service, k.method)
 	}
 	gauges := make(map[gaugeKey]export.Service, len(h.gauges))
 	for k, svc := range h.gauges {
@@ -211,12 +222,7 @@ func (h *HTTPServer) Collect(ch chan<- prometheus.Metric) {
 	}
 	h.mu.Unlock()
 	for k, svc := range gauges {
-		// Cleaned like every other label value: a Service from the kernel
-		// path may not have passed the agent's Clean.
-		ch <- prometheus.MustNewConstMetric(h.active, prometheus.GaugeValue, float64(sums[k]), k.method,
-			export.Clean(svc.Name, export.MaxValueLen, false),
-			export.Clean(svc.InstanceID, export.MaxValueLen, false),
-			export.Clean(svc.Host, export.MaxValueLen, false))
+		ch <- prometheus.MustNewConstMetric(h.active, prometheus.GaugeValue, float64(sums[k]), k.method, svc.Name, svc.InstanceID, svc.Host)
 	}
 }
 
@@ -245,7 +251,7 @@ func (h *HTTPServer) collectDurations(ch chan<- prometheus.Metric) {
 		}
 		method := export.Method(k.Method)
 		h.mu.Lock()
-		h.gauges[gaugeKey{k.Service.InstanceID, method}] = k.Service
+		h.addGauge(k.Service, method)
 		h.mu.Unlock()
 		labels := labelValues(k.Service, method, k.Status, h.routes.Pattern(k.Service, k.Pattern).Value)
 		key := seriesKey(labels)
