@@ -1,8 +1,10 @@
 // Package health serves obsd's own liveness and readiness endpoints.
 //
 // Both answer JSON, {"status":"ok"|"failure","checks":{"name":"ok"|"error"}},
-// with 200 or 503. Checks run concurrently, each under one deadline (1 s by
-// default, the Kubernetes probe default); a check that overruns is reported
+// with 200 or 503, listing every check that ran, passing ones included, so
+// that a probe log says what was checked. Checks run concurrently, each
+// under one deadline (800 ms by default, a little under the Kubernetes
+// probe default of 1 s, so the 503 of a hung check arrives in time); a check that overruns is reported
 // as a timeout without holding up the response, and a panicking check is a
 // failure, not a crash.
 //
@@ -56,10 +58,16 @@ type check struct {
 	running atomic.Bool
 }
 
-// New returns a Checker whose checks each get timeout; 0 means 1 s.
+// DefaultTimeout is the deadline of New(0): a little under the kubelet's
+// default timeoutSeconds of 1, so a hung check's 503 reaches the kubelet
+// before it gives up. With timeoutSeconds T, pass about T - 200 ms.
+const DefaultTimeout = 800 * time.Millisecond
+
+// New returns a Checker whose checks each get timeout; 0 or less means
+// DefaultTimeout.
 func New(timeout time.Duration) *Checker {
 	if timeout <= 0 {
-		timeout = time.Second
+		timeout = DefaultTimeout
 	}
 	return &Checker{timeout: timeout}
 }

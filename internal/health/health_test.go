@@ -184,8 +184,8 @@ func TestHungCheckNotRestarted(t *testing.T) {
 func TestBareHandlers(t *testing.T) {
 	// Mounted without a {check} wildcard, the handlers run everything.
 	c := New(0)
-	if c.timeout != time.Second {
-		t.Errorf("New(0) timeout = %v, want 1s", c.timeout)
+	if c.timeout != DefaultTimeout {
+		t.Errorf("New(0) timeout = %v, want %v", c.timeout, DefaultTimeout)
 	}
 	c.AddReadiness("r", func(context.Context) error { return nil })
 	c.AddLiveness("l", func(context.Context) error { return errors.New("bad") })
@@ -241,10 +241,10 @@ func TestProcessChecks(t *testing.T) {
 		f       Check
 		wantErr string
 	}{
-		{"goroutines below a high limit", GoroutinesBelow(1 << 20), ""},
-		{"goroutines over a limit of 1", GoroutinesBelow(1), "goroutines, limit 1"},
-		{"heap below 1 TiB", HeapBelow(1 << 40), ""},
-		{"heap over 1 byte", HeapBelow(1), "bytes, limit 1"},
+		{"goroutines below a high limit", GoroutineLimit(1 << 20), ""},
+		{"goroutines over a limit of 1", GoroutineLimit(1), "goroutines, limit 1"},
+		{"heap below 1 TiB", HeapLimit(1 << 40), ""},
+		{"heap over 1 byte", HeapLimit(1), "bytes, limit 1"},
 		{"fresh heartbeat", hb.Check, ""},
 	}
 	for _, tt := range tests {
@@ -278,13 +278,13 @@ func TestHeartbeat(t *testing.T) {
 	}
 }
 
-func TestHeapBelowTracksAllocation(t *testing.T) {
+func TestHeapLimitTracksAllocation(t *testing.T) {
 	s := []metrics.Sample{{Name: heapMetric}}
 	metrics.Read(s)
 	before := s[0].Value.Uint64()
 	keep := make([]byte, 64<<20)
 	limit := before + 32<<20
-	if err := HeapBelow(limit)(t.Context()); err == nil {
+	if err := HeapLimit(limit)(t.Context()); err == nil {
 		t.Errorf("heap with a live 64 MiB slice passed a limit of %d (heap before %d)", limit, before)
 	}
 	runtime.KeepAlive(keep)
