@@ -12,15 +12,21 @@ import (
 )
 
 // GoroutineCheck is a liveness check that fails when the process runs more
-// than max goroutines: a leak that only grows is a reason to restart.
+// than max goroutines (max itself passes): a leak that only grows is a
+// reason to restart. obsd's own /healthz applies the same rule; the table
+// in testdata/health_rules.json specifies both.
 func GoroutineCheck(max int) Check {
 	return func(context.Context) error {
-		if n := runtime.NumGoroutine(); n > max {
+		if n := runtime.NumGoroutine(); max < 0 || overLimit(uint64(n), uint64(max)) {
 			return fmt.Errorf("%d goroutines, limit %d", n, max)
 		}
 		return nil
 	}
 }
+
+// overLimit is the one rule of every limit check here and in obsd's
+// internal/health: the limit is the largest healthy value.
+func overLimit(value, limit uint64) bool { return value > limit }
 
 // heapObjectsMetric is the live-plus-unswept heap, the same quantity as
 // MemStats.HeapAlloc, read through runtime/metrics, which does not stop
@@ -28,7 +34,7 @@ func GoroutineCheck(max int) Check {
 const heapObjectsMetric = "/memory/classes/heap/objects:bytes"
 
 // HeapCheck is a liveness check that fails when the heap's allocated
-// objects exceed maxBytes. It reads runtime/metrics, which is cheap and
+// objects exceed maxBytes (maxBytes itself passes). It reads runtime/metrics, which is cheap and
 // does not stop the world, so it is safe on every probe.
 func HeapCheck(maxBytes uint64) Check {
 	return func(context.Context) error {
@@ -37,7 +43,7 @@ func HeapCheck(maxBytes uint64) Check {
 		if s[0].Value.Kind() != metrics.KindUint64 {
 			return fmt.Errorf("reading %s: not supported by this Go runtime", heapObjectsMetric)
 		}
-		if v := s[0].Value.Uint64(); v > maxBytes {
+		if v := s[0].Value.Uint64(); overLimit(v, maxBytes) {
 			return fmt.Errorf("heap %d bytes, limit %d", v, maxBytes)
 		}
 		return nil
@@ -49,7 +55,11 @@ func HeapCheck(maxBytes uint64) Check {
 // age. The zero value is not usable; use NewHeartbeat.
 type Heartbeat struct {
 	maxAge time.Duration
-	last   atomic.Int64 // unix nanoseconds
+	// base carries a monotonic clock reading and last is an offset from
+	// it, so a step of the wall clock (NTP, a VM resumed) neither fails
+	// nor hides a stuck loop.
+	base time.Time
+	last atomic.Int64 // ns since base of the latest beat
 }
 
 // HeartbeatOpts configures NewHeartbeat.
@@ -62,20 +72,21 @@ type HeartbeatOpts struct {
 // NewHeartbeat returns a Heartbeat whose first beat is now, so a loop has
 // MaxAge to start.
 func NewHeartbeat(opts HeartbeatOpts) *Heartbeat {
-	hb := &Heartbeat{maxAge: opts.MaxAge}
+	hb := &Heartbeat{maxAge: opts.MaxAge, base: time.Now()}
 	if hb.maxAge <= 0 {
 		hb.maxAge = 30 * time.Second
 	}
-	hb.Beat()
 	return hb
 }
 
-// Beat records that the watched loop made progress.
-func (hb *Heartbeat) Beat() { hb.last.Store(time.Now().UnixNano()) }
+// Beat records that the watched loop made progress. It costs one clock
+// read and one atomic store.
+func (hb *Heartbeat) Beat() { hb.last.Store(int64(time.Since(hb.base))) }
 
-// Check is a liveness Check failing when no beat came within MaxAge.
+// Check is a liveness Check failing when no beat came within MaxAge (an
+// age of exactly MaxAge passes). Ages are measured on the monotonic clock.
 func (hb *Heartbeat) Check(context.Context) error {
-	age := time.Since(time.Unix(0, hb.last.Load()))
+	age := time.Since(hb.base) - time.Duration(hb.last.Load())
 	if age > hb.maxAge {
 		return fmt.Errorf("no heartbeat for %s, limit %s", age.Round(time.Millisecond), hb.maxAge)
 	}
