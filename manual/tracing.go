@@ -229,22 +229,86 @@ func serviceName(code string) string {
 
 // TraceHandler wraps an HTTP server handler with otelhttp: it continues the
 // caller's trace from the traceparent header or starts one, subject to the
-// sampler, and names the span after the ServeMux pattern when there is one.
-// operation names spans that match no pattern.
-func TraceHandler(h http.Handler, operation string) http.Handler {
-	return otelhttp.NewHandler(h, operation)
+// sampler. When the handler returns, the span gets the route that
+// HTTPMetrics recorded for the request (or, without HTTPMetrics inside,
+// the same rule: the matched ServeMux pattern's path, else a bounded
+// fallback), as http.route and in its name, "GET /items/{id}": routing
+// happens inside, so the route is known only then. operation names the
+// span until then.
+//
+// Requests to the probe and metrics paths (GET /healthz, /readyz, their
+// sub-paths, /metrics) are not traced: the kubelet and Prometheus would
+// otherwise start traces of their own. opts are otelhttp's options
+// (otelhttp.WithFilter, WithSpanNameFormatter, WithPublicEndpointFn,
+// WithTracerProvider, ...), applied after these defaults; filters add to
+// the default one.
+func TraceHandler(h http.Handler, operation string, opts ...otelhttp.Option) http.Handler {
+	routes := newRouteSet()
+	inner := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r)
+		span := trace.SpanFromContext(r.Context())
+		route := ""
+		if holder := routeHolderFrom(r.Context()); holder != nil {
+			if holder.route == "" {
+				holder.route = routes.route(r)
+			}
+			route = holder.route
+		}
+		span.SetAttributes(attribute.String("http.route", route))
+		span.SetName(spanName(r.Method, route))
+	})
+	all := []otelhttp.Option{
+		otelhttp.WithFilter(notProbe),
+		otelhttp.WithSpanNameFormatter(func(op string, r *http.Request) string {
+			if holder := routeHolderFrom(r.Context()); holder != nil && holder.route != "" {
+				return spanName(r.Method, holder.route)
+			}
+			return op
+		}),
+	}
+	traced := otelhttp.NewHandler(inner, operation, append(all, opts...)...)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, _ := withRouteHolder(r.Context())
+		traced.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
+// spanName is the semantic conventions' "{method} {route}"; a method
+// outside the standard set is "HTTP".
+func spanName(method, route string) string {
+	m := semconvMethod(method)
+	if m == OtherMethod {
+		m = "HTTP"
+	}
+	return m + " " + route
+}
+
+// notProbe is TraceHandler's default filter: false (do not trace) for the
+// GET requests of probes and scrapes.
+func notProbe(r *http.Request) bool {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return true
+	}
+	p := r.URL.Path
+	switch {
+	case p == "/metrics", p == "/healthz", p == "/readyz",
+		strings.HasPrefix(p, "/healthz/"), strings.HasPrefix(p, "/readyz/"):
+		return false
+	}
+	return true
 }
 
 // TraceTransport wraps an HTTP client transport with otelhttp, so outgoing
 // requests get a client span and a traceparent header. Nil base means
-// http.DefaultTransport. Requests must carry the incoming request's context
-// (req.WithContext(r.Context()) or http.NewRequestWithContext), never
-// context.Background(), or the trace breaks here.
-func TraceTransport(base http.RoundTripper) http.RoundTripper {
+// http.DefaultTransport; opts are otelhttp's options. Requests must carry
+// the incoming request's context (req.WithContext(r.Context()) or
+// http.NewRequestWithContext), never context.Background(), or the trace
+// breaks here.
+func TraceTransport(base http.RoundTripper, opts ...otelhttp.Option) http.RoundTripper {
 	if base == nil {
 		base = http.DefaultTransport
 	}
-	return otelhttp.NewTransport(base)
+	return otelhttp.NewTransport(base, opts...)
 }
 
 // HasTrace reports whether ctx carries a valid trace context, local or
