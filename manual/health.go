@@ -156,7 +156,9 @@ type Health struct {
 	log     *slog.Logger
 	metrics *healthMetrics
 
-	draining atomic.Bool
+	draining  atomic.Bool
+	drainOnce sync.Once
+	drained   chan struct{}
 
 	mu     sync.RWMutex
 	checks [2]map[string]*checkEntry // indexed by Kind
@@ -170,7 +172,7 @@ type Health struct {
 // NewHealth returns a Health with the built-in readiness check "shutdown".
 // Call Close to stop background checks.
 func NewHealth(opts HealthOpts) *Health {
-	h := &Health{timeout: opts.Timeout, log: opts.Logger}
+	h := &Health{timeout: opts.Timeout, log: opts.Logger, drained: make(chan struct{})}
 	if h.timeout <= 0 {
 		h.timeout = DefaultCheckTimeout
 	}
@@ -266,8 +268,16 @@ func (h *Health) MustAdd(kind Kind, name string, check Check, opts CheckOpts) {
 
 // Drain marks the process as shutting down: from now on readiness fails
 // (the "shutdown" check) while liveness is unaffected, so Kubernetes stops
-// sending traffic without restarting the container. It cannot be undone.
-func (h *Health) Drain() { h.draining.Store(true) }
+// sending traffic without restarting the container. It cannot be undone;
+// calling it again does nothing.
+func (h *Health) Drain() {
+	h.draining.Store(true)
+	h.drainOnce.Do(func() { close(h.drained) })
+}
+
+// Drained returns a channel closed by Drain, for code that must react at
+// once (manualgrpc's Watch pushes NOT_SERVING on it).
+func (h *Health) Drained() <-chan struct{} { return h.drained }
 
 // Draining reports whether Drain was called.
 func (h *Health) Draining() bool { return h.draining.Load() }
