@@ -44,7 +44,7 @@ func Example() {
 	root.Handle("/", manual.TraceHandler(m.Middleware(app), "shop"))
 
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	err := manual.Serve(ctx, &http.Server{Handler: root}, ln, health, manual.ServeOpts{Drain: -1})
+	err := manual.Serve(ctx, &http.Server{Handler: root}, ln, health, manual.ServeOpts{Drain: new(time.Duration(0))})
 	fmt.Println("served, error:", err)
 	// Output: served, error: <nil>
 }
@@ -319,7 +319,7 @@ func ExampleServe() {
 	ctx, sigterm := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() {
-		done <- manual.Serve(ctx, &http.Server{Handler: mux}, ln, h, manual.ServeOpts{Drain: 300 * time.Millisecond})
+		done <- manual.Serve(ctx, &http.Server{Handler: mux}, ln, h, manual.ServeOpts{Drain: new(300 * time.Millisecond)})
 	}()
 	sigterm()
 	for !h.Draining() {
