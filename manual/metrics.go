@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -73,7 +74,7 @@ func NewRegistry(opts RegistryOpts) (*Registry, error) {
 	r.wrapped = prometheus.WrapRegistererWith(labels, r.reg)
 
 	cs := []prometheus.Collector{
-		collectors.NewGoCollector(),
+		withoutFamily{collectors.NewGoCollector(), "go_memstats_alloc_bytes"},
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}
 	if !opts.NoRuntimeCollector {
@@ -91,6 +92,41 @@ func NewRegistry(opts RegistryOpts) (*Registry, error) {
 		}
 	}
 	return r, nil
+}
+
+// withoutFamily drops one family of a collector. The Go collector exports
+// the gauge go_memstats_alloc_bytes beside the counter
+// go_memstats_alloc_bytes_total; in OpenMetrics the counter's family is
+// named go_memstats_alloc_bytes too, a clash that strict parsers reject.
+// The gauge is MemStats.Alloc, which equals HeapAlloc, exported as
+// go_memstats_heap_alloc_bytes: dropping it loses nothing.
+type withoutFamily struct {
+	prometheus.Collector
+	name string
+}
+
+func (w withoutFamily) drop(d *prometheus.Desc) bool {
+	return strings.Contains(d.String(), `fqName: "`+w.name+`"`)
+}
+
+func (w withoutFamily) Describe(ch chan<- *prometheus.Desc) {
+	in := make(chan *prometheus.Desc)
+	go func() { w.Collector.Describe(in); close(in) }()
+	for d := range in {
+		if !w.drop(d) {
+			ch <- d
+		}
+	}
+}
+
+func (w withoutFamily) Collect(ch chan<- prometheus.Metric) {
+	in := make(chan prometheus.Metric)
+	go func() { w.Collector.Collect(in); close(in) }()
+	for m := range in {
+		if !w.drop(m.Desc()) {
+			ch <- m
+		}
+	}
 }
 
 func executableName() string {

@@ -50,8 +50,11 @@ func TestRegistryHasStandardFamiliesWithConstLabels(t *testing.T) {
 			}
 		}
 	}
+	if got["go_memstats_alloc_bytes"] {
+		t.Error("go_memstats_alloc_bytes present: it clashes with go_memstats_alloc_bytes_total in OpenMetrics")
+	}
 	for _, name := range []string{
-		"go_goroutines", "go_gc_duration_seconds", "go_gc_gogc_percent", "go_memstats_alloc_bytes",
+		"go_goroutines", "go_gc_duration_seconds", "go_gc_gogc_percent", "go_memstats_heap_alloc_bytes",
 		"go_memstats_alloc_bytes_total", "process_cpu_seconds_total", "process_resident_memory_bytes",
 		"go_gc_stw_pause_average_seconds", "go_gc_stw_pause_window_seconds", "go_gc_window_cycles_per_second",
 	} {
