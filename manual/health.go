@@ -214,7 +214,9 @@ var checkNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 
 // Add registers a check of the given kind. The name becomes a URL path
 // segment (/readyz/NAME), so it must match [A-Za-z0-9][A-Za-z0-9_.-]* and
-// be unique within its kind.
+// be unique within its kind. It returns an error, naming the check, for an
+// unknown kind, a bad or duplicate name, a nil check, a negative timeout,
+// interval or failure threshold, or a Health already closed.
 func (h *Health) Add(kind Kind, name string, check Check, opts CheckOpts) error {
 	if kind != Liveness && kind != Readiness {
 		return fmt.Errorf("adding health check %q: unknown kind %d", name, int(kind))
@@ -282,8 +284,9 @@ func (h *Health) Drained() <-chan struct{} { return h.drained }
 // Draining reports whether Drain was called.
 func (h *Health) Draining() bool { return h.draining.Load() }
 
-// Close stops background checks and waits for their loops to end. A check
-// stuck ignoring its context is not waited for.
+// Close stops background checks and waits for their loops to end; later
+// Adds fail. A check stuck ignoring its context is not waited for. It
+// always returns nil.
 func (h *Health) Close() error {
 	h.mu.Lock()
 	h.closed = true
@@ -293,7 +296,8 @@ func (h *Health) Close() error {
 	return nil
 }
 
-// Names returns the sorted names of the checks of a kind.
+// Names returns the sorted names of the checks of a kind ("shutdown"
+// included for Readiness); nil for an unknown kind.
 func (h *Health) Names(kind Kind) []string {
 	h.mu.RLock()
 	defer h.mu.RUnlock()

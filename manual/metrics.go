@@ -137,20 +137,24 @@ func executableName() string {
 	return filepath.Base(exe)
 }
 
-// Register registers c with the constant labels added.
+// Register registers c with the constant labels added. Errors are
+// client_golang's: prometheus.AlreadyRegisteredError for a collector (or
+// an equal one) already there, an error for inconsistent descriptors.
 func (r *Registry) Register(c prometheus.Collector) error { return r.wrapped.Register(c) }
 
 // MustRegister registers cs with the constant labels added and panics on
 // error, for start-up code.
 func (r *Registry) MustRegister(cs ...prometheus.Collector) { r.wrapped.MustRegister(cs...) }
 
-// Unregister removes c.
+// Unregister removes c and reports whether it was registered.
 func (r *Registry) Unregister(c prometheus.Collector) bool { return r.wrapped.Unregister(c) }
 
-// Gather implements prometheus.Gatherer.
+// Gather implements prometheus.Gatherer: every family, sorted, each series
+// with the constant labels. Its error gathers the collectors' errors; the
+// families it could gather are returned with it.
 func (r *Registry) Gather() ([]*dto.MetricFamily, error) { return r.reg.Gather() }
 
-// Labels returns a copy of the constant labels.
+// Labels returns a copy of the constant labels (service_name, host_name).
 func (r *Registry) Labels() prometheus.Labels {
 	out := make(prometheus.Labels, len(r.labels))
 	for k, v := range r.labels {
@@ -163,7 +167,8 @@ func (r *Registry) Labels() prometheus.Labels {
 // Its HeapCheck is a liveness check that reuses the sampled MemStats.
 func (r *Registry) Runtime() *RuntimeCollector { return r.runtime }
 
-// Close stops the runtime sampler.
+// Close stops the runtime sampler and waits for it. It always returns nil;
+// the registry keeps serving the last samples.
 func (r *Registry) Close() error {
 	if r.runtime != nil {
 		r.runtime.Close()

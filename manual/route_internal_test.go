@@ -16,7 +16,7 @@ func TestRoutesFollowObsdsRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	var table struct {
-		Routes []struct{ Pattern, Path, Route string }
+		Routes  []struct{ Pattern, Path, Route string }
 		Methods []struct{ Method, Label string }
 	}
 	if err := json.Unmarshal(b, &table); err != nil {
