@@ -3,6 +3,10 @@ package manual
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
@@ -13,6 +17,11 @@ import (
 // code and obsd's internal/health, whose tests read the same file.
 type healthRules struct {
 	DefaultCheckTimeoutMS int `json:"default_check_timeout_ms"`
+	Texts                 struct {
+		TimeoutAtDefault string `json:"timeout_at_default"`
+		PanicBoom        string `json:"panic_boom"`
+		UnknownCheck     string `json:"unknown_check"`
+	} `json:"texts"`
 	Limits                []struct {
 		Limit, Value uint64
 		Fail         bool
@@ -24,7 +33,8 @@ type healthRules struct {
 	} `json:"heartbeats"`
 }
 
-func TestSharedHealthRules(t *testing.T) {
+func readRules(t *testing.T) healthRules {
+	t.Helper()
 	b, err := os.ReadFile("testdata/health_rules.json")
 	if err != nil {
 		t.Fatal(err)
@@ -33,6 +43,36 @@ func TestSharedHealthRules(t *testing.T) {
 	if err := json.Unmarshal(b, &r); err != nil {
 		t.Fatal(err)
 	}
+	return r
+}
+
+func TestSharedHealthTexts(t *testing.T) {
+	r := readRules(t)
+	stuck := make(chan struct{})
+	t.Cleanup(func() { close(stuck) })
+	h := NewHealth(HealthOpts{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	defer h.Close()
+	h.MustAdd(Readiness, "hung", func(context.Context) error { <-stuck; return nil }, CheckOpts{})
+	h.MustAdd(Readiness, "buggy", func(context.Context) error { panic("boom") }, CheckOpts{})
+	mux := http.NewServeMux()
+	h.Routes(mux)
+	rec := httptest.NewRecorder()
+	mux.ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+	var rep Report
+	json.Unmarshal(rec.Body.Bytes(), &rep)
+	if rep.Checks["hung"] != r.Texts.TimeoutAtDefault || rep.Checks["buggy"] != r.Texts.PanicBoom {
+		t.Errorf("checks %v, shared texts %q and %q", rep.Checks, r.Texts.TimeoutAtDefault, r.Texts.PanicBoom)
+	}
+	rec = httptest.NewRecorder()
+	mux.ServeHTTP(rec, httptest.NewRequest("GET", "/readyz/nope", nil))
+	json.Unmarshal(rec.Body.Bytes(), &rep)
+	if rec.Code != 404 || rep.Checks["nope"] != r.Texts.UnknownCheck {
+		t.Errorf("unknown check: %d %s, shared text %q", rec.Code, rec.Body, r.Texts.UnknownCheck)
+	}
+}
+
+func TestSharedHealthRules(t *testing.T) {
+	r := readRules(t)
 	if len(r.Limits) == 0 || len(r.Heartbeats) == 0 {
 		t.Fatal("shared health rules are empty")
 	}

@@ -133,7 +133,7 @@ func (c *Checker) handler(list *[]*check) http.Handler {
 			if one == nil {
 				writeJSON(w, http.StatusNotFound, Response{
 					Status: StatusFailure,
-					Checks: map[string]string{name: "no such check"},
+					Checks: map[string]string{name: "unknown check"},
 				})
 				return
 			}
@@ -172,14 +172,15 @@ func (c *Checker) run(parent context.Context, checks []*check) Response {
 // runOne returns "ok" or the failure text, never later than ctx's deadline.
 func (c *Checker) runOne(ctx context.Context, ch *check) string {
 	if !ch.running.CompareAndSwap(false, true) {
-		return fmt.Sprintf("timeout after %v (previous run still in progress)", c.timeout)
+		// Still running from an earlier probe: as manual/ says, a timeout.
+		return c.timeoutText()
 	}
 	done := make(chan error, 1) // buffered: a late check must not block forever
 	go func() {
 		defer ch.running.Store(false)
 		defer func() {
 			if p := recover(); p != nil {
-				done <- fmt.Errorf("panic: %v", p)
+				done <- fmt.Errorf("check panicked: %v", p)
 			}
 		}()
 		done <- ch.f(ctx)
@@ -201,7 +202,9 @@ func (c *Checker) runOne(ctx context.Context, ch *check) string {
 	}
 }
 
-func (c *Checker) timeoutText() string { return fmt.Sprintf("timeout after %v", c.timeout) }
+// timeoutText, like the panic and unknown-check texts, is manual/'s
+// wording; manual/testdata/health_rules.json holds them for both.
+func (c *Checker) timeoutText() string { return fmt.Sprintf("timed out after %v", c.timeout) }
 
 func writeJSON(w http.ResponseWriter, code int, resp Response) {
 	b, err := json.Marshal(resp)

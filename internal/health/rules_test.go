@@ -1,6 +1,7 @@
 package health
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"strings"
@@ -13,6 +14,11 @@ import (
 // and may not import this package, so both test suites read one table.
 type healthRules struct {
 	DefaultCheckTimeoutMS int `json:"default_check_timeout_ms"`
+	Texts                 struct {
+		TimeoutAtDefault string `json:"timeout_at_default"`
+		PanicBoom        string `json:"panic_boom"`
+		UnknownCheck     string `json:"unknown_check"`
+	} `json:"texts"`
 	Limits                []struct {
 		Limit, Value uint64
 		Fail         bool
@@ -79,5 +85,21 @@ func TestLimitChecksAtTheBoundary(t *testing.T) {
 	}
 	if err := GoroutinesBelow(1)(t.Context()); err == nil || !strings.Contains(err.Error(), "limit 0") {
 		t.Errorf("GoroutinesBelow(1) = %v, want the failure of GoroutineLimit(0)", err)
+	}
+}
+
+func TestSharedHealthTexts(t *testing.T) {
+	r := readRules(t)
+	stuck := make(chan struct{})
+	t.Cleanup(func() { close(stuck) })
+	c := New(0)
+	c.AddReadiness("hung", func(context.Context) error { <-stuck; return nil })
+	c.AddReadiness("buggy", func(context.Context) error { panic("boom") })
+	_, resp, _ := get(t, c, "/readyz")
+	if resp.Checks["hung"] != r.Texts.TimeoutAtDefault || resp.Checks["buggy"] != r.Texts.PanicBoom {
+		t.Errorf("checks %v, shared texts %q and %q", resp.Checks, r.Texts.TimeoutAtDefault, r.Texts.PanicBoom)
+	}
+	if code, resp, _ := get(t, c, "/readyz/nope"); code != 404 || resp.Checks["nope"] != r.Texts.UnknownCheck {
+		t.Errorf("unknown check: %d %v, shared text %q", code, resp.Checks, r.Texts.UnknownCheck)
 	}
 }
