@@ -2,6 +2,7 @@ package manual_test
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -176,5 +177,23 @@ func TestUnhonourableOTELValuesFailAtStart(t *testing.T) {
 				t.Errorf("%s=%s: %v, want an error naming %s", tt.key, tt.value, err, tt.want)
 			}
 		})
+	}
+}
+
+func TestOtherSignalsExportersAreReportedAsIgnored(t *testing.T) {
+	resetOtel(t)
+	var buf strings.Builder
+	prev := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(&buf, nil)))
+	t.Cleanup(func() { slog.SetDefault(prev) })
+	t.Setenv("OTEL_TRACES_EXPORTER", "none")
+	t.Setenv("OTEL_METRICS_EXPORTER", "otlp")
+	shutdown, err := manual.SetupTracing(context.Background(), manual.TracingOpts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer shutdown(context.Background())
+	if !strings.Contains(buf.String(), "variable=OTEL_METRICS_EXPORTER") {
+		t.Errorf("no warning for OTEL_METRICS_EXPORTER=otlp: %q", buf.String())
 	}
 }

@@ -97,6 +97,13 @@ type TracingOpts struct {
 // a silent fallback.
 func SetupTracing(ctx context.Context, opts TracingOpts) (shutdown func(context.Context) error, err error) {
 	noop := func(context.Context) error { return nil }
+	for _, k := range []string{"OTEL_METRICS_EXPORTER", "OTEL_LOGS_EXPORTER"} {
+		// Not this function's signals: metrics go to /metrics, logs to
+		// slog. Say so once rather than let the operator think they work.
+		if v := os.Getenv(k); v != "" && v != "none" {
+			slog.Warn("ignored: this service exports metrics through Prometheus /metrics and tracing only through OpenTelemetry", "variable", k, "value", v)
+		}
+	}
 	prop, err := propagatorFromEnv(os.Getenv("OTEL_PROPAGATORS"))
 	if err != nil {
 		return nil, fmt.Errorf("setting up tracing: %w", err)
