@@ -91,7 +91,8 @@ func (hs *HealthServer) Close() error {
 
 var errClosing = status.Error(codes.Unavailable, "health server is shutting down")
 
-// Register registers hs on s as the grpc.health.v1.Health service.
+// Register registers hs on s as the grpc.health.v1.Health service. Like
+// every gRPC registration it panics when s already has that service.
 func Register(s grpc.ServiceRegistrar, hs *HealthServer) {
 	healthpb.RegisterHealthServer(s, hs)
 }
@@ -129,7 +130,10 @@ func (hs *HealthServer) statusOf(ctx context.Context, service string) (healthpb.
 	return healthpb.HealthCheckResponse_NOT_SERVING, nil
 }
 
-// Check implements grpc.health.v1.Health/Check.
+// Check implements grpc.health.v1.Health/Check: SERVING when every check
+// the service names passes, NOT_SERVING otherwise, codes.NotFound for an
+// unknown service. It answers within the checks' deadline (800 ms by
+// default).
 func (hs *HealthServer) Check(ctx context.Context, req *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
 	st, err := hs.statusOf(ctx, req.GetService())
 	if err != nil {
