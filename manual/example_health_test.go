@@ -44,7 +44,7 @@ func Example() {
 	root.Handle("/", manual.TraceHandler(m.Middleware(app), "shop"))
 
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	err := manual.Serve(ctx, &http.Server{Handler: root}, ln, health, manual.ServeOpts{Drain: -1})
+	err := manual.Serve(ctx, &http.Server{Handler: root}, ln, health, manual.ServeOpts{Drain: new(time.Duration(0))})
 	fmt.Println("served, error:", err)
 	// Output: served, error: <nil>
 }
@@ -160,11 +160,11 @@ func ExampleHealth_RunOne() {
 	h := manual.NewHealth(manual.HealthOpts{})
 	defer h.Close()
 	rep, err := h.RunOne(context.Background(), manual.Readiness, "shutdown")
-	fmt.Println(rep, err)
+	fmt.Println(rep.Status, rep.Checks, rep.Details["shutdown"].ConsecutiveFailures, err)
 	_, err = h.RunOne(context.Background(), manual.Readiness, "db")
 	fmt.Println(errors.Is(err, manual.ErrUnknownCheck))
 	// Output:
-	// {ok map[shutdown:ok]} <nil>
+	// ok map[shutdown:ok] 0 <nil>
 	// true
 }
 
@@ -173,19 +173,19 @@ func ExampleHealth_Handler() {
 	defer h.Close()
 	h.MustAdd(manual.Readiness, "db", func(context.Context) error { return errors.New("dial tcp 10.0.0.5:5432: connection refused") }, manual.CheckOpts{})
 	show(h.Handler(manual.Readiness), "/readyz")
-	show(h.Handler(manual.Readiness), "/readyz?verbose")
 	show(h.Handler(manual.Readiness), "/readyz?exclude=db")
+	// ?verbose adds "details": per check its status, error, critical,
+	// duration_seconds, checked_at, last_success and consecutive_failures.
 	// Output:
-	// 503 application/json {"status":"failure","checks":{"db":"dial tcp 10.0.0.5:5432: connection refused"}}
 	// 503 application/json {"status":"failure","checks":{"db":"dial tcp 10.0.0.5:5432: connection refused","shutdown":"ok"}}
-	// 200 application/json {"status":"ok","checks":{}}
+	// 200 application/json {"status":"ok","checks":{"shutdown":"ok"}}
 }
 
 func ExampleHealth_LivenessHandler() {
 	h := manual.NewHealth(manual.HealthOpts{})
 	defer h.Close()
 	h.MustAdd(manual.Liveness, "goroutines", manual.GoroutineCheck(1_000_000), manual.CheckOpts{})
-	show(h.LivenessHandler(), "/healthz?verbose")
+	show(h.LivenessHandler(), "/healthz")
 	// Output: 200 application/json {"status":"ok","checks":{"goroutines":"ok"}}
 }
 
@@ -193,7 +193,7 @@ func ExampleHealth_ReadinessHandler() {
 	h := manual.NewHealth(manual.HealthOpts{})
 	defer h.Close()
 	show(h.ReadinessHandler(), "/readyz")
-	// Output: 200 application/json {"status":"ok","checks":{}}
+	// Output: 200 application/json {"status":"ok","checks":{"shutdown":"ok"}}
 }
 
 func ExampleHealth_Routes() {
@@ -319,7 +319,7 @@ func ExampleServe() {
 	ctx, sigterm := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() {
-		done <- manual.Serve(ctx, &http.Server{Handler: mux}, ln, h, manual.ServeOpts{Drain: 300 * time.Millisecond})
+		done <- manual.Serve(ctx, &http.Server{Handler: mux}, ln, h, manual.ServeOpts{Drain: new(300 * time.Millisecond)})
 	}()
 	sigterm()
 	for !h.Draining() {

@@ -194,8 +194,9 @@ func ExampleRuntimeCollector_Describe() {
 }
 
 func ExampleSetupTracing() {
-	// In production pass no Exporter: spans go over OTLP/gRPC to
-	// OTEL_EXPORTER_OTLP_ENDPOINT (default localhost:4317).
+	// In production pass no Exporter: spans go where OTEL_TRACES_EXPORTER
+	// and OTEL_EXPORTER_OTLP_* say (default OTLP http/protobuf to
+	// https://localhost:4318; http:// for a plaintext collector).
 	shutdown, err := manual.SetupTracing(context.Background(), manual.TracingOpts{
 		ServiceName: "shop",
 		Exporter:    discardExporter{},

@@ -69,15 +69,15 @@ func TestProbeAnswers(t *testing.T) {
 		wantCode int
 		wantBody string
 	}{
-		{"liveness ok", map[string]manual.Check{"a": ok}, nil, "/healthz", 200, `{"status":"ok","checks":{}}`},
-		{"liveness ok verbose", map[string]manual.Check{"a": ok, "b": ok}, nil, "/healthz?verbose", 200, `{"status":"ok","checks":{"a":"ok","b":"ok"}}`},
-		{"readiness failure lists the failing check only", nil, map[string]manual.Check{"db": bad, "redis": ok}, "/readyz", 503, `{"status":"failure","checks":{"db":"connection refused"}}`},
-		{"readiness failure verbose", nil, map[string]manual.Check{"db": bad, "redis": ok}, "/readyz?verbose", 503, `{"status":"failure","checks":{"db":"connection refused","redis":"ok","shutdown":"ok"}}`},
-		{"exclude the failing check", nil, map[string]manual.Check{"db": bad, "redis": ok}, "/readyz?exclude=db&verbose", 200, `{"status":"ok","checks":{"redis":"ok","shutdown":"ok"}}`},
+		{"liveness ok lists every check", map[string]manual.Check{"a": ok}, nil, "/healthz", 200, `{"status":"ok","checks":{"a":"ok"}}`},
+		{"liveness ok, two checks", map[string]manual.Check{"a": ok, "b": ok}, nil, "/healthz", 200, `{"status":"ok","checks":{"a":"ok","b":"ok"}}`},
+		{"readiness ok lists shutdown too", nil, map[string]manual.Check{"db": ok}, "/readyz", 200, `{"status":"ok","checks":{"db":"ok","shutdown":"ok"}}`},
+		{"readiness failure lists every check", nil, map[string]manual.Check{"db": bad, "redis": ok}, "/readyz", 503, `{"status":"failure","checks":{"db":"connection refused","redis":"ok","shutdown":"ok"}}`},
+		{"exclude the failing check", nil, map[string]manual.Check{"db": bad, "redis": ok}, "/readyz?exclude=db", 200, `{"status":"ok","checks":{"redis":"ok","shutdown":"ok"}}`},
 		{"sub-path of a failing check", nil, map[string]manual.Check{"db": bad, "redis": ok}, "/readyz/db", 503, `{"status":"failure","checks":{"db":"connection refused"}}`},
 		{"sub-path of a passing check", nil, map[string]manual.Check{"db": bad, "redis": ok}, "/readyz/redis", 200, `{"status":"ok","checks":{"redis":"ok"}}`},
 		{"unknown sub-path", nil, map[string]manual.Check{"db": ok}, "/readyz/nope", 404, `{"status":"failure","checks":{"nope":"unknown check"}}`},
-		{"readiness does not run liveness checks", map[string]manual.Check{"heap": bad}, nil, "/readyz", 200, `{"status":"ok","checks":{}}`},
+		{"readiness does not run liveness checks", map[string]manual.Check{"heap": bad}, nil, "/readyz", 200, `{"status":"ok","checks":{"shutdown":"ok"}}`},
 		{"liveness does not run readiness checks", nil, map[string]manual.Check{"db": bad}, "/healthz", 200, `{"status":"ok","checks":{}}`},
 		{"liveness sub-path", map[string]manual.Check{"heap": bad}, nil, "/healthz/heap", 503, `{"status":"failure","checks":{"heap":"connection refused"}}`},
 	}
@@ -135,23 +135,26 @@ func TestSlowCheckTimesOut(t *testing.T) {
 	}
 }
 
-func TestDefaultTimeoutIsOneSecond(t *testing.T) {
+func TestDefaultTimeoutIsUnderTheKubeletsSecond(t *testing.T) {
 	h := manual.NewHealth(manual.HealthOpts{Logger: quietLogger()})
-	t.Cleanup(func() { h.Close() })
-	var deadline time.Duration
-	h.MustAdd(manual.Liveness, "peek", func(ctx context.Context) error {
-		d, ok := ctx.Deadline()
-		if !ok {
-			return errors.New("no deadline")
-		}
-		deadline = time.Until(d)
-		return nil
-	}, manual.CheckOpts{})
-	if rep := h.Run(context.Background(), manual.Liveness); !rep.OK() {
-		t.Fatalf("report %+v", rep)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	h.MustAdd(manual.Readiness, "hung", func(context.Context) error { <-release; return nil }, manual.CheckOpts{})
+	srv := newHealthServer(t, h)
+	// The kubelet's default: timeoutSeconds 1. The 503 must beat it.
+	client := &http.Client{Timeout: time.Second}
+	start := time.Now()
+	resp, err := client.Get(srv.URL + "/readyz")
+	if err != nil {
+		t.Fatalf("probe with the kubelet's 1 s timeout: %v (the 503 came too late)", err)
 	}
-	if deadline <= 900*time.Millisecond || deadline > time.Second {
-		t.Errorf("check saw a deadline %s away, want just under 1s", deadline)
+	resp.Body.Close()
+	took := time.Since(start)
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("status %d, want 503", resp.StatusCode)
+	}
+	if took < manual.DefaultCheckTimeout || took > 950*time.Millisecond {
+		t.Errorf("hung check answered after %s, want between %s and 950ms", took, manual.DefaultCheckTimeout)
 	}
 }
 

@@ -1,13 +1,16 @@
 package manual
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -71,7 +74,7 @@ func NewRegistry(opts RegistryOpts) (*Registry, error) {
 	r.wrapped = prometheus.WrapRegistererWith(labels, r.reg)
 
 	cs := []prometheus.Collector{
-		collectors.NewGoCollector(),
+		withoutFamily{collectors.NewGoCollector(), "go_memstats_alloc_bytes"},
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}
 	if !opts.NoRuntimeCollector {
@@ -91,6 +94,41 @@ func NewRegistry(opts RegistryOpts) (*Registry, error) {
 	return r, nil
 }
 
+// withoutFamily drops one family of a collector. The Go collector exports
+// the gauge go_memstats_alloc_bytes beside the counter
+// go_memstats_alloc_bytes_total; in OpenMetrics the counter's family is
+// named go_memstats_alloc_bytes too, a clash that strict parsers reject.
+// The gauge is MemStats.Alloc, which equals HeapAlloc, exported as
+// go_memstats_heap_alloc_bytes: dropping it loses nothing.
+type withoutFamily struct {
+	prometheus.Collector
+	name string
+}
+
+func (w withoutFamily) drop(d *prometheus.Desc) bool {
+	return strings.Contains(d.String(), `fqName: "`+w.name+`"`)
+}
+
+func (w withoutFamily) Describe(ch chan<- *prometheus.Desc) {
+	in := make(chan *prometheus.Desc)
+	go func() { w.Collector.Describe(in); close(in) }()
+	for d := range in {
+		if !w.drop(d) {
+			ch <- d
+		}
+	}
+}
+
+func (w withoutFamily) Collect(ch chan<- prometheus.Metric) {
+	in := make(chan prometheus.Metric)
+	go func() { w.Collector.Collect(in); close(in) }()
+	for m := range in {
+		if !w.drop(m.Desc()) {
+			ch <- m
+		}
+	}
+}
+
 func executableName() string {
 	exe, err := os.Executable()
 	if err != nil {
@@ -99,20 +137,24 @@ func executableName() string {
 	return filepath.Base(exe)
 }
 
-// Register registers c with the constant labels added.
+// Register registers c with the constant labels added. Errors are
+// client_golang's: prometheus.AlreadyRegisteredError for a collector (or
+// an equal one) already there, an error for inconsistent descriptors.
 func (r *Registry) Register(c prometheus.Collector) error { return r.wrapped.Register(c) }
 
 // MustRegister registers cs with the constant labels added and panics on
 // error, for start-up code.
 func (r *Registry) MustRegister(cs ...prometheus.Collector) { r.wrapped.MustRegister(cs...) }
 
-// Unregister removes c.
+// Unregister removes c and reports whether it was registered.
 func (r *Registry) Unregister(c prometheus.Collector) bool { return r.wrapped.Unregister(c) }
 
-// Gather implements prometheus.Gatherer.
+// Gather implements prometheus.Gatherer: every family, sorted, each series
+// with the constant labels. Its error gathers the collectors' errors; the
+// families it could gather are returned with it.
 func (r *Registry) Gather() ([]*dto.MetricFamily, error) { return r.reg.Gather() }
 
-// Labels returns a copy of the constant labels.
+// Labels returns a copy of the constant labels (service_name, host_name).
 func (r *Registry) Labels() prometheus.Labels {
 	out := make(prometheus.Labels, len(r.labels))
 	for k, v := range r.labels {
@@ -125,7 +167,8 @@ func (r *Registry) Labels() prometheus.Labels {
 // Its HeapCheck is a liveness check that reuses the sampled MemStats.
 func (r *Registry) Runtime() *RuntimeCollector { return r.runtime }
 
-// Close stops the runtime sampler.
+// Close stops the runtime sampler and waits for it. It always returns nil;
+// the registry keeps serving the last samples.
 func (r *Registry) Close() error {
 	if r.runtime != nil {
 		r.runtime.Close()
@@ -164,79 +207,156 @@ type slogPrinter struct{ l *slog.Logger }
 
 func (p slogPrinter) Println(v ...any) { p.l.Error("serving metrics", "error", fmt.Sprint(v...)) }
 
+// DurationBuckets are the bucket bounds, in seconds, of
+// http_server_request_duration_seconds and
+// http_client_request_duration_seconds: the OpenTelemetry semantic
+// conventions' advice, the buckets obsd uses, so that one dashboard
+// serves both.
+var DurationBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10}
+
+// sizeBuckets are the bounds, in bytes, of the body size histograms:
+// powers of 4 from 64 B to 16 MiB.
+var sizeBuckets = prometheus.ExponentialBuckets(64, 4, 10)
+
+// StatusClientClosed is the status recorded for a request whose client went
+// away before the handler wrote a status (nginx's 499): net/http would have
+// sent an implicit 200 to nobody.
+const StatusClientClosed = 499
+
 // HTTPMetricsOpts configures NewHTTPMetrics. The zero value is ready to use.
 type HTTPMetricsOpts struct {
 	// Buckets of the duration histogram in seconds. Nil means
-	// prometheus.DefBuckets (5 ms to 10 s).
+	// DurationBuckets (obsd's, from the semantic conventions).
 	Buckets []float64
-	// Route returns the route label of a request after its handler ran.
-	// Nil means the pattern that http.ServeMux matched, without its
-	// method ("/users/{id}"), or "unmatched". Never return the raw path:
-	// every distinct URL would become a series.
+	// Route returns the http_route label of a request after its handler
+	// ran. Nil means obsd's rule: the path of the pattern that
+	// http.ServeMux matched ("/users/{id}"), else a fallback of at most
+	// two word-like path segments ("/api/users/*"), at most
+	// MaxFallbackRoutes of them, then OverflowRoute. Never return the raw
+	// path: every distinct URL would become a series. TraceHandler puts
+	// the same route on the request's span.
 	Route func(r *http.Request) string
+	// ExtraLabels are label names added to every series of HTTPMetrics,
+	// filled by LabelValues. They must not clash with the built-in names.
+	ExtraLabels []string
+	// LabelValues returns the values of ExtraLabels for a request, in
+	// order, after its handler ran (so it may read values the handler put
+	// in the request's context). It is required when ExtraLabels is set;
+	// a result of the wrong length is an observation with empty values,
+	// logged once. Keep the values few: each becomes series.
+	LabelValues func(r *http.Request) []string
 }
 
 // HTTPMetrics records the RED metrics of an HTTP server:
 //
-//	http_requests_total{method,status_code}                 counter
-//	http_request_duration_seconds{method,route,status_code} histogram
+//	http_requests_total{method,status_code}                    counter
+//	http_server_request_duration_seconds{http_request_method,http_route,http_response_status_code}
+//	                                                           histogram, seconds
+//	http_server_request_body_size_bytes{...same labels}        histogram, bytes read by the handler
+//	http_server_response_body_size_bytes{...same labels}       histogram, bytes written
+//	http_server_active_requests{http_request_method}           gauge, requests in flight
 //
-// Both carry an exemplar with trace_id and span_id when the request's span
-// is sampled.
+// The duration histogram is obsd's family with obsd's labels, buckets,
+// route and method rules, so that a service obsd also instruments can be
+// read on one dashboard. http_requests_total keeps its labels (methods
+// outside the standard nine count as "OTHER" there, "_OTHER" elsewhere).
+// The counter and the duration carry an exemplar with trace_id and span_id
+// when the request's span is sampled.
 type HTTPMetrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	reqSize  *prometheus.HistogramVec
+	respSize *prometheus.HistogramVec
+	active   *prometheus.GaugeVec
 	route    func(*http.Request) string
+	extra    int
+	values   func(*http.Request) []string
+	badExtra sync.Once
 }
 
-// NewHTTPMetrics creates the metrics and registers them on reg.
+// NewHTTPMetrics creates the metrics and registers them on reg. It fails
+// when a name is already registered on reg or when ExtraLabels is set
+// without LabelValues.
 func NewHTTPMetrics(reg prometheus.Registerer, opts HTTPMetricsOpts) (*HTTPMetrics, error) {
+	if len(opts.ExtraLabels) > 0 && opts.LabelValues == nil {
+		return nil, errors.New("creating http metrics: ExtraLabels without LabelValues")
+	}
+	buckets := opts.Buckets
+	if buckets == nil {
+		buckets = DurationBuckets
+	}
+	labels := append([]string{"http_request_method", "http_route", "http_response_status_code"}, opts.ExtraLabels...)
 	m := &HTTPMetrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "http_requests_total",
 			Help: "HTTP requests served, by method and status code.",
-		}, []string{"method", "status_code"}),
+		}, append([]string{"method", "status_code"}, opts.ExtraLabels...)),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "http_request_duration_seconds",
-			Help:    "Time from the request reaching the handler to the handler returning, in seconds.",
-			Buckets: opts.Buckets,
-		}, []string{"method", "route", "status_code"}),
-		route: opts.Route,
+			Name:    "http_server_request_duration_seconds",
+			Help:    "Duration of HTTP server requests, from the handler's start to its return, in seconds.",
+			Buckets: buckets,
+		}, labels),
+		reqSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "http_server_request_body_size_bytes",
+			Help:    "Size of HTTP request bodies, as read by the handler, in bytes.",
+			Buckets: sizeBuckets,
+		}, labels),
+		respSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "http_server_response_body_size_bytes",
+			Help:    "Size of HTTP response bodies, as written by the handler, in bytes.",
+			Buckets: sizeBuckets,
+		}, labels),
+		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "http_server_active_requests",
+			Help: "Number of HTTP server requests in flight.",
+		}, []string{"http_request_method"}),
+		route:  opts.Route,
+		extra:  len(opts.ExtraLabels),
+		values: opts.LabelValues,
 	}
 	if m.route == nil {
-		m.route = patternRoute
+		m.route = newRouteSet().route
 	}
-	if err := reg.Register(m.requests); err != nil {
-		return nil, fmt.Errorf("registering http_requests_total: %w", err)
-	}
-	if err := reg.Register(m.duration); err != nil {
-		reg.Unregister(m.requests)
-		return nil, fmt.Errorf("registering http_request_duration_seconds: %w", err)
+	var done []prometheus.Collector
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.reqSize, m.respSize, m.active} {
+		if err := reg.Register(c); err != nil {
+			for _, d := range done {
+				reg.Unregister(d)
+			}
+			return nil, fmt.Errorf("registering http metrics: %w", err)
+		}
+		done = append(done, c)
 	}
 	return m, nil
 }
 
-// patternRoute turns ServeMux's "GET example.com/items/{id}" into
-// "example.com/items/{id}": the method is a label of its own.
-func patternRoute(r *http.Request) string {
-	p := r.Pattern
-	if p == "" {
-		return "unmatched"
-	}
-	if i := strings.IndexByte(p, ' '); i >= 0 {
-		p = strings.TrimLeft(p[i+1:], " \t")
-	}
-	return p
-}
+// Requests returns http_requests_total, labelled method, status_code and
+// ExtraLabels: for testutil or to initialise series to zero.
+func (m *HTTPMetrics) Requests() *prometheus.CounterVec { return m.requests }
+
+// Duration returns http_server_request_duration_seconds, labelled
+// http_request_method, http_route, http_response_status_code and
+// ExtraLabels.
+func (m *HTTPMetrics) Duration() *prometheus.HistogramVec { return m.duration }
 
 // Middleware records every request that passes through it. Put it inside
 // TraceHandler (TraceHandler(m.Middleware(mux), ...)) so the span exists
 // when the exemplar is taken, and outside the ServeMux so the matched
-// pattern is known.
+// pattern is known. A request whose client went away before the handler
+// wrote a status is recorded as StatusClientClosed (499); a panicking
+// handler as 500.
 func (m *HTTPMetrics) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		active := m.active.WithLabelValues(semconvMethod(r.Method))
+		active.Inc()
+		defer active.Dec()
 		rec, ww := wrapWriter(w)
+		var body *countingBody
+		if r.Body != nil && r.Body != http.NoBody {
+			body = &countingBody{ReadCloser: r.Body}
+			r.Body = body
+		}
 		defer func() {
 			if p := recover(); p != nil {
 				// net/http answers a panicking handler by closing the
@@ -244,20 +364,55 @@ func (m *HTTPMetrics) Middleware(next http.Handler) http.Handler {
 				if !rec.wrote {
 					rec.status, rec.wrote = http.StatusInternalServerError, true
 				}
-				m.observe(r, rec.code(), time.Since(start))
+				m.observe(r, rec, body, time.Since(start))
 				panic(p)
 			}
 		}()
 		next.ServeHTTP(ww, r)
-		m.observe(r, rec.code(), time.Since(start))
+		m.observe(r, rec, body, time.Since(start))
 	})
 }
 
-func (m *HTTPMetrics) observe(r *http.Request, code int, d time.Duration) {
-	method := normalMethod(r.Method)
+type countingBody struct {
+	io.ReadCloser
+	n int64
+}
+
+func (c *countingBody) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (m *HTTPMetrics) observe(r *http.Request, rec *statusWriter, body *countingBody, d time.Duration) {
+	code := rec.code()
+	if !rec.wrote && r.Context().Err() != nil {
+		code = StatusClientClosed
+	}
 	status := strconv.Itoa(code)
-	cnt := m.requests.WithLabelValues(method, status)
-	obs := m.duration.WithLabelValues(method, m.route(r), status)
+	route := m.route(r)
+	if h := routeHolderFrom(r.Context()); h != nil {
+		h.route = route
+	}
+	var extra []string
+	if m.extra > 0 {
+		extra = m.values(r)
+		if len(extra) != m.extra {
+			m.badExtra.Do(func() {
+				slog.Error("http metrics: LabelValues returned the wrong number of values; using empty ones", "got", len(extra), "want", m.extra)
+			})
+			extra = make([]string, m.extra)
+		}
+	}
+	labels := append([]string{semconvMethod(r.Method), route, status}, extra...)
+	cnt := m.requests.WithLabelValues(append([]string{normalMethod(r.Method), status}, extra...)...)
+	obs := m.duration.WithLabelValues(labels...)
+	var in int64
+	if body != nil {
+		in = body.n
+	}
+	m.reqSize.WithLabelValues(labels...).Observe(float64(in))
+	m.respSize.WithLabelValues(labels...).Observe(float64(rec.written))
 	if sc := trace.SpanContextFromContext(r.Context()); sc.IsSampled() {
 		ex := prometheus.Labels{"trace_id": sc.TraceID().String(), "span_id": sc.SpanID().String()}
 		cnt.(prometheus.ExemplarAdder).AddWithExemplar(1, ex)
@@ -268,14 +423,11 @@ func (m *HTTPMetrics) observe(r *http.Request, code int, d time.Duration) {
 	obs.Observe(d.Seconds())
 }
 
-// normalMethod bounds the method label: a client can send any token as a
-// method, and each would otherwise become a series.
+// normalMethod bounds the method label of http_requests_total: a client can
+// send any token as a method, and each would otherwise become a series.
 func normalMethod(m string) string {
-	switch m {
-	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
-		http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace:
-		return m
-	default:
-		return "OTHER"
+	if v := semconvMethod(m); v != OtherMethod {
+		return v
 	}
+	return "OTHER"
 }

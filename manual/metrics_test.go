@@ -50,8 +50,11 @@ func TestRegistryHasStandardFamiliesWithConstLabels(t *testing.T) {
 			}
 		}
 	}
+	if got["go_memstats_alloc_bytes"] {
+		t.Error("go_memstats_alloc_bytes present: it clashes with go_memstats_alloc_bytes_total in OpenMetrics")
+	}
 	for _, name := range []string{
-		"go_goroutines", "go_gc_duration_seconds", "go_gc_gogc_percent", "go_memstats_alloc_bytes",
+		"go_goroutines", "go_gc_duration_seconds", "go_gc_gogc_percent", "go_memstats_heap_alloc_bytes",
 		"go_memstats_alloc_bytes_total", "process_cpu_seconds_total", "process_resident_memory_bytes",
 		"go_gc_stw_pause_average_seconds", "go_gc_stw_pause_window_seconds", "go_gc_window_cycles_per_second",
 	} {
@@ -156,10 +159,14 @@ func TestMiddlewareCountsByMethodStatusAndRoute(t *testing.T) {
 		`http_requests_total{host_name="node-1",method="GET",service_name="svc",status_code="500"} 1`,
 		`http_requests_total{host_name="node-1",method="OTHER",service_name="svc",status_code="500"} 1`,
 		`http_requests_total{host_name="node-1",method="GET",service_name="svc",status_code="404"} 1`,
-		`http_request_duration_seconds_count{host_name="node-1",method="GET",route="/items/{id}",service_name="svc",status_code="200"} 3`,
-		`http_request_duration_seconds_count{host_name="node-1",method="POST",route="/items",service_name="svc",status_code="201"} 1`,
-		`http_request_duration_seconds_count{host_name="node-1",method="GET",route="/fail",service_name="svc",status_code="500"} 1`,
-		`http_request_duration_seconds_count{host_name="node-1",method="GET",route="unmatched",service_name="svc",status_code="404"} 1`,
+		`http_server_request_duration_seconds_count{host_name="node-1",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_name="svc"} 3`,
+		`http_server_request_duration_seconds_count{host_name="node-1",http_request_method="POST",http_response_status_code="201",http_route="/items",service_name="svc"} 1`,
+		`http_server_request_duration_seconds_count{host_name="node-1",http_request_method="GET",http_response_status_code="500",http_route="/fail",service_name="svc"} 1`,
+		`http_server_request_duration_seconds_count{host_name="node-1",http_request_method="_OTHER",http_response_status_code="500",http_route="/fail",service_name="svc"} 1`,
+		// obsd's fallback route for a request no pattern matched.
+		`http_server_request_duration_seconds_count{host_name="node-1",http_request_method="GET",http_response_status_code="404",http_route="/nowhere",service_name="svc"} 1`,
+		// obsd's buckets: the semantic conventions' advice.
+		`http_server_request_duration_seconds_bucket{host_name="node-1",http_request_method="POST",http_response_status_code="201",http_route="/items",service_name="svc",le="7.5"} 1`,
 	}
 	for _, w := range want {
 		if !strings.Contains(body, w+"\n") {
@@ -195,9 +202,9 @@ func TestExemplarsCarrySampledTraceID(t *testing.T) {
 	if !strings.Contains(m[1], `trace_id="`+traceID+`"`) {
 		t.Errorf("counter exemplar %s, want trace_id %s", m[1], traceID)
 	}
-	bucket := regexp.MustCompile(`(?m)^http_request_duration_seconds_bucket\{[^}]*route="/hello"[^}]*\} 1 # \{([^}]*)\} `)
+	bucket := regexp.MustCompile(`(?m)^http_server_request_duration_seconds_bucket\{[^}]*http_route="/hello"[^}]*\} 1 # \{([^}]*)\} `)
 	if m := bucket.FindStringSubmatch(body); m == nil || !strings.Contains(m[1], `trace_id="`+traceID+`"`) {
-		t.Errorf("no histogram exemplar with trace_id %s in:\n%s", traceID, grepLines(body, "http_request_duration_seconds_bucket"))
+		t.Errorf("no histogram exemplar with trace_id %s in:\n%s", traceID, grepLines(body, "http_server_request_duration_seconds_bucket"))
 	}
 
 	// The plain text format has no exemplars, and must still parse.
@@ -263,7 +270,7 @@ func TestNewHTTPMetricsRejectsDuplicateRegistration(t *testing.T) {
 	if _, err := manual.NewHTTPMetrics(reg, manual.HTTPMetricsOpts{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := manual.NewHTTPMetrics(reg, manual.HTTPMetricsOpts{}); err == nil || !strings.Contains(err.Error(), "registering http_requests_total") {
+	if _, err := manual.NewHTTPMetrics(reg, manual.HTTPMetricsOpts{}); err == nil || !strings.Contains(err.Error(), "registering http metrics: duplicate") {
 		t.Errorf("second registration: %v", err)
 	}
 }

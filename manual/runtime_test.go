@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -158,5 +159,61 @@ func TestQuantiles(t *testing.T) {
 		if !math.IsNaN(x) {
 			t.Fatalf("quantiles of nothing = %v, want NaN", x)
 		}
+	}
+}
+
+func TestHistogramQuantiles(t *testing.T) {
+	qs := []float64{0, 0.5, 0.9, 0.99, 1}
+	buckets := []float64{math.Inf(-1), 0.001, 0.002, 0.004, math.Inf(1)}
+	tests := []struct {
+		name   string
+		counts []uint64
+		want   []float64
+	}{
+		{"all in one bucket", []uint64{0, 10, 0, 0}, []float64{0.001, 0.002, 0.002, 0.002, 0.002}},
+		{"spread", []uint64{0, 5, 4, 1}, []float64{0.001, 0.002, 0.004, 0.004, 0.004}},
+		{"beyond the last bound", []uint64{0, 1, 0, 1}, []float64{0.001, 0.002, 0.004, 0.004, 0.004}},
+	}
+	for _, tt := range tests {
+		got := histogramQuantiles(buckets, tt.counts, qs)
+		for i := range qs {
+			if got[i] != tt.want[i] {
+				t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
+				break
+			}
+		}
+	}
+	for _, x := range histogramQuantiles(buckets, []uint64{0, 0, 0, 0}, qs) {
+		if !math.IsNaN(x) {
+			t.Fatalf("quantiles of nothing = %v, want NaN", x)
+		}
+	}
+}
+
+// More than the 256 pauses that MemStats and GCStats keep fall in one
+// window: the quantiles still cover every one of them.
+func TestPauseWindowCoversMoreThan256Pauses(t *testing.T) {
+	c, err := NewRuntimeCollector(RuntimeOpts{GCStatsInterval: time.Hour, MemStatsInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var before, after debug.GCStats
+	debug.ReadGCStats(&before)
+	for range 400 {
+		runtime.GC()
+	}
+	c.sampleGC() // the window's end, as the timer would
+	debug.ReadGCStats(&after)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	// Each cycle stops the world twice (sweep termination, mark
+	// termination). GCs may also run on their own between the reads: at
+	// least 800 pauses, and no more than happened around the window.
+	if c.winPauses < 800 || c.winPauses > 2*uint64(after.NumGC-before.NumGC)+2 {
+		t.Errorf("window quantiles cover %d pauses; %d GCs ran", c.winPauses, after.NumGC-before.NumGC)
+	}
+	if math.IsNaN(c.winQuant[len(c.winQuant)-1]) {
+		t.Error("no max pause for the window")
 	}
 }

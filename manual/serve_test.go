@@ -2,8 +2,10 @@ package manual_test
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,7 +26,7 @@ func TestServeDrainsThenShutsDown(t *testing.T) {
 	done := make(chan error, 1)
 	const drain = 400 * time.Millisecond
 	go func() {
-		done <- manual.Serve(ctx, &http.Server{Handler: mux}, ln, h, manual.ServeOpts{Drain: drain, Logger: quietLogger()})
+		done <- manual.Serve(ctx, &http.Server{Handler: mux}, ln, h, manual.ServeOpts{Drain: new(drain), Logger: quietLogger()})
 	}()
 
 	if a := probe(t, url+"/readyz"); a.code != 200 {
@@ -53,5 +55,42 @@ func TestServeDrainsThenShutsDown(t *testing.T) {
 	}
 	if _, err := http.Get(url + "/healthz"); err == nil {
 		t.Error("server still answers after Serve returned")
+	}
+}
+
+func TestServeDrainZeroMeansNone(t *testing.T) {
+	h := manual.NewHealth(manual.HealthOpts{Logger: quietLogger()})
+	defer h.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	stop()
+	start := time.Now()
+	if err := manual.Serve(ctx, &http.Server{Handler: http.NewServeMux()}, ln, h, manual.ServeOpts{Drain: new(time.Duration(0)), Logger: quietLogger()}); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("a configured drain of 0 took %s", took)
+	}
+}
+
+func TestServeLogsTheDrainAsADuration(t *testing.T) {
+	h := manual.NewHealth(manual.HealthOpts{Logger: quietLogger()})
+	defer h.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf strings.Builder
+	log := slog.New(slog.NewJSONHandler(&buf, nil))
+	ctx, stop := context.WithCancel(context.Background())
+	stop()
+	if err := manual.Serve(ctx, &http.Server{Handler: http.NewServeMux()}, ln, h, manual.ServeOpts{Drain: new(20 * time.Millisecond), Logger: log}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), `"drain":"20ms"`) {
+		t.Errorf("drain logged as %s, want \"20ms\"", buf.String())
 	}
 }

@@ -62,7 +62,7 @@ func TestSetupTracingRejectsBadSamplerEnv(t *testing.T) {
 		t.Errorf("SetupTracing: %v", err)
 	}
 	t.Setenv("OTEL_TRACES_SAMPLER", "")
-	if _, err := manual.SetupTracing(context.Background(), manual.TracingOpts{SampleRatio: 2}); err == nil {
+	if _, err := manual.SetupTracing(context.Background(), manual.TracingOpts{SampleRatio: new(2.0)}); err == nil {
 		t.Error("sample ratio 2 accepted")
 	}
 }
@@ -117,7 +117,17 @@ func TestDefaultSamplerIsOnePercentParentBased(t *testing.T) {
 // package and checks that both spans reach a real OTLP/gRPC receiver in
 // one trace, with the resource the package promises.
 func TestTracingThroughOTLP(t *testing.T) {
+	for _, proto := range []string{"grpc", "http/protobuf"} {
+		t.Run(proto, func(t *testing.T) { testTracingThroughOTLP(t, proto) })
+	}
+}
+
+func testTracingThroughOTLP(t *testing.T, proto string) {
 	rcv := otlptest.Start(t)
+	if proto == "http/protobuf" {
+		rcv = otlptest.StartHTTP(t)
+	}
+	t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", proto)
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://"+rcv.Addr)
 	t.Setenv("OTEL_TRACES_SAMPLER", "always_on")
 	t.Setenv("OTEL_SERVICE_NAME", "checkout")

@@ -9,35 +9,61 @@ import (
 	"time"
 )
 
-// GoroutinesBelow fails when the process runs n goroutines or more, the
-// usual sign of a leak.
-func GoroutinesBelow(n int) Check {
+// overLimit is the one rule of every limit check here and in manual/: the
+// limit is the largest healthy value. manual/testdata/health_rules.json
+// specifies it for both.
+func overLimit(value, limit uint64) bool { return value > limit }
+
+// GoroutineLimit fails when the process runs more than max goroutines
+// (max itself passes), the usual sign of a leak. A negative max fails
+// always.
+func GoroutineLimit(max int) Check {
 	return func(context.Context) error {
-		if g := runtime.NumGoroutine(); g >= n {
-			return fmt.Errorf("%d goroutines, limit %d", g, n)
+		g := runtime.NumGoroutine()
+		if max < 0 || overLimit(uint64(g), uint64(max)) {
+			return fmt.Errorf("%d goroutines, limit %d", g, max)
 		}
 		return nil
 	}
 }
 
+// GoroutinesBelow fails when the process runs n goroutines or more.
+//
+// Deprecated: use GoroutineLimit(n-1); it states the limit the way
+// manual.GoroutineCheck does.
+func GoroutinesBelow(n int) Check { return GoroutineLimit(n - 1) }
+
 // heapMetric is the heap occupied by objects, live or not yet swept: what
 // MemStats.HeapAlloc reports, read without stopping the world.
 const heapMetric = "/memory/classes/heap/objects:bytes"
 
-// HeapBelow fails when the heap holds bytes or more. It reads
-// runtime/metrics, which unlike runtime.ReadMemStats does not stop the world.
-func HeapBelow(bytes uint64) Check {
+// HeapLimit fails when the heap's objects occupy more than maxBytes
+// (maxBytes itself passes). It reads runtime/metrics, which unlike
+// runtime.ReadMemStats does not stop the world.
+func HeapLimit(maxBytes uint64) Check {
 	return func(context.Context) error {
 		s := []metrics.Sample{{Name: heapMetric}}
 		metrics.Read(s)
 		if s[0].Value.Kind() != metrics.KindUint64 {
 			return fmt.Errorf("reading %s: not supported by this Go runtime", heapMetric)
 		}
-		if h := s[0].Value.Uint64(); h >= bytes {
-			return fmt.Errorf("heap %d bytes, limit %d", h, bytes)
+		if h := s[0].Value.Uint64(); overLimit(h, maxBytes) {
+			return fmt.Errorf("heap %d bytes, limit %d", h, maxBytes)
 		}
 		return nil
 	}
+}
+
+// HeapBelow fails when the heap holds bytes or more (bytes 0 fails
+// always).
+//
+// Deprecated: use HeapLimit(bytes-1); it states the limit the way
+// manual.HeapCheck does.
+func HeapBelow(bytes uint64) Check {
+	if bytes == 0 {
+		return func(context.Context) error { return fmt.Errorf("heap limit below 0 bytes") }
+	}
+	return HeapLimit(bytes - 1)
 }
 
 // Heartbeat is a liveness check for a loop: the loop calls Beat on every
@@ -60,7 +86,8 @@ func NewHeartbeat(maxAge time.Duration) *Heartbeat {
 // Beat records that the loop is alive. It is cheap enough for every pass.
 func (h *Heartbeat) Beat() { h.last.Store(int64(time.Since(h.base))) }
 
-// Check fails when the latest beat is older than maxAge.
+// Check fails when the latest beat is older than maxAge (exactly maxAge
+// passes), measured on the monotonic clock.
 func (h *Heartbeat) Check(context.Context) error {
 	age := time.Since(h.base) - time.Duration(h.last.Load())
 	if age > h.maxAge {

@@ -1,8 +1,10 @@
 // Package health serves obsd's own liveness and readiness endpoints.
 //
 // Both answer JSON, {"status":"ok"|"failure","checks":{"name":"ok"|"error"}},
-// with 200 or 503. Checks run concurrently, each under one deadline (1 s by
-// default, the Kubernetes probe default); a check that overruns is reported
+// with 200 or 503, listing every check that ran, passing ones included, so
+// that a probe log says what was checked. Checks run concurrently, each
+// under one deadline (800 ms by default, a little under the Kubernetes
+// probe default of 1 s, so the 503 of a hung check arrives in time); a check that overruns is reported
 // as a timeout without holding up the response, and a panicking check is a
 // failure, not a crash.
 //
@@ -56,10 +58,16 @@ type check struct {
 	running atomic.Bool
 }
 
-// New returns a Checker whose checks each get timeout; 0 means 1 s.
+// DefaultTimeout is the deadline of New(0): a little under the kubelet's
+// default timeoutSeconds of 1, so a hung check's 503 reaches the kubelet
+// before it gives up. With timeoutSeconds T, pass about T - 200 ms.
+const DefaultTimeout = 800 * time.Millisecond
+
+// New returns a Checker whose checks each get timeout; 0 or less means
+// DefaultTimeout.
 func New(timeout time.Duration) *Checker {
 	if timeout <= 0 {
-		timeout = time.Second
+		timeout = DefaultTimeout
 	}
 	return &Checker{timeout: timeout}
 }
@@ -125,7 +133,7 @@ func (c *Checker) handler(list *[]*check) http.Handler {
 			if one == nil {
 				writeJSON(w, http.StatusNotFound, Response{
 					Status: StatusFailure,
-					Checks: map[string]string{name: "no such check"},
+					Checks: map[string]string{name: "unknown check"},
 				})
 				return
 			}
@@ -164,14 +172,15 @@ func (c *Checker) run(parent context.Context, checks []*check) Response {
 // runOne returns "ok" or the failure text, never later than ctx's deadline.
 func (c *Checker) runOne(ctx context.Context, ch *check) string {
 	if !ch.running.CompareAndSwap(false, true) {
-		return fmt.Sprintf("timeout after %v (previous run still in progress)", c.timeout)
+		// Still running from an earlier probe: as manual/ says, a timeout.
+		return c.timeoutText()
 	}
 	done := make(chan error, 1) // buffered: a late check must not block forever
 	go func() {
 		defer ch.running.Store(false)
 		defer func() {
 			if p := recover(); p != nil {
-				done <- fmt.Errorf("panic: %v", p)
+				done <- fmt.Errorf("check panicked: %v", p)
 			}
 		}()
 		done <- ch.f(ctx)
@@ -193,7 +202,9 @@ func (c *Checker) runOne(ctx context.Context, ch *check) string {
 	}
 }
 
-func (c *Checker) timeoutText() string { return fmt.Sprintf("timeout after %v", c.timeout) }
+// timeoutText, like the panic and unknown-check texts, is manual/'s
+// wording; manual/testdata/health_rules.json holds them for both.
+func (c *Checker) timeoutText() string { return fmt.Sprintf("timed out after %v", c.timeout) }
 
 func writeJSON(w http.ResponseWriter, code int, resp Response) {
 	b, err := json.Marshal(resp)

@@ -86,13 +86,13 @@ func TestHandlers(t *testing.T) {
 		{name: "one fails", ready: []named{{"config", ok}, {"db", fail}}, path: "/readyz",
 			wantCode: 503, wantStatus: "failure", wantChecks: map[string]string{"config": "ok", "db": "db: connection refused"}},
 		{name: "timeout, check ignores ctx", ready: []named{{"slow", ignoresCtx}, {"fast", ok}}, path: "/readyz",
-			wantCode: 503, wantStatus: "failure", wantChecks: map[string]string{"slow": "timeout after 100ms", "fast": "ok"}},
+			wantCode: 503, wantStatus: "failure", wantChecks: map[string]string{"slow": "timed out after 100ms", "fast": "ok"}},
 		{name: "timeout, check honours ctx", ready: []named{{"slow", honoursCtx}}, path: "/readyz",
-			wantCode: 503, wantStatus: "failure", wantChecks: map[string]string{"slow": "timeout after 100ms"}},
+			wantCode: 503, wantStatus: "failure", wantChecks: map[string]string{"slow": "timed out after 100ms"}},
 		{name: "check's own deadline is its error", ready: []named{{"q", ownDeadline}}, path: "/readyz",
 			wantCode: 503, wantStatus: "failure", wantChecks: map[string]string{"q": "context deadline exceeded"}},
 		{name: "panic is a failure", live: []named{{"p", panics}, {"g", ok}}, path: "/healthz",
-			wantCode: 503, wantStatus: "failure", wantChecks: map[string]string{"p": "panic: boom", "g": "ok"}},
+			wantCode: 503, wantStatus: "failure", wantChecks: map[string]string{"p": "check panicked: boom", "g": "ok"}},
 		{name: "liveness ignores readiness", live: []named{{"g", ok}}, ready: []named{{"db", fail}}, path: "/healthz",
 			wantCode: 200, wantStatus: "ok", wantChecks: map[string]string{"g": "ok"}},
 		{name: "readiness ignores liveness", live: []named{{"p", panics}}, ready: []named{{"db", ok}}, path: "/readyz",
@@ -102,7 +102,7 @@ func TestHandlers(t *testing.T) {
 		{name: "sub-path failing check", ready: []named{{"db", ok}, {"cache", fail}}, path: "/readyz/cache",
 			wantCode: 503, wantStatus: "failure", wantChecks: map[string]string{"cache": "db: connection refused"}},
 		{name: "sub-path unknown check", ready: []named{{"db", ok}}, path: "/readyz/nope",
-			wantCode: 404, wantStatus: "failure", wantChecks: map[string]string{"nope": "no such check"}},
+			wantCode: 404, wantStatus: "failure", wantChecks: map[string]string{"nope": "unknown check"}},
 		{name: "liveness sub-path", live: []named{{"g", ok}}, path: "/healthz/g",
 			wantCode: 200, wantStatus: "ok", wantChecks: map[string]string{"g": "ok"}},
 	}
@@ -156,8 +156,8 @@ func TestHungCheckNotRestarted(t *testing.T) {
 
 	_, first, _ := get(t, c, "/healthz")
 	_, second, _ := get(t, c, "/healthz")
-	if first.Checks["loop"] != "timeout after 50ms" ||
-		second.Checks["loop"] != "timeout after 50ms (previous run still in progress)" {
+	if first.Checks["loop"] != "timed out after 50ms" ||
+		second.Checks["loop"] != "timed out after 50ms" {
 		t.Errorf("checks = %q then %q", first.Checks["loop"], second.Checks["loop"])
 	}
 	if n := runs.Load(); n != 1 {
@@ -184,8 +184,8 @@ func TestHungCheckNotRestarted(t *testing.T) {
 func TestBareHandlers(t *testing.T) {
 	// Mounted without a {check} wildcard, the handlers run everything.
 	c := New(0)
-	if c.timeout != time.Second {
-		t.Errorf("New(0) timeout = %v, want 1s", c.timeout)
+	if c.timeout != DefaultTimeout {
+		t.Errorf("New(0) timeout = %v, want %v", c.timeout, DefaultTimeout)
 	}
 	c.AddReadiness("r", func(context.Context) error { return nil })
 	c.AddLiveness("l", func(context.Context) error { return errors.New("bad") })
@@ -241,10 +241,10 @@ func TestProcessChecks(t *testing.T) {
 		f       Check
 		wantErr string
 	}{
-		{"goroutines below a high limit", GoroutinesBelow(1 << 20), ""},
-		{"goroutines over a limit of 1", GoroutinesBelow(1), "goroutines, limit 1"},
-		{"heap below 1 TiB", HeapBelow(1 << 40), ""},
-		{"heap over 1 byte", HeapBelow(1), "bytes, limit 1"},
+		{"goroutines below a high limit", GoroutineLimit(1 << 20), ""},
+		{"goroutines over a limit of 1", GoroutineLimit(1), "goroutines, limit 1"},
+		{"heap below 1 TiB", HeapLimit(1 << 40), ""},
+		{"heap over 1 byte", HeapLimit(1), "bytes, limit 1"},
 		{"fresh heartbeat", hb.Check, ""},
 	}
 	for _, tt := range tests {
@@ -278,13 +278,13 @@ func TestHeartbeat(t *testing.T) {
 	}
 }
 
-func TestHeapBelowTracksAllocation(t *testing.T) {
+func TestHeapLimitTracksAllocation(t *testing.T) {
 	s := []metrics.Sample{{Name: heapMetric}}
 	metrics.Read(s)
 	before := s[0].Value.Uint64()
 	keep := make([]byte, 64<<20)
 	limit := before + 32<<20
-	if err := HeapBelow(limit)(t.Context()); err == nil {
+	if err := HeapLimit(limit)(t.Context()); err == nil {
 		t.Errorf("heap with a live 64 MiB slice passed a limit of %d (heap before %d)", limit, before)
 	}
 	runtime.KeepAlive(keep)

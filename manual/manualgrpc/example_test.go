@@ -117,3 +117,41 @@ func ExampleHealthServer_Watch() {
 	fmt.Println(first.GetStatus(), "->", next.GetStatus())
 	// Output: SERVING -> NOT_SERVING
 }
+
+func ExampleHealthCheck() {
+	// A readiness check of a gRPC dependency through its own health service.
+	dep := manual.NewHealth(manual.HealthOpts{Logger: quiet()})
+	defer dep.Close()
+	srv := grpc.NewServer()
+	manualgrpc.Register(srv, manualgrpc.NewHealthServer(dep, manualgrpc.HealthOpts{}))
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	go srv.Serve(ln)
+	defer srv.Stop()
+	conn, _ := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	defer conn.Close()
+
+	check := manualgrpc.HealthCheck(conn, "")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	fmt.Println(check(ctx))
+	dep.Drain()
+	fmt.Println(check(ctx))
+	// Output:
+	// <nil>
+	// grpc health check of "": NOT_SERVING
+}
+
+func ExampleHealthServer_Close() {
+	h := manual.NewHealth(manual.HealthOpts{})
+	defer h.Close()
+	srv := grpc.NewServer()
+	hs := manualgrpc.NewHealthServer(h, manualgrpc.HealthOpts{})
+	manualgrpc.Register(srv, hs)
+	// On SIGTERM: drain (Watch streams learn NOT_SERVING at once), wait,
+	// then end the Watch streams so GracefulStop does not wait on clients.
+	h.Drain()
+	hs.Close()
+	srv.GracefulStop()
+	fmt.Println("stopped")
+	// Output: stopped
+}

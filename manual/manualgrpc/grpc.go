@@ -9,10 +9,12 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/obsd-dev/obsd/manual"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc/filters"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -20,11 +22,15 @@ import (
 )
 
 // ServerOption makes a grpc.Server create a span for every RPC it serves,
-// continuing the caller's trace from the request metadata. Without opts
-// it uses the global TracerProvider and propagators that
-// manual.SetupTracing installs.
+// continuing the caller's trace from the request metadata, except the
+// grpc.health.v1.Health RPCs: Kubernetes probes them every few seconds and
+// each would start a trace. Without opts it uses the global
+// TracerProvider and propagators that manual.SetupTracing installs. An
+// otelgrpc.WithFilter in opts replaces that default filter; combine it
+// with filters.Not(filters.HealthCheck()) to keep probes out.
 func ServerOption(opts ...otelgrpc.Option) grpc.ServerOption {
-	return grpc.StatsHandler(otelgrpc.NewServerHandler(opts...))
+	all := append([]otelgrpc.Option{otelgrpc.WithFilter(filters.Not(filters.HealthCheck()))}, opts...)
+	return grpc.StatsHandler(otelgrpc.NewServerHandler(all...))
 }
 
 // DialOption makes a client connection create a span for every RPC and
@@ -49,7 +55,8 @@ const (
 // HealthOpts configures NewHealthServer. The zero value is ready to use.
 type HealthOpts struct {
 	// WatchInterval is how often a Watch stream re-runs its checks to
-	// detect a change. Zero means 5 s.
+	// detect a change. Zero or less means 5 s. A drain is pushed at once,
+	// whatever the interval.
 	WatchInterval time.Duration
 }
 
@@ -57,8 +64,10 @@ type HealthOpts struct {
 // probes and gRPC probes share one set of checks, deadlines and the drain.
 type HealthServer struct {
 	healthpb.UnimplementedHealthServer
-	h     *manual.Health
-	every time.Duration
+	h         *manual.Health
+	every     time.Duration
+	done      chan struct{}
+	closeOnce sync.Once
 }
 
 // NewHealthServer returns a HealthServer backed by h.
@@ -67,10 +76,23 @@ func NewHealthServer(h *manual.Health, opts HealthOpts) *HealthServer {
 	if every <= 0 {
 		every = 5 * time.Second
 	}
-	return &HealthServer{h: h, every: every}
+	return &HealthServer{h: h, every: every, done: make(chan struct{})}
 }
 
-// Register registers hs on s as the grpc.health.v1.Health service.
+// Close ends every Watch stream (with codes.Unavailable, which clients
+// take as "reconnect elsewhere") and makes new ones end at once. Call it
+// after the drain and before grpc.Server.GracefulStop: open Watch streams
+// would otherwise keep GracefulStop waiting until each client gives up.
+// It always returns nil.
+func (hs *HealthServer) Close() error {
+	hs.closeOnce.Do(func() { close(hs.done) })
+	return nil
+}
+
+var errClosing = status.Error(codes.Unavailable, "health server is shutting down")
+
+// Register registers hs on s as the grpc.health.v1.Health service. Like
+// every gRPC registration it panics when s already has that service.
 func Register(s grpc.ServiceRegistrar, hs *HealthServer) {
 	healthpb.RegisterHealthServer(s, hs)
 }
@@ -108,7 +130,10 @@ func (hs *HealthServer) statusOf(ctx context.Context, service string) (healthpb.
 	return healthpb.HealthCheckResponse_NOT_SERVING, nil
 }
 
-// Check implements grpc.health.v1.Health/Check.
+// Check implements grpc.health.v1.Health/Check: SERVING when every check
+// the service names passes, NOT_SERVING otherwise, codes.NotFound for an
+// unknown service. It answers within the checks' deadline (800 ms by
+// default).
 func (hs *HealthServer) Check(ctx context.Context, req *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
 	st, err := hs.statusOf(ctx, req.GetService())
 	if err != nil {
@@ -145,12 +170,21 @@ func (hs *HealthServer) List(ctx context.Context, _ *healthpb.HealthListRequest)
 // Watch implements grpc.health.v1.Health/Watch: it sends the status at
 // once and again whenever it changes, re-running the checks every
 // WatchInterval; an unknown service is SERVICE_UNKNOWN, not an error.
+//
+// Drain is pushed at once (the readiness services turn NOT_SERVING without
+// waiting for the interval); Close ends the stream.
 func (hs *HealthServer) Watch(req *healthpb.HealthCheckRequest, stream grpc.ServerStreamingServer[healthpb.HealthCheckResponse]) error {
 	ctx := stream.Context()
 	t := time.NewTicker(hs.every)
 	defer t.Stop()
+	drained := hs.h.Drained()
 	last := healthpb.HealthCheckResponse_ServingStatus(-1)
 	for {
+		select {
+		case <-hs.done:
+			return errClosing
+		default:
+		}
 		st, _ := hs.statusOf(ctx, req.GetService())
 		if ctx.Err() != nil {
 			return status.FromContextError(ctx.Err()).Err()
@@ -164,7 +198,29 @@ func (hs *HealthServer) Watch(req *healthpb.HealthCheckRequest, stream grpc.Serv
 		select {
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
+		case <-hs.done:
+			return errClosing
+		case <-drained:
+			drained = nil // once: from now on the ticker decides
 		case <-t.C:
 		}
+	}
+}
+
+// HealthCheck is a manual.Check (for readiness) that asks a gRPC dependency's
+// standard health service about service ("" for the whole server) and
+// passes only on SERVING, under the check's deadline. conn is typically a
+// *grpc.ClientConn made once at start-up; the probe reuses it.
+func HealthCheck(conn grpc.ClientConnInterface, service string) manual.Check {
+	client := healthpb.NewHealthClient(conn)
+	return func(ctx context.Context) error {
+		resp, err := client.Check(ctx, &healthpb.HealthCheckRequest{Service: service})
+		if err != nil {
+			return fmt.Errorf("grpc health check of %q: %w", service, err)
+		}
+		if st := resp.GetStatus(); st != healthpb.HealthCheckResponse_SERVING {
+			return fmt.Errorf("grpc health check of %q: %s", service, st)
+		}
+		return nil
 	}
 }

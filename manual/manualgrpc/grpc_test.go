@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,10 +22,14 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
 )
 
 type fixture struct {
 	health *manual.Health
+	hs     *manualgrpc.HealthServer
+	srv    *grpc.Server
+	conn   *grpc.ClientConn
 	client healthpb.HealthClient
 	spans  *tracetest.InMemoryExporter
 	tp     *sdktrace.TracerProvider
@@ -47,7 +52,9 @@ func start(t *testing.T) *fixture {
 	tel := []otelgrpc.Option{otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(prop)}
 
 	srv := grpc.NewServer(manualgrpc.ServerOption(tel...))
-	manualgrpc.Register(srv, manualgrpc.NewHealthServer(h, manualgrpc.HealthOpts{WatchInterval: 20 * time.Millisecond}))
+	hs := manualgrpc.NewHealthServer(h, manualgrpc.HealthOpts{WatchInterval: 20 * time.Millisecond})
+	manualgrpc.Register(srv, hs)
+	registerPing(srv)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -60,7 +67,26 @@ func start(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return &fixture{health: h, client: healthpb.NewHealthClient(conn), spans: exp, tp: tp}
+	return &fixture{health: h, hs: hs, srv: srv, conn: conn, client: healthpb.NewHealthClient(conn), spans: exp, tp: tp}
+}
+
+// registerPing adds test.Echo/Ping, an application RPC that takes and
+// returns Empty, without generated code.
+func registerPing(srv *grpc.Server) {
+	srv.RegisterService(&grpc.ServiceDesc{
+		ServiceName: "test.Echo",
+		HandlerType: (*any)(nil),
+		Methods: []grpc.MethodDesc{{
+			MethodName: "Ping",
+			Handler: func(_ any, _ context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+				in := new(emptypb.Empty)
+				if err := dec(in); err != nil {
+					return nil, err
+				}
+				return &emptypb.Empty{}, nil
+			},
+		}},
+	}, struct{}{})
 }
 
 func (f *fixture) check(t *testing.T, service string) (healthpb.HealthCheckResponse_ServingStatus, codes.Code) {
@@ -163,6 +189,9 @@ func TestRPCsAreTracedOnBothSides(t *testing.T) {
 	if _, err := f.client.Check(ctx, &healthpb.HealthCheckRequest{Service: "liveness"}); err != nil {
 		t.Fatal(err)
 	}
+	if err := f.conn.Invoke(ctx, "/test.Echo/Ping", &emptypb.Empty{}, &emptypb.Empty{}); err != nil {
+		t.Fatal(err)
+	}
 	parent.End()
 	// The server ends its span after sending the answer, so the client can
 	// be first: wait for both.
@@ -170,13 +199,105 @@ func TestRPCsAreTracedOnBothSides(t *testing.T) {
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 		kinds = map[trace.SpanKind]bool{}
 		for _, s := range f.spans.GetSpans() {
-			if s.Name == "grpc.health.v1.Health/Check" && s.SpanContext.TraceID() == parent.SpanContext().TraceID() {
+			if s.Name == "test.Echo/Ping" && s.SpanContext.TraceID() == parent.SpanContext().TraceID() {
 				kinds[s.SpanKind] = true
 			}
 		}
 		if kinds[trace.SpanKindClient] && kinds[trace.SpanKindServer] {
-			return
+			break
 		}
 	}
-	t.Errorf("span kinds in the caller's trace %v, want client and server", kinds)
+	if !kinds[trace.SpanKindClient] || !kinds[trace.SpanKindServer] {
+		t.Errorf("span kinds in the caller's trace %v, want client and server", kinds)
+	}
+	// Health probes are not traced on the server: the kubelet would start
+	// a trace every few seconds.
+	for _, s := range f.spans.GetSpans() {
+		if s.Name == "grpc.health.v1.Health/Check" && s.SpanKind == trace.SpanKindServer {
+			t.Errorf("health RPC traced on the server: %s", s.Name)
+		}
+	}
+}
+
+func TestWatchPushesDrainAtOnceAndCloseEndsStreams(t *testing.T) {
+	h := manual.NewHealth(manual.HealthOpts{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	t.Cleanup(func() { h.Close() })
+	srv := grpc.NewServer(manualgrpc.ServerOption())
+	hs := manualgrpc.NewHealthServer(h, manualgrpc.HealthOpts{}) // the 5 s default interval
+	manualgrpc.Register(srv, hs)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	client := healthpb.NewHealthClient(conn)
+	// The client's own deadline is far away: nothing may wait for it.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ready, err := client.Watch(ctx, &healthpb.HealthCheckRequest{Service: ""})
+	if err != nil {
+		t.Fatal(err)
+	}
+	live, err := client.Watch(ctx, &healthpb.HealthCheckRequest{Service: "liveness"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []healthpb.Health_WatchClient{ready, live} {
+		if m, err := s.Recv(); err != nil || m.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			t.Fatalf("first message %v %v", m.GetStatus(), err)
+		}
+	}
+	start := time.Now()
+	h.Drain()
+	m, err := ready.Recv()
+	if err != nil || m.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("after Drain: %v %v", m.GetStatus(), err)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("NOT_SERVING arrived %s after Drain; it must not wait for the 5 s tick", took)
+	}
+
+	start = time.Now()
+	hs.Close()
+	stopped := make(chan struct{})
+	go func() { srv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(3 * time.Second):
+		t.Fatal("GracefulStop still waiting on Watch streams 3 s after Close")
+	}
+	for _, s := range []healthpb.Health_WatchClient{ready, live} {
+		if _, err := s.Recv(); status.Code(err) != codes.Unavailable {
+			t.Errorf("Watch stream after Close: %v, want Unavailable", err)
+		}
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("Close + GracefulStop took %s", took)
+	}
+}
+
+func TestHealthCheckOfAGRPCDependency(t *testing.T) {
+	f := start(t)
+	for _, tt := range []struct {
+		service string
+		wantErr string
+	}{
+		{"liveness", ""},
+		{"readiness/db", ""},
+		{"readiness/cache", "NOT_SERVING"},
+		{"nope", "NotFound"},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := manualgrpc.HealthCheck(f.conn, tt.service)(ctx)
+		cancel()
+		if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+			t.Errorf("%s: %v, want %q", tt.service, err, tt.wantErr)
+		}
+	}
 }

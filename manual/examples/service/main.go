@@ -102,11 +102,7 @@ func run() error {
 	fmt.Println(ln.Addr().String())
 
 	srv := &http.Server{Handler: root, ReadHeaderTimeout: 5 * time.Second}
-	d := *drain
-	if d == 0 {
-		d = -1 // manual.Serve reads 0 as its default; the flag's 0 means none
-	}
-	return manual.Serve(ctx, srv, ln, health, manual.ServeOpts{Drain: d})
+	return manual.Serve(ctx, srv, ln, health, manual.ServeOpts{Drain: drain}) // -drain 0s: no drain
 }
 
 func hello(w http.ResponseWriter, r *http.Request) {

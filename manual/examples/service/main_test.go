@@ -157,7 +157,7 @@ func TestServiceRoutesMetricsAndTraces(t *testing.T) {
 			c.Close()
 		}
 	}()
-	rcv := otlptest.Start(t)
+	rcv := otlptest.StartHTTP(t) // http/protobuf, the specification's default
 	s := startService(t, []string{
 		"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + rcv.Addr,
 		"OTEL_TRACES_SAMPLER=always_on",
@@ -174,7 +174,7 @@ func TestServiceRoutesMetricsAndTraces(t *testing.T) {
 		}
 	}
 
-	code, hdr, body := get(t, s.url+"/readyz?verbose")
+	code, hdr, body := get(t, s.url+"/readyz")
 	if code != 200 || hdr.Get("Content-Type") != "application/json" ||
 		strings.TrimSpace(body) != `{"status":"ok","checks":{"dep":"ok","shutdown":"ok"}}` {
 		t.Errorf("/readyz with the dependency up: %d %q %s", code, hdr.Get("Content-Type"), body)
@@ -197,7 +197,7 @@ func TestServiceRoutesMetricsAndTraces(t *testing.T) {
 	if code != 200 || !strings.HasPrefix(hdr.Get("Content-Type"), "application/openmetrics-text") {
 		t.Fatalf("/metrics: %d %s", code, hdr.Get("Content-Type"))
 	}
-	ex := regexp.MustCompile(`(?m)^http_request_duration_seconds_bucket\{[^}]*route="/hello"[^}]*\} 1 # \{[^}]*trace_id="` + traceID + `"`)
+	ex := regexp.MustCompile(`(?m)^http_server_request_duration_seconds_bucket\{[^}]*http_route="/hello"[^}]*\} 1 # \{[^}]*trace_id="` + traceID + `"`)
 	if !ex.MatchString(body) {
 		t.Errorf("no exemplar with trace_id %s for /hello in the scrape", traceID)
 	}
@@ -208,7 +208,7 @@ func TestServiceRoutesMetricsAndTraces(t *testing.T) {
 			t.Errorf("scrape lacks %s", want)
 		}
 	}
-	if strings.Contains(body, `route="/metrics"`) || strings.Contains(body, `route="/readyz"`) {
+	if strings.Contains(body, `http_route="/metrics"`) || strings.Contains(body, `http_route="/readyz"`) {
 		t.Error("probes and scrapes are counted as requests")
 	}
 

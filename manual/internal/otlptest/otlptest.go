@@ -1,12 +1,16 @@
-// Package otlptest is a real OTLP/gRPC trace receiver for tests: a gRPC
-// server on 127.0.0.1 implementing the collector's TraceService.
+// Package otlptest is a real OTLP trace receiver for tests: a gRPC server
+// on 127.0.0.1 implementing the collector's TraceService (Start), or an
+// HTTP server taking protobuf on /v1/traces (StartHTTP).
 package otlptest
 
 import (
+	"compress/gzip"
 	"context"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +18,7 @@ import (
 	collectorpb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 )
 
 // Span is a received span flattened with its resource attributes.
@@ -50,6 +55,47 @@ func Start(t testing.TB) *Receiver {
 	collectorpb.RegisterTraceServiceServer(s, r)
 	go func() { _ = s.Serve(ln) }()
 	t.Cleanup(s.Stop)
+	return r
+}
+
+// StartHTTP serves an OTLP/HTTP (http/protobuf) receiver on 127.0.0.1
+// until the test ends; Addr is its host:port.
+func StartHTTP(t testing.TB) *Receiver {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listening for otlp/http: %v", err)
+	}
+	r := &Receiver{Addr: ln.Addr().String(), added: make(chan struct{}, 1)}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/traces", func(w http.ResponseWriter, req *http.Request) {
+		var body io.Reader = req.Body
+		if req.Header.Get("Content-Encoding") == "gzip" {
+			gz, err := gzip.NewReader(req.Body)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			body = gz
+		}
+		b, err := io.ReadAll(body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		var in collectorpb.ExportTraceServiceRequest
+		if err := proto.Unmarshal(b, &in); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		out, _ := r.Export(req.Context(), &in)
+		ob, _ := proto.Marshal(out)
+		w.Header().Set("Content-Type", "application/x-protobuf")
+		_, _ = w.Write(ob)
+	})
+	srv := &http.Server{Handler: mux}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close() })
 	return r
 }
 
