@@ -230,9 +230,9 @@ type HTTPMetricsOpts struct {
 	Buckets []float64
 	// Route returns the http_route label of a request after its handler
 	// ran. Nil means obsd's rule: the path of the pattern that
-	// http.ServeMux matched ("/users/{id}"), else a fallback of at most
-	// two word-like path segments ("/api/users/*"), at most
-	// MaxFallbackRoutes of them, then OverflowRoute. Never return the raw
+	// http.ServeMux matched ("/users/{id}"), else obsd's learned fallback
+	// ("/api/users/{param}", see Param and LearnAfter), at most MaxRoutes
+	// routes in all, then OverflowRoute. Never return the raw
 	// path: every distinct URL would become a series. TraceHandler puts
 	// the same route on the request's span.
 	Route func(r *http.Request) string

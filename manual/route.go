@@ -12,14 +12,33 @@ import (
 // internal packages; testdata/routes.json specifies both, and the tests of
 // both read it.
 
-// MaxFallbackRoutes bounds the distinct fallback routes one HTTPMetrics or
-// one TraceHandler labels; past it every request no pattern matched is
-// labelled OverflowRoute. It is obsd's limit.
-const MaxFallbackRoutes = 100
+// Route limits, obsd's (internal/export/route.go).
+const (
+	// MaxRoutes bounds the distinct routes one HTTPMetrics or one
+	// TraceHandler labels, patterns and fallbacks alike; past it a route
+	// not seen before is labelled OverflowRoute, and routes seen before
+	// keep their labels.
+	MaxRoutes = 100
+	// OverflowRoute labels requests past MaxRoutes; it is also the tail of
+	// a fallback route whose path went deeper than FallbackDepth.
+	OverflowRoute = "/*"
+	// Param replaces a fallback path segment that identifies rather than
+	// names (an ID, a UUID, a hash, a slug past LearnAfter).
+	Param = "{param}"
+	// FallbackDepth is how many path segments a fallback route keeps.
+	FallbackDepth = 4
+	// LearnAfter is how many distinct words one path position may take in
+	// the fallback before new words there become Param.
+	LearnAfter = 20
+	// maxRouteNodes bounds the memory of the fallback tree.
+	maxRouteNodes = 2048
+)
 
-// OverflowRoute is the route of unmatched requests once MaxFallbackRoutes
-// are in use, and of paths with no usable segment ("/42").
-const OverflowRoute = "/*"
+// MaxFallbackRoutes is MaxRoutes.
+//
+// Deprecated: the limit covers every route, not only fallbacks; use
+// MaxRoutes.
+const MaxFallbackRoutes = MaxRoutes
 
 // OtherMethod is the semantic conventions' method label for any method
 // outside the nine standard ones: clients cannot create series at will.
@@ -51,34 +70,6 @@ func patternPath(pattern string) string {
 	return pattern[i:]
 }
 
-// fallbackRoute is the route of a request no pattern matched: at most the
-// first two path segments, each kept only if it looks like a word (not an
-// ID), then "/*" when the path went deeper: /api/users/42 -> /api/users/*,
-// /orders/8f3a9c -> /orders/*, /42 -> /*.
-func fallbackRoute(path string) string {
-	if path == "" || path == "/" {
-		return "/"
-	}
-	var b strings.Builder
-	rest := strings.TrimPrefix(path, "/")
-	for i := 0; i < 2 && rest != ""; i++ {
-		seg, tail, _ := strings.Cut(rest, "/")
-		if !wordLike(seg) {
-			break
-		}
-		b.WriteByte('/')
-		b.WriteString(seg)
-		rest = tail
-	}
-	switch {
-	case rest != "" || b.Len() == 0:
-		b.WriteString("/*")
-	case strings.HasSuffix(path, "/"):
-		b.WriteByte('/')
-	}
-	return b.String()
-}
-
 // wordLike accepts segments that name a resource rather than identify one:
 // letters, '-', '_', '.', and digits only in short version-like words (v1).
 func wordLike(seg string) bool {
@@ -103,32 +94,129 @@ func wordLike(seg string) bool {
 	return len(seg) <= 3 && (c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z')
 }
 
-// routeSet derives routes as obsd does, remembering the fallback routes it
-// handed out so that their number stays bounded.
+// routeSet derives routes as obsd does (internal/export/route.go): the
+// pattern's path when a ServeMux pattern matched, else the learned fallback
+// (see learner); every value passes one set of MaxRoutes.
 type routeSet struct {
-	mu   sync.Mutex
-	seen map[string]struct{}
+	mu       sync.Mutex
+	admitted map[string]struct{}
+	tree     learner
 }
 
-func newRouteSet() *routeSet { return &routeSet{seen: map[string]struct{}{}} }
+func newRouteSet() *routeSet {
+	return &routeSet{admitted: map[string]struct{}{}, tree: learner{root: &node{}}}
+}
 
-// route is the pattern's path when a ServeMux pattern matched, else a
-// bounded fallback. Call it after routing: r.Pattern is set by the mux.
+// route is r's route. Call it after routing: r.Pattern is set by the mux.
 func (rs *routeSet) route(r *http.Request) string {
-	if p := patternPath(r.Pattern); p != "" {
-		return p
-	}
-	fb := fallbackRoute(r.URL.Path)
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	if _, ok := rs.seen[fb]; ok {
-		return fb
+	v := patternPath(r.Pattern)
+	if v == "" {
+		n, variant := rs.tree.walk(r.URL.Path)
+		if r := n.variants[variant]; r != "" {
+			return r
+		}
+		v = n.label(variant)
+		v = rs.admit(v)
+		n.variants[variant] = v
+		return v
 	}
-	if len(rs.seen) >= MaxFallbackRoutes {
+	return rs.admit(v)
+}
+
+// admit returns v when it is known or there is room for it, else
+// OverflowRoute.
+func (rs *routeSet) admit(v string) string {
+	if _, ok := rs.admitted[v]; ok {
+		return v
+	}
+	if len(rs.admitted) >= MaxRoutes {
 		return OverflowRoute
 	}
-	rs.seen[fb] = struct{}{}
-	return fb
+	rs.admitted[v] = struct{}{}
+	return v
+}
+
+// learner is the fallback for requests no pattern matched: a tree of the
+// path segments seen, where each node is a route prefix.
+//
+//   - A segment that does not look like a word (see wordLike) is Param at
+//     once: /orders/8f3a9c -> /orders/{param}.
+//   - A word is kept as itself until its position has held LearnAfter
+//     distinct words; from then on a new word there is Param, so slugs never
+//     become labels one by one, and words seen before keep their routes.
+//   - At most FallbackDepth segments are kept; a deeper path ends in /*. A
+//     trailing slash is kept (/items/).
+type learner struct {
+	root  *node
+	nodes int
+}
+
+type node struct {
+	route    string // the route of the path up to here; "" at the root
+	words    map[string]*node
+	param    *node
+	variants [3]string // exact, trailing slash, deeper: labels handed out
+}
+
+const (
+	variantExact = iota
+	variantSlash
+	variantDeeper
+)
+
+func (l *learner) walk(path string) (*node, int) {
+	n, variant := l.root, variantExact
+	rest := strings.TrimPrefix(path, "/")
+	for depth := 0; rest != ""; depth++ {
+		if depth == FallbackDepth {
+			variant = variantDeeper
+			break
+		}
+		seg, tail, slash := strings.Cut(rest, "/")
+		n = l.child(n, seg)
+		rest = tail
+		if slash && tail == "" {
+			variant = variantSlash
+		}
+	}
+	return n, variant
+}
+
+func (n *node) label(variant int) string {
+	v := n.route
+	switch {
+	case variant == variantSlash:
+		v += "/"
+	case variant == variantDeeper:
+		v += OverflowRoute
+	case v == "":
+		v = "/"
+	}
+	return v
+}
+
+func (l *learner) child(n *node, seg string) *node {
+	if wordLike(seg) {
+		if c, ok := n.words[seg]; ok {
+			return c
+		}
+		if len(n.words) < LearnAfter && l.nodes < maxRouteNodes {
+			if n.words == nil {
+				n.words = map[string]*node{}
+			}
+			c := &node{route: n.route + "/" + seg}
+			n.words[seg] = c
+			l.nodes++
+			return c
+		}
+	}
+	if n.param == nil {
+		n.param = &node{route: n.route + "/" + Param}
+		l.nodes++
+	}
+	return n.param
 }
 
 // routeKey carries a *routeHolder from TraceHandler to HTTPMetrics, so that

@@ -16,8 +16,9 @@ func TestRoutesFollowObsdsRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	var table struct {
-		Routes  []struct{ Pattern, Path, Route string }
-		Methods []struct{ Method, Label string }
+		Routes    []struct{ Pattern, Path, Route string }
+		Sequences [][]struct{ Path, Route string }
+		Methods   []struct{ Method, Label string }
 	}
 	if err := json.Unmarshal(b, &table); err != nil {
 		t.Fatal(err)
@@ -32,6 +33,14 @@ func TestRoutesFollowObsdsRules(t *testing.T) {
 			t.Errorf("pattern %q path %q: route %q, want %q", tt.Pattern, tt.Path, got, tt.Route)
 		}
 	}
+	for i, seq := range table.Sequences {
+		rs := newRouteSet()
+		for _, tt := range seq {
+			if got := rs.route(httptest.NewRequest("GET", tt.Path, nil)); got != tt.Route {
+				t.Errorf("sequence %d, path %q: route %q, want %q", i, tt.Path, got, tt.Route)
+			}
+		}
+	}
 	for _, tt := range table.Methods {
 		if got := semconvMethod(tt.Method); got != tt.Label {
 			t.Errorf("method %q: %q, want %q", tt.Method, got, tt.Label)
@@ -39,18 +48,27 @@ func TestRoutesFollowObsdsRules(t *testing.T) {
 	}
 }
 
-func TestFallbackRoutesAreBounded(t *testing.T) {
+func TestRoutesAreBounded(t *testing.T) {
 	rs := newRouteSet()
-	for i := range MaxFallbackRoutes {
-		r := httptest.NewRequest("GET", fmt.Sprintf("/w%c%c", 'a'+i/26, 'a'+i%26), nil)
+	// Distinct routes that the fallback keeps: 20 words at each of two
+	// positions give up to 400 routes, past the limit.
+	n := 0
+	for i := 0; n < MaxRoutes; i++ {
+		r := httptest.NewRequest("GET", fmt.Sprintf("/w%c/x%c", 'a'+i/LearnAfter, 'a'+i%LearnAfter), nil)
 		if got := rs.route(r); got == OverflowRoute {
-			t.Fatalf("route %d overflowed", i)
+			t.Fatalf("route %d (%s) overflowed", n, r.URL.Path)
 		}
+		n++
 	}
-	if got := rs.route(httptest.NewRequest("GET", "/one-more", nil)); got != OverflowRoute {
+	if got := rs.route(httptest.NewRequest("GET", "/one/more", nil)); got != OverflowRoute {
 		t.Errorf("route past the limit %q, want %q", got, OverflowRoute)
 	}
-	if got := rs.route(httptest.NewRequest("GET", "/waa", nil)); got != "/waa" {
-		t.Errorf("a route already seen %q, want /waa", got)
+	r := httptest.NewRequest("GET", "/x/y", nil)
+	r.Pattern = "GET /items/{id}"
+	if got := rs.route(r); got != OverflowRoute {
+		t.Errorf("a new pattern past the limit %q, want %q: one limit for every route", got, OverflowRoute)
+	}
+	if got := rs.route(httptest.NewRequest("GET", "/wa/xa", nil)); got != "/wa/xa" {
+		t.Errorf("a route already seen %q, want /wa/xa", got)
 	}
 }

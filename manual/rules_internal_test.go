@@ -22,7 +22,7 @@ type healthRules struct {
 		PanicBoom        string `json:"panic_boom"`
 		UnknownCheck     string `json:"unknown_check"`
 	} `json:"texts"`
-	Limits                []struct {
+	Limits []struct {
 		Limit, Value uint64
 		Fail         bool
 	} `json:"limits"`

@@ -18,8 +18,9 @@ func TestManualSharesTheRouteRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	var table struct {
-		Routes  []struct{ Pattern, Path, Route string }
-		Methods []struct{ Method, Label string }
+		Routes    []struct{ Pattern, Path, Route string }
+		Sequences [][]struct{ Path, Route string }
+		Methods   []struct{ Method, Label string }
 	}
 	if err := json.Unmarshal(b, &table); err != nil {
 		t.Fatal(err)
@@ -28,9 +29,18 @@ func TestManualSharesTheRouteRules(t *testing.T) {
 		t.Fatal("empty table")
 	}
 	for _, tt := range table.Routes {
-		got := newRoutes().route(export.Service{InstanceID: "i"}, probe.Request{Pattern: tt.Pattern, Path: tt.Path})
+		got := export.NewRoutes(nil).Route(export.Service{InstanceID: "i"}, probe.Request{Pattern: tt.Pattern, Path: tt.Path}).Value
 		if got != tt.Route {
 			t.Errorf("pattern %q path %q: route %q, want %q", tt.Pattern, tt.Path, got, tt.Route)
+		}
+	}
+	for i, seq := range table.Sequences {
+		rt := export.NewRoutes(nil)
+		for _, tt := range seq {
+			got := rt.Route(export.Service{InstanceID: "i"}, probe.Request{Path: tt.Path}).Value
+			if got != tt.Route {
+				t.Errorf("sequence %d, path %q: route %q, want %q", i, tt.Path, got, tt.Route)
+			}
 		}
 	}
 	for _, tt := range table.Methods {
