@@ -175,6 +175,14 @@ func TestScanFixtureProcesses(t *testing.T) {
 		PID: 105, StartTime: 7000, Exe: "/app/server", ExePath: root + "/105/exe",
 		ServiceName: "inner",
 	}}
+	seqs := map[uint64]bool{}
+	for i := range added {
+		if seqs[added[i].Seq] || added[i].Seq == 0 || added[i].Seq > uint64(len(added)) {
+			t.Errorf("added[%d].Seq = %d, want one of 1..%d unused (one per incarnation)", i, added[i].Seq, len(added))
+		}
+		seqs[added[i].Seq] = true
+		added[i].Seq = 0
+	}
 	if !reflect.DeepEqual(added, want) {
 		t.Errorf("added\n%+v\nwant\n%+v", added, want)
 	}
