@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/go-logr/logr"
 	"go.opentelemetry.io/otel"
@@ -53,6 +54,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (config,
 		exes   strList
 		traces string
 		level  string
+		keep   string
 	)
 	fs := flag.NewFlagSet("obsd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -61,6 +63,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (config,
 	fs.Var(&ports, "port", "instrument the process listening on this TCP port (repeatable; env OBSD_PORT, comma-separated)")
 	fs.StringVar(&c.agent.Listen, "listen", envOr(getenv, "OBSD_LISTEN", ":9400"), "address of /metrics, /healthz, /readyz (env OBSD_LISTEN)")
 	fs.StringVar(&traces, "traces", getenv("OBSD_TRACES"), "span export: otlp, stdout or none (env OBSD_TRACES; default otlp when OTEL_EXPORTER_OTLP_*ENDPOINT is set, else none)")
+	fs.StringVar(&keep, "keep-exited", envOr(getenv, "OBSD_KEEP_EXITED", "1m"), "how long an exited process's series stay exported, so the last scrapes see its final counts (env OBSD_KEEP_EXITED)")
 	fs.BoolVar(&c.showVersion, "version", false, "print obsd's version and exit")
 	fs.StringVar(&level, "log-level", envOr(getenv, "OBSD_LOG_LEVEL", "info"), "debug, info, warn or error (env OBSD_LOG_LEVEL)")
 	if err := fs.Parse(args); err != nil {
@@ -99,6 +102,9 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (config,
 		return c, err
 	}
 	c.agent.Traces = mode
+	if c.agent.Forget, err = time.ParseDuration(keep); err != nil || c.agent.Forget <= 0 {
+		return c, fmt.Errorf("--keep-exited %q: want a positive duration such as 1m or 30s", keep)
+	}
 	if err := c.logLevel.UnmarshalText([]byte(level)); err != nil {
 		return c, fmt.Errorf("--log-level: %w", err)
 	}
