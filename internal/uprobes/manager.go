@@ -88,6 +88,9 @@ type Manager struct {
 	sink    Sink
 	probes  []*loadedProbe
 	stats   *stats
+	// open inspects an executable: inspect.Open, replaced by tests to
+	// hold a load in progress or make it fail.
+	open func(path string) (*inspect.Binary, error)
 
 	// mu guards the maps below. It is never held while a binary is parsed
 	// or its programs verified (loadBinary), so scrapes, detaches and other
@@ -171,6 +174,7 @@ func New(o Options) (*Manager, error) {
 		log:       o.Logger,
 		offsets:   o.Offsets,
 		sink:      o.Sink,
+		open:      inspect.Open,
 		procs:     map[int]*process{},
 		bins:      map[binKey]*loadedBinary{},
 		loading:   map[binKey]*binaryLoad{},
@@ -400,7 +404,7 @@ func (m *Manager) attach(pid int, exePath string) (_ *inspect.Binary, repeat boo
 // loadBinary inspects an executable and loads every probe's programs with
 // the binary's offsets. Called without m.mu: it reads only what New set.
 func (m *Manager) loadBinary(key binKey, exePath string) (*loadedBinary, error) {
-	info, err := inspect.Open(exePath)
+	info, err := m.open(exePath)
 	if err != nil {
 		return nil, err
 	}
