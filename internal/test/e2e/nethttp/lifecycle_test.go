@@ -2,6 +2,7 @@ package nethttp
 
 import (
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -130,4 +131,71 @@ func TestTargetSurvives(t *testing.T) {
 	if err := srv.Cmd.Process.Signal(syscall.Signal(0)); err != nil {
 		t.Fatalf("target died: %v", err)
 	}
+}
+
+// TestReadyMeansObserving: /readyz answers 200 only once every selected
+// process is attached (or refused with a reason), so requests sent the
+// moment it does are all counted. Several targets by --pid and one by
+// --port, of two different binaries, so loads take a while.
+func TestReadyMeansObserving(t *testing.T) {
+	e2e.RequireRoot(t)
+	obsdBin := builds.Obsd(t)
+	var srvs []*e2e.Proc
+	for _, v := range []e2e.Variant{{Name: "current"}, {Name: "stripped", Stripped: true}, {Name: "current"}, {Name: "stripped", Stripped: true}} {
+		srvs = append(srvs, e2e.Start(t, builds.HTTPServer(t, v), nil))
+	}
+	args := []string{"--traces", "none"}
+	for _, s := range srvs[:3] {
+		args = append(args, "--pid", itoa(s.PID()))
+	}
+	_, port, _ := strings.Cut(srvs[3].First, ":")
+	args = append(args, "--port", port)
+	o := e2e.StartObsd(t, obsdBin, nil, args...)
+
+	deadline := time.Now().Add(20 * time.Second)
+	var waiting []string
+	for {
+		code, body := o.Get(t, "/readyz")
+		if code == 200 {
+			break
+		}
+		if strings.Contains(string(body), "waiting to instrument") {
+			waiting = append(waiting, string(body))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz still %d after 20 s: %s", code, body)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	const each = 5
+	for _, s := range srvs {
+		get(t, "http://"+s.First+"/hello", each)
+	}
+	o.WaitScrape(t, 5*time.Second, "every request", func(f map[string]*dto.MetricFamily) bool {
+		for _, s := range srvs {
+			if requestCount(f, s.PID()) < each {
+				return false
+			}
+		}
+		return true
+	})
+	time.Sleep(200 * time.Millisecond)
+	fams := e2e.Families(t, o.Scrape(t))
+	for _, s := range srvs {
+		if n := requestCount(fams, s.PID()); n != each {
+			t.Errorf("pid %d: counted %v requests sent on readiness, want %d", s.PID(), n, each)
+		}
+	}
+	// While it waited, the check named what it waited for.
+	for _, body := range waiting {
+		named := false
+		for _, s := range srvs {
+			named = named || strings.Contains(body, "pid "+itoa(s.PID()))
+		}
+		if !named {
+			t.Errorf("/readyz waited without naming a selected pid: %s", body)
+		}
+	}
+	t.Logf("/readyz said it was waiting %d times", len(waiting))
+	o.Stop(t)
 }
