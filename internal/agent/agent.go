@@ -230,7 +230,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			errc <- fmt.Errorf("discovering processes: %w", err)
 		}
 	}()
-	a.log.Info("obsd running", "listen", a.ln.Addr().String(), "traces", string(a.cfg.Traces))
+	a.log.Info("obsd running", "listen", a.ln.Addr().String(), "traces", string(a.cfg.Traces),
+		"pids", a.cfg.Criteria.PIDs, "exe", a.cfg.Criteria.ExeGlobs, "ports", a.cfg.Criteria.Ports,
+		"keep_exited", a.cfg.Forget.String())
 
 	var runErr error
 	select {
@@ -251,7 +253,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer cancel()
 	errs := []error{runErr, srv.Shutdown(shutdownCtx)}
 	errs = append(errs, mgrErr, a.spans.Shutdown(shutdownCtx), a.watcher.Close())
-	a.log.Info("obsd stopped; all probes detached")
+	if mgrErr != nil {
+		a.log.Warn("obsd stopped; closing some probes failed (the kernel releases them with obsd's file descriptors)", "err", mgrErr)
+	} else {
+		a.log.Info("obsd stopped; all probes detached")
+	}
 	return errors.Join(errs...)
 }
 
@@ -322,7 +328,7 @@ func (a *Agent) attach(p discover.Process, attempt int) {
 			delete(a.pending, p.PID)
 		}
 		a.mu.Unlock()
-		if !uprobes.Permanent(err) && inspect.ReasonOf(err) != uprobes.ReasonExited {
+		if !uprobes.Permanent(err) && inspect.ReasonOf(err) != uprobes.ReasonExited && !errors.Is(err, uprobes.ErrClosed) {
 			wait := min(retryMin<<min(attempt-1, 20), retryMax)
 			time.AfterFunc(wait, func() { a.serial(p.PID, func() { a.attach(p, attempt+1) }) })
 		}

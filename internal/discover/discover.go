@@ -579,7 +579,7 @@ func (w *Watcher) resolveExe(pid int, p *proc) {
 		// all mean nothing to attach to.
 		p.exeErr = err
 		if w.pids[pid] {
-			w.log.Warn("requested pid has no readable executable; not instrumenting it", "pid", pid, "err", err)
+			w.log.Warn("requested pid has no readable executable, so there is nothing to probe (a kernel thread, or obsd lacks the permission: run it as root); not instrumenting it", "pid", pid, "err", err)
 		}
 		return
 	}

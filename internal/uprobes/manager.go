@@ -48,6 +48,9 @@ const ReasonExited = "process_exited"
 // ReasonAttach is counted when the kernel refused a link or a program.
 const ReasonAttach = "attach_failed"
 
+// ErrClosed is returned by Attach once Close was called: obsd is stopping.
+var ErrClosed = errors.New("not instrumenting: obsd is stopping")
+
 // Sink receives every decoded request. It is called from one goroutine per
 // probe and must not block for long: the ring buffer fills meanwhile.
 type Sink interface {
@@ -273,6 +276,8 @@ func (m *Manager) Attach(pid int, exePath string) (*inspect.Binary, error) {
 		m.stats.attachError(reason)
 		err = fmt.Errorf("instrumenting pid %d (%s): %w", pid, exePath, err)
 		switch {
+		case errors.Is(err, ErrClosed):
+			m.log.Debug("not instrumenting process: obsd is stopping", "pid", pid)
 		case repeat:
 			m.log.Debug("not instrumenting process", "pid", pid, "reason", reason, "err", err)
 		case reason == ReasonExited:
@@ -326,7 +331,7 @@ func (m *Manager) attach(pid int, exePath string) (_ *inspect.Binary, repeat boo
 	var bin *loadedBinary
 	for bin == nil {
 		if m.closed {
-			return nil, false, errors.New("obsd is stopping")
+			return nil, false, ErrClosed
 		}
 		if _, ok := m.procs[pid]; ok {
 			return nil, false, fmt.Errorf("pid %d already attached", pid)
@@ -357,7 +362,7 @@ func (m *Manager) attach(pid int, exePath string) (_ *inspect.Binary, repeat boo
 		switch {
 		case err == nil && m.closed:
 			b.close()
-			err = errors.New("obsd is stopping")
+			err = ErrClosed
 		case err == nil:
 			m.bins[key] = b
 			bin = b
