@@ -148,6 +148,8 @@ type process struct {
 	pid   int
 	bin   *loadedBinary
 	links []link.Link
+	// detaching is set while Detach closes the links without m.mu.
+	detaching bool
 }
 
 // New loads every probe once, so that a kernel which refuses them fails here
@@ -530,14 +532,28 @@ func (m *Manager) fieldOffset(info *inspect.Binary, f probe.Field) (uint64, erro
 // when it exits, which releases its refusal.
 func (m *Manager) Detach(pid int) ([]probe.Histogram, error) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	m.refused.release(pid)
 	delete(m.transient, pid)
 	proc, ok := m.procs[pid]
-	if !ok {
+	if !ok || proc.detaching {
+		m.mu.Unlock()
 		return nil, nil
 	}
-	err := proc.close()
+	// Closing links waits for kernel grace periods: do it without the
+	// lock, so scrapes and other detaches go on. The process stays in
+	// m.procs meanwhile, so its series are still read as live.
+	proc.detaching = true
+	closing := &process{pid: pid, links: proc.links}
+	proc.links = nil
+	m.mu.Unlock()
+	err := closing.close()
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, err // Close freed the maps and the binary
+	}
+	// No probe of the process runs any more: its series are final.
 	final, rerr := m.retire(proc)
 	if rerr != nil {
 		err = errors.Join(err, fmt.Errorf("keeping final counts of pid %d: %w", pid, rerr))
@@ -574,6 +590,35 @@ func (p *process) close() error {
 	return nil
 }
 
+// closeConcurrency is how many processes' links closeAll closes at once.
+const closeConcurrency = 16
+
+// closeAll closes the links of every process, several at a time: closing
+// a uprobe link waits for the kernel's grace periods (tens of ms each),
+// which concurrent closes share instead of queueing one after another.
+func closeAll(procs map[int]*process) []error {
+	var (
+		mu   sync.Mutex
+		errs []error
+		wg   sync.WaitGroup
+	)
+	sem := make(chan struct{}, closeConcurrency)
+	for _, proc := range procs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			err := proc.close()
+			<-sem
+			mu.Lock()
+			errs = append(errs, err)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return errs
+}
+
 func (b *loadedBinary) close() {
 	for _, c := range b.programs {
 		c.Close()
@@ -597,11 +642,8 @@ func (m *Manager) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.closed = true
-	var errs []error
-	for pid, proc := range m.procs {
-		errs = append(errs, proc.close())
-		delete(m.procs, pid)
-	}
+	errs := closeAll(m.procs)
+	clear(m.procs)
 	for k, b := range m.bins {
 		b.close()
 		delete(m.bins, k)
