@@ -68,6 +68,12 @@ type Agent struct {
 
 	unattributed prometheus.Counter
 
+	// procs attaches and detaches processes: the manager, a fake in tests.
+	procs attacher
+	// delivered counts discovery scans handed to Added and Removed.
+	delivered func() uint64
+	retryMin  time.Duration // first retry of a transient failure
+
 	// ops counts the attach, retry and detach operations in flight; each
 	// runs on its own goroutine, serialized per pid by chains, at most
 	// maxConcurrentAttaches at a time (slots).
@@ -104,6 +110,12 @@ type target struct {
 	final []probe.Histogram
 }
 
+// attacher is what the agent needs of uprobes.Manager to follow processes.
+type attacher interface {
+	Attach(pid int, exePath string) (*inspect.Binary, error)
+	Detach(pid int) ([]probe.Histogram, error)
+}
+
 // maxConcurrentAttaches bounds the attaches (and binary loads) in flight,
 // so a node full of new processes does not parse many binaries at once.
 const maxConcurrentAttaches = 4
@@ -132,6 +144,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		pending:  map[int]discover.Process{},
 		chains:   map[int]chan struct{}{},
 		slots:    make(chan struct{}, maxConcurrentAttaches),
+		retryMin: retryMin,
 		checks:   health.New(time.Second),
 		beat:     health.NewHeartbeat(5 * time.Second),
 	}
@@ -170,6 +183,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	a.reg.MustRegister(a.http, a.mgr.Collector(), buildInfo, a.unattributed)
 
 	a.watcher = discover.New(cfg.Criteria, discover.Options{Logger: cfg.Logger})
+	a.procs, a.delivered = a.mgr, a.watcher.Delivered
 	a.checks.AddLiveness("event_loop", a.beat.Check)
 	a.checks.AddLiveness("goroutines", health.GoroutinesBelow(10000))
 	a.checks.AddLiveness("heap", health.HeapBelow(1<<30))
@@ -320,7 +334,7 @@ func (a *Agent) attach(p discover.Process, attempt int) {
 	if !still || cur.Seq != p.Seq {
 		return // exited or replaced before its turn; Removed unblocked readiness
 	}
-	info, err := a.mgr.Attach(p.PID, p.ExePath)
+	info, err := a.procs.Attach(p.PID, p.ExePath)
 	if err != nil {
 		// Logged and counted by the manager.
 		a.mu.Lock()
@@ -329,7 +343,7 @@ func (a *Agent) attach(p discover.Process, attempt int) {
 		}
 		a.mu.Unlock()
 		if !uprobes.Permanent(err) && inspect.ReasonOf(err) != uprobes.ReasonExited && !errors.Is(err, uprobes.ErrClosed) {
-			wait := min(retryMin<<min(attempt-1, 20), retryMax)
+			wait := min(a.retryMin<<min(attempt-1, 20), retryMax)
 			time.AfterFunc(wait, func() { a.serial(p.PID, func() { a.attach(p, attempt+1) }) })
 		}
 		return
@@ -409,7 +423,7 @@ func (a *Agent) Removed(p discover.Process) {
 }
 
 func (a *Agent) detach(p discover.Process) {
-	final, err := a.mgr.Detach(p.PID)
+	final, err := a.procs.Detach(p.PID)
 	if err != nil {
 		a.log.Warn("detaching exited process", "pid", p.PID, "err", err)
 	}
@@ -449,7 +463,7 @@ func (a *Agent) forget(t *target) {
 // ready is the readiness check of discovery: a scan has been handed over,
 // and every process it selected is attached or refused with a reason.
 func (a *Agent) ready(context.Context) error {
-	if a.watcher.Delivered() == 0 {
+	if a.delivered() == 0 {
 		return errors.New("no discovery scan completed yet")
 	}
 	a.mu.RLock()
@@ -513,6 +527,12 @@ func (a *Agent) active() ([]prom.Active, error) {
 // incarnations to their own.
 func (a *Agent) kernel() ([]prom.Kernel, error) {
 	hs, err := a.mgr.Histograms()
+	return a.attribute(hs), err
+}
+
+// attribute pairs live in-kernel series with the incarnation attached now
+// under their pid, and adds the final series of exited incarnations.
+func (a *Agent) attribute(hs []probe.Histogram) []prom.Kernel {
 	out := make([]prom.Kernel, 0, len(hs))
 	a.mu.RLock()
 	defer a.mu.RUnlock()
@@ -530,5 +550,5 @@ func (a *Agent) kernel() ([]prom.Kernel, error) {
 			}
 		}
 	}
-	return out, err
+	return out
 }
