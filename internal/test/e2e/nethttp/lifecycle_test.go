@@ -231,3 +231,50 @@ func TestDetachScales(t *testing.T) {
 		t.Errorf("stopping took %v with %d processes, want under 1.5 s", took, n)
 	}
 }
+
+// TestScrapeDuringLoad: while a large binary is being inspected and its
+// programs verified (obsd itself, 26 MB with DWARF: about a second), the
+// scrape answers at once instead of waiting for the load.
+func TestScrapeDuringLoad(t *testing.T) {
+	e2e.RequireRoot(t)
+	obsdBin := builds.Obsd(t)
+	// The large target: another obsd, serving its endpoints, selecting
+	// nothing that exists.
+	target := e2e.StartObsd(t, obsdBin, nil, "--port", "1", "--traces", "none")
+	o := e2e.StartObsd(t, obsdBin, nil, "--pid", itoa(target.Cmd.Process.Pid), "--traces", "none")
+
+	var during []time.Duration
+	loadStart := time.Time{}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, body := o.Get(t, "/readyz")
+		if code == 200 {
+			break
+		}
+		if strings.Contains(string(body), "waiting to instrument") {
+			if loadStart.IsZero() {
+				loadStart = time.Now()
+			}
+			// The load was going on when this scrape started.
+			start := time.Now()
+			o.Scrape(t)
+			during = append(during, time.Since(start))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz still %d after 30 s: %s", code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	load := time.Since(loadStart)
+	t.Logf("load took about %v; %d scrapes during it: %v", load, len(during), during)
+	for _, d := range during {
+		if d > 250*time.Millisecond {
+			t.Errorf("a scrape during the load took %v, want it answered at once (< 250 ms)", d)
+		}
+	}
+	if len(during) < 2 {
+		t.Errorf("only %d scrapes during a load of %v; the load was too short to tell", len(during), load)
+	}
+	o.WaitScrape(t, 5*time.Second, "instrumented", instrumented(1))
+	o.Stop(t)
+}
