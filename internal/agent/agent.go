@@ -94,6 +94,16 @@ type Agent struct {
 	selected map[int]discover.Process
 	pending  map[int]discover.Process
 	chains   map[int]chan struct{}
+	// images remembers, per pid, the start time and the number of the
+	// last image instrumented, for as long as that process runs: an image
+	// attached after its predecessor was forgotten must still not reuse
+	// its service.instance.id, or the series would restart from 0.
+	images map[int]imageCount
+}
+
+type imageCount struct {
+	start uint64
+	n     int
 }
 
 // target is one instrumented incarnation of a process: a pid, its start
@@ -143,6 +153,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		selected: map[int]discover.Process{},
 		pending:  map[int]discover.Process{},
 		chains:   map[int]chan struct{}{},
+		images:   map[int]imageCount{},
 		slots:    make(chan struct{}, maxConcurrentAttaches),
 		retryMin: retryMin,
 		checks:   health.New(time.Second),
@@ -350,9 +361,10 @@ func (a *Agent) attach(p discover.Process, attempt int) {
 	}
 	t := &target{proc: p, image: 1, spans: emitsSpans(info.Modules[manualSDKModule] != "", p.ManualTracing)}
 	a.mu.Lock()
-	if prev := a.services[uint32(p.PID)]; prev != nil && prev.proc.StartTime == p.StartTime {
-		t.image = prev.image + 1
+	if prev, ok := a.images[p.PID]; ok && prev.start == p.StartTime {
+		t.image = prev.n + 1
 	}
+	a.images[p.PID] = imageCount{start: p.StartTime, n: t.image}
 	t.svc = export.Service{
 		Name:       p.ServiceName,
 		InstanceID: instanceID(a.host, p.PID, p.StartTime, t.image),
@@ -447,9 +459,17 @@ func (a *Agent) detach(p discover.Process) {
 func (a *Agent) forget(t *target) {
 	a.mu.Lock()
 	delete(a.exited, t)
-	latest := a.services[uint32(t.svc.PID)] == t
+	pid := t.svc.PID
+	latest := a.services[uint32(pid)] == t
 	if latest {
-		delete(a.services, uint32(t.svc.PID))
+		delete(a.services, uint32(pid))
+	}
+	// Keep counting images while the process runs (a later image of it
+	// is selected); once it is gone, its next pid owner starts afresh.
+	if cur, ok := a.selected[pid]; !ok || cur.StartTime != t.proc.StartTime {
+		if a.images[pid].start == t.proc.StartTime {
+			delete(a.images, pid)
+		}
 	}
 	a.mu.Unlock()
 	a.http.Forget(t.svc)

@@ -90,7 +90,8 @@ func newTestAgent(t *testing.T, f *fakeProcs) *Agent {
 		spans:    spans,
 		services: map[uint32]*target{}, exited: map[*target]bool{},
 		selected: map[int]discover.Process{}, pending: map[int]discover.Process{}, chains: map[int]chan struct{}{},
-		slots: make(chan struct{}, maxConcurrentAttaches), retryMin: 10 * time.Millisecond,
+		images: map[int]imageCount{},
+		slots:  make(chan struct{}, maxConcurrentAttaches), retryMin: 10 * time.Millisecond,
 		procs: f, delivered: func() uint64 { return 1 },
 	}
 	a.http = prom.NewHTTPServer(a.active, a.kernel)
@@ -219,8 +220,24 @@ func TestIncarnations(t *testing.T) {
 	}
 	a.mu.RUnlock()
 
-	// The pid reused by a new process.
+	// A third image attached only after the second was forgotten (a slow
+	// load) still gets an instance of its own.
 	a.Removed(proc(7, 100, 2))
-	a.Added(proc(7, 300, 3))
+	waitUntil(t, "second image detached", func() bool {
+		a.mu.RLock()
+		defer a.mu.RUnlock()
+		return a.exited[t2]
+	})
+	third := proc(7, 100, 3)
+	a.mu.Lock()
+	a.selected[7] = third // discovery selected it; its attach is slow
+	a.mu.Unlock()
+	a.forget(t2)
+	a.Added(third)
+	waitUntil(t, "third image", func() bool { return a.instance(7) == "h:7:100:3" })
+
+	// The pid reused by a new process.
+	a.Removed(third)
+	a.Added(proc(7, 300, 4))
 	waitUntil(t, "the reused pid", func() bool { return a.instance(7) == "h:7:300" })
 }

@@ -215,7 +215,7 @@ func TestReexecInPlace(t *testing.T) {
 		t.Fatal(err)
 	}
 	second := first + ":2"
-	waitLog(t, o, regexp.MustCompile(`msg="instrumented process" pid=`+itoa(pid)+` .*instance=`+regexp.QuoteMeta(second)+` `), 10*time.Second)
+	waitLog(t, o, regexp.MustCompile(`msg="instrumented process" pid=`+itoa(pid)+` .*instance=`+regexp.QuoteMeta(second)+` `), 30*time.Second)
 	exited := time.Now()
 	if id := instance(pid); id != first {
 		t.Fatalf("instance after exec %q, want the same pid and start time as before (%q)", id, first)
