@@ -11,10 +11,12 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/go-logr/logr"
 	"go.opentelemetry.io/otel"
@@ -25,7 +27,7 @@ import (
 )
 
 func main() {
-	if err := run(os.Args[1:], os.Getenv, os.Stderr); err != nil {
+	if err := run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
 		}
@@ -38,6 +40,8 @@ func main() {
 type config struct {
 	agent    agent.Config
 	logLevel slog.Level
+	// showVersion is --version: print the version and exit.
+	showVersion bool
 }
 
 // parse reads flags, each with an OBSD_* environment equivalent; a flag
@@ -50,6 +54,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (config,
 		exes   strList
 		traces string
 		level  string
+		keep   string
 	)
 	fs := flag.NewFlagSet("obsd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -58,12 +63,17 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (config,
 	fs.Var(&ports, "port", "instrument the process listening on this TCP port (repeatable; env OBSD_PORT, comma-separated)")
 	fs.StringVar(&c.agent.Listen, "listen", envOr(getenv, "OBSD_LISTEN", ":9400"), "address of /metrics, /healthz, /readyz (env OBSD_LISTEN)")
 	fs.StringVar(&traces, "traces", getenv("OBSD_TRACES"), "span export: otlp, stdout or none (env OBSD_TRACES; default otlp when OTEL_EXPORTER_OTLP_*ENDPOINT is set, else none)")
+	fs.StringVar(&keep, "keep-exited", envOr(getenv, "OBSD_KEEP_EXITED", "1m"), "how long an exited process's series stay exported, so the last scrapes see its final counts (env OBSD_KEEP_EXITED)")
+	fs.BoolVar(&c.showVersion, "version", false, "print obsd's version and exit")
 	fs.StringVar(&level, "log-level", envOr(getenv, "OBSD_LOG_LEVEL", "info"), "debug, info, warn or error (env OBSD_LOG_LEVEL)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	if c.showVersion {
+		return c, nil
 	}
 	for _, env := range []struct {
 		name string
@@ -92,15 +102,22 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (config,
 		return c, err
 	}
 	c.agent.Traces = mode
+	if c.agent.Forget, err = time.ParseDuration(keep); err != nil || c.agent.Forget <= 0 {
+		return c, fmt.Errorf("--keep-exited %q: want a positive duration such as 1m or 30s", keep)
+	}
 	if err := c.logLevel.UnmarshalText([]byte(level)); err != nil {
 		return c, fmt.Errorf("--log-level: %w", err)
 	}
 	return c, nil
 }
 
-func run(args []string, getenv func(string) string, stderr io.Writer) error {
+func run(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	c, err := parse(args, getenv, stderr)
 	if err != nil {
+		return err
+	}
+	if c.showVersion {
+		_, err := fmt.Fprintln(stdout, versionLine())
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: c.logLevel}))
@@ -125,6 +142,31 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	}
 	otel.SetMeterProvider(a.MeterProvider())
 	return a.Run(ctx)
+}
+
+// versionLine is what --version prints: obsd's version, the Go toolchain
+// that built it and, when the build recorded them, the commit and whether
+// the tree had uncommitted changes.
+func versionLine() string {
+	line := "obsd " + version() + " " + runtime.Version()
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		var rev, modified string
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.modified":
+				modified = s.Value
+			}
+		}
+		if rev != "" {
+			line += " commit " + rev
+			if modified == "true" {
+				line += " (modified)"
+			}
+		}
+	}
+	return line
 }
 
 func version() string {

@@ -3,6 +3,7 @@ package main
 import (
 	"io"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -34,6 +35,8 @@ func TestParse(t *testing.T) {
 		{name: "bad pid", args: []string{"--pid", "x"}, wantErr: "not a positive number"},
 		{name: "bad traces", args: []string{"--pid", "1", "--traces", "jaeger"}, wantErr: "jaeger"},
 		{name: "bad env", env: map[string]string{"OBSD_PORT": "http"}, wantErr: "OBSD_PORT"},
+		{name: "bad keep-exited", args: []string{"--pid", "1", "--keep-exited", "0s"}, wantErr: "--keep-exited"},
+		{name: "version needs no target", args: []string{"--version"}, want: discover.Criteria{}, listen: ":9400"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -58,5 +61,18 @@ func TestParse(t *testing.T) {
 				t.Errorf("traces = %q, want %q", c.agent.Traces, tt.traces)
 			}
 		})
+	}
+}
+
+// TestVersion: --version prints one line naming obsd and the Go that built
+// it, and starts nothing (no target, no root needed).
+func TestVersion(t *testing.T) {
+	var out strings.Builder
+	if err := run([]string{"--version"}, func(string) string { return "" }, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	line := out.String()
+	if !strings.HasPrefix(line, "obsd ") || !strings.Contains(line, runtime.Version()) || strings.Count(line, "\n") != 1 {
+		t.Errorf("--version printed %q, want one line: obsd <version> %s ...", line, runtime.Version())
 	}
 }

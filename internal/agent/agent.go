@@ -12,7 +12,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -27,6 +29,7 @@ import (
 	otelexport "github.com/obsd-dev/obsd/internal/export/otel"
 	"github.com/obsd-dev/obsd/internal/export/prom"
 	"github.com/obsd-dev/obsd/internal/health"
+	"github.com/obsd-dev/obsd/internal/inspect"
 	"github.com/obsd-dev/obsd/internal/uprobes"
 )
 
@@ -66,14 +69,67 @@ type Agent struct {
 
 	unattributed prometheus.Counter
 
-	mu       sync.RWMutex
+	// procs attaches and detaches processes: the manager, a fake in tests.
+	procs attacher
+	// delivered counts discovery scans handed to Added and Removed.
+	delivered func() uint64
+	retryMin  time.Duration // first retry of a transient failure
+
+	// ops counts the attach, retry and detach operations in flight; each
+	// runs on its own goroutine, serialized per pid by chains, at most
+	// maxConcurrentAttaches at a time (slots).
+	ops     sync.WaitGroup
+	slots   chan struct{}
+	closing bool // guarded by mu: no new operation starts
+
+	mu sync.RWMutex
+	// services holds the latest instrumented incarnation of each pid: ring
+	// buffer records and live in-kernel series carry the pid alone, and
+	// only one image runs under a pid at a time.
 	services map[uint32]*target
+	// exited holds incarnations detached and not yet forgotten, with their
+	// final in-kernel series, so the last scrapes still see their counts.
+	exited map[*target]bool
+	// selected is every process discovery selected now, by pid; pending
+	// those not yet attached nor refused (readiness waits for them).
+	selected map[int]discover.Process
+	pending  map[int]discover.Process
+	chains   map[int]chan struct{}
+	// images remembers, per pid, the start time and the number of the
+	// last image instrumented, for as long as that process runs: an image
+	// attached after its predecessor was forgotten must still not reuse
+	// its service.instance.id, or the series would restart from 0.
+	images map[int]imageCount
 }
 
+type imageCount struct {
+	start uint64
+	n     int
+}
+
+// target is one instrumented incarnation of a process: a pid, its start
+// time and one exec image. Everything obsd keeps per process hangs off it.
 type target struct {
 	svc   export.Service
 	spans bool
+	proc  discover.Process
+	// image numbers the images of one process (pid and start time) that
+	// this obsd instrumented, from 1; an exec in place starts a new one.
+	image int
+	// final are the in-kernel series the probes counted for this image,
+	// handed over by Detach when it is gone (then it is in Agent.exited).
+	final []probe.Histogram
 }
+
+// attacher is what the agent needs of uprobes.Manager to follow processes.
+type attacher interface {
+	Attach(pid int, exePath string) (*inspect.Binary, error)
+	Detach(pid int) ([]probe.Histogram, error)
+}
+
+// maxConcurrentAttaches bounds the attaches (and binary loads) in flight,
+// so a node full of new processes does not parse many binaries at once.
+const maxConcurrentAttaches = 4
 
 // New loads the probes and binds the listen address; nothing is attached
 // until Run.
@@ -96,7 +152,14 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		host:     host,
 		reg:      prometheus.NewRegistry(),
 		services: map[uint32]*target{},
-		checks:   health.New(time.Second),
+		exited:   map[*target]bool{},
+		selected: map[int]discover.Process{},
+		pending:  map[int]discover.Process{},
+		chains:   map[int]chan struct{}{},
+		images:   map[int]imageCount{},
+		slots:    make(chan struct{}, maxConcurrentAttaches),
+		retryMin: retryMin,
+		checks:   health.New(health.DefaultTimeout),
 		beat:     health.NewHeartbeat(5 * time.Second),
 	}
 	spans := cfg.Traces != otelexport.ModeNone && cfg.Traces != ""
@@ -135,16 +198,12 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	a.reg.MustRegister(a.http, a.mgr.Collector(), buildInfo, a.unattributed)
 
 	a.watcher = discover.New(cfg.Criteria, discover.Options{Logger: cfg.Logger})
+	a.procs, a.delivered = a.mgr, a.watcher.Delivered
 	a.checks.AddLiveness("event_loop", a.beat.Check)
-	a.checks.AddLiveness("goroutines", health.GoroutinesBelow(10000))
-	a.checks.AddLiveness("heap", health.HeapBelow(1<<30))
+	a.checks.AddLiveness("goroutines", health.GoroutineLimit(9999))
+	a.checks.AddLiveness("heap", health.HeapLimit(1<<30 - 1))
 	a.checks.AddReadiness("bpf", func(context.Context) error { return nil }) // New failed otherwise
-	a.checks.AddReadiness("discovery", func(context.Context) error {
-		if a.watcher.Scans() == 0 {
-			return errors.New("no scan completed yet")
-		}
-		return nil
-	})
+	a.checks.AddReadiness("discovery", a.ready)
 	a.checks.AddReadiness("trace_exporter", a.spans.Check)
 
 	a.ln, err = net.Listen("tcp", cfg.Listen)
@@ -200,7 +259,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			errc <- fmt.Errorf("discovering processes: %w", err)
 		}
 	}()
-	a.log.Info("obsd running", "listen", a.ln.Addr().String(), "traces", string(a.cfg.Traces))
+	a.log.Info("obsd running", "listen", a.ln.Addr().String(), "traces", string(a.cfg.Traces),
+		"pids", a.cfg.Criteria.PIDs, "exe", a.cfg.Criteria.ExeGlobs, "ports", a.cfg.Criteria.Ports,
+		"keep_exited", a.cfg.Forget.String())
 
 	var runErr error
 	select {
@@ -209,40 +270,144 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	stop()
 	wg.Wait()
+	// No attach starts after this; those in flight end early once the
+	// manager is closed (a load in progress is discarded).
+	a.mu.Lock()
+	a.closing = true
+	a.mu.Unlock()
+	mgrErr := a.mgr.Close()
+	a.ops.Wait()
 
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	errs := []error{runErr, srv.Shutdown(shutdownCtx)}
-	errs = append(errs, a.mgr.Close(), a.spans.Shutdown(shutdownCtx), a.watcher.Close())
-	a.log.Info("obsd stopped; all probes detached")
+	errs = append(errs, mgrErr, a.spans.Shutdown(shutdownCtx), a.watcher.Close())
+	if mgrErr != nil {
+		a.log.Warn("obsd stopped; closing some probes failed (the kernel releases them with obsd's file descriptors)", "err", mgrErr)
+	} else {
+		a.log.Info("obsd stopped; all probes detached")
+	}
 	return errors.Join(errs...)
 }
 
-// Added implements discover.Handler.
+// Added implements discover.Handler. The attach runs on its own goroutine,
+// so a large binary being loaded holds up neither discovery nor other
+// targets; until it is attached or refused the process is pending, and
+// /readyz says so.
 func (a *Agent) Added(p discover.Process) {
-	info, err := a.mgr.Attach(p.PID, p.ExePath)
-	if err != nil {
-		return // logged and counted by the manager
+	a.mu.Lock()
+	a.selected[p.PID] = p
+	a.pending[p.PID] = p
+	a.mu.Unlock()
+	a.serial(p.PID, func() { a.attach(p, 1) })
+}
+
+// serial runs op on a goroutine after every operation queued before it for
+// the same pid, so the detach of an image and the attach of the next one
+// (exec, pid reuse) happen in discovery's order.
+func (a *Agent) serial(pid int, op func()) {
+	a.mu.Lock()
+	if a.closing {
+		delete(a.pending, pid)
+		a.mu.Unlock()
+		return
 	}
-	t := &target{
-		svc: export.Service{
-			Name:       p.ServiceName,
-			InstanceID: a.host + ":" + strconv.Itoa(p.PID),
-			Host:       a.host,
-			PID:        p.PID,
-			Attrs:      p.ResourceAttrs,
-		},
-		spans: emitsSpans(info.Modules[manualSDKModule] != "", p.ManualTracing),
+	prev := a.chains[pid]
+	done := make(chan struct{})
+	a.chains[pid] = done
+	a.ops.Add(1)
+	a.mu.Unlock()
+	go func() {
+		defer a.ops.Done()
+		if prev != nil {
+			<-prev
+		}
+		a.slots <- struct{}{}
+		op()
+		<-a.slots
+		a.mu.Lock()
+		if a.chains[pid] == done {
+			delete(a.chains, pid)
+		}
+		a.mu.Unlock()
+		close(done)
+	}()
+}
+
+// Retry backoff for transient attach failures: the first retry after
+// retryMin, doubling up to retryMax, for as long as the process runs.
+const (
+	retryMin = time.Second
+	retryMax = 5 * time.Minute
+)
+
+// attach instruments one incarnation; attempt counts from 1.
+func (a *Agent) attach(p discover.Process, attempt int) {
+	a.mu.RLock()
+	cur, still := a.selected[p.PID]
+	a.mu.RUnlock()
+	if !still || cur.Seq != p.Seq {
+		return // exited or replaced before its turn; Removed unblocked readiness
+	}
+	info, err := a.procs.Attach(p.PID, p.ExePath)
+	if err != nil {
+		// Logged and counted by the manager.
+		a.mu.Lock()
+		if a.pending[p.PID].Seq == p.Seq {
+			delete(a.pending, p.PID)
+		}
+		a.mu.Unlock()
+		if !uprobes.Permanent(err) && inspect.ReasonOf(err) != uprobes.ReasonExited && !errors.Is(err, uprobes.ErrClosed) {
+			wait := min(a.retryMin<<min(attempt-1, 20), retryMax)
+			time.AfterFunc(wait, func() { a.serial(p.PID, func() { a.attach(p, attempt+1) }) })
+		}
+		return
+	}
+	t := &target{proc: p, image: 1, spans: emitsSpans(info.Modules[manualSDKModule] != "", p.ManualTracing)}
+	a.mu.Lock()
+	if prev, ok := a.images[p.PID]; ok && prev.start == p.StartTime {
+		t.image = prev.n + 1
+	}
+	a.images[p.PID] = imageCount{start: p.StartTime, n: t.image}
+	t.svc = export.Service{
+		Name:       p.ServiceName,
+		InstanceID: instanceID(a.host, p.PID, p.StartTime, t.image),
+		Host:       a.host,
+		PID:        p.PID,
+		Attrs:      p.ResourceAttrs,
 	}
 	if t.svc.Name == "" {
 		t.svc.Name = filepath.Base(p.Exe)
 	}
 	t.svc = t.svc.Clean()
-	a.mu.Lock()
 	a.services[uint32(p.PID)] = t
+	if a.pending[p.PID].Seq == p.Seq {
+		delete(a.pending, p.PID)
+	}
 	a.mu.Unlock()
-	a.log.Info("instrumented process", "pid", p.PID, "exe", p.Exe, "service", t.svc.Name,
-		"go", info.GoVersion, "spans", t.spans)
+	args := []any{"pid", p.PID, "exe", p.Exe, "service", t.svc.Name, "instance", t.svc.InstanceID, "go", info.GoVersion}
+	switch {
+	case a.cfg.Traces == otelexport.ModeNone || a.cfg.Traces == "":
+		args = append(args, "spans", "off (--traces none)")
+	case t.spans:
+		args = append(args, "spans", "on")
+	default:
+		args = append(args, "spans", "off (the service links the OTel SDK and traces itself; OTEL_GO_MANUAL=0 in its environment overrides)")
+	}
+	a.log.Info("instrumented process", args...)
+}
+
+// instanceID is service.instance.id of one incarnation:
+// "host:pid:starttime", where starttime is /proc/PID/stat's field 22 (clock
+// ticks since boot), so a reused pid gets a new one; the second and later
+// images of one process (exec in place) that this obsd instruments append
+// ":image" (":2", ":3", ...), so no two incarnations share series.
+func instanceID(host string, pid int, start uint64, image int) string {
+	id := host + ":" + strconv.Itoa(pid) + ":" + strconv.FormatUint(start, 10)
+	if image > 1 {
+		id += ":" + strconv.Itoa(image)
+	}
+	return id
 }
 
 // emitsSpans applies the rule of manual/README.md ("Working with obsd"): a
@@ -258,30 +423,94 @@ func emitsSpans(linksSDK bool, manualEnv string) bool {
 	return !linksSDK
 }
 
-// Removed implements discover.Handler.
+// Removed implements discover.Handler. The incarnation's probes are
+// released at once; its series stay exported for Config.Forget, under its
+// own service.instance.id, so neither a new image under the same pid nor a
+// reused pid ever makes a counter go backwards.
 func (a *Agent) Removed(p discover.Process) {
-	if err := a.mgr.Detach(p.PID); err != nil {
+	a.mu.Lock()
+	if a.selected[p.PID].Seq == p.Seq {
+		delete(a.selected, p.PID)
+	}
+	if a.pending[p.PID].Seq == p.Seq {
+		delete(a.pending, p.PID) // no longer selected: nothing to wait for
+	}
+	a.mu.Unlock()
+	a.serial(p.PID, func() { a.detach(p) })
+}
+
+func (a *Agent) detach(p discover.Process) {
+	final, err := a.procs.Detach(p.PID)
+	if err != nil {
 		a.log.Warn("detaching exited process", "pid", p.PID, "err", err)
 	}
-	a.mu.RLock()
+	a.mu.Lock()
 	t := a.services[uint32(p.PID)]
-	a.mu.RUnlock()
-	if t == nil {
-		return
-	}
-	a.log.Info("process exited; probes released", "pid", p.PID, "service", t.svc.Name)
-	// Records still in the ring buffer and the last scrape need the
-	// service for a while.
-	time.AfterFunc(a.cfg.Forget, func() {
-		a.mu.Lock()
-		if a.services[uint32(p.PID)] == t {
-			delete(a.services, uint32(p.PID))
-		}
+	if t == nil || t.proc.Seq != p.Seq {
 		a.mu.Unlock()
-		a.http.Forget(t.svc)
-		a.mgr.Forget(p.PID)
-		a.spans.Forget(p.PID)
-	})
+		return // never instrumented (refused, or gone before its turn)
+	}
+	t.final = final
+	a.exited[t] = true
+	a.mu.Unlock()
+	a.log.Info("process gone or no longer selected; probes released", "pid", p.PID, "service", t.svc.Name,
+		"instance", t.svc.InstanceID, "series_kept_for", a.cfg.Forget.String())
+	// Records still in the ring buffer and the last scrapes need the
+	// service for a while.
+	time.AfterFunc(a.cfg.Forget, func() { a.forget(t) })
+}
+
+// forget drops everything kept for an exited incarnation.
+func (a *Agent) forget(t *target) {
+	a.mu.Lock()
+	delete(a.exited, t)
+	pid := t.svc.PID
+	latest := a.services[uint32(pid)] == t
+	if latest {
+		delete(a.services, uint32(pid))
+	}
+	// Keep counting images while the process runs (a later image of it
+	// is selected); once it is gone, its next pid owner starts afresh.
+	if cur, ok := a.selected[pid]; !ok || cur.StartTime != t.proc.StartTime {
+		if a.images[pid].start == t.proc.StartTime {
+			delete(a.images, pid)
+		}
+	}
+	a.mu.Unlock()
+	a.http.Forget(t.svc)
+	if latest {
+		// A newer incarnation under this pid replaced the span provider
+		// on its first span already; this would drop the newer one's.
+		a.spans.Forget(t.svc.PID)
+	}
+}
+
+// ready is the readiness check of discovery: a scan has been handed over,
+// and every process it selected is attached or refused with a reason.
+func (a *Agent) ready(context.Context) error {
+	if a.delivered() == 0 {
+		return errors.New("no discovery scan completed yet")
+	}
+	a.mu.RLock()
+	waiting := make([]discover.Process, 0, len(a.pending))
+	for _, p := range a.pending {
+		waiting = append(waiting, p)
+	}
+	a.mu.RUnlock()
+	if len(waiting) == 0 {
+		return nil
+	}
+	slices.SortFunc(waiting, func(x, y discover.Process) int { return x.PID - y.PID })
+	var b strings.Builder
+	fmt.Fprintf(&b, "waiting to instrument %d selected process(es):", len(waiting))
+	for i, p := range waiting {
+		if i == 10 {
+			fmt.Fprintf(&b, " and %d more", len(waiting)-i)
+			break
+		}
+		fmt.Fprintf(&b, " pid %d (%s)", p.PID, p.Exe)
+	}
+	return errors.New(b.String())
 }
 
 // Request implements uprobes.Sink.
@@ -320,18 +549,33 @@ func (a *Agent) active() ([]prom.Active, error) {
 	return out, err
 }
 
-// kernel attributes the histograms the probes counted in the kernel.
+// kernel attributes the histograms the probes counted in the kernel: the
+// live ones by pid to the attached incarnation, the final ones of exited
+// incarnations to their own.
 func (a *Agent) kernel() ([]prom.Kernel, error) {
 	hs, err := a.mgr.Histograms()
+	return a.attribute(hs), err
+}
+
+// attribute pairs live in-kernel series with the incarnation attached now
+// under their pid, and adds the final series of exited incarnations.
+func (a *Agent) attribute(hs []probe.Histogram) []prom.Kernel {
 	out := make([]prom.Kernel, 0, len(hs))
 	a.mu.RLock()
 	defer a.mu.RUnlock()
 	for _, h := range hs {
 		t := a.services[h.PID]
-		if t == nil || h.Kind != probe.KindHTTPServer {
+		if t == nil || a.exited[t] || h.Kind != probe.KindHTTPServer {
 			continue
 		}
 		out = append(out, prom.Kernel{Service: t.svc, Histogram: h})
 	}
-	return out, err
+	for t := range a.exited {
+		for _, h := range t.final {
+			if h.Kind == probe.KindHTTPServer {
+				out = append(out, prom.Kernel{Service: t.svc, Histogram: h})
+			}
+		}
+	}
+	return out
 }

@@ -98,6 +98,10 @@ type Process struct {
 	// ManualTracing is the target's OTEL_GO_MANUAL ("1" or "0"), which
 	// overrides obsd's guess whether the service traces itself; "" if unset.
 	ManualTracing string
+	// Seq numbers the incarnations a Watcher reported, from 1: pid, start
+	// time and exec image together. Two values describe the same
+	// incarnation exactly when their Seq is equal.
+	Seq uint64
 }
 
 // Options configure a Watcher. The zero value works.
@@ -138,7 +142,9 @@ type Watcher struct {
 	globs []glob
 	ports map[int]bool
 
-	scans atomic.Uint64
+	scans     atomic.Uint64
+	delivered atomic.Uint64
+	seq       uint64 // last Process.Seq given, under mu
 
 	mu      sync.Mutex
 	scanNo  uint64
@@ -147,6 +153,8 @@ type Watcher struct {
 	version uint64              // bumped whenever a namespace gains a listening socket
 	current map[procKey]Process // reported and not yet removed
 	missing map[int]bool        // requested pids not running, already logged
+	ranPID  map[int]bool        // requested pids seen running at least once
+	idle    map[int]bool        // watched ports without a listener, already logged
 	buf     []byte              // reused for reading stat files
 
 	// fdSweeps counts per-process walks of /proc/PID/fd, so tests can
@@ -163,6 +171,10 @@ type procKey struct {
 	startCode  uint64
 	startStack uint64
 	exe        string
+	// exeDev and exeIno identify the file the image runs, so an exec of
+	// another file under the same path is seen even when stat shows
+	// nothing (no address randomization, same name).
+	exeDev, exeIno uint64
 }
 
 // proc caches what was learned about one process, valid for as long as
@@ -175,6 +187,9 @@ type proc struct {
 	exe     string
 	deleted bool
 	exeErr  error
+	// exeDev and exeIno are the file it runs, as last seen (see
+	// execChanged); 0 until first read.
+	exeDev, exeIno uint64
 
 	nsDone bool
 	ns     string // "net:[inode]", or "" when unreadable
@@ -223,6 +238,8 @@ func New(c Criteria, o Options) *Watcher {
 		nets:     make(map[string]*netns),
 		current:  make(map[procKey]Process),
 		missing:  make(map[int]bool),
+		ranPID:   make(map[int]bool),
+		idle:     make(map[int]bool),
 		buf:      make([]byte, 0, 1024),
 	}
 	if w.root == "" {
@@ -277,6 +294,10 @@ func (w *Watcher) Close() error {
 // Scans returns how many scans have completed successfully.
 func (w *Watcher) Scans() uint64 { return w.scans.Load() }
 
+// Delivered returns how many scans Run has completed and handed to its
+// Handler: every Added and Removed call of those scans has returned.
+func (w *Watcher) Delivered() uint64 { return w.delivered.Load() }
+
 // Run scans at once and then every Interval until ctx is done, passing
 // changes to h. It returns nil when ctx is done, the criteria error, or the
 // first scan's error (procfs unreadable); later scan errors are logged and
@@ -304,6 +325,9 @@ func (w *Watcher) Run(ctx context.Context, h Handler) error {
 		}
 		for _, p := range added {
 			h.Added(p)
+		}
+		if err == nil {
+			w.delivered.Add(1)
 		}
 		select {
 		case <-ctx.Done():
@@ -338,13 +362,19 @@ func (w *Watcher) Scan() (added, removed []Process, err error) {
 	for pid := range w.pids {
 		if _, ok := live[pid]; ok {
 			delete(w.missing, pid)
+			w.ranPID[pid] = true
 		} else if !w.missing[pid] {
 			w.missing[pid] = true
-			w.log.Info("requested pid is not running; waiting for it", "pid", pid)
+			if w.ranPID[pid] {
+				w.log.Info("requested process exited; obsd will instrument whichever process gets this pid next (to follow a service across restarts, select it with --exe or --port)", "pid", pid)
+			} else {
+				w.log.Info("no process has the requested pid; check it (obsd will instrument a process that gets this pid later)", "pid", pid)
+			}
 		}
 	}
 	if len(w.ports) > 0 {
 		w.matchPorts(live)
+		w.logIdlePorts(live)
 	}
 
 	next := make(map[procKey]Process)
@@ -352,7 +382,15 @@ func (w *Watcher) Scan() (added, removed []Process, err error) {
 		if !w.matches(pid, p) {
 			continue
 		}
-		next[procKey{pid, p.stat.Start, p.stat.StartCode, p.stat.StartStack, p.exe}] = w.describe(pid, p)
+		if w.execChanged(pid, p) {
+			// Same stat fingerprint, another file: a new image.
+			p = w.reset(pid, p)
+			if !w.matches(pid, p) {
+				continue
+			}
+			w.execChanged(pid, p)
+		}
+		next[procKey{pid, p.stat.Start, p.stat.StartCode, p.stat.StartStack, p.exe, p.exeDev, p.exeIno}] = w.describe(pid, p)
 	}
 	for k, proc := range w.current {
 		if _, ok := next[k]; !ok {
@@ -381,6 +419,27 @@ func (w *Watcher) Scan() (added, removed []Process, err error) {
 		w.log.Debug("target process added", "pid", p.PID, "exe", p.Exe, "service", p.ServiceName)
 	}
 	return added, removed, nil
+}
+
+// logIdlePorts logs, once each time it happens, that no process listens on
+// a watched port, and when one does again.
+func (w *Watcher) logIdlePorts(live map[int]*proc) {
+	held := make(map[int]bool, len(w.ports))
+	for _, p := range live {
+		for _, port := range p.ports {
+			held[port] = true
+		}
+	}
+	for port := range w.ports {
+		switch {
+		case !held[port] && !w.idle[port]:
+			w.idle[port] = true
+			w.log.Info("no process listens on the watched TCP port (in any network namespace); obsd will instrument one that starts listening", "port", port)
+		case held[port] && w.idle[port]:
+			delete(w.idle, port)
+			w.log.Info("a process listens on the watched TCP port", "port", port)
+		}
+	}
 }
 
 // candidates lists the pids to look at: every process when an exe or port
@@ -452,6 +511,27 @@ func (w *Watcher) refresh(pid int) *proc {
 	return p
 }
 
+// reset starts a fresh cache entry for a process found running a new image.
+func (w *Watcher) reset(pid int, old *proc) *proc {
+	p := &proc{stat: old.stat, seen: old.seen}
+	w.procs[pid] = p
+	return p
+}
+
+// execChanged records the device and inode of the file a selected process
+// runs (one stat of /proc/PID/exe per scan) and reports whether they
+// differ from those recorded before. An unreadable link keeps the old
+// values: the process is exiting, or it is a fake tree in tests.
+func (w *Watcher) execChanged(pid int, p *proc) bool {
+	var st syscall.Stat_t
+	if err := syscall.Stat(w.root+"/"+strconv.Itoa(pid)+"/exe", &st); err != nil {
+		return false
+	}
+	changed := p.exeIno != 0 && (p.exeDev != st.Dev || p.exeIno != st.Ino)
+	p.exeDev, p.exeIno = st.Dev, st.Ino
+	return changed
+}
+
 // readSmall reads a small procfs file into w.buf, which the result
 // aliases until the next call. It runs for every process on every scan,
 // so it skips os.File's bookkeeping (finalizer, poller registration).
@@ -499,7 +579,7 @@ func (w *Watcher) resolveExe(pid int, p *proc) {
 		// all mean nothing to attach to.
 		p.exeErr = err
 		if w.pids[pid] {
-			w.log.Warn("requested pid has no readable executable; not instrumenting it", "pid", pid, "err", err)
+			w.log.Warn("requested pid has no readable executable, so there is nothing to probe (a kernel thread, or obsd lacks the permission: run it as root); not instrumenting it", "pid", pid, "err", err)
 		}
 		return
 	}
@@ -540,6 +620,8 @@ func (w *Watcher) describe(pid int, p *proc) Process {
 		ExeDeleted: p.deleted,
 		ExePath:    filepath.Join(dir, "exe"),
 	}
+	w.seq++
+	info.Seq = w.seq
 	var env map[string]string
 	if data, err := os.ReadFile(filepath.Join(dir, "environ")); err != nil {
 		w.log.Debug("reading target environment; naming it after its executable", "pid", pid, "err", err)

@@ -259,7 +259,12 @@ func TestRealScan(t *testing.T) {
 				ExePath:     fmt.Sprintf("/proc/%d/exe", c.pid),
 				ServiceName: c.service, ResourceAttrs: c.attrs,
 			}
-			if got := byPID[c.pid]; !reflect.DeepEqual(got, want) {
+			got := byPID[c.pid]
+			if got.Seq == 0 {
+				t.Errorf("pid %d: Seq 0, want a number from 1", c.pid)
+			}
+			got.Seq = 0 // given in scan order, checked by TestRealReexec
+			if !reflect.DeepEqual(got, want) {
 				t.Errorf("got  %+v\nwant %+v", got, want)
 			}
 		}
@@ -327,8 +332,17 @@ func TestRealReexec(t *testing.T) {
 	if !slices.Equal(pidsOf(added), []int{c.pid}) || !slices.Equal(pidsOf(removed), []int{c.pid}) {
 		t.Fatalf("after exec: added %v removed %v, want both [%d]", pidsOf(added), pidsOf(removed), c.pid)
 	}
-	if !reflect.DeepEqual(removed[0], before[0]) || !reflect.DeepEqual(added[0], before[0]) {
-		t.Errorf("removed %+v and added %+v, want both %+v: same pid, start time and exe", removed[0], added[0], before[0])
+	if !reflect.DeepEqual(removed[0], before[0]) {
+		t.Errorf("removed %+v, want the process added before, %+v", removed[0], before[0])
+	}
+	// Only Seq tells the new image from the old one.
+	if added[0].Seq == before[0].Seq {
+		t.Errorf("added the new image with the old image's Seq %d", added[0].Seq)
+	}
+	re := added[0]
+	re.Seq = before[0].Seq
+	if !reflect.DeepEqual(re, before[0]) {
+		t.Errorf("added %+v, want %+v but for Seq: same pid, start time and exe", added[0], before[0])
 	}
 }
 

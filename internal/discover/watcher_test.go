@@ -175,6 +175,14 @@ func TestScanFixtureProcesses(t *testing.T) {
 		PID: 105, StartTime: 7000, Exe: "/app/server", ExePath: root + "/105/exe",
 		ServiceName: "inner",
 	}}
+	seqs := map[uint64]bool{}
+	for i := range added {
+		if seqs[added[i].Seq] || added[i].Seq == 0 || added[i].Seq > uint64(len(added)) {
+			t.Errorf("added[%d].Seq = %d, want one of 1..%d unused (one per incarnation)", i, added[i].Seq, len(added))
+		}
+		seqs[added[i].Seq] = true
+		added[i].Seq = 0
+	}
 	if !reflect.DeepEqual(added, want) {
 		t.Errorf("added\n%+v\nwant\n%+v", added, want)
 	}
@@ -386,4 +394,36 @@ func TestScanProcRootMissing(t *testing.T) {
 	if n := w.Scans(); n != 0 {
 		t.Errorf("Scans() = %d after failed scans, want 0", n)
 	}
+}
+
+// TestScanExecOfAnotherFile: an exec that keeps pid, start time, name and
+// path, and that stat cannot reveal (no address randomization), but runs
+// another file (an upgrade renamed over the old one) is a new image: the
+// file's device and inode tell.
+func TestScanExecOfAnotherFile(t *testing.T) {
+	root := newFakeProc(t)
+	bin := filepath.Join(t.TempDir(), "myservice")
+	if err := os.WriteFile(bin, []byte("v1"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(root, "101", "exe")); err != nil {
+		t.Fatal(err)
+	}
+	symlink(t, root, "101/exe", bin)
+	w := New(Criteria{PIDs: []int{101}}, Options{ProcRoot: root, Self: 1})
+	before, _ := scan(t, w, []int{101}, []int{})
+	scan(t, w, []int{}, []int{})
+
+	upgrade := bin + ".new"
+	if err := os.WriteFile(upgrade, []byte("v2"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(upgrade, bin); err != nil {
+		t.Fatal(err)
+	}
+	added, removed := scan(t, w, []int{101}, []int{101})
+	if removed[0].Seq != before[0].Seq || added[0].Seq == before[0].Seq {
+		t.Errorf("removed Seq %d, added Seq %d; want the old image's %d removed and a new one added", removed[0].Seq, added[0].Seq, before[0].Seq)
+	}
+	scan(t, w, []int{}, []int{})
 }

@@ -48,6 +48,9 @@ const ReasonExited = "process_exited"
 // ReasonAttach is counted when the kernel refused a link or a program.
 const ReasonAttach = "attach_failed"
 
+// ErrClosed is returned by Attach once Close was called: obsd is stopping.
+var ErrClosed = errors.New("not instrumenting: obsd is stopping")
+
 // Sink receives every decoded request. It is called from one goroutine per
 // probe and must not block for long: the ring buffer fills meanwhile.
 type Sink interface {
@@ -88,16 +91,31 @@ type Manager struct {
 	sink    Sink
 	probes  []*loadedProbe
 	stats   *stats
+	// open inspects an executable: inspect.Open, replaced by tests to
+	// hold a load in progress or make it fail.
+	open func(path string) (*inspect.Binary, error)
 
+	// mu guards the maps below. It is never held while a binary is parsed
+	// or its programs verified (loadBinary), so scrapes, detaches and other
+	// attaches go on meanwhile.
 	mu    sync.Mutex
 	procs map[int]*process
 	bins  map[binKey]*loadedBinary
-	// refused remembers binaries that cannot be instrumented, so a node full
-	// of non-Go processes costs one inspection and one log line per binary.
-	refused map[binKey]error
-	// retired holds the final in-kernel series of detached processes until
-	// Forget, so the last scrapes still see their counts.
-	retired map[uint32][]probe.Histogram
+	// loading holds the loads in progress, one per binary: a second process
+	// of the same binary waits for the first load instead of repeating it.
+	loading map[binKey]*binaryLoad
+	// refused remembers binaries refused for a permanent reason.
+	refused *refusals
+	// transient holds the pids whose transient failure was logged.
+	transient map[int]bool
+	closed    bool
+}
+
+// binaryLoad is one load of a binary in progress; done is closed when err
+// is set or the binary is in Manager.bins.
+type binaryLoad struct {
+	done chan struct{}
+	err  error
 }
 
 // loadedProbe holds what a probe shares across all targets: its maps.
@@ -130,6 +148,8 @@ type process struct {
 	pid   int
 	bin   *loadedBinary
 	links []link.Link
+	// detaching is set while Detach closes the links without m.mu.
+	detaching bool
 }
 
 // New loads every probe once, so that a kernel which refuses them fails here
@@ -155,14 +175,16 @@ func New(o Options) (*Manager, error) {
 		return nil, fmt.Errorf("removing memlock limit: %w", err)
 	}
 	m := &Manager{
-		spans:   o.Spans,
-		log:     o.Logger,
-		offsets: o.Offsets,
-		sink:    o.Sink,
-		procs:   map[int]*process{},
-		bins:    map[binKey]*loadedBinary{},
-		refused: map[binKey]error{},
-		retired: map[uint32][]probe.Histogram{},
+		spans:     o.Spans,
+		log:       o.Logger,
+		offsets:   o.Offsets,
+		sink:      o.Sink,
+		open:      inspect.Open,
+		procs:     map[int]*process{},
+		bins:      map[binKey]*loadedBinary{},
+		loading:   map[binKey]*binaryLoad{},
+		refused:   newRefusals(),
+		transient: map[int]bool{},
 	}
 	m.sample = sampleBound(o.SampleRatio)
 	for _, b := range o.DurationBuckets {
@@ -256,19 +278,44 @@ func (m *Manager) Attach(pid int, exePath string) (*inspect.Binary, error) {
 		m.stats.attachError(reason)
 		err = fmt.Errorf("instrumenting pid %d (%s): %w", pid, exePath, err)
 		switch {
+		case errors.Is(err, ErrClosed):
+			m.log.Debug("not instrumenting process: obsd is stopping", "pid", pid)
 		case repeat:
 			m.log.Debug("not instrumenting process", "pid", pid, "reason", reason, "err", err)
 		case reason == ReasonExited:
 			m.log.Info("process exited before it was instrumented", "pid", pid)
 		case reason == inspect.ReasonNotGo:
 			// Expected under a broad --exe glob; once per binary.
-			m.log.Info("not instrumenting process", "pid", pid, "reason", reason, "err", err)
+			m.log.Info("not instrumenting process: not a Go program", "pid", pid, "reason", reason, "err", err)
+		case Permanent(err):
+			m.log.Warn("not instrumenting process; its binary cannot be instrumented by this obsd", "pid", pid, "reason", reason, "err", err)
+		case m.warnTransient(pid):
+			m.log.Warn("could not instrument process yet; retrying with backoff (later failures of this process are logged at debug level and counted in obsd_instrumentation_errors_total)",
+				"pid", pid, "reason", reason, "err", err)
 		default:
-			m.log.Warn("not instrumenting process", "pid", pid, "reason", reason, "err", err)
+			m.log.Debug("could not instrument process yet; retrying", "pid", pid, "reason", reason, "err", err)
 		}
 		return nil, err
 	}
+	m.mu.Lock()
+	delete(m.transient, pid)
+	m.mu.Unlock()
 	return info, nil
+}
+
+// warnTransient reports whether pid's transient failure is the first since
+// it was last attached or detached, so the warning is logged once.
+func (m *Manager) warnTransient(pid int) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.transient[pid] {
+		return false
+	}
+	if len(m.transient) >= maxRefused {
+		clear(m.transient) // bounded: at worst a warning is repeated
+	}
+	m.transient[pid] = true
+	return true
 }
 
 func (m *Manager) attach(pid int, exePath string) (_ *inspect.Binary, repeat bool, _ error) {
@@ -283,23 +330,52 @@ func (m *Manager) attach(pid int, exePath string) (_ *inspect.Binary, repeat boo
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if _, ok := m.procs[pid]; ok {
-		return nil, false, fmt.Errorf("pid %d already attached", pid)
-	}
-	if err, ok := m.refused[key]; ok {
-		return nil, true, err
-	}
-	bin := m.bins[key]
-	if bin == nil {
-		b, err := m.loadBinary(key, exePath)
-		if err != nil {
-			if inspect.ReasonOf(err) != ReasonExited {
-				m.refused[key] = err
+	var bin *loadedBinary
+	for bin == nil {
+		if m.closed {
+			return nil, false, ErrClosed
+		}
+		if _, ok := m.procs[pid]; ok {
+			return nil, false, fmt.Errorf("pid %d already attached", pid)
+		}
+		if err, ok := m.refused.lookup(key, pid); ok {
+			return nil, true, err
+		}
+		if bin = m.bins[key]; bin != nil {
+			break
+		}
+		if l := m.loading[key]; l != nil {
+			// Another process of this binary is loading it: wait, then
+			// look again (it may have failed, or exited meanwhile).
+			m.mu.Unlock()
+			<-l.done
+			m.mu.Lock()
+			if l.err != nil && !Permanent(l.err) {
+				return nil, true, l.err
 			}
+			continue
+		}
+		l := &binaryLoad{done: make(chan struct{})}
+		m.loading[key] = l
+		m.mu.Unlock()
+		b, err := m.loadBinary(key, exePath)
+		m.mu.Lock()
+		delete(m.loading, key)
+		switch {
+		case err == nil && m.closed:
+			b.close()
+			err = ErrClosed
+		case err == nil:
+			m.bins[key] = b
+			bin = b
+		case Permanent(err):
+			m.refused.add(key, pid, err)
+		}
+		l.err = err
+		close(l.done)
+		if err != nil {
 			return nil, false, err
 		}
-		bin = b
-		m.bins[key] = bin
 	}
 
 	proc := &process{pid: pid, bin: bin}
@@ -336,9 +412,9 @@ func (m *Manager) attach(pid int, exePath string) (_ *inspect.Binary, repeat boo
 }
 
 // loadBinary inspects an executable and loads every probe's programs with
-// the binary's offsets. Called with m.mu held.
+// the binary's offsets. Called without m.mu: it reads only what New set.
 func (m *Manager) loadBinary(key binKey, exePath string) (*loadedBinary, error) {
-	info, err := inspect.Open(exePath)
+	info, err := m.open(exePath)
 	if err != nil {
 		return nil, err
 	}
@@ -455,23 +531,44 @@ func (m *Manager) fieldOffset(info *inspect.Binary, f probe.Field) (uint64, erro
 	return 0, fmt.Errorf("no offset for %s.%s.%s at %s", f.Package, f.Struct, f.Field, ver)
 }
 
-// Detach releases pid's links. Unknown pids are ignored: a process that was
-// refused is detached as well when it exits.
-func (m *Manager) Detach(pid int) error {
+// Detach releases pid's links and returns the process's final in-kernel
+// series, deleted from the shared maps: the caller keeps them for the last
+// scrapes, under the identity of the process image that counted them (the
+// kernel keys them by pid alone, which a re-exec or a reused pid shares).
+// Unknown pids are ignored: a process that was refused is detached as well
+// when it exits, which releases its refusal.
+func (m *Manager) Detach(pid int) ([]probe.Histogram, error) {
+	m.mu.Lock()
+	m.refused.release(pid)
+	delete(m.transient, pid)
+	proc, ok := m.procs[pid]
+	if !ok || proc.detaching {
+		m.mu.Unlock()
+		return nil, nil
+	}
+	// Closing links waits for kernel grace periods: do it without the
+	// lock, so scrapes and other detaches go on. The process stays in
+	// m.procs meanwhile, so its series are still read as live.
+	proc.detaching = true
+	closing := &process{pid: pid, links: proc.links}
+	proc.links = nil
+	m.mu.Unlock()
+	err := closing.close()
+
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	proc, ok := m.procs[pid]
-	if !ok {
-		return nil
+	if m.closed {
+		return nil, err // Close freed the maps and the binary
 	}
-	err := proc.close()
-	if rerr := m.retire(proc); rerr != nil {
+	// No probe of the process runs any more: its series are final.
+	final, rerr := m.retire(proc)
+	if rerr != nil {
 		err = errors.Join(err, fmt.Errorf("keeping final counts of pid %d: %w", pid, rerr))
 	}
 	delete(m.procs, pid)
 	m.releaseBinary(proc.bin)
 	m.forgetPID(uint32(pid))
-	return err
+	return final, err
 }
 
 func (m *Manager) releaseBinary(bin *loadedBinary) {
@@ -500,6 +597,35 @@ func (p *process) close() error {
 	return nil
 }
 
+// closeConcurrency is how many processes' links closeAll closes at once.
+const closeConcurrency = 16
+
+// closeAll closes the links of every process, several at a time: closing
+// a uprobe link waits for the kernel's grace periods (tens of ms each),
+// which concurrent closes share instead of queueing one after another.
+func closeAll(procs map[int]*process) []error {
+	var (
+		mu   sync.Mutex
+		errs []error
+		wg   sync.WaitGroup
+	)
+	sem := make(chan struct{}, closeConcurrency)
+	for _, proc := range procs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			err := proc.close()
+			<-sem
+			mu.Lock()
+			errs = append(errs, err)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return errs
+}
+
 func (b *loadedBinary) close() {
 	for _, c := range b.programs {
 		c.Close()
@@ -522,11 +648,9 @@ func (m *Manager) Processes() int {
 func (m *Manager) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var errs []error
-	for pid, proc := range m.procs {
-		errs = append(errs, proc.close())
-		delete(m.procs, pid)
-	}
+	m.closed = true
+	errs := closeAll(m.procs)
+	clear(m.procs)
 	for k, b := range m.bins {
 		b.close()
 		delete(m.bins, k)

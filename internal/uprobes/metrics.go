@@ -59,9 +59,9 @@ func (m *Manager) setMetricsConsts(bin *loadedBinary, info *inspect.Binary, lp *
 	return set(mm.RodataEndConst, bin.static.End)
 }
 
-// Histograms returns the series every probe counted in the kernel, with
-// their patterns resolved, and the final series of processes detached but
-// not yet forgotten. It runs at scrape time.
+// Histograms returns the series every probe counted in the kernel for the
+// processes attached now, with their patterns resolved. Detach hands over
+// the final series of a process. It runs at scrape time.
 func (m *Manager) Histograms() ([]probe.Histogram, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -72,35 +72,25 @@ func (m *Manager) Histograms() ([]probe.Histogram, error) {
 		out = append(out, hs...)
 		errs = append(errs, err)
 	}
-	for _, hs := range m.retired {
-		out = append(out, hs...)
-	}
 	return out, errors.Join(errs...)
 }
 
-// retire moves a detaching process's in-kernel series to m.retired and
-// deletes them from the maps. Called with m.mu held, before the binary is
-// released: resolving patterns needs it.
-func (m *Manager) retire(proc *process) error {
+// retire reads a detaching process's in-kernel series and deletes them
+// from the maps. Called with m.mu held, after its links are closed (so no
+// request adds to them meanwhile) and before the binary is released:
+// resolving patterns needs it.
+func (m *Manager) retire(proc *process) ([]probe.Histogram, error) {
 	var errs []error
+	var out []probe.Histogram
 	for _, lp := range m.probes {
 		hs, keys, err := m.readMetrics(lp, func(pid uint32) bool { return pid == uint32(proc.pid) })
 		errs = append(errs, err)
-		if len(hs) > 0 {
-			m.retired[uint32(proc.pid)] = append(m.retired[uint32(proc.pid)], hs...)
-		}
+		out = append(out, hs...)
 		for _, k := range keys {
 			_ = lp.maps[lp.Metrics.Map].Delete(k) // already gone is fine
 		}
 	}
-	return errors.Join(errs...)
-}
-
-// Forget drops the final series of a detached process.
-func (m *Manager) Forget(pid int) {
-	m.mu.Lock()
-	delete(m.retired, uint32(pid))
-	m.mu.Unlock()
+	return out, errors.Join(errs...)
 }
 
 // readMetrics decodes the entries of a probe's metrics map whose process

@@ -22,6 +22,8 @@ import (
 func main() {
 	addr := flag.String("addr", "127.0.0.1:0", "listen address")
 	useTLS := flag.Bool("tls", false, "serve HTTPS with a self-signed certificate (HTTP/2 and HTTP/1.1)")
+	reexec := flag.Bool("reexec-on-hup", false, "on SIGHUP, execute this file again in place (same pid), keeping the listening socket")
+	listenFD := flag.Int("listen-fd", 0, "serve on this inherited listening socket (set by -reexec-on-hup)")
 	flag.Parse()
 
 	mux := http.NewServeMux()
@@ -72,9 +74,15 @@ func main() {
 	registerRoutes(mux)
 	registerLabelRoutes(mux)
 
-	ln, err := net.Listen("tcp", *addr)
-	if err != nil {
-		log.Fatal(err)
+	ln := inheritedListener(*listenFD)
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", *addr); err != nil {
+			log.Fatal(err)
+		}
+	}
+	if *reexec {
+		reexecOnHUP(ln)
 	}
 	fmt.Println(ln.Addr().String())
 	os.Stdout.Sync()

@@ -339,6 +339,24 @@ func (o *Obsd) Scrape(t testing.TB) []byte {
 	return body
 }
 
+// InstanceID is the service.instance.id obsd gives the first image it
+// instruments of process pid: "host:pid:starttime", starttime being field
+// 22 of /proc/PID/stat, parsed here independently of obsd. It returns ""
+// when the process is gone.
+func InstanceID(pid int) string {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	// Fields after the command name, which ends at the last ')'.
+	fields := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+	if len(fields) < 20 {
+		return ""
+	}
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s:%d:%s", host, pid, fields[19]) // field 22 is the 20th after the name
+}
+
 // Families parses a text-format scrape.
 func Families(t testing.TB, scrape []byte) map[string]*dto.MetricFamily {
 	t.Helper()

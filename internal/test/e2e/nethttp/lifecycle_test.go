@@ -2,6 +2,7 @@ package nethttp
 
 import (
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -131,4 +132,150 @@ func TestTargetSurvives(t *testing.T) {
 	if err := srv.Cmd.Process.Signal(syscall.Signal(0)); err != nil {
 		t.Fatalf("target died: %v", err)
 	}
+}
+
+// TestReadyMeansObserving: /readyz answers 200 only once every selected
+// process is attached (or refused with a reason), so requests sent the
+// moment it does are all counted. Several targets by --pid and one by
+// --port, of two different binaries, so loads take a while.
+func TestReadyMeansObserving(t *testing.T) {
+	e2e.RequireRoot(t)
+	obsdBin := builds.Obsd(t)
+	var srvs []*e2e.Proc
+	for _, v := range []e2e.Variant{{Name: "current"}, {Name: "stripped", Stripped: true}, {Name: "current"}, {Name: "stripped", Stripped: true}} {
+		srvs = append(srvs, e2e.Start(t, builds.HTTPServer(t, v), nil))
+	}
+	args := []string{"--traces", "none"}
+	for _, s := range srvs[:3] {
+		args = append(args, "--pid", itoa(s.PID()))
+	}
+	_, port, _ := strings.Cut(srvs[3].First, ":")
+	args = append(args, "--port", port)
+	o := e2e.StartObsd(t, obsdBin, nil, args...)
+
+	deadline := time.Now().Add(20 * time.Second)
+	var waiting []string
+	for {
+		code, body := o.Get(t, "/readyz")
+		if code == 200 {
+			break
+		}
+		if strings.Contains(string(body), "waiting to instrument") {
+			waiting = append(waiting, string(body))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz still %d after 20 s: %s", code, body)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	const each = 5
+	for _, s := range srvs {
+		get(t, "http://"+s.First+"/hello", each)
+	}
+	o.WaitScrape(t, 5*time.Second, "every request", func(f map[string]*dto.MetricFamily) bool {
+		for _, s := range srvs {
+			if requestCount(f, s.PID()) < each {
+				return false
+			}
+		}
+		return true
+	})
+	time.Sleep(200 * time.Millisecond)
+	fams := e2e.Families(t, o.Scrape(t))
+	for _, s := range srvs {
+		if n := requestCount(fams, s.PID()); n != each {
+			t.Errorf("pid %d: counted %v requests sent on readiness, want %d", s.PID(), n, each)
+		}
+	}
+	// While it waited, the check named what it waited for.
+	for _, body := range waiting {
+		named := false
+		for _, s := range srvs {
+			named = named || strings.Contains(body, "pid "+itoa(s.PID()))
+		}
+		if !named {
+			t.Errorf("/readyz waited without naming a selected pid: %s", body)
+		}
+	}
+	t.Logf("/readyz said it was waiting %d times", len(waiting))
+	o.Stop(t)
+}
+
+// TestDetachScales: obsd stops within a bounded time however many
+// processes it instrumented: at SIGTERM, 50 instrumented processes must
+// be detached, every link gone, in well under the time a sequential close
+// took (about 37 ms per process, 1.9 s for 50).
+func TestDetachScales(t *testing.T) {
+	e2e.RequireRoot(t)
+	obsdBin := builds.Obsd(t)
+	srvBin := builds.HTTPServer(t, e2e.Variant{Name: "current"})
+	const n = 50
+	args := []string{"--traces", "none"}
+	var srvs []*e2e.Proc
+	for i := 0; i < n; i++ {
+		s := e2e.Start(t, srvBin, nil)
+		srvs = append(srvs, s)
+		args = append(args, "--pid", itoa(s.PID()))
+	}
+	o := e2e.StartObsd(t, obsdBin, nil, args...)
+	o.WaitScrape(t, 60*time.Second, "every process instrumented", instrumented(n))
+	start := time.Now()
+	o.Stop(t)
+	took := time.Since(start)
+	t.Logf("SIGTERM to exit with %d processes: %v", n, took)
+	for _, s := range srvs {
+		if k := e2e.ProbeLinks(t, "http_server", s.PID()); k != 0 {
+			t.Errorf("pid %d: %d links left after obsd stopped", s.PID(), k)
+		}
+	}
+	if took > 1500*time.Millisecond {
+		t.Errorf("stopping took %v with %d processes, want under 1.5 s", took, n)
+	}
+}
+
+// TestScrapeDuringLoad: while a large binary is being inspected and its
+// programs verified (obsd itself, 26 MB with DWARF: about a second), the
+// scrape answers at once instead of waiting for the load.
+func TestScrapeDuringLoad(t *testing.T) {
+	e2e.RequireRoot(t)
+	obsdBin := builds.Obsd(t)
+	// The large target: another obsd, serving its endpoints, selecting
+	// nothing that exists.
+	target := e2e.StartObsd(t, obsdBin, nil, "--port", "1", "--traces", "none")
+	o := e2e.StartObsd(t, obsdBin, nil, "--pid", itoa(target.Cmd.Process.Pid), "--traces", "none")
+
+	var during []time.Duration
+	loadStart := time.Time{}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, body := o.Get(t, "/readyz")
+		if code == 200 {
+			break
+		}
+		if strings.Contains(string(body), "waiting to instrument") {
+			if loadStart.IsZero() {
+				loadStart = time.Now()
+			}
+			// The load was going on when this scrape started.
+			start := time.Now()
+			o.Scrape(t)
+			during = append(during, time.Since(start))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz still %d after 30 s: %s", code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	load := time.Since(loadStart)
+	t.Logf("load took about %v; %d scrapes during it: %v", load, len(during), during)
+	for _, d := range during {
+		if d > 250*time.Millisecond {
+			t.Errorf("a scrape during the load took %v, want it answered at once (< 250 ms)", d)
+		}
+	}
+	if len(during) < 2 {
+		t.Errorf("only %d scrapes during a load of %v; the load was too short to tell", len(during), load)
+	}
+	o.WaitScrape(t, 5*time.Second, "instrumented", instrumented(1))
+	o.Stop(t)
 }

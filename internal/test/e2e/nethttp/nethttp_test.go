@@ -135,10 +135,21 @@ func requestCount(fams map[string]*dto.MetricFamily, pid int) float64 {
 		"service_instance_id": instance(pid)})
 }
 
+// instance is the service_instance_id of the first image of the process
+// running as pid, or of the last one seen running under it once gone.
 func instance(pid int) string {
-	h, _ := os.Hostname()
-	return h + ":" + strconv.Itoa(pid)
+	instanceMu.Lock()
+	defer instanceMu.Unlock()
+	if id := e2e.InstanceID(pid); id != "" {
+		instances[pid] = id
+	}
+	return instances[pid]
 }
+
+var (
+	instanceMu sync.Mutex
+	instances  = map[int]string{}
+)
 
 var variants = []e2e.Variant{
 	{Name: "current"},
