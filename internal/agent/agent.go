@@ -201,7 +201,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	a.procs, a.delivered = a.mgr, a.watcher.Delivered
 	a.checks.AddLiveness("event_loop", a.beat.Check)
 	a.checks.AddLiveness("goroutines", health.GoroutineLimit(9999))
-	a.checks.AddLiveness("heap", health.HeapLimit(1<<30 - 1))
+	a.checks.AddLiveness("heap", health.HeapLimit(1<<30-1))
 	a.checks.AddReadiness("bpf", func(context.Context) error { return nil }) // New failed otherwise
 	a.checks.AddReadiness("discovery", a.ready)
 	a.checks.AddReadiness("trace_exporter", a.spans.Check)
