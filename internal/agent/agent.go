@@ -94,6 +94,10 @@ type Agent struct {
 	// those not yet attached nor refused (readiness waits for them).
 	selected map[int]discover.Process
 	pending  map[int]discover.Process
+	// early holds the records of a selected pid read before its target
+	// was registered: the probes fire as soon as they are linked, and
+	// the reader may get there first. attach replays them.
+	early map[uint32][]probe.Request
 	chains   map[int]chan struct{}
 	// images remembers, per pid, the start time and the number of the
 	// last image instrumented, for as long as that process runs: an image
@@ -154,6 +158,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		services: map[uint32]*target{},
 		exited:   map[*target]bool{},
 		selected: map[int]discover.Process{},
+		early:    map[uint32][]probe.Request{},
 		pending:  map[int]discover.Process{},
 		chains:   map[int]chan struct{}{},
 		images:   map[int]imageCount{},
@@ -384,7 +389,12 @@ func (a *Agent) attach(p discover.Process, attempt int) {
 	if a.pending[p.PID].Seq == p.Seq {
 		delete(a.pending, p.PID)
 	}
+	early := a.early[uint32(p.PID)]
+	delete(a.early, uint32(p.PID))
 	a.mu.Unlock()
+	for _, r := range early {
+		a.observe(t, r)
+	}
 	args := []any{"pid", p.PID, "exe", p.Exe, "service", t.svc.Name, "instance", t.svc.InstanceID, "go", info.GoVersion}
 	switch {
 	case a.cfg.Traces == otelexport.ModeNone || a.cfg.Traces == "":
@@ -431,6 +441,11 @@ func (a *Agent) Removed(p discover.Process) {
 	a.mu.Lock()
 	if a.selected[p.PID].Seq == p.Seq {
 		delete(a.selected, p.PID)
+		// Held records of a process that never got a target.
+		if n := len(a.early[uint32(p.PID)]); n > 0 {
+			a.unattributed.Add(float64(n))
+			delete(a.early, uint32(p.PID))
+		}
 	}
 	if a.pending[p.PID].Seq == p.Seq {
 		delete(a.pending, p.PID) // no longer selected: nothing to wait for
@@ -518,12 +533,42 @@ func (a *Agent) Request(r probe.Request) {
 	a.mu.RLock()
 	t := a.services[r.PID]
 	a.mu.RUnlock()
-	if t == nil {
-		// Only possible for a process forgotten before its last records
-		// were read.
-		a.unattributed.Inc()
+	if t == nil && !a.hold(r) {
 		return
 	}
+	if t == nil {
+		// Registered between the two looks in hold.
+		a.mu.RLock()
+		t = a.services[r.PID]
+		a.mu.RUnlock()
+	}
+	a.observe(t, r)
+}
+
+// maxEarly bounds the records held for one pid whose attach is finishing.
+const maxEarly = 4096
+
+// hold keeps r for its pid's attach to replay when the pid is selected but
+// its target not registered yet, and reports false when the target was
+// registered meanwhile (the caller then observes r itself). Records of a
+// pid neither registered nor selected (forgotten before its last records
+// were read) are counted as unattributed.
+func (a *Agent) hold(r probe.Request) (registered bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.services[r.PID] != nil {
+		return true
+	}
+	if _, ok := a.selected[int(r.PID)]; ok && len(a.early[r.PID]) < maxEarly {
+		a.early[r.PID] = append(a.early[r.PID], r)
+		return false
+	}
+	a.unattributed.Inc()
+	return false
+}
+
+// observe turns one record into its metric observation and span.
+func (a *Agent) observe(t *target, r probe.Request) {
 	switch r.Kind {
 	case probe.KindHTTPServer:
 		// One route per request, so that metrics and span agree.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/obsd-dev/obsd/bpf/probe"
 	"github.com/obsd-dev/obsd/internal/discover"
@@ -42,9 +43,12 @@ func TestEmitsSpans(t *testing.T) {
 
 // fakeProcs stands in for uprobes.Manager: attach answers from a script.
 type fakeProcs struct {
-	mu       sync.Mutex
-	fail     func(pid, attempt int) error
-	gate     chan struct{} // when set, Attach waits for it to close
+	mu   sync.Mutex
+	fail func(pid, attempt int) error
+	gate chan struct{} // when set, Attach waits for it to close
+	// linked, when set, runs once the probes would be linked, before
+	// Attach returns: records may reach the agent from then on.
+	linked   func(pid int)
 	attempts map[int]int
 	attached map[int]bool
 }
@@ -62,6 +66,9 @@ func (f *fakeProcs) Attach(pid int, _ string) (*inspect.Binary, error) {
 		}
 	}
 	f.attached[pid] = true
+	if f.linked != nil {
+		f.linked(pid)
+	}
 	return &inspect.Binary{GoVersion: "go1.26.0", Modules: map[string]string{}}, nil
 }
 
@@ -90,10 +97,11 @@ func newTestAgent(t *testing.T, f *fakeProcs) *Agent {
 		cfg: Config{Forget: time.Hour, Traces: otelexport.ModeNone}, log: log, host: "h",
 		spans:    spans,
 		services: map[uint32]*target{}, exited: map[*target]bool{},
-		selected: map[int]discover.Process{}, pending: map[int]discover.Process{}, chains: map[int]chan struct{}{},
+		selected: map[int]discover.Process{}, pending: map[int]discover.Process{}, early: map[uint32][]probe.Request{}, chains: map[int]chan struct{}{},
 		images: map[int]imageCount{},
 		slots:  make(chan struct{}, maxConcurrentAttaches), retryMin: 10 * time.Millisecond,
 		procs: f, delivered: func() uint64 { return 1 },
+		unattributed: prometheus.NewCounter(prometheus.CounterOpts{Name: "obsd_events_unattributed_total"}),
 	}
 	a.routes = export.NewRoutes(nil)
 	a.http = prom.NewHTTPServer(a.active, a.kernel, a.routes)
@@ -242,4 +250,41 @@ func TestIncarnations(t *testing.T) {
 	a.Removed(third)
 	a.Added(proc(7, 300, 4))
 	waitUntil(t, "the reused pid", func() bool { return a.instance(7) == "h:7:300" })
+}
+
+// TestRecordsBeforeRegistration: the probes fire as soon as they are
+// linked, and the reader may hand over a record before the agent has
+// registered the process; it must be counted, not dropped.
+func TestRecordsBeforeRegistration(t *testing.T) {
+	f := &fakeProcs{}
+	a := newTestAgent(t, f)
+	a.http = prom.NewHTTPServer(nil, nil, a.routes) // no manager behind the fake
+	f.linked = func(pid int) {
+		for range 3 {
+			a.Request(probe.Request{Kind: probe.KindHTTPServer, PID: uint32(pid), Method: "GET", Path: "/early", Status: 200, StartNS: 1, EndNS: 2})
+		}
+	}
+	a.Added(proc(9, 100, 1))
+	waitUntil(t, "the process", func() bool { return a.instance(9) != "" })
+	a.Request(probe.Request{Kind: probe.KindHTTPServer, PID: 9, Method: "GET", Path: "/early", Status: 200, StartNS: 1, EndNS: 2})
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(a.http)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, mf := range mfs {
+		if mf.GetName() == "http_server_request_duration_seconds" {
+			for _, m := range mf.GetMetric() {
+				n += m.GetHistogram().GetSampleCount()
+			}
+		}
+	}
+	if n != 4 {
+		t.Errorf("%d requests counted, want the 3 read before registration and 1 after", n)
+	}
+	if u := testutil.ToFloat64(a.unattributed); u != 0 {
+		t.Errorf("obsd_events_unattributed_total = %v, want 0", u)
+	}
 }
