@@ -23,6 +23,9 @@ func TestManualTracingNotDuplicated(t *testing.T) {
 	svc := e2e.Start(t, svcBin, []string{
 		"OTEL_SERVICE_NAME=manual-svc",
 		"OTEL_EXPORTER_OTLP_ENDPOINT=" + appRecv.Endpoint,
+		// manual/ follows the specification's default, http/protobuf;
+		// this receiver speaks OTLP/gRPC.
+		"OTEL_EXPORTER_OTLP_PROTOCOL=grpc",
 		"OTEL_EXPORTER_OTLP_INSECURE=true",
 		"OTEL_TRACES_SAMPLER=always_on",
 		"OTEL_BSP_SCHEDULE_DELAY=100",
