@@ -27,6 +27,7 @@ import (
 	otelexport "github.com/obsd-dev/obsd/internal/export/otel"
 	"github.com/obsd-dev/obsd/internal/export/prom"
 	"github.com/obsd-dev/obsd/internal/health"
+	"github.com/obsd-dev/obsd/internal/kube"
 	"github.com/obsd-dev/obsd/internal/uprobes"
 )
 
@@ -47,6 +48,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Version is obsd's own version, for obsd_build_info.
 	Version string
+	// Kubernetes, when set, adds the opted-in pods of this node as a
+	// discovery source (Logger is taken from this Config).
+	Kubernetes *kube.Options
 }
 
 // Agent is one running obsd.
@@ -59,6 +63,7 @@ type Agent struct {
 	spans   *otelexport.Exporter
 	http    *prom.HTTPServer
 	watcher *discover.Watcher
+	kube    *kube.Source
 	checks  *health.Checker
 	beat    *health.Heartbeat
 	ln      net.Listener
@@ -142,6 +147,17 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		return nil
 	})
 	a.checks.AddReadiness("trace_exporter", a.spans.Check)
+	if cfg.Kubernetes != nil {
+		o := *cfg.Kubernetes
+		o.Logger = cfg.Logger
+		if a.kube, err = kube.New(o); err != nil {
+			a.spans.Shutdown(ctx)
+			a.mgr.Close()
+			return nil, err
+		}
+		a.reg.MustRegister(a.kube.Collector())
+		a.checks.AddReadiness("kubernetes", a.kube.Check)
+	}
 
 	a.ln, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -162,7 +178,11 @@ func (a *Agent) Addr() net.Addr { return a.ln.Addr() }
 // Handler serves /metrics, /healthz and /readyz.
 func (a *Agent) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{
+	var g prometheus.Gatherer = a.reg
+	if a.kube != nil {
+		g = a.kube.Gatherer(g)
+	}
+	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{
 		EnableOpenMetrics: true,
 		ErrorHandling:     promhttp.ContinueOnError,
 		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
@@ -174,7 +194,7 @@ func (a *Agent) Handler() http.Handler {
 // Run serves and instruments until ctx is done, then detaches everything.
 func (a *Agent) Run(ctx context.Context) error {
 	srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	go func() {
 		if err := srv.Serve(a.ln); !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("serving %s: %w", a.ln.Addr(), err)
@@ -196,6 +216,15 @@ func (a *Agent) Run(ctx context.Context) error {
 			errc <- fmt.Errorf("discovering processes: %w", err)
 		}
 	}()
+	if a.kube != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.kube.Run(runCtx, a); err != nil {
+				errc <- fmt.Errorf("watching pods: %w", err)
+			}
+		}()
+	}
 	a.log.Info("obsd running", "listen", a.ln.Addr().String(), "traces", string(a.cfg.Traces))
 
 	var runErr error
@@ -229,6 +258,9 @@ func (a *Agent) Added(p discover.Process) {
 			Attrs:      p.ResourceAttrs,
 		},
 		spans: emitsSpans(info.Modules[manualSDKModule] != "", p.ManualTracing),
+	}
+	if p.InstanceID != "" {
+		t.svc.InstanceID = p.InstanceID
 	}
 	if t.svc.Name == "" {
 		t.svc.Name = filepath.Base(p.Exe)
