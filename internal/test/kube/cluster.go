@@ -217,9 +217,15 @@ func (c *Cluster) StopAPIServer(t testing.TB) {
 // Kubectl runs kubectl as admin and returns its combined output.
 func (c *Cluster) Kubectl(t testing.TB, args ...string) (string, error) {
 	t.Helper()
+	return KubectlAs(t, c.Kubeconfig, args...)
+}
+
+// KubectlAs runs kubectl with kubeconfig and returns its combined output.
+func KubectlAs(t testing.TB, kubeconfig string, args ...string) (string, error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "kubectl", append([]string{"--kubeconfig", c.Kubeconfig}, args...)...)
+	cmd := exec.CommandContext(ctx, "kubectl", append([]string{"--kubeconfig", kubeconfig}, args...)...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
