@@ -49,23 +49,33 @@ func TestKubeApply(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// What any ServiceAccount may do without a binding of its own (the
+	// bootstrap roles for authenticated users): a second account says.
+	if out, err := cl.Kubectl(t, "create", "serviceaccount", "bare", "-n", "obsd"); err != nil {
+		t.Fatalf("kubectl create serviceaccount: %v\n%s", err, out)
+	}
+	bareToken, err := cl.Kubectl(t, "create", "token", "bare", "-n", "obsd")
+	if err != nil {
+		t.Fatalf("kubectl create token: %v\n%s", err, bareToken)
+	}
+	bare := filepath.Join(t.TempDir(), "bare.kubeconfig")
+	if err := os.WriteFile(bare, []byte(kubetest.Kubeconfig(cl.URL, strings.TrimSpace(bareToken))), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, ns := range []string{"obsd", "default"} {
-		out, err = kubetest.KubectlAs(t, sa, "auth", "can-i", "--list", "-n", ns)
-		if err != nil {
-			t.Fatalf("kubectl auth can-i --list: %v\n%s", err, out)
-		}
-		got := map[string]string{}
-		for _, line := range strings.Split(out, "\n") {
-			if m := canIRow.FindStringSubmatch(line); m != nil {
-				got[m[1]] = m[2]
+		baseline := canI(t, bare, ns)
+		for k, v := range basicUser {
+			if baseline[k] != v {
+				t.Errorf("baseline lacks %s %s: %v", k, v, baseline)
 			}
 		}
+		got := canI(t, sa, ns)
 		want := map[string]string{"pods": "list watch", "replicasets.apps": "get", "jobs.batch": "get"}
-		for k, v := range basicUser {
+		for k, v := range baseline {
 			want[k] = v
 		}
 		if !mapsEqual(got, want) {
-			t.Errorf("namespace %s: the ServiceAccount may do %v, want exactly %v\n%s", ns, got, want, out)
+			t.Errorf("namespace %s: the ServiceAccount may do %v, want exactly %v", ns, got, want)
 		}
 	}
 
@@ -85,6 +95,22 @@ func TestKubeApply(t *testing.T) {
 		t.Errorf("obsd was refused something:\n%s", o.Log)
 	}
 	o.Stop(t)
+}
+
+// canI returns `kubectl auth can-i --list` as resource -> verbs.
+func canI(t *testing.T, kubeconfig, ns string) map[string]string {
+	t.Helper()
+	out, err := kubetest.KubectlAs(t, kubeconfig, "auth", "can-i", "--list", "-n", ns)
+	if err != nil {
+		t.Fatalf("kubectl auth can-i --list: %v\n%s", err, out)
+	}
+	got := map[string]string{}
+	for _, line := range strings.Split(out, "\n") {
+		if m := canIRow.FindStringSubmatch(line); m != nil {
+			got[m[1]] = m[2]
+		}
+	}
+	return got
 }
 
 func mapsEqual(a, b map[string]string) bool {

@@ -255,7 +255,6 @@ func TestKubernetes(t *testing.T) {
 	scrape := o.Scrape(t)
 	fams := e2e.Families(t, scrape)
 	e2e.Promtool(t, scrape)
-	checkDashboard(t, fams)
 	if got := e2e.Sum(fams, "http_server_request_duration_seconds", nil); got != float64(nWeb+nNamed) {
 		t.Errorf("requests counted in all = %v, want %d (web %d + named %d; plain, far and named/other not at all)", got, nWeb+nNamed, nWeb, nNamed)
 	}
@@ -311,6 +310,24 @@ func TestKubernetes(t *testing.T) {
 	if bySvc["web"] != nWeb || bySvc["checkout"] != nNamed || len(spans) != nWeb+nNamed {
 		t.Errorf("spans by service %v, want web %d, checkout %d and no other", bySvc, nWeb, nNamed)
 	}
+
+	// The dashboard against a real scrape, taken while a request is in
+	// flight so that http_server_active_requests has a series.
+	pr, pw := io.Pipe()
+	echoed := make(chan struct{})
+	go func() {
+		defer close(echoed)
+		if resp, err := http.Post("http://"+webSrv.First+"/echo", "text/plain", pr); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	pw.Write([]byte("in flight"))
+	dash := o.WaitScrape(t, 5*time.Second, "a request in flight", func(f map[string]*dto.MetricFamily) bool {
+		return e2e.Sum(f, "http_server_active_requests", map[string]string{"service_instance_id": webInst}) == 1
+	})
+	checkDashboard(t, e2e.Families(t, dash))
+	pw.Close()
+	<-echoed
 
 	// Every change is followed within 2 s.
 	linked := func(p *e2e.Proc) func() bool { return func() bool { return e2e.ProbeLinks(t, prefix, p.PID()) > 0 } }
