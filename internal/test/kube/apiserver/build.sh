@@ -10,7 +10,7 @@ out="$cache/kube-apiserver-$version"
 if [ ! -x "$out" ]; then
 	mkdir -p "$cache"
 	# -trimpath and no VCS stamping: the binary depends only on go.mod/go.sum.
-	GOFLAGS=-mod=mod nice -n 5 go build -trimpath -ldflags='-s -w' -o "$out.tmp" k8s.io/kubernetes/cmd/kube-apiserver
+	nice -n 5 go build -trimpath -ldflags='-s -w' -o "$out.tmp" k8s.io/kubernetes/cmd/kube-apiserver
 	mv "$out.tmp" "$out"
 fi
 echo "$out"
