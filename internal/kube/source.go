@@ -158,7 +158,7 @@ func New(o Options) (*Source, error) {
 		ident:   map[string]*identity{},
 		watchErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "obsd_kubernetes_watch_errors_total",
-			Help: "Failed lists and watches of this node's pods reported by client-go, which retries with backoff (up to 30 s).",
+			Help: "Failed lists and watches of this node's pods that client-go reports (an API server refusing connections is retried with backoff up to 30 s without a report).",
 		}),
 		containersG: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "obsd_kubernetes_containers",

@@ -57,8 +57,9 @@ func TestKubeAPIServerDown(t *testing.T) {
 	if e2e.ProbeLinks(t, prefix, aSrv.PID()) == 0 {
 		t.Error("a lost its probes during the outage")
 	}
-	// obsd_kubernetes_watch_errors_total is not checked: in this run
-	// client-go retried without calling the watch error handler.
+	// obsd_kubernetes_watch_errors_total is not checked: client-go
+	// retries "connection refused" inside the watch with backoff and never
+	// calls the watch error handler (reflector.go, isWatchErrorRetriable).
 
 	cl.StartAPIServer(t)
 	back := time.Now()
