@@ -24,6 +24,7 @@ import (
 	"github.com/obsd-dev/obsd/internal/agent"
 	"github.com/obsd-dev/obsd/internal/discover"
 	otelexport "github.com/obsd-dev/obsd/internal/export/otel"
+	"github.com/obsd-dev/obsd/internal/kube"
 )
 
 func main() {
@@ -55,6 +56,8 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (config,
 		traces string
 		level  string
 		keep   string
+		k8s    kubeMode
+		node   string
 	)
 	fs := flag.NewFlagSet("obsd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -65,6 +68,11 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (config,
 	fs.StringVar(&traces, "traces", getenv("OBSD_TRACES"), "span export: otlp, stdout or none (env OBSD_TRACES; default otlp when OTEL_EXPORTER_OTLP_*ENDPOINT is set, else none)")
 	fs.StringVar(&keep, "keep-exited", envOr(getenv, "OBSD_KEEP_EXITED", "1m"), "how long an exited process's series stay exported, so the last scrapes see its final counts (env OBSD_KEEP_EXITED)")
 	fs.BoolVar(&c.showVersion, "version", false, "print obsd's version and exit")
+	if err := k8s.init(getenv); err != nil {
+		return c, err
+	}
+	fs.Var(&k8s, "kubernetes", "instrument the pods of this node annotated obsd.dev/instrument=true (env OBSD_KUBERNETES; default on when KUBERNETES_SERVICE_HOST is set)")
+	fs.StringVar(&node, "node-name", getenv("NODE_NAME"), "this node's name in Kubernetes mode (env NODE_NAME, from the downward API)")
 	fs.StringVar(&level, "log-level", envOr(getenv, "OBSD_LOG_LEVEL", "info"), "debug, info, warn or error (env OBSD_LOG_LEVEL)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -91,8 +99,21 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (config,
 		}
 	}
 	c.agent.Criteria = discover.Criteria{PIDs: pids, ExeGlobs: exes, Ports: ports}
-	if c.agent.Criteria.Empty() {
-		return c, errors.New("nothing to instrument: give --pid, --exe or --port (or OBSD_PID, OBSD_EXE, OBSD_PORT)")
+	switch {
+	case k8s.on && k8s.explicit && !c.agent.Criteria.Empty():
+		return c, errors.New("--kubernetes selects pods by annotation; it does not combine with --pid, --exe or --port")
+	case k8s.on && !c.agent.Criteria.Empty():
+		// Only defaulted on (KUBERNETES_SERVICE_HOST): selectors given on
+		// purpose win.
+		k8s.on = false
+	case !k8s.on && c.agent.Criteria.Empty():
+		return c, errors.New("nothing to instrument: give --pid, --exe or --port (or OBSD_PID, OBSD_EXE, OBSD_PORT), or --kubernetes")
+	}
+	if k8s.on {
+		if node == "" {
+			return c, errors.New("--kubernetes needs this node's name: set NODE_NAME (downward API spec.nodeName) or --node-name")
+		}
+		c.agent.Kubernetes = &kube.Options{Node: node, Kubeconfig: getenv("KUBECONFIG")}
 	}
 	if err := c.agent.Criteria.Validate(); err != nil {
 		return c, err
@@ -181,6 +202,33 @@ func envOr(getenv func(string) string, name, def string) string {
 		return v
 	}
 	return def
+}
+
+// kubeMode is --kubernetes: a boolean whose default comes from the
+// environment, remembering whether it was asked for or only defaulted.
+type kubeMode struct{ on, explicit bool }
+
+func (k *kubeMode) init(getenv func(string) string) error {
+	k.on = getenv("KUBERNETES_SERVICE_HOST") != ""
+	if v := getenv("OBSD_KUBERNETES"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("OBSD_KUBERNETES: %w", err)
+		}
+		k.on, k.explicit = b, true
+	}
+	return nil
+}
+
+func (k *kubeMode) String() string   { return strconv.FormatBool(k.on) }
+func (k *kubeMode) IsBoolFlag() bool { return true }
+func (k *kubeMode) Set(s string) error {
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		return err
+	}
+	k.on, k.explicit = b, true
+	return nil
 }
 
 type intList []int

@@ -30,6 +30,7 @@ import (
 	"github.com/obsd-dev/obsd/internal/export/prom"
 	"github.com/obsd-dev/obsd/internal/health"
 	"github.com/obsd-dev/obsd/internal/inspect"
+	"github.com/obsd-dev/obsd/internal/kube"
 	"github.com/obsd-dev/obsd/internal/uprobes"
 )
 
@@ -50,6 +51,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Version is obsd's own version, for obsd_build_info.
 	Version string
+	// Kubernetes, when set, adds the opted-in pods of this node as a
+	// discovery source (Logger is taken from this Config).
+	Kubernetes *kube.Options
 }
 
 // Agent is one running obsd.
@@ -63,6 +67,7 @@ type Agent struct {
 	http    *prom.HTTPServer
 	routes  *export.Routes
 	watcher *discover.Watcher
+	kube    *kube.Source
 	checks  *health.Checker
 	beat    *health.Heartbeat
 	ln      net.Listener
@@ -97,8 +102,8 @@ type Agent struct {
 	// early holds the records of a selected pid read before its target
 	// was registered: the probes fire as soon as they are linked, and
 	// the reader may get there first. attach replays them.
-	early map[uint32][]probe.Request
-	chains   map[int]chan struct{}
+	early  map[uint32][]probe.Request
+	chains map[int]chan struct{}
 	// images remembers, per pid, the start time and the number of the
 	// last image instrumented, for as long as that process runs: an image
 	// attached after its predecessor was forgotten must still not reuse
@@ -123,6 +128,33 @@ type target struct {
 	// final are the in-kernel series the probes counted for this image,
 	// handed over by Detach when it is gone (then it is in Agent.exited).
 	final []probe.Histogram
+	// carried are the final in-kernel series of earlier processes that
+	// had the same service.instance.id (a restarted Kubernetes container
+	// keeps namespace.pod.container), folded in when they were forgotten,
+	// so the series they share never goes backwards.
+	carried []probe.Histogram
+}
+
+// carry adds hs to t.carried, one histogram per series.
+func (t *target) carry(hs []probe.Histogram) {
+	for _, h := range hs {
+		merged := false
+		for i := range t.carried {
+			c := &t.carried[i]
+			if c.Kind == h.Kind && c.Method == h.Method && c.Status == h.Status && c.Pattern == h.Pattern && len(c.Buckets) == len(h.Buckets) {
+				for j := range c.Buckets {
+					c.Buckets[j] += h.Buckets[j]
+				}
+				c.SumNS += h.SumNS
+				merged = true
+				break
+			}
+		}
+		if !merged {
+			h.Buckets = append([]uint64(nil), h.Buckets...)
+			t.carried = append(t.carried, h)
+		}
+	}
 }
 
 // attacher is what the agent needs of uprobes.Manager to follow processes.
@@ -210,6 +242,17 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	a.checks.AddReadiness("bpf", func(context.Context) error { return nil }) // New failed otherwise
 	a.checks.AddReadiness("discovery", a.ready)
 	a.checks.AddReadiness("trace_exporter", a.spans.Check)
+	if cfg.Kubernetes != nil {
+		o := *cfg.Kubernetes
+		o.Logger = cfg.Logger
+		if a.kube, err = kube.New(o); err != nil {
+			a.spans.Shutdown(ctx)
+			a.mgr.Close()
+			return nil, err
+		}
+		a.reg.MustRegister(a.kube.Collector())
+		a.checks.AddReadiness("kubernetes", a.kube.Check)
+	}
 
 	a.ln, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -230,7 +273,11 @@ func (a *Agent) Addr() net.Addr { return a.ln.Addr() }
 // Handler serves /metrics, /healthz and /readyz.
 func (a *Agent) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{
+	var g prometheus.Gatherer = a.reg
+	if a.kube != nil {
+		g = a.kube.Gatherer(g)
+	}
+	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{
 		EnableOpenMetrics: true,
 		ErrorHandling:     promhttp.ContinueOnError,
 		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
@@ -242,7 +289,7 @@ func (a *Agent) Handler() http.Handler {
 // Run serves and instruments until ctx is done, then detaches everything.
 func (a *Agent) Run(ctx context.Context) error {
 	srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	go func() {
 		if err := srv.Serve(a.ln); !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("serving %s: %w", a.ln.Addr(), err)
@@ -264,6 +311,15 @@ func (a *Agent) Run(ctx context.Context) error {
 			errc <- fmt.Errorf("discovering processes: %w", err)
 		}
 	}()
+	if a.kube != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.kube.Run(runCtx, a); err != nil {
+				errc <- fmt.Errorf("watching pods: %w", err)
+			}
+		}()
+	}
 	a.log.Info("obsd running", "listen", a.ln.Addr().String(), "traces", string(a.cfg.Traces),
 		"pids", a.cfg.Criteria.PIDs, "exe", a.cfg.Criteria.ExeGlobs, "ports", a.cfg.Criteria.Ports,
 		"keep_exited", a.cfg.Forget.String())
@@ -381,6 +437,9 @@ func (a *Agent) attach(p discover.Process, attempt int) {
 		PID:        p.PID,
 		Attrs:      p.ResourceAttrs,
 	}
+	if p.InstanceID != "" {
+		t.svc.InstanceID = p.InstanceID
+	}
 	if t.svc.Name == "" {
 		t.svc.Name = filepath.Base(p.Exe)
 	}
@@ -479,6 +538,20 @@ func (a *Agent) detach(p discover.Process) {
 func (a *Agent) forget(t *target) {
 	a.mu.Lock()
 	delete(a.exited, t)
+	// A live process with the same instance ID (a restarted container)
+	// shares t's series: they stay, and t's in-kernel counts are carried
+	// into it.
+	var heir *target
+	for _, o := range a.services {
+		if o != t && !a.exited[o] && o.svc.InstanceID == t.svc.InstanceID {
+			heir = o
+			break
+		}
+	}
+	if heir != nil {
+		heir.carry(t.final)
+		heir.carry(t.carried)
+	}
 	pid := t.svc.PID
 	latest := a.services[uint32(pid)] == t
 	if latest {
@@ -492,7 +565,9 @@ func (a *Agent) forget(t *target) {
 		}
 	}
 	a.mu.Unlock()
-	a.http.Forget(t.svc)
+	if heir == nil {
+		a.http.Forget(t.svc)
+	}
 	if latest {
 		// A newer incarnation under this pid replaced the span provider
 		// on its first span already; this would drop the newer one's.
@@ -617,6 +692,20 @@ func (a *Agent) attribute(hs []probe.Histogram) []prom.Kernel {
 	}
 	for t := range a.exited {
 		for _, h := range t.final {
+			if h.Kind == probe.KindHTTPServer {
+				out = append(out, prom.Kernel{Service: t.svc, Histogram: h})
+			}
+		}
+	}
+	carriers := make(map[*target]bool, len(a.services)+len(a.exited))
+	for _, t := range a.services {
+		carriers[t] = true
+	}
+	for t := range a.exited {
+		carriers[t] = true
+	}
+	for t := range carriers {
+		for _, h := range t.carried {
 			if h.Kind == probe.KindHTTPServer {
 				out = append(out, prom.Kernel{Service: t.svc, Histogram: h})
 			}

@@ -288,3 +288,43 @@ func TestRecordsBeforeRegistration(t *testing.T) {
 		t.Errorf("obsd_events_unattributed_total = %v, want 0", u)
 	}
 }
+
+// TestSameInstanceCarried: a restarted Kubernetes container keeps its
+// service.instance.id; when the old process is forgotten, its in-kernel
+// counts carry into the new one, so the series they share never goes
+// backwards.
+func TestSameInstanceCarried(t *testing.T) {
+	f := &fakeProcs{}
+	a := newTestAgent(t, f)
+	a.cfg.Forget = 10 * time.Millisecond
+	sum := func() (n uint64) {
+		for _, k := range a.attribute(nil) {
+			if k.Service.InstanceID == "ns.pod.app" {
+				n += k.SumNS
+			}
+		}
+		return n
+	}
+	old := proc(11, 100, 1)
+	old.InstanceID = "ns.pod.app"
+	a.Added(old)
+	waitUntil(t, "the first container", func() bool { return a.instance(11) == "ns.pod.app" })
+	a.Removed(old) // Detach hands over a final series with SumNS 20
+	waitUntil(t, "the final counts", func() bool { return sum() == 20 })
+	restarted := proc(12, 200, 2)
+	restarted.InstanceID = "ns.pod.app"
+	a.Added(restarted)
+	waitUntil(t, "the restarted container", func() bool { return a.instance(12) == "ns.pod.app" })
+	// Past the grace period the first process is forgotten; its counts
+	// must stay under the shared instance.
+	time.Sleep(100 * time.Millisecond)
+	a.mu.RLock()
+	forgotten := len(a.exited) == 0
+	a.mu.RUnlock()
+	if !forgotten {
+		t.Fatal("the first process was not forgotten")
+	}
+	if got := sum(); got != 20 {
+		t.Errorf("in-kernel sum under the shared instance = %d after the first process was forgotten, want 20", got)
+	}
+}

@@ -95,6 +95,9 @@ type Process struct {
 	// ResourceAttrs are the target's OTEL_RESOURCE_ATTRIBUTES, decoded; nil
 	// when unset or unreadable. Shared between values: do not modify.
 	ResourceAttrs map[string]string
+	// InstanceID is service.instance.id when the source knows a stable one
+	// (Kubernetes: namespace.pod.container); "" means host:pid.
+	InstanceID string
 	// ManualTracing is the target's OTEL_GO_MANUAL ("1" or "0"), which
 	// overrides obsd's guess whether the service traces itself; "" if unset.
 	ManualTracing string

@@ -1,0 +1,81 @@
+package kube
+
+import (
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/obsd-dev/obsd/internal/test/e2e"
+	kubetest "github.com/obsd-dev/obsd/internal/test/kube"
+)
+
+// outage is how long the API server stays down.
+const outage = time.Minute
+
+// TestKubeAPIServerDown stops the API server for a minute: obsd keeps
+// instrumenting and serving what it had, reconnects by itself, and then
+// catches up with changes made as soon as the server is back (an
+// annotation added, a pod deleted).
+func TestKubeAPIServerDown(t *testing.T) {
+	e2e.RequireRoot(t)
+	cl := kubetest.Start(t)
+	e := &env{t: t, cl: cl, cg: kubetest.NewCgroups(t), srvBin: builds.HTTPServer(t, e2e.Variant{Name: "current"})}
+	if _, err := cl.Client.CoreV1().Namespaces().Create(ctx(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	on := map[string]string{"obsd.dev/instrument": "true"}
+	a := e.pod("a", thisNode, on, nil, nil, "app")
+	aID := kubetest.NewContainerID()
+	aSrv := e.server(a, aID, false)
+	e.running("a", map[string]string{"app": aID}, 0)
+	b := e.pod("b", thisNode, nil, nil, nil, "app")
+	bID := kubetest.NewContainerID()
+	bSrv := e.server(b, bID, false)
+	e.running("b", map[string]string{"app": bID}, 0)
+
+	o := e2e.StartObsd(t, builds.Obsd(t), []string{"OBSD_KUBERNETES=true", "NODE_NAME=" + thisNode, "KUBECONFIG=" + cl.Kubeconfig})
+	o.WaitScrape(t, 15*time.Second, "a instrumented", func(f map[string]*dto.MetricFamily) bool {
+		return e2e.Sum(f, "obsd_instrumented_processes", nil) == 1
+	})
+	aInst := ns + ".a.app"
+	n1 := get(t, aSrv.First, 10)
+
+	cl.StopAPIServer(t)
+	stopped := time.Now()
+	n2 := get(t, aSrv.First, 15)
+	for time.Since(stopped) < outage {
+		time.Sleep(time.Second)
+	}
+	// Still serving, still counting, still labelled, while the server is down.
+	fams := e2e.Families(t, o.Scrape(t))
+	if got := e2e.Sum(fams, "http_server_request_duration_seconds", map[string]string{"service_instance_id": aInst, "k8s_pod_name": "a"}); got != float64(n1+n2) {
+		t.Errorf("during the outage: %v requests of a, want %d", got, n1+n2)
+	}
+	if e2e.ProbeLinks(t, prefix, aSrv.PID()) == 0 {
+		t.Error("a lost its probes during the outage")
+	}
+	// obsd_kubernetes_watch_errors_total is not checked: client-go
+	// retries "connection refused" inside the watch with backoff and never
+	// calls the watch error handler (reflector.go, isWatchErrorRetriable).
+
+	cl.StartAPIServer(t)
+	back := time.Now()
+	e.annotate("b", `"true"`)
+	zero := int64(0)
+	if err := cl.Client.CoreV1().Pods(ns).Delete(ctx(), "a", metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+		t.Fatal(err)
+	}
+	// client-go backs off up to 30 s between attempts (measured: 30.5 s).
+	deadline := back.Add(45 * time.Second)
+	for e2e.ProbeLinks(t, prefix, bSrv.PID()) == 0 || e2e.ProbeLinks(t, prefix, aSrv.PID()) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("changes made after the outage not followed within %v", deadline.Sub(back))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("caught up %v after the API server returned", time.Since(back).Round(time.Millisecond))
+	o.Stop(t)
+}
