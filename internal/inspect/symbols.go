@@ -102,7 +102,7 @@ func (b *Binary) pclntabFuncs() (map[string]Func, error) {
 		if s := b.elf.Section(".text"); s != nil {
 			text = s.Addr
 		}
-			funcs, err := gosymFuncs(data, text)
+		funcs, err := gosymFuncs(data, text)
 		if err != nil {
 			return nil, bad(err)
 		}

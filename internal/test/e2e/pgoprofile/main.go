@@ -1,0 +1,74 @@
+// Command pgoprofile writes a CPU profile in which net/http's server path is hot, for building
+// test servers with profile-guided optimisation (go build -pgo=FILE): it serves requests in
+// process, on loopback, and drives them from several clients while pprof records. Built by the
+// toolchain under test, so the profile names that toolchain's net/http lines.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"runtime/pprof"
+	"sync"
+	"time"
+)
+
+func main() {
+	out := flag.String("o", "default.pgo", "profile to write")
+	dur := flag.Duration("d", 3*time.Second, "how long to drive requests")
+	flag.Parse()
+	if err := run(*out, *dur); err != nil {
+		log.Fatal(err)
+	}
+}
+
+func run(out string, dur time.Duration) error {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/hello", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello %s\n", r.URL.Path)
+	})
+	go http.Serve(ln, mux)
+
+	f, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := pprof.StartCPUProfile(f); err != nil {
+		return err
+	}
+	defer pprof.StopCPUProfile()
+	url := "http://" + ln.Addr().String() + "/hello"
+	deadline := time.Now().Add(dur)
+	var wg sync.WaitGroup
+	var failed error
+	var mu sync.Mutex
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			client := &http.Client{Timeout: 5 * time.Second}
+			for n := 0; n < 1_000_000 && time.Now().Before(deadline); n++ {
+				resp, err := client.Get(url)
+				if err != nil {
+					mu.Lock()
+					failed = err
+					mu.Unlock()
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	return failed
+}
