@@ -59,12 +59,18 @@ func (b *Binary) indexStructs() (structs map[string][]member, err error) {
 	if err != nil {
 		return nil, err
 	}
+	return safeIndexStructs(d, b.Path)
+}
+
+// safeIndexStructs is indexStructs with a panic in debug/dwarf, which does not promise to survive
+// every hostile input, reported as a corrupt file.
+func safeIndexStructs(d *dwarf.Data, path string) (structs map[string][]member, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			structs, err = nil, &Error{Reason: ReasonCorrupt, Err: fmt.Errorf("read DWARF of %s: %w: corrupt: %v", b.Path, ErrNoDWARF, r)}
+			structs, err = nil, &Error{Reason: ReasonCorrupt, Err: fmt.Errorf("read DWARF of %s: %w: corrupt: %v", path, ErrNoDWARF, r)}
 		}
 	}()
-	return indexStructs(d, b.Path)
+	return indexStructs(d, path)
 }
 
 // maxInflate bounds how much larger than in the file a compressed debug section may claim to be:
