@@ -16,6 +16,11 @@ generate:
 test:
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(GO) test -run='^$$' -fuzz='^FuzzELFHead$$' -fuzztime=10s ./internal/inspect
+	$(GO) test -run='^$$' -fuzz='^FuzzELFTail$$' -fuzztime=10s ./internal/inspect
+	$(GO) test -run='^$$' -fuzz='^FuzzBuildInfo$$' -fuzztime=10s ./internal/inspect
+	$(GO) test -run='^$$' -fuzz='^FuzzLineTable$$' -fuzztime=10s ./internal/inspect
+	$(GO) test -run='^$$' -fuzz='^FuzzDWARF$$' -fuzztime=10s ./internal/inspect
 	cd manual && $(GO) vet ./... && $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 # Builds obsd and testdata/httpserver, instruments the server, drives
