@@ -250,7 +250,7 @@ func TestInlineTreesMatchDWARF(t *testing.T) {
 		{"go1.21-ext-pie", func(t *testing.T) string {
 			return buildHello(t, "go1.21.13", false, true, "-buildmode=pie", "-ldflags=-linkmode=external")
 		}},
-		{"go1.27-pgo", func(t *testing.T) string { return buildHello(t, "go1.27.3", true, false) }},
+		{"go1.27-pgo", func(t *testing.T) string { return buildHello(t, "go1.27.3", true, false, hotEverything) }},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -276,12 +276,17 @@ func TestInlineTreesMatchDWARF(t *testing.T) {
 	}
 }
 
+// hotEverything makes every call edge of net/http in the profile hot (the default is the edges
+// carrying 99% of the weight), so that which sites PGO inlines does not depend on how the
+// profile's few seconds of sampling went on a busy machine.
+const hotEverything = "-gcflags=net/http=-d=pgoinlinecdfthreshold=100"
+
 // PGO inlines (*response).finishRequest into (*conn).serve in Go 1.27 (a copy survives out of
 // line, so attaching would succeed and count nothing): Inlined must say so, also for a stripped
 // copy; a build without a profile has no inlined site.
 func TestInlinedSites(t *testing.T) {
 	sites := []string{serveHTTP, finishRequest}
-	pgo := buildHello(t, "go1.27.3", true, false)
+	pgo := buildHello(t, "go1.27.3", true, false, hotEverything)
 	want := []Inlined{{Func: finishRequest, Caller: "net/http.(*conn).serve"}}
 	for in := range dwarfInlined(t, pgo) {
 		if (in.Func == serveHTTP || in.Func == finishRequest) && in != want[0] {

@@ -11,12 +11,14 @@ import (
 	"bytes"
 	"debug/buildinfo"
 	"debug/elf"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"regexp"
+	"runtime/debug"
 	"strings"
 	"sync"
 )
@@ -163,6 +165,13 @@ func open(path string, f io.ReaderAt, size int64) (b *Binary, err error) {
 		return nil, &Error{Reason: ReasonCorrupt, Err: fmt.Errorf("read %s: %w", path, err)}
 	}
 	bi, err := buildinfo.Read(io.NewSectionReader(f, 0, size))
+	if err != nil && len(ef.Sections) == 0 {
+		// Without section headers debug/buildinfo looks only in the first writable segment,
+		// which in an internally linked PIE holds .data.rel.ro, not the build info.
+		if bi2, err2 := segmentBuildInfo(ef, f); err2 == nil {
+			bi, err = bi2, nil
+		}
+	}
 	if err != nil {
 		reason := ReasonNotGo
 		var pe *fs.PathError
@@ -249,6 +258,67 @@ func checkLayout(f *elf.File, size int64) error {
 		}
 	}
 	return nil
+}
+
+// buildInfoMagic starts the build info blob (cmd/link/internal/ld.Link.buildinfo), 16-byte aligned.
+var buildInfoMagic = []byte("\xff Go buildinf:")
+
+// maxBuildInfo bounds the build info blob: the module list of a large program is a few tens of KiB.
+const maxBuildInfo = 1 << 20
+
+// segmentBuildInfo finds the build info in the writable segments by its magic and reads the
+// layout Go 1.18+ writes (flag 2: version and module strings inline, varint length-prefixed).
+func segmentBuildInfo(ef *elf.File, r io.ReaderAt) (*debug.BuildInfo, error) {
+	for _, p := range ef.Progs {
+		if p.Type != elf.PT_LOAD || p.Flags&elf.PF_W == 0 || p.Flags&elf.PF_X != 0 {
+			continue
+		}
+		n := min(p.Filesz, maxBuildInfo)
+		data := make([]byte, n)
+		if _, err := r.ReadAt(data, int64(p.Off)); err != nil && !errors.Is(err, io.EOF) {
+			return nil, err
+		}
+		for off := 0; off+32 <= len(data); off += 16 {
+			if !bytes.HasPrefix(data[off:], buildInfoMagic) {
+				continue
+			}
+			const flagsVersionInl = 0x2
+			if data[off+15]&flagsVersionInl == 0 {
+				return nil, errors.New("build info of a Go release before 1.18")
+			}
+			rest := data[off+32:]
+			str := func() (string, error) {
+				l, k := binary.Uvarint(rest)
+				if k <= 0 || l > uint64(len(rest)-k) {
+					return "", errors.New("build info string out of bounds")
+				}
+				s := string(rest[k : k+int(l)])
+				rest = rest[k+int(l):]
+				return s, nil
+			}
+			vers, err := str()
+			if err != nil {
+				return nil, err
+			}
+			mod, err := str()
+			if err != nil {
+				return nil, err
+			}
+			// The module list is framed by 16-byte sentinels.
+			if len(mod) >= 33 && mod[len(mod)-17] == '\n' {
+				mod = mod[16 : len(mod)-16]
+			} else {
+				mod = ""
+			}
+			bi, err := debug.ParseBuildInfo(mod)
+			if err != nil {
+				return nil, err
+			}
+			bi.GoVersion = vers
+			return bi, nil
+		}
+	}
+	return nil, errors.New("no build info in the writable segments")
 }
 
 func hasDWARF(f *elf.File) bool {
