@@ -81,8 +81,19 @@ func (b *Binary) inlineTrees(fn func(callee, caller string)) error {
 			}
 		}
 	}
-	return walkInlineTrees(h, gofunc, fn)
+	if err := walkInlineTrees(h, gofunc, fn); err != nil {
+		reason := ReasonCorrupt
+		if errors.Is(err, errNoGofunc) {
+			reason = ReasonSymbol
+		}
+		return &Error{Reason: reason, Err: fmt.Errorf("read inline trees of %s: %w", b.Path, err)}
+	}
+	return nil
 }
+
+// errNoGofunc: a function has an inline tree, but the module data that locates the trees was not
+// found.
+var errNoGofunc = errors.New("inline trees present but go:func.* not found (no module data)")
 
 // walkInlineTrees reads the inline trees of a Go 1.20+ function table h, whose funcdata offsets
 // are relative to gofunc (the bytes from go:func.* on; nil when unknown, which is an error as
@@ -140,7 +151,7 @@ func walkInlineTrees(h *pclnHeader, gofunc []byte, fn func(callee, caller string
 			continue
 		}
 		if gofunc == nil {
-			return errors.New("inline trees present but go:func.* not found (no module data)")
+			return errNoGofunc
 		}
 		n := uint64(top) + 1
 		if uint64(treeOff) > uint64(len(gofunc)) || n*inlinedCallSize > uint64(len(gofunc))-uint64(treeOff) {
