@@ -92,7 +92,7 @@ func buildHello(t testing.TB, toolchain string, pgo bool, cgo bool, args ...stri
 	if pgo {
 		src := module("pgoprofile", "../test/e2e/pgoprofile/main.go")
 		prof := filepath.Join(dir, "cpu.pgo")
-		goCmd(src, "run", ".", "-o", prof, "-d", "2s")
+		goCmd(src, "run", ".", "-o", prof)
 		buildArgs = append(buildArgs, "-pgo="+prof)
 	}
 	out := filepath.Join(toolchainBuilds.m["dir"], fmt.Sprintf("hello-%d", len(toolchainBuilds.m)))

@@ -232,7 +232,7 @@ func (b *Builds) profile(toolchain string) (string, error) {
 			}
 			target = "."
 		}
-		cmd := exec.Command("go", "run", target, "-o", bd.path, "-d", "2s")
+		cmd := exec.Command("go", "run", target, "-o", bd.path)
 		cmd.Dir = dir
 		cmd.Env = append(os.Environ(), env...)
 		if out, err := cmd.CombinedOutput(); err != nil {

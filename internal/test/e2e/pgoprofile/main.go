@@ -19,14 +19,15 @@ import (
 
 func main() {
 	out := flag.String("o", "default.pgo", "profile to write")
-	dur := flag.Duration("d", 3*time.Second, "how long to drive requests")
+	n := flag.Int("n", 30000, "requests to drive: the profile's weight comes from CPU time, which a busy machine hands out slowly")
+	dur := flag.Duration("d", 90*time.Second, "at most this long")
 	flag.Parse()
-	if err := run(*out, *dur); err != nil {
+	if err := run(*out, *n, *dur); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(out string, dur time.Duration) error {
+func run(out string, total int, dur time.Duration) error {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -51,12 +52,13 @@ func run(out string, dur time.Duration) error {
 	var wg sync.WaitGroup
 	var failed error
 	var mu sync.Mutex
-	for i := 0; i < 4; i++ {
+	const clients = 4
+	for i := 0; i < clients; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			client := &http.Client{Timeout: 5 * time.Second}
-			for n := 0; n < 1_000_000 && time.Now().Before(deadline); n++ {
+			for n := 0; n < total/clients && time.Now().Before(deadline); n++ {
 				resp, err := client.Get(url)
 				if err != nil {
 					mu.Lock()
