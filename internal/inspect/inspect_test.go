@@ -60,6 +60,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	toolchainBuilds.m["dir"] = dir // buildHello's output goes here too
 	_, ccErr := exec.LookPath("cc")
 	for _, v := range variants {
 		if v.cgo && ccErr != nil {
