@@ -74,7 +74,7 @@ func exercise(t *testing.T, data []byte) {
 		b.EntrySite(s)
 	}
 	b.Inlined([]string{serveHTTP, finishRequest})
-	b.FieldOffset("net/http", "Request", "Method")
+	// FieldOffset is FuzzDWARF's: indexing all of DWARF here would leave too few runs.
 	b.ITab("*net/http.response", "net/http.ResponseWriter", []string{"net/http.(*response).Header"})
 }
 
@@ -90,7 +90,7 @@ func pick(bins [][]byte, sel []byte) []byte {
 func FuzzELFHead(f *testing.F) {
 	bins := bases(f)
 	for i, b := range bins {
-		f.Add([]byte{byte(i)}, b[:4096])
+		f.Add([]byte{byte(i)}, b[:1024])
 	}
 	f.Fuzz(func(t *testing.T, sel, head []byte) {
 		data := pick(bins, sel)
@@ -106,7 +106,7 @@ func FuzzELFHead(f *testing.F) {
 func FuzzELFTail(f *testing.F) {
 	bins := bases(f)
 	for i, b := range bins {
-		f.Add([]byte{byte(i)}, b[len(b)-4096:])
+		f.Add([]byte{byte(i)}, b[len(b)-3072:])
 	}
 	f.Fuzz(func(t *testing.T, sel, tail []byte) {
 		data := pick(bins, sel)
@@ -193,30 +193,47 @@ func lineTableParts(t testing.TB, data []byte) (pcln, gofunc []byte) {
 	return lt.hdr.data, gofunc
 }
 
-// FuzzLineTable feeds a function table (runtime.pcHeader, names, pc-value tables, _func records)
-// to the parsers of functions and inline trees, with the real go:func.* bytes of its executable.
+// FuzzLineTable patches a function table (runtime.pcHeader, names, pc-value tables, _func records)
+// at any offset and feeds it to the parsers of functions and inline trees, with the real
+// go:func.* bytes of its executable. The input is the patch, so that it stays small enough for
+// the fuzzer to run often; the seeds patch each part of the table with its own bytes.
 func FuzzLineTable(f *testing.F) {
 	bins := bases(f)
-	var gofuncs [][]byte
+	var tables, gofuncs [][]byte
 	for i, b := range bins {
 		pcln, gofunc := lineTableParts(f, b)
 		if gofunc == nil {
 			f.Fatalf("executable %d: no go:func.* found", i)
 		}
-		f.Add([]byte{byte(i)}, pcln)
+		h, err := parsePclnHeader(pcln, binary.LittleEndian)
+		if err != nil {
+			f.Fatal(err)
+		}
+		firstFunc := h.pclnOff + uint64(binary.LittleEndian.Uint32(pcln[h.pclnOff+4:]))
+		for _, at := range []uint64{0, h.nameOff, h.pctabOff, h.pclnOff, firstFunc} {
+			f.Add([]byte{byte(len(tables))}, uint32(at), pcln[at:at+64])
+		}
+		tables = append(tables, pcln)
 		gofuncs = append(gofuncs, gofunc)
 	}
-	f.Fuzz(func(t *testing.T, sel, pcln []byte) {
-		gofunc := pick(gofuncs, sel)
+	f.Fuzz(func(t *testing.T, sel []byte, at uint32, patch []byte) {
+		i := 0
+		if len(sel) > 0 {
+			i = int(sel[0]) % len(tables)
+		}
+		pcln := bytes.Clone(tables[i])
+		if len(patch) > 1024 {
+			patch = patch[:1024]
+		}
+		copy(pcln[uint64(at)%uint64(len(pcln)):], patch)
 		h, err := parsePclnHeader(pcln, binary.LittleEndian)
 		if err != nil {
 			return
 		}
 		h.funcs(0x400000)
 		if binary.LittleEndian.Uint32(pcln) == pclnGo120 {
-			walkInlineTrees(h, gofunc, func(string, string) {})
+			walkInlineTrees(h, gofuncs[i], func(string, string) {})
 		}
-		findPclnHeader(pcln, binary.LittleEndian)
 	})
 }
 
@@ -264,7 +281,7 @@ func FuzzDWARF(f *testing.F) {
 		if s["info"] == nil {
 			continue // stripped
 		}
-		f.Add([]byte{byte(len(secs))}, firstUnits(s["info"], 64<<10))
+		f.Add([]byte{byte(len(secs))}, firstUnits(s["info"], 16<<10))
 		secs = append(secs, s)
 	}
 	if len(secs) == 0 {

@@ -2,6 +2,7 @@ package inspect
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"debug/dwarf"
 	"debug/elf"
 	"encoding/binary"
@@ -10,7 +11,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -23,30 +26,43 @@ var toolchainBuilds = struct {
 }{m: map[string]string{}}
 
 // buildHello builds testdata/hello with toolchain (a GOTOOLCHAIN value; "" is the Go running the
-// test) in a module of its own whose go line is the toolchain's, once per run. With pgo, a CPU
-// profile is first recorded from ../test/e2e/pgoprofile built by the same toolchain, in which
-// net/http's server path is hot, and hello is built with -pgo.
+// test) in a module of its own whose go line is the toolchain's. With pgo, a CPU profile is first
+// recorded from ../test/e2e/pgoprofile built by the same toolchain, in which net/http's server
+// path is hot, and hello is built with -pgo. Builds without a profile are kept in the user's cache
+// directory, keyed by the sources and flags, so that fuzz workers (each a new process) find them.
 func buildHello(t testing.TB, toolchain string, pgo bool, cgo bool, args ...string) string {
 	t.Helper()
-	key := fmt.Sprint(toolchain, pgo, cgo, args)
+	src, err := os.ReadFile("testdata/hello/main.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := fmt.Sprintf("%x", sha256.Sum256([]byte(fmt.Sprint(toolchain, pgo, cgo, args, runtime.Version(), string(src)))))[:24]
 	toolchainBuilds.Lock()
 	defer toolchainBuilds.Unlock()
 	if p, ok := toolchainBuilds.m[key]; ok {
 		return p
+	}
+	cacheDir, err := os.UserCacheDir()
+	if err != nil {
+		cacheDir = os.TempDir()
+	}
+	cacheDir = filepath.Join(cacheDir, "obsd-inspect-test")
+	out := filepath.Join(cacheDir, "hello-"+key)
+	if !pgo {
+		if _, err := os.Stat(out); err == nil {
+			toolchainBuilds.m[key] = out
+			return out
+		}
 	}
 	if cgo {
 		if _, err := exec.LookPath("gcc"); err != nil {
 			t.Skipf("no C compiler for an externally linked build: %v", err)
 		}
 	}
-	dir := t.TempDir()
-	if toolchainBuilds.m["dir"] == "" {
-		d, err := os.MkdirTemp("", "inspect-builds-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		toolchainBuilds.m["dir"] = d
+	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
+		t.Fatal(err)
 	}
+	dir := t.TempDir()
 	minor := "1.21"
 	if toolchain != "" {
 		m := regexp.MustCompile(`^go(1\.\d+)`).FindStringSubmatch(toolchain)
@@ -94,9 +110,14 @@ func buildHello(t testing.TB, toolchain string, pgo bool, cgo bool, args ...stri
 		prof := filepath.Join(dir, "cpu.pgo")
 		goCmd(src, "run", ".", "-o", prof)
 		buildArgs = append(buildArgs, "-pgo="+prof)
+		// A new profile each run: kept for this run only, in TestMain's directory.
+		out = filepath.Join(toolchainBuilds.m["dir"], "hello-pgo-"+key)
 	}
-	out := filepath.Join(toolchainBuilds.m["dir"], fmt.Sprintf("hello-%d", len(toolchainBuilds.m)))
-	goCmd(module("hello", "testdata/hello/main.go"), append(append(append([]string{"build", "-o", out}, buildArgs...), args...), ".")...)
+	tmp := out + ".tmp" + strconv.Itoa(os.Getpid())
+	goCmd(module("hello", "testdata/hello/main.go"), append(append(append([]string{"build", "-o", tmp}, buildArgs...), args...), ".")...)
+	if err := os.Rename(tmp, out); err != nil {
+		t.Fatal(err)
+	}
 	toolchainBuilds.m[key] = out
 	return out
 }
