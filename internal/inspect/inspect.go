@@ -110,8 +110,6 @@ type Binary struct {
 	errDw   error               // why fields could not be built, reported on every call
 	lt      *lineTable          // built on first use
 	errLT   error
-	inl     map[string][]Inlined // callee -> inlined copies, built on first Inlined call
-	errInl  error
 }
 
 // Open opens the executable at path (obsd passes "/proc/PID/exe") and reads its ELF headers and Go
@@ -212,7 +210,7 @@ func (b *Binary) Close() error {
 		return nil
 	}
 	b.closed = true
-	b.funcs, b.fields, b.inl = nil, nil, nil
+	b.funcs, b.fields, b.lt = nil, nil, nil
 	if b.close == nil {
 		return nil
 	}
@@ -224,7 +222,7 @@ func (b *Binary) Close() error {
 
 var errClosed = errors.New("binary is closed")
 
-// maxSegments bounds the program and section headers obsd looks at; real Go executables have
+// maxHeaders bounds the program and section headers obsd looks at; real Go executables have
 // about ten and forty.
 const maxHeaders = 1 << 12
 
