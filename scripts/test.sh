@@ -40,6 +40,11 @@ step root "root: go vet" "$GO" vet ./...
 step root "root: go test $RACE" "$GO" test $RACE -count=1 -timeout "$TEST_TIMEOUT" $race_pkgs
 # shellcheck disable=SC2086
 step root "root: go test (bench tool, no -race)" "$GO" test -count=1 -timeout "$TEST_TIMEOUT" $norace_pkgs
+# Each fuzz target over binary inspection, briefly (seeded with real builds
+# of every supported Go): a corrupt executable must never crash obsd.
+for f in FuzzELFHead FuzzELFTail FuzzBuildInfo FuzzLineTable FuzzDWARF; do
+	step root "root: fuzz $f 10s" "$GO" test -run='^$' -fuzz="^$f\$" -fuzztime=10s ./internal/inspect
+done
 cd manual || exit 1
 step manual "manual/: go vet" "$GO" vet ./...
 # shellcheck disable=SC2086

@@ -2,8 +2,11 @@ package inspect
 
 import (
 	"debug/dwarf"
+	"debug/elf"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Sentinels for FieldOffset, wrapped in its errors: test them with errors.Is.
@@ -51,17 +54,68 @@ func (b *Binary) FieldOffset(pkg, typ, field string) (uint64, error) {
 
 // indexStructs reads the members of every named struct type. Go puts type entries directly under
 // compile units, so the children of everything else (function bodies above all) are skipped.
-func (b *Binary) indexStructs() (map[string][]member, error) {
-	d, err := b.elf.DWARF()
+func (b *Binary) indexStructs() (structs map[string][]member, err error) {
+	d, err := b.loadDWARF()
+	if err != nil {
+		return nil, err
+	}
+	return safeIndexStructs(d, b.Path)
+}
+
+// safeIndexStructs is indexStructs with a panic in debug/dwarf, which does not promise to survive
+// every hostile input, reported as a corrupt file.
+func safeIndexStructs(d *dwarf.Data, path string) (structs map[string][]member, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			structs, err = nil, &Error{Reason: ReasonCorrupt, Err: fmt.Errorf("read DWARF of %s: %w: corrupt: %v", path, ErrNoDWARF, r)}
+		}
+	}()
+	return indexStructs(d, path)
+}
+
+// maxInflate bounds how much larger than in the file a compressed debug section may claim to be:
+// real DWARF compresses 3–6 times, and zlib cannot exceed about 1,000.
+const maxInflate = 64
+
+// loadDWARF checks the sizes compressed debug sections claim before the standard library
+// allocates them, then loads the DWARF. debug/dwarf does not promise to survive every hostile
+// input, so a panic is reported as a corrupt file.
+func (b *Binary) loadDWARF() (d *dwarf.Data, err error) {
+	for _, s := range b.elf.Sections {
+		if !strings.HasPrefix(s.Name, ".debug_") && !strings.HasPrefix(s.Name, ".zdebug_") || s.Type == elf.SHT_NOBITS {
+			continue
+		}
+		claimed := s.Size
+		if strings.HasPrefix(s.Name, ".zdebug_") && s.Flags&elf.SHF_COMPRESSED == 0 {
+			var hdr [12]byte // "ZLIB" and the big-endian uncompressed size
+			if s.FileSize >= 12 && b.readFull(hdr[:], s.Offset) == nil && string(hdr[:4]) == "ZLIB" {
+				claimed = binary.BigEndian.Uint64(hdr[4:])
+			}
+		}
+		if claimed/maxInflate > s.FileSize {
+			return nil, &Error{Reason: ReasonCorrupt, Err: fmt.Errorf("load DWARF of %s: %w: %s claims %d bytes from %d in the file", b.Path, ErrNoDWARF, s.Name, claimed, s.FileSize)}
+		}
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			d, err = nil, &Error{Reason: ReasonCorrupt, Err: fmt.Errorf("load DWARF of %s: %w: corrupt: %v", b.Path, ErrNoDWARF, r)}
+		}
+	}()
+	d, err = b.elf.DWARF()
 	if err != nil {
 		return nil, fmt.Errorf("load DWARF of %s: %w: %w", b.Path, ErrNoDWARF, err)
 	}
+	return d, nil
+}
+
+// indexStructs reads the members of every named struct type of d; path names the file in errors.
+func indexStructs(d *dwarf.Data, path string) (map[string][]member, error) {
 	structs := map[string][]member{}
 	r := d.Reader()
 	for {
 		e, err := r.Next()
 		if err != nil {
-			return nil, fmt.Errorf("read DWARF of %s: %w: %w", b.Path, ErrNoDWARF, err)
+			return nil, fmt.Errorf("read DWARF of %s: %w: %w", path, ErrNoDWARF, err)
 		}
 		if e == nil {
 			return structs, nil
@@ -72,7 +126,7 @@ func (b *Binary) indexStructs() (map[string][]member, error) {
 		case dwarf.TagStructType:
 			members, err := readMembers(r, e)
 			if err != nil {
-				return nil, fmt.Errorf("read DWARF of %s: %w: %w", b.Path, ErrNoDWARF, err)
+				return nil, fmt.Errorf("read DWARF of %s: %w: %w", path, ErrNoDWARF, err)
 			}
 			name, _ := e.Val(dwarf.AttrName).(string)
 			if _, dup := structs[name]; name != "" && !dup {

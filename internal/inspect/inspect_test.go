@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"unsafe"
 
@@ -62,8 +63,12 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	toolchainBuilds.m["dir"] = dir // PGO builds of buildHello go here too
 	_, ccErr := exec.LookPath("cc")
 	for _, v := range variants {
+		if fuzzWorker() {
+			break // a fuzz worker runs only the fuzz function, which builds its own
+		}
 		if v.cgo && ccErr != nil {
 			fmt.Fprintf(os.Stderr, "no C compiler, not building %s: %v\n", v.name, ccErr)
 			continue
@@ -82,6 +87,16 @@ func run(m *testing.M) int {
 		bins[v.name] = out
 	}
 	return m.Run()
+}
+
+// fuzzWorker reports whether this process is one of the workers `go test -fuzz` starts.
+func fuzzWorker() bool {
+	for _, a := range os.Args {
+		if strings.HasPrefix(a, "-test.fuzzworker") {
+			return true
+		}
+	}
+	return false
 }
 
 func binPath(t *testing.T, variant string) string {

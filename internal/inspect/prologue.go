@@ -59,8 +59,16 @@ func (b *Binary) EntrySite(symbol string) (uint64, error) {
 func (b *Binary) readAt(p []byte, off uint64) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	return b.readFull(p, off)
+}
+
+// readFull is readAt for callers that hold b.mu.
+func (b *Binary) readFull(p []byte, off uint64) error {
 	if b.closed {
 		return errClosed
+	}
+	if off > uint64(b.size) || uint64(len(p)) > uint64(b.size)-off {
+		return newError(ReasonCorrupt, "read %d bytes at %#x of %s: past the end of the %d-byte file", len(p), off, b.Path, b.size)
 	}
 	n, err := b.file.ReadAt(p, int64(off))
 	if n == len(p) {

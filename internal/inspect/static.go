@@ -17,18 +17,31 @@ type Static struct {
 	off        uint64 // file offset of Start
 }
 
-// OpenStatic opens the executable again for reading .rodata. A binary without a .rodata in the
-// file (not one the Go linker made) gives an error; callers then do without.
+// OpenStatic opens the executable again for reading .rodata. Without section headers (removed by
+// strip --strip-section-headers) the read-only data segment that holds .rodata stands in for it.
+// A binary with neither gives an error; callers then do without.
 func (b *Binary) OpenStatic() (*Static, error) {
-	sec := b.elf.Section(".rodata")
-	if sec == nil || sec.Type != elf.SHT_PROGBITS || sec.Size == 0 {
+	var start, size, off uint64
+	if sec := b.elf.Section(".rodata"); sec != nil && sec.Type == elf.SHT_PROGBITS && sec.Size > 0 {
+		start, size, off = sec.Addr, sec.Size, sec.Offset
+	} else if len(b.elf.Sections) == 0 {
+		// The Go linkers put .rodata at the start of the first loaded segment that is neither
+		// code nor writable.
+		for _, p := range b.elf.Progs {
+			if p.Type == elf.PT_LOAD && p.Flags&(elf.PF_X|elf.PF_W) == 0 && p.Filesz > 0 && p.Off > 0 {
+				start, size, off = p.Vaddr, p.Filesz, p.Off
+				break
+			}
+		}
+	}
+	if size == 0 {
 		return nil, fmt.Errorf("%s has no .rodata", b.Path)
 	}
 	f, err := os.Open(b.Path)
 	if err != nil {
 		return nil, fmt.Errorf("reopen %s for .rodata: %w", b.Path, err)
 	}
-	return &Static{f: f, Start: sec.Addr, End: sec.Addr + sec.Size, off: sec.Offset}, nil
+	return &Static{f: f, Start: start, End: start + size, off: off}, nil
 }
 
 // String returns the n bytes at link-time address addr, which must lie within .rodata.

@@ -77,24 +77,20 @@ const (
 // pclntabFuncs indexes the functions of the runtime's own function table, which even a stripped
 // binary keeps.
 func (b *Binary) pclntabFuncs() (map[string]Func, error) {
-	data, addr, err := b.pclntab()
+	data, _, err := b.pclntab()
 	if err != nil {
 		return nil, err
 	}
 	bad := func(err error) error {
-		return newError(ReasonSymbol, "parse .gopclntab of %s: %w", b.Path, err)
+		return newError(ReasonCorrupt, "parse .gopclntab of %s: %w", b.Path, err)
 	}
 	switch b.elf.ByteOrder.Uint32(data) {
 	case pclnGo118, pclnGo120:
-		h, err := parsePclnHeader(data, b.elf.ByteOrder)
+		lt, err := b.lineTable()
 		if err != nil {
-			return nil, bad(err)
+			return nil, err
 		}
-		text, err := b.textStart(h, addr)
-		if err != nil {
-			return nil, bad(err)
-		}
-		funcs, err := h.funcs(text)
+		funcs, err := lt.hdr.funcs(lt.text)
 		if err != nil {
 			return nil, bad(err)
 		}
@@ -112,6 +108,54 @@ func (b *Binary) pclntabFuncs() (map[string]Func, error) {
 		}
 		return funcs, nil
 	}
+}
+
+// lineTable is a Go 1.18+ function table with the module data facts that locate what it points
+// to: runtime.text, the base of its entry offsets, and go:func.*, the base of its funcdata
+// offsets.
+type lineTable struct {
+	hdr    *pclnHeader
+	addr   uint64 // link-time address of the header
+	text   uint64
+	gofunc uint64 // 0 when the module data was not found
+}
+
+// lineTable parses the function table once and caches it, or the error. Called with b.mu held.
+func (b *Binary) lineTable() (*lineTable, error) {
+	if b.lt == nil && b.errLT == nil {
+		b.lt, b.errLT = b.readLineTable()
+	}
+	return b.lt, b.errLT
+}
+
+func (b *Binary) readLineTable() (*lineTable, error) {
+	data, addr, err := b.pclntab()
+	if err != nil {
+		return nil, err
+	}
+	bad := func(err error) error {
+		return newError(ReasonCorrupt, "parse .gopclntab of %s: %w", b.Path, err)
+	}
+	if m := b.elf.ByteOrder.Uint32(data); m != pclnGo118 && m != pclnGo120 {
+		return nil, newError(ReasonSymbol, "parse .gopclntab of %s: magic %#x is older than Go 1.18", b.Path, m)
+	}
+	h, err := parsePclnHeader(data, b.elf.ByteOrder)
+	if err != nil {
+		return nil, bad(err)
+	}
+	lt := &lineTable{hdr: h, addr: addr}
+	md, ok, err := b.moduledata(addr, addr+h.nameOff)
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		lt.text, lt.gofunc = md.text, md.gofunc
+		return lt, nil
+	}
+	if lt.text, err = b.textFallback(h); err != nil {
+		return nil, bad(err)
+	}
+	return lt, nil
 }
 
 func gosymFuncs(data []byte, text uint64) (funcs map[string]Func, err error) {
@@ -134,20 +178,16 @@ func gosymFuncs(data []byte, text uint64) (funcs map[string]Func, err error) {
 	return funcs, nil
 }
 
-// pclntab returns the function table and its virtual address: the .gopclntab section, or, where a
-// linker folded it into .data.rel.ro (or .rodata), the place there whose header checks out.
+// pclntabSections are where Go linkers put the function table: the internal linker and Go 1.26+'s
+// external linking write .gopclntab; older external linking (PIE with cgo) .data.rel.ro.gopclntab.
+var pclntabSections = []string{".gopclntab", ".data.rel.ro.gopclntab"}
+
+// pclntab returns the function table and its virtual address: a section of a name Go linkers
+// give it, or, where a linker folded it into another section or the section headers are gone
+// (strip --strip-section-headers), the place in a loaded segment whose header checks out. The
+// data runs to the end of its section or segment.
 func (b *Binary) pclntab() ([]byte, uint64, error) {
-	if s := b.elf.Section(".gopclntab"); s != nil && s.Type != elf.SHT_NOBITS {
-		data, err := s.Data()
-		if err != nil {
-			return nil, 0, &Error{Reason: ReasonUnreadable, Err: fmt.Errorf("read .gopclntab of %s: %w", b.Path, err)}
-		}
-		if len(data) < 8 {
-			return nil, 0, newError(ReasonSymbol, "read .gopclntab of %s: %d bytes", b.Path, len(data))
-		}
-		return data, s.Addr, nil
-	}
-	for _, name := range []string{".data.rel.ro", ".rodata"} {
+	for _, name := range pclntabSections {
 		s := b.elf.Section(name)
 		if s == nil || s.Type == elf.SHT_NOBITS {
 			continue
@@ -156,11 +196,35 @@ func (b *Binary) pclntab() ([]byte, uint64, error) {
 		if err != nil {
 			return nil, 0, &Error{Reason: ReasonUnreadable, Err: fmt.Errorf("read %s of %s: %w", name, b.Path, err)}
 		}
+		if len(data) < 8 {
+			return nil, 0, newError(ReasonCorrupt, "read %s of %s: %d bytes", name, b.Path, len(data))
+		}
+		return data, s.Addr, nil
+	}
+	// No section of its own: search the segments that are not code, the same bytes whatever the
+	// section headers say.
+	for _, p := range b.elf.Progs {
+		if p.Type != elf.PT_LOAD || p.Flags&elf.PF_X != 0 || p.Filesz == 0 {
+			continue
+		}
+		data, err := b.segment(p)
+		if err != nil {
+			return nil, 0, err
+		}
 		if off, ok := findPclnHeader(data, b.elf.ByteOrder); ok {
-			return data[off:], s.Addr + uint64(off), nil
+			return data[off:], p.Vaddr + uint64(off), nil
 		}
 	}
-	return nil, 0, newError(ReasonSymbol, "find .gopclntab in %s: no such section and no table in .data.rel.ro", b.Path)
+	return nil, 0, newError(ReasonSymbol, "find the Go function table in %s: no %v section and none in its data segments", b.Path, pclntabSections)
+}
+
+// segment reads the file bytes of a loaded segment, whose size Open checked against the file.
+func (b *Binary) segment(p *elf.Prog) ([]byte, error) {
+	data := make([]byte, p.Filesz)
+	if err := b.readFull(data, p.Off); err != nil {
+		return nil, err
+	}
+	return data, nil
 }
 
 // findPclnHeader searches a section for a Go 1.18+ function table header that parses.
@@ -193,7 +257,9 @@ type pclnHeader struct {
 	nfunc     uint64
 	nameOff   uint64 // funcnametab, relative to data
 	nameEnd   uint64 // cutab follows funcnametab
+	pctabOff  uint64 // pc-value tables, relative to data
 	pclnOff   uint64 // functab and _func records, relative to data
+	quantum   uint64 // instruction size quantum: pc deltas are multiples of it
 	ptrSize   int
 	rawText   uint64 // textStart as stored; zero since Go 1.18's linker stopped filling it in
 	nameField uint64 // offset of funcnameOffset in the header, for moduledata matching
@@ -212,7 +278,7 @@ func parsePclnHeader(data []byte, bo binary.ByteOrder) (*pclnHeader, error) {
 	if q := data[6]; q != 1 && q != 2 && q != 4 {
 		return nil, fmt.Errorf("instruction size quantum %d", q)
 	}
-	h := &pclnHeader{data: data, bo: bo, ptrSize: int(data[7])}
+	h := &pclnHeader{data: data, bo: bo, ptrSize: int(data[7]), quantum: uint64(data[6])}
 	if h.ptrSize != 4 && h.ptrSize != 8 {
 		return nil, fmt.Errorf("pointer size %d", h.ptrSize)
 	}
@@ -228,7 +294,7 @@ func parsePclnHeader(data []byte, bo binary.ByteOrder) (*pclnHeader, error) {
 	}
 	// Words: nfunc, nfiles, textStart, funcnameOffset, cuOffset, filetabOffset, pctabOffset, pclnOffset.
 	h.nfunc, h.rawText = word(0), word(2)
-	h.nameOff, h.nameEnd, h.pclnOff = word(3), word(4), word(7)
+	h.nameOff, h.nameEnd, h.pctabOff, h.pclnOff = word(3), word(4), word(6), word(7)
 	h.nameField = uint64(8 + 3*h.ptrSize)
 	size := uint64(len(data))
 	switch {
@@ -238,6 +304,8 @@ func parsePclnHeader(data []byte, bo binary.ByteOrder) (*pclnHeader, error) {
 		return nil, errors.New("function name table out of bounds")
 	case h.pclnOff > size || (h.nfunc+1)*8 > size-h.pclnOff:
 		return nil, errors.New("function table out of bounds")
+	case h.pctabOff > size:
+		return nil, errors.New("pc-value tables out of bounds")
 	}
 	return h, nil
 }
@@ -279,17 +347,11 @@ func indexNUL(s string) int {
 	return -1
 }
 
-// textStart finds runtime.text, the base of the function table's entry offsets. Current linkers
-// leave the header's copy zero, and with external linking it is not where .text starts (C start-up
-// code comes first), so it is read from runtime.firstmoduledata, found by its first word, which
-// points at the table. Failing that, the header's copy is used if set, else .text's start, but only
-// if it makes the ELF entry point (Go's _rt0 under internal linking) land on a function.
-func (b *Binary) textStart(h *pclnHeader, pclnAddr uint64) (uint64, error) {
-	if text, ok, err := b.moduledataText(pclnAddr, pclnAddr+h.nameOff); err != nil {
-		return 0, err
-	} else if ok {
-		return text, nil
-	}
+// textFallback finds runtime.text, the base of the function table's entry offsets, when no module
+// data was found (see moduledata): the header's copy if set (Go 1.18–1.26 linkers leave it zero),
+// else .text's start, but only if it makes the ELF entry point (Go's _rt0 under internal linking)
+// land on a function.
+func (b *Binary) textFallback(h *pclnHeader) (uint64, error) {
 	if h.rawText != 0 && b.executable(h.rawText) {
 		return h.rawText, nil
 	}
@@ -307,25 +369,34 @@ func (b *Binary) textStart(h *pclnHeader, pclnAddr uint64) (uint64, error) {
 }
 
 // Offsets in runtime.moduledata (unchanged from Go 1.16 through 1.27 on 64-bit): pcHeader, then
-// six slices, findfunctab, minpc, maxpc, text.
+// six slices, findfunctab, minpc, maxpc, text. go:func.* (gofunc) follows rodata: word 40 from Go
+// 1.20 to 1.26; Go 1.27 added typedesclen, itaboffset and itabsize before it (runtime/symtab.go).
 const (
 	mdFuncnametab = 8
 	mdMinPC       = 20 * 8
 	mdMaxPC       = 21 * 8
 	mdText        = 22 * 8
+	mdGofunc120   = 40 * 8
+	mdGofunc127   = 43 * 8
 	mdSize        = 23 * 8
 )
 
-// moduledataText looks in the writable segments for runtime.firstmoduledata: a word equal to the
-// table's address (or, in a PIE, a relative relocation to it) followed by the name table's address,
-// and returns its text field.
-func (b *Binary) moduledataText(pclnAddr, nameAddr uint64) (uint64, bool, error) {
+type moduledata struct {
+	text   uint64
+	gofunc uint64 // 0 when no candidate checked out
+}
+
+// moduledata looks in the writable segments for runtime.firstmoduledata: a word equal to the
+// table's address (or, in a PIE, a relative relocation to it) followed by the name table's address.
+// Current linkers leave the header's textStart zero, and with external linking runtime.text is not
+// where .text starts (C start-up code comes first), so text is read from here.
+func (b *Binary) moduledata(pclnAddr, nameAddr uint64) (moduledata, bool, error) {
 	if b.elf.Class != elf.ELFCLASS64 {
-		return 0, false, nil
+		return moduledata{}, false, nil
 	}
 	relocs, err := b.relativeRelocs()
 	if err != nil {
-		return 0, false, err
+		return moduledata{}, false, err
 	}
 	type segment struct {
 		vaddr uint64
@@ -336,9 +407,9 @@ func (b *Binary) moduledataText(pclnAddr, nameAddr uint64) (uint64, bool, error)
 		if p.Type != elf.PT_LOAD || p.Flags&elf.PF_W == 0 || p.Filesz == 0 {
 			continue
 		}
-		data := make([]byte, p.Filesz)
-		if _, err := p.ReadAt(data, 0); err != nil {
-			return 0, false, &Error{Reason: ReasonUnreadable, Err: fmt.Errorf("read data segment of %s: %w", b.Path, err)}
+		data, err := b.segment(p)
+		if err != nil {
+			return moduledata{}, false, err
 		}
 		segs = append(segs, segment{p.Vaddr, data})
 	}
@@ -349,28 +420,41 @@ func (b *Binary) moduledataText(pclnAddr, nameAddr uint64) (uint64, bool, error)
 			return v, true
 		}
 		for _, s := range segs {
-			if addr >= s.vaddr && addr-s.vaddr+8 <= uint64(len(s.data)) {
+			if addr >= s.vaddr && addr-s.vaddr <= uint64(len(s.data)) && uint64(len(s.data))-(addr-s.vaddr) >= 8 {
 				return b.elf.ByteOrder.Uint64(s.data[addr-s.vaddr:]), true
 			}
 		}
 		return 0, false
 	}
-	check := func(md uint64) (uint64, bool) {
+	gofuncAt := []uint64{mdGofunc120, mdGofunc127}
+	if goMinor(b.GoVersion) >= 27 || goMinor(b.GoVersion) < 0 {
+		gofuncAt = []uint64{mdGofunc127, mdGofunc120}
+	}
+	check := func(md uint64) (moduledata, bool) {
 		if v, ok := word(md + mdFuncnametab); !ok || v != nameAddr {
-			return 0, false
+			return moduledata{}, false
 		}
 		text, ok1 := word(md + mdText)
 		minpc, ok2 := word(md + mdMinPC)
 		maxpc, ok3 := word(md + mdMaxPC)
 		if !ok1 || !ok2 || !ok3 || text > minpc || minpc >= maxpc || !b.executable(text) {
-			return 0, false
+			return moduledata{}, false
 		}
-		return text, true
+		out := moduledata{text: text}
+		for _, at := range gofuncAt {
+			rodata, ok1 := word(md + at - 8)
+			gofunc, ok2 := word(md + at)
+			if ok1 && ok2 && rodata != 0 && rodata <= gofunc && b.readOnlyData(rodata) && b.readOnlyData(gofunc) {
+				out.gofunc = gofunc
+				break
+			}
+		}
+		return out, true
 	}
 	for off, v := range relocs {
 		if v == pclnAddr {
-			if text, ok := check(off); ok {
-				return text, true, nil
+			if md, ok := check(off); ok {
+				return md, true, nil
 			}
 		}
 	}
@@ -379,12 +463,39 @@ func (b *Binary) moduledataText(pclnAddr, nameAddr uint64) (uint64, bool, error)
 			if b.elf.ByteOrder.Uint64(s.data[i:]) != pclnAddr {
 				continue
 			}
-			if text, ok := check(s.vaddr + uint64(i)); ok {
-				return text, true, nil
+			if md, ok := check(s.vaddr + uint64(i)); ok {
+				return md, true, nil
 			}
 		}
 	}
-	return 0, false, nil
+	return moduledata{}, false, nil
+}
+
+// readOnlyData reports whether addr has file bytes in a loaded segment that is neither code nor
+// writable, or writable only for relocations (.data.rel.ro under the external linker).
+func (b *Binary) readOnlyData(addr uint64) bool {
+	for _, p := range b.elf.Progs {
+		if p.Type == elf.PT_LOAD && p.Flags&elf.PF_X == 0 && addr >= p.Vaddr && addr-p.Vaddr < p.Filesz {
+			return true
+		}
+	}
+	return false
+}
+
+// goMinor returns N of a "go1.N..." version, or -1.
+func goMinor(v string) int {
+	m := goVersionRE.FindStringSubmatch(v)
+	if m == nil {
+		return -1
+	}
+	n := 0
+	for _, c := range m[1] {
+		n = n*10 + int(c-'0')
+		if n > 1000 {
+			return -1
+		}
+	}
+	return n
 }
 
 func (b *Binary) executable(addr uint64) bool {
@@ -396,7 +507,8 @@ func (b *Binary) executable(addr uint64) bool {
 	return false
 }
 
-// relativeRelocs maps the target of each relative dynamic relocation to its addend.
+// relativeRelocs maps the target of each relative dynamic relocation to its addend, read from
+// the SHT_RELA sections, or from the dynamic segment (DT_RELA) when there are no section headers.
 func (b *Binary) relativeRelocs() (map[uint64]uint64, error) {
 	var relative uint32
 	switch b.elf.Machine {
@@ -407,15 +519,12 @@ func (b *Binary) relativeRelocs() (map[uint64]uint64, error) {
 	default:
 		return nil, nil
 	}
+	tables, err := b.relaTables()
+	if err != nil {
+		return nil, err
+	}
 	relocs := map[uint64]uint64{}
-	for _, s := range b.elf.Sections {
-		if s.Type != elf.SHT_RELA || s.Flags&elf.SHF_ALLOC == 0 {
-			continue
-		}
-		data, err := s.Data()
-		if err != nil {
-			return nil, &Error{Reason: ReasonUnreadable, Err: fmt.Errorf("read %s of %s: %w", s.Name, b.Path, err)}
-		}
+	for _, data := range tables {
 		for i := 0; i+24 <= len(data); i += 24 {
 			off := b.elf.ByteOrder.Uint64(data[i:])
 			info := b.elf.ByteOrder.Uint64(data[i+8:])
@@ -425,4 +534,52 @@ func (b *Binary) relativeRelocs() (map[uint64]uint64, error) {
 		}
 	}
 	return relocs, nil
+}
+
+func (b *Binary) relaTables() ([][]byte, error) {
+	var tables [][]byte
+	for _, s := range b.elf.Sections {
+		if s.Type != elf.SHT_RELA || s.Flags&elf.SHF_ALLOC == 0 {
+			continue
+		}
+		data, err := s.Data()
+		if err != nil {
+			return nil, &Error{Reason: ReasonUnreadable, Err: fmt.Errorf("read %s of %s: %w", s.Name, b.Path, err)}
+		}
+		tables = append(tables, data)
+	}
+	if len(tables) > 0 || len(b.elf.Sections) > 0 {
+		return tables, nil
+	}
+	for _, p := range b.elf.Progs {
+		if p.Type != elf.PT_DYNAMIC || b.elf.Class != elf.ELFCLASS64 {
+			continue
+		}
+		dyn, err := b.segment(p)
+		if err != nil {
+			return nil, err
+		}
+		var rela, relasz uint64
+		for i := 0; i+16 <= len(dyn); i += 16 {
+			switch elf.DynTag(b.elf.ByteOrder.Uint64(dyn[i:])) {
+			case elf.DT_RELA:
+				rela = b.elf.ByteOrder.Uint64(dyn[i+8:])
+			case elf.DT_RELASZ:
+				relasz = b.elf.ByteOrder.Uint64(dyn[i+8:])
+			}
+		}
+		if rela == 0 || relasz == 0 {
+			return nil, nil
+		}
+		off, err := b.FileOffset(rela)
+		if err != nil || off > uint64(b.size) || relasz > uint64(b.size)-off {
+			return nil, newError(ReasonCorrupt, "read relocations of %s: %d bytes at %#x are not in the file", b.Path, relasz, rela)
+		}
+		data := make([]byte, relasz)
+		if err := b.readFull(data, off); err != nil {
+			return nil, err
+		}
+		return [][]byte{data}, nil
+	}
+	return nil, nil
 }

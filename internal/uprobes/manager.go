@@ -449,6 +449,17 @@ func (m *Manager) loadBinary(key binKey, exePath string) (*loadedBinary, error) 
 				return nil, err
 			}
 			offs = append(offs, off)
+			// An inlined copy (e.g. after PGO) runs without entering the
+			// function: the probe would attach and see nothing. Its
+			// arguments' locations are not in a stripped binary, so refuse.
+			inl, err := info.Inlined([]string{s.Symbol})
+			if err != nil {
+				return nil, err
+			}
+			if len(inl) > 0 {
+				return nil, &inspect.Error{Reason: inspect.ReasonInlined,
+					Err: fmt.Errorf("probe %s cannot see every call: %v", lp.Name, inl)}
+			}
 			if s.VaddrConst != "" {
 				va, err := info.Vaddr(off)
 				if err != nil {

@@ -149,51 +149,122 @@ type Variant struct {
 	Toolchain string
 	Stripped  bool // -ldflags='-s -w': no symbols, no DWARF
 	PIE       bool
+	// External links with the C linker (CGO_ENABLED=1, -linkmode=external),
+	// as distributions build: with PIE, the line table of Go 1.21–1.24 is
+	// in .data.rel.ro.gopclntab. Needs gcc.
+	External bool
+	// PGO builds with a CPU profile in which net/http's server path is hot
+	// (recorded from ./pgoprofile built by the same toolchain), so the
+	// compiler may inline the probed functions.
+	PGO bool
 }
+
+// Toolchains are the releases the flavour tests build with, one per
+// supported minor version ("" is the Go running the tests).
+var Toolchains = []string{"go1.21.13", "go1.22.12", "go1.23.12", "go1.24.9", "go1.25.14", "", "go1.27.3"}
 
 // HTTPServer builds testdata/httpserver as v.
 func (b *Builds) HTTPServer(t testing.TB, v Variant) string {
 	t.Helper()
 	return b.Get(t, "httpserver-"+v.Name, func(out string) error {
-		var args []string
+		var args, env []string
+		var ldflags []string
 		if v.Stripped {
-			args = append(args, "-ldflags=-s -w")
+			ldflags = append(ldflags, "-s", "-w")
+		}
+		if v.External {
+			ldflags = append(ldflags, "-linkmode=external")
+			env = append(env, "CGO_ENABLED=1")
+			if _, err := exec.LookPath("gcc"); err != nil {
+				return fmt.Errorf("external linking needs gcc: %w", err)
+			}
+		}
+		if len(ldflags) > 0 {
+			args = append(args, "-ldflags="+strings.Join(ldflags, " "))
 		}
 		if v.PIE {
 			args = append(args, "-buildmode=pie")
 		}
-		src := filepath.Join(RepoRoot(), "testdata", "httpserver")
-		if v.Toolchain == "" {
-			return GoBuild(RepoRoot(), nil, append(args, "-o", out, "./testdata/httpserver")...)
-		}
-		// An older toolchain cannot build inside the root module (its go
-		// line is newer), so build a copy in a module of its own whose go
-		// line is the toolchain's: it decides the ServeMux behaviour.
-		dir, err := os.MkdirTemp(b.Dir, "src-")
-		if err != nil {
-			return err
-		}
-		files, _ := filepath.Glob(filepath.Join(src, "*.go"))
-		for _, f := range files {
-			data, err := os.ReadFile(f)
+		if v.PGO {
+			prof, err := b.profile(v.Toolchain)
 			if err != nil {
 				return err
 			}
-			if err := os.WriteFile(filepath.Join(dir, filepath.Base(f)), data, 0o644); err != nil {
-				return err
-			}
+			args = append(args, "-pgo="+prof)
 		}
-		minor := regexp.MustCompile(`^go(1\.\d+)`).FindStringSubmatch(v.Toolchain)
-		if minor == nil {
-			return fmt.Errorf("bad toolchain %q", v.Toolchain)
+		if v.Toolchain == "" {
+			return GoBuild(RepoRoot(), env, append(args, "-o", out, "./testdata/httpserver")...)
 		}
-		mod := fmt.Sprintf("module httpserver\n\ngo %s\n", minor[1])
-		if err := os.WriteFile(filepath.Join(dir, "go.mod"), []byte(mod), 0o644); err != nil {
+		dir, tcEnv, err := b.moduleCopy(filepath.Join(RepoRoot(), "testdata", "httpserver"), v.Toolchain)
+		if err != nil {
 			return err
 		}
-		env := []string{"GOTOOLCHAIN=" + v.Toolchain, "GOWORK=off", "GOFLAGS=-mod=mod"}
-		return GoBuild(dir, env, append(args, "-o", out, ".")...)
+		return GoBuild(dir, append(env, tcEnv...), append(args, "-o", out, ".")...)
 	})
+}
+
+// moduleCopy copies the Go files of src into a module of its own whose go
+// line is the toolchain's, and returns it with the environment that selects
+// the toolchain. An older toolchain cannot build inside the root module (its
+// go line is newer), and the go line decides the ServeMux behaviour.
+func (b *Builds) moduleCopy(src, toolchain string) (string, []string, error) {
+	dir, err := os.MkdirTemp(b.Dir, "src-")
+	if err != nil {
+		return "", nil, err
+	}
+	files, _ := filepath.Glob(filepath.Join(src, "*.go"))
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return "", nil, err
+		}
+		if err := os.WriteFile(filepath.Join(dir, filepath.Base(f)), data, 0o644); err != nil {
+			return "", nil, err
+		}
+	}
+	minor := regexp.MustCompile(`^go(1\.\d+)`).FindStringSubmatch(toolchain)
+	if minor == nil {
+		return "", nil, fmt.Errorf("bad toolchain %q", toolchain)
+	}
+	mod := fmt.Sprintf("module %s\n\ngo %s\n", filepath.Base(src), minor[1])
+	if err := os.WriteFile(filepath.Join(dir, "go.mod"), []byte(mod), 0o644); err != nil {
+		return "", nil, err
+	}
+	return dir, []string{"GOTOOLCHAIN=" + toolchain, "GOWORK=off", "GOFLAGS=-mod=mod"}, nil
+}
+
+// profile records, once per toolchain and run, a CPU profile of net/http
+// serving requests, from ./pgoprofile built by that toolchain.
+func (b *Builds) profile(toolchain string) (string, error) {
+	var err error
+	name := "pgo-" + toolchain
+	b.mu.Lock()
+	bd := b.m[name]
+	if bd == nil {
+		bd = &build{}
+		b.m[name] = bd
+	}
+	b.mu.Unlock()
+	bd.once.Do(func() {
+		bd.path = filepath.Join(b.Dir, name+".pprof")
+		src := filepath.Join(RepoRoot(), "internal", "test", "e2e", "pgoprofile")
+		dir, env := RepoRoot(), []string(nil)
+		target := "./internal/test/e2e/pgoprofile"
+		if toolchain != "" {
+			if dir, env, err = b.moduleCopy(src, toolchain); err != nil {
+				bd.err = err
+				return
+			}
+			target = "."
+		}
+		cmd := exec.Command("go", "run", target, "-o", bd.path)
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), env...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			bd.err = fmt.Errorf("recording a profile with %s: %w\n%s", toolchain, err, out)
+		}
+	})
+	return bd.path, bd.err
 }
 
 // Proc is a started process whose first stdout line was read.
