@@ -90,7 +90,7 @@ type Cluster struct {
 
 	apiserverBin string
 	apiserver    *exec.Cmd
-	apiDone      chan struct{}
+	apiDone      <-chan struct{}
 	apiArgs      []string
 	port         int
 }
@@ -174,10 +174,9 @@ current-context: test
 // waits until it is ready.
 func (c *Cluster) StartAPIServer(t testing.TB) {
 	t.Helper()
-	c.apiserver = startProc(t, filepath.Join(c.Dir, "apiserver.log"), c.apiserverBin, c.apiArgs...)
-	done := make(chan struct{})
+	var done <-chan struct{}
+	c.apiserver, done = startProc(t, filepath.Join(c.Dir, "apiserver.log"), c.apiserverBin, c.apiArgs...)
 	c.apiDone = done
-	go func(cmd *exec.Cmd) { cmd.Wait(); close(done) }(c.apiserver)
 	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	deadline := time.Now().Add(3 * time.Minute)
 	for time.Now().Before(deadline) {
@@ -230,7 +229,10 @@ func KubectlAs(t testing.TB, kubeconfig string, args ...string) (string, error) 
 	return string(out), err
 }
 
-func startProc(t testing.TB, logFile, bin string, args ...string) *exec.Cmd {
+// startProc starts bin with its output in logFile; the channel is closed
+// when it has exited (one goroutine waits for it: exec.Cmd.Wait must be
+// called once). It is killed at the test's end.
+func startProc(t testing.TB, logFile, bin string, args ...string) (*exec.Cmd, <-chan struct{}) {
 	t.Helper()
 	log, err := os.Create(logFile)
 	if err != nil {
@@ -242,16 +244,18 @@ func startProc(t testing.TB, logFile, bin string, args ...string) *exec.Cmd {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting %s: %v", bin, err)
 	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
 	t.Cleanup(func() {
 		cmd.Process.Kill()
-		cmd.Wait()
+		<-done
 		log.Close()
 		if t.Failed() {
 			data, _ := os.ReadFile(logFile)
 			t.Logf("%s:\n%s", filepath.Base(logFile), tail(data))
 		}
 	})
-	return cmd
+	return cmd, done
 }
 
 func tail(b []byte) string {
