@@ -23,7 +23,8 @@ var permanentReasons = map[string]bool{
 	inspect.ReasonPrologue:  true,
 	inspect.ReasonOffsets:   true,
 	inspect.ReasonArch:      true,
-	"inlined":               true,
+	inspect.ReasonInlined:   true,
+	inspect.ReasonCorrupt:   true,
 }
 
 // Permanent reports whether an Attach error is about the binary itself, so

@@ -105,6 +105,12 @@ func TestRequestsThatNeverFinish(t *testing.T) {
 			// The client's own tally, by the status it saw; a panic is a
 			// connection dropped without an answer.
 			tally := map[string]int{}
+			var tallyMu sync.Mutex // get also runs on goroutines, below
+			count := func(k string) {
+				tallyMu.Lock()
+				tally[k]++
+				tallyMu.Unlock()
+			}
 			client := &http.Client{Timeout: 10 * time.Second}
 			get := func(path string, header ...string) {
 				t.Helper()
@@ -114,12 +120,12 @@ func TestRequestsThatNeverFinish(t *testing.T) {
 				}
 				resp, err := client.Do(req)
 				if err != nil {
-					tally[path+" dropped"]++
+					count(path + " dropped")
 					return
 				}
 				io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
-				tally[fmt.Sprintf("%s %d", path, resp.StatusCode)]++
+				count(fmt.Sprintf("%s %d", path, resp.StatusCode))
 			}
 			for i := 0; i < 20; i++ {
 				get("/hello")
@@ -135,7 +141,7 @@ func TestRequestsThatNeverFinish(t *testing.T) {
 			}
 			for i := 0; i < 15; i++ {
 				c, br, code := rawRequest(t, addr, "GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-				tally[fmt.Sprintf("/upgrade %d", code)]++
+				count(fmt.Sprintf("/upgrade %d", code))
 				io.WriteString(c, "ping\n")
 				if line, err := br.ReadString('\n'); err != nil || line != "ping\n" {
 					t.Errorf("upgraded connection echoed %q, %v", line, err)
