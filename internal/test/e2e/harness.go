@@ -283,6 +283,14 @@ func Start(t testing.TB, bin string, env []string, args ...string) *Proc {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), env...)
+	return StartCmd(t, cmd)
+}
+
+// StartCmd is Start for a command the caller prepared (environment,
+// SysProcAttr, a wrapper such as a shell that joins a cgroup first).
+func StartCmd(t testing.TB, cmd *exec.Cmd) *Proc {
+	t.Helper()
+	bin := cmd.Path
 	out := &SyncBuffer{}
 	cmd.Stderr = out
 	stdout, err := cmd.StdoutPipe()

@@ -1,8 +1,6 @@
 package kubetest
 
 import (
-	"bufio"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -98,34 +96,5 @@ func StartIn(t testing.TB, dir, bin string, env []string, args ...string) *e2e.P
 		cmd = exec.Command("/bin/sh", append([]string{"-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, dir, bin}, args...)...)
 	}
 	cmd.Env = append(os.Environ(), env...)
-	out := &e2e.SyncBuffer{}
-	cmd.Stderr = out
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", bin, err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	first := make(chan string, 1)
-	go func() {
-		r := bufio.NewReader(stdout)
-		line, _ := r.ReadString('\n')
-		first <- strings.TrimSpace(line)
-		io.Copy(out, r)
-	}()
-	select {
-	case line := <-first:
-		if line == "" {
-			t.Fatalf("%s printed nothing; output:\n%s", bin, out)
-		}
-		return &e2e.Proc{Cmd: cmd, First: line, Out: out}
-	case <-time.After(20 * time.Second):
-		t.Fatalf("%s did not start; output:\n%s", bin, out)
-	}
-	return nil
+	return e2e.StartCmd(t, cmd)
 }
