@@ -9,6 +9,8 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/obsd-dev/obsd/internal/test/e2e"
 )
 
 // Every Go linker's line table: externally linked PIEs (cgo) of Go 1.21–1.24 keep it in
@@ -23,7 +25,7 @@ func TestLineTableEveryLinker(t *testing.T) {
 			name = "current"
 		}
 		t.Run(name, func(t *testing.T) {
-			orig := buildHello(t, tc, false, true, extPIEArgs...)
+			orig := buildHello(t, tc, extPIEFlavour)
 			want := map[string]Func{}
 			ob := mustOpen(t, orig)
 			for _, s := range []string{serveHTTP, finishRequest} {
@@ -34,7 +36,8 @@ func TestLineTableEveryLinker(t *testing.T) {
 				want[s] = f
 			}
 			stripped, noSections := copies(t, orig)
-			goStripped := buildHello(t, tc, false, true, "-buildmode=pie", "-ldflags=-s -w")
+			// Cgo like orig, so that both share one compilation of the standard library.
+			goStripped := buildHello(t, tc, e2e.Flavour{CGO: true, PIE: true, Stripped: true})
 			for _, p := range []string{stripped, noSections, goStripped} {
 				b := mustOpen(t, p)
 				if !b.Stripped || !b.PIE || b.GoVersion != ob.GoVersion {

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/obsd-dev/obsd/internal/test/e2e"
 )
 
 // The fuzz targets take the bytes of one part of an executable (its headers, its end, its line
@@ -20,16 +22,16 @@ import (
 // runs each for a few seconds; `go test -fuzz=FuzzX` runs one for as long as wanted.
 
 // fuzzToolchains are the supported releases whose builds seed the fuzz targets ("" is the Go
-// running the test).
-var fuzzToolchains = []string{"go1.21.13", "go1.22.12", "go1.23.12", "go1.24.9", "go1.25.14", "", "go1.27.3"}
+// running the test): the end-to-end tests' list, so that their builds are shared.
+var fuzzToolchains = e2e.Toolchains
 
 var fuzzBases struct {
 	once sync.Once
 	bins [][]byte
 }
 
-// extPIEArgs builds an externally linked PIE, the flavour distributions use (with cgo).
-var extPIEArgs = []string{"-buildmode=pie", "-ldflags=-linkmode=external"}
+// extPIEFlavour is an externally linked PIE, the flavour distributions use (with cgo).
+var extPIEFlavour = e2e.Flavour{PIE: true, External: true}
 
 // bases returns the executables the fuzz targets mutate: from each supported toolchain, a stripped
 // internally linked one and an externally linked PIE with symbols and DWARF (an internally linked
@@ -39,11 +41,11 @@ func bases(f *testing.F) [][]byte {
 	fuzzBases.once.Do(func() {
 		_, ccErr := exec.LookPath("gcc")
 		for _, tc := range fuzzToolchains {
-			paths := []string{buildHello(f, tc, false, false, "-ldflags=-s -w")}
+			paths := []string{buildHello(f, tc, e2e.Flavour{Stripped: true})}
 			if ccErr == nil {
-				paths = append(paths, buildHello(f, tc, false, true, extPIEArgs...))
+				paths = append(paths, buildHello(f, tc, extPIEFlavour))
 			} else {
-				paths = append(paths, buildHello(f, tc, false, false))
+				paths = append(paths, buildHello(f, tc, e2e.Flavour{}))
 			}
 			for _, p := range paths {
 				data, err := os.ReadFile(p)

@@ -2,7 +2,6 @@ package inspect
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"debug/dwarf"
 	"debug/elf"
 	"encoding/binary"
@@ -10,118 +9,30 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
-	"runtime"
 	"sort"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
+
+	"github.com/obsd-dev/obsd/internal/test/e2e"
 )
 
-// toolchainBuilds caches binaries built by buildHello for the whole test run.
-var toolchainBuilds = struct {
-	sync.Mutex
-	m map[string]string
-}{m: map[string]string{}}
-
 // buildHello builds testdata/hello with toolchain (a GOTOOLCHAIN value; "" is the Go running the
-// test) in a module of its own whose go line is the toolchain's. With pgo, a CPU profile is first
-// recorded from ../test/e2e/pgoprofile built by the same toolchain, in which net/http's server
-// path is hot, and hello is built with -pgo. Builds without a profile are kept in the user's cache
-// directory, keyed by the sources and flags, so that fuzz workers (each a new process) find them.
-func buildHello(t testing.TB, toolchain string, pgo bool, cgo bool, args ...string) string {
+// test) as flavour f, in a module of its own whose go line is the toolchain's, through the build
+// cache the end-to-end tests share (e2e.SharedBuildCache): each build happens once per machine,
+// fuzz workers (each a new process) and later runs find it there, and a PGO build uses the same
+// recorded profile as the end-to-end suites' (net/http's server path hot), so the standard
+// library compiled with it is reused too.
+func buildHello(t testing.TB, toolchain string, f e2e.Flavour) string {
 	t.Helper()
-	src, err := os.ReadFile("testdata/hello/main.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	key := fmt.Sprintf("%x", sha256.Sum256([]byte(fmt.Sprint(toolchain, pgo, cgo, args, runtime.Version(), string(src)))))[:24]
-	toolchainBuilds.Lock()
-	defer toolchainBuilds.Unlock()
-	if p, ok := toolchainBuilds.m[key]; ok {
-		return p
-	}
-	cacheDir, err := os.UserCacheDir()
-	if err != nil {
-		cacheDir = os.TempDir()
-	}
-	cacheDir = filepath.Join(cacheDir, "obsd-inspect-test")
-	out := filepath.Join(cacheDir, "hello-"+key)
-	if !pgo {
-		if _, err := os.Stat(out); err == nil {
-			toolchainBuilds.m[key] = out
-			return out
-		}
-	}
-	if cgo {
+	if f.External || f.CGO {
 		if _, err := exec.LookPath("gcc"); err != nil {
-			if os.Getenv("OBSD_REQUIRE_BPF") == "1" {
-				t.Fatalf("no C compiler for an externally linked build (CI installs gcc): %v", err)
-			}
-			t.Skipf("no C compiler for an externally linked build: %v", err)
+			e2e.Skip(t, "no C compiler for a cgo build (CI installs gcc): %v", err)
 		}
 	}
-	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
-		t.Fatal(err)
+	out, err := e2e.SharedBuildCache().Build(e2e.Program{Name: "hello", Src: "testdata/hello", Toolchain: toolchain, Flavour: f})
+	if err != nil {
+		t.Fatalf("building hello: %v", err)
 	}
-	dir := t.TempDir()
-	minor := "1.21"
-	if toolchain != "" {
-		m := regexp.MustCompile(`^go(1\.\d+)`).FindStringSubmatch(toolchain)
-		if m == nil {
-			t.Fatalf("bad toolchain %q", toolchain)
-		}
-		minor = m[1]
-	}
-	env := append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=mod", "CGO_ENABLED=0")
-	if toolchain != "" {
-		env = append(env, "GOTOOLCHAIN="+toolchain)
-	}
-	if cgo {
-		env = append(env, "CGO_ENABLED=1")
-	}
-	module := func(name, src string) string {
-		d := filepath.Join(dir, name)
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		data, err := os.ReadFile(src)
-		if err != nil {
-			t.Fatal(err)
-		}
-		mod := fmt.Sprintf("module %s\n\ngo %s\n", name, minor)
-		if err := os.WriteFile(filepath.Join(d, "go.mod"), []byte(mod), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(d, "main.go"), data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return d
-	}
-	goCmd := func(dir string, args ...string) {
-		t.Helper()
-		cmd := exec.Command("go", args...)
-		cmd.Dir, cmd.Env = dir, env
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
-	var buildArgs []string
-	if pgo {
-		src := module("pgoprofile", "../test/e2e/pgoprofile/main.go")
-		prof := filepath.Join(dir, "cpu.pgo")
-		goCmd(src, "run", ".", "-o", prof)
-		buildArgs = append(buildArgs, "-pgo="+prof)
-		// A new profile each run: kept for this run only, in TestMain's directory.
-		out = filepath.Join(toolchainBuilds.m["dir"], "hello-pgo-"+key)
-	}
-	tmp := out + ".tmp" + strconv.Itoa(os.Getpid())
-	goCmd(module("hello", "testdata/hello/main.go"), append(append(append([]string{"build", "-o", tmp}, buildArgs...), args...), ".")...)
-	if err := os.Rename(tmp, out); err != nil {
-		t.Fatal(err)
-	}
-	toolchainBuilds.m[key] = out
 	return out
 }
 
@@ -272,9 +183,9 @@ func TestInlineTreesMatchDWARF(t *testing.T) {
 		{"pie", func(t *testing.T) string { return binPath(t, pie) }},
 		{"ext-pie", func(t *testing.T) string { return binPath(t, extPIE) }},
 		{"go1.21-ext-pie", func(t *testing.T) string {
-			return buildHello(t, "go1.21.13", false, true, "-buildmode=pie", "-ldflags=-linkmode=external")
+			return buildHello(t, "go1.21.13", extPIEFlavour)
 		}},
-		{"go1.27-pgo", func(t *testing.T) string { return buildHello(t, "go1.27.3", true, false) }},
+		{"go1.27-pgo", func(t *testing.T) string { return buildHello(t, "go1.27.3", e2e.Flavour{PGO: true}) }},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -305,7 +216,7 @@ func TestInlineTreesMatchDWARF(t *testing.T) {
 // (*response).finishRequest into (*conn).serve when the profile caught enough of it) and in its
 // copies without DWARF and without section headers; a build without a profile has no inlined site.
 func TestInlined(t *testing.T) {
-	pgo := buildHello(t, "go1.27.3", true, false)
+	pgo := buildHello(t, "go1.27.3", e2e.Flavour{PGO: true})
 	dw := dwarfInlined(t, pgo)
 	// The sites, and net/http functions the compiler inlines whatever the profile, so that the
 	// look-up by name is tested even when the sites stayed out of line.

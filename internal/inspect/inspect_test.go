@@ -12,7 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strings"
+	"sync"
 	"testing"
 	"unsafe"
 
@@ -44,8 +44,15 @@ var variants = []struct {
 	{strippedExtPIE, []string{"-buildmode=pie", "-ldflags=-s -w -linkmode=external"}, true, true, true},
 }
 
-// bins maps a variant to its executable; an external-link variant is missing without a C compiler.
-var bins = map[string]string{}
+// variantBins holds the variants' executables, built in the test binary's temporary directory
+// when a test first asks (the fuzz steps of make test ask for none); an external-link variant is
+// missing without a C compiler.
+var variantBins struct {
+	once sync.Once
+	dir  string
+	bins map[string]string
+	err  error
+}
 
 const (
 	serveHTTP     = "net/http.serverHandler.ServeHTTP"
@@ -63,17 +70,20 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	toolchainBuilds.m["dir"] = dir // PGO builds of buildHello go here too
+	variantBins.dir = dir
+	return m.Run()
+}
+
+// buildVariants builds every variant of testdata/hello with the Go running the tests.
+func buildVariants() {
+	variantBins.bins = map[string]string{}
 	_, ccErr := exec.LookPath("cc")
 	for _, v := range variants {
-		if fuzzWorker() {
-			break // a fuzz worker runs only the fuzz function, which builds its own
-		}
 		if v.cgo && ccErr != nil {
 			fmt.Fprintf(os.Stderr, "no C compiler, not building %s: %v\n", v.name, ccErr)
 			continue
 		}
-		out := filepath.Join(dir, v.name)
+		out := filepath.Join(variantBins.dir, v.name)
 		args := append([]string{"build", "-o", out}, v.args...)
 		cmd := exec.Command("go", append(args, "./testdata/hello")...)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
@@ -81,27 +91,20 @@ func run(m *testing.M) int {
 			cmd.Env = append(cmd.Env, "CGO_ENABLED=1")
 		}
 		if b, err := cmd.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", v.name, err, b)
-			return 1
+			variantBins.err = fmt.Errorf("build %s: %w\n%s", v.name, err, b)
+			return
 		}
-		bins[v.name] = out
+		variantBins.bins[v.name] = out
 	}
-	return m.Run()
-}
-
-// fuzzWorker reports whether this process is one of the workers `go test -fuzz` starts.
-func fuzzWorker() bool {
-	for _, a := range os.Args {
-		if strings.HasPrefix(a, "-test.fuzzworker") {
-			return true
-		}
-	}
-	return false
 }
 
 func binPath(t *testing.T, variant string) string {
 	t.Helper()
-	p, ok := bins[variant]
+	variantBins.once.Do(buildVariants)
+	if variantBins.err != nil {
+		t.Fatal(variantBins.err)
+	}
+	p, ok := variantBins.bins[variant]
 	if !ok {
 		e2e.Skip(t, "%s not built (no C compiler: install gcc)", variant)
 	}

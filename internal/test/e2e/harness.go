@@ -1,6 +1,34 @@
-// Package e2e holds what the end-to-end tests share: building the binaries
-// once per run, starting real processes, a real OTLP/gRPC receiver, and
-// reading obsd's scrape.
+// Package e2e holds what the end-to-end tests share: building the binaries,
+// starting real processes, a real OTLP/gRPC receiver, and reading obsd's
+// scrape.
+//
+// # Building test programs
+//
+// A test program (a server or client under test in some testdata directory)
+// is built through the shared, content-keyed build cache, so that each
+// toolchain × flavour build happens once per machine, whichever test package
+// asks first, and later runs reuse it:
+//
+//	var builds = e2e.NewBuilds(dir) // in TestMain; dir is for per-run files
+//	bin := builds.Program(t, e2e.Program{
+//		Name:      "grpcserver",
+//		Src:       filepath.Join(e2e.RepoRoot(), "testdata", "grpcserver"),
+//		Toolchain: "go1.22.12",                        // "" is the go on PATH
+//		Flavour:   e2e.Flavour{PIE: true},
+//		Require:   []string{"google.golang.org/grpc v1.70.0"},
+//	})
+//
+// builds.HTTPServer(t, v) is the same for testdata/httpserver, and
+// e2e.Toolchains lists one release per supported Go minor version. The cache
+// ([BuildCache], in $OBSD_TEST_BUILDS or <user cache dir>/obsd-test-builds)
+// keys a program by its resolved Go version, flavour, tags, requirements and
+// source bytes, and locks each entry, so two test packages running at once
+// never build the same program twice. Every build but an External one is
+// CGO_ENABLED=0: a toolchain then compiles the standard library once per
+// flavour (plain, PIE, external PIE, PGO) for every program and package. PGO
+// builds use one recorded profile per toolchain ([BuildCache.Profile]).
+// Builds.Get remains for programs the cache does not describe (a binary
+// from the module proxy, a build inside the root module).
 package e2e
 
 import (
@@ -101,8 +129,16 @@ type build struct {
 // NewBuilds returns a cache writing into dir.
 func NewBuilds(dir string) *Builds { return &Builds{Dir: dir, m: map[string]*build{}} }
 
-// Get builds name once with fn, which writes the binary to the path given.
+// Get builds name once with fn, which writes the binary to the path given
+// (in b.Dir).
 func (b *Builds) Get(t testing.TB, name string, fn func(out string) error) string {
+	t.Helper()
+	out := filepath.Join(b.Dir, name)
+	return b.memo(t, name, func() (string, error) { return out, fn(out) })
+}
+
+// memo runs fn once per name and Builds, and fails the test if it failed.
+func (b *Builds) memo(t testing.TB, name string, fn func() (string, error)) string {
 	t.Helper()
 	b.mu.Lock()
 	bd := b.m[name]
@@ -111,10 +147,7 @@ func (b *Builds) Get(t testing.TB, name string, fn func(out string) error) strin
 		b.m[name] = bd
 	}
 	b.mu.Unlock()
-	bd.once.Do(func() {
-		bd.path = filepath.Join(b.Dir, name)
-		bd.err = fn(bd.path)
-	})
+	bd.once.Do(func() { bd.path, bd.err = fn() })
 	if bd.err != nil {
 		t.Fatalf("building %s: %v", name, bd.err)
 	}
@@ -159,112 +192,40 @@ type Variant struct {
 	PGO bool
 }
 
+// Flavour returns how v is built.
+func (v Variant) Flavour() Flavour {
+	return Flavour{Stripped: v.Stripped, PIE: v.PIE, External: v.External, PGO: v.PGO}
+}
+
 // Toolchains are the releases the flavour tests build with, one per
 // supported minor version ("" is the Go running the tests).
 var Toolchains = []string{"go1.21.13", "go1.22.12", "go1.23.12", "go1.24.9", "go1.25.14", "", "go1.27.3"}
 
-// HTTPServer builds testdata/httpserver as v.
+// HTTPServer builds testdata/httpserver as v, through the shared build
+// cache.
 func (b *Builds) HTTPServer(t testing.TB, v Variant) string {
 	t.Helper()
-	return b.Get(t, "httpserver-"+v.Name, func(out string) error {
-		var args, env []string
-		var ldflags []string
-		if v.Stripped {
-			ldflags = append(ldflags, "-s", "-w")
-		}
-		if v.External {
-			ldflags = append(ldflags, "-linkmode=external")
-			env = append(env, "CGO_ENABLED=1")
-			if _, err := exec.LookPath("gcc"); err != nil {
-				return fmt.Errorf("external linking needs gcc: %w", err)
-			}
-		}
-		if len(ldflags) > 0 {
-			args = append(args, "-ldflags="+strings.Join(ldflags, " "))
-		}
-		if v.PIE {
-			args = append(args, "-buildmode=pie")
-		}
-		if v.PGO {
-			prof, err := b.profile(v.Toolchain)
-			if err != nil {
-				return err
-			}
-			args = append(args, "-pgo="+prof)
-		}
-		if v.Toolchain == "" {
-			return GoBuild(RepoRoot(), env, append(args, "-o", out, "./testdata/httpserver")...)
-		}
-		dir, tcEnv, err := b.moduleCopy(filepath.Join(RepoRoot(), "testdata", "httpserver"), v.Toolchain)
-		if err != nil {
-			return err
-		}
-		return GoBuild(dir, append(env, tcEnv...), append(args, "-o", out, ".")...)
+	return b.Program(t, Program{
+		Name:      "httpserver",
+		Src:       filepath.Join(RepoRoot(), "testdata", "httpserver"),
+		Toolchain: v.Toolchain,
+		Flavour:   v.Flavour(),
 	})
 }
 
-// moduleCopy copies the Go files of src into a module of its own whose go
-// line is the toolchain's, and returns it with the environment that selects
-// the toolchain. An older toolchain cannot build inside the root module (its
-// go line is newer), and the go line decides the ServeMux behaviour.
-func (b *Builds) moduleCopy(src, toolchain string) (string, []string, error) {
-	dir, err := os.MkdirTemp(b.Dir, "src-")
-	if err != nil {
-		return "", nil, err
-	}
-	files, _ := filepath.Glob(filepath.Join(src, "*.go"))
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			return "", nil, err
-		}
-		if err := os.WriteFile(filepath.Join(dir, filepath.Base(f)), data, 0o644); err != nil {
-			return "", nil, err
+// Program returns p's executable from the shared build cache
+// (SharedBuildCache), building it the first time any test package asks.
+// An External or CGO build without gcc fails the test.
+func (b *Builds) Program(t testing.TB, p Program) string {
+	t.Helper()
+	if p.External || p.CGO {
+		if _, err := exec.LookPath("gcc"); err != nil {
+			t.Fatalf("building %s: cgo needs gcc: %v", p.Name, err)
 		}
 	}
-	minor := regexp.MustCompile(`^go(1\.\d+)`).FindStringSubmatch(toolchain)
-	if minor == nil {
-		return "", nil, fmt.Errorf("bad toolchain %q", toolchain)
-	}
-	mod := fmt.Sprintf("module %s\n\ngo %s\n", filepath.Base(src), minor[1])
-	if err := os.WriteFile(filepath.Join(dir, "go.mod"), []byte(mod), 0o644); err != nil {
-		return "", nil, err
-	}
-	return dir, []string{"GOTOOLCHAIN=" + toolchain, "GOWORK=off", "GOFLAGS=-mod=mod"}, nil
-}
-
-// profile records, once per toolchain and run, a CPU profile of net/http
-// serving requests, from ./pgoprofile built by that toolchain.
-func (b *Builds) profile(toolchain string) (string, error) {
-	var err error
-	name := "pgo-" + toolchain
-	b.mu.Lock()
-	bd := b.m[name]
-	if bd == nil {
-		bd = &build{}
-		b.m[name] = bd
-	}
-	b.mu.Unlock()
-	bd.once.Do(func() {
-		bd.path = filepath.Join(b.Dir, name+".pprof")
-		src := filepath.Join(RepoRoot(), "internal", "test", "e2e", "pgoprofile")
-		dir, env := RepoRoot(), []string(nil)
-		target := "./internal/test/e2e/pgoprofile"
-		if toolchain != "" {
-			if dir, env, err = b.moduleCopy(src, toolchain); err != nil {
-				bd.err = err
-				return
-			}
-			target = "."
-		}
-		cmd := exec.Command("go", "run", target, "-o", bd.path)
-		cmd.Dir = dir
-		cmd.Env = append(os.Environ(), env...)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			bd.err = fmt.Errorf("recording a profile with %s: %w\n%s", toolchain, err, out)
-		}
+	return b.memo(t, fmt.Sprintf("program %+v", p), func() (string, error) {
+		return SharedBuildCache().Build(p)
 	})
-	return bd.path, bd.err
 }
 
 // Proc is a started process whose first stdout line was read.

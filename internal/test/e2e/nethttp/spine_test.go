@@ -206,35 +206,13 @@ func TestRequestsThatNeverFinish(t *testing.T) {
 // at a version every supported toolchain builds.
 func h2cServer(t *testing.T, v e2e.Variant) string {
 	t.Helper()
-	return builds.Get(t, "httpserver-h2c-"+v.Name, func(out string) error {
-		dir, err := os.MkdirTemp(builds.Dir, "src-h2c-")
-		if err != nil {
-			return err
-		}
-		src := filepath.Join(e2e.RepoRoot(), "testdata", "httpserver")
-		files, _ := filepath.Glob(filepath.Join(src, "*.go"))
-		for _, f := range files {
-			data, err := os.ReadFile(f)
-			if err != nil {
-				return err
-			}
-			if err := os.WriteFile(filepath.Join(dir, filepath.Base(f)), data, 0o644); err != nil {
-				return err
-			}
-		}
-		goLine := "1.26"
-		if m := regexp.MustCompile(`^go(1\.\d+)`).FindStringSubmatch(v.Toolchain); m != nil {
-			goLine = m[1]
-		}
-		mod := fmt.Sprintf("module httpserver\n\ngo %s\n\nrequire golang.org/x/net v0.30.0\n", goLine)
-		if err := os.WriteFile(filepath.Join(dir, "go.mod"), []byte(mod), 0o644); err != nil {
-			return err
-		}
-		env := []string{"GOWORK=off", "GOFLAGS=-mod=mod"}
-		if v.Toolchain != "" {
-			env = append(env, "GOTOOLCHAIN="+v.Toolchain)
-		}
-		return e2e.GoBuild(dir, env, "-tags", "h2c", "-o", out, ".")
+	return builds.Program(t, e2e.Program{
+		Name:      "httpserver-h2c",
+		Src:       filepath.Join(e2e.RepoRoot(), "testdata", "httpserver"),
+		Toolchain: v.Toolchain,
+		Flavour:   v.Flavour(),
+		Tags:      []string{"h2c"},
+		Require:   []string{"golang.org/x/net v0.30.0"},
 	})
 }
 
