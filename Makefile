@@ -15,8 +15,10 @@ generate:
 
 # Every suite of both modules, each even when an earlier one failed; the last
 # lines give each verdict, and the exit status is non-zero if any failed.
-# The race detector is on except for the benchmark tool's timing tests
-# (scripts/test.sh says why); RACE= turns it off.
+# The race detector is on for the unit tests; the end-to-end suites (whose
+# targets are separate processes) and the benchmark tool's timing tests run
+# without it (scripts/test.sh says why); RACE= turns it off everywhere. The
+# last lines give each suite's duration too.
 RACE ?= -race
 test:
 	GO='$(GO)' RACE='$(RACE)' TEST_TIMEOUT='$(TEST_TIMEOUT)' ./scripts/test.sh

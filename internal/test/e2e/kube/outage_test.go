@@ -12,10 +12,17 @@ import (
 	kubetest "github.com/obsd-dev/obsd/internal/test/kube"
 )
 
-// outage is how long the API server stays down.
-const outage = time.Minute
+// outage is how long the API server stays down: long enough for client-go's
+// retries to back off well past their first steps (0.8, 1.6, 3.2, 6.4,
+// 12.8 s, each with up to as much again of jitter), so that catching up
+// depends on the backoff, not on a lucky early retry. A longer outage only
+// waits longer: the retry interval is capped at 30 s (at most 60 s with
+// jitter), which the deadline below allows for. obsd keeps client-go's
+// backoff on purpose: every node's obsd retrying faster would load an API
+// server that is coming back.
+const outage = 20 * time.Second
 
-// TestKubeAPIServerDown stops the API server for a minute: obsd keeps
+// TestKubeAPIServerDown stops the API server for a while: obsd keeps
 // instrumenting and serving what it had, reconnects by itself, and then
 // catches up with changes made as soon as the server is back (an
 // annotation added, a pod deleted).
