@@ -441,6 +441,16 @@ func (m *Manager) loadBinary(key binKey, exePath string) (*loadedBinary, error) 
 		var offs []uint64
 		for _, s := range lp.Sites {
 			off, err := info.EntrySite(s.Symbol)
+			if inspect.ReasonOf(err) == inspect.ReasonSymbol {
+				// No out-of-line copy may still mean calls: a PGO build can
+				// inline a function everywhere (Go 1.25 does so with
+				// (*conn).close). That is a refusal for inlining, not a
+				// missing symbol, and an optional site is no exception.
+				if inl, ierr := info.Inlined([]string{s.Symbol}); ierr == nil && len(inl) > 0 {
+					return nil, &inspect.Error{Reason: inspect.ReasonInlined,
+						Err: fmt.Errorf("probe %s cannot see every call, %s has no out-of-line copy: %v", lp.Name, s.Symbol, inl)}
+				}
+			}
 			if err != nil && s.Optional && inspect.ReasonOf(err) == inspect.ReasonSymbol {
 				offs = append(offs, 0) // not in this binary: nothing can call it
 				continue
