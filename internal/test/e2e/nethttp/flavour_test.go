@@ -64,17 +64,30 @@ func TestExternalPIECountedExactly(t *testing.T) {
 	}
 }
 
+// pgoToolchains are the toolchains whose PGO builds TestPGOCountedOrRefused
+// runs: one per behaviour of the PGO inliner seen with profiles in which the
+// server path is hot (2026-11, the profile differs from run to run):
+// Go 1.21, the first PGO release, left every probed function out of line
+// (counted); Go 1.22 and 1.23 inlined finishRequest into (*conn).serve beside
+// its out-of-line copy (refused); Go 1.25 inlined (*conn).close everywhere,
+// leaving no out-of-line copy (refused: that was once reported as a missing
+// symbol); Go 1.27 is the newest inliner. The inline tree obsd reads has one
+// layout in every supported version, and internal/inspect checks it against
+// DWARF, so the versions left out (1.23, 1.24, 1.26) would repeat these cases
+// at the cost of a PGO compilation of the standard library each.
+var pgoToolchains = []string{"go1.21.13", "go1.22.12", "go1.25.14", "go1.27.3"}
+
 // A server built with profile-guided optimisation may get a probed function
 // inlined into its caller while an out-of-line copy survives: attaching would
-// succeed and count nothing. Every supported toolchain's PGO build, with a
-// profile in which the server path is hot, is either counted exactly or
-// refused visibly: one log line naming the function and its caller, and
+// succeed and count nothing. PGO builds (pgoToolchains), with a profile in
+// which the server path is hot, are either counted exactly or refused
+// visibly: one log line naming the function and its caller, and
 // obsd_instrumentation_errors_total{reason="inlined"}.
 func TestPGOCountedOrRefused(t *testing.T) {
 	e2e.RequireRoot(t)
 	obsdBin := builds.Obsd(t)
 	refusedRE := regexp.MustCompile(`msg="not instrumenting process[^"]*".*reason=inlined.*net/http\.\S+ inlined into net/http\.`)
-	for _, tc := range e2e.Toolchains {
+	for _, tc := range pgoToolchains {
 		v := e2e.Variant{Name: flavourName(tc) + "-pgo", Toolchain: tc, PGO: true}
 		t.Run(v.Name, func(t *testing.T) {
 			srv := e2e.Start(t, builds.HTTPServer(t, v), []string{"OTEL_SERVICE_NAME=shop-" + v.Name})
