@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/obsd-dev/obsd/internal/test/e2e"
+	"github.com/obsd-dev/obsd/internal/test/testenv"
 )
 
 // Every Go linker's line table: externally linked PIEs (cgo) of Go 1.21–1.24 keep it in
@@ -37,7 +37,7 @@ func TestLineTableEveryLinker(t *testing.T) {
 			}
 			stripped, noSections := copies(t, orig)
 			// Cgo like orig, so that both share one compilation of the standard library.
-			goStripped := buildHello(t, tc, e2e.Flavour{CGO: true, PIE: true, Stripped: true})
+			goStripped := buildHello(t, tc, testenv.Flavour{CGO: true, PIE: true, Stripped: true})
 			for _, p := range []string{stripped, noSections, goStripped} {
 				b := mustOpen(t, p)
 				if !b.Stripped || !b.PIE || b.GoVersion != ob.GoVersion {

@@ -12,7 +12,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/obsd-dev/obsd/internal/test/e2e"
+	"github.com/obsd-dev/obsd/internal/test/testenv"
 )
 
 // The fuzz targets take the bytes of one part of an executable (its headers, its end, its line
@@ -23,7 +23,7 @@ import (
 
 // fuzzToolchains are the supported releases whose builds seed the fuzz targets ("" is the Go
 // running the test): the end-to-end tests' list, so that their builds are shared.
-var fuzzToolchains = e2e.Toolchains
+var fuzzToolchains = testenv.Toolchains
 
 var fuzzBases struct {
 	once sync.Once
@@ -31,7 +31,7 @@ var fuzzBases struct {
 }
 
 // extPIEFlavour is an externally linked PIE, the flavour distributions use (with cgo).
-var extPIEFlavour = e2e.Flavour{PIE: true, External: true}
+var extPIEFlavour = testenv.Flavour{PIE: true, External: true}
 
 // bases returns the executables the fuzz targets mutate: from each supported toolchain, a stripped
 // internally linked one and an externally linked PIE with symbols and DWARF (an internally linked
@@ -41,11 +41,11 @@ func bases(f *testing.F) [][]byte {
 	fuzzBases.once.Do(func() {
 		_, ccErr := exec.LookPath("gcc")
 		for _, tc := range fuzzToolchains {
-			paths := []string{buildHello(f, tc, e2e.Flavour{Stripped: true})}
+			paths := []string{buildHello(f, tc, testenv.Flavour{Stripped: true})}
 			if ccErr == nil {
 				paths = append(paths, buildHello(f, tc, extPIEFlavour))
 			} else {
-				paths = append(paths, buildHello(f, tc, e2e.Flavour{}))
+				paths = append(paths, buildHello(f, tc, testenv.Flavour{}))
 			}
 			for _, p := range paths {
 				data, err := os.ReadFile(p)

@@ -13,23 +13,23 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/obsd-dev/obsd/internal/test/e2e"
+	"github.com/obsd-dev/obsd/internal/test/testenv"
 )
 
 // buildHello builds testdata/hello with toolchain (a GOTOOLCHAIN value; "" is the Go running the
 // test) as flavour f, in a module of its own whose go line is the toolchain's, through the build
-// cache the end-to-end tests share (e2e.SharedBuildCache): each build happens once per machine,
+// cache the end-to-end tests share (testenv.SharedBuildCache): each build happens once per machine,
 // fuzz workers (each a new process) and later runs find it there, and a PGO build uses the same
 // recorded profile as the end-to-end suites' (net/http's server path hot), so the standard
 // library compiled with it is reused too.
-func buildHello(t testing.TB, toolchain string, f e2e.Flavour) string {
+func buildHello(t testing.TB, toolchain string, f testenv.Flavour) string {
 	t.Helper()
 	if f.External || f.CGO {
 		if _, err := exec.LookPath("gcc"); err != nil {
-			e2e.Skip(t, "no C compiler for a cgo build (CI installs gcc): %v", err)
+			testenv.Skip(t, "no C compiler for a cgo build (CI installs gcc): %v", err)
 		}
 	}
-	out, err := e2e.SharedBuildCache().Build(e2e.Program{Name: "hello", Src: "testdata/hello", Toolchain: toolchain, Flavour: f})
+	out, err := testenv.SharedBuildCache().Build(testenv.Program{Name: "hello", Src: "testdata/hello", Toolchain: toolchain, Flavour: f})
 	if err != nil {
 		t.Fatalf("building hello: %v", err)
 	}
@@ -185,7 +185,7 @@ func TestInlineTreesMatchDWARF(t *testing.T) {
 		{"go1.21-ext-pie", func(t *testing.T) string {
 			return buildHello(t, "go1.21.13", extPIEFlavour)
 		}},
-		{"go1.27-pgo", func(t *testing.T) string { return buildHello(t, "go1.27.3", e2e.Flavour{PGO: true}) }},
+		{"go1.27-pgo", func(t *testing.T) string { return buildHello(t, "go1.27.3", testenv.Flavour{PGO: true}) }},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -216,7 +216,7 @@ func TestInlineTreesMatchDWARF(t *testing.T) {
 // (*response).finishRequest into (*conn).serve when the profile caught enough of it) and in its
 // copies without DWARF and without section headers; a build without a profile has no inlined site.
 func TestInlined(t *testing.T) {
-	pgo := buildHello(t, "go1.27.3", e2e.Flavour{PGO: true})
+	pgo := buildHello(t, "go1.27.3", testenv.Flavour{PGO: true})
 	dw := dwarfInlined(t, pgo)
 	// The sites, and net/http functions the compiler inlines whatever the profile, so that the
 	// look-up by name is tested even when the sites stayed out of line.

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"unsafe"
 
-	"github.com/obsd-dev/obsd/internal/test/e2e"
+	"github.com/obsd-dev/obsd/internal/test/testenv"
 )
 
 // The variants of testdata/hello that TestMain builds, once per test run.
@@ -106,7 +106,7 @@ func binPath(t *testing.T, variant string) string {
 	}
 	p, ok := variantBins.bins[variant]
 	if !ok {
-		e2e.Skip(t, "%s not built (no C compiler: install gcc)", variant)
+		testenv.Skip(t, "%s not built (no C compiler: install gcc)", variant)
 	}
 	return p
 }
@@ -194,7 +194,7 @@ func TestOpenErrors(t *testing.T) {
 func TestOpenGo119(t *testing.T) {
 	const path = "/usr/bin/promtool"
 	if _, err := os.Stat(path); err != nil {
-		e2e.Skip(t, "no %s (Debian package prometheus): %v", path, err)
+		testenv.Skip(t, "no %s (Debian package prometheus): %v", path, err)
 	}
 	b, err := Open(path)
 	if err != nil {

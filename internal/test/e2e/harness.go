@@ -4,12 +4,12 @@
 //
 // # Building test programs
 //
-// A test program (a server or client under test in some testdata directory)
-// is built through the shared, content-keyed build cache, so that each
-// toolchain × flavour build happens once per machine, whichever test package
-// asks first, and later runs reuse it:
+// A suite keeps one Builds (NewBuilds in TestMain) and asks it for every
+// binary; each is built at most once per test run, and test programs come
+// from the shared, content-keyed build cache of internal/test/testenv, so
+// each toolchain × flavour build happens once per machine, whichever test
+// package (inspect's included) asks first:
 //
-//	var builds = e2e.NewBuilds(dir) // in TestMain; dir is for per-run files
 //	bin := builds.Program(t, e2e.Program{
 //		Name:      "grpcserver",
 //		Src:       filepath.Join(e2e.RepoRoot(), "testdata", "grpcserver"),
@@ -19,16 +19,12 @@
 //	})
 //
 // builds.HTTPServer(t, v) is the same for testdata/httpserver, and
-// e2e.Toolchains lists one release per supported Go minor version. The cache
-// ([BuildCache], in $OBSD_TEST_BUILDS or <user cache dir>/obsd-test-builds)
-// keys a program by its resolved Go version, flavour, tags, requirements and
-// source bytes, and locks each entry, so two test packages running at once
-// never build the same program twice. Every build but an External one is
-// CGO_ENABLED=0: a toolchain then compiles the standard library once per
-// flavour (plain, PIE, external PIE, PGO) for every program and package. PGO
-// builds use one recorded profile per toolchain ([BuildCache.Profile]).
-// Builds.Get remains for programs the cache does not describe (a binary
-// from the module proxy, a build inside the root module).
+// e2e.Toolchains lists one release per supported Go minor version. Every
+// build but an External or CGO one is CGO_ENABLED=0, so that programs of one
+// toolchain and flavour share one compilation of the standard library; PGO
+// builds share one recorded profile per toolchain. builds.Obsd builds obsd;
+// Builds.Get remains for what the cache does not describe (a binary from the
+// module proxy, a build inside the root module).
 package e2e
 
 import (
@@ -57,6 +53,8 @@ import (
 	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/grpc"
+
+	"github.com/obsd-dev/obsd/internal/test/testenv"
 )
 
 // RequireRoot skips a test that attaches BPF programs when not root, and
@@ -71,18 +69,15 @@ func RequireRoot(t testing.TB) {
 
 // Required reports whether OBSD_REQUIRE_BPF=1 (CI): every test must then
 // run, so whatever would skip one is a failure.
-func Required() bool { return os.Getenv("OBSD_REQUIRE_BPF") == "1" }
+func Required() bool { return testenv.Required() }
 
 // Skip skips the test with the reason given, or fails it when
-// OBSD_REQUIRE_BPF=1. Every skip in obsd's tests goes through here or
-// RequireRoot, so CI never reports a test as passed that did not run.
+// OBSD_REQUIRE_BPF=1. Every skip in obsd's tests goes through here,
+// testenv.Skip or RequireRoot, so CI never reports a test as passed that did
+// not run.
 func Skip(t testing.TB, format string, args ...any) {
 	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if Required() {
-		t.Fatalf("OBSD_REQUIRE_BPF=1 but %s", msg)
-	}
-	t.Skip(msg + " (set OBSD_REQUIRE_BPF=1 to make this a failure)")
+	testenv.Skip(t, format, args...)
 }
 
 // RequireTool returns the path of the command name, or skips the test (fails
@@ -98,19 +93,17 @@ func RequireTool(t testing.TB, name string) string {
 }
 
 // RepoRoot finds the directory holding the root go.mod.
-func RepoRoot() string {
-	dir, _ := os.Getwd()
-	for {
-		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && bytes.Contains(b, []byte("module github.com/obsd-dev/obsd\n")) {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			panic("e2e: root go.mod not found")
-		}
-		dir = parent
-	}
-}
+func RepoRoot() string { return testenv.RepoRoot() }
+
+// The build cache's types, here so that a suite needs only this package.
+type (
+	Flavour    = testenv.Flavour
+	Program    = testenv.Program
+	BuildCache = testenv.BuildCache
+)
+
+// SharedBuildCache is testenv.SharedBuildCache.
+func SharedBuildCache() *BuildCache { return testenv.SharedBuildCache() }
 
 // Builds caches binaries by name for the whole test binary run, so each is
 // built at most once however many tests use it.
@@ -156,14 +149,7 @@ func (b *Builds) memo(t testing.TB, name string, fn func() (string, error)) stri
 
 // GoBuild runs `go build` in dir with extra environment.
 func GoBuild(dir string, env []string, args ...string) error {
-	cmd := exec.Command("go", append([]string{"build"}, args...)...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), env...)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("go build %s: %w\n%s", strings.Join(args, " "), err, out)
-	}
-	return nil
+	return testenv.GoBuild(dir, env, args...)
 }
 
 // Obsd builds cmd/obsd.
@@ -199,7 +185,7 @@ func (v Variant) Flavour() Flavour {
 
 // Toolchains are the releases the flavour tests build with, one per
 // supported minor version ("" is the Go running the tests).
-var Toolchains = []string{"go1.21.13", "go1.22.12", "go1.23.12", "go1.24.9", "go1.25.14", "", "go1.27.3"}
+var Toolchains = testenv.Toolchains
 
 // HTTPServer builds testdata/httpserver as v, through the shared build
 // cache.

@@ -1,4 +1,4 @@
-package e2e
+package testenv
 
 import (
 	"crypto/sha256"
@@ -343,6 +343,18 @@ func hashFiles(h io.Writer, files map[string]string) error {
 			return err
 		}
 		h.Write([]byte{0})
+	}
+	return nil
+}
+
+// GoBuild runs `go build` in dir with extra environment.
+func GoBuild(dir string, env []string, args ...string) error {
+	cmd := exec.Command("go", append([]string{"build"}, args...)...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("go build %s: %w\n%s", strings.Join(args, " "), err, out)
 	}
 	return nil
 }
