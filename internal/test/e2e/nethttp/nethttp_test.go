@@ -155,6 +155,9 @@ var variants = []e2e.Variant{
 	{Name: "current"},
 	{Name: "stripped", Stripped: true},
 	{Name: "pie", PIE: true},
+	// The others are CGO_ENABLED=0; this is go build's default where gcc is
+	// installed (runtime/cgo and the cgo resolver linked in).
+	{Name: "cgo", CGO: true},
 	{Name: "go1.21", Toolchain: "go1.21.13"},
 	{Name: "go1.21-stripped", Toolchain: "go1.21.13", Stripped: true},
 	{Name: "go1.22", Toolchain: "go1.22.12"},
