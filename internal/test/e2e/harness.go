@@ -192,15 +192,31 @@ func (v Variant) Flavour() Flavour {
 var Toolchains = testenv.Toolchains
 
 // HTTPServer builds testdata/httpserver as v, through the shared build
-// cache.
+// cache, and returns it as b.Dir/httpserver-<v.Name> (a hard link, or a
+// copy), so that the executable's name (--exe globs, the default service
+// name) stays the variant's.
 func (b *Builds) HTTPServer(t testing.TB, v Variant) string {
 	t.Helper()
-	return b.Program(t, Program{
+	cached := b.Program(t, Program{
 		Name:      "httpserver",
 		Src:       filepath.Join(RepoRoot(), "testdata", "httpserver"),
 		Toolchain: v.Toolchain,
 		Flavour:   v.Flavour(),
 	})
+	return b.Get(t, "httpserver-"+v.Name, func(out string) error { return linkOrCopy(cached, out) })
+}
+
+// linkOrCopy makes dst the same executable as src: a hard link, or a copy
+// across file systems.
+func linkOrCopy(src, dst string) error {
+	if err := os.Link(src, dst); err == nil {
+		return nil
+	}
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, data, 0o755)
 }
 
 // Program returns p's executable from the shared build cache
