@@ -72,9 +72,10 @@ type Probe struct {
 	ITabs  []ITabConst
 	// Spec loads the compiled BPF collection.
 	Spec func() (*ebpf.CollectionSpec, error)
-	// Decode turns one ring-buffer record into a Request. It must not keep
-	// raw, which the reader reuses.
-	Decode func(raw []byte) (Request, error)
+	// Decode turns one ring-buffer record into the probe's own event type
+	// (Request for the HTTP server). It must not keep raw, which the reader
+	// reuses.
+	Decode func(raw []byte) (Event, error)
 	// ProcessMaps lists maps whose keys hold a tgid, by name, with the tgid's
 	// byte offset in the key: entries of an exited process are deleted.
 	ProcessMaps map[string]int
@@ -132,14 +133,64 @@ type ActiveSlots struct {
 	MethodLenOffset, MethodOffset int
 }
 
-// Kind says which side of which protocol a Request was observed on.
+// Kind says which side of which protocol an Event was observed on. Each
+// kind is one signal: its own event type (declared beside its probe), its
+// own file in internal/export/prom and internal/export/otel, and its own
+// handler in internal/agent, found by Kind.
 type Kind uint8
 
 const (
 	KindHTTPServer Kind = iota + 1
+	KindHTTPClient
+	KindRPCServer
+	KindRPCClient
 )
 
-// Request is one observed call, free of BPF types.
+// String names the kind as its signal's instruments do ("http.server").
+func (k Kind) String() string {
+	switch k {
+	case KindHTTPServer:
+		return "http.server"
+	case KindHTTPClient:
+		return "http.client"
+	case KindRPCServer:
+		return "rpc.server"
+	case KindRPCClient:
+		return "rpc.client"
+	}
+	return "unknown"
+}
+
+// Call holds what every observed call has, whatever its protocol. Event
+// types embed it.
+type Call struct {
+	Kind Kind
+	// PID is the thread group ID of the observed process.
+	PID uint32
+	// StartNS and EndNS are CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns).
+	StartNS, EndNS uint64
+	// Sampled says the probe sampled the call for a span (only when spans
+	// are on); TraceIDLow is then the value of the trace ID's last 8 bytes
+	// (big-endian), drawn so that the configured ratio sampler agrees.
+	Sampled    bool
+	TraceIDLow uint64
+}
+
+// Common implements Event for every type that embeds Call.
+func (c Call) Common() Call { return c }
+
+// Event is one decoded record. Each probe declares its own concrete type
+// (Request for the HTTP server); consumers find the type by Common().Kind.
+type Event interface {
+	Common() Call
+}
+
+// Common implements Event. Request predates Call and keeps its fields flat.
+func (r Request) Common() Call {
+	return Call{Kind: r.Kind, PID: r.PID, StartNS: r.StartNS, EndNS: r.EndNS, Sampled: r.Sampled, TraceIDLow: r.TraceIDLow}
+}
+
+// Request is one HTTP server request (KindHTTPServer), free of BPF types.
 type Request struct {
 	Kind Kind
 	// PID is the thread group ID of the observed process.

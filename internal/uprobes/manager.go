@@ -51,10 +51,11 @@ const ReasonAttach = "attach_failed"
 // ErrClosed is returned by Attach once Close was called: obsd is stopping.
 var ErrClosed = errors.New("not instrumenting: obsd is stopping")
 
-// Sink receives every decoded request. It is called from one goroutine per
-// probe and must not block for long: the ring buffer fills meanwhile.
+// Sink receives every decoded event, of each probe's own type. It is called
+// from one goroutine per probe and must not block for long: the ring buffer
+// fills meanwhile.
 type Sink interface {
-	Request(probe.Request)
+	Event(probe.Event)
 }
 
 // Options configures a Manager. Zero values work except Sink.
@@ -385,6 +386,9 @@ func (m *Manager) attach(pid int, exePath string) (_ *inspect.Binary, repeat boo
 		return nil, false, &inspect.Error{Reason: ReasonExited, Err: err}
 	}
 	for i, lp := range m.probes {
+		if bin.programs[i] == nil {
+			continue // refused for this binary, or its side not linked
+		}
 		for j, site := range lp.Sites {
 			if bin.sites[i][j] == 0 {
 				continue // an optional site the binary lacks
@@ -426,96 +430,157 @@ func (m *Manager) loadBinary(key binKey, exePath string) (*loadedBinary, error) 
 			info.Close()
 		}
 	}()
+	// Probes load independently: a binary that links only a server (or
+	// only a client) gets the probes it can, and is refused only when none
+	// loads.
+	var errs []error
+	loaded := 0
 	for _, lp := range m.probes {
-		if version.Compare(info.GoVersion, lp.MinGo) < 0 {
-			return nil, &inspect.Error{Reason: inspect.ReasonGoVersion,
-				Err: fmt.Errorf("built with %s; probe %s needs %s or later", info.GoVersion, lp.Name, lp.MinGo)}
-		}
-		spec := lp.spec.Copy()
-		set := func(name string, v any) error {
-			if err := spec.Variables[name].Set(v); err != nil {
-				return fmt.Errorf("setting %s of probe %s: %w", name, lp.Name, err)
-			}
-			return nil
-		}
-		var offs []uint64
-		for _, s := range lp.Sites {
-			off, err := info.EntrySite(s.Symbol)
-			if err != nil && s.Optional && inspect.ReasonOf(err) == inspect.ReasonSymbol {
-				offs = append(offs, 0) // not in this binary: nothing can call it
-				continue
-			}
-			if err != nil {
-				return nil, err
-			}
-			offs = append(offs, off)
-			// An inlined copy (e.g. after PGO) runs without entering the
-			// function: the probe would attach and see nothing. Its
-			// arguments' locations are not in a stripped binary, so refuse.
-			inl, err := info.Inlined([]string{s.Symbol})
-			if err != nil {
-				return nil, err
-			}
-			if len(inl) > 0 {
-				return nil, &inspect.Error{Reason: inspect.ReasonInlined,
-					Err: fmt.Errorf("probe %s cannot see every call: %v", lp.Name, inl)}
-			}
-			if s.VaddrConst != "" {
-				va, err := info.Vaddr(off)
-				if err != nil {
-					return nil, &inspect.Error{Reason: inspect.ReasonSymbol, Err: err}
-				}
-				if err := set(s.VaddrConst, va); err != nil {
-					return nil, err
-				}
-			}
-		}
-		if _, ok := spec.Variables[withSpans]; ok {
-			if err := set(withSpans, m.spans); err != nil {
-				return nil, err
-			}
-		}
-		if _, ok := spec.Variables[sampleBoundConst]; ok {
-			if err := set(sampleBoundConst, m.sample); err != nil {
-				return nil, err
-			}
-		}
-		if err := m.setMetricsConsts(bin, info, lp, set); err != nil {
-			return nil, err
-		}
-		for _, it := range lp.ITabs {
-			addr, err := info.ITab(it.Type, it.Interface, it.Methods)
-			if err != nil {
-				m.log.Debug("itab unknown; the probe reads memory instead", "exe", info.Path, "itab", it.Name, "err", err)
-				continue
-			}
-			if err := set(it.Name, addr); err != nil {
-				return nil, err
-			}
-		}
-		for _, c := range lp.Consts {
-			off, err := m.fieldOffset(info, c.Field)
-			if err != nil {
-				if c.Optional {
-					continue
-				}
-				return nil, &inspect.Error{Reason: inspect.ReasonOffsets, Err: err}
-			}
-			if err := spec.Variables[c.Name].Set(off); err != nil {
-				return nil, fmt.Errorf("setting %s of probe %s: %w", c.Name, lp.Name, err)
-			}
-		}
-		coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: lp.maps})
+		offs, coll, err := m.loadProbeFor(bin, info, lp)
 		if err != nil {
-			return nil, &inspect.Error{Reason: ReasonAttach, Err: fmt.Errorf("loading probe %s: %w", lp.Name, err)}
+			errs = append(errs, err)
+			offs, coll = nil, nil
+		} else {
+			loaded++
 		}
 		bin.sites = append(bin.sites, offs)
 		bin.programs = append(bin.programs, coll)
+	}
+	if loaded == 0 {
+		return nil, binaryRefusal(errs)
+	}
+	for i, err := range errs {
+		if err == nil || notLinked(err) {
+			continue
+		}
+		// The binary is instrumented, but not wholly: say which probe is
+		// missing and why, once per binary (this runs once per binary).
+		m.log.Warn("probe refused for this executable; its other probes are attached",
+			"exe", info.Path, "probe", m.probes[i].Name, "reason", inspect.ReasonOf(err), "err", err)
+		m.stats.attachError(inspect.ReasonOf(err))
 	}
 	ok = true
 	// Keep the few facts callers need, not the parsed DWARF and symbols.
 	info.Close()
 	return bin, nil
+}
+
+// loadProbeFor loads one probe's programs for a binary, with the binary's
+// offsets, and returns the file offset of each of its sites (0 for an
+// optional site the binary lacks).
+func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *loadedProbe) ([]uint64, *ebpf.Collection, error) {
+	if version.Compare(info.GoVersion, lp.MinGo) < 0 {
+		return nil, nil, &inspect.Error{Reason: inspect.ReasonGoVersion,
+			Err: fmt.Errorf("built with %s; probe %s needs %s or later", info.GoVersion, lp.Name, lp.MinGo)}
+	}
+	spec := lp.spec.Copy()
+	set := func(name string, v any) error {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("setting %s of probe %s: %w", name, lp.Name, err)
+		}
+		return nil
+	}
+	var offs []uint64
+	for i, s := range lp.Sites {
+		off, err := info.EntrySite(s.Symbol)
+		if err != nil && s.Optional && inspect.ReasonOf(err) == inspect.ReasonSymbol {
+			offs = append(offs, 0) // not in this binary: nothing can call it
+			continue
+		}
+		if err != nil && i == 0 && inspect.ReasonOf(err) == inspect.ReasonSymbol {
+			return nil, nil, &notLinkedError{err}
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		offs = append(offs, off)
+		// An inlined copy (e.g. after PGO) runs without entering the
+		// function: the probe would attach and see nothing. Its
+		// arguments' locations are not in a stripped binary, so refuse.
+		inl, err := info.Inlined([]string{s.Symbol})
+		if err != nil {
+			return nil, nil, err
+		}
+		if len(inl) > 0 {
+			return nil, nil, &inspect.Error{Reason: inspect.ReasonInlined,
+				Err: fmt.Errorf("probe %s cannot see every call: %v", lp.Name, inl)}
+		}
+		if s.VaddrConst != "" {
+			va, err := info.Vaddr(off)
+			if err != nil {
+				return nil, nil, &inspect.Error{Reason: inspect.ReasonSymbol, Err: err}
+			}
+			if err := set(s.VaddrConst, va); err != nil {
+				return nil, nil, err
+			}
+		}
+	}
+	if _, ok := spec.Variables[withSpans]; ok {
+		if err := set(withSpans, m.spans); err != nil {
+			return nil, nil, err
+		}
+	}
+	if _, ok := spec.Variables[sampleBoundConst]; ok {
+		if err := set(sampleBoundConst, m.sample); err != nil {
+			return nil, nil, err
+		}
+	}
+	if err := m.setMetricsConsts(bin, info, lp, set); err != nil {
+		return nil, nil, err
+	}
+	for _, it := range lp.ITabs {
+		addr, err := info.ITab(it.Type, it.Interface, it.Methods)
+		if err != nil {
+			m.log.Debug("itab unknown; the probe reads memory instead", "exe", info.Path, "itab", it.Name, "err", err)
+			continue
+		}
+		if err := set(it.Name, addr); err != nil {
+			return nil, nil, err
+		}
+	}
+	for _, c := range lp.Consts {
+		off, err := m.fieldOffset(info, c.Field)
+		if err != nil {
+			if c.Optional {
+				continue
+			}
+			return nil, nil, &inspect.Error{Reason: inspect.ReasonOffsets, Err: err}
+		}
+		if err := spec.Variables[c.Name].Set(off); err != nil {
+			return nil, nil, fmt.Errorf("setting %s of probe %s: %w", c.Name, lp.Name, err)
+		}
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: lp.maps})
+	if err != nil {
+		return nil, nil, &inspect.Error{Reason: ReasonAttach, Err: fmt.Errorf("loading probe %s: %w", lp.Name, err)}
+	}
+	return offs, coll, nil
+}
+
+// notLinked says err is a probe's first site missing from the binary: the
+// program does not use that side of that package (a client-only program has
+// no HTTP server), which is no fault.
+func notLinked(err error) bool {
+	var ne *notLinkedError
+	return errors.As(err, &ne)
+}
+
+// notLinkedError marks a probe whose first site the binary lacks.
+type notLinkedError struct{ err error }
+
+func (e *notLinkedError) Error() string { return e.err.Error() }
+func (e *notLinkedError) Unwrap() error { return e.err }
+
+// binaryRefusal is the error of a binary no probe loaded for: the first error
+// that is a fault, else the first probe's (symbol_missing: the binary has
+// nothing obsd instruments).
+func binaryRefusal(errs []error) error {
+	for _, err := range errs {
+		if err != nil && !notLinked(err) {
+			return err
+		}
+	}
+	return errs[0]
 }
 
 // fieldOffset prefers the binary's own DWARF and falls back to the table
@@ -639,7 +704,9 @@ func closeAll(procs map[int]*process) []error {
 
 func (b *loadedBinary) close() {
 	for _, c := range b.programs {
-		c.Close()
+		if c != nil {
+			c.Close()
+		}
 	}
 	b.programs = nil
 	if b.static != nil {

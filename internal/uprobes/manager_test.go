@@ -17,7 +17,7 @@ import (
 
 type discard struct{}
 
-func (discard) Request(probe.Request) {}
+func (discard) Event(probe.Event) {}
 
 func newManager(t *testing.T) *Manager {
 	t.Helper()

@@ -144,7 +144,10 @@ func DecodeMetric(key []byte, perCPU [][]byte) (probe.Histogram, error) {
 // Decode turns one ring-buffer record into a Request. It reads fields at
 // their offsets in the generated struct rather than through reflection: it
 // runs once per request.
-func Decode(raw []byte) (probe.Request, error) {
+func Decode(raw []byte) (probe.Event, error) { return DecodeRequest(raw) }
+
+// DecodeRequest is Decode with its concrete type.
+func DecodeRequest(raw []byte) (probe.Request, error) {
 	if len(raw) < HeaderSize {
 		return probe.Request{}, fmt.Errorf("decoding http server record: %d bytes, want at least %d", len(raw), HeaderSize)
 	}

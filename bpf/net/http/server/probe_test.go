@@ -76,7 +76,7 @@ func TestDecode(t *testing.T) {
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := Decode(record(t, tt.in, tt.pattern, tt.path))
+			got, err := DecodeRequest(record(t, tt.in, tt.pattern, tt.path))
 			if err != nil {
 				t.Fatal(err)
 			}
