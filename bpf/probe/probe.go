@@ -79,11 +79,28 @@ type Probe struct {
 	// ProcessMaps lists maps whose keys hold a tgid, by name, with the tgid's
 	// byte offset in the key: entries of an exited process are deleted.
 	ProcessMaps map[string]int
+	// Counters name the slots of the probe's obsd_counters per-CPU array
+	// (bpf/include/obsd.h), each by the C enum constant bpf2go generates
+	// for it, so that Go and C cannot disagree on positions.
+	Counters []Counter
 	// Active, if its Map is set, says how to count requests in flight.
 	Active ActiveSlots
 	// Metrics, if its Map is set, says how to read what the probe counts in
 	// the kernel instead of sending records.
 	Metrics MetricsMap
+}
+
+// Counter is one slot of a probe's obsd_counters: either a loss (a call
+// not reported, or not faithfully: obsd_events_lost_total{probe,reason}) or
+// an anomaly (reported, but something about it was off:
+// obsd_probe_anomalies_total{probe,reason}). Each is logged once per probe
+// when it first becomes non-zero.
+type Counter struct {
+	// Index is the slot: the value of the probe's C enum constant.
+	Index uint32
+	// Reason is the reason label, e.g. "ringbuf_full".
+	Reason string
+	Lost   bool
 }
 
 // MetricsMap describes a per-CPU hash of duration histograms that a probe

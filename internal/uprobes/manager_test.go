@@ -37,9 +37,17 @@ func TestProbesLoad(t *testing.T) {
 		t.Fatalf("loaded %d probes, want %d", len(m.probes), len(Probes()))
 	}
 	for _, lp := range m.probes {
-		// The Go list of counters must match enum obsd_counter in C.
-		if n := lp.maps["obsd_counters"].MaxEntries(); int(n) != len(bpfCounters) {
-			t.Errorf("probe %s has %d counters, Go names %d", lp.Name, n, len(bpfCounters))
+		// Go must name every slot of enum obsd_counter in C, once.
+		n := lp.maps["obsd_counters"].MaxEntries()
+		named := map[uint32]bool{}
+		for _, c := range lp.Counters {
+			if c.Index >= n || named[c.Index] {
+				t.Errorf("probe %s: counter %s at slot %d of %d (or named twice)", lp.Name, c.Reason, c.Index, n)
+			}
+			named[c.Index] = true
+		}
+		if len(named) != int(n) {
+			t.Errorf("probe %s has %d counters, Go names %d", lp.Name, n, len(named))
 		}
 	}
 }

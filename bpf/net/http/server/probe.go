@@ -80,6 +80,26 @@ func New() *probe.Probe {
 				"net/http.(*response).WriteHeader",
 			},
 		}},
+		Counters: []probe.Counter{
+			{Index: uint32(bpfObsdCounterCNT_RINGBUF_FULL), Reason: "ringbuf_full", Lost: true},
+			{Index: uint32(bpfObsdCounterCNT_INFLIGHT_FULL), Reason: "inflight_map_full", Lost: true},
+			// An end without its start: obsd attached while the request
+			// was in flight (nothing else can cause it: in-flight slots
+			// are never evicted).
+			{Index: uint32(bpfObsdCounterCNT_UNMATCHED_END), Reason: "end_without_start"},
+			// A start found the goroutine's previous request never ended.
+			{Index: uint32(bpfObsdCounterCNT_STALE_START), Reason: "start_without_end", Lost: true},
+			// Target memory could not be read: no status, pattern or path
+			// to trust.
+			{Index: uint32(bpfObsdCounterCNT_READ_FAILED), Reason: "read_failed", Lost: true},
+			{Index: uint32(bpfObsdCounterCNT_METRICS_FULL), Reason: "metrics_map_full"},
+			// The process has its budget of in-flight slots in the
+			// node-wide map.
+			{Index: uint32(bpfObsdCounterCNT_INFLIGHT_BUDGET), Reason: "inflight_budget", Lost: true},
+			// The process has its budget of in-kernel series: sent as
+			// records.
+			{Index: uint32(bpfObsdCounterCNT_METRICS_BUDGET), Reason: "metrics_budget"},
+		},
 		ProcessMaps: map[string]int{
 			"http_server_inflight": int(unsafe.Offsetof(bpfInflightKey{}.Tgid)),
 			"http_server_budget":   0,
