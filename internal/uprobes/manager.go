@@ -128,7 +128,17 @@ type loadedProbe struct {
 	events, decodeErrs atomic.Uint64
 }
 
-type binKey struct{ dev, ino uint64 }
+// binKey identifies an executable's contents: the file (device, inode) as
+// it was last changed (ctime, size). A new build written over the old one
+// in place keeps the inode, and a process of it may start before obsd sees
+// the old one exit: keyed by inode alone, it would get the old file's
+// sites, breakpoints in the middle of its instructions. ctime changes with
+// every write and cannot be set back by the writer.
+type binKey struct {
+	dev, ino uint64
+	ctime    syscall.Timespec
+	size     int64
+}
 
 // loadedBinary is one executable's programs, loaded with its offsets, shared by all
 // processes running it.
@@ -327,7 +337,7 @@ func (m *Manager) attach(pid int, exePath string) (_ *inspect.Binary, repeat boo
 		}
 		return nil, false, &inspect.Error{Reason: inspect.ReasonUnreadable, Err: err}
 	}
-	key := binKey{dev: st.Dev, ino: st.Ino}
+	key := binKey{dev: st.Dev, ino: st.Ino, ctime: st.Ctim, size: st.Size}
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
