@@ -481,8 +481,12 @@ func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *load
 		return nil
 	}
 	var offs []uint64
+	oneOf := map[string]bool{} // group -> one of its sites is present
 	for i, s := range lp.Sites {
 		off, err := info.EntrySite(s.Symbol)
+		if s.OneOf != "" {
+			oneOf[s.OneOf] = oneOf[s.OneOf] || err == nil
+		}
 		if err != nil && s.Optional && inspect.ReasonOf(err) == inspect.ReasonSymbol {
 			offs = append(offs, 0) // not in this binary: nothing can call it
 			continue
@@ -515,6 +519,12 @@ func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *load
 			}
 		}
 	}
+	for group, present := range oneOf {
+		if !present {
+			return nil, nil, &inspect.Error{Reason: inspect.ReasonSymbol,
+				Err: fmt.Errorf("probe %s: none of its %q sites is in the binary", lp.Name, group)}
+		}
+	}
 	if _, ok := spec.Variables[withSpans]; ok {
 		if err := set(withSpans, m.spans); err != nil {
 			return nil, nil, err
@@ -541,10 +551,13 @@ func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *load
 	for _, c := range lp.Consts {
 		off, err := m.fieldOffset(info, c.Field)
 		if err != nil {
-			if c.Optional {
+			if c.Optional && inspect.ReasonOf(err) != inspect.ReasonVersion {
 				continue
 			}
-			return nil, nil, &inspect.Error{Reason: inspect.ReasonOffsets, Err: err}
+			if inspect.ReasonOf(err) == inspect.ReasonOther {
+				err = &inspect.Error{Reason: inspect.ReasonOffsets, Err: err}
+			}
+			return nil, nil, err
 		}
 		if err := spec.Variables[c.Name].Set(off); err != nil {
 			return nil, nil, fmt.Errorf("setting %s of probe %s: %w", c.Name, lp.Name, err)
@@ -600,6 +613,13 @@ func (m *Manager) fieldOffset(info *inspect.Binary, f probe.Field) (uint64, erro
 	ver := info.GoVersion
 	if f.Module != "std" {
 		ver = info.Modules[f.Module]
+		// A module release the table does not list is refused as such,
+		// naming it, rather than probed with another release's offsets.
+		// (With DWARF, a field it lacks is simply absent in that release.)
+		if !info.DWARF && !m.offsets.Known(f.Module, ver) {
+			return 0, &inspect.Error{Reason: inspect.ReasonVersion,
+				Err: fmt.Errorf("%s %s is not in the offsets table, and the binary has no DWARF to read %s.%s.%s from", f.Module, ver, f.Package, f.Struct, f.Field)}
+		}
 	}
 	if off, ok := m.offsets.Get(offsets.Key(f), ver); ok {
 		return off, nil
