@@ -2,6 +2,7 @@ package prom
 
 import (
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -37,7 +38,7 @@ func NewRPCServer(methods *export.Bounded) *RPCServer {
 		duration: prometheus.NewDesc("rpc_server_call_duration_seconds",
 			"Duration of RPC server calls, from the call's dispatch to its status being written.", labels, nil),
 		overflow: prometheus.NewDesc("obsd_rpc_method_overflow_total",
-			"RPC calls labelled rpc_method=\""+export.OtherMethod+"\" because their process already had that many distinct methods.",
+			"RPC calls labelled rpc_method=\""+export.OtherMethod+"\" because their process already had "+strconv.Itoa(export.MaxRPCMethods)+" distinct methods.",
 			export.ServiceLabels, nil),
 		methods: methods,
 		series:  map[string]*histogram{},
