@@ -13,6 +13,9 @@
  *        same goroutine once the handler returned (processUnaryRPC,
  *        processStreamingRPC, processRPC), and handleStream calls it itself
  *        for a call it rejects (unknown service or method, malformed name).
+ *        (*Server).ServeHTTP's transport has the same method,
+ *        (*serverHandlerTransport).WriteStatus/writeStatus, with the same
+ *        arguments, run on handleStream's goroutine too.
  *        The status code is st.s.Code; a nil st.s is OK.
  * Two hits per call whatever the number of messages: both sites are
  * entries, on the prologue's PUSHQ BP. In-flight state is keyed by (tgid,

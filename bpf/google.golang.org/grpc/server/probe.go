@@ -61,9 +61,13 @@ func New() *probe.Probe {
 		Sites: []probe.Site{
 			{Symbol: "google.golang.org/grpc.(*Server).handleStream", Program: "rpc_server_start"},
 			// The status write was renamed in v1.69 (transport.Stream split
-			// into ServerStream and ClientStream); a binary has one of them.
+			// into ServerStream and ClientStream); a binary has one of them
+			// for grpc-go's own HTTP/2 server (Serve), and for
+			// (*Server).ServeHTTP's transport if the program calls it.
 			{Symbol: transportPkg + ".(*http2Server).WriteStatus", Program: "rpc_server_end", Optional: true, OneOf: "end"},
 			{Symbol: transportPkg + ".(*http2Server).writeStatus", Program: "rpc_server_end", Optional: true, OneOf: "end"},
+			{Symbol: transportPkg + ".(*serverHandlerTransport).WriteStatus", Program: "rpc_server_end", Optional: true, OneOf: "end"},
+			{Symbol: transportPkg + ".(*serverHandlerTransport).writeStatus", Program: "rpc_server_end", Optional: true, OneOf: "end"},
 		},
 		Consts: []probe.Const{
 			{Name: "off_stream_method", Field: field(transportPkg, "Stream", "method")},

@@ -41,9 +41,20 @@ type variant struct {
 	toolchain string // GOTOOLCHAIN; "" is the Go running the tests
 	stripped  bool   // -s -w: the offsets table is used
 	pie       bool
+	// serveHTTP serves through (*grpc.Server).ServeHTTP behind net/http
+	// (h2c), grpc-go's other server transport; the same binary.
+	serveHTTP bool
 }
 
 func (v variant) name() string {
+	if v.serveHTTP {
+		return v.build() + "-servehttp"
+	}
+	return v.build()
+}
+
+// build names the binary.
+func (v variant) build() string {
 	n := "grpc" + v.grpc
 	if v.toolchain != "" {
 		n += "-" + v.toolchain
@@ -61,7 +72,7 @@ func (v variant) name() string {
 // with grpc-go at v.grpc, resolved through the module proxy.
 func grpcApp(t *testing.T, v variant) string {
 	t.Helper()
-	return builds.Get(t, v.name(), func(out string) error {
+	return builds.Get(t, v.build(), func(out string) error {
 		src := filepath.Join(e2e.RepoRoot(), "testdata", "grpc")
 		dir, err := os.MkdirTemp(builds.Dir, "grpc-src-")
 		if err != nil {
@@ -101,14 +112,15 @@ func grpcApp(t *testing.T, v variant) string {
 
 // The spread: each side of the v1.69 rename (WriteStatus → writeStatus,
 // ServerStream{*Stream}) and of the v1.77 layout change (Stream embedded by
-// value), the newest release, an old Go, and stripped builds (the offsets
-// table) on each side of both changes.
+// value), the newest release, an old Go, stripped builds (the offsets
+// table) on each side of both changes, and ServeHTTP.
 var variants = []variant{
 	{grpc: "v1.68.1", toolchain: "go1.22.12"},
 	{grpc: "v1.69.4", stripped: true},
 	{grpc: "v1.76.0", stripped: true, pie: true},
 	{grpc: "v1.77.0", stripped: true},
 	{grpc: "v1.85.0"},
+	{grpc: "v1.85.0", serveHTTP: true},
 }
 
 // codeNames are the semconv rpc.response.status_code values of the names
@@ -190,7 +202,11 @@ func TestCallsCountedExactly(t *testing.T) {
 	for _, v := range variants {
 		t.Run(v.name(), func(t *testing.T) {
 			bin := grpcApp(t, v)
-			srv := e2e.Start(t, bin, []string{"OTEL_SERVICE_NAME=grpc-" + v.name()}, "-listen", "127.0.0.1:0")
+			args := []string{"-listen", "127.0.0.1:0"}
+			if v.serveHTTP {
+				args = append(args, "-servehttp")
+			}
+			srv := e2e.Start(t, bin, []string{"OTEL_SERVICE_NAME=grpc-" + v.name()}, args...)
 			addr := strings.TrimPrefix(srv.First, "listening ")
 			recv := e2e.StartReceiver(t)
 			o := e2e.StartObsd(t, obsdBin, []string{
