@@ -41,6 +41,9 @@ type variant struct {
 	toolchain string // GOTOOLCHAIN; "" is the Go running the tests
 	stripped  bool   // -s -w: the offsets table is used
 	pie       bool
+	// external links with the C linker (cgo), as distributions build;
+	// trimpath drops file system paths. Together: one variant.
+	external bool
 	// serveHTTP serves through (*grpc.Server).ServeHTTP behind net/http
 	// (h2c), grpc-go's other server transport; the same binary.
 	serveHTTP bool
@@ -65,6 +68,9 @@ func (v variant) build() string {
 	if v.pie {
 		n += "-pie"
 	}
+	if v.external {
+		n += "-external-trimpath"
+	}
 	return n
 }
 
@@ -88,6 +94,9 @@ func grpcApp(t *testing.T, v variant) string {
 			}
 		}
 		env := []string{"GOWORK=off", "GOFLAGS=-mod=mod", "CGO_ENABLED=0"}
+		if v.external {
+			env[2] = "CGO_ENABLED=1"
+		}
 		if v.toolchain != "" {
 			env = append(env, "GOTOOLCHAIN="+v.toolchain)
 		}
@@ -99,9 +108,16 @@ func grpcApp(t *testing.T, v variant) string {
 				return fmt.Errorf("go %v: %w\n%s", args, err, b)
 			}
 		}
-		var args []string
+		var args, ldflags []string
 		if v.stripped {
-			args = append(args, "-ldflags=-s -w")
+			ldflags = append(ldflags, "-s", "-w")
+		}
+		if v.external {
+			ldflags = append(ldflags, "-linkmode=external")
+			args = append(args, "-trimpath")
+		}
+		if len(ldflags) > 0 {
+			args = append(args, "-ldflags="+strings.Join(ldflags, " "))
 		}
 		if v.pie {
 			args = append(args, "-buildmode=pie")
@@ -119,6 +135,7 @@ var variants = []variant{
 	{grpc: "v1.69.4", stripped: true},
 	{grpc: "v1.76.0", stripped: true, pie: true},
 	{grpc: "v1.77.0", stripped: true},
+	{grpc: "v1.82.1", stripped: true, external: true},
 	{grpc: "v1.85.0"},
 	{grpc: "v1.85.0", serveHTTP: true},
 }
@@ -201,6 +218,9 @@ func TestCallsCountedExactly(t *testing.T) {
 	obsdBin := builds.Obsd(t)
 	for _, v := range variants {
 		t.Run(v.name(), func(t *testing.T) {
+			if v.external {
+				e2e.RequireTool(t, "gcc")
+			}
 			bin := grpcApp(t, v)
 			args := []string{"-listen", "127.0.0.1:0"}
 			if v.serveHTTP {
