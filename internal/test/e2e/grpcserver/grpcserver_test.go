@@ -280,6 +280,16 @@ func TestCallsCountedExactly(t *testing.T) {
 			if t.Failed() {
 				t.Logf("client tally: %s", out)
 			}
+			// Every start met its end and no end came unmatched: one start
+			// and one end hit per call, whatever the messages.
+			fams := e2e.Families(t, scrape)
+			probeName := map[string]string{"probe": "google.golang.org/grpc/server"}
+			if n := e2e.Sum(fams, "obsd_events_lost_total", probeName); n != 0 {
+				t.Errorf("obsd_events_lost_total of the gRPC server probe = %v, want 0", n)
+			}
+			if n := e2e.Sum(fams, "obsd_probe_anomalies_total", probeName); n != 0 {
+				t.Errorf("obsd_probe_anomalies_total of the gRPC server probe = %v, want 0", n)
+			}
 			e2e.Promtool(t, scrape)
 			checkSpans(t, recv.WaitSpans(t, calls, 15*time.Second), want)
 		})
