@@ -617,8 +617,12 @@ func (m *Manager) fieldOffset(info *inspect.Binary, f probe.Field) (uint64, erro
 		// naming it, rather than probed with another release's offsets.
 		// (With DWARF, a field it lacks is simply absent in that release.)
 		if !info.DWARF && !m.offsets.Known(f.Module, ver) {
+			shown := ver
+			if shown == "" {
+				shown = "(no version: a local replacement)"
+			}
 			return 0, &inspect.Error{Reason: inspect.ReasonVersion,
-				Err: fmt.Errorf("%s %s is not in the offsets table, and the binary has no DWARF to read %s.%s.%s from", f.Module, ver, f.Package, f.Struct, f.Field)}
+				Err: fmt.Errorf("%s %s is not in the offsets table, and the binary has no DWARF to read %s.%s.%s from", f.Module, shown, f.Package, f.Struct, f.Field)}
 		}
 	}
 	if off, ok := m.offsets.Get(offsets.Key(f), ver); ok {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -228,6 +229,8 @@ func TestCallsCountedExactly(t *testing.T) {
 			}
 			srv := e2e.Start(t, bin, []string{"OTEL_SERVICE_NAME=grpc-" + v.name()}, args...)
 			addr := strings.TrimPrefix(srv.First, "listening ")
+			// The client's view without obsd, to compare with its view under it.
+			baseline := callMix(t, bin, addr)
 			recv := e2e.StartReceiver(t)
 			o := e2e.StartObsd(t, obsdBin, []string{
 				"OTEL_EXPORTER_OTLP_ENDPOINT=" + recv.Endpoint,
@@ -241,13 +244,9 @@ func TestCallsCountedExactly(t *testing.T) {
 				t.Fatalf("%d rpc_server probe links, want 2 (start and end)", n)
 			}
 
-			out, err := exec.Command(bin, "-call", addr, "-rounds", strconv.Itoa(rounds)).Output()
-			if err != nil {
-				t.Fatalf("client: %v", err)
-			}
-			var tally map[string]map[string]int
-			if err := json.Unmarshal(out, &tally); err != nil {
-				t.Fatalf("client tally %q: %v", out, err)
+			tally := callMix(t, bin, addr)
+			if !reflect.DeepEqual(tally, baseline) {
+				t.Errorf("the client saw %v under obsd, %v without", tally, baseline)
 			}
 			want, deadline := expected(t, tally)
 			calls := total(want)
@@ -278,7 +277,7 @@ func TestCallsCountedExactly(t *testing.T) {
 				t.Errorf("%s %s: counted %d, client tallied none", k.method, k.code, n)
 			}
 			if t.Failed() {
-				t.Logf("client tally: %s", out)
+				t.Logf("client tally: %v", tally)
 			}
 			// Every start met its end and no end came unmatched: one start
 			// and one end hit per call, whatever the messages.
@@ -294,6 +293,20 @@ func TestCallsCountedExactly(t *testing.T) {
 			checkSpans(t, recv.WaitSpans(t, calls, 15*time.Second), want)
 		})
 	}
+}
+
+// callMix runs the client's mix against addr and returns its tally.
+func callMix(t *testing.T, bin, addr string) map[string]map[string]int {
+	t.Helper()
+	out, err := exec.Command(bin, "-call", addr, "-rounds", strconv.Itoa(rounds)).Output()
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	var tally map[string]map[string]int
+	if err := json.Unmarshal(out, &tally); err != nil {
+		t.Fatalf("client tally %q: %v", out, err)
+	}
+	return tally
 }
 
 // checkSpans: one SERVER span per call (the default sampler keeps all),
