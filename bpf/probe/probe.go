@@ -24,6 +24,10 @@ type Site struct {
 	// method nothing can call (net/http.(*response).Hijack in a program
 	// that never hijacks), and then nothing can reach the site either.
 	Optional bool
+	// OneOf, if set, names a group of optional sites that are one function
+	// under the names of different releases (grpc-go renamed WriteStatus
+	// to writeStatus in v1.69): a binary must have at least one of them.
+	OneOf string
 }
 
 // Field names a struct field whose byte offset a probe needs.

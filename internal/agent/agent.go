@@ -233,6 +233,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		Help: "Records dropped because their process was already forgotten.",
 	})
 	a.reg.MustRegister(a.http, a.mgr.Collector(), buildInfo, a.unattributed)
+	a.reg.MustRegister(a.signals[probe.KindRPCServer].(*rpcServer).prom)
 
 	a.watcher = discover.New(cfg.Criteria, discover.Options{Logger: cfg.Logger})
 	a.procs, a.delivered = a.mgr, a.watcher.Delivered
@@ -652,6 +653,7 @@ func (a *Agent) setSignals() {
 	a.http = prom.NewHTTPServer(a.active, a.kernelOf(probe.KindHTTPServer), a.routes)
 	a.signals = map[probe.Kind]signal{
 		probe.KindHTTPServer: &httpServer{routes: a.routes, prom: a.http, spans: a.spans},
+		probe.KindRPCServer:  newRPCServer(a),
 	}
 }
 

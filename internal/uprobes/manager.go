@@ -491,8 +491,12 @@ func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *load
 		return nil
 	}
 	var offs []uint64
+	oneOf := map[string]bool{} // group -> one of its sites is present
 	for i, s := range lp.Sites {
 		off, err := info.EntrySite(s.Symbol)
+		if s.OneOf != "" {
+			oneOf[s.OneOf] = oneOf[s.OneOf] || err == nil
+		}
 		if err != nil && s.Optional && inspect.ReasonOf(err) == inspect.ReasonSymbol {
 			offs = append(offs, 0) // not in this binary: nothing can call it
 			continue
@@ -525,6 +529,12 @@ func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *load
 			}
 		}
 	}
+	for group, present := range oneOf {
+		if !present {
+			return nil, nil, &inspect.Error{Reason: inspect.ReasonSymbol,
+				Err: fmt.Errorf("probe %s: none of its %q sites is in the binary", lp.Name, group)}
+		}
+	}
 	if _, ok := spec.Variables[withSpans]; ok {
 		if err := set(withSpans, m.spans); err != nil {
 			return nil, nil, err
@@ -551,10 +561,13 @@ func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *load
 	for _, c := range lp.Consts {
 		off, err := m.fieldOffset(info, c.Field)
 		if err != nil {
-			if c.Optional {
+			if c.Optional && inspect.ReasonOf(err) != inspect.ReasonVersion {
 				continue
 			}
-			return nil, nil, &inspect.Error{Reason: inspect.ReasonOffsets, Err: err}
+			if inspect.ReasonOf(err) == inspect.ReasonOther {
+				err = &inspect.Error{Reason: inspect.ReasonOffsets, Err: err}
+			}
+			return nil, nil, err
 		}
 		if err := spec.Variables[c.Name].Set(off); err != nil {
 			return nil, nil, fmt.Errorf("setting %s of probe %s: %w", c.Name, lp.Name, err)
@@ -610,6 +623,17 @@ func (m *Manager) fieldOffset(info *inspect.Binary, f probe.Field) (uint64, erro
 	ver := info.GoVersion
 	if f.Module != "std" {
 		ver = info.Modules[f.Module]
+		// A module release the table does not list is refused as such,
+		// naming it, rather than probed with another release's offsets.
+		// (With DWARF, a field it lacks is simply absent in that release.)
+		if !info.DWARF && !m.offsets.Known(f.Module, ver) {
+			shown := ver
+			if shown == "" {
+				shown = "(no version: a local replacement)"
+			}
+			return 0, &inspect.Error{Reason: inspect.ReasonVersion,
+				Err: fmt.Errorf("%s %s is not in the offsets table, and the binary has no DWARF to read %s.%s.%s from", f.Module, shown, f.Package, f.Struct, f.Field)}
+		}
 	}
 	if off, ok := m.offsets.Get(offsets.Key(f), ver); ok {
 		return off, nil

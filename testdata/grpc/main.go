@@ -6,6 +6,7 @@
 //
 //	grpcapp -listen 127.0.0.1:0          serve; prints "listening ADDR"
 //	grpcapp -call ADDR -rounds N          send N rounds of the mix; prints the tally as JSON
+//	grpcapp -listen ADDR -servehttp       serve through (*grpc.Server).ServeHTTP behind net/http (h2c)
 //
 // The server answers a UnaryCall or FullDuplexCall whose response_status is
 // set with that status, panics (recovered by an interceptor into Internal)
@@ -22,9 +23,12 @@ import (
 	"io"
 	"log"
 	"net"
+	"net/http"
 	"os"
 	"time"
 
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/h2c"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -36,10 +40,11 @@ func main() {
 	listen := flag.String("listen", "", "serve on this address")
 	call := flag.String("call", "", "call the server at this address")
 	rounds := flag.Int("rounds", 1, "rounds of the call mix")
+	serveHTTP := flag.Bool("servehttp", false, "serve through grpc.Server.ServeHTTP on a net/http server (HTTP/2 without TLS)")
 	flag.Parse()
 	switch {
 	case *listen != "":
-		if err := serve(*listen); err != nil {
+		if err := serve(*listen, *serveHTTP); err != nil {
 			log.Fatal(err)
 		}
 	case *call != "":
@@ -135,7 +140,7 @@ func recoverUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.
 	return h(ctx, req)
 }
 
-func serve(addr string) error {
+func serve(addr string, serveHTTP bool) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
@@ -143,6 +148,10 @@ func serve(addr string) error {
 	s := grpc.NewServer(grpc.UnaryInterceptor(recoverUnary))
 	testpb.RegisterTestServiceServer(s, server{})
 	fmt.Printf("listening %s\n", ln.Addr())
+	if serveHTTP {
+		// grpc-go's other server transport: net/http parses the requests.
+		return http.Serve(ln, h2c.NewHandler(s, &http2.Server{}))
+	}
 	return s.Serve(ln)
 }
 
