@@ -77,6 +77,15 @@ func New() *probe.Probe {
 			{Name: "off_spb_status_code", Field: field("google.golang.org/genproto/googleapis/rpc/status", "Status", "Code")},
 			{Name: "off_spb_status_message", Field: field("google.golang.org/genproto/googleapis/rpc/status", "Status", "Message")},
 		},
+		Counters: []probe.Counter{
+			{Index: uint32(bpfObsdCounterCNT_RINGBUF_FULL), Reason: "ringbuf_full", Lost: true},
+			{Index: uint32(bpfObsdCounterCNT_INFLIGHT_FULL), Reason: "inflight_map_full", Lost: true},
+			// A status write without its handleStream: obsd attached
+			// mid-call, or grpc-go wrote a stream's status twice.
+			{Index: uint32(bpfObsdCounterCNT_UNMATCHED_END), Reason: "end_without_start"},
+			{Index: uint32(bpfObsdCounterCNT_STALE_START), Reason: "start_without_end", Lost: true},
+			{Index: uint32(bpfObsdCounterCNT_READ_FAILED), Reason: "read_failed", Lost: true},
+		},
 		ProcessMaps: map[string]int{
 			"rpc_server_inflight": int(unsafe.Offsetof(bpfInflightKey{}.Tgid)),
 		},
