@@ -19,10 +19,10 @@ type bpfCall struct {
 }
 
 type bpfCallKey struct {
-	_    structs.HostLayout
-	Cs   uint64
-	Tgid uint32
-	Pad  uint32
+	_       structs.HostLayout
+	Attempt uint64
+	Tgid    uint32
+	Pad     uint32
 }
 
 type bpfRpcClientEvent struct {
@@ -58,9 +58,9 @@ const (
 	bpfVarBudgetCalls          = "budget_calls"
 	bpfVarEndSiteVaddr         = "end_site_vaddr"
 	bpfVarErrorstringFn        = "errorstring_fn"
+	bpfVarOffAttemptCs         = "off_attempt_cs"
 	bpfVarOffCallhdrHost       = "off_callhdr_host"
 	bpfVarOffCallhdrMethod     = "off_callhdr_method"
-	bpfVarOffCsAttempt         = "off_cs_attempt"
 	bpfVarOffCsCallhdr         = "off_cs_callhdr"
 	bpfVarOffErrorS            = "off_error_s"
 	bpfVarOffErrorstringS      = "off_errorstring_s"
@@ -138,9 +138,9 @@ type bpfVariableSpecs struct {
 	BudgetCalls          *ebpf.VariableSpec `ebpf:"budget_calls"`
 	EndSiteVaddr         *ebpf.VariableSpec `ebpf:"end_site_vaddr"`
 	ErrorstringFn        *ebpf.VariableSpec `ebpf:"errorstring_fn"`
+	OffAttemptCs         *ebpf.VariableSpec `ebpf:"off_attempt_cs"`
 	OffCallhdrHost       *ebpf.VariableSpec `ebpf:"off_callhdr_host"`
 	OffCallhdrMethod     *ebpf.VariableSpec `ebpf:"off_callhdr_method"`
-	OffCsAttempt         *ebpf.VariableSpec `ebpf:"off_cs_attempt"`
 	OffCsCallhdr         *ebpf.VariableSpec `ebpf:"off_cs_callhdr"`
 	OffErrorS            *ebpf.VariableSpec `ebpf:"off_error_s"`
 	OffErrorstringS      *ebpf.VariableSpec `ebpf:"off_errorstring_s"`
@@ -198,9 +198,9 @@ type bpfVariables struct {
 	BudgetCalls          *ebpf.Variable `ebpf:"budget_calls"`
 	EndSiteVaddr         *ebpf.Variable `ebpf:"end_site_vaddr"`
 	ErrorstringFn        *ebpf.Variable `ebpf:"errorstring_fn"`
+	OffAttemptCs         *ebpf.Variable `ebpf:"off_attempt_cs"`
 	OffCallhdrHost       *ebpf.Variable `ebpf:"off_callhdr_host"`
 	OffCallhdrMethod     *ebpf.Variable `ebpf:"off_callhdr_method"`
-	OffCsAttempt         *ebpf.Variable `ebpf:"off_cs_attempt"`
 	OffCsCallhdr         *ebpf.Variable `ebpf:"off_cs_callhdr"`
 	OffErrorS            *ebpf.Variable `ebpf:"off_error_s"`
 	OffErrorstringS      *ebpf.Variable `ebpf:"off_errorstring_s"`

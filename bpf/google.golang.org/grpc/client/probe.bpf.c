@@ -1,27 +1,29 @@
 //go:build ignore
 
-/* grpc-go client: every call a ClientConn makes, unary or stream, counted
- * once with its status.
+/* grpc-go client: every attempt of every call a ClientConn makes, unary
+ * or stream, counted once with its status, as grpc-go's own stats handlers
+ * see them (stats.Begin and stats.End are per attempt too).
  *
- * Start: google.golang.org/grpc.(*clientStream).newAttemptLocked(cs, ...),
- *        for the call's first attempt only (cs.attempt still nil; retries
- *        and transparent retries find it set). Unary calls (invoke) and
- *        streams (NewStream) both create their clientStream and its first
- *        attempt here, on the caller's goroutine, before the transport is
- *        picked: a call that never reaches a server (connection refused,
- *        deadline while connecting) is counted too. This is also where
- *        grpc-go's own stats handlers take the call's begin time.
- * End:   (*clientStream).finish(cs, err), the first call per cs (grpc-go
- *        ignores later ones through cs.finished; so does the probe, whose
- *        entry is gone by then). finish may run on another goroutine (a
- *        stream's reader, or the context watcher of a stream): calls are
- *        keyed by (tgid, cs), not by goroutine.
- * Status: err nil or io.EOF: OK; a *internal/status.Error: its
- *        s.s.Code; anything else: Unknown (what status.Code says of it).
- * Two probe hits per call of either kind, both on the prologue's PUSHQ BP.
- * A call whose clientStream is collected without finish (a stream its user
+ * Start: google.golang.org/grpc.(*csAttempt).getTransport(a), on the
+ *        caller's goroutine, once per attempt, before the transport is
+ *        picked: an attempt that never reaches a server (connection
+ *        refused, no address, deadline while connecting) is counted too.
+ * End:   (*csAttempt).finish(a, err), the first call per attempt (grpc-go
+ *        ignores later ones through a.finished; so does the probe, whose
+ *        entry is gone by then). It is called from (*clientStream).finish
+ *        for an attempt that got a stream, on whichever goroutine ends the
+ *        call (a stream's reader, or its context watcher), and from
+ *        retryLocked for a failed attempt, including the last one of a
+ *        call that never got a stream (which never reaches
+ *        clientStream.finish). Attempts are keyed by (tgid, a), not by
+ *        goroutine.
+ * Status: err nil or io.EOF: OK; a *internal/status.Error: its s.s.Code;
+ *        anything else: Unknown (what status.Code says of it).
+ * Two probe hits per attempt, both on the prologue's PUSHQ BP; a call that
+ * is not retried is one attempt.
+ * An attempt whose csAttempt is collected without finish (a stream its user
  * abandoned: grpc-go leaks it too) holds its slot until the address is
- * reused by a new clientStream (counted: start_without_end) or the process
+ * reused by a new attempt (counted: start_without_end) or the process
  * exits; a per-process budget bounds what one process can hold.
  */
 #include "obsd.h"
@@ -32,8 +34,8 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 #define HOST_MAX 128
 
 /* Field offsets, rewritten per target binary by internal/uprobes. */
+volatile const u64 off_attempt_cs = OFF_NONE;     /* grpc.csAttempt.cs */
 volatile const u64 off_cs_callhdr = OFF_NONE;     /* grpc.clientStream.callHdr */
-volatile const u64 off_cs_attempt = OFF_NONE;     /* grpc.clientStream.attempt */
 volatile const u64 off_callhdr_host = OFF_NONE;   /* transport.CallHdr.Host */
 volatile const u64 off_callhdr_method = OFF_NONE; /* transport.CallHdr.Method */
 volatile const u64 off_error_s = OFF_NONE;        /* internal/status.Error.s */
@@ -50,7 +52,7 @@ volatile const u64 end_site_vaddr = 0;
  * and samples with the OTel TraceIDRatioBased test. */
 volatile const u8 with_spans = 1;
 volatile const u64 sample_bound = 1ULL << 63;
-/* Per-process budget of calls in flight in the map every process shares. */
+/* Per-process budget of attempts in flight in the map every process shares. */
 volatile const s64 budget_calls = 16384;
 
 #define FLAG_METHOD_TRUNCATED 1
@@ -82,7 +84,7 @@ struct scratch {
 };
 
 struct call_key {
-	u64 cs; /* *clientStream */
+	u64 attempt; /* *csAttempt */
 	u32 tgid;
 	u32 _pad;
 };
@@ -91,7 +93,7 @@ struct call {
 	u64 start_ns;
 };
 
-/* Calls in flight. A plain hash, not an LRU: an LRU would drop a long
+/* Attempts in flight. A plain hash, not an LRU: an LRU would drop a long
  * stream's start silently; here a full map or budget is a counted loss. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -138,20 +140,11 @@ static __always_inline s64 *budget_of(u32 tgid)
 SEC("uprobe.multi")
 int rpc_client_start(struct pt_regs *ctx)
 {
-	u64 cs = GO_ARG1(ctx);
-	u64 attempt = 0;
-	if (!cs || bpf_probe_read_user(&attempt, sizeof(attempt), (void *)(cs + off_cs_attempt)) != 0) {
-		count(CNT_READ_FAILED);
-		return 0;
-	}
-	if (attempt)
-		return 0; /* a retry: the call started at its first attempt */
-
-	struct call_key key = {.cs = cs, .tgid = bpf_get_current_pid_tgid() >> 32, ._pad = 0};
+	struct call_key key = {.attempt = GO_ARG1(ctx), .tgid = bpf_get_current_pid_tgid() >> 32, ._pad = 0};
 	struct call *c = bpf_map_lookup_elem(&rpc_client_calls, &key);
 	if (c) {
-		/* A clientStream at this address never finished, and the Go GC
-		 * has since reused its memory: that call is over, unreported. */
+		/* A csAttempt at this address never finished, and the Go GC has
+		 * since reused its memory: that attempt is over, unreported. */
 		count(CNT_STALE_START);
 		c->start_ns = bpf_ktime_get_ns();
 		return 0;
@@ -216,14 +209,14 @@ SEC("uprobe.multi")
 int rpc_client_end(struct pt_regs *ctx)
 {
 	u64 end = bpf_ktime_get_ns();
-	u64 cs = GO_ARG1(ctx);
-	struct call_key key = {.cs = cs, .tgid = bpf_get_current_pid_tgid() >> 32, ._pad = 0};
+	u64 a = GO_ARG1(ctx);
+	struct call_key key = {.attempt = a, .tgid = bpf_get_current_pid_tgid() >> 32, ._pad = 0};
 	struct call *c = bpf_map_lookup_elem(&rpc_client_calls, &key);
 	if (!c)
-		return 0; /* a later finish of the same call, or attached mid-call */
+		return 0; /* a later finish of the same attempt, or attached mid-call */
 	u64 start = c->start_ns;
 	if (bpf_map_delete_elem(&rpc_client_calls, &key) != 0)
-		return 0; /* another CPU's finish of the same call won */
+		return 0; /* another CPU's finish of the same attempt won */
 	s64 *b = bpf_map_lookup_elem(&rpc_client_budget, &key.tgid);
 	if (b)
 		__sync_fetch_and_add(b, -1);
@@ -242,12 +235,14 @@ int rpc_client_end(struct pt_regs *ctx)
 
 	/* Host and Method are adjacent in every grpc-go release (0 and 16):
 	 * one read gets both. */
-	u64 hdr = 0;
+	u64 cs = 0, hdr = 0;
 	struct {
 		struct go_string host;
 		struct go_string method;
 	} h = {};
-	long err = bpf_probe_read_user(&hdr, sizeof(hdr), (void *)(cs + off_cs_callhdr));
+	long err = bpf_probe_read_user(&cs, sizeof(cs), (void *)(a + off_attempt_cs));
+	if (err == 0 && cs)
+		err = bpf_probe_read_user(&hdr, sizeof(hdr), (void *)(cs + off_cs_callhdr));
 	if (err == 0 && hdr) {
 		if (off_callhdr_method == off_callhdr_host + 16) {
 			err = bpf_probe_read_user(&h, sizeof(h), (void *)(hdr + off_callhdr_host));

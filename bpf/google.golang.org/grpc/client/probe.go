@@ -1,7 +1,7 @@
-// Package client is the probe for grpc-go clients: every call a
-// google.golang.org/grpc ClientConn makes (Invoke and streams), from its
-// clientStream's first attempt to (*clientStream).finish, with the status
-// finish got (see probe.bpf.c).
+// Package client is the probe for grpc-go clients: every attempt of every
+// call a google.golang.org/grpc ClientConn makes (Invoke and streams), from
+// (*csAttempt).getTransport to (*csAttempt).finish, with the status finish
+// got (see probe.bpf.c). A call grpc-go does not retry is one attempt.
 package client
 
 import (
@@ -20,16 +20,17 @@ const (
 	flagOtherError      = 8
 )
 
-// BudgetCalls bounds a process's calls in flight in the map every process
+// BudgetCalls bounds a process's attempts in flight in the map every process
 // on the node shares (budget_calls in probe.bpf.c; a test checks); past it,
-// new calls of that process are lost, counted as inflight_budget.
+// new attempts of that process are lost, counted as inflight_budget.
 const BudgetCalls = 16384
 
 // HeaderSize is the fixed part of a record; the method and the authority
 // follow it.
 const HeaderSize = int(unsafe.Sizeof(bpfRpcClientEvent{}))
 
-// Call is one finished gRPC client call (probe.KindRPCClient).
+// Call is one finished attempt of a gRPC client call (probe.KindRPCClient);
+// a call grpc-go does not retry is one attempt.
 type Call struct {
 	probe.Call
 	// Method is the full method as the client called it,
@@ -60,12 +61,12 @@ func New() *probe.Probe {
 		MinGo: "go1.21",
 		Sites: []probe.Site{
 			// The marker: a binary without it has no grpc-go client.
-			{Symbol: "google.golang.org/grpc.(*clientStream).newAttemptLocked", Program: "rpc_client_start"},
-			{Symbol: "google.golang.org/grpc.(*clientStream).finish", Program: "rpc_client_end", VaddrConst: "end_site_vaddr"},
+			{Symbol: "google.golang.org/grpc.(*csAttempt).getTransport", Program: "rpc_client_start"},
+			{Symbol: "google.golang.org/grpc.(*csAttempt).finish", Program: "rpc_client_end", VaddrConst: "end_site_vaddr"},
 		},
 		Consts: []probe.Const{
+			{Name: "off_attempt_cs", Field: grpcField(grpcModule, "csAttempt", "cs")},
 			{Name: "off_cs_callhdr", Field: grpcField(grpcModule, "clientStream", "callHdr")},
-			{Name: "off_cs_attempt", Field: grpcField(grpcModule, "clientStream", "attempt")},
 			{Name: "off_callhdr_host", Field: grpcField(grpcModule+"/internal/transport", "CallHdr", "Host")},
 			{Name: "off_callhdr_method", Field: grpcField(grpcModule+"/internal/transport", "CallHdr", "Method")},
 			{Name: "off_error_s", Field: grpcField(grpcModule+"/internal/status", "Error", "s")},
