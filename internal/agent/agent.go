@@ -650,8 +650,11 @@ func (a *Agent) hold(pid uint32, ev probe.Event) (registered bool) {
 func (a *Agent) setSignals() {
 	a.routes = export.NewRoutes(a.log)
 	a.http = prom.NewHTTPServer(a.active, a.kernelOf(probe.KindHTTPServer), a.routes)
+	rpcc := newRPCClient(a)
+	a.reg.MustRegister(rpcc.prom)
 	a.signals = map[probe.Kind]signal{
 		probe.KindHTTPServer: &httpServer{routes: a.routes, prom: a.http, spans: a.spans},
+		probe.KindRPCClient:  rpcc,
 	}
 }
 

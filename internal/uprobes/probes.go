@@ -1,6 +1,7 @@
 package uprobes
 
 import (
+	grpcclient "github.com/obsd-dev/obsd/bpf/google.golang.org/grpc/client"
 	"github.com/obsd-dev/obsd/bpf/net/http/server"
 	"github.com/obsd-dev/obsd/bpf/probe"
 )
@@ -9,5 +10,6 @@ import (
 func Probes() []*probe.Probe {
 	return []*probe.Probe{
 		server.New(),
+		grpcclient.New(),
 	}
 }
