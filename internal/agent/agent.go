@@ -233,6 +233,12 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		Help: "Records dropped because their process was already forgotten.",
 	})
 	a.reg.MustRegister(a.http, a.mgr.Collector(), buildInfo, a.unattributed)
+	// A signal that exports its own families is a Collector.
+	for _, s := range a.signals {
+		if c, ok := s.(prometheus.Collector); ok {
+			a.reg.MustRegister(c)
+		}
+	}
 
 	a.watcher = discover.New(cfg.Criteria, discover.Options{Logger: cfg.Logger})
 	a.procs, a.delivered = a.mgr, a.watcher.Delivered
@@ -650,11 +656,9 @@ func (a *Agent) hold(pid uint32, ev probe.Event) (registered bool) {
 func (a *Agent) setSignals() {
 	a.routes = export.NewRoutes(a.log)
 	a.http = prom.NewHTTPServer(a.active, a.kernelOf(probe.KindHTTPServer), a.routes)
-	rpcc := newRPCClient(a)
-	a.reg.MustRegister(rpcc.prom)
 	a.signals = map[probe.Kind]signal{
 		probe.KindHTTPServer: &httpServer{routes: a.routes, prom: a.http, spans: a.spans},
-		probe.KindRPCClient:  rpcc,
+		probe.KindRPCClient:  newRPCClient(a),
 	}
 }
 

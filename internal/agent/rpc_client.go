@@ -3,6 +3,7 @@ package agent
 import (
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/obsd-dev/obsd/bpf/google.golang.org/grpc/client"
@@ -38,6 +39,10 @@ func (r *rpcClient) observe(svc export.Service, spans bool, ev probe.Event) {
 	}
 	r.prom.Observe(svc, l, time.Duration(c.EndNS-c.StartNS), sc)
 }
+
+// Describe and Collect make the signal its own families' Collector.
+func (r *rpcClient) Describe(ch chan<- *prometheus.Desc) { r.prom.Describe(ch) }
+func (r *rpcClient) Collect(ch chan<- prometheus.Metric) { r.prom.Collect(ch) }
 
 func (r *rpcClient) forget(svc export.Service) {
 	r.prom.Forget(svc)
