@@ -36,7 +36,11 @@ type app struct {
 }
 
 func (a app) name() string {
-	n := "grpcapp-" + a.Grpc + "-" + a.Toolchain
+	tc := a.Toolchain
+	if tc == "" {
+		tc = "current"
+	}
+	n := "grpcapp-" + a.Grpc + "-" + tc
 	if a.PIE {
 		n += "-pie"
 	}

@@ -123,7 +123,7 @@ func sameTally(a, b tally) bool {
 // against a refused address.
 func TestProbeCountsEveryCall(t *testing.T) {
 	e2e.RequireRoot(t)
-	bin := grpcApp(t, app{Grpc: "v1.68.1"})
+	bin := grpcApp(t, versions[0]) // built once for both tests
 	srv := e2e.Start(t, bin, nil, "-listen", "127.0.0.1:0")
 	addr := strings.TrimPrefix(srv.First, "listening ")
 	for _, target := range []string{addr, "127.0.0.1:1"} {
