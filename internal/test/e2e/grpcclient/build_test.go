@@ -33,6 +33,7 @@ type app struct {
 	Toolchain string
 	PIE       bool
 	Trimpath  bool
+	Stripped  bool // -ldflags='-s -w': no symbols, no DWARF
 }
 
 func (a app) name() string {
@@ -46,6 +47,9 @@ func (a app) name() string {
 	}
 	if a.Trimpath {
 		n += "-trimpath"
+	}
+	if a.Stripped {
+		n += "-stripped"
 	}
 	return n
 }
@@ -106,6 +110,9 @@ func grpcApp(t *testing.T, a app) string {
 		}
 		if a.Trimpath {
 			args = append(args, "-trimpath")
+		}
+		if a.Stripped {
+			args = append(args, "-ldflags=-s -w")
 		}
 		return e2e.GoBuild(dir, env, append(args, "-o", out, ".")...)
 	})

@@ -106,3 +106,58 @@ func waitLinks(t *testing.T, pid int) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestStrippedClient: a stripped client has no DWARF, so the client probe's
+// grpc-go offsets can come only from the generated table. Where the table
+// knows them the calls are counted exactly; where it does not, the probe is
+// refused for that binary, counted in obsd_instrumentation_errors_total
+// with its reason and never attached with guessed offsets, and the client
+// runs as it would without obsd.
+func TestStrippedClient(t *testing.T) {
+	e2e.RequireRoot(t)
+	obsdBin := builds.Obsd(t)
+	v := versions[len(versions)-1]
+	v.PIE, v.Stripped = false, true
+	bin := grpcApp(t, v)
+	srv := e2e.Start(t, bin, nil, "-listen", "127.0.0.1:0")
+	addr := strings.TrimPrefix(srv.First, "listening ")
+	cl := startClient(t, bin, addr, 1)
+	pid := cl.proc.PID()
+	o := e2e.StartObsd(t, obsdBin, nil, "--pid", strconv.Itoa(pid), "--traces", "none")
+	refused := func(f map[string]*dto.MetricFamily) float64 {
+		return e2e.Sum(f, "obsd_instrumentation_errors_total", map[string]string{"reason": "offsets_unknown"}) +
+			e2e.Sum(f, "obsd_instrumentation_errors_total", map[string]string{"reason": "unsupported_version"})
+	}
+	o.WaitScrape(t, 20*time.Second, "the client probe attached or refused", func(f map[string]*dto.MetricFamily) bool {
+		return refused(f) > 0 || e2e.ProbeLinks(t, "rpc_client", pid) == 2
+	})
+	attached := e2e.ProbeLinks(t, "rpc_client", pid) == 2
+	want := cl.run(t)
+	total := 0
+	for _, codes := range want {
+		for _, n := range codes {
+			total += n
+		}
+	}
+	if total != 11 {
+		t.Fatalf("the client made %d calls, want the mix's 11: %v", total, want)
+	}
+	inst := e2e.InstanceID(pid)
+	if !attached {
+		t.Logf("the table does not cover this grpc-go; refused:\n%s", o.Log)
+		if n := e2e.ProbeLinks(t, "rpc_client", pid); n != 0 {
+			t.Errorf("%d client probe links on a refused binary", n)
+		}
+		fams := e2e.Families(t, o.Scrape(t))
+		if got := e2e.Sum(fams, duration, map[string]string{"service_instance_id": inst}); got != 0 {
+			t.Errorf("a refused client counted %v calls", got)
+		}
+		if !strings.Contains(o.Log.String(), "google.golang.org/grpc") {
+			t.Errorf("the refusal's log does not name grpc-go:\n%s", o.Log)
+		}
+		return
+	}
+	o.WaitScrape(t, 10*time.Second, fmt.Sprintf("%d calls", total), func(f map[string]*dto.MetricFamily) bool {
+		return e2e.Sum(f, duration, map[string]string{"service_instance_id": inst}) == float64(total)
+	})
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -42,9 +43,10 @@ type holdClient struct {
 	stdin io.WriteCloser
 }
 
-func startClient(t *testing.T, bin, addr string, rounds int) *holdClient {
+func startClient(t *testing.T, bin, addr string, rounds int, env ...string) *holdClient {
 	t.Helper()
 	cmd := exec.Command(bin, "-call", addr, "-hold", "-rounds", strconv.Itoa(rounds))
+	cmd.Env = append(os.Environ(), env...)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)

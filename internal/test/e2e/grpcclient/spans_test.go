@@ -23,10 +23,10 @@ func TestClientSpans(t *testing.T) {
 	addr := strings.TrimPrefix(srv.First, "listening ")
 	host, port, _ := strings.Cut(addr, ":")
 
-	cl := startClient(t, bin, addr, 1)
+	cl := startClient(t, bin, addr, 1, "OTEL_SERVICE_NAME=caller")
 	recv := e2e.StartReceiver(t)
 	e2e.StartObsd(t, obsdBin, []string{"OTEL_EXPORTER_OTLP_ENDPOINT=" + recv.Endpoint,
-		"OTEL_EXPORTER_OTLP_INSECURE=true", "OTEL_BSP_SCHEDULE_DELAY=100", "OTEL_SERVICE_NAME=caller"},
+		"OTEL_EXPORTER_OTLP_INSECURE=true", "OTEL_BSP_SCHEDULE_DELAY=100"},
 		"--pid", strconv.Itoa(cl.proc.PID()))
 	waitLinks(t, cl.proc.PID())
 	want := cl.run(t)
