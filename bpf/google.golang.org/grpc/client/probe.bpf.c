@@ -17,8 +17,14 @@
  *        call that never got a stream (which never reaches
  *        clientStream.finish). Attempts are keyed by (tgid, a), not by
  *        goroutine.
- * Status: err nil or io.EOF: OK; a *internal/status.Error: its s.s.Code;
- *        anything else: Unknown (what status.Code says of it).
+ * Status: err nil: OK; a *internal/status.Error: its s.s.Code; anything
+ *        else: Unknown (what status.Code says of it). io.EOF is special:
+ *        only retryLocked passes it (clientStream.finish turns it into nil
+ *        first), for a SendMsg that found the stream already ended by the
+ *        server, and the status is then still in the stream: the attempt
+ *        stays open until the clientStream.finish that RecvMsg (or the
+ *        stream's context) brings, whose err carries it. grpc-go's own stats
+ *        handlers report such an attempt as OK; the client sees the status.
  * Two probe hits per attempt, both on the prologue's PUSHQ BP; a call that
  * is not retried is one attempt.
  * An attempt whose csAttempt is collected without finish (a stream its user
@@ -63,6 +69,8 @@ volatile const s64 budget_calls = 16384;
 /* The status codes finish can derive without a status (codes.Code). */
 #define CODE_OK 0
 #define CODE_UNKNOWN 2
+/* status_code's answer for io.EOF: no status yet (see the top). */
+#define CODE_EOF (-2)
 
 /* A record is this header followed by method_len bytes of the method and
  * host_len bytes of the authority. */
@@ -165,7 +173,7 @@ int rpc_client_start(struct pt_regs *ctx)
 
 /* status_code derives codes.Code from finish's err, whose itab is itab
  * and data pointer data; FLAG_OTHER_ERROR is or'ed into *flags for an error
- * of another type. -1: memory unreadable. */
+ * of another type. -1: memory unreadable; CODE_EOF: err is io.EOF. */
 static __always_inline s64 status_code(struct pt_regs *ctx, u64 itab, u64 data, u8 *flags)
 {
 	if (!itab)
@@ -192,14 +200,14 @@ static __always_inline s64 status_code(struct pt_regs *ctx, u64 itab, u64 data, 
 		return (u32)code;
 	}
 	if (errorstring_fn && fn == errorstring_fn) {
-		/* finish treats io.EOF as success; io.EOF is errors.New("EOF"). */
+		/* io.EOF is errors.New("EOF"). */
 		struct go_string s = {};
 		char b[4] = {};
 		if (bpf_probe_read_user(&s, sizeof(s), (void *)(data + off_errorstring_s)) != 0)
 			return -1;
 		if (s.len == 3 && bpf_probe_read_user(b, 3, (void *)s.ptr) == 0 && b[0] == 'E' && b[1] == 'O' &&
 		    b[2] == 'F')
-			return CODE_OK;
+			return CODE_EOF;
 	}
 	*flags |= FLAG_OTHER_ERROR;
 	return CODE_UNKNOWN;
@@ -215,23 +223,25 @@ int rpc_client_end(struct pt_regs *ctx)
 	if (!c)
 		return 0; /* a later finish of the same attempt, or attached mid-call */
 	u64 start = c->start_ns;
+	u8 flags = 0;
+	s64 code = status_code(ctx, GO_ARG2(ctx), GO_ARG3(ctx), &flags);
+	if (code == CODE_EOF)
+		return 0; /* the status comes with this attempt's next finish */
 	if (bpf_map_delete_elem(&rpc_client_calls, &key) != 0)
 		return 0; /* another CPU's finish of the same attempt won */
 	s64 *b = bpf_map_lookup_elem(&rpc_client_budget, &key.tgid);
 	if (b)
 		__sync_fetch_and_add(b, -1);
+	if (code < 0) {
+		count(CNT_READ_FAILED);
+		return 0;
+	}
 
 	u32 zero = 0;
 	struct scratch *sc = bpf_map_lookup_elem(&rpc_client_scratch, &zero);
 	if (!sc)
 		return 0;
 	struct rpc_client_event *e = &sc->h;
-	u8 flags = 0;
-	s64 code = status_code(ctx, GO_ARG2(ctx), GO_ARG3(ctx), &flags);
-	if (code < 0) {
-		count(CNT_READ_FAILED);
-		return 0;
-	}
 
 	/* Host and Method are adjacent in every grpc-go release (0 and 16):
 	 * one read gets both. */

@@ -130,37 +130,85 @@ func TestProbeCountsEveryCall(t *testing.T) {
 	addr := strings.TrimPrefix(srv.First, "listening ")
 	for _, target := range []string{addr, "127.0.0.1:1"} {
 		t.Run(target, func(t *testing.T) {
-			s := &sink{}
-			m, err := uprobes.New(uprobes.Options{Sink: s, Probes: []*probe.Probe{client.New()}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { m.Close() })
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- m.Run(ctx, nil) }()
-			t.Cleanup(func() { cancel(); <-done })
-
 			cl := startClient(t, bin, target, 3)
-			if _, err := m.Attach(cl.proc.PID(), "/proc/"+strconv.Itoa(cl.proc.PID())+"/exe"); err != nil {
-				t.Fatal(err)
-			}
+			s := attachProbe(t, cl.proc.PID())
 			want := cl.run(t)
-			var got tally
-			deadline := time.Now().Add(5 * time.Second)
-			for {
-				s.mu.Lock()
-				got = tallyOf(s.calls)
-				s.mu.Unlock()
-				if sameTally(got, want) || time.Now().After(deadline) {
-					break
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
-			if !sameTally(got, want) {
+			if got := s.wait(want); !sameTally(got, want) {
 				t.Fatalf("probe counted\n%v\nclient counted\n%v", got, want)
 			}
 			t.Logf("%v", want)
 		})
+	}
+}
+
+// attachProbe attaches the client probe alone to pid, through the manager
+// as obsd does, and returns what collects its calls.
+func attachProbe(t *testing.T, pid int) *sink {
+	t.Helper()
+	s := &sink{}
+	m, err := uprobes.New(uprobes.Options{Sink: s, Probes: []*probe.Probe{client.New()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx, nil) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if _, err := m.Attach(pid, "/proc/"+strconv.Itoa(pid)+"/exe"); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// wait returns the tally of the calls reported so far once it equals want,
+// or after 5 s.
+func (s *sink) wait(want tally) tally {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s.mu.Lock()
+		got := tallyOf(s.calls)
+		s.mu.Unlock()
+		if sameTally(got, want) || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestStatusAfterSendEOF: a client-streaming call the server ends before
+// the client has sent everything. grpc-go finishes the attempt first with
+// io.EOF (from SendMsg) and later with the call's status (from RecvMsg); the
+// probe must count the call once, with the status the client got, not as
+// OK at the io.EOF.
+func TestStatusAfterSendEOF(t *testing.T) {
+	e2e.RequireRoot(t)
+	srvBin := grpcApp(t, versions[0])
+	bin := builds.Get(t, "eofclient", func(out string) error {
+		return e2e.GoBuild(e2e.RepoRoot(), nil, "-o", out, "./internal/test/e2e/grpcclient/testdata/eofclient")
+	})
+	srv := e2e.Start(t, srvBin, nil, "-listen", "127.0.0.1:0")
+	cmd := exec.Command(bin, "-call", strings.TrimPrefix(srv.First, "listening "), "-rounds", "5")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := e2e.StartCmd(t, cmd)
+	t.Cleanup(func() { stdin.Close() })
+	cl := &holdClient{proc: p, stdin: stdin}
+	s := attachProbe(t, p.PID())
+	want := cl.run(t)
+	if want["/no.such.Service/Upload"]["Unimplemented"] != 5 {
+		t.Fatalf("client tally %v, want 5 Unimplemented", want)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(p.Out.String(), "send_eof") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(p.Out.String(), "send_eof 5") {
+		t.Fatalf("not every call saw io.EOF from SendMsg, so the path is not tested:\n%s", p.Out)
+	}
+	if got := s.wait(want); !sameTally(got, want) {
+		t.Fatalf("probe counted\n%v\nclient counted\n%v", got, want)
 	}
 }
