@@ -46,7 +46,7 @@ const (
 	// MaxServerAddresses bounds the distinct server_address and
 	// server_port pairs of one process.
 	MaxServerAddresses = 100
-	// OtherCodes bounds the distinct rpc_response_status_code values
+	// MaxOtherCodes bounds the distinct rpc_response_status_code values
 	// outside the gRPC specification's 0–16 of one process.
 	MaxOtherCodes = 16
 )

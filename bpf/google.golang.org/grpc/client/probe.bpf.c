@@ -25,8 +25,11 @@
  *        stays open until the clientStream.finish that RecvMsg (or the
  *        stream's context) brings, whose err carries it. grpc-go's own stats
  *        handlers report such an attempt as OK; the client sees the status.
- * Two probe hits per attempt, both on the prologue's PUSHQ BP; a call that
- * is not retried is one attempt.
+ * Probe hits, all on the prologue's PUSHQ BP: two per attempt that ends OK;
+ * three when it fails before a response committed it (retryLocked finishes
+ * it, then clientStream.finish calls finish again, a no-op for grpc-go and
+ * the probe) or after a SendMsg io.EOF. A call that is not retried is one
+ * attempt.
  * An attempt whose csAttempt is collected without finish (a stream its user
  * abandoned: grpc-go leaks it too) holds its slot until the address is
  * reused by a new attempt (counted: start_without_end) or the process
