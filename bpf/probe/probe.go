@@ -65,6 +65,15 @@ type ITabConst struct {
 	Methods         []string
 }
 
+// FuncConst binds a u64 constant in the BPF object to the link-time address
+// of a Go function (from .symtab, or .gopclntab when stripped), e.g. to tell
+// an interface value's dynamic type by its itab's method slot. A function
+// the binary lacks refuses the probe for that binary.
+type FuncConst struct {
+	Name   string
+	Symbol string
+}
+
 // Probe is the whole declaration of one instrumentation.
 type Probe struct {
 	// Name is short and stable; it appears in logs and metric labels.
@@ -74,6 +83,7 @@ type Probe struct {
 	Sites  []Site
 	Consts []Const
 	ITabs  []ITabConst
+	Funcs  []FuncConst
 	// Spec loads the compiled BPF collection.
 	Spec func() (*ebpf.CollectionSpec, error)
 	// Decode turns one ring-buffer record into the probe's own event type

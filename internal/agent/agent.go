@@ -233,7 +233,12 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		Help: "Records dropped because their process was already forgotten.",
 	})
 	a.reg.MustRegister(a.http, a.mgr.Collector(), buildInfo, a.unattributed)
-	a.reg.MustRegister(a.signals[probe.KindRPCServer].(*rpcServer).prom)
+	// A signal that exports its own families is a Collector.
+	for _, s := range a.signals {
+		if c, ok := s.(prometheus.Collector); ok {
+			a.reg.MustRegister(c)
+		}
+	}
 
 	a.watcher = discover.New(cfg.Criteria, discover.Options{Logger: cfg.Logger})
 	a.procs, a.delivered = a.mgr, a.watcher.Delivered
@@ -654,6 +659,7 @@ func (a *Agent) setSignals() {
 	a.signals = map[probe.Kind]signal{
 		probe.KindHTTPServer: &httpServer{routes: a.routes, prom: a.http, spans: a.spans},
 		probe.KindRPCServer:  newRPCServer(a),
+		probe.KindRPCClient:  newRPCClient(a),
 	}
 }
 

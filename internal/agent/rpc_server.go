@@ -3,6 +3,7 @@ package agent
 import (
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/obsd-dev/obsd/bpf/google.golang.org/grpc/server"
@@ -45,3 +46,6 @@ func (r *rpcServer) observe(svc export.Service, spans bool, ev probe.Event) {
 }
 
 func (r *rpcServer) forget(svc export.Service) { r.prom.Forget(svc) }
+
+func (r *rpcServer) Describe(ch chan<- *prometheus.Desc) { r.prom.Describe(ch) }
+func (r *rpcServer) Collect(ch chan<- prometheus.Metric) { r.prom.Collect(ch) }

@@ -228,6 +228,9 @@ func loadProbe(p *probe.Probe) (*loadedProbe, error) {
 	for _, it := range p.ITabs {
 		names = append(names, it.Name)
 	}
+	for _, f := range p.Funcs {
+		names = append(names, f.Name)
+	}
 	for _, s := range p.Sites {
 		if s.VaddrConst != "" {
 			names = append(names, s.VaddrConst)
@@ -555,6 +558,15 @@ func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *load
 			continue
 		}
 		if err := set(it.Name, addr); err != nil {
+			return nil, nil, err
+		}
+	}
+	for _, f := range lp.Funcs {
+		fn, err := info.Func(f.Symbol)
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := set(f.Name, fn.Addr); err != nil {
 			return nil, nil, err
 		}
 	}

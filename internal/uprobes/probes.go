@@ -1,6 +1,7 @@
 package uprobes
 
 import (
+	grpcclient "github.com/obsd-dev/obsd/bpf/google.golang.org/grpc/client"
 	grpcserver "github.com/obsd-dev/obsd/bpf/google.golang.org/grpc/server"
 	"github.com/obsd-dev/obsd/bpf/net/http/server"
 	"github.com/obsd-dev/obsd/bpf/probe"
@@ -11,5 +12,6 @@ func Probes() []*probe.Probe {
 	return []*probe.Probe{
 		server.New(),
 		grpcserver.New(),
+		grpcclient.New(),
 	}
 }

@@ -7,6 +7,10 @@
 //	grpcapp -listen 127.0.0.1:0          serve; prints "listening ADDR"
 //	grpcapp -call ADDR -rounds N          send N rounds of the mix; prints the tally as JSON
 //	grpcapp -listen ADDR -servehttp       serve through (*grpc.Server).ServeHTTP behind net/http (h2c)
+//	grpcapp -call ADDR -hold              the same, but prints "ready" first, calls only
+//	                                      after a line on stdin, and exits at stdin's end
+//	                                      (so a test can instrument it before the first call
+//	                                      and read its records before it exits)
 //
 // The server answers a UnaryCall or FullDuplexCall whose response_status is
 // set with that status, panics (recovered by an interceptor into Internal)
@@ -15,6 +19,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -41,6 +46,7 @@ func main() {
 	call := flag.String("call", "", "call the server at this address")
 	rounds := flag.Int("rounds", 1, "rounds of the call mix")
 	serveHTTP := flag.Bool("servehttp", false, "serve through grpc.Server.ServeHTTP on a net/http server (HTTP/2 without TLS)")
+	hold := flag.Bool("hold", false, "with -call: print \"ready\", wait for a line on stdin, and exit at stdin's end")
 	flag.Parse()
 	switch {
 	case *listen != "":
@@ -48,12 +54,22 @@ func main() {
 			log.Fatal(err)
 		}
 	case *call != "":
+		in := bufio.NewReader(os.Stdin)
+		if *hold {
+			fmt.Println("ready")
+			if _, err := in.ReadString('\n'); err != nil {
+				log.Fatal(err)
+			}
+		}
 		tally, err := callMix(*call, *rounds)
 		if err != nil {
 			log.Fatal(err)
 		}
 		if err := json.NewEncoder(os.Stdout).Encode(tally); err != nil {
 			log.Fatal(err)
+		}
+		if *hold {
+			io.Copy(io.Discard, in)
 		}
 	default:
 		flag.Usage()

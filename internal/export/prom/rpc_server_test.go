@@ -53,7 +53,7 @@ func TestRPCServerBoundAndForget(t *testing.T) {
 		r.ObserveRPC(rpcSvc, "grpc", v, "OK", time.Millisecond, trace.SpanContext{})
 	}
 	want := `
-# HELP obsd_rpc_method_overflow_total RPC calls labelled rpc_method="_OTHER" because their process already had 500 distinct methods.
+# HELP obsd_rpc_method_overflow_total RPC calls labelled rpc_method="_OTHER" because their process already had 1000 distinct methods.
 # TYPE obsd_rpc_method_overflow_total counter
 obsd_rpc_method_overflow_total{host_name="h",service_instance_id="h:1",service_name="greeter"} 2
 `
