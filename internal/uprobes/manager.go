@@ -446,12 +446,12 @@ func (m *Manager) loadBinary(key binKey, exePath string) (*loadedBinary, error) 
 	// Probes load independently: a binary that links only a server (or
 	// only a client) gets the probes it can, and is refused only when none
 	// loads.
-	var errs []error
+	errs := make([]error, len(m.probes)) // by probe; nil where it loaded
 	loaded := 0
-	for _, lp := range m.probes {
+	for i, lp := range m.probes {
 		offs, coll, err := m.loadProbeFor(bin, info, lp)
 		if err != nil {
-			errs = append(errs, err)
+			errs[i] = err
 			offs, coll = nil, nil
 		} else {
 			loaded++
@@ -462,15 +462,28 @@ func (m *Manager) loadBinary(key binKey, exePath string) (*loadedBinary, error) 
 	if loaded == 0 {
 		return nil, binaryRefusal(errs)
 	}
+	// The binary is instrumented, but not wholly: say which probes are
+	// missing and why, one line and one count per reason (this runs once
+	// per binary; a gRPC server and client refused for one unlisted
+	// grpc-go version are one fault of the binary).
+	byReason := map[string][]string{}
+	var reasons []string
+	first := map[string]error{}
 	for i, err := range errs {
 		if err == nil || notLinked(err) {
 			continue
 		}
-		// The binary is instrumented, but not wholly: say which probe is
-		// missing and why, once per binary (this runs once per binary).
-		m.log.Warn("probe refused for this executable; its other probes are attached",
-			"exe", info.Path, "probe", m.probes[i].Name, "reason", inspect.ReasonOf(err), "err", err)
-		m.stats.attachError(inspect.ReasonOf(err))
+		r := inspect.ReasonOf(err)
+		if _, ok := first[r]; !ok {
+			first[r] = err
+			reasons = append(reasons, r)
+		}
+		byReason[r] = append(byReason[r], m.probes[i].Name)
+	}
+	for _, r := range reasons {
+		m.log.Warn("probes refused for this executable; its other probes are attached",
+			"exe", info.Path, "probes", byReason[r], "reason", r, "err", first[r])
+		m.stats.attachError(r)
 	}
 	ok = true
 	// Keep the few facts callers need, not the parsed DWARF and symbols.
