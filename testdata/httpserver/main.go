@@ -22,6 +22,7 @@ import (
 func main() {
 	addr := flag.String("addr", "127.0.0.1:0", "listen address")
 	useTLS := flag.Bool("tls", false, "serve HTTPS with a self-signed certificate (HTTP/2 and HTTP/1.1)")
+	h2c := flag.Bool("h2c", false, "serve HTTP/2 without TLS (prior knowledge) beside HTTP/1.1, through net/http's Server.Protocols (Go 1.24+)")
 	reexec := flag.Bool("reexec-on-hup", false, "on SIGHUP, execute this file again in place (same pid), keeping the listening socket")
 	listenFD := flag.Int("listen-fd", 0, "serve on this inherited listening socket (set by -reexec-on-hup)")
 	flag.Parse()
@@ -94,7 +95,13 @@ func main() {
 		srv := &http.Server{Handler: mux, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}}
 		log.Fatal(srv.ServeTLS(ln, "", ""))
 	}
-	log.Fatal(http.Serve(ln, wrap(mux)))
+	srv := &http.Server{Handler: wrap(mux)}
+	if *h2c {
+		if err := serveH2C(srv); err != nil {
+			log.Fatal(err)
+		}
+	}
+	log.Fatal(srv.Serve(ln))
 }
 
 // wrap is what serves plain HTTP in front of the mux: the mux itself, or
