@@ -248,8 +248,6 @@ func protocolVersion(b byte) string {
 		return "1.1"
 	case 0x20:
 		return "2"
-	case 0x30:
-		return "3"
 	case 0:
 		return ""
 	}

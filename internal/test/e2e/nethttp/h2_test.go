@@ -220,7 +220,9 @@ func TestHTTP2Server(t *testing.T) {
 				pid  int
 				want map[[3]string]float64
 			}{{"TLS", tlsSrv.PID(), tlsTally.n}, {"h2c", h2cSrv.PID(), h2cTally.n}} {
-				if got := protoSeries(fams, c.pid); fmt.Sprint(got) != fmt.Sprint(c.want) {
+				got := protoSeries(fams, c.pid)
+				t.Logf("%s server: %v", c.name, got)
+				if fmt.Sprint(got) != fmt.Sprint(c.want) {
 					t.Errorf("%s server: series by (method, status, protocol) %v, want the client's %v", c.name, got, c.want)
 				}
 				for m, n := range activeSeries(fams, c.pid) {
@@ -238,6 +240,17 @@ func TestHTTP2Server(t *testing.T) {
 			for _, name := range []string{"obsd_events_lost_total", "obsd_probe_anomalies_total", "obsd_instrumentation_errors_total"} {
 				if n := e2e.Sum(fams, name, nil); n != 0 {
 					t.Errorf("%s = %v, want 0", name, n)
+				}
+			}
+			// HTTP/1's five, net/http's HTTP/2 handlerDone and panic reset,
+			// and x/net's start, handlerDone and panic reset where linked.
+			wantLinks := map[int]int{tlsSrv.PID(): 7, h2cSrv.PID(): 7}
+			if !hv.nativeH2C {
+				wantLinks[h2cSrv.PID()] = 10
+			}
+			for pid, want := range wantLinks {
+				if n := e2e.ProbeLinks(t, "http_server", pid); n != want {
+					t.Errorf("pid %d: %d links of http_server programs, want %d", pid, n, want)
 				}
 			}
 			e2e.Promtool(t, scrape)
