@@ -50,6 +50,14 @@ func (c *h2Tally) add(method string, status int, proto string) {
 	c.n[[3]string{method, strconv.Itoa(status), proto}]++
 }
 
+// h2Server is one server process of TestHTTP2Server with what its
+// clients tallied.
+type h2Server struct {
+	name string
+	srv  *e2e.Proc
+	want *h2Tally
+}
+
 // h2Mix sends the known mix to base ("https://ADDR" or "http://ADDR")
 // with c, requiring every answer over wantProto (resp.Proto), and tallies
 // it. Part of it runs as concurrent streams on one connection.
@@ -161,14 +169,22 @@ func TestHTTP2Server(t *testing.T) {
 		t.Run(hv.v.Name, func(t *testing.T) {
 			bin := builds.HTTPServer(t, hv.v)
 			tlsSrv := e2e.Start(t, bin, []string{"OTEL_SERVICE_NAME=h2-tls-" + hv.v.Name}, "-tls")
-			var h2cSrv *e2e.Proc
+			var h2cSrv, xnetTLS *e2e.Proc
+			pids := []string{"--pid", itoa(tlsSrv.PID())}
 			if hv.nativeH2C {
 				h2cSrv = e2e.Start(t, bin, []string{"OTEL_SERVICE_NAME=h2c-" + hv.v.Name}, "-h2c")
 			} else {
-				h2cSrv = e2e.Start(t, h2cServer(t, hv.v), []string{"OTEL_SERVICE_NAME=h2c-" + hv.v.Name})
+				// x/net's server behind h2c.NewHandler, and over TLS
+				// through http2.ConfigureServer: it starts requests at
+				// runHandler, then calls net/http's serverHandler too.
+				xbin := h2cServer(t, hv.v)
+				h2cSrv = e2e.Start(t, xbin, []string{"OTEL_SERVICE_NAME=h2c-" + hv.v.Name})
+				xnetTLS = e2e.Start(t, xbin, []string{"OTEL_SERVICE_NAME=h2-xnet-" + hv.v.Name}, "-tls")
+				pids = append(pids, "--pid", itoa(xnetTLS.PID()))
 			}
-			o := e2e.StartObsd(t, obsdBin, nil, "--pid", itoa(tlsSrv.PID()), "--pid", itoa(h2cSrv.PID()), "--traces", "none")
-			o.WaitScrape(t, 10*time.Second, "instrumented", instrumented(2))
+			pids = append(pids, "--pid", itoa(h2cSrv.PID()))
+			o := e2e.StartObsd(t, obsdBin, nil, append(pids, "--traces", "none")...)
+			o.WaitScrape(t, 10*time.Second, "instrumented", instrumented(float64(len(pids)/2)))
 
 			tlsCfg := func() *tls.Config { return &tls.Config{InsecureSkipVerify: true} }
 			h2 := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsCfg(), ForceAttemptHTTP2: true}, Timeout: 10 * time.Second}
@@ -183,10 +199,13 @@ func TestHTTP2Server(t *testing.T) {
 				}
 			})
 
-			var tlsTally, h2cTally h2Tally
+			var tlsTally, h2cTally, xnetTally h2Tally
 			h2Mix(t, h2, "https://"+tlsSrv.First, "HTTP/2.0", &tlsTally)
 			h2Mix(t, h1, "https://"+tlsSrv.First, "HTTP/1.1", &tlsTally)
 			h2Mix(t, h2c, "http://"+h2cSrv.First, "HTTP/2.0", &h2cTally)
+			if xnetTLS != nil {
+				h2Mix(t, h2, "https://"+xnetTLS.First, "HTTP/2.0", &xnetTally)
+			}
 			if t.Failed() {
 				t.FailNow()
 			}
@@ -196,15 +215,24 @@ func TestHTTP2Server(t *testing.T) {
 				}
 				return n
 			}
+			servers := []h2Server{{"TLS", tlsSrv, &tlsTally}, {"h2c", h2cSrv, &h2cTally}}
+			if xnetTLS != nil {
+				servers = append(servers, h2Server{"x/net TLS", xnetTLS, &xnetTally})
+			}
 			o.WaitScrape(t, 10*time.Second, "every request", func(f map[string]*dto.MetricFamily) bool {
-				return requestCount(f, tlsSrv.PID()) >= total(&tlsTally) && requestCount(f, h2cSrv.PID()) >= total(&h2cTally)
+				for _, s := range servers {
+					if requestCount(f, s.srv.PID()) < total(s.want) {
+						return false
+					}
+				}
+				return true
 			})
 			// The HTTP/1 panics end at their connection's close, which
 			// follows the client's error at once; wait for nothing in
 			// flight, then a moment for anything extra to show.
 			o.WaitScrape(t, 5*time.Second, "no request in flight", func(f map[string]*dto.MetricFamily) bool {
-				for _, pid := range []int{tlsSrv.PID(), h2cSrv.PID()} {
-					for _, n := range activeSeries(f, pid) {
+				for _, s := range servers {
+					for _, n := range activeSeries(f, s.srv.PID()) {
 						if n != 0 {
 							return false
 						}
@@ -215,27 +243,25 @@ func TestHTTP2Server(t *testing.T) {
 			time.Sleep(300 * time.Millisecond)
 			scrape := o.Scrape(t)
 			fams := e2e.Families(t, scrape)
-			for _, c := range []struct {
-				name string
-				pid  int
-				want map[[3]string]float64
-			}{{"TLS", tlsSrv.PID(), tlsTally.n}, {"h2c", h2cSrv.PID(), h2cTally.n}} {
-				got := protoSeries(fams, c.pid)
-				t.Logf("%s server: %v", c.name, got)
-				if fmt.Sprint(got) != fmt.Sprint(c.want) {
-					t.Errorf("%s server: series by (method, status, protocol) %v, want the client's %v", c.name, got, c.want)
+			for _, s := range servers {
+				got := protoSeries(fams, s.srv.PID())
+				t.Logf("%s server: %v", s.name, got)
+				if fmt.Sprint(got) != fmt.Sprint(s.want.n) {
+					t.Errorf("%s server: series by (method, status, protocol) %v, want the client's %v", s.name, got, s.want.n)
 				}
-				for m, n := range activeSeries(fams, c.pid) {
+				for m, n := range activeSeries(fams, s.srv.PID()) {
 					if n != 0 {
-						t.Errorf("%s server: http_server_active_requests{method=%q} = %v, want 0", c.name, m, n)
+						t.Errorf("%s server: http_server_active_requests{method=%q} = %v, want 0", s.name, m, n)
+					}
+				}
+				if s.srv != tlsSrv {
+					if r1, r2 := routesOf(fams, tlsSrv.PID(), "1.1"), routesOf(fams, s.srv.PID(), "2"); fmt.Sprint(r1) != fmt.Sprint(r2) {
+						t.Errorf("%s server: routes over HTTP/2 %q, want those over HTTP/1.1 %q", s.name, r2, r1)
 					}
 				}
 			}
 			if r1, r2 := routesOf(fams, tlsSrv.PID(), "1.1"), routesOf(fams, tlsSrv.PID(), "2"); fmt.Sprint(r1) != fmt.Sprint(r2) {
 				t.Errorf("routes over HTTP/2 %q, want those over HTTP/1.1 %q", r2, r1)
-			}
-			if r1, r2 := routesOf(fams, tlsSrv.PID(), "1.1"), routesOf(fams, h2cSrv.PID(), "2"); fmt.Sprint(r1) != fmt.Sprint(r2) {
-				t.Errorf("routes over h2c %q, want those over HTTP/1.1 %q", r2, r1)
 			}
 			for _, name := range []string{"obsd_events_lost_total", "obsd_probe_anomalies_total", "obsd_instrumentation_errors_total"} {
 				if n := e2e.Sum(fams, name, nil); n != 0 {
@@ -246,7 +272,7 @@ func TestHTTP2Server(t *testing.T) {
 			// and x/net's start, handlerDone and panic reset where linked.
 			wantLinks := map[int]int{tlsSrv.PID(): 7, h2cSrv.PID(): 7}
 			if !hv.nativeH2C {
-				wantLinks[h2cSrv.PID()] = 10
+				wantLinks[h2cSrv.PID()], wantLinks[xnetTLS.PID()] = 10, 10
 			}
 			for pid, want := range wantLinks {
 				if n := e2e.ProbeLinks(t, "http_server", pid); n != want {
