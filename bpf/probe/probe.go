@@ -145,6 +145,9 @@ type Histogram struct {
 	PatternAddr uint64
 	PatternLen  int
 	Pattern     string
+	// Protocol is the HTTP version as semconv's network.protocol.version
+	// ("1.0", "1.1", "2"), "" when unknown.
+	Protocol string
 	// Buckets are counts per bucket, not cumulative; the last is +Inf.
 	Buckets []uint64
 	SumNS   uint64
@@ -245,6 +248,10 @@ type Request struct {
 	MethodTruncated                 bool
 	// TLS says the request came over TLS (url.scheme "https").
 	TLS bool
+	// Protocol is the HTTP version as semconv's network.protocol.version
+	// ("1.0", "1.1", "2"), from Request.ProtoMajor and ProtoMinor; "" when
+	// unknown.
+	Protocol string
 	// Sampled says the probe sampled the request for a span (only when
 	// spans are on); TraceIDLow is then the value of the trace ID's last 8
 	// bytes (big-endian), drawn so that the configured ratio sampler agrees.

@@ -142,7 +142,7 @@ func (t *target) carry(hs []probe.Histogram) {
 		merged := false
 		for i := range t.carried {
 			c := &t.carried[i]
-			if c.Kind == h.Kind && c.Method == h.Method && c.Status == h.Status && c.Pattern == h.Pattern && len(c.Buckets) == len(h.Buckets) {
+			if c.Kind == h.Kind && c.Method == h.Method && c.Status == h.Status && c.Pattern == h.Pattern && c.Protocol == h.Protocol && len(c.Buckets) == len(h.Buckets) {
 				for j := range c.Buckets {
 					c.Buckets[j] += h.Buckets[j]
 				}

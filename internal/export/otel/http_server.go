@@ -53,6 +53,9 @@ func httpServerSpan(r probe.Request, route export.Route) (string, []attribute.Ke
 		semconv.URLPath(export.Clean(r.Path, export.MaxValueLen, r.PathTruncated)),
 		semconv.HTTPResponseStatusCode(r.Status),
 	)
+	if r.Protocol != "" {
+		attrs = append(attrs, semconv.NetworkProtocolVersion(r.Protocol))
+	}
 	if route.Value != "" {
 		attrs = append(attrs, semconv.HTTPRoute(route.Value), routeSourceKey.String(route.Source))
 	}
