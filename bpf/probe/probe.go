@@ -9,9 +9,9 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// Site is one attach point. Every site is the entry of a Go function, placed
+// Site is one attach point. A site is the entry of a Go function, placed
 // on the prologue's PUSHQ BP (an instruction the kernel emulates, so a hit
-// costs no single-step); there are no return probes.
+// costs no single-step), or, with Returns, every RET of one.
 type Site struct {
 	// Symbol is the Go function, e.g. "net/http.serverHandler.ServeHTTP".
 	Symbol string
@@ -24,6 +24,13 @@ type Site struct {
 	// method nothing can call (net/http.(*response).Hijack in a program
 	// that never hijacks), and then nothing can reach the site either.
 	Optional bool
+	// Returns attaches Program at every RET instruction of Symbol instead
+	// of its entry (found by disassembly, one link for all): the one RET
+	// that runs sees the results still in their registers. A RET is
+	// single-stepped (it costs several µs more than an entry hit), so a
+	// probe uses it only where no function entered afterwards can end the
+	// call; VaddrConst is not set for such a site (it has many addresses).
+	Returns bool
 }
 
 // Field names a struct field whose byte offset a probe needs.

@@ -652,6 +652,7 @@ func (a *Agent) setSignals() {
 	a.http = prom.NewHTTPServer(a.active, a.kernelOf(probe.KindHTTPServer), a.routes)
 	a.signals = map[probe.Kind]signal{
 		probe.KindHTTPServer: &httpServer{routes: a.routes, prom: a.http, spans: a.spans},
+		probe.KindHTTPClient: a.newHTTPClient(),
 	}
 }
 

@@ -136,7 +136,7 @@ type loadedBinary struct {
 	key      binKey
 	info     *inspect.Binary
 	refs     int
-	sites    [][]uint64 // per probe, per site: file offset
+	sites    [][][]uint64 // per probe, per site: file offsets (one for an entry, each RET for a Returns site)
 	programs []*ebpf.Collection
 	// static reads patterns that probes report by address; nil when the
 	// binary has no .rodata or in-kernel metrics are off.
@@ -390,12 +390,12 @@ func (m *Manager) attach(pid int, exePath string) (_ *inspect.Binary, repeat boo
 			continue // refused for this binary, or its side not linked
 		}
 		for j, site := range lp.Sites {
-			if bin.sites[i][j] == 0 {
+			if len(bin.sites[i][j]) == 0 {
 				continue // an optional site the binary lacks
 			}
 			prog := bin.programs[i].Programs[site.Program]
 			l, err := ex.UprobeMulti(nil, prog, &link.UprobeMultiOptions{
-				Addresses: []uint64{bin.sites[i][j]},
+				Addresses: bin.sites[i][j],
 				PID:       uint32(pid),
 			})
 			if err != nil {
@@ -466,9 +466,9 @@ func (m *Manager) loadBinary(key binKey, exePath string) (*loadedBinary, error) 
 }
 
 // loadProbeFor loads one probe's programs for a binary, with the binary's
-// offsets, and returns the file offset of each of its sites (0 for an
-// optional site the binary lacks).
-func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *loadedProbe) ([]uint64, *ebpf.Collection, error) {
+// offsets, and returns the file offsets of each of its sites (none for an
+// optional site the binary lacks; every RET of a Returns site).
+func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *loadedProbe) ([][]uint64, *ebpf.Collection, error) {
 	if version.Compare(info.GoVersion, lp.MinGo) < 0 {
 		return nil, nil, &inspect.Error{Reason: inspect.ReasonGoVersion,
 			Err: fmt.Errorf("built with %s; probe %s needs %s or later", info.GoVersion, lp.Name, lp.MinGo)}
@@ -480,11 +480,23 @@ func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *load
 		}
 		return nil
 	}
-	var offs []uint64
+	var offs [][]uint64
 	for i, s := range lp.Sites {
+		if s.Returns {
+			rets, err := info.ReturnSites(s.Symbol)
+			if err != nil && s.Optional && inspect.ReasonOf(err) == inspect.ReasonSymbol {
+				offs = append(offs, nil)
+				continue
+			}
+			if err != nil {
+				return nil, nil, err
+			}
+			offs = append(offs, rets)
+			continue
+		}
 		off, err := info.EntrySite(s.Symbol)
 		if err != nil && s.Optional && inspect.ReasonOf(err) == inspect.ReasonSymbol {
-			offs = append(offs, 0) // not in this binary: nothing can call it
+			offs = append(offs, nil) // not in this binary: nothing can call it
 			continue
 		}
 		if err != nil && i == 0 && inspect.ReasonOf(err) == inspect.ReasonSymbol {
@@ -493,7 +505,7 @@ func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *load
 		if err != nil {
 			return nil, nil, err
 		}
-		offs = append(offs, off)
+		offs = append(offs, []uint64{off})
 		// An inlined copy (e.g. after PGO) runs without entering the
 		// function: the probe would attach and see nothing. Its
 		// arguments' locations are not in a stripped binary, so refuse.

@@ -1,6 +1,7 @@
 package uprobes
 
 import (
+	"github.com/obsd-dev/obsd/bpf/net/http/client"
 	"github.com/obsd-dev/obsd/bpf/net/http/server"
 	"github.com/obsd-dev/obsd/bpf/probe"
 )
@@ -9,5 +10,6 @@ import (
 func Probes() []*probe.Probe {
 	return []*probe.Probe{
 		server.New(),
+		client.New(),
 	}
 }
