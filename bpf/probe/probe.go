@@ -68,6 +68,15 @@ type ITabConst struct {
 	Methods         []string
 }
 
+// FuncConst binds a u64 constant in the BPF object to the link-time entry
+// address of the function Symbol; the loader leaves it 0 when the binary
+// lacks the function. An error's dynamic type shows in its itab's first
+// method slot (the Error method), also where no itab has a symbol (Go 1.27
+// emits none) or was made at run time.
+type FuncConst struct {
+	Name, Symbol string
+}
+
 // Probe is the whole declaration of one instrumentation.
 type Probe struct {
 	// Name is short and stable; it appears in logs and metric labels.
@@ -77,6 +86,7 @@ type Probe struct {
 	Sites  []Site
 	Consts []Const
 	ITabs  []ITabConst
+	Funcs  []FuncConst
 	// Spec loads the compiled BPF collection.
 	Spec func() (*ebpf.CollectionSpec, error)
 	// Decode turns one ring-buffer record into the probe's own event type

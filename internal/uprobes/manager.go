@@ -218,6 +218,9 @@ func loadProbe(p *probe.Probe) (*loadedProbe, error) {
 	for _, it := range p.ITabs {
 		names = append(names, it.Name)
 	}
+	for _, fc := range p.Funcs {
+		names = append(names, fc.Name)
+	}
 	for _, s := range p.Sites {
 		if s.VaddrConst != "" {
 			names = append(names, s.VaddrConst)
@@ -547,6 +550,16 @@ func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *load
 			continue
 		}
 		if err := set(it.Name, addr); err != nil {
+			return nil, nil, err
+		}
+	}
+	for _, fc := range lp.Funcs {
+		fn, err := info.Func(fc.Symbol)
+		if err != nil {
+			m.log.Debug("function not in the binary; its constant stays 0", "exe", info.Path, "const", fc.Name, "err", err)
+			continue
+		}
+		if err := set(fc.Name, fn.Addr); err != nil {
 			return nil, nil, err
 		}
 	}

@@ -27,14 +27,13 @@ type bpfHttpClientEvent struct {
 	MethodLen  uint8
 	SchemeLen  uint8
 	HostLen    uint8
-	_          [1]byte
+	Pad0       uint8
 	PathLen    uint16
 	QueryLen   uint16
-	Pad        [7]uint8
+	Pad        [6]uint8
 	Method     [16]int8
 	Scheme     [8]int8
 	Host       [128]int8
-	_          [7]byte
 }
 
 type bpfInflight struct {
@@ -67,18 +66,18 @@ const (
 	bpfMapObsdCounters          = "obsd_counters"
 	bpfProgHttpClientEnd        = "http_client_end"
 	bpfProgHttpClientStart      = "http_client_start"
-	bpfVarItabCtxDeadline       = "itab_ctx_deadline"
-	bpfVarItabErrorString       = "itab_error_string"
-	bpfVarItabHttpError         = "itab_http_error"
-	bpfVarItabNetTimeout        = "itab_net_timeout"
-	bpfVarItabOpError           = "itab_op_error"
-	bpfVarItabPollDeadline      = "itab_poll_deadline"
-	bpfVarItabSyscallError      = "itab_syscall_error"
-	bpfVarItabTlsAlert          = "itab_tls_alert"
-	bpfVarItabTlsRecord         = "itab_tls_record"
-	bpfVarItabTlsVerify         = "itab_tls_verify"
-	bpfVarItabX509Hostname      = "itab_x509_hostname"
-	bpfVarItabX509UnknownCa     = "itab_x509_unknown_ca"
+	bpfVarFnCtxDeadline         = "fn_ctx_deadline"
+	bpfVarFnErrorString         = "fn_error_string"
+	bpfVarFnHttpError           = "fn_http_error"
+	bpfVarFnNetTimeout          = "fn_net_timeout"
+	bpfVarFnOpError             = "fn_op_error"
+	bpfVarFnPollDeadline        = "fn_poll_deadline"
+	bpfVarFnSyscallError        = "fn_syscall_error"
+	bpfVarFnTlsAlert            = "fn_tls_alert"
+	bpfVarFnTlsRecord           = "fn_tls_record"
+	bpfVarFnTlsVerify           = "fn_tls_verify"
+	bpfVarFnX509Hostname        = "fn_x509_hostname"
+	bpfVarFnX509UnknownCa       = "fn_x509_unknown_ca"
 	bpfVarOffHttperrorTimeout   = "off_httperror_timeout"
 	bpfVarOffOperrorErr         = "off_operror_err"
 	bpfVarOffRequestMethod      = "off_request_method"
@@ -159,18 +158,18 @@ type bpfMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
-	ItabCtxDeadline       *ebpf.VariableSpec `ebpf:"itab_ctx_deadline"`
-	ItabErrorString       *ebpf.VariableSpec `ebpf:"itab_error_string"`
-	ItabHttpError         *ebpf.VariableSpec `ebpf:"itab_http_error"`
-	ItabNetTimeout        *ebpf.VariableSpec `ebpf:"itab_net_timeout"`
-	ItabOpError           *ebpf.VariableSpec `ebpf:"itab_op_error"`
-	ItabPollDeadline      *ebpf.VariableSpec `ebpf:"itab_poll_deadline"`
-	ItabSyscallError      *ebpf.VariableSpec `ebpf:"itab_syscall_error"`
-	ItabTlsAlert          *ebpf.VariableSpec `ebpf:"itab_tls_alert"`
-	ItabTlsRecord         *ebpf.VariableSpec `ebpf:"itab_tls_record"`
-	ItabTlsVerify         *ebpf.VariableSpec `ebpf:"itab_tls_verify"`
-	ItabX509Hostname      *ebpf.VariableSpec `ebpf:"itab_x509_hostname"`
-	ItabX509UnknownCa     *ebpf.VariableSpec `ebpf:"itab_x509_unknown_ca"`
+	FnCtxDeadline         *ebpf.VariableSpec `ebpf:"fn_ctx_deadline"`
+	FnErrorString         *ebpf.VariableSpec `ebpf:"fn_error_string"`
+	FnHttpError           *ebpf.VariableSpec `ebpf:"fn_http_error"`
+	FnNetTimeout          *ebpf.VariableSpec `ebpf:"fn_net_timeout"`
+	FnOpError             *ebpf.VariableSpec `ebpf:"fn_op_error"`
+	FnPollDeadline        *ebpf.VariableSpec `ebpf:"fn_poll_deadline"`
+	FnSyscallError        *ebpf.VariableSpec `ebpf:"fn_syscall_error"`
+	FnTlsAlert            *ebpf.VariableSpec `ebpf:"fn_tls_alert"`
+	FnTlsRecord           *ebpf.VariableSpec `ebpf:"fn_tls_record"`
+	FnTlsVerify           *ebpf.VariableSpec `ebpf:"fn_tls_verify"`
+	FnX509Hostname        *ebpf.VariableSpec `ebpf:"fn_x509_hostname"`
+	FnX509UnknownCa       *ebpf.VariableSpec `ebpf:"fn_x509_unknown_ca"`
 	OffHttperrorTimeout   *ebpf.VariableSpec `ebpf:"off_httperror_timeout"`
 	OffOperrorErr         *ebpf.VariableSpec `ebpf:"off_operror_err"`
 	OffRequestMethod      *ebpf.VariableSpec `ebpf:"off_request_method"`
@@ -230,18 +229,18 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
-	ItabCtxDeadline       *ebpf.Variable `ebpf:"itab_ctx_deadline"`
-	ItabErrorString       *ebpf.Variable `ebpf:"itab_error_string"`
-	ItabHttpError         *ebpf.Variable `ebpf:"itab_http_error"`
-	ItabNetTimeout        *ebpf.Variable `ebpf:"itab_net_timeout"`
-	ItabOpError           *ebpf.Variable `ebpf:"itab_op_error"`
-	ItabPollDeadline      *ebpf.Variable `ebpf:"itab_poll_deadline"`
-	ItabSyscallError      *ebpf.Variable `ebpf:"itab_syscall_error"`
-	ItabTlsAlert          *ebpf.Variable `ebpf:"itab_tls_alert"`
-	ItabTlsRecord         *ebpf.Variable `ebpf:"itab_tls_record"`
-	ItabTlsVerify         *ebpf.Variable `ebpf:"itab_tls_verify"`
-	ItabX509Hostname      *ebpf.Variable `ebpf:"itab_x509_hostname"`
-	ItabX509UnknownCa     *ebpf.Variable `ebpf:"itab_x509_unknown_ca"`
+	FnCtxDeadline         *ebpf.Variable `ebpf:"fn_ctx_deadline"`
+	FnErrorString         *ebpf.Variable `ebpf:"fn_error_string"`
+	FnHttpError           *ebpf.Variable `ebpf:"fn_http_error"`
+	FnNetTimeout          *ebpf.Variable `ebpf:"fn_net_timeout"`
+	FnOpError             *ebpf.Variable `ebpf:"fn_op_error"`
+	FnPollDeadline        *ebpf.Variable `ebpf:"fn_poll_deadline"`
+	FnSyscallError        *ebpf.Variable `ebpf:"fn_syscall_error"`
+	FnTlsAlert            *ebpf.Variable `ebpf:"fn_tls_alert"`
+	FnTlsRecord           *ebpf.Variable `ebpf:"fn_tls_record"`
+	FnTlsVerify           *ebpf.Variable `ebpf:"fn_tls_verify"`
+	FnX509Hostname        *ebpf.Variable `ebpf:"fn_x509_hostname"`
+	FnX509UnknownCa       *ebpf.Variable `ebpf:"fn_x509_unknown_ca"`
 	OffHttperrorTimeout   *ebpf.Variable `ebpf:"off_httperror_timeout"`
 	OffOperrorErr         *ebpf.Variable `ebpf:"off_operror_err"`
 	OffRequestMethod      *ebpf.Variable `ebpf:"off_request_method"`

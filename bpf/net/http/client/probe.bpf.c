@@ -49,21 +49,23 @@ volatile const u64 sample_bound = 1ULL << 63;
 /* Link-time address of the entry site, for the load bias of a PIE. */
 volatile const u64 start_site_vaddr = 0;
 
-/* Link-time itabs of error types converted to error, set by the loader
- * when the binary has them (0: the type is never an error here, or could
- * not be found; its errors are then classified _OTHER). */
-volatile const u64 itab_op_error = 0;        /* *net.OpError */
-volatile const u64 itab_syscall_error = 0;   /* *os.SyscallError */
-volatile const u64 itab_poll_deadline = 0;   /* *internal/poll.DeadlineExceededError */
-volatile const u64 itab_net_timeout = 0;     /* *net.timeoutError (Go < 1.23's dial timeout) */
-volatile const u64 itab_ctx_deadline = 0;    /* context.deadlineExceededError */
-volatile const u64 itab_error_string = 0;    /* *errors.errorString (context.Canceled) */
-volatile const u64 itab_http_error = 0;      /* *net/http.httpError */
-volatile const u64 itab_tls_verify = 0;      /* *crypto/tls.CertificateVerificationError */
-volatile const u64 itab_tls_record = 0;      /* crypto/tls.RecordHeaderError */
-volatile const u64 itab_tls_alert = 0;       /* crypto/tls.AlertError */
-volatile const u64 itab_x509_unknown_ca = 0; /* x509.UnknownAuthorityError */
-volatile const u64 itab_x509_hostname = 0;   /* x509.HostnameError */
+/* Link-time addresses of the Error methods of error types, set by the
+ * loader when the binary has them (0: never an error here). An error's
+ * itab holds its type's Error method in its first slot (itab+24): that
+ * tells the type for every Go release and build, with or without itab
+ * symbols (Go 1.27 has none), also for itabs made at run time. */
+volatile const u64 fn_op_error = 0;        /* *net.OpError */
+volatile const u64 fn_syscall_error = 0;   /* *os.SyscallError */
+volatile const u64 fn_poll_deadline = 0;   /* *internal/poll.DeadlineExceededError */
+volatile const u64 fn_net_timeout = 0;     /* *net.timeoutError */
+volatile const u64 fn_ctx_deadline = 0;    /* context.deadlineExceededError */
+volatile const u64 fn_error_string = 0;    /* *errors.errorString (context.Canceled) */
+volatile const u64 fn_http_error = 0;      /* *net/http.httpError */
+volatile const u64 fn_tls_verify = 0;      /* *crypto/tls.CertificateVerificationError */
+volatile const u64 fn_tls_record = 0;      /* crypto/tls.RecordHeaderError */
+volatile const u64 fn_tls_alert = 0;       /* crypto/tls.AlertError */
+volatile const u64 fn_x509_unknown_ca = 0; /* crypto/x509.UnknownAuthorityError */
+volatile const u64 fn_x509_hostname = 0;   /* crypto/x509.HostnameError */
 
 #define FLAG_SAMPLED 1
 #define FLAG_METHOD_TRUNCATED 2
@@ -99,9 +101,10 @@ struct http_client_event {
 	u8 method_len;
 	u8 scheme_len;
 	u8 host_len;
+	u8 _pad0;
 	u16 path_len;
 	u16 query_len;
-	u8 _pad[7];
+	u8 _pad[6];
 	char method[METHOD_MAX];
 	char scheme[SCHEME_MAX];
 	char host[HOST_MAX];
@@ -201,25 +204,34 @@ static __always_inline int is_string(u64 data, const char *s, u32 n)
 	return 1;
 }
 
-/* leaf_kind classifies an error that wraps nothing obsd looks into. */
-static __always_inline u8 leaf_kind(u64 itab, u64 data, u64 bias)
+/* error_type returns the link-time address of the Error method of the
+ * error whose itab is itab (its first method slot), 0 if unreadable. */
+static __always_inline u64 error_type(u64 itab, u64 bias)
 {
-	if (!itab)
+	u64 fn = 0;
+	if (!itab || bpf_probe_read_user(&fn, sizeof(fn), (void *)(itab + 24)) != 0 || !fn)
+		return 0;
+	return fn - bias;
+}
+
+#define IS(t, c) ((c) && (t) == (c))
+
+/* leaf_kind classifies an error that wraps nothing obsd looks into. */
+static __always_inline u8 leaf_kind(u64 t, u64 data)
+{
+	if (!t)
 		return ERR_OTHER;
-	u64 t = itab - bias;
-	if ((itab_poll_deadline && t == itab_poll_deadline) || (itab_net_timeout && t == itab_net_timeout) ||
-	    (itab_ctx_deadline && t == itab_ctx_deadline))
+	if (IS(t, fn_poll_deadline) || IS(t, fn_net_timeout) || IS(t, fn_ctx_deadline))
 		return ERR_TIMEOUT;
-	if ((itab_tls_verify && t == itab_tls_verify) || (itab_tls_record && t == itab_tls_record) ||
-	    (itab_tls_alert && t == itab_tls_alert) || (itab_x509_unknown_ca && t == itab_x509_unknown_ca) ||
-	    (itab_x509_hostname && t == itab_x509_hostname))
+	if (IS(t, fn_tls_verify) || IS(t, fn_tls_record) || IS(t, fn_tls_alert) || IS(t, fn_x509_unknown_ca) ||
+	    IS(t, fn_x509_hostname))
 		return ERR_TLS;
-	if (itab_error_string && t == itab_error_string && data) {
+	if (IS(t, fn_error_string) && data) {
 		if (is_string(data, "context canceled", 16) || is_string(data, "operation was canceled", 22))
 			return ERR_CANCELED;
 		return ERR_OTHER;
 	}
-	if (itab_http_error && t == itab_http_error && data && off_httperror_timeout != OFF_NONE) {
+	if (IS(t, fn_http_error) && data && off_httperror_timeout != OFF_NONE) {
 		u8 timeout = 0;
 		if (bpf_probe_read_user(&timeout, 1, (void *)(data + off_httperror_timeout)) == 0 && timeout)
 			return ERR_TIMEOUT;
@@ -230,18 +242,19 @@ static __always_inline u8 leaf_kind(u64 itab, u64 data, u64 bias)
 /* error_kind classifies roundTrip's error from its itab and data: a
  * *net.OpError by what it wraps (a refused connect is an *os.SyscallError
  * with ECONNREFUSED, a dial timeout a deadline error), anything else as a
- * leaf. At most three dependent reads, on failures only. */
+ * leaf. A handful of dependent reads, on failures only. */
 static __always_inline u8 error_kind(u64 itab, u64 data, u64 bias)
 {
-	if (!itab_op_error || itab - bias != itab_op_error || !data || off_operror_err == OFF_NONE)
-		return leaf_kind(itab, data, bias);
+	u64 t = error_type(itab, bias);
+	if (!IS(t, fn_op_error) || !data || off_operror_err == OFF_NONE)
+		return leaf_kind(t, data);
 	struct {
 		u64 itab, data;
 	} inner = {};
 	if (bpf_probe_read_user(&inner, sizeof(inner), (void *)(data + off_operror_err)) != 0)
 		return ERR_OTHER;
-	if (itab_syscall_error && inner.itab && inner.itab - bias == itab_syscall_error && inner.data &&
-	    off_syscallerror_err != OFF_NONE) {
+	t = error_type(inner.itab, bias);
+	if (IS(t, fn_syscall_error) && inner.data && off_syscallerror_err != OFF_NONE) {
 		/* SyscallError.Err is a syscall.Errno boxed in an error: the
 		 * data word points at the number. */
 		u64 errp = 0, errno = 0;
@@ -250,7 +263,7 @@ static __always_inline u8 error_kind(u64 itab, u64 data, u64 bias)
 			return ERR_OTHER;
 		return errno == ECONNREFUSED ? ERR_REFUSED : ERR_OTHER;
 	}
-	return leaf_kind(inner.itab, inner.data, bias);
+	return leaf_kind(t, inner.data);
 }
 
 SEC("uprobe.multi")

@@ -86,12 +86,6 @@ func field(pkg, typ, name string) probe.Field {
 	return probe.Field{Module: "std", Package: pkg, Struct: typ, Field: name}
 }
 
-// errorITab declares the itab of typ converted to error, whose one method
-// slot holds method (what finds it in a stripped binary).
-func errorITab(name, typ, method string) probe.ITabConst {
-	return probe.ITabConst{Name: name, Type: typ, Interface: "error", Methods: []string{method}}
-}
-
 // New returns the probe declaration.
 func New() *probe.Probe {
 	const roundTrip = "net/http.(*Transport).roundTrip"
@@ -117,19 +111,19 @@ func New() *probe.Probe {
 			{Name: "off_syscallerror_err", Field: field("os", "SyscallError", "Err"), Optional: true},
 			{Name: "off_httperror_timeout", Field: field("net/http", "httpError", "timeout"), Optional: true},
 		},
-		ITabs: []probe.ITabConst{
-			errorITab("itab_op_error", "*net.OpError", "net.(*OpError).Error"),
-			errorITab("itab_syscall_error", "*os.SyscallError", "os.(*SyscallError).Error"),
-			errorITab("itab_poll_deadline", "*internal/poll.DeadlineExceededError", "internal/poll.(*DeadlineExceededError).Error"),
-			errorITab("itab_net_timeout", "*net.timeoutError", "net.(*timeoutError).Error"),
-			errorITab("itab_ctx_deadline", "context.deadlineExceededError", "context.(*deadlineExceededError).Error"),
-			errorITab("itab_error_string", "*errors.errorString", "errors.(*errorString).Error"),
-			errorITab("itab_http_error", "*net/http.httpError", "net/http.(*httpError).Error"),
-			errorITab("itab_tls_verify", "*crypto/tls.CertificateVerificationError", "crypto/tls.(*CertificateVerificationError).Error"),
-			errorITab("itab_tls_record", "crypto/tls.RecordHeaderError", "crypto/tls.(*RecordHeaderError).Error"),
-			errorITab("itab_tls_alert", "crypto/tls.AlertError", "crypto/tls.(*AlertError).Error"),
-			errorITab("itab_x509_unknown_ca", "crypto/x509.UnknownAuthorityError", "crypto/x509.(*UnknownAuthorityError).Error"),
-			errorITab("itab_x509_hostname", "crypto/x509.HostnameError", "crypto/x509.(*HostnameError).Error"),
+		Funcs: []probe.FuncConst{
+			{Name: "fn_op_error", Symbol: "net.(*OpError).Error"},
+			{Name: "fn_syscall_error", Symbol: "os.(*SyscallError).Error"},
+			{Name: "fn_poll_deadline", Symbol: "internal/poll.(*DeadlineExceededError).Error"},
+			{Name: "fn_net_timeout", Symbol: "net.(*timeoutError).Error"},
+			{Name: "fn_ctx_deadline", Symbol: "context.(*deadlineExceededError).Error"},
+			{Name: "fn_error_string", Symbol: "errors.(*errorString).Error"},
+			{Name: "fn_http_error", Symbol: "net/http.(*httpError).Error"},
+			{Name: "fn_tls_verify", Symbol: "crypto/tls.(*CertificateVerificationError).Error"},
+			{Name: "fn_tls_record", Symbol: "crypto/tls.(*RecordHeaderError).Error"},
+			{Name: "fn_tls_alert", Symbol: "crypto/tls.(*AlertError).Error"},
+			{Name: "fn_x509_unknown_ca", Symbol: "crypto/x509.(*UnknownAuthorityError).Error"},
+			{Name: "fn_x509_hostname", Symbol: "crypto/x509.(*HostnameError).Error"},
 		},
 		ProcessMaps: map[string]int{
 			"http_client_inflight": int(unsafe.Offsetof(bpfInflightKey{}.Tgid)),
