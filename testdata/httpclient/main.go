@@ -124,6 +124,7 @@ func main() {
 	caFile := flag.String("ca", "", "PEM file of the TLS server's certificate")
 	h2c := flag.String("h2c", "", "base URL of the h2c test server (Go 1.24+ clients only)")
 	refused := flag.String("refused", "", "host:port on loopback where nothing listens")
+	loop := flag.Int("loop", 0, "instead of the mix, send this many GETs to -http /ok, one at a time on one connection, and print their mean time (cost measurements)")
 	flag.Parse()
 
 	fmt.Println("ready h2c=" + strconv.FormatBool(h2cSupported))
@@ -132,6 +133,14 @@ func main() {
 		log.Fatalf("waiting for the go-ahead: %v", err)
 	}
 
+	if *loop > 0 {
+		for {
+			fmt.Printf("ns_per_request %d\n", timeLoop(*plain+"/ok", *loop))
+			if _, err := in.ReadString('\n'); err != nil {
+				return
+			}
+		}
+	}
 	t := &tally{m: map[key]int{}}
 	run(t, *plain, *secure, *caFile, *h2c, *refused)
 	out, err := json.Marshal(t.series())
@@ -248,4 +257,20 @@ func parseURL(s string) *url.URL {
 		log.Fatal(err)
 	}
 	return u
+}
+
+// timeLoop sends n GETs to u one after another over one keep-alive
+// connection and returns their mean duration in ns.
+func timeLoop(u string, n int) int64 {
+	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		resp, err := c.Get(u)
+		if err != nil {
+			log.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	return time.Since(start).Nanoseconds() / int64(n)
 }

@@ -228,18 +228,28 @@ func TestHTTPClientCountedExactly(t *testing.T) {
 	s := startServers(t)
 	for _, v := range []struct {
 		e2e.Variant
-		h2c bool
+		h2c   bool
+		spans bool // every round trip also a span, checked like the metric
 	}{
-		{e2e.Variant{Name: "go1.21", Toolchain: "go1.21.13"}, false},
-		{e2e.Variant{Name: "go1.24", Toolchain: "go1.24.9"}, true},
-		{e2e.Variant{Name: "current-stripped", Stripped: true}, true},
-		{e2e.Variant{Name: "go1.27", Toolchain: "go1.27.3"}, true},
+		{e2e.Variant{Name: "go1.21", Toolchain: "go1.21.13"}, false, false},
+		{e2e.Variant{Name: "go1.24", Toolchain: "go1.24.9"}, true, true},
+		{e2e.Variant{Name: "current-stripped", Stripped: true}, true, false},
+		{e2e.Variant{Name: "go1.27", Toolchain: "go1.27.3"}, true, false},
 	} {
 		t.Run(v.Name, func(t *testing.T) {
 			bin := builds.Program(t, "httpclient", v.Variant)
 			var o *e2e.Obsd
+			var recv *e2e.Receiver
 			tally, p := runClient(t, bin, s, func(pid int) {
-				o = e2e.StartObsd(t, obsdBin, nil, "--pid", strconv.Itoa(pid), "--traces", "none")
+				var env []string
+				args := []string{"--pid", strconv.Itoa(pid), "--traces", "none"}
+				if v.spans {
+					recv = e2e.StartReceiver(t)
+					env = []string{"OTEL_EXPORTER_OTLP_ENDPOINT=" + recv.Endpoint,
+						"OTEL_EXPORTER_OTLP_INSECURE=true", "OTEL_BSP_SCHEDULE_DELAY=100"}
+					args = args[:2]
+				}
+				o = e2e.StartObsd(t, obsdBin, env, args...)
 				o.WaitScrape(t, 20*time.Second, "the client to be instrumented", func(f map[string]*dto.MetricFamily) bool {
 					return e2e.Sum(f, "obsd_instrumented_processes", nil) == 1
 				})
@@ -268,9 +278,54 @@ func TestHTTPClientCountedExactly(t *testing.T) {
 				}
 			}
 			e2e.Promtool(t, scrape)
+			if v.spans {
+				checkSpans(t, recv, p.PID(), want)
+			}
 			if t.Failed() {
 				t.Logf("client tally: %v", tally)
 			}
 		})
+	}
+}
+
+// checkSpans asserts one CLIENT span per round trip, with the metric's
+// values as attributes, and url.full stripped of query values.
+func checkSpans(t *testing.T, recv *e2e.Receiver, pid int, want map[string]int) {
+	t.Helper()
+	spans := recv.WaitSpans(t, total(want), 20*time.Second)
+	got := map[string]int{}
+	redirects := 0
+	for _, sp := range spans {
+		if sp.Resource["service.instance.id"] != instance(pid) {
+			continue
+		}
+		if sp.GetKind().String() != "SPAN_KIND_CLIENT" {
+			t.Errorf("span %q of kind %v", sp.GetName(), sp.GetKind())
+		}
+		full := sp.Attr("url.full")
+		if strings.Contains(full, "secret") || strings.Contains(full, "@") {
+			t.Errorf("url.full %q carries a query value or userinfo", full)
+		}
+		if strings.Contains(full, "/redirect?") {
+			redirects++
+			if !strings.HasSuffix(full, "/redirect?to=REDACTED&token=REDACTED") {
+				t.Errorf("url.full %q, want the query's values REDACTED", full)
+			}
+		}
+		s := series{Method: sp.Attr("http.request.method"), Status: sp.Attr("http.response.status_code"),
+			Error: sp.Attr("error.type"), Address: sp.Attr("server.address"), Port: sp.Attr("server.port"),
+			Protocol: sp.Attr("network.protocol.version")}
+		got[s.key()]++
+	}
+	if redirects != 3 {
+		t.Errorf("%d spans of /redirect, want 3", redirects)
+	}
+	for k, n := range want {
+		if got[k] != n {
+			t.Errorf("spans %q: %d, the client counted %d", k, got[k], n)
+		}
+	}
+	if total(got) != total(want) {
+		t.Errorf("%d spans, the client counted %d round trips", total(got), total(want))
 	}
 }
