@@ -28,7 +28,7 @@ const roundTrip = "net/http.(*Transport).roundTrip"
 // it alone, niced: go test -run '^$' -bench HTTPClientProbeCost.
 func BenchmarkHTTPClientProbeCost(b *testing.B) {
 	e2e.RequireRoot(b)
-	const n = 20000
+	const n = 5000
 	srv := httptest.NewServer(handler())
 	defer srv.Close()
 	bin := builds.Program(b, "httpclient", e2e.Variant{Name: "current"})
@@ -57,6 +57,14 @@ func BenchmarkHTTPClientProbeCost(b *testing.B) {
 		return 0
 	}
 	measure() // warm up: connection, page faults
+	// On a shared machine one run is noise: take the best of three.
+	best := func(f func() int64) int64 {
+		m := f()
+		for i := 0; i < 2; i++ {
+			m = min(m, f())
+		}
+		return m
+	}
 
 	insp, err := inspect.Open(bin)
 	if err != nil {
@@ -93,15 +101,15 @@ func BenchmarkHTTPClientProbeCost(b *testing.B) {
 		return measure()
 	}
 
-	plain := measure()
-	entryOnly := withFloor([]uint64{entry})
-	floorBoth := withFloor(append([]uint64{entry}, rets...))
+	plain := best(measure)
+	entryOnly := best(func() int64 { return withFloor([]uint64{entry}) })
+	floorBoth := best(func() int64 { return withFloor(append([]uint64{entry}, rets...)) })
 	o := e2e.StartObsd(b, builds.Obsd(b), nil, "--pid", strconv.Itoa(p.PID()), "--traces", "none")
 	o.WaitScrape(b, 20*time.Second, "the client to be instrumented", func(f map[string]*dto.MetricFamily) bool {
 		return e2e.Sum(f, "obsd_instrumented_processes", nil) == 1
 	})
-	obsd := measure()
-	b.Logf("per round trip (%d sequential GETs, %d RET sites): plain %d ns; entry trap only +%d ns; entry + RET traps (floor) +%d ns; obsd +%d ns (%+d ns over the floor)",
+	obsd := best(measure)
+	b.Logf("per round trip (best of 3 × %d sequential GETs, %d RET sites): plain %d ns; entry trap only +%d ns; entry + RET traps (floor) +%d ns; obsd +%d ns (%+d ns over the floor)",
 		n, len(rets), plain, entryOnly-plain, floorBoth-plain, obsd-plain, obsd-floorBoth)
 	b.ReportMetric(float64(plain), "plain-ns/req")
 	b.ReportMetric(float64(floorBoth), "floor-ns/req")
