@@ -9,9 +9,9 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// Site is one attach point. Every site is the entry of a Go function, placed
+// Site is one attach point. A site is the entry of a Go function, placed
 // on the prologue's PUSHQ BP (an instruction the kernel emulates, so a hit
-// costs no single-step); there are no return probes.
+// costs no single-step), or, with Returns, every RET of one.
 type Site struct {
 	// Symbol is the Go function, e.g. "net/http.serverHandler.ServeHTTP".
 	Symbol string
@@ -28,6 +28,13 @@ type Site struct {
 	// under the names of different releases (grpc-go renamed WriteStatus
 	// to writeStatus in v1.69): a binary must have at least one of them.
 	OneOf string
+	// Returns attaches Program at every RET instruction of Symbol instead
+	// of its entry (found by disassembly, one link for all): the one RET
+	// that runs sees the results still in their registers. A RET is
+	// single-stepped (it costs several µs more than an entry hit), so a
+	// probe uses it only where no function entered afterwards can end the
+	// call; VaddrConst is not set for such a site (it has many addresses).
+	Returns bool
 }
 
 // Field names a struct field whose byte offset a probe needs.
@@ -65,13 +72,16 @@ type ITabConst struct {
 	Methods         []string
 }
 
-// FuncConst binds a u64 constant in the BPF object to the link-time address
-// of a Go function (from .symtab, or .gopclntab when stripped), e.g. to tell
-// an interface value's dynamic type by its itab's method slot. A function
-// the binary lacks refuses the probe for that binary.
+// FuncConst binds a u64 constant in the BPF object to the link-time entry
+// address of the Go function Symbol (from .symtab, or .gopclntab when
+// stripped). An error's dynamic type shows in its itab's first method slot
+// (the Error method), also where no itab has a symbol (Go 1.27 emits none)
+// or was made at run time.
 type FuncConst struct {
-	Name   string
-	Symbol string
+	Name, Symbol string
+	// Optional leaves the constant 0 when the binary lacks the function;
+	// otherwise its absence refuses the probe for that binary.
+	Optional bool
 }
 
 // Probe is the whole declaration of one instrumentation.

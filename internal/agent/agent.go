@@ -660,6 +660,7 @@ func (a *Agent) setSignals() {
 		probe.KindHTTPServer: &httpServer{routes: a.routes, prom: a.http, spans: a.spans},
 		probe.KindRPCServer:  newRPCServer(a),
 		probe.KindRPCClient:  newRPCClient(a),
+		probe.KindHTTPClient: a.newHTTPClient(),
 	}
 }
 

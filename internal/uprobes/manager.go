@@ -146,7 +146,7 @@ type loadedBinary struct {
 	key      binKey
 	info     *inspect.Binary
 	refs     int
-	sites    [][]uint64 // per probe, per site: file offset
+	sites    [][][]uint64 // per probe, per site: file offsets (one for an entry, each RET for a Returns site)
 	programs []*ebpf.Collection
 	// static reads patterns that probes report by address; nil when the
 	// binary has no .rodata or in-kernel metrics are off.
@@ -228,8 +228,8 @@ func loadProbe(p *probe.Probe) (*loadedProbe, error) {
 	for _, it := range p.ITabs {
 		names = append(names, it.Name)
 	}
-	for _, f := range p.Funcs {
-		names = append(names, f.Name)
+	for _, fc := range p.Funcs {
+		names = append(names, fc.Name)
 	}
 	for _, s := range p.Sites {
 		if s.VaddrConst != "" {
@@ -403,12 +403,12 @@ func (m *Manager) attach(pid int, exePath string) (_ *inspect.Binary, repeat boo
 			continue // refused for this binary, or its side not linked
 		}
 		for j, site := range lp.Sites {
-			if bin.sites[i][j] == 0 {
+			if len(bin.sites[i][j]) == 0 {
 				continue // an optional site the binary lacks
 			}
 			prog := bin.programs[i].Programs[site.Program]
 			l, err := ex.UprobeMulti(nil, prog, &link.UprobeMultiOptions{
-				Addresses: []uint64{bin.sites[i][j]},
+				Addresses: bin.sites[i][j],
 				PID:       uint32(pid),
 			})
 			if err != nil {
@@ -492,9 +492,9 @@ func (m *Manager) loadBinary(key binKey, exePath string) (*loadedBinary, error) 
 }
 
 // loadProbeFor loads one probe's programs for a binary, with the binary's
-// offsets, and returns the file offset of each of its sites (0 for an
-// optional site the binary lacks).
-func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *loadedProbe) ([]uint64, *ebpf.Collection, error) {
+// offsets, and returns the file offsets of each of its sites (none for an
+// optional site the binary lacks; every RET of a Returns site).
+func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *loadedProbe) ([][]uint64, *ebpf.Collection, error) {
 	if version.Compare(info.GoVersion, lp.MinGo) < 0 {
 		return nil, nil, &inspect.Error{Reason: inspect.ReasonGoVersion,
 			Err: fmt.Errorf("built with %s; probe %s needs %s or later", info.GoVersion, lp.Name, lp.MinGo)}
@@ -506,15 +506,27 @@ func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *load
 		}
 		return nil
 	}
-	var offs []uint64
+	var offs [][]uint64
 	oneOf := map[string]bool{} // group -> one of its sites is present
 	for i, s := range lp.Sites {
+		if s.Returns {
+			rets, err := info.ReturnSites(s.Symbol)
+			if err != nil && s.Optional && inspect.ReasonOf(err) == inspect.ReasonSymbol {
+				offs = append(offs, nil)
+				continue
+			}
+			if err != nil {
+				return nil, nil, err
+			}
+			offs = append(offs, rets)
+			continue
+		}
 		off, err := info.EntrySite(s.Symbol)
 		if s.OneOf != "" {
 			oneOf[s.OneOf] = oneOf[s.OneOf] || err == nil
 		}
 		if err != nil && s.Optional && inspect.ReasonOf(err) == inspect.ReasonSymbol {
-			offs = append(offs, 0) // not in this binary: nothing can call it
+			offs = append(offs, nil) // not in this binary: nothing can call it
 			continue
 		}
 		if err != nil && i == 0 && inspect.ReasonOf(err) == inspect.ReasonSymbol {
@@ -523,7 +535,7 @@ func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *load
 		if err != nil {
 			return nil, nil, err
 		}
-		offs = append(offs, off)
+		offs = append(offs, []uint64{off})
 		// An inlined copy (e.g. after PGO) runs without entering the
 		// function: the probe would attach and see nothing. Its
 		// arguments' locations are not in a stripped binary, so refuse.
@@ -574,12 +586,16 @@ func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *load
 			return nil, nil, err
 		}
 	}
-	for _, f := range lp.Funcs {
-		fn, err := info.Func(f.Symbol)
+	for _, fc := range lp.Funcs {
+		fn, err := info.Func(fc.Symbol)
+		if err != nil && fc.Optional {
+			m.log.Debug("function not in the binary; its constant stays 0", "exe", info.Path, "const", fc.Name, "err", err)
+			continue
+		}
 		if err != nil {
 			return nil, nil, err
 		}
-		if err := set(f.Name, fn.Addr); err != nil {
+		if err := set(fc.Name, fn.Addr); err != nil {
 			return nil, nil, err
 		}
 	}

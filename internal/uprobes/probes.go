@@ -3,6 +3,7 @@ package uprobes
 import (
 	grpcclient "github.com/obsd-dev/obsd/bpf/google.golang.org/grpc/client"
 	grpcserver "github.com/obsd-dev/obsd/bpf/google.golang.org/grpc/server"
+	"github.com/obsd-dev/obsd/bpf/net/http/client"
 	"github.com/obsd-dev/obsd/bpf/net/http/server"
 	"github.com/obsd-dev/obsd/bpf/probe"
 )
@@ -13,5 +14,6 @@ func Probes() []*probe.Probe {
 		server.New(),
 		grpcserver.New(),
 		grpcclient.New(),
+		client.New(),
 	}
 }
