@@ -58,8 +58,17 @@ type Const struct {
 	Field Field
 	// Optional fields exist only in some versions (net/http.Request.Pattern
 	// since Go 1.23). When absent, the constant keeps the object's default,
-	// which the C code must treat as "not present".
+	// which the C code must treat as "not present". In a binary without
+	// DWARF whose module version the offsets table does not list, whether
+	// the field exists is unknown, and the probe is refused
+	// (unsupported_version), unless Secondary is set too.
 	Optional bool
+	// Secondary marks an optional field only one side path of the probe
+	// needs (x/net's HTTP/2 server in the HTTP server probe): where its
+	// module version is unknown, the constant keeps its default and the
+	// probe loses what needs it (counted), rather than the whole probe
+	// being refused.
+	Secondary bool
 }
 
 // ITabConst binds a u64 constant in the BPF object to the link-time address

@@ -602,7 +602,7 @@ func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *load
 	for _, c := range lp.Consts {
 		off, err := m.fieldOffset(info, c.Field)
 		if err != nil {
-			if c.Optional && inspect.ReasonOf(err) != inspect.ReasonVersion {
+			if c.Optional && (inspect.ReasonOf(err) != inspect.ReasonVersion || c.Secondary) {
 				continue
 			}
 			if inspect.ReasonOf(err) == inspect.ReasonOther {

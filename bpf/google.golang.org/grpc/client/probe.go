@@ -71,7 +71,9 @@ func New() *probe.Probe {
 			{Name: "off_callhdr_method", Field: grpcField(grpcModule+"/internal/transport", "CallHdr", "Method")},
 			{Name: "off_error_s", Field: grpcField(grpcModule+"/internal/status", "Error", "s")},
 			{Name: "off_status_s", Field: grpcField(grpcModule+"/internal/status", "Status", "s")},
-			{Name: "off_spb_code", Field: probe.Field{Module: "google.golang.org/genproto/googleapis/rpc",
+			// The status proto's layout, keyed by grpc-go's version as the
+			// server probe's is: the table records it beside grpc-go's.
+			{Name: "off_spb_code", Field: probe.Field{Module: grpcModule,
 				Package: "google.golang.org/genproto/googleapis/rpc/status", Struct: "Status", Field: "Code"}},
 			{Name: "off_errorstring_s", Field: probe.Field{Module: "std", Package: "errors", Struct: "errorString", Field: "s"}},
 		},

@@ -71,7 +71,7 @@ func h2Consts() []probe.Const {
 		cs = append(cs,
 			probe.Const{Name: "off_h2_" + x.c, Field: field("net/http", "http2"+x.typ, x.name), Optional: true},
 			probe.Const{Name: "off_h2_" + x.c, Field: field("net/http/internal/http2", x.typ, x.name), Optional: true},
-			probe.Const{Name: "off_xh2_" + x.c, Optional: true, Field: probe.Field{
+			probe.Const{Name: "off_xh2_" + x.c, Optional: true, Secondary: true, Field: probe.Field{
 				Module: xnetModule, Package: "golang.org/x/net/http2", Struct: x.typ, Field: x.name}},
 		)
 	}
