@@ -4,7 +4,7 @@ GO ?= go
 BIN := bin
 TEST_TIMEOUT ?= 30m
 
-.PHONY: build generate test demo bench offsets lint clean
+.PHONY: build generate test demo bench offsets image lint clean
 
 build:
 	$(GO) build -o $(BIN)/obsd ./cmd/obsd
@@ -36,6 +36,11 @@ bench: build
 # Regenerates internal/offsets/offsets.json from every supported toolchain.
 offsets:
 	$(GO) run ./internal/tools/offsetgen -out internal/offsets/offsets.json
+
+# The container image (Dockerfile) as bin/obsd-image.tar, an OCI archive, and
+# tagged obsd:dev in buildah's (or docker's) store. Needs buildah (root).
+image:
+	GO='$(GO)' ./scripts/image.sh obsd:dev $(BIN)/obsd-image.tar
 
 clean:
 	rm -rf $(BIN)

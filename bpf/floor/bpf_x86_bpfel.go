@@ -12,6 +12,20 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type bpfObsdCounter uint32
+
+const (
+	bpfObsdCounterCNT_RINGBUF_FULL    bpfObsdCounter = 0
+	bpfObsdCounterCNT_INFLIGHT_FULL   bpfObsdCounter = 1
+	bpfObsdCounterCNT_UNMATCHED_END   bpfObsdCounter = 2
+	bpfObsdCounterCNT_STALE_START     bpfObsdCounter = 3
+	bpfObsdCounterCNT_READ_FAILED     bpfObsdCounter = 4
+	bpfObsdCounterCNT_METRICS_FULL    bpfObsdCounter = 5
+	bpfObsdCounterCNT_INFLIGHT_BUDGET bpfObsdCounter = 6
+	bpfObsdCounterCNT_METRICS_BUDGET  bpfObsdCounter = 7
+	bpfObsdCounterCNT_MAX             bpfObsdCounter = 8
+)
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.

@@ -58,7 +58,9 @@ enum obsd_counter {
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, CNT_MAX);
-	__type(key, u32);
+	/* Keyed by the enum, so that its BTF (and bpf2go's Go constants, by
+	 * which each probe names its counters) exists in every object. */
+	__type(key, enum obsd_counter);
 	__type(value, u64);
 } obsd_counters SEC(".maps");
 

@@ -9,9 +9,9 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// Site is one attach point. Every site is the entry of a Go function, placed
+// Site is one attach point. A site is the entry of a Go function, placed
 // on the prologue's PUSHQ BP (an instruction the kernel emulates, so a hit
-// costs no single-step); there are no return probes.
+// costs no single-step), or, with Returns, every RET of one.
 type Site struct {
 	// Symbol is the Go function, e.g. "net/http.serverHandler.ServeHTTP".
 	Symbol string
@@ -24,6 +24,17 @@ type Site struct {
 	// method nothing can call (net/http.(*response).Hijack in a program
 	// that never hijacks), and then nothing can reach the site either.
 	Optional bool
+	// OneOf, if set, names a group of optional sites that are one function
+	// under the names of different releases (grpc-go renamed WriteStatus
+	// to writeStatus in v1.69): a binary must have at least one of them.
+	OneOf string
+	// Returns attaches Program at every RET instruction of Symbol instead
+	// of its entry (found by disassembly, one link for all): the one RET
+	// that runs sees the results still in their registers. A RET is
+	// single-stepped (it costs several µs more than an entry hit), so a
+	// probe uses it only where no function entered afterwards can end the
+	// call; VaddrConst is not set for such a site (it has many addresses).
+	Returns bool
 }
 
 // Field names a struct field whose byte offset a probe needs.
@@ -47,8 +58,17 @@ type Const struct {
 	Field Field
 	// Optional fields exist only in some versions (net/http.Request.Pattern
 	// since Go 1.23). When absent, the constant keeps the object's default,
-	// which the C code must treat as "not present".
+	// which the C code must treat as "not present". In a binary without
+	// DWARF whose module version the offsets table does not list, whether
+	// the field exists is unknown, and the probe is refused
+	// (unsupported_version), unless Secondary is set too.
 	Optional bool
+	// Secondary marks an optional field only one side path of the probe
+	// needs (x/net's HTTP/2 server in the HTTP server probe): where its
+	// module version is unknown, the constant keeps its default and the
+	// probe loses what needs it (counted), rather than the whole probe
+	// being refused.
+	Secondary bool
 }
 
 // ITabConst binds a u64 constant in the BPF object to the link-time address
@@ -61,6 +81,18 @@ type ITabConst struct {
 	Methods         []string
 }
 
+// FuncConst binds a u64 constant in the BPF object to the link-time entry
+// address of the Go function Symbol (from .symtab, or .gopclntab when
+// stripped). An error's dynamic type shows in its itab's first method slot
+// (the Error method), also where no itab has a symbol (Go 1.27 emits none)
+// or was made at run time.
+type FuncConst struct {
+	Name, Symbol string
+	// Optional leaves the constant 0 when the binary lacks the function;
+	// otherwise its absence refuses the probe for that binary.
+	Optional bool
+}
+
 // Probe is the whole declaration of one instrumentation.
 type Probe struct {
 	// Name is short and stable; it appears in logs and metric labels.
@@ -70,19 +102,38 @@ type Probe struct {
 	Sites  []Site
 	Consts []Const
 	ITabs  []ITabConst
+	Funcs  []FuncConst
 	// Spec loads the compiled BPF collection.
 	Spec func() (*ebpf.CollectionSpec, error)
-	// Decode turns one ring-buffer record into a Request. It must not keep
-	// raw, which the reader reuses.
-	Decode func(raw []byte) (Request, error)
+	// Decode turns one ring-buffer record into the probe's own event type
+	// (Request for the HTTP server). It must not keep raw, which the reader
+	// reuses.
+	Decode func(raw []byte) (Event, error)
 	// ProcessMaps lists maps whose keys hold a tgid, by name, with the tgid's
 	// byte offset in the key: entries of an exited process are deleted.
 	ProcessMaps map[string]int
+	// Counters name the slots of the probe's obsd_counters per-CPU array
+	// (bpf/include/obsd.h), each by the C enum constant bpf2go generates
+	// for it, so that Go and C cannot disagree on positions.
+	Counters []Counter
 	// Active, if its Map is set, says how to count requests in flight.
 	Active ActiveSlots
 	// Metrics, if its Map is set, says how to read what the probe counts in
 	// the kernel instead of sending records.
 	Metrics MetricsMap
+}
+
+// Counter is one slot of a probe's obsd_counters: either a loss (a call
+// not reported, or not faithfully: obsd_events_lost_total{probe,reason}) or
+// an anomaly (reported, but something about it was off:
+// obsd_probe_anomalies_total{probe,reason}). Each is logged once per probe
+// when it first becomes non-zero.
+type Counter struct {
+	// Index is the slot: the value of the probe's C enum constant.
+	Index uint32
+	// Reason is the reason label, e.g. "ringbuf_full".
+	Reason string
+	Lost   bool
 }
 
 // MetricsMap describes a per-CPU hash of duration histograms that a probe
@@ -113,6 +164,9 @@ type Histogram struct {
 	PatternAddr uint64
 	PatternLen  int
 	Pattern     string
+	// Protocol is the HTTP version as semconv's network.protocol.version
+	// ("1.0", "1.1", "2"), "" when unknown.
+	Protocol string
 	// Buckets are counts per bucket, not cumulative; the last is +Inf.
 	Buckets []uint64
 	SumNS   uint64
@@ -132,14 +186,64 @@ type ActiveSlots struct {
 	MethodLenOffset, MethodOffset int
 }
 
-// Kind says which side of which protocol a Request was observed on.
+// Kind says which side of which protocol an Event was observed on. Each
+// kind is one signal: its own event type (declared beside its probe), its
+// own file in internal/export/prom and internal/export/otel, and its own
+// handler in internal/agent, found by Kind.
 type Kind uint8
 
 const (
 	KindHTTPServer Kind = iota + 1
+	KindHTTPClient
+	KindRPCServer
+	KindRPCClient
 )
 
-// Request is one observed call, free of BPF types.
+// String names the kind as its signal's instruments do ("http.server").
+func (k Kind) String() string {
+	switch k {
+	case KindHTTPServer:
+		return "http.server"
+	case KindHTTPClient:
+		return "http.client"
+	case KindRPCServer:
+		return "rpc.server"
+	case KindRPCClient:
+		return "rpc.client"
+	}
+	return "unknown"
+}
+
+// Call holds what every observed call has, whatever its protocol. Event
+// types embed it.
+type Call struct {
+	Kind Kind
+	// PID is the thread group ID of the observed process.
+	PID uint32
+	// StartNS and EndNS are CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns).
+	StartNS, EndNS uint64
+	// Sampled says the probe sampled the call for a span (only when spans
+	// are on); TraceIDLow is then the value of the trace ID's last 8 bytes
+	// (big-endian), drawn so that the configured ratio sampler agrees.
+	Sampled    bool
+	TraceIDLow uint64
+}
+
+// Common implements Event for every type that embeds Call.
+func (c Call) Common() Call { return c }
+
+// Event is one decoded record. Each probe declares its own concrete type
+// (Request for the HTTP server); consumers find the type by Common().Kind.
+type Event interface {
+	Common() Call
+}
+
+// Common implements Event. Request predates Call and keeps its fields flat.
+func (r Request) Common() Call {
+	return Call{Kind: r.Kind, PID: r.PID, StartNS: r.StartNS, EndNS: r.EndNS, Sampled: r.Sampled, TraceIDLow: r.TraceIDLow}
+}
+
+// Request is one HTTP server request (KindHTTPServer), free of BPF types.
 type Request struct {
 	Kind Kind
 	// PID is the thread group ID of the observed process.
@@ -163,6 +267,10 @@ type Request struct {
 	MethodTruncated                 bool
 	// TLS says the request came over TLS (url.scheme "https").
 	TLS bool
+	// Protocol is the HTTP version as semconv's network.protocol.version
+	// ("1.0", "1.1", "2"), from Request.ProtoMajor and ProtoMinor; "" when
+	// unknown.
+	Protocol string
 	// Sampled says the probe sampled the request for a span (only when
 	// spans are on); TraceIDLow is then the value of the trace ID's last 8
 	// bytes (big-endian), drawn so that the configured ratio sampler agrees.

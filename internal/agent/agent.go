@@ -21,7 +21,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel/metric"
-	"go.opentelemetry.io/otel/trace"
 
 	"github.com/obsd-dev/obsd/bpf/probe"
 	"github.com/obsd-dev/obsd/internal/discover"
@@ -58,14 +57,16 @@ type Config struct {
 
 // Agent is one running obsd.
 type Agent struct {
-	cfg     Config
-	log     *slog.Logger
-	host    string
-	reg     *prometheus.Registry
-	mgr     *uprobes.Manager
-	spans   *otelexport.Exporter
-	http    *prom.HTTPServer
-	routes  *export.Routes
+	cfg    Config
+	log    *slog.Logger
+	host   string
+	reg    *prometheus.Registry
+	mgr    *uprobes.Manager
+	spans  *otelexport.Exporter
+	http   *prom.HTTPServer
+	routes *export.Routes
+	// signals has one entry per probe.Kind the enabled probes report.
+	signals map[probe.Kind]signal
 	watcher *discover.Watcher
 	kube    *kube.Source
 	checks  *health.Checker
@@ -102,7 +103,7 @@ type Agent struct {
 	// early holds the records of a selected pid read before its target
 	// was registered: the probes fire as soon as they are linked, and
 	// the reader may get there first. attach replays them.
-	early  map[uint32][]probe.Request
+	early  map[uint32][]probe.Event
 	chains map[int]chan struct{}
 	// images remembers, per pid, the start time and the number of the
 	// last image instrumented, for as long as that process runs: an image
@@ -141,7 +142,7 @@ func (t *target) carry(hs []probe.Histogram) {
 		merged := false
 		for i := range t.carried {
 			c := &t.carried[i]
-			if c.Kind == h.Kind && c.Method == h.Method && c.Status == h.Status && c.Pattern == h.Pattern && len(c.Buckets) == len(h.Buckets) {
+			if c.Kind == h.Kind && c.Method == h.Method && c.Status == h.Status && c.Pattern == h.Pattern && c.Protocol == h.Protocol && len(c.Buckets) == len(h.Buckets) {
 				for j := range c.Buckets {
 					c.Buckets[j] += h.Buckets[j]
 				}
@@ -190,7 +191,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		services: map[uint32]*target{},
 		exited:   map[*target]bool{},
 		selected: map[int]discover.Process{},
-		early:    map[uint32][]probe.Request{},
+		early:    map[uint32][]probe.Event{},
 		pending:  map[int]discover.Process{},
 		chains:   map[int]chan struct{}{},
 		images:   map[int]imageCount{},
@@ -221,8 +222,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		a.mgr.Close()
 		return nil, fmt.Errorf("setting up trace export: %w", err)
 	}
-	a.routes = export.NewRoutes(cfg.Logger)
-	a.http = prom.NewHTTPServer(a.active, a.kernel, a.routes)
+	a.setSignals()
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "obsd_build_info", Help: "Always 1; labels say which obsd runs.",
 		ConstLabels: prometheus.Labels{"version": cfg.Version, "host_name": host},
@@ -233,6 +233,12 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		Help: "Records dropped because their process was already forgotten.",
 	})
 	a.reg.MustRegister(a.http, a.mgr.Collector(), buildInfo, a.unattributed)
+	// A signal that exports its own families is a Collector.
+	for _, s := range a.signals {
+		if c, ok := s.(prometheus.Collector); ok {
+			a.reg.MustRegister(c)
+		}
+	}
 
 	a.watcher = discover.New(cfg.Criteria, discover.Options{Logger: cfg.Logger})
 	a.procs, a.delivered = a.mgr, a.watcher.Delivered
@@ -566,7 +572,9 @@ func (a *Agent) forget(t *target) {
 	}
 	a.mu.Unlock()
 	if heir == nil {
-		a.http.Forget(t.svc)
+		for _, s := range a.signals {
+			s.forget(t.svc)
+		}
 	}
 	if latest {
 		// A newer incarnation under this pid replaced the span provider
@@ -603,21 +611,22 @@ func (a *Agent) ready(context.Context) error {
 	return errors.New(b.String())
 }
 
-// Request implements uprobes.Sink.
-func (a *Agent) Request(r probe.Request) {
+// Event implements uprobes.Sink.
+func (a *Agent) Event(ev probe.Event) {
+	pid := ev.Common().PID
 	a.mu.RLock()
-	t := a.services[r.PID]
+	t := a.services[pid]
 	a.mu.RUnlock()
-	if t == nil && !a.hold(r) {
+	if t == nil && !a.hold(pid, ev) {
 		return
 	}
 	if t == nil {
 		// Registered between the two looks in hold.
 		a.mu.RLock()
-		t = a.services[r.PID]
+		t = a.services[pid]
 		a.mu.RUnlock()
 	}
-	a.observe(t, r)
+	a.observe(t, ev)
 }
 
 // maxEarly bounds the records held for one pid whose attach is finishing.
@@ -628,32 +637,43 @@ const maxEarly = 4096
 // registered meanwhile (the caller then observes r itself). Records of a
 // pid neither registered nor selected (forgotten before its last records
 // were read) are counted as unattributed.
-func (a *Agent) hold(r probe.Request) (registered bool) {
+func (a *Agent) hold(pid uint32, ev probe.Event) (registered bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.services[r.PID] != nil {
+	if a.services[pid] != nil {
 		return true
 	}
-	if _, ok := a.selected[int(r.PID)]; ok && len(a.early[r.PID]) < maxEarly {
-		a.early[r.PID] = append(a.early[r.PID], r)
+	if _, ok := a.selected[int(pid)]; ok && len(a.early[pid]) < maxEarly {
+		a.early[pid] = append(a.early[pid], ev)
 		return false
 	}
 	a.unattributed.Inc()
 	return false
 }
 
-// observe turns one record into its metric observation and span.
-func (a *Agent) observe(t *target, r probe.Request) {
-	switch r.Kind {
-	case probe.KindHTTPServer:
-		// One route per request, so that metrics and span agree.
-		route := a.routes.Route(t.svc, r)
-		var sc trace.SpanContext
-		if t.spans {
-			sc = a.spans.Span(t.svc, r, route)
-		}
-		a.http.Observe(t.svc, r, route, sc)
+// setSignals creates one signal per probe.Kind; a new kind adds one line
+// here. It needs a.log and a.spans.
+func (a *Agent) setSignals() {
+	a.routes = export.NewRoutes(a.log)
+	a.http = prom.NewHTTPServer(a.active, a.kernelOf(probe.KindHTTPServer), a.routes)
+	a.signals = map[probe.Kind]signal{
+		probe.KindHTTPServer: &httpServer{routes: a.routes, prom: a.http, spans: a.spans},
+		probe.KindRPCServer:  newRPCServer(a),
+		probe.KindRPCClient:  newRPCClient(a),
+		probe.KindHTTPClient: a.newHTTPClient(),
 	}
+}
+
+// observe hands one event to its kind's signal; an event of a kind
+// without one is counted as unattributed (a probe enabled without its
+// signal is a programming error, but never a reason to stop).
+func (a *Agent) observe(t *target, ev probe.Event) {
+	s := a.signals[ev.Common().Kind]
+	if s == nil {
+		a.unattributed.Inc()
+		return
+	}
+	s.observe(t.svc, t.spans, ev)
 }
 
 func (a *Agent) active() ([]prom.Active, error) {
@@ -669,30 +689,33 @@ func (a *Agent) active() ([]prom.Active, error) {
 	return out, err
 }
 
-// kernel attributes the histograms the probes counted in the kernel: the
-// live ones by pid to the attached incarnation, the final ones of exited
-// incarnations to their own.
-func (a *Agent) kernel() ([]prom.Kernel, error) {
-	hs, err := a.mgr.Histograms()
-	return a.attribute(hs), err
+// kernelOf returns what reads the histograms the probes of kind counted in
+// the kernel: the live ones by pid attributed to the attached incarnation,
+// the final ones of exited incarnations to their own.
+func (a *Agent) kernelOf(kind probe.Kind) func() ([]prom.Kernel, error) {
+	return func() ([]prom.Kernel, error) {
+		hs, err := a.mgr.Histograms()
+		return a.attribute(kind, hs), err
+	}
 }
 
-// attribute pairs live in-kernel series with the incarnation attached now
-// under their pid, and adds the final series of exited incarnations.
-func (a *Agent) attribute(hs []probe.Histogram) []prom.Kernel {
+// attribute pairs live in-kernel series of kind with the incarnation
+// attached now under their pid, and adds the final series of exited
+// incarnations.
+func (a *Agent) attribute(kind probe.Kind, hs []probe.Histogram) []prom.Kernel {
 	out := make([]prom.Kernel, 0, len(hs))
 	a.mu.RLock()
 	defer a.mu.RUnlock()
 	for _, h := range hs {
 		t := a.services[h.PID]
-		if t == nil || a.exited[t] || h.Kind != probe.KindHTTPServer {
+		if t == nil || a.exited[t] || h.Kind != kind {
 			continue
 		}
 		out = append(out, prom.Kernel{Service: t.svc, Histogram: h})
 	}
 	for t := range a.exited {
 		for _, h := range t.final {
-			if h.Kind == probe.KindHTTPServer {
+			if h.Kind == kind {
 				out = append(out, prom.Kernel{Service: t.svc, Histogram: h})
 			}
 		}
@@ -706,7 +729,7 @@ func (a *Agent) attribute(hs []probe.Histogram) []prom.Kernel {
 	}
 	for t := range carriers {
 		for _, h := range t.carried {
-			if h.Kind == probe.KindHTTPServer {
+			if h.Kind == kind {
 				out = append(out, prom.Kernel{Service: t.svc, Histogram: h})
 			}
 		}

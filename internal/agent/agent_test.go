@@ -14,7 +14,6 @@ import (
 
 	"github.com/obsd-dev/obsd/bpf/probe"
 	"github.com/obsd-dev/obsd/internal/discover"
-	"github.com/obsd-dev/obsd/internal/export"
 	otelexport "github.com/obsd-dev/obsd/internal/export/otel"
 	"github.com/obsd-dev/obsd/internal/export/prom"
 	"github.com/obsd-dev/obsd/internal/inspect"
@@ -97,14 +96,13 @@ func newTestAgent(t *testing.T, f *fakeProcs) *Agent {
 		cfg: Config{Forget: time.Hour, Traces: otelexport.ModeNone}, log: log, host: "h",
 		spans:    spans,
 		services: map[uint32]*target{}, exited: map[*target]bool{},
-		selected: map[int]discover.Process{}, pending: map[int]discover.Process{}, early: map[uint32][]probe.Request{}, chains: map[int]chan struct{}{},
+		selected: map[int]discover.Process{}, pending: map[int]discover.Process{}, early: map[uint32][]probe.Event{}, chains: map[int]chan struct{}{},
 		images: map[int]imageCount{},
 		slots:  make(chan struct{}, maxConcurrentAttaches), retryMin: 10 * time.Millisecond,
 		procs: f, delivered: func() uint64 { return 1 },
 		unattributed: prometheus.NewCounter(prometheus.CounterOpts{Name: "obsd_events_unattributed_total"}),
 	}
-	a.routes = export.NewRoutes(nil)
-	a.http = prom.NewHTTPServer(a.active, a.kernel, a.routes)
+	a.setSignals()
 	t.Cleanup(func() {
 		a.mu.Lock()
 		a.closing = true
@@ -213,7 +211,7 @@ func TestIncarnations(t *testing.T) {
 		t.Errorf("the first image's final series are not kept")
 	}
 	// A live series under pid 7 now belongs to the second image.
-	ks := a.attribute([]probe.Histogram{{PID: 7, Kind: probe.KindHTTPServer, SumNS: 5}})
+	ks := a.attribute(probe.KindHTTPServer, []probe.Histogram{{PID: 7, Kind: probe.KindHTTPServer, SumNS: 5}})
 	if len(ks) != 2 || ks[0].Service.InstanceID != "h:7:100:2" || ks[0].SumNS != 5 {
 		t.Errorf("in-kernel series %+v, want the live 5 under h:7:100:2 first", ks)
 	}
@@ -259,14 +257,15 @@ func TestRecordsBeforeRegistration(t *testing.T) {
 	f := &fakeProcs{}
 	a := newTestAgent(t, f)
 	a.http = prom.NewHTTPServer(nil, nil, a.routes) // no manager behind the fake
+	a.signals[probe.KindHTTPServer].(*httpServer).prom = a.http
 	f.linked = func(pid int) {
 		for range 3 {
-			a.Request(probe.Request{Kind: probe.KindHTTPServer, PID: uint32(pid), Method: "GET", Path: "/early", Status: 200, StartNS: 1, EndNS: 2})
+			a.Event(probe.Request{Kind: probe.KindHTTPServer, PID: uint32(pid), Method: "GET", Path: "/early", Status: 200, StartNS: 1, EndNS: 2})
 		}
 	}
 	a.Added(proc(9, 100, 1))
 	waitUntil(t, "the process", func() bool { return a.instance(9) != "" })
-	a.Request(probe.Request{Kind: probe.KindHTTPServer, PID: 9, Method: "GET", Path: "/early", Status: 200, StartNS: 1, EndNS: 2})
+	a.Event(probe.Request{Kind: probe.KindHTTPServer, PID: 9, Method: "GET", Path: "/early", Status: 200, StartNS: 1, EndNS: 2})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(a.http)
 	mfs, err := reg.Gather()
@@ -298,7 +297,7 @@ func TestSameInstanceCarried(t *testing.T) {
 	a := newTestAgent(t, f)
 	a.cfg.Forget = 10 * time.Millisecond
 	sum := func() (n uint64) {
-		for _, k := range a.attribute(nil) {
+		for _, k := range a.attribute(probe.KindHTTPServer, nil) {
 			if k.Service.InstanceID == "ns.pod.app" {
 				n += k.SumNS
 			}

@@ -33,7 +33,10 @@ const (
 	ReasonSymbol     = "symbol_missing"         // function not in .symtab nor .gopclntab
 	ReasonPrologue   = "no_prologue"            // PUSHQ BP not found at the start of the function
 	ReasonOffsets    = "offsets_unknown"        // set by the caller when neither DWARF nor the table knows a field
-	ReasonArch       = "arch_unsupported"       // not amd64
+	// ReasonVersion: a module (grpc-go) whose version the offsets table does not list, in a binary
+	// without DWARF. Set by the caller; offsets are never guessed for it.
+	ReasonVersion = "unsupported_version"
+	ReasonArch    = "arch_unsupported" // not amd64
 	// ReasonCorrupt: a size, count or offset in the file points outside it, or a table does not
 	// parse. A hostile or damaged executable is refused with it rather than trusted.
 	ReasonCorrupt = "exe_corrupt"

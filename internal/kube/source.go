@@ -88,6 +88,7 @@ type Source struct {
 	ident map[string]*identity
 
 	watchErrors prometheus.Counter
+	api         *apiHealth
 	containersG prometheus.Gauge
 	podsG       prometheus.Gauge
 }
@@ -156,6 +157,7 @@ func New(o Options) (*Source, error) {
 		refused: map[string]bool{},
 		warned:  map[string]bool{},
 		ident:   map[string]*identity{},
+		api:     newAPIHealth(o.Logger),
 		watchErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "obsd_kubernetes_watch_errors_total",
 			Help: "Failed lists and watches of this node's pods that client-go reports (an API server refusing connections is retried with backoff up to 30 s without a report).",
@@ -174,6 +176,7 @@ func New(o Options) (*Source, error) {
 		if err != nil {
 			return nil, err
 		}
+		cfg.Wrap(s.api.wrap)
 		if s.client, err = kubernetes.NewForConfig(cfg); err != nil {
 			return nil, fmt.Errorf("creating Kubernetes client: %w", err)
 		}
@@ -199,7 +202,7 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 
 // Collector exports the source's own metrics.
 func (s *Source) Collector() prometheus.Collector {
-	return collectors{s.watchErrors, s.containersG, s.podsG}
+	return collectors{s.watchErrors, s.api.errors, s.containersG, s.podsG}
 }
 
 type collectors []prometheus.Collector

@@ -162,6 +162,11 @@ func loadStdSource(t *testing.T, tc string) *stdSource {
 
 // offset returns k's byte offset in its struct, or errNoField.
 func (s *stdSource) offset(k Key) (uint64, error) {
+	if s.list[k.Package] == nil {
+		// A package this release does not have (net/http/internal/http2
+		// before Go 1.27), rather than one go list failed to give.
+		return 0, fmt.Errorf("package %s: %w", k.Package, errNoField)
+	}
 	pkg, err := s.check(k.Package)
 	if err != nil {
 		return 0, err

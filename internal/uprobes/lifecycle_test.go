@@ -1,9 +1,14 @@
 package uprobes
 
 import (
+	"context"
 	"errors"
+	"log/slog"
+	"maps"
+	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -13,6 +18,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/obsd-dev/obsd/bpf/probe"
 	"github.com/obsd-dev/obsd/internal/inspect"
 	"github.com/obsd-dev/obsd/internal/test/e2e"
 )
@@ -212,5 +218,110 @@ func TestRefusalsBounded(t *testing.T) {
 	}
 	if len(r.byPID) != maxRefused+1 { // entry 0 has two pids
 		t.Errorf("%d pids tracked, want %d: evicted entries' pids must go too", len(r.byPID), maxRefused+1)
+	}
+}
+
+// pidCounter counts the HTTP server requests the reader hands over, by pid
+// and status.
+type pidCounter struct {
+	mu sync.Mutex
+	n  map[uint32]map[int]int
+}
+
+func (c *pidCounter) Event(ev probe.Event) {
+	r, ok := ev.(probe.Request)
+	if !ok {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n[r.PID] == nil {
+		c.n[r.PID] = map[int]int{}
+	}
+	c.n[r.PID][r.Status]++
+}
+
+func (c *pidCounter) get(pid int) map[int]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.n[uint32(pid)])
+}
+
+// TestSamePathNewBuild: a new build written over the old executable in
+// place (same path, same inode: `cp new old`, as a rolling deploy on a
+// host does) and started before obsd has noticed the old process exit. The
+// new process must get the new file's sites and offsets: the old ones
+// would put breakpoints in the middle of its instructions.
+func TestSamePathNewBuild(t *testing.T) {
+	e2e.RequireRoot(t)
+	sink := &pidCounter{n: map[uint32]map[int]int{}}
+	m, err := New(Options{Sink: sink, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx, nil) }()
+	t.Cleanup(func() { cancel(); <-done; m.Close() })
+
+	// Two builds whose probed functions sit at different offsets.
+	oldBuild := testBuilds(t).HTTPServer(t, e2e.Variant{Name: "go1.22.12", Toolchain: "go1.22.12"})
+	newBuild := testBuilds(t).HTTPServer(t, e2e.Variant{Name: "current"})
+	path := filepath.Join(t.TempDir(), "svc")
+	write := func(from string) {
+		t.Helper()
+		b, err := os.ReadFile(from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// O_TRUNC keeps the inode, as cp does over an existing file.
+		if err := os.WriteFile(path, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ino := func() uint64 {
+		t.Helper()
+		var st syscall.Stat_t
+		if err := syscall.Stat(path, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Ino
+	}
+	serve := func(want int) *e2e.Proc {
+		t.Helper()
+		p := e2e.Start(t, path, nil)
+		if _, err := m.Attach(p.PID(), exePath(p.PID())); err != nil {
+			t.Fatalf("attach to %s: %v", path, err)
+		}
+		for range want {
+			resp, err := http.Get("http://" + p.First + "/hello")
+			if err != nil {
+				t.Fatalf("request to the %s: %v", path, err)
+			}
+			resp.Body.Close()
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for sink.get(p.PID())[200] != want && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if got := sink.get(p.PID()); got[200] != want || len(got) != 1 {
+			t.Errorf("pid %d: requests by status %v, want %d × 200", p.PID(), got, want)
+		}
+		return p
+	}
+
+	write(oldBuild)
+	first := ino()
+	old := serve(7)
+	old.Cmd.Process.Kill()
+	old.Cmd.Wait()
+	// No Detach: obsd has not noticed the exit yet.
+	write(newBuild)
+	if ino() != first {
+		t.Fatal("the rewrite changed the inode; the test needs the same one")
+	}
+	p := serve(11)
+	if err := p.Cmd.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Errorf("the new process died: %v", err)
 	}
 }

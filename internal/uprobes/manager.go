@@ -51,10 +51,11 @@ const ReasonAttach = "attach_failed"
 // ErrClosed is returned by Attach once Close was called: obsd is stopping.
 var ErrClosed = errors.New("not instrumenting: obsd is stopping")
 
-// Sink receives every decoded request. It is called from one goroutine per
-// probe and must not block for long: the ring buffer fills meanwhile.
+// Sink receives every decoded event, of each probe's own type. It is called
+// from one goroutine per probe and must not block for long: the ring buffer
+// fills meanwhile.
 type Sink interface {
-	Request(probe.Request)
+	Event(probe.Event)
 }
 
 // Options configures a Manager. Zero values work except Sink.
@@ -127,7 +128,17 @@ type loadedProbe struct {
 	events, decodeErrs atomic.Uint64
 }
 
-type binKey struct{ dev, ino uint64 }
+// binKey identifies an executable's contents: the file (device, inode) as
+// it was last changed (ctime, size). A new build written over the old one
+// in place keeps the inode, and a process of it may start before obsd sees
+// the old one exit: keyed by inode alone, it would get the old file's
+// sites, breakpoints in the middle of its instructions. ctime changes with
+// every write and cannot be set back by the writer.
+type binKey struct {
+	dev, ino uint64
+	ctime    syscall.Timespec
+	size     int64
+}
 
 // loadedBinary is one executable's programs, loaded with its offsets, shared by all
 // processes running it.
@@ -135,7 +146,7 @@ type loadedBinary struct {
 	key      binKey
 	info     *inspect.Binary
 	refs     int
-	sites    [][]uint64 // per probe, per site: file offset
+	sites    [][][]uint64 // per probe, per site: file offsets (one for an entry, each RET for a Returns site)
 	programs []*ebpf.Collection
 	// static reads patterns that probes report by address; nil when the
 	// binary has no .rodata or in-kernel metrics are off.
@@ -216,6 +227,9 @@ func loadProbe(p *probe.Probe) (*loadedProbe, error) {
 	}
 	for _, it := range p.ITabs {
 		names = append(names, it.Name)
+	}
+	for _, fc := range p.Funcs {
+		names = append(names, fc.Name)
 	}
 	for _, s := range p.Sites {
 		if s.VaddrConst != "" {
@@ -326,7 +340,7 @@ func (m *Manager) attach(pid int, exePath string) (_ *inspect.Binary, repeat boo
 		}
 		return nil, false, &inspect.Error{Reason: inspect.ReasonUnreadable, Err: err}
 	}
-	key := binKey{dev: st.Dev, ino: st.Ino}
+	key := binKey{dev: st.Dev, ino: st.Ino, ctime: st.Ctim, size: st.Size}
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -385,13 +399,16 @@ func (m *Manager) attach(pid int, exePath string) (_ *inspect.Binary, repeat boo
 		return nil, false, &inspect.Error{Reason: ReasonExited, Err: err}
 	}
 	for i, lp := range m.probes {
+		if bin.programs[i] == nil {
+			continue // refused for this binary, or its side not linked
+		}
 		for j, site := range lp.Sites {
-			if bin.sites[i][j] == 0 {
+			if len(bin.sites[i][j]) == 0 {
 				continue // an optional site the binary lacks
 			}
 			prog := bin.programs[i].Programs[site.Program]
 			l, err := ex.UprobeMulti(nil, prog, &link.UprobeMultiOptions{
-				Addresses: []uint64{bin.sites[i][j]},
+				Addresses: bin.sites[i][j],
 				PID:       uint32(pid),
 			})
 			if err != nil {
@@ -426,106 +443,218 @@ func (m *Manager) loadBinary(key binKey, exePath string) (*loadedBinary, error) 
 			info.Close()
 		}
 	}()
-	for _, lp := range m.probes {
-		if version.Compare(info.GoVersion, lp.MinGo) < 0 {
-			return nil, &inspect.Error{Reason: inspect.ReasonGoVersion,
-				Err: fmt.Errorf("built with %s; probe %s needs %s or later", info.GoVersion, lp.Name, lp.MinGo)}
-		}
-		spec := lp.spec.Copy()
-		set := func(name string, v any) error {
-			if err := spec.Variables[name].Set(v); err != nil {
-				return fmt.Errorf("setting %s of probe %s: %w", name, lp.Name, err)
-			}
-			return nil
-		}
-		var offs []uint64
-		for _, s := range lp.Sites {
-			off, err := info.EntrySite(s.Symbol)
-			if inspect.ReasonOf(err) == inspect.ReasonSymbol {
-				// No out-of-line copy may still mean calls: a PGO build can
-				// inline a function everywhere (Go 1.25 does so with
-				// (*conn).close). That is a refusal for inlining, not a
-				// missing symbol, and an optional site is no exception.
-				if inl, ierr := info.Inlined([]string{s.Symbol}); ierr == nil && len(inl) > 0 {
-					return nil, &inspect.Error{Reason: inspect.ReasonInlined,
-						Err: fmt.Errorf("probe %s cannot see every call, %s has no out-of-line copy: %v", lp.Name, s.Symbol, inl)}
-				}
-			}
-			if err != nil && s.Optional && inspect.ReasonOf(err) == inspect.ReasonSymbol {
-				offs = append(offs, 0) // not in this binary: nothing can call it
-				continue
-			}
-			if err != nil {
-				return nil, err
-			}
-			offs = append(offs, off)
-			// An inlined copy (e.g. after PGO) runs without entering the
-			// function: the probe would attach and see nothing. Its
-			// arguments' locations are not in a stripped binary, so refuse.
-			inl, err := info.Inlined([]string{s.Symbol})
-			if err != nil {
-				return nil, err
-			}
-			if len(inl) > 0 {
-				return nil, &inspect.Error{Reason: inspect.ReasonInlined,
-					Err: fmt.Errorf("probe %s cannot see every call: %v", lp.Name, inl)}
-			}
-			if s.VaddrConst != "" {
-				va, err := info.Vaddr(off)
-				if err != nil {
-					return nil, &inspect.Error{Reason: inspect.ReasonSymbol, Err: err}
-				}
-				if err := set(s.VaddrConst, va); err != nil {
-					return nil, err
-				}
-			}
-		}
-		if _, ok := spec.Variables[withSpans]; ok {
-			if err := set(withSpans, m.spans); err != nil {
-				return nil, err
-			}
-		}
-		if _, ok := spec.Variables[sampleBoundConst]; ok {
-			if err := set(sampleBoundConst, m.sample); err != nil {
-				return nil, err
-			}
-		}
-		if err := m.setMetricsConsts(bin, info, lp, set); err != nil {
-			return nil, err
-		}
-		for _, it := range lp.ITabs {
-			addr, err := info.ITab(it.Type, it.Interface, it.Methods)
-			if err != nil {
-				m.log.Debug("itab unknown; the probe reads memory instead", "exe", info.Path, "itab", it.Name, "err", err)
-				continue
-			}
-			if err := set(it.Name, addr); err != nil {
-				return nil, err
-			}
-		}
-		for _, c := range lp.Consts {
-			off, err := m.fieldOffset(info, c.Field)
-			if err != nil {
-				if c.Optional {
-					continue
-				}
-				return nil, &inspect.Error{Reason: inspect.ReasonOffsets, Err: err}
-			}
-			if err := spec.Variables[c.Name].Set(off); err != nil {
-				return nil, fmt.Errorf("setting %s of probe %s: %w", c.Name, lp.Name, err)
-			}
-		}
-		coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: lp.maps})
+	// Probes load independently: a binary that links only a server (or
+	// only a client) gets the probes it can, and is refused only when none
+	// loads.
+	errs := make([]error, len(m.probes)) // by probe; nil where it loaded
+	loaded := 0
+	for i, lp := range m.probes {
+		offs, coll, err := m.loadProbeFor(bin, info, lp)
 		if err != nil {
-			return nil, &inspect.Error{Reason: ReasonAttach, Err: fmt.Errorf("loading probe %s: %w", lp.Name, err)}
+			errs[i] = err
+			offs, coll = nil, nil
+		} else {
+			loaded++
 		}
 		bin.sites = append(bin.sites, offs)
 		bin.programs = append(bin.programs, coll)
+	}
+	if loaded == 0 {
+		return nil, binaryRefusal(errs)
+	}
+	// The binary is instrumented, but not wholly: say which probes are
+	// missing and why, one line and one count per reason (this runs once
+	// per binary; a gRPC server and client refused for one unlisted
+	// grpc-go version are one fault of the binary).
+	byReason := map[string][]string{}
+	var reasons []string
+	first := map[string]error{}
+	for i, err := range errs {
+		if err == nil || notLinked(err) {
+			continue
+		}
+		r := inspect.ReasonOf(err)
+		if _, ok := first[r]; !ok {
+			first[r] = err
+			reasons = append(reasons, r)
+		}
+		byReason[r] = append(byReason[r], m.probes[i].Name)
+	}
+	for _, r := range reasons {
+		m.log.Warn("probes refused for this executable; its other probes are attached",
+			"exe", info.Path, "probes", byReason[r], "reason", r, "err", first[r])
+		m.stats.attachError(r)
 	}
 	ok = true
 	// Keep the few facts callers need, not the parsed DWARF and symbols.
 	info.Close()
 	return bin, nil
+}
+
+// loadProbeFor loads one probe's programs for a binary, with the binary's
+// offsets, and returns the file offsets of each of its sites (none for an
+// optional site the binary lacks; every RET of a Returns site).
+func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *loadedProbe) ([][]uint64, *ebpf.Collection, error) {
+	if version.Compare(info.GoVersion, lp.MinGo) < 0 {
+		return nil, nil, &inspect.Error{Reason: inspect.ReasonGoVersion,
+			Err: fmt.Errorf("built with %s; probe %s needs %s or later", info.GoVersion, lp.Name, lp.MinGo)}
+	}
+	spec := lp.spec.Copy()
+	set := func(name string, v any) error {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("setting %s of probe %s: %w", name, lp.Name, err)
+		}
+		return nil
+	}
+	var offs [][]uint64
+	oneOf := map[string]bool{} // group -> one of its sites is present
+	for i, s := range lp.Sites {
+		if s.Returns {
+			rets, err := info.ReturnSites(s.Symbol)
+			if err != nil && s.Optional && inspect.ReasonOf(err) == inspect.ReasonSymbol {
+				offs = append(offs, nil)
+				continue
+			}
+			if err != nil {
+				return nil, nil, err
+			}
+			offs = append(offs, rets)
+			continue
+		}
+		off, err := info.EntrySite(s.Symbol)
+		if inspect.ReasonOf(err) == inspect.ReasonSymbol {
+			// No out-of-line copy may still mean calls: a PGO build can
+			// inline a function everywhere (Go 1.25 does so with
+			// (*conn).close). That is a refusal for inlining, not a
+			// missing symbol, and an optional site is no exception.
+			if inl, ierr := info.Inlined([]string{s.Symbol}); ierr == nil && len(inl) > 0 {
+				return nil, nil, &inspect.Error{Reason: inspect.ReasonInlined,
+					Err: fmt.Errorf("probe %s cannot see every call, %s has no out-of-line copy: %v", lp.Name, s.Symbol, inl)}
+			}
+		}
+		if s.OneOf != "" {
+			oneOf[s.OneOf] = oneOf[s.OneOf] || err == nil
+		}
+		if err != nil && s.Optional && inspect.ReasonOf(err) == inspect.ReasonSymbol {
+			offs = append(offs, nil) // not in this binary: nothing can call it
+			continue
+		}
+		if err != nil && i == 0 && inspect.ReasonOf(err) == inspect.ReasonSymbol {
+			return nil, nil, &notLinkedError{err}
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		offs = append(offs, []uint64{off})
+		// An inlined copy (e.g. after PGO) runs without entering the
+		// function: the probe would attach and see nothing. Its
+		// arguments' locations are not in a stripped binary, so refuse.
+		inl, err := info.Inlined([]string{s.Symbol})
+		if err != nil {
+			return nil, nil, err
+		}
+		if len(inl) > 0 {
+			return nil, nil, &inspect.Error{Reason: inspect.ReasonInlined,
+				Err: fmt.Errorf("probe %s cannot see every call: %v", lp.Name, inl)}
+		}
+		if s.VaddrConst != "" {
+			va, err := info.Vaddr(off)
+			if err != nil {
+				return nil, nil, &inspect.Error{Reason: inspect.ReasonSymbol, Err: err}
+			}
+			if err := set(s.VaddrConst, va); err != nil {
+				return nil, nil, err
+			}
+		}
+	}
+	for group, present := range oneOf {
+		if !present {
+			return nil, nil, &inspect.Error{Reason: inspect.ReasonSymbol,
+				Err: fmt.Errorf("probe %s: none of its %q sites is in the binary", lp.Name, group)}
+		}
+	}
+	if _, ok := spec.Variables[withSpans]; ok {
+		if err := set(withSpans, m.spans); err != nil {
+			return nil, nil, err
+		}
+	}
+	if _, ok := spec.Variables[sampleBoundConst]; ok {
+		if err := set(sampleBoundConst, m.sample); err != nil {
+			return nil, nil, err
+		}
+	}
+	if err := m.setMetricsConsts(bin, info, lp, set); err != nil {
+		return nil, nil, err
+	}
+	for _, it := range lp.ITabs {
+		addr, err := info.ITab(it.Type, it.Interface, it.Methods)
+		if err != nil {
+			m.log.Debug("itab unknown; the probe reads memory instead", "exe", info.Path, "itab", it.Name, "err", err)
+			continue
+		}
+		if err := set(it.Name, addr); err != nil {
+			return nil, nil, err
+		}
+	}
+	for _, fc := range lp.Funcs {
+		fn, err := info.Func(fc.Symbol)
+		if err != nil && fc.Optional {
+			m.log.Debug("function not in the binary; its constant stays 0", "exe", info.Path, "const", fc.Name, "err", err)
+			continue
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := set(fc.Name, fn.Addr); err != nil {
+			return nil, nil, err
+		}
+	}
+	for _, c := range lp.Consts {
+		off, err := m.fieldOffset(info, c.Field)
+		if err != nil {
+			if c.Optional && (inspect.ReasonOf(err) != inspect.ReasonVersion || c.Secondary) {
+				continue
+			}
+			if inspect.ReasonOf(err) == inspect.ReasonOther {
+				err = &inspect.Error{Reason: inspect.ReasonOffsets, Err: err}
+			}
+			return nil, nil, err
+		}
+		if err := spec.Variables[c.Name].Set(off); err != nil {
+			return nil, nil, fmt.Errorf("setting %s of probe %s: %w", c.Name, lp.Name, err)
+		}
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: lp.maps})
+	if err != nil {
+		return nil, nil, &inspect.Error{Reason: ReasonAttach, Err: fmt.Errorf("loading probe %s: %w", lp.Name, err)}
+	}
+	return offs, coll, nil
+}
+
+// notLinked says err is a probe's first site missing from the binary: the
+// program does not use that side of that package (a client-only program has
+// no HTTP server), which is no fault.
+func notLinked(err error) bool {
+	var ne *notLinkedError
+	return errors.As(err, &ne)
+}
+
+// notLinkedError marks a probe whose first site the binary lacks.
+type notLinkedError struct{ err error }
+
+func (e *notLinkedError) Error() string { return e.err.Error() }
+func (e *notLinkedError) Unwrap() error { return e.err }
+
+// binaryRefusal is the error of a binary no probe loaded for: the first error
+// that is a fault, else the first probe's (symbol_missing: the binary has
+// nothing obsd instruments).
+func binaryRefusal(errs []error) error {
+	for _, err := range errs {
+		if err != nil && !notLinked(err) {
+			return err
+		}
+	}
+	return errs[0]
 }
 
 // fieldOffset prefers the binary's own DWARF and falls back to the table
@@ -545,6 +674,17 @@ func (m *Manager) fieldOffset(info *inspect.Binary, f probe.Field) (uint64, erro
 	ver := info.GoVersion
 	if f.Module != "std" {
 		ver = info.Modules[f.Module]
+		// A module release the table does not list is refused as such,
+		// naming it, rather than probed with another release's offsets.
+		// (With DWARF, a field it lacks is simply absent in that release.)
+		if !info.DWARF && !m.offsets.Known(f.Module, ver) {
+			shown := ver
+			if shown == "" {
+				shown = "(no version: a local replacement)"
+			}
+			return 0, &inspect.Error{Reason: inspect.ReasonVersion,
+				Err: fmt.Errorf("%s %s is not in the offsets table, and the binary has no DWARF to read %s.%s.%s from", f.Module, shown, f.Package, f.Struct, f.Field)}
+		}
 	}
 	if off, ok := m.offsets.Get(offsets.Key(f), ver); ok {
 		return off, nil
@@ -649,7 +789,9 @@ func closeAll(procs map[int]*process) []error {
 
 func (b *loadedBinary) close() {
 	for _, c := range b.programs {
-		c.Close()
+		if c != nil {
+			c.Close()
+		}
 	}
 	b.programs = nil
 	if b.static != nil {

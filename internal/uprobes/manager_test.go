@@ -17,7 +17,7 @@ import (
 
 type discard struct{}
 
-func (discard) Request(probe.Request) {}
+func (discard) Event(probe.Event) {}
 
 func newManager(t *testing.T) *Manager {
 	t.Helper()
@@ -37,9 +37,18 @@ func TestProbesLoad(t *testing.T) {
 		t.Fatalf("loaded %d probes, want %d", len(m.probes), len(Probes()))
 	}
 	for _, lp := range m.probes {
-		// The Go list of counters must match enum obsd_counter in C.
-		if n := lp.maps["obsd_counters"].MaxEntries(); int(n) != len(bpfCounters) {
-			t.Errorf("probe %s has %d counters, Go names %d", lp.Name, n, len(bpfCounters))
+		// Each counter the probe declares is a slot of enum obsd_counter
+		// in C, named once (the probe names those its C code counts).
+		n := lp.maps["obsd_counters"].MaxEntries()
+		named := map[uint32]bool{}
+		for _, c := range lp.Counters {
+			if c.Index >= n || named[c.Index] {
+				t.Errorf("probe %s: counter %s at slot %d of %d (or named twice)", lp.Name, c.Reason, c.Index, n)
+			}
+			named[c.Index] = true
+		}
+		if len(named) == 0 {
+			t.Errorf("probe %s names none of its %d counters", lp.Name, n)
 		}
 	}
 }

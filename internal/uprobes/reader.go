@@ -77,13 +77,13 @@ func (m *Manager) read(lp *loadedProbe, rd *ringbuf.Reader, beat func()) error {
 		default:
 			return fmt.Errorf("reading ring buffer of probe %s: %w", lp.Name, err)
 		}
-		req, err := lp.Decode(rec.RawSample)
+		ev, err := lp.Decode(rec.RawSample)
 		if err != nil {
 			m.stats.decodeError(lp, err)
 			continue
 		}
 		lp.events.Add(1)
-		m.sink.Request(req)
+		m.sink.Event(ev)
 		// Under a load that never lets the ring run empty the deadline
 		// never fires; the loop is still alive.
 		if n++; n%1024 == 0 && beat != nil {

@@ -22,6 +22,7 @@ var permanentReasons = map[string]bool{
 	inspect.ReasonSymbol:    true,
 	inspect.ReasonPrologue:  true,
 	inspect.ReasonOffsets:   true,
+	inspect.ReasonVersion:   true,
 	inspect.ReasonArch:      true,
 	inspect.ReasonInlined:   true,
 	inspect.ReasonCorrupt:   true,

@@ -9,31 +9,9 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/prometheus/client_golang/prometheus"
-)
 
-// Indexes of the per-CPU counters in bpf/include/obsd.h (enum obsd_counter),
-// each either a loss (a request not reported, or not faithfully: counted in
-// obsd_events_lost_total) or an anomaly (reported, but something about it
-// was off).
-var bpfCounters = []struct {
-	reason string
-	lost   bool
-}{
-	{"ringbuf_full", true},
-	{"inflight_map_full", true},
-	// An end without its start: obsd attached while the request was in
-	// flight (nothing else can cause it: in-flight slots are never evicted).
-	{"end_without_start", false},
-	// A start found the goroutine's previous request never ended.
-	{"start_without_end", true},
-	// Target memory could not be read: no status, pattern or path to trust.
-	{"read_failed", true},
-	{"metrics_map_full", false},
-	// The process has its budget of in-flight slots in the node-wide map.
-	{"inflight_budget", true},
-	// The process has its budget of in-kernel series: sent as records.
-	{"metrics_budget", false},
-}
+	"github.com/obsd-dev/obsd/bpf/probe"
+)
 
 type stats struct {
 	m *Manager
@@ -89,22 +67,22 @@ const CounterCheckInterval = 10 * time.Second
 // anomaly as information. The metrics carry the running counts.
 func (s *stats) logCounters() {
 	for _, lp := range s.m.probes {
-		counts, err := readCounters(lp.maps["obsd_counters"])
+		counts, err := readCounters(lp.maps["obsd_counters"], lp.Counters)
 		if err != nil {
 			continue // the scrape reports it
 		}
-		for i, c := range bpfCounters {
-			key := lp.Name + "/" + c.reason
+		for i, c := range lp.Counters {
+			key := lp.Name + "/" + c.Reason
 			if counts[i] == 0 || s.loggedCounters[key] {
 				continue
 			}
 			s.loggedCounters[key] = true
-			if c.lost {
+			if c.Lost {
 				s.m.log.Warn("requests observed but not reported (logged once; see obsd_events_lost_total)",
-					"probe", lp.Name, "reason", c.reason, "so_far", counts[i])
+					"probe", lp.Name, "reason", c.Reason, "so_far", counts[i])
 			} else {
 				s.m.log.Info("probe anomaly (logged once; see obsd_probe_anomalies_total)",
-					"probe", lp.Name, "reason", c.reason, "so_far", counts[i])
+					"probe", lp.Name, "reason", c.Reason, "so_far", counts[i])
 			}
 		}
 	}
@@ -132,30 +110,33 @@ func (s *stats) Collect(ch chan<- prometheus.Metric) {
 	for _, lp := range s.m.probes {
 		ch <- prometheus.MustNewConstMetric(s.events, prometheus.CounterValue, float64(lp.events.Load()), lp.Name)
 		ch <- prometheus.MustNewConstMetric(s.lost, prometheus.CounterValue, float64(lp.decodeErrs.Load()), lp.Name, "decode")
-		counts, err := readCounters(lp.maps["obsd_counters"])
+		counts, err := readCounters(lp.maps["obsd_counters"], lp.Counters)
 		if err != nil {
 			ch <- prometheus.NewInvalidMetric(s.lost, err)
 			continue
 		}
-		for i, c := range bpfCounters {
+		for i, c := range lp.Counters {
 			desc := s.anomalies
-			if c.lost {
+			if c.Lost {
 				desc = s.lost
 			}
-			ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(counts[i]), lp.Name, c.reason)
+			ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(counts[i]), lp.Name, c.Reason)
 		}
 	}
 }
 
-// readCounters sums the per-CPU counters.
-func readCounters(mp *ebpf.Map) ([]uint64, error) {
-	out := make([]uint64, len(bpfCounters))
+// readCounters sums the per-CPU counters cs name, in their order.
+func readCounters(mp *ebpf.Map, cs []probe.Counter) ([]uint64, error) {
+	out := make([]uint64, len(cs))
 	if mp == nil {
+		if len(cs) == 0 {
+			return out, nil
+		}
 		return out, errors.New("probe has no obsd_counters map")
 	}
 	var perCPU []uint64
 	for i := range out {
-		if err := mp.Lookup(uint32(i), &perCPU); err != nil {
+		if err := mp.Lookup(cs[i].Index, &perCPU); err != nil {
 			return nil, err
 		}
 		for _, v := range perCPU {

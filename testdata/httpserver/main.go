@@ -22,6 +22,7 @@ import (
 func main() {
 	addr := flag.String("addr", "127.0.0.1:0", "listen address")
 	useTLS := flag.Bool("tls", false, "serve HTTPS with a self-signed certificate (HTTP/2 and HTTP/1.1)")
+	h2c := flag.Bool("h2c", false, "serve HTTP/2 without TLS (prior knowledge) beside HTTP/1.1, through net/http's Server.Protocols (Go 1.24+)")
 	reexec := flag.Bool("reexec-on-hup", false, "on SIGHUP, execute this file again in place (same pid), keeping the listening socket")
 	listenFD := flag.Int("listen-fd", 0, "serve on this inherited listening socket (set by -reexec-on-hup)")
 	flag.Parse()
@@ -92,14 +93,27 @@ func main() {
 			log.Fatal(err)
 		}
 		srv := &http.Server{Handler: mux, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}}
+		if err := configureTLS(srv); err != nil {
+			log.Fatal(err)
+		}
 		log.Fatal(srv.ServeTLS(ln, "", ""))
 	}
-	log.Fatal(http.Serve(ln, wrap(mux)))
+	srv := &http.Server{Handler: wrap(mux)}
+	if *h2c {
+		if err := serveH2C(srv); err != nil {
+			log.Fatal(err)
+		}
+	}
+	log.Fatal(srv.Serve(ln))
 }
 
 // wrap is what serves plain HTTP in front of the mux: the mux itself, or
 // x/net's h2c handler in a build with -tags h2c (h2c.go).
 var wrap = func(h http.Handler) http.Handler { return h }
+
+// configureTLS prepares the HTTPS server: nothing (net/http's own HTTP/2),
+// or x/net's HTTP/2 server in a build with -tags h2c (h2c.go).
+var configureTLS = func(*http.Server) error { return nil }
 
 func burn(d time.Duration) [32]byte {
 	var sum [32]byte

@@ -6,6 +6,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/obsd-dev/obsd/bpf/probe"
 	"github.com/obsd-dev/obsd/internal/export"
@@ -18,6 +19,15 @@ const truncatedKey = attribute.Key("obsd.request.truncated")
 // routeSourceKey says where http.route came from: export.SourcePattern,
 // SourceFallback or SourceOverflow.
 const routeSourceKey = attribute.Key("obsd.route.source")
+
+// HTTPServerSpan makes the SERVER span of r, a request the probe sampled,
+// with route as http.route (the value its metrics carry); see Span.
+func (e *Exporter) HTTPServerSpan(svc export.Service, r probe.Request, route export.Route) trace.SpanContext {
+	return e.Span(svc, r.Common(), trace.SpanKindServer, httpServerSpanName(r, route), func() ([]attribute.KeyValue, codes.Code) {
+		_, attrs, status := httpServerSpan(r, route)
+		return attrs, status
+	})
+}
 
 // httpServerSpan derives name, attributes and status of an HTTP server span
 // following the semantic conventions (v1.26 and later): the name is
@@ -43,6 +53,9 @@ func httpServerSpan(r probe.Request, route export.Route) (string, []attribute.Ke
 		semconv.URLPath(export.Clean(r.Path, export.MaxValueLen, r.PathTruncated)),
 		semconv.HTTPResponseStatusCode(r.Status),
 	)
+	if r.Protocol != "" {
+		attrs = append(attrs, semconv.NetworkProtocolVersion(r.Protocol))
+	}
 	if route.Value != "" {
 		attrs = append(attrs, semconv.HTTPRoute(route.Value), routeSourceKey.String(route.Source))
 	}

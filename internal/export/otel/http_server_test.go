@@ -42,6 +42,15 @@ func TestHTTPServerSpan(t *testing.T) {
 			},
 		},
 		{
+			name:     "over HTTP/2",
+			req:      probe.Request{Method: "GET", Path: "/items/42", Pattern: "GET /items/{id}", Status: 200, TLS: true, Protocol: "2"},
+			wantName: "GET /items/{id}",
+			wantAttrs: map[string]any{
+				"http.request.method": "GET", "url.scheme": "https", "url.path": "/items/42", "network.protocol.version": "2",
+				"http.response.status_code": int64(200), "http.route": "/items/{id}", "obsd.route.source": "pattern",
+			},
+		},
+		{
 			name:     "pattern with host",
 			req:      probe.Request{Method: "POST", Path: "/a/b", Pattern: "POST example.com/a/", Status: 201},
 			wantName: "POST /a/",

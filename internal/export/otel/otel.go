@@ -219,13 +219,15 @@ func (e *Exporter) MeterProvider() metric.MeterProvider {
 	return dropMeterProvider{dropped: e.dropped}
 }
 
-// Span makes one SERVER span for r, a request the probe sampled, started and
-// ended at the request's own times, with route as http.route (the value its
-// metrics carry), and returns its context so the caller can attach a
-// trace_id exemplar when it is sampled. For a request the probe did not
-// sample, in ModeNone, or after Shutdown, it returns an empty SpanContext.
-func (e *Exporter) Span(svc export.Service, r probe.Request, route export.Route) trace.SpanContext {
-	if e.real == nil || !r.Sampled {
+// Span makes one span of kind for c, a call the probe sampled, started and
+// ended at the call's own times, and returns its context so the caller can
+// attach a trace_id exemplar when it is sampled. build gives the span's
+// attributes and status; it runs only when the span records, so unsampled
+// calls cost no attribute building. For a call the probe did not sample,
+// in ModeNone, or after Shutdown, Span returns an empty SpanContext. Each
+// signal's own file (http_server.go, …) calls it with its builder.
+func (e *Exporter) Span(svc export.Service, c probe.Call, kind trace.SpanKind, name string, build func() ([]attribute.KeyValue, codes.Code)) trace.SpanContext {
+	if e.real == nil || !c.Sampled {
 		return trace.SpanContext{}
 	}
 	p := e.process(svc)
@@ -234,24 +236,24 @@ func (e *Exporter) Span(svc export.Service, r probe.Request, route export.Route)
 	}
 	e.created.Inc()
 
-	start := e.clock.wall(r.StartNS)
+	start := e.clock.wall(c.StartNS)
 	end := start
-	if r.EndNS > r.StartNS {
-		end = start.Add(time.Duration(r.EndNS - r.StartNS))
+	if c.EndNS > c.StartNS {
+		end = start.Add(time.Duration(c.EndNS - c.StartNS))
 	}
 	// The trace ID carries the probe's draw, so the SDK's sampler, set from
 	// the same OTEL_TRACES_SAMPLER, keeps the span. Attributes are still
 	// set after its decision, not passed to Start: the samplers it offers
 	// decide on the trace ID and parent, never on attributes.
-	ctx := context.WithValue(parentContext(r), traceIDLowKey{}, r.TraceIDLow)
-	_, span := p.tracer.Start(ctx, httpServerSpanName(r, route),
-		trace.WithSpanKind(trace.SpanKindServer),
+	ctx := context.WithValue(parentContext(c), traceIDLowKey{}, c.TraceIDLow)
+	_, span := p.tracer.Start(ctx, name,
+		trace.WithSpanKind(kind),
 		trace.WithTimestamp(start),
 	)
 	if !span.IsRecording() {
 		return span.SpanContext()
 	}
-	_, attrs, status := httpServerSpan(r, route)
+	attrs, status := build()
 	span.SetAttributes(attrs...)
 	if status != codes.Unset {
 		span.SetStatus(status, "")
@@ -264,7 +266,7 @@ func (e *Exporter) Span(svc export.Service, r probe.Request, route export.Route)
 // it, return trace.ContextWithRemoteSpanContext(ctx, parent) and the SDK
 // (and a ParentBased sampler) will continue the caller's trace. Until then
 // every span is a new root.
-func parentContext(probe.Request) context.Context {
+func parentContext(probe.Call) context.Context {
 	return context.Background()
 }
 

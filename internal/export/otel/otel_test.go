@@ -709,5 +709,5 @@ func TestBatchOptions(t *testing.T) {
 // spanOf makes r's span with the route the agent would pass: that of a
 // fresh process.
 func spanOf(e *Exporter, svc export.Service, r probe.Request) trace.SpanContext {
-	return e.Span(svc, r, export.NewRoutes(slog.New(slog.DiscardHandler)).Route(svc, r))
+	return e.HTTPServerSpan(svc, r, export.NewRoutes(slog.New(slog.DiscardHandler)).Route(svc, r))
 }

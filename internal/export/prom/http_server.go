@@ -70,6 +70,7 @@ type obsKey struct {
 	method   string
 	status   int
 	route    string
+	protocol string
 }
 
 type histogram struct {
@@ -94,7 +95,7 @@ func NewHTTPServer(activeFn func() ([]Active, error), kernelFn func() ([]Kernel,
 	if routes == nil {
 		routes = export.NewRoutes(nil)
 	}
-	labels := append([]string{"http_request_method", "http_response_status_code", "http_route"}, export.ServiceLabels...)
+	labels := append([]string{"http_request_method", "http_response_status_code", "http_route", "network_protocol_version"}, export.ServiceLabels...)
 	return &HTTPServer{
 		duration: prometheus.NewDesc("http_server_request_duration_seconds",
 			"Duration of HTTP server requests, from the handler's start to the end of the response.", labels, nil),
@@ -115,9 +116,11 @@ func NewHTTPServer(activeFn func() ([]Active, error), kernelFn func() ([]Kernel,
 }
 
 // labelValues of a request's series: method normalised, route bounded,
-// every value valid UTF-8 (client_golang refuses anything else).
-func labelValues(svc export.Service, method string, status int, route string) []string {
-	return append([]string{method, strconv.Itoa(status), route}, svc.LabelValues()...)
+// every value valid UTF-8 (client_golang refuses anything else). protocol
+// is one of the few values probe.Request.Protocol takes ("1.0", "1.1",
+// "2", or "" when unknown).
+func labelValues(svc export.Service, method string, status int, route, protocol string) []string {
+	return append([]string{method, strconv.Itoa(status), route, protocol}, svc.LabelValues()...)
 }
 
 func seriesKey(labels []string) string { return strings.Join(labels, "\xff") }
@@ -128,7 +131,7 @@ func seriesKey(labels []string) string { return strings.Join(labels, "\xff") }
 // leads to a trace.
 func (h *HTTPServer) Observe(svc export.Service, r probe.Request, route export.Route, sc trace.SpanContext) {
 	sec := time.Duration(r.EndNS - r.StartNS).Seconds()
-	k := obsKey{instance: svc.InstanceID, method: export.Method(r.Method), status: r.Status, route: route.Value}
+	k := obsKey{instance: svc.InstanceID, method: export.Method(r.Method), status: r.Status, route: route.Value, protocol: r.Protocol}
 	// Le semantics: the first bucket whose bound is >= sec.
 	b := sort.SearchFloat64s(DurationBuckets, sec)
 	var ex *prometheus.Exemplar
@@ -140,7 +143,7 @@ func (h *HTTPServer) Observe(svc export.Service, r probe.Request, route export.R
 	defer h.mu.Unlock()
 	s, ok := h.observers[k]
 	if !ok {
-		labels := labelValues(svc, k.method, k.status, k.route)
+		labels := labelValues(svc, k.method, k.status, k.route, k.protocol)
 		key := seriesKey(labels)
 		if s = h.series[key]; s == nil {
 			s = newHistogram(svc.InstanceID, labels)
@@ -253,7 +256,7 @@ func (h *HTTPServer) collectDurations(ch chan<- prometheus.Metric) {
 		h.mu.Lock()
 		h.addGauge(k.Service, method)
 		h.mu.Unlock()
-		labels := labelValues(k.Service, method, k.Status, h.routes.Pattern(k.Service, k.Pattern).Value)
+		labels := labelValues(k.Service, method, k.Status, h.routes.Pattern(k.Service, k.Pattern).Value, k.Protocol)
 		key := seriesKey(labels)
 		c := merged[key]
 		if c == nil {

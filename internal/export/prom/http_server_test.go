@@ -22,11 +22,16 @@ func TestHTTPServerObserve(t *testing.T) {
 
 	req := func(method, pattern, path string, status int) probe.Request {
 		return probe.Request{Kind: probe.KindHTTPServer, Method: method, Pattern: pattern, Path: path,
-			Status: status, StartNS: 1_000_000, EndNS: 3_000_000}
+			Status: status, StartNS: 1_000_000, EndNS: 3_000_000, Protocol: "1.1"}
 	}
 	for i := 0; i < 5; i++ {
 		observe(h, svcA, req("GET", "GET /items/{id}", "/items/1", 200), trace.SpanContext{})
 	}
+	// The same request over HTTP/2 is a series of its own.
+	h2 := req("GET", "GET /items/{id}", "/items/1", 200)
+	h2.Protocol = "2"
+	observe(h, svcA, h2, trace.SpanContext{})
+	observe(h, svcA, h2, trace.SpanContext{})
 	observe(h, svcA, req("BREW", "GET /items/{id}", "/items/1", 200), trace.SpanContext{})
 	observe(h, svcA, req("GET", "", "/users/77", 404), trace.SpanContext{})
 	observe(h, svcB, req("POST", "/echo", "/echo", 500), trace.SpanContext{})
@@ -65,10 +70,11 @@ http_server_active_requests{host_name="h",http_request_method="_OTHER",service_i
 		}
 	}
 	wantCounts := map[string]float64{
-		"GET 200 /items/{id} h:1 a":    5,
-		"_OTHER 200 /items/{id} h:1 a": 1,
-		"GET 404 /users/{param} h:1 a": 1,
-		"POST 500 /echo h:2 b":         1,
+		"GET 200 /items/{id} 1.1 h:1 a":    5,
+		"GET 200 /items/{id} 2 h:1 a":      2,
+		"_OTHER 200 /items/{id} 1.1 h:1 a": 1,
+		"GET 404 /users/{param} 1.1 h:1 a": 1,
+		"POST 500 /echo 1.1 h:2 b":         1,
 	}
 	for k, n := range wantCounts {
 		if counts[k] != n {
@@ -178,50 +184,50 @@ func TestHTTPServerKernelMerge(t *testing.T) {
 	}
 	kernel := []Kernel{
 		// 3 requests of 2 ms and 2 of 20 s (+Inf), routed by a pattern.
-		{Service: svc, Histogram: probe.Histogram{Method: "GET", Status: 200, Pattern: "GET /items/{id}", Buckets: buckets(0, 3), SumNS: 6_000_000}},
-		{Service: svc, Histogram: probe.Histogram{Method: "GET", Status: 200, Pattern: "GET /items/{id}", Buckets: buckets(len(DurationBuckets), 2), SumNS: 40e9}},
-		{Service: svc, Histogram: probe.Histogram{Method: "BREW", Status: 418, Pattern: "/pot", Buckets: buckets(1, 1), SumNS: 7_000_000}},
+		{Service: svc, Histogram: probe.Histogram{Method: "GET", Status: 200, Pattern: "GET /items/{id}", Protocol: "2", Buckets: buckets(0, 3), SumNS: 6_000_000}},
+		{Service: svc, Histogram: probe.Histogram{Method: "GET", Status: 200, Pattern: "GET /items/{id}", Protocol: "2", Buckets: buckets(len(DurationBuckets), 2), SumNS: 40e9}},
+		{Service: svc, Histogram: probe.Histogram{Method: "BREW", Status: 418, Pattern: "/pot", Protocol: "1.1", Buckets: buckets(1, 1), SumNS: 7_000_000}},
 	}
 	h := NewHTTPServer(nil, func() ([]Kernel, error) { return kernel, nil }, nil)
-	observe(h, svc, probe.Request{Method: "GET", Pattern: "GET /items/{id}", Status: 200, StartNS: 0, EndNS: 2_000_000}, trace.SpanContext{})
+	observe(h, svc, probe.Request{Method: "GET", Pattern: "GET /items/{id}", Status: 200, StartNS: 0, EndNS: 2_000_000, Protocol: "2"}, trace.SpanContext{})
 
 	want := `
 # HELP http_server_request_duration_seconds Duration of HTTP server requests, from the handler's start to the end of the response.
 # TYPE http_server_request_duration_seconds histogram
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="0.005"} 4
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="0.01"} 4
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="0.025"} 4
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="0.05"} 4
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="0.075"} 4
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="0.1"} 4
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="0.25"} 4
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="0.5"} 4
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="0.75"} 4
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="1"} 4
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="2.5"} 4
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="5"} 4
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="7.5"} 4
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="10"} 4
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a",le="+Inf"} 6
-http_server_request_duration_seconds_sum{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a"} 40.008
-http_server_request_duration_seconds_count{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",service_instance_id="h:1",service_name="a"} 6
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="0.005"} 0
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="0.01"} 1
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="0.025"} 1
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="0.05"} 1
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="0.075"} 1
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="0.1"} 1
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="0.25"} 1
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="0.5"} 1
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="0.75"} 1
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="1"} 1
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="2.5"} 1
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="5"} 1
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="7.5"} 1
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="10"} 1
-http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a",le="+Inf"} 1
-http_server_request_duration_seconds_sum{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a"} 0.007
-http_server_request_duration_seconds_count{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",service_instance_id="h:1",service_name="a"} 1
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",network_protocol_version="2",service_instance_id="h:1",service_name="a",le="0.005"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",network_protocol_version="2",service_instance_id="h:1",service_name="a",le="0.01"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",network_protocol_version="2",service_instance_id="h:1",service_name="a",le="0.025"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",network_protocol_version="2",service_instance_id="h:1",service_name="a",le="0.05"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",network_protocol_version="2",service_instance_id="h:1",service_name="a",le="0.075"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",network_protocol_version="2",service_instance_id="h:1",service_name="a",le="0.1"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",network_protocol_version="2",service_instance_id="h:1",service_name="a",le="0.25"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",network_protocol_version="2",service_instance_id="h:1",service_name="a",le="0.5"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",network_protocol_version="2",service_instance_id="h:1",service_name="a",le="0.75"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",network_protocol_version="2",service_instance_id="h:1",service_name="a",le="1"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",network_protocol_version="2",service_instance_id="h:1",service_name="a",le="2.5"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",network_protocol_version="2",service_instance_id="h:1",service_name="a",le="5"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",network_protocol_version="2",service_instance_id="h:1",service_name="a",le="7.5"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",network_protocol_version="2",service_instance_id="h:1",service_name="a",le="10"} 4
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",network_protocol_version="2",service_instance_id="h:1",service_name="a",le="+Inf"} 6
+http_server_request_duration_seconds_sum{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",network_protocol_version="2",service_instance_id="h:1",service_name="a"} 40.008
+http_server_request_duration_seconds_count{host_name="h",http_request_method="GET",http_response_status_code="200",http_route="/items/{id}",network_protocol_version="2",service_instance_id="h:1",service_name="a"} 6
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",network_protocol_version="1.1",service_instance_id="h:1",service_name="a",le="0.005"} 0
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",network_protocol_version="1.1",service_instance_id="h:1",service_name="a",le="0.01"} 1
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",network_protocol_version="1.1",service_instance_id="h:1",service_name="a",le="0.025"} 1
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",network_protocol_version="1.1",service_instance_id="h:1",service_name="a",le="0.05"} 1
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",network_protocol_version="1.1",service_instance_id="h:1",service_name="a",le="0.075"} 1
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",network_protocol_version="1.1",service_instance_id="h:1",service_name="a",le="0.1"} 1
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",network_protocol_version="1.1",service_instance_id="h:1",service_name="a",le="0.25"} 1
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",network_protocol_version="1.1",service_instance_id="h:1",service_name="a",le="0.5"} 1
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",network_protocol_version="1.1",service_instance_id="h:1",service_name="a",le="0.75"} 1
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",network_protocol_version="1.1",service_instance_id="h:1",service_name="a",le="1"} 1
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",network_protocol_version="1.1",service_instance_id="h:1",service_name="a",le="2.5"} 1
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",network_protocol_version="1.1",service_instance_id="h:1",service_name="a",le="5"} 1
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",network_protocol_version="1.1",service_instance_id="h:1",service_name="a",le="7.5"} 1
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",network_protocol_version="1.1",service_instance_id="h:1",service_name="a",le="10"} 1
+http_server_request_duration_seconds_bucket{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",network_protocol_version="1.1",service_instance_id="h:1",service_name="a",le="+Inf"} 1
+http_server_request_duration_seconds_sum{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",network_protocol_version="1.1",service_instance_id="h:1",service_name="a"} 0.007
+http_server_request_duration_seconds_count{host_name="h",http_request_method="_OTHER",http_response_status_code="418",http_route="/pot",network_protocol_version="1.1",service_instance_id="h:1",service_name="a"} 1
 `
 	if err := testutil.CollectAndCompare(h, strings.NewReader(want), "http_server_request_duration_seconds"); err != nil {
 		t.Error(err)

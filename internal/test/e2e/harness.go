@@ -659,3 +659,10 @@ func (r *Receiver) WaitSpans(t testing.TB, n int, timeout time.Duration) []Span 
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestdataProgram builds the program in testdata/<dir> (std only, or with
+// its own go.mod) as v, through the shared build cache.
+func (b *Builds) TestdataProgram(t testing.TB, dir string, v Variant) string {
+	t.Helper()
+	return b.Program(t, Program{Name: dir, Src: filepath.Join(RepoRoot(), "testdata", dir), Toolchain: v.Toolchain, Flavour: v.Flavour()})
+}

@@ -1,9 +1,11 @@
 // Command offsetgen generates internal/offsets/offsets.json, the struct field offsets obsd uses for
 // binaries without DWARF. It builds the template program testdata/std with Go toolchains (the go
-// command downloads them through the module proxy) and reads the fields from the DWARF of the
-// result with internal/inspect, the same code obsd reads targets with. Run from the repository:
+// command downloads them through the module proxy), and testdata/grpc against grpc-go releases
+// (module.go), and reads the fields from the DWARF of the results with internal/inspect, the same
+// code obsd reads targets with. Run from the repository:
 //
 //	go run ./internal/tools/offsetgen -out internal/offsets/offsets.json
+//	go run ./internal/tools/offsetgen -out internal/offsets/offsets.json -module google.golang.org/grpc
 package main
 
 import (
@@ -70,6 +72,8 @@ func main() {
 	tcs := flag.String("toolchains", "", "comma-separated Go releases to choose from (default: every release of "+strings.Join(goMinors, ", ")+" the module proxy lists)")
 	all := flag.Bool("all", false, "build every release instead of bisecting for layout changes")
 	tmpl := flag.String("template", "", "template program directory (default: internal/tools/offsetgen/testdata/std of the enclosing module)")
+	module := flag.String("module", "", "regenerate only this module's fields (\"std\" or "+grpcModule+"), keeping the others from -out; default every module")
+	grpcVers := flag.String("grpc", strings.Join(grpcVersions, ","), "comma-separated grpc-go versions to list")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 
@@ -79,38 +83,76 @@ func main() {
 	if *tcs != "" {
 		releases = strings.Split(*tcs, ",")
 	}
-	if err := run(ctx, log, *out, *tmpl, releases, *all); err != nil {
+	if err := run(ctx, log, *out, *tmpl, releases, *all, *module, strings.Split(*grpcVers, ",")); err != nil {
 		log.Error("offsetgen failed", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, log *slog.Logger, out, tmpl string, releases []string, all bool) error {
+func run(ctx context.Context, log *slog.Logger, out, tmpl string, releases []string, all bool, module string, grpcVers []string) error {
 	if out == "" {
 		return errors.New("-out is required")
 	}
+	if module != "" && module != offsets.Std && module != grpcModule {
+		return fmt.Errorf("-module %q: want %q or %q", module, offsets.Std, grpcModule)
+	}
+	root, err := moduleRoot()
+	if err != nil && tmpl == "" {
+		return err
+	}
 	if tmpl == "" {
-		root, err := moduleRoot()
-		if err != nil {
-			return err
-		}
 		tmpl = filepath.Join(root, "internal", "tools", "offsetgen", "testdata", "std")
 	}
 	start := time.Now()
-	if releases == nil {
-		var err error
-		if releases, err = listReleases(ctx, goMinors); err != nil {
+	table := &offsets.Table{}
+	if module != "" {
+		// Keep what the other modules have in the current table.
+		data, err := os.ReadFile(out)
+		if err != nil {
+			return fmt.Errorf("read the table to keep its other modules: %w", err)
+		}
+		old, err := offsets.Parse(data)
+		if err != nil {
+			return err
+		}
+		if table, err = keepOthers(old, module); err != nil {
 			return err
 		}
 	}
-	g, err := newGenerator(log, stdFields(), tmpl)
-	if err != nil {
-		return err
+	if module == "" || module == offsets.Std {
+		if releases == nil {
+			if releases, err = listReleases(ctx, goMinors); err != nil {
+				return err
+			}
+		}
+		g, err := newGenerator(log, stdFields(), tmpl)
+		if err != nil {
+			return err
+		}
+		defer g.close()
+		std, err := g.generate(ctx, releases, all)
+		if err != nil {
+			return err
+		}
+		for _, k := range std.Keys() {
+			for _, v := range std.Versions(k) {
+				off, _ := std.Get(k, v)
+				if err := table.Set(k, v, off); err != nil {
+					return err
+				}
+			}
+		}
 	}
-	defer g.close()
-	table, err := g.generate(ctx, releases, all)
-	if err != nil {
-		return err
+	if module == "" || module == grpcModule {
+		keys := moduleFields(grpcModule)
+		gt := filepath.Join(filepath.Dir(tmpl), "grpc")
+		layouts, err := moduleLayouts(ctx, log, grpcModule, gt, keys, grpcVers)
+		if err != nil {
+			return err
+		}
+		if err := setLayouts(table, keys, layouts); err != nil {
+			return err
+		}
 	}
 	data, err := json.MarshalIndent(table, "", "  ")
 	if err != nil {
@@ -119,7 +161,7 @@ func run(ctx context.Context, log *slog.Logger, out, tmpl string, releases []str
 	if err := writeFile(out, append(data, '\n')); err != nil {
 		return err
 	}
-	log.Info("wrote offsets", "file", out, "fields", len(table.Keys()), "releases", len(releases), "built", g.builds, "took", time.Since(start).Round(time.Second))
+	log.Info("wrote offsets", "file", out, "fields", len(table.Keys()), "took", time.Since(start).Round(time.Second))
 	return nil
 }
 

@@ -29,7 +29,8 @@ type bpfHttpServerEvent struct {
 	Flags      uint8
 	PathLen    uint16
 	PatternLen uint16
-	Pad        uint32
+	Proto      uint8
+	Pad        [3]uint8
 	TraceIdLow uint64
 	Method     [16]int8
 }
@@ -45,7 +46,7 @@ type bpfHttpServerMetricKey struct {
 	Tgid       uint32
 	Status     uint16
 	Method     uint8
-	Pad        uint8
+	Proto      uint8
 	PatternLen uint32
 	Pad2       uint32
 	Pattern    uint64
@@ -59,16 +60,31 @@ type bpfInflight struct {
 	MethodLen uint8
 	Flags     uint8
 	MethodId  uint8
-	Pad       [5]uint8
+	Proto     uint8
+	Pad       [4]uint8
 	Method    [16]int8
 }
 
 type bpfInflightKey struct {
-	_    structs.HostLayout
-	G    uint64
-	Tgid uint32
-	Pad  uint32
+	_      structs.HostLayout
+	G      uint64
+	Tgid   uint32
+	Stream uint32
 }
+
+type bpfObsdCounter uint32
+
+const (
+	bpfObsdCounterCNT_RINGBUF_FULL    bpfObsdCounter = 0
+	bpfObsdCounterCNT_INFLIGHT_FULL   bpfObsdCounter = 1
+	bpfObsdCounterCNT_UNMATCHED_END   bpfObsdCounter = 2
+	bpfObsdCounterCNT_STALE_START     bpfObsdCounter = 3
+	bpfObsdCounterCNT_READ_FAILED     bpfObsdCounter = 4
+	bpfObsdCounterCNT_METRICS_FULL    bpfObsdCounter = 5
+	bpfObsdCounterCNT_INFLIGHT_BUDGET bpfObsdCounter = 6
+	bpfObsdCounterCNT_METRICS_BUDGET  bpfObsdCounter = 7
+	bpfObsdCounterCNT_MAX             bpfObsdCounter = 8
+)
 
 type bpfScratch struct {
 	_    structs.HostLayout
@@ -89,23 +105,44 @@ const (
 	bpfProgHttpServerClose          = "http_server_close"
 	bpfProgHttpServerEnd            = "http_server_end"
 	bpfProgHttpServerExpect         = "http_server_expect"
+	bpfProgHttpServerH2End          = "http_server_h2_end"
+	bpfProgHttpServerH2Panic        = "http_server_h2_panic"
 	bpfProgHttpServerHijack         = "http_server_hijack"
 	bpfProgHttpServerStart          = "http_server_start"
+	bpfProgHttpServerXh2End         = "http_server_xh2_end"
+	bpfProgHttpServerXh2Panic       = "http_server_xh2_panic"
+	bpfProgHttpServerXh2Start       = "http_server_xh2_start"
 	bpfVarBudgetSeries              = "budget_series"
 	bpfVarBudgetSlots               = "budget_slots"
 	bpfVarCloseSiteVaddr            = "close_site_vaddr"
 	bpfVarDurationBoundsNs          = "duration_bounds_ns"
 	bpfVarEndSiteVaddr              = "end_site_vaddr"
+	bpfVarH2EndSiteVaddr            = "h2_end_site_vaddr"
+	bpfVarH2PanicSiteVaddr          = "h2_panic_site_vaddr"
 	bpfVarHijackSiteVaddr           = "hijack_site_vaddr"
+	bpfVarOffH2RwsConn              = "off_h2_rws_conn"
+	bpfVarOffH2RwsStatus            = "off_h2_rws_status"
+	bpfVarOffH2RwsStream            = "off_h2_rws_stream"
+	bpfVarOffH2StreamId             = "off_h2_stream_id"
+	bpfVarOffH2StreamSc             = "off_h2_stream_sc"
+	bpfVarOffH2W_rws                = "off_h2_w_rws"
 	bpfVarOffPatternStr             = "off_pattern_str"
 	bpfVarOffRequestMethod          = "off_request_method"
 	bpfVarOffRequestPat             = "off_request_pat"
 	bpfVarOffRequestPattern         = "off_request_pattern"
+	bpfVarOffRequestProtoMajor      = "off_request_proto_major"
+	bpfVarOffRequestProtoMinor      = "off_request_proto_minor"
 	bpfVarOffRequestTls             = "off_request_tls"
 	bpfVarOffRequestUrl             = "off_request_url"
 	bpfVarOffResponseReq            = "off_response_req"
 	bpfVarOffResponseStatus         = "off_response_status"
 	bpfVarOffUrlPath                = "off_url_path"
+	bpfVarOffXh2RwsConn             = "off_xh2_rws_conn"
+	bpfVarOffXh2RwsStatus           = "off_xh2_rws_status"
+	bpfVarOffXh2RwsStream           = "off_xh2_rws_stream"
+	bpfVarOffXh2StreamId            = "off_xh2_stream_id"
+	bpfVarOffXh2StreamSc            = "off_xh2_stream_sc"
+	bpfVarOffXh2W_rws               = "off_xh2_w_rws"
 	bpfVarResponseWriterItab        = "response_writer_itab"
 	bpfVarRodataEnd                 = "rodata_end"
 	bpfVarRodataStart               = "rodata_start"
@@ -117,6 +154,8 @@ const (
 	bpfVarUnusedHttpServerMetricKey = "unused_http_server_metric_key"
 	bpfVarUnusedInflight            = "unused_inflight"
 	bpfVarWithSpans                 = "with_spans"
+	bpfVarXh2EndSiteVaddr           = "xh2_end_site_vaddr"
+	bpfVarXh2PanicSiteVaddr         = "xh2_panic_site_vaddr"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -161,11 +200,16 @@ type bpfSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfProgramSpecs struct {
-	HttpServerClose  *ebpf.ProgramSpec `ebpf:"http_server_close"`
-	HttpServerEnd    *ebpf.ProgramSpec `ebpf:"http_server_end"`
-	HttpServerExpect *ebpf.ProgramSpec `ebpf:"http_server_expect"`
-	HttpServerHijack *ebpf.ProgramSpec `ebpf:"http_server_hijack"`
-	HttpServerStart  *ebpf.ProgramSpec `ebpf:"http_server_start"`
+	HttpServerClose    *ebpf.ProgramSpec `ebpf:"http_server_close"`
+	HttpServerEnd      *ebpf.ProgramSpec `ebpf:"http_server_end"`
+	HttpServerExpect   *ebpf.ProgramSpec `ebpf:"http_server_expect"`
+	HttpServerH2End    *ebpf.ProgramSpec `ebpf:"http_server_h2_end"`
+	HttpServerH2Panic  *ebpf.ProgramSpec `ebpf:"http_server_h2_panic"`
+	HttpServerHijack   *ebpf.ProgramSpec `ebpf:"http_server_hijack"`
+	HttpServerStart    *ebpf.ProgramSpec `ebpf:"http_server_start"`
+	HttpServerXh2End   *ebpf.ProgramSpec `ebpf:"http_server_xh2_end"`
+	HttpServerXh2Panic *ebpf.ProgramSpec `ebpf:"http_server_xh2_panic"`
+	HttpServerXh2Start *ebpf.ProgramSpec `ebpf:"http_server_xh2_start"`
 }
 
 // bpfMapSpecs contains maps before they are loaded into the kernel.
@@ -189,16 +233,32 @@ type bpfVariableSpecs struct {
 	CloseSiteVaddr            *ebpf.VariableSpec `ebpf:"close_site_vaddr"`
 	DurationBoundsNs          *ebpf.VariableSpec `ebpf:"duration_bounds_ns"`
 	EndSiteVaddr              *ebpf.VariableSpec `ebpf:"end_site_vaddr"`
+	H2EndSiteVaddr            *ebpf.VariableSpec `ebpf:"h2_end_site_vaddr"`
+	H2PanicSiteVaddr          *ebpf.VariableSpec `ebpf:"h2_panic_site_vaddr"`
 	HijackSiteVaddr           *ebpf.VariableSpec `ebpf:"hijack_site_vaddr"`
+	OffH2RwsConn              *ebpf.VariableSpec `ebpf:"off_h2_rws_conn"`
+	OffH2RwsStatus            *ebpf.VariableSpec `ebpf:"off_h2_rws_status"`
+	OffH2RwsStream            *ebpf.VariableSpec `ebpf:"off_h2_rws_stream"`
+	OffH2StreamId             *ebpf.VariableSpec `ebpf:"off_h2_stream_id"`
+	OffH2StreamSc             *ebpf.VariableSpec `ebpf:"off_h2_stream_sc"`
+	OffH2W_rws                *ebpf.VariableSpec `ebpf:"off_h2_w_rws"`
 	OffPatternStr             *ebpf.VariableSpec `ebpf:"off_pattern_str"`
 	OffRequestMethod          *ebpf.VariableSpec `ebpf:"off_request_method"`
 	OffRequestPat             *ebpf.VariableSpec `ebpf:"off_request_pat"`
 	OffRequestPattern         *ebpf.VariableSpec `ebpf:"off_request_pattern"`
+	OffRequestProtoMajor      *ebpf.VariableSpec `ebpf:"off_request_proto_major"`
+	OffRequestProtoMinor      *ebpf.VariableSpec `ebpf:"off_request_proto_minor"`
 	OffRequestTls             *ebpf.VariableSpec `ebpf:"off_request_tls"`
 	OffRequestUrl             *ebpf.VariableSpec `ebpf:"off_request_url"`
 	OffResponseReq            *ebpf.VariableSpec `ebpf:"off_response_req"`
 	OffResponseStatus         *ebpf.VariableSpec `ebpf:"off_response_status"`
 	OffUrlPath                *ebpf.VariableSpec `ebpf:"off_url_path"`
+	OffXh2RwsConn             *ebpf.VariableSpec `ebpf:"off_xh2_rws_conn"`
+	OffXh2RwsStatus           *ebpf.VariableSpec `ebpf:"off_xh2_rws_status"`
+	OffXh2RwsStream           *ebpf.VariableSpec `ebpf:"off_xh2_rws_stream"`
+	OffXh2StreamId            *ebpf.VariableSpec `ebpf:"off_xh2_stream_id"`
+	OffXh2StreamSc            *ebpf.VariableSpec `ebpf:"off_xh2_stream_sc"`
+	OffXh2W_rws               *ebpf.VariableSpec `ebpf:"off_xh2_w_rws"`
 	ResponseWriterItab        *ebpf.VariableSpec `ebpf:"response_writer_itab"`
 	RodataEnd                 *ebpf.VariableSpec `ebpf:"rodata_end"`
 	RodataStart               *ebpf.VariableSpec `ebpf:"rodata_start"`
@@ -210,6 +270,8 @@ type bpfVariableSpecs struct {
 	UnusedHttpServerMetricKey *ebpf.VariableSpec `ebpf:"unused_http_server_metric_key"`
 	UnusedInflight            *ebpf.VariableSpec `ebpf:"unused_inflight"`
 	WithSpans                 *ebpf.VariableSpec `ebpf:"with_spans"`
+	Xh2EndSiteVaddr           *ebpf.VariableSpec `ebpf:"xh2_end_site_vaddr"`
+	Xh2PanicSiteVaddr         *ebpf.VariableSpec `ebpf:"xh2_panic_site_vaddr"`
 }
 
 // bpfObjects contains all objects after they have been loaded into the kernel.
@@ -260,16 +322,32 @@ type bpfVariables struct {
 	CloseSiteVaddr            *ebpf.Variable `ebpf:"close_site_vaddr"`
 	DurationBoundsNs          *ebpf.Variable `ebpf:"duration_bounds_ns"`
 	EndSiteVaddr              *ebpf.Variable `ebpf:"end_site_vaddr"`
+	H2EndSiteVaddr            *ebpf.Variable `ebpf:"h2_end_site_vaddr"`
+	H2PanicSiteVaddr          *ebpf.Variable `ebpf:"h2_panic_site_vaddr"`
 	HijackSiteVaddr           *ebpf.Variable `ebpf:"hijack_site_vaddr"`
+	OffH2RwsConn              *ebpf.Variable `ebpf:"off_h2_rws_conn"`
+	OffH2RwsStatus            *ebpf.Variable `ebpf:"off_h2_rws_status"`
+	OffH2RwsStream            *ebpf.Variable `ebpf:"off_h2_rws_stream"`
+	OffH2StreamId             *ebpf.Variable `ebpf:"off_h2_stream_id"`
+	OffH2StreamSc             *ebpf.Variable `ebpf:"off_h2_stream_sc"`
+	OffH2W_rws                *ebpf.Variable `ebpf:"off_h2_w_rws"`
 	OffPatternStr             *ebpf.Variable `ebpf:"off_pattern_str"`
 	OffRequestMethod          *ebpf.Variable `ebpf:"off_request_method"`
 	OffRequestPat             *ebpf.Variable `ebpf:"off_request_pat"`
 	OffRequestPattern         *ebpf.Variable `ebpf:"off_request_pattern"`
+	OffRequestProtoMajor      *ebpf.Variable `ebpf:"off_request_proto_major"`
+	OffRequestProtoMinor      *ebpf.Variable `ebpf:"off_request_proto_minor"`
 	OffRequestTls             *ebpf.Variable `ebpf:"off_request_tls"`
 	OffRequestUrl             *ebpf.Variable `ebpf:"off_request_url"`
 	OffResponseReq            *ebpf.Variable `ebpf:"off_response_req"`
 	OffResponseStatus         *ebpf.Variable `ebpf:"off_response_status"`
 	OffUrlPath                *ebpf.Variable `ebpf:"off_url_path"`
+	OffXh2RwsConn             *ebpf.Variable `ebpf:"off_xh2_rws_conn"`
+	OffXh2RwsStatus           *ebpf.Variable `ebpf:"off_xh2_rws_status"`
+	OffXh2RwsStream           *ebpf.Variable `ebpf:"off_xh2_rws_stream"`
+	OffXh2StreamId            *ebpf.Variable `ebpf:"off_xh2_stream_id"`
+	OffXh2StreamSc            *ebpf.Variable `ebpf:"off_xh2_stream_sc"`
+	OffXh2W_rws               *ebpf.Variable `ebpf:"off_xh2_w_rws"`
 	ResponseWriterItab        *ebpf.Variable `ebpf:"response_writer_itab"`
 	RodataEnd                 *ebpf.Variable `ebpf:"rodata_end"`
 	RodataStart               *ebpf.Variable `ebpf:"rodata_start"`
@@ -281,17 +359,24 @@ type bpfVariables struct {
 	UnusedHttpServerMetricKey *ebpf.Variable `ebpf:"unused_http_server_metric_key"`
 	UnusedInflight            *ebpf.Variable `ebpf:"unused_inflight"`
 	WithSpans                 *ebpf.Variable `ebpf:"with_spans"`
+	Xh2EndSiteVaddr           *ebpf.Variable `ebpf:"xh2_end_site_vaddr"`
+	Xh2PanicSiteVaddr         *ebpf.Variable `ebpf:"xh2_panic_site_vaddr"`
 }
 
 // bpfPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfPrograms struct {
-	HttpServerClose  *ebpf.Program `ebpf:"http_server_close"`
-	HttpServerEnd    *ebpf.Program `ebpf:"http_server_end"`
-	HttpServerExpect *ebpf.Program `ebpf:"http_server_expect"`
-	HttpServerHijack *ebpf.Program `ebpf:"http_server_hijack"`
-	HttpServerStart  *ebpf.Program `ebpf:"http_server_start"`
+	HttpServerClose    *ebpf.Program `ebpf:"http_server_close"`
+	HttpServerEnd      *ebpf.Program `ebpf:"http_server_end"`
+	HttpServerExpect   *ebpf.Program `ebpf:"http_server_expect"`
+	HttpServerH2End    *ebpf.Program `ebpf:"http_server_h2_end"`
+	HttpServerH2Panic  *ebpf.Program `ebpf:"http_server_h2_panic"`
+	HttpServerHijack   *ebpf.Program `ebpf:"http_server_hijack"`
+	HttpServerStart    *ebpf.Program `ebpf:"http_server_start"`
+	HttpServerXh2End   *ebpf.Program `ebpf:"http_server_xh2_end"`
+	HttpServerXh2Panic *ebpf.Program `ebpf:"http_server_xh2_panic"`
+	HttpServerXh2Start *ebpf.Program `ebpf:"http_server_xh2_start"`
 }
 
 func (p *bpfPrograms) Close() error {
@@ -299,8 +384,13 @@ func (p *bpfPrograms) Close() error {
 		p.HttpServerClose,
 		p.HttpServerEnd,
 		p.HttpServerExpect,
+		p.HttpServerH2End,
+		p.HttpServerH2Panic,
 		p.HttpServerHijack,
 		p.HttpServerStart,
+		p.HttpServerXh2End,
+		p.HttpServerXh2Panic,
+		p.HttpServerXh2Start,
 	)
 }
 

@@ -1,6 +1,7 @@
 //go:build ignore
 
-/* net/http server: every HTTP/1 request net/http parsed, counted once.
+/* net/http server: every HTTP/1 and HTTP/2 request net/http (or x/net's
+ * http2 server) parsed, counted once.
  *
  * Start: net/http.serverHandler.ServeHTTP(sh, rw ResponseWriter, req *Request),
  *        or (*response).sendExpectationFailed(w) for a request net/http
@@ -14,10 +15,24 @@
  *        (*conn).close(c): once per connection, from conn.serve's deferred
  *        recover; a request still in flight there was ended by a panic
  *        (http.ErrAbortHandler included) or runtime.Goexit: reported as 500.
+ * HTTP/2 (bundled in net/http as http2* up to Go 1.26, net/http/internal/
+ * http2 from 1.27, and golang.org/x/net/http2):
+ * Start: serverHandler.ServeHTTP as above, with the h2 ResponseWriter (TLS
+ *        via initALPNRequest, h2c via Server.Protocols, 1.27's adapter);
+ *        or x/net's (*serverConn).runHandler, for x/net servers that call
+ *        the handler directly (h2c.NewHandler, ServeConn).
+ * End:   (*responseWriter).handlerDone(w), which runHandler's deferred
+ *        function calls after the handler returns, on the same goroutine;
+ *        status from w.rws.status (0: handlerDone writes 200). Or, when the
+ *        handler panicked (handlerDone is skipped), handlerPanicRST's
+ *        writeFrame on the connection's serving goroutine, as the stream is
+ *        reset: reported as 500, like an HTTP/1 panic.
  * Every probe sits on the prologue's PUSHQ BP (emulated, not single-stepped).
- * In-flight state is keyed by (tgid, g): a goroutine runs one request at a
- * time. A keep-alive request costs exactly two hits (start, finishRequest);
- * close and Hijack run once per connection.
+ * In-flight state is keyed by (tgid, g) for HTTP/1: a goroutine runs one
+ * request at a time. A keep-alive request costs exactly two hits (start,
+ * finishRequest); close and Hijack run once per connection. An HTTP/2
+ * request is keyed by (tgid, serverConn, stream id), which every one of its
+ * sites can compute: also two hits (ServeHTTP or runHandler, handlerDone).
  */
 #include "obsd.h"
 
@@ -37,6 +52,23 @@ volatile const u64 off_pattern_str = OFF_NONE; /* Go 1.22+ */
 volatile const u64 off_url_path = OFF_NONE;
 volatile const u64 off_response_req = OFF_NONE;
 volatile const u64 off_response_status = OFF_NONE;
+volatile const u64 off_request_proto_major = OFF_NONE;
+volatile const u64 off_request_proto_minor = OFF_NONE;
+/* HTTP/2: net/http's own (bundled, or net/http/internal/http2 in 1.27) and
+ * golang.org/x/net/http2's (xh2_). OFF_NONE: that server is not in the
+ * binary, or its offsets are unknown (a stripped x/net server). */
+volatile const u64 off_h2_w_rws = OFF_NONE;      /* responseWriter.rws */
+volatile const u64 off_h2_rws_stream = OFF_NONE; /* responseWriterState.stream */
+volatile const u64 off_h2_rws_conn = OFF_NONE;   /* responseWriterState.conn */
+volatile const u64 off_h2_rws_status = OFF_NONE; /* responseWriterState.status */
+volatile const u64 off_h2_stream_sc = OFF_NONE;  /* stream.sc */
+volatile const u64 off_h2_stream_id = OFF_NONE;  /* stream.id */
+volatile const u64 off_xh2_w_rws = OFF_NONE;
+volatile const u64 off_xh2_rws_stream = OFF_NONE;
+volatile const u64 off_xh2_rws_conn = OFF_NONE;
+volatile const u64 off_xh2_rws_status = OFF_NONE;
+volatile const u64 off_xh2_stream_sc = OFF_NONE;
+volatile const u64 off_xh2_stream_id = OFF_NONE;
 /* Set by the loader when spans are exported. The probe then samples: it
  * draws the low 64 bits of the trace ID and keeps the request when
  * (x >> 1) < sample_bound, the test of the OTel SDK's TraceIDRatioBased
@@ -54,6 +86,10 @@ volatile const u64 rodata_end = 0;
 volatile const u64 end_site_vaddr = 0;
 volatile const u64 hijack_site_vaddr = 0;
 volatile const u64 close_site_vaddr = 0;
+volatile const u64 h2_end_site_vaddr = 0;
+volatile const u64 h2_panic_site_vaddr = 0;
+volatile const u64 xh2_end_site_vaddr = 0;
+volatile const u64 xh2_panic_site_vaddr = 0;
 /* The itab of *response as a ResponseWriter and the start program's site,
  * both link-time, set by the loader when the binary gives the itab (0:
  * not known, read memory instead). */
@@ -72,6 +108,15 @@ volatile const s64 budget_series = 2048;
 #define FLAG_HIJACKED 32 /* ended by Hijack */
 #define FLAG_ABORTED 64  /* ended by the connection's close: panic */
 #define FLAG_METHOD_TRUNCATED 128 /* the method was longer than METHOD_MAX */
+
+/* The protocol version as one byte, major << 4 | minor (HTTP/1.1: 0x11,
+ * HTTP/2: 0x20); 0 when unknown. */
+static __always_inline u8 proto_byte(s64 major, s64 minor)
+{
+	if (major < 0 || major > 15 || minor < 0 || minor > 15)
+		return 0;
+	return (u8)(major << 4 | minor);
+}
 
 /* Status codes the probe reports for requests that never reach
  * finishRequest (see the top of this file). */
@@ -106,7 +151,8 @@ struct http_server_event {
 	u8 flags;
 	u16 path_len;
 	u16 pattern_len;
-	u32 _pad;
+	u8 proto; /* proto_byte */
+	u8 _pad[3];
 	u64 trace_id_low; /* when FLAG_SAMPLED: bytes 8..15 of the trace ID, big-endian value */
 	char method[METHOD_MAX];
 };
@@ -117,10 +163,12 @@ struct scratch {
 	char data[PATTERN_MAX + PATH_MAX_LEN];
 };
 
+/* HTTP/1: g is the goroutine, stream 0. HTTP/2: g is the *serverConn,
+ * stream the stream's id (never 0). */
 struct inflight_key {
 	u64 g;
 	u32 tgid;
-	u32 _pad;
+	u32 stream;
 };
 
 struct inflight {
@@ -130,7 +178,8 @@ struct inflight {
 	u8 method_len;
 	u8 flags;
 	u8 method_id; /* enum method_id */
-	u8 _pad[5];
+	u8 proto;     /* proto_byte */
+	u8 _pad[4];
 	char method[METHOD_MAX]; /* method_len bytes are the method's */
 };
 
@@ -189,7 +238,7 @@ struct http_server_metric_key {
 	u32 tgid;
 	u16 status;
 	u8 method; /* enum method_id */
-	u8 _pad;
+	u8 proto;  /* proto_byte */
 	u32 pattern_len;
 	u32 _pad2;
 	u64 pattern; /* link-time address of the pattern's bytes */
@@ -335,17 +384,23 @@ static __always_inline int count_request(struct http_server_metric_key *k, u64 d
 
 static __always_inline struct inflight_key key_of(struct pt_regs *ctx)
 {
-	struct inflight_key key = {.g = GO_G(ctx), .tgid = bpf_get_current_pid_tgid() >> 32, ._pad = 0};
+	struct inflight_key key = {.g = GO_G(ctx), .tgid = bpf_get_current_pid_tgid() >> 32, .stream = 0};
 	return key;
 }
 
-/* start records req as in flight on the current goroutine. */
-static __always_inline void start(struct pt_regs *ctx, u64 req)
+/* start records req as in flight under key: the current goroutine's for
+ * HTTP/1, the stream's for HTTP/2. */
+static __always_inline void start(struct inflight_key key, u64 req)
 {
-	struct inflight_key key = key_of(ctx);
 	struct inflight *in = bpf_map_lookup_elem(&http_server_inflight, &key);
+	if (in && in->start_ns && in->req == req && key.stream)
+		/* The same HTTP/2 request again: x/net's server started it at
+		 * runHandler and now calls net/http's serverHandler (an x/net
+		 * server configured onto a net/http.Server). */
+		return;
 	if (!in) {
-		/* A connection's first request: the slot's one insert. */
+		/* A connection's first request (HTTP/1), or a stream's (HTTP/2):
+		 * the slot's one insert. */
 		struct budget *b = budget_of(key.tgid);
 		if (!b || !take(&b->slots, budget_slots)) {
 			count(CNT_INFLIGHT_BUDGET);
@@ -363,19 +418,27 @@ static __always_inline void start(struct pt_regs *ctx, u64 req)
 		count(CNT_STALE_START);
 	}
 
-	/* Method and URL are adjacent in every Go release (0 and 16); one read
-	 * then gets both. The loader's constants make the other branch dead. */
+	/* Method, URL, Proto, ProtoMajor and ProtoMinor are adjacent in every
+	 * Go release (0, 16, 24, 40, 48); one read then gets them all. The
+	 * loader's constants make the other branch dead. */
 	struct {
 		struct go_string method;
 		u64 url;
+		struct go_string proto;
+		s64 major;
+		s64 minor;
 	} hdr = {};
 	long err;
-	if (off_request_url == off_request_method + 16) {
+	if (off_request_url == off_request_method + 16 && off_request_proto_major == off_request_method + 40 &&
+	    off_request_proto_minor == off_request_method + 48) {
 		err = bpf_probe_read_user(&hdr, sizeof(hdr), (void *)(req + off_request_method));
 	} else {
 		err = bpf_probe_read_user(&hdr.method, sizeof(hdr.method), (void *)(req + off_request_method));
 		err |= bpf_probe_read_user(&hdr.url, sizeof(hdr.url), (void *)(req + off_request_url));
+		err |= bpf_probe_read_user(&hdr.major, sizeof(hdr.major), (void *)(req + off_request_proto_major));
+		err |= bpf_probe_read_user(&hdr.minor, sizeof(hdr.minor), (void *)(req + off_request_proto_minor));
 	}
+	in->proto = proto_byte(hdr.major, hdr.minor);
 	in->flags = 0;
 	in->method_len = 0;
 	in->method_id = M_OTHER;
@@ -469,6 +532,7 @@ static __always_inline void report(struct pt_regs *ctx, u64 site_vaddr, u32 tgid
 			mk.tgid = tgid;
 			mk.status = (u16)status;
 			mk.method = in->method_id;
+			mk.proto = in->proto;
 			mk.pattern = va;
 			mk.pattern_len = pat.len;
 			if (count_request(&mk, end - start))
@@ -489,7 +553,8 @@ static __always_inline void report(struct pt_regs *ctx, u64 site_vaddr, u32 tgid
 	__builtin_memcpy(e->method, in->method, METHOD_MAX);
 	e->path_len = 0;
 	e->pattern_len = 0;
-	e->_pad = 0;
+	e->proto = in->proto;
+	e->_pad[0] = e->_pad[1] = e->_pad[2] = 0;
 	e->trace_id_low = trace_id_low;
 
 	/* Records only: the scheme, from Request.TLS. */
@@ -550,6 +615,111 @@ static __always_inline void release(struct inflight_key *key)
 		__sync_fetch_and_add(&b->slots, -1);
 }
 
+/* The offsets of one HTTP/2 server implementation's types. */
+struct h2_offs {
+	u64 w_rws, rws_stream, rws_conn, rws_status, stream_sc, stream_id;
+};
+
+static __always_inline struct h2_offs h2_std(void)
+{
+	struct h2_offs o = {off_h2_w_rws,	  off_h2_rws_stream, off_h2_rws_conn,
+			    off_h2_rws_status, off_h2_stream_sc, off_h2_stream_id};
+	return o;
+}
+
+static __always_inline struct h2_offs h2_xnet(void)
+{
+	struct h2_offs o = {off_xh2_w_rws,	   off_xh2_rws_stream, off_xh2_rws_conn,
+			    off_xh2_rws_status, off_xh2_stream_sc, off_xh2_stream_id};
+	return o;
+}
+
+static __always_inline int h2_known(struct h2_offs *o)
+{
+	return o->w_rws != OFF_NONE && o->rws_stream != OFF_NONE && o->rws_conn != OFF_NONE &&
+	       o->rws_status != OFF_NONE && o->stream_sc != OFF_NONE && o->stream_id != OFF_NONE;
+}
+
+/* h2_key fills key with the HTTP/2 request whose *responseWriter is w:
+ * (serverConn, stream id), from w.rws.stream. With status non-NULL it also
+ * reads w.rws.status. Returns 0 unless w is a live HTTP/2 writer: its
+ * stream's connection must be its own (rws.conn), its id non-zero, which
+ * also tells an h2 writer from any other ResponseWriter. */
+static __always_inline int h2_key(struct h2_offs *o, u64 w, struct inflight_key *key, u64 *status)
+{
+	u64 rws = 0, stream = 0, conn = 0, sc = 0;
+	u32 id = 0;
+	if (bpf_probe_read_user(&rws, sizeof(rws), (void *)(w + o->w_rws)) != 0 || !rws)
+		return 0;
+	if (bpf_probe_read_user(&stream, sizeof(stream), (void *)(rws + o->rws_stream)) != 0 || !stream ||
+	    bpf_probe_read_user(&conn, sizeof(conn), (void *)(rws + o->rws_conn)) != 0)
+		return 0;
+	if (status && bpf_probe_read_user(status, sizeof(*status), (void *)(rws + o->rws_status)) != 0)
+		return 0;
+	if (bpf_probe_read_user(&sc, sizeof(sc), (void *)(stream + o->stream_sc)) != 0 ||
+	    bpf_probe_read_user(&id, sizeof(id), (void *)(stream + o->stream_id)) != 0)
+		return 0;
+	if (!sc || sc != conn || !id)
+		return 0;
+	key->g = sc;
+	key->tgid = bpf_get_current_pid_tgid() >> 32;
+	key->stream = id;
+	return 1;
+}
+
+/* h2_start starts the HTTP/2 request req whose writer is w. */
+static __always_inline void h2_start(struct h2_offs *o, u64 w, u64 req)
+{
+	if (!h2_known(o)) {
+		/* An HTTP/2 server whose offsets are unknown: a loss, counted. */
+		count(CNT_READ_FAILED);
+		return;
+	}
+	struct inflight_key key = {};
+	if (!h2_key(o, w, &key, NULL))
+		return; /* not an HTTP/2 writer (a custom TLSNextProto's) */
+	start(key, req);
+}
+
+/* h2_end ends the HTTP/2 request whose writer w finished its handler. */
+static __always_inline void h2_end(struct pt_regs *ctx, struct h2_offs *o, u64 site_vaddr, u64 w)
+{
+	u64 end = bpf_ktime_get_ns();
+	if (!h2_known(o))
+		return; /* counted at the start */
+	struct inflight_key key = {};
+	u64 status = 0;
+	if (!h2_key(o, w, &key, &status)) {
+		count(CNT_READ_FAILED);
+		return;
+	}
+	struct inflight *in = bpf_map_lookup_elem(&http_server_inflight, &key);
+	if (!in || !in->start_ns) {
+		/* Attached mid-request, or a request net/http's h2 server
+		 * answers itself (431) without the handler. */
+		count(CNT_UNMATCHED_END);
+		return;
+	}
+	/* handlerDone's Flush writes 200 for a handler that wrote nothing. */
+	if (status == 0)
+		status = 200;
+	report(ctx, site_vaddr, key.tgid, in, end, status, 0);
+	release(&key);
+}
+
+/* h2_panic ends the HTTP/2 request on stream id of serverConn sc, whose
+ * handler panicked. */
+static __always_inline void h2_panic(struct pt_regs *ctx, u64 site_vaddr, u64 sc, u32 id)
+{
+	u64 end = bpf_ktime_get_ns();
+	struct inflight_key key = {.g = sc, .tgid = bpf_get_current_pid_tgid() >> 32, .stream = id};
+	struct inflight *in = bpf_map_lookup_elem(&http_server_inflight, &key);
+	if (!in || !in->start_ns)
+		return;
+	report(ctx, site_vaddr, key.tgid, in, end, STATUS_ABORTED, FLAG_ABORTED);
+	release(&key);
+}
+
 SEC("uprobe.multi")
 int http_server_start(struct pt_regs *ctx)
 {
@@ -558,18 +728,74 @@ int http_server_start(struct pt_regs *ctx)
 	if (!req || !rw_data)
 		return 0;
 
-	/* Only HTTP/1 requests end in (*response).finishRequest. HTTP/2 calls
+	/* HTTP/1 requests end in (*response).finishRequest; HTTP/2 calls
 	 * ServeHTTP with its own writer type. The itab register tells the type
 	 * for free; without it, a *response always has w.req == req. */
 	if (response_writer_itab) {
 		if (GO_ARG2(ctx) != response_writer_itab + load_bias(ctx, start_site_vaddr))
-			return 0;
+			goto h2;
 	} else {
 		u64 wreq = 0;
 		if (bpf_probe_read_user(&wreq, sizeof(wreq), (void *)(rw_data + off_response_req)) != 0 || wreq != req)
-			return 0;
+			goto h2;
 	}
-	start(ctx, req);
+	start(key_of(ctx), req);
+	return 0;
+h2:;
+	/* net/http's HTTP/2 writer: *http2responseWriter up to Go 1.26, an
+	 * http2ResponseWriter{*http2.responseWriter} from 1.27, either way a
+	 * pointer to a responseWriter in the data word. */
+	struct h2_offs o = h2_std();
+	h2_start(&o, rw_data, req);
+	return 0;
+}
+
+/* (*http2responseWriter).handlerDone(w) (Go 1.21-1.26), or net/http/
+ * internal/http2.(*responseWriter).handlerDone(w) (1.27). */
+SEC("uprobe.multi")
+int http_server_h2_end(struct pt_regs *ctx)
+{
+	struct h2_offs o = h2_std();
+	h2_end(ctx, &o, h2_end_site_vaddr, GO_ARG1(ctx));
+	return 0;
+}
+
+/* http2handlerPanicRST.writeFrame(hp, ctx writeContext): hp is the struct
+ * {StreamID uint32} by value, ctx's data word the *serverConn. The handler
+ * panicked; net/http recovered it and resets the stream. */
+SEC("uprobe.multi")
+int http_server_h2_panic(struct pt_regs *ctx)
+{
+	h2_panic(ctx, h2_panic_site_vaddr, GO_ARG3(ctx), (u32)GO_ARG1(ctx));
+	return 0;
+}
+
+/* golang.org/x/net/http2.(*serverConn).runHandler(sc, rw, req, handler):
+ * the start of x/net's requests, which may never pass net/http's
+ * serverHandler (h2c.NewHandler calls the handler itself). */
+SEC("uprobe.multi")
+int http_server_xh2_start(struct pt_regs *ctx)
+{
+	u64 rw = GO_ARG2(ctx), req = GO_ARG3(ctx);
+	if (!rw || !req)
+		return 0;
+	struct h2_offs o = h2_xnet();
+	h2_start(&o, rw, req);
+	return 0;
+}
+
+SEC("uprobe.multi")
+int http_server_xh2_end(struct pt_regs *ctx)
+{
+	struct h2_offs o = h2_xnet();
+	h2_end(ctx, &o, xh2_end_site_vaddr, GO_ARG1(ctx));
+	return 0;
+}
+
+SEC("uprobe.multi")
+int http_server_xh2_panic(struct pt_regs *ctx)
+{
+	h2_panic(ctx, xh2_panic_site_vaddr, GO_ARG3(ctx), (u32)GO_ARG1(ctx));
 	return 0;
 }
 
@@ -584,7 +810,7 @@ int http_server_expect(struct pt_regs *ctx)
 		count(CNT_READ_FAILED);
 		return 0;
 	}
-	start(ctx, req);
+	start(key_of(ctx), req);
 	return 0;
 }
 
@@ -643,6 +869,14 @@ int http_server_hijack(struct pt_regs *ctx)
 		return 0; /* not this goroutine's request: leave it be */
 	if (f.status == 0)
 		f.status = STATUS_HIJACKED;
+	/* "PRI * HTTP/2.0" is the HTTP/2 connection preface, which x/net's
+	 * h2c handler takes over: not a request; the requests that follow on
+	 * the connection are counted as HTTP/2. */
+	if (in->method_len == 3 && in->method[0] == 'P' && in->method[1] == 'R' && in->method[2] == 'I' &&
+	    !(flags & FLAG_READ_FAILED)) {
+		release(&key);
+		return 0;
+	}
 	report(ctx, hijack_site_vaddr, key.tgid, in, end, f.status, flags);
 	/* conn.serve returns after a hijack without closing: the slot goes
 	 * now. */

@@ -1,12 +1,16 @@
 // Package server is the probe for net/http servers: every HTTP/1 request
 // net/http parsed, from serverHandler.ServeHTTP (or sendExpectationFailed)
-// to (*response).finishRequest, Hijack, or the connection's close (see
-// probe.bpf.c for what each end reports).
+// to (*response).finishRequest, Hijack, or the connection's close; and
+// every HTTP/2 request of net/http's own HTTP/2 server (bundled up to Go
+// 1.26, net/http/internal/http2 from 1.27) or golang.org/x/net/http2's,
+// from ServeHTTP (or x/net's runHandler) to handlerDone, or the stream's
+// reset after a panic (see probe.bpf.c for what each end reports).
 package server
 
 import (
 	"encoding/binary"
 	"fmt"
+	"strconv"
 	"unsafe"
 
 	"github.com/obsd-dev/obsd/bpf/probe"
@@ -45,6 +49,35 @@ func field(pkg, typ, name string) probe.Field {
 	return probe.Field{Module: "std", Package: pkg, Struct: typ, Field: name}
 }
 
+// xnetModule is the module of x/net's HTTP/2 server: its offsets come
+// from the binary's DWARF only (the offsets table is std's).
+const xnetModule = "golang.org/x/net"
+
+// h2Consts binds the HTTP/2 server's offsets: net/http's own, whose types
+// are net/http.http2* up to Go 1.26 and net/http/internal/http2's from
+// 1.27 (one constant each, set by whichever the binary has), and x/net's.
+func h2Consts() []probe.Const {
+	type f struct{ c, typ, name string }
+	fields := []f{
+		{"w_rws", "responseWriter", "rws"},
+		{"rws_stream", "responseWriterState", "stream"},
+		{"rws_conn", "responseWriterState", "conn"},
+		{"rws_status", "responseWriterState", "status"},
+		{"stream_sc", "stream", "sc"},
+		{"stream_id", "stream", "id"},
+	}
+	var cs []probe.Const
+	for _, x := range fields {
+		cs = append(cs,
+			probe.Const{Name: "off_h2_" + x.c, Field: field("net/http", "http2"+x.typ, x.name), Optional: true},
+			probe.Const{Name: "off_h2_" + x.c, Field: field("net/http/internal/http2", x.typ, x.name), Optional: true},
+			probe.Const{Name: "off_xh2_" + x.c, Optional: true, Secondary: true, Field: probe.Field{
+				Module: xnetModule, Package: "golang.org/x/net/http2", Struct: x.typ, Field: x.name}},
+		)
+	}
+	return cs
+}
+
 // New returns the probe declaration.
 func New() *probe.Probe {
 	return &probe.Probe{
@@ -56,8 +89,18 @@ func New() *probe.Probe {
 			{Symbol: "net/http.(*response).sendExpectationFailed", Program: "http_server_expect"},
 			{Symbol: "net/http.(*conn).close", Program: "http_server_close", VaddrConst: "close_site_vaddr"},
 			{Symbol: "net/http.(*response).Hijack", Program: "http_server_hijack", VaddrConst: "hijack_site_vaddr", Optional: true},
+			// HTTP/2. A binary has net/http's bundled types (Go 1.21-1.26)
+			// or net/http/internal/http2's (1.27), never both; one program
+			// and constant serve both. x/net's server may be there too.
+			{Symbol: "net/http.(*http2responseWriter).handlerDone", Program: "http_server_h2_end", VaddrConst: "h2_end_site_vaddr", Optional: true},
+			{Symbol: "net/http/internal/http2.(*responseWriter).handlerDone", Program: "http_server_h2_end", VaddrConst: "h2_end_site_vaddr", Optional: true},
+			{Symbol: "net/http.http2handlerPanicRST.writeFrame", Program: "http_server_h2_panic", VaddrConst: "h2_panic_site_vaddr", Optional: true},
+			{Symbol: "net/http/internal/http2.handlerPanicRST.writeFrame", Program: "http_server_h2_panic", VaddrConst: "h2_panic_site_vaddr", Optional: true},
+			{Symbol: "golang.org/x/net/http2.(*serverConn).runHandler", Program: "http_server_xh2_start", Optional: true},
+			{Symbol: "golang.org/x/net/http2.(*responseWriter).handlerDone", Program: "http_server_xh2_end", VaddrConst: "xh2_end_site_vaddr", Optional: true},
+			{Symbol: "golang.org/x/net/http2.handlerPanicRST.writeFrame", Program: "http_server_xh2_panic", VaddrConst: "xh2_panic_site_vaddr", Optional: true},
 		},
-		Consts: []probe.Const{
+		Consts: append([]probe.Const{
 			{Name: "off_request_method", Field: field("net/http", "Request", "Method")},
 			{Name: "off_request_url", Field: field("net/http", "Request", "URL")},
 			{Name: "off_request_pattern", Field: field("net/http", "Request", "Pattern"), Optional: true},
@@ -69,7 +112,9 @@ func New() *probe.Probe {
 			{Name: "off_url_path", Field: field("net/url", "URL", "Path")},
 			{Name: "off_response_req", Field: field("net/http", "response", "req")},
 			{Name: "off_response_status", Field: field("net/http", "response", "status")},
-		},
+			{Name: "off_request_proto_major", Field: field("net/http", "Request", "ProtoMajor")},
+			{Name: "off_request_proto_minor", Field: field("net/http", "Request", "ProtoMinor")},
+		}, h2Consts()...),
 		ITabs: []probe.ITabConst{{
 			Name:      "response_writer_itab",
 			Type:      "*net/http.response",
@@ -80,6 +125,26 @@ func New() *probe.Probe {
 				"net/http.(*response).WriteHeader",
 			},
 		}},
+		Counters: []probe.Counter{
+			{Index: uint32(bpfObsdCounterCNT_RINGBUF_FULL), Reason: "ringbuf_full", Lost: true},
+			{Index: uint32(bpfObsdCounterCNT_INFLIGHT_FULL), Reason: "inflight_map_full", Lost: true},
+			// An end without its start: obsd attached while the request
+			// was in flight (nothing else can cause it: in-flight slots
+			// are never evicted).
+			{Index: uint32(bpfObsdCounterCNT_UNMATCHED_END), Reason: "end_without_start"},
+			// A start found the goroutine's previous request never ended.
+			{Index: uint32(bpfObsdCounterCNT_STALE_START), Reason: "start_without_end", Lost: true},
+			// Target memory could not be read: no status, pattern or path
+			// to trust.
+			{Index: uint32(bpfObsdCounterCNT_READ_FAILED), Reason: "read_failed", Lost: true},
+			{Index: uint32(bpfObsdCounterCNT_METRICS_FULL), Reason: "metrics_map_full"},
+			// The process has its budget of in-flight slots in the
+			// node-wide map.
+			{Index: uint32(bpfObsdCounterCNT_INFLIGHT_BUDGET), Reason: "inflight_budget", Lost: true},
+			// The process has its budget of in-kernel series: sent as
+			// records.
+			{Index: uint32(bpfObsdCounterCNT_METRICS_BUDGET), Reason: "metrics_budget"},
+		},
 		ProcessMaps: map[string]int{
 			"http_server_inflight": int(unsafe.Offsetof(bpfInflightKey{}.Tgid)),
 			"http_server_budget":   0,
@@ -126,6 +191,7 @@ func DecodeMetric(key []byte, perCPU [][]byte) (probe.Histogram, error) {
 		Status:      status,
 		PatternAddr: ne.Uint64(key[unsafe.Offsetof(k.Pattern):]),
 		PatternLen:  int(ne.Uint32(key[unsafe.Offsetof(k.PatternLen):])),
+		Protocol:    protocolVersion(key[unsafe.Offsetof(k.Proto)]),
 		Buckets:     make([]uint64, len(v.Buckets)),
 	}
 	buckets, sum := unsafe.Offsetof(v.Buckets), unsafe.Offsetof(v.SumNs)
@@ -144,7 +210,10 @@ func DecodeMetric(key []byte, perCPU [][]byte) (probe.Histogram, error) {
 // Decode turns one ring-buffer record into a Request. It reads fields at
 // their offsets in the generated struct rather than through reflection: it
 // runs once per request.
-func Decode(raw []byte) (probe.Request, error) {
+func Decode(raw []byte) (probe.Event, error) { return DecodeRequest(raw) }
+
+// DecodeRequest is Decode with its concrete type.
+func DecodeRequest(raw []byte) (probe.Request, error) {
 	if len(raw) < HeaderSize {
 		return probe.Request{}, fmt.Errorf("decoding http server record: %d bytes, want at least %d", len(raw), HeaderSize)
 	}
@@ -179,6 +248,7 @@ func Decode(raw []byte) (probe.Request, error) {
 		Status:     status,
 		Truncated:  flags&(flagPathTruncated|flagPatternTruncated) != 0,
 		TLS:        flags&flagTLS != 0,
+		Protocol:   protocolVersion(raw[unsafe.Offsetof(e.Proto)]),
 		Sampled:    flags&flagSampled != 0,
 		TraceIDLow: ne.Uint64(raw[unsafe.Offsetof(e.TraceIdLow):]),
 	}
@@ -186,6 +256,25 @@ func Decode(raw []byte) (probe.Request, error) {
 	r.PatternTruncated = flags&flagPatternTruncated != 0
 	r.MethodTruncated = flags&flagMethodTruncated != 0
 	return r, nil
+}
+
+// protocolVersion names the probe's protocol byte (major << 4 | minor) as
+// semconv's network.protocol.version: "1.0", "1.1", "2"; "" when unknown.
+func protocolVersion(b byte) string {
+	switch b {
+	case 0x10:
+		return "1.0"
+	case 0x11:
+		return "1.1"
+	case 0x20:
+		return "2"
+	case 0:
+		return ""
+	}
+	if b&0x0f == 0 {
+		return strconv.Itoa(int(b >> 4))
+	}
+	return strconv.Itoa(int(b>>4)) + "." + strconv.Itoa(int(b&0x0f))
 }
 
 // internMethod saves an allocation per request for the usual methods.

@@ -41,10 +41,15 @@ func TestDecode(t *testing.T) {
 		want          probe.Request
 	}{{
 		name:    "pattern route",
-		in:      bpfHttpServerEvent{StartNs: 100, EndNs: 250, Tgid: 42, Status: 404, MethodLen: 3, Method: method("GET")},
+		in:      bpfHttpServerEvent{StartNs: 100, EndNs: 250, Tgid: 42, Status: 404, MethodLen: 3, Method: method("GET"), Proto: 0x11},
 		pattern: "GET /items/{id}", path: "/items/7",
 		want: probe.Request{Kind: probe.KindHTTPServer, PID: 42, StartNS: 100, EndNS: 250,
-			Method: "GET", Path: "/items/7", Pattern: "GET /items/{id}", Status: 404},
+			Method: "GET", Path: "/items/7", Pattern: "GET /items/{id}", Status: 404, Protocol: "1.1"},
+	}, {
+		name: "HTTP/2",
+		in:   bpfHttpServerEvent{Tgid: 1, MethodLen: 3, Method: method("GET"), Status: 200, Flags: flagTLS, Proto: 0x20},
+		path: "/",
+		want: probe.Request{Kind: probe.KindHTTPServer, PID: 1, Method: "GET", Path: "/", Status: 200, TLS: true, Protocol: "2"},
 	}, {
 		name: "over TLS",
 		in:   bpfHttpServerEvent{Tgid: 1, MethodLen: 4, Method: method("POST"), Status: 101, Flags: flagTLS},
@@ -76,7 +81,7 @@ func TestDecode(t *testing.T) {
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := Decode(record(t, tt.in, tt.pattern, tt.path))
+			got, err := DecodeRequest(record(t, tt.in, tt.pattern, tt.path))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -155,7 +160,7 @@ func encode(t *testing.T, v any) []byte {
 }
 
 func TestDecodeMetric(t *testing.T) {
-	key := encode(t, &bpfHttpServerMetricKey{Tgid: 7, Status: 201, Method: 3, Pattern: 0x6c8123, PatternLen: 15})
+	key := encode(t, &bpfHttpServerMetricKey{Tgid: 7, Status: 201, Method: 3, Proto: 0x20, Pattern: 0x6c8123, PatternLen: 15})
 	cpu0 := bpfHttpServerMetric{SumNs: 3_000}
 	cpu0.Buckets[0], cpu0.Buckets[14] = 2, 1
 	cpu1 := bpfHttpServerMetric{SumNs: 500}
@@ -165,7 +170,7 @@ func TestDecodeMetric(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := probe.Histogram{Kind: probe.KindHTTPServer, PID: 7, Method: "POST", Status: 201,
-		PatternAddr: 0x6c8123, PatternLen: 15, SumNS: 3_500, Buckets: make([]uint64, 15)}
+		PatternAddr: 0x6c8123, PatternLen: 15, Protocol: "2", SumNS: 3_500, Buckets: make([]uint64, 15)}
 	want.Buckets[0], want.Buckets[14] = 3, 1
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("DecodeMetric = %+v, want %+v", got, want)
@@ -191,6 +196,16 @@ func TestDecodeMetric(t *testing.T) {
 	} {
 		if _, err := DecodeMetric(bad.key, bad.values); err == nil {
 			t.Errorf("%s: no error", bad.name)
+		}
+	}
+}
+
+// The probe's protocol byte is major << 4 | minor, from Request.ProtoMajor
+// and ProtoMinor; semconv names HTTP/2 "2", not "2.0".
+func TestProtocolVersion(t *testing.T) {
+	for b, want := range map[byte]string{0: "", 0x10: "1.0", 0x11: "1.1", 0x20: "2", 0x30: "3", 0x12: "1.2"} {
+		if got := protocolVersion(b); got != want {
+			t.Errorf("protocolVersion(%#x) = %q, want %q", b, got, want)
 		}
 	}
 }

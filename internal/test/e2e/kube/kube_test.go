@@ -6,9 +6,14 @@ package kube
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -113,6 +118,46 @@ func (e *env) server(pod *corev1.Pod, id string, crio bool, environ ...string) *
 		dir = e.cg.CRIOv1(string(pod.UID), id)
 	}
 	return kubetest.StartIn(e.t, dir, e.srvBin, environ)
+}
+
+// held starts bin as the container's process in a containerd cgroup
+// (v2), with a pipe on its stdin, and waits for its first line ("ready"):
+// testdata's clients send nothing until a line arrives and exit when
+// stdin closes (at cleanup).
+func (e *env) held(pod *corev1.Pod, id, bin string, args ...string) io.WriteCloser {
+	e.t.Helper()
+	dir := e.cg.ContainerdSystemd(string(pod.UID), id)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		e.t.Fatal(err)
+	}
+	fd, err := syscall.Open(dir, syscall.O_DIRECTORY|syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	cmd := exec.Command(bin, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { in.Close() })
+	e2e.StartCmd(e.t, cmd)
+	return in
+}
+
+// grpcApp builds testdata/grpc (its own module) with the Go at hand.
+func grpcApp(t *testing.T) string {
+	t.Helper()
+	return builds.Get(t, "grpcapp", func(out string) error {
+		cmd := exec.Command("go", "build", "-o", out, ".")
+		cmd.Dir = filepath.Join(e2e.RepoRoot(), "testdata", "grpc")
+		cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOWORK=off")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("building testdata/grpc: %w\n%s", err, b)
+		}
+		return nil
+	})
 }
 
 // get sends n GET /hello and returns how many were answered 200: the
@@ -230,13 +275,24 @@ func TestKubernetes(t *testing.T) {
 	farSrv := e.server(far, farID, false)
 	e.running(far.Name, map[string]string{"app": farID}, 0)
 
+	// rpc: a gRPC server, a gRPC client and an HTTP client in one pod
+	// (containerd, cgroup v2). The clients wait for a line on stdin before
+	// calling; they serve the dashboard's RPC and HTTP client panels.
+	rpc := e.pod("rpc", thisNode, on, map[string]string{"app.kubernetes.io/name": "rpc"}, nil, "server", "client", "fetch")
+	rpcIDs := map[string]string{"server": kubetest.NewContainerID(), "client": kubetest.NewContainerID(), "fetch": kubetest.NewContainerID()}
+	grpcBin := grpcApp(t)
+	rpcSrv := kubetest.StartIn(t, e.cg.ContainerdSystemd(string(rpc.UID), rpcIDs["server"]), grpcBin, nil, "-listen", "127.0.0.1:0")
+	rpcCall := e.held(rpc, rpcIDs["client"], grpcBin, "-call", strings.TrimPrefix(rpcSrv.First, "listening "), "-hold")
+	fetch := e.held(rpc, rpcIDs["fetch"], builds.TestdataProgram(t, "httpclient", e2e.Variant{Name: "current"}), "-http", "http://"+webSrv.First, "-loop", "5")
+	e.running(rpc.Name, rpcIDs, 0)
+
 	recv := e2e.StartReceiver(t)
 	o := e2e.StartObsd(t, obsdBin, []string{
 		"OBSD_KUBERNETES=true", "NODE_NAME=" + thisNode, "KUBECONFIG=" + cl.Kubeconfig,
 		"OTEL_EXPORTER_OTLP_ENDPOINT=" + recv.Endpoint, "OTEL_EXPORTER_OTLP_INSECURE=true", "OTEL_BSP_SCHEDULE_DELAY=100",
 	})
-	o.WaitScrape(t, 15*time.Second, "web and named instrumented, the sidecar refused", func(f map[string]*dto.MetricFamily) bool {
-		return e2e.Sum(f, "obsd_instrumented_processes", nil) == 2 &&
+	o.WaitScrape(t, 15*time.Second, "web, named and rpc's three instrumented, the sidecar refused", func(f map[string]*dto.MetricFamily) bool {
+		return e2e.Sum(f, "obsd_instrumented_processes", nil) == 5 &&
 			e2e.Sum(f, "obsd_instrumentation_errors_total", map[string]string{"reason": "not_go"}) == 1
 	})
 	if code, body := o.Get(t, "/readyz"); code != 200 {
@@ -310,6 +366,17 @@ func TestKubernetes(t *testing.T) {
 	if bySvc["web"] != nWeb || bySvc["checkout"] != nNamed || len(spans) != nWeb+nNamed {
 		t.Errorf("spans by service %v, want web %d, checkout %d and no other", bySvc, nWeb, nNamed)
 	}
+
+	// The rpc pod's clients call now (their spans would have counted
+	// above): gRPC calls both ways and HTTP client requests, under the
+	// rpc pod's identity.
+	rpcCall.Write([]byte("go\n"))
+	fetch.Write([]byte("go\n"))
+	o.WaitScrape(t, 10*time.Second, "the rpc pod's calls", func(f map[string]*dto.MetricFamily) bool {
+		return e2e.Sum(f, "rpc_server_call_duration_seconds", map[string]string{"k8s_pod_name": "rpc", "k8s_container_name": "server"}) > 0 &&
+			e2e.Sum(f, "rpc_client_call_duration_seconds", map[string]string{"k8s_pod_name": "rpc", "k8s_container_name": "client"}) > 0 &&
+			e2e.Sum(f, "http_client_request_duration_seconds", map[string]string{"k8s_pod_name": "rpc", "k8s_container_name": "fetch"}) > 0
+	})
 
 	// The dashboard against a real scrape, taken while a request is in
 	// flight so that http_server_active_requests has a series.

@@ -1,6 +1,7 @@
 package kube
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -64,9 +65,15 @@ func TestKubeAPIServerDown(t *testing.T) {
 	if e2e.ProbeLinks(t, prefix, aSrv.PID()) == 0 {
 		t.Error("a lost its probes during the outage")
 	}
-	// obsd_kubernetes_watch_errors_total is not checked: client-go
-	// retries "connection refused" inside the watch with backoff and never
-	// calls the watch error handler (reflector.go, isWatchErrorRetriable).
+	// client-go retries "connection refused" inside the watch and never
+	// calls the watch error handler (reflector.go, isWatchErrorRetriable):
+	// the client's transport sees it, counts it and logs it once.
+	if n := e2e.Sum(fams, "obsd_kubernetes_api_errors_total", map[string]string{"reason": "unreachable"}); n < 1 {
+		t.Errorf("obsd_kubernetes_api_errors_total{reason=\"unreachable\"} = %v during the outage, want at least 1", n)
+	}
+	if n := strings.Count(o.Log.String(), "Kubernetes API server request failed"); n != 1 {
+		t.Errorf("the outage logged %d times, want once:\n%s", n, o.Log)
+	}
 
 	cl.StartAPIServer(t)
 	back := time.Now()
@@ -86,5 +93,8 @@ func TestKubeAPIServerDown(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Logf("caught up %v after the API server returned", time.Since(back).Round(time.Millisecond))
+	if !strings.Contains(o.Log.String(), "Kubernetes API server answers again") {
+		t.Errorf("the API server's return was not logged:\n%s", o.Log)
+	}
 	o.Stop(t)
 }

@@ -1,6 +1,7 @@
 // Command std is the template offsetgen builds with each Go toolchain. It is linked, never run:
 // serving HTTP keeps net/http's server types (Request, response, pattern) and net/url's URL
-// reachable, so the linker describes them in DWARF.
+// reachable, and one client request the client's (Response, the errors a Transport returns), so
+// the linker describes them in DWARF.
 package main
 
 import (
@@ -24,6 +25,10 @@ func main() {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, r.Method, r.URL.Path, r.Proto, r.Host, r.RemoteAddr, len(r.Header), r.Context() != nil)
 	})
+	if resp, err := http.Get(u.String()); err == nil {
+		fmt.Println(resp.StatusCode, resp.ProtoMajor, resp.ProtoMinor)
+		resp.Body.Close()
+	}
 	srv := &http.Server{Addr: u.Host, Handler: mux}
 	log.Fatal(srv.ListenAndServe())
 }

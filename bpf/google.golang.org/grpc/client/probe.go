@@ -1,0 +1,138 @@
+// Package client is the probe for grpc-go clients: every attempt of every
+// call a google.golang.org/grpc ClientConn makes (Invoke and streams), from
+// (*csAttempt).getTransport to (*csAttempt).finish, with the status finish
+// got (see probe.bpf.c). A call grpc-go does not retry is one attempt.
+package client
+
+import (
+	"encoding/binary"
+	"fmt"
+	"unsafe"
+
+	"github.com/obsd-dev/obsd/bpf/probe"
+)
+
+// Record flags, as set by probe.bpf.c.
+const (
+	flagMethodTruncated = 1
+	flagHostTruncated   = 2
+	flagSampled         = 4
+	flagOtherError      = 8
+)
+
+// BudgetCalls bounds a process's attempts in flight in the map every process
+// on the node shares (budget_calls in probe.bpf.c; a test checks); past it,
+// new attempts of that process are lost, counted as inflight_budget.
+const BudgetCalls = 16384
+
+// HeaderSize is the fixed part of a record; the method and the authority
+// follow it.
+const HeaderSize = int(unsafe.Sizeof(bpfRpcClientEvent{}))
+
+// Call is one finished attempt of a gRPC client call (probe.KindRPCClient);
+// a call grpc-go does not retry is one attempt.
+type Call struct {
+	probe.Call
+	// Method is the full method as the client called it,
+	// "/pkg.Service/Method" (may be truncated, see MethodTruncated).
+	Method string
+	// Authority is the call's :authority, grpc-go's CallHdr.Host: the
+	// ClientConn's authority ("host:port" as dialled, or what
+	// grpc.WithAuthority set).
+	Authority string
+	// Code is the gRPC status code (codes.Code) the call ended with.
+	Code uint32
+	// OtherError says the call ended with an error that was no status
+	// error (reported as Unknown, as status.Code does).
+	OtherError                          bool
+	MethodTruncated, AuthorityTruncated bool
+}
+
+const grpcModule = "google.golang.org/grpc"
+
+func grpcField(pkg, typ, name string) probe.Field {
+	return probe.Field{Module: grpcModule, Package: pkg, Struct: typ, Field: name}
+}
+
+// New returns the probe declaration.
+func New() *probe.Probe {
+	return &probe.Probe{
+		Name:  "google.golang.org/grpc/client",
+		MinGo: "go1.21",
+		Sites: []probe.Site{
+			// The marker: a binary without it has no grpc-go client.
+			{Symbol: "google.golang.org/grpc.(*csAttempt).getTransport", Program: "rpc_client_start"},
+			{Symbol: "google.golang.org/grpc.(*csAttempt).finish", Program: "rpc_client_end", VaddrConst: "end_site_vaddr"},
+		},
+		Consts: []probe.Const{
+			{Name: "off_attempt_cs", Field: grpcField(grpcModule, "csAttempt", "cs")},
+			{Name: "off_cs_callhdr", Field: grpcField(grpcModule, "clientStream", "callHdr")},
+			{Name: "off_callhdr_host", Field: grpcField(grpcModule+"/internal/transport", "CallHdr", "Host")},
+			{Name: "off_callhdr_method", Field: grpcField(grpcModule+"/internal/transport", "CallHdr", "Method")},
+			{Name: "off_error_s", Field: grpcField(grpcModule+"/internal/status", "Error", "s")},
+			{Name: "off_status_s", Field: grpcField(grpcModule+"/internal/status", "Status", "s")},
+			// The status proto's layout, keyed by grpc-go's version as the
+			// server probe's is: the table records it beside grpc-go's.
+			{Name: "off_spb_code", Field: probe.Field{Module: grpcModule,
+				Package: "google.golang.org/genproto/googleapis/rpc/status", Struct: "Status", Field: "Code"}},
+			{Name: "off_errorstring_s", Field: probe.Field{Module: "std", Package: "errors", Struct: "errorString", Field: "s"}},
+		},
+		Funcs: []probe.FuncConst{
+			{Name: "status_error_fn", Symbol: grpcModule + "/internal/status.(*Error).Error"},
+			{Name: "errorstring_fn", Symbol: "errors.(*errorString).Error"},
+		},
+		Counters: []probe.Counter{
+			{Index: uint32(bpfObsdCounterCNT_RINGBUF_FULL), Reason: "ringbuf_full", Lost: true},
+			{Index: uint32(bpfObsdCounterCNT_INFLIGHT_FULL), Reason: "inflight_map_full", Lost: true},
+			{Index: uint32(bpfObsdCounterCNT_STALE_START), Reason: "start_without_end", Lost: true},
+			{Index: uint32(bpfObsdCounterCNT_READ_FAILED), Reason: "read_failed", Lost: true},
+			{Index: uint32(bpfObsdCounterCNT_INFLIGHT_BUDGET), Reason: "inflight_budget", Lost: true},
+		},
+		ProcessMaps: map[string]int{
+			"rpc_client_calls":  int(unsafe.Offsetof(bpfCallKey{}.Tgid)),
+			"rpc_client_budget": 0,
+		},
+		Spec:   loadBpf,
+		Decode: Decode,
+	}
+}
+
+// Decode turns one ring-buffer record into a Call.
+func Decode(raw []byte) (probe.Event, error) { return DecodeCall(raw) }
+
+// DecodeCall is Decode with its concrete type. It reads fields at their
+// offsets in the generated struct: it runs once per call.
+func DecodeCall(raw []byte) (Call, error) {
+	if len(raw) < HeaderSize {
+		return Call{}, fmt.Errorf("decoding grpc client record: %d bytes, want at least %d", len(raw), HeaderSize)
+	}
+	var e bpfRpcClientEvent
+	ne := binary.NativeEndian
+	mn := int(ne.Uint16(raw[unsafe.Offsetof(e.MethodLen):]))
+	hn := int(ne.Uint16(raw[unsafe.Offsetof(e.HostLen):]))
+	if HeaderSize+mn+hn > len(raw) {
+		return Call{}, fmt.Errorf("decoding grpc client record: %d bytes of strings in a %d-byte record", mn+hn, len(raw))
+	}
+	flags := raw[unsafe.Offsetof(e.Flags)]
+	data := raw[HeaderSize:]
+	c := Call{
+		Call: probe.Call{
+			Kind:       probe.KindRPCClient,
+			PID:        ne.Uint32(raw[unsafe.Offsetof(e.Tgid):]),
+			StartNS:    ne.Uint64(raw[unsafe.Offsetof(e.StartNs):]),
+			EndNS:      ne.Uint64(raw[unsafe.Offsetof(e.EndNs):]),
+			Sampled:    flags&flagSampled != 0,
+			TraceIDLow: ne.Uint64(raw[unsafe.Offsetof(e.TraceIdLow):]),
+		},
+		Method:             string(data[:mn]),
+		Authority:          string(data[mn : mn+hn]),
+		Code:               ne.Uint32(raw[unsafe.Offsetof(e.Code):]),
+		OtherError:         flags&flagOtherError != 0,
+		MethodTruncated:    flags&flagMethodTruncated != 0,
+		AuthorityTruncated: flags&flagHostTruncated != 0,
+	}
+	if c.EndNS < c.StartNS {
+		return Call{}, fmt.Errorf("decoding grpc client record: ends at %d before its start at %d", c.EndNS, c.StartNS)
+	}
+	return c, nil
+}

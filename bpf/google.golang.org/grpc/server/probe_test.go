@@ -1,0 +1,121 @@
+package server
+
+import (
+	"encoding/binary"
+	"reflect"
+	"testing"
+	"unsafe"
+
+	"github.com/obsd-dev/obsd/bpf/probe"
+)
+
+// record builds a ring-buffer record as probe.bpf.c writes it.
+func record(e bpfRpcServerEvent, message, method string) []byte {
+	e.MethodLen = uint16(len(method))
+	e.MessageLen = uint8(len(message))
+	for i := range message {
+		e.Message[i] = int8(message[i])
+	}
+	raw := make([]byte, HeaderSize, HeaderSize+len(method))
+	ne := binary.NativeEndian
+	ne.PutUint64(raw[unsafe.Offsetof(e.StartNs):], e.StartNs)
+	ne.PutUint64(raw[unsafe.Offsetof(e.EndNs):], e.EndNs)
+	ne.PutUint64(raw[unsafe.Offsetof(e.TraceIdLow):], e.TraceIdLow)
+	ne.PutUint32(raw[unsafe.Offsetof(e.Tgid):], e.Tgid)
+	ne.PutUint32(raw[unsafe.Offsetof(e.Code):], e.Code)
+	raw[unsafe.Offsetof(e.Flags)] = e.Flags
+	raw[unsafe.Offsetof(e.MessageLen)] = e.MessageLen
+	ne.PutUint16(raw[unsafe.Offsetof(e.MethodLen):], e.MethodLen)
+	for i, c := range e.Message {
+		raw[int(unsafe.Offsetof(e.Message))+i] = byte(c)
+	}
+	return append(raw, method...)
+}
+
+func TestDecode(t *testing.T) {
+	base := bpfRpcServerEvent{StartNs: 100, EndNs: 350, Tgid: 42}
+	call := func(method string, code uint32) Call {
+		return Call{Call: probe.Call{Kind: probe.KindRPCServer, PID: 42, StartNS: 100, EndNS: 350}, FullMethod: method, Code: code}
+	}
+	tests := []struct {
+		name    string
+		e       func() bpfRpcServerEvent
+		message string
+		method  string
+		want    Call
+	}{
+		{"ok", func() bpfRpcServerEvent { return base }, "", "/grpc.testing.TestService/EmptyCall",
+			call("/grpc.testing.TestService/EmptyCall", 0)},
+		{"not found", func() bpfRpcServerEvent { e := base; e.Code = 5; return e }, "", "/a.B/C", call("/a.B/C", 5)},
+		{"sampled", func() bpfRpcServerEvent { e := base; e.Flags = flagSampled; e.TraceIdLow = 77; return e }, "", "/a.B/C",
+			func() Call { c := call("/a.B/C", 0); c.Sampled, c.TraceIDLow = true, 77; return c }()},
+		{"trace id ignored unless sampled", func() bpfRpcServerEvent { e := base; e.TraceIdLow = 77; return e }, "", "/a.B/C",
+			call("/a.B/C", 0)},
+		{"truncated", func() bpfRpcServerEvent { e := base; e.Flags = flagMethodTruncated; return e }, "", "/a.B/Cut",
+			func() Call { c := call("/a.B/Cut", 0); c.MethodTruncated = true; return c }()},
+		{"unknown service", func() bpfRpcServerEvent { e := base; e.Code = 12; return e }, "unknown service no.such.Servi", "/no.such.Service/M",
+			func() Call { c := call("/no.such.Service/M", 12); c.Rejected = true; return c }()},
+		{"unknown method", func() bpfRpcServerEvent { e := base; e.Code = 12; return e }, "unknown method Nope for servic", "/a.B/Nope",
+			func() Call { c := call("/a.B/Nope", 12); c.Rejected = true; return c }()},
+		{"malformed", func() bpfRpcServerEvent { e := base; e.Code = 12; return e }, "malformed method name: \"x\"", "x",
+			func() Call { c := call("x", 12); c.Rejected = true; return c }()},
+		{"handler's own unimplemented", func() bpfRpcServerEvent { e := base; e.Code = 12; return e }, "method UnimplementedCall not", "/a.B/UnimplementedCall",
+			call("/a.B/UnimplementedCall", 12)},
+		{"rejection text on another code", func() bpfRpcServerEvent { e := base; e.Code = 13; return e }, "unknown service x", "/a.B/C",
+			call("/a.B/C", 13)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := DecodeCall(record(tt.e(), tt.message, tt.method))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("got %+v\nwant %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestDecodeErrors(t *testing.T) {
+	good := record(bpfRpcServerEvent{Tgid: 1}, "", "/a.B/C")
+	for name, raw := range map[string][]byte{
+		"short header":   good[:HeaderSize-1],
+		"method cut off": good[:len(good)-1],
+	} {
+		if _, err := DecodeCall(raw); err == nil {
+			t.Errorf("%s: decoded", name)
+		}
+	}
+}
+
+func TestConstsExistInObject(t *testing.T) {
+	p := New()
+	spec, err := p.Spec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range p.Consts {
+		v, ok := spec.Variables[c.Name]
+		if !ok {
+			t.Errorf("const %s not in the BPF object", c.Name)
+			continue
+		}
+		if !v.Constant() {
+			t.Errorf("%s is not a volatile const", c.Name)
+		}
+	}
+	for _, s := range p.Sites {
+		if spec.Programs[s.Program] == nil {
+			t.Errorf("site %s: program %s not in the object", s.Symbol, s.Program)
+		}
+	}
+	for m := range p.ProcessMaps {
+		if spec.Maps[m] == nil {
+			t.Errorf("process map %s not in the object", m)
+		}
+	}
+	if spec.Maps["events"] == nil {
+		t.Error("no events ring buffer")
+	}
+}

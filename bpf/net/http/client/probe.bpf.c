@@ -1,0 +1,392 @@
+//go:build ignore
+
+/* net/http client: every round trip of an http.Transport, counted once.
+ *
+ * Start: entry of net/http.(*Transport).roundTrip(t, req *Request), on its
+ *        PUSHQ BP. Every request an http.Transport sends passes there, once
+ *        per hop: http.Client (each redirect hop is a new call), custom
+ *        RoundTrippers that wrap a Transport, Transport.RoundTrip called
+ *        directly, HTTP/1 and HTTP/2 (bundled h2 in Go 1.21-1.26,
+ *        net/http/internal/http2 in 1.27, both reached from roundTrip).
+ * End:   every RET of the same function (one link, one runs per call),
+ *        where the results are still in their registers: AX = *Response,
+ *        BX/CX = the error's itab and data. Nothing runs on the caller's
+ *        goroutine between a successful persistConn.roundTrip (or h2
+ *        RoundTrip) and roundTrip's return, so no later entry can end the
+ *        call; a RET probe is the exact end (see the README for its cost).
+ * In-flight state is keyed by (tgid, g): a goroutine runs one roundTrip at
+ * a time, and R14 is g at the RET as at the entry.
+ * Every request becomes a record: there are no in-kernel histograms yet.
+ */
+#include "obsd.h"
+
+char __license[] SEC("license") = "Dual MIT/GPL";
+
+#define METHOD_MAX 16
+#define SCHEME_MAX 8
+#define HOST_MAX 128
+#define PATH_MAX_LEN 128
+#define QUERY_MAX 128
+
+/* Field offsets, rewritten per target binary by internal/uprobes. */
+volatile const u64 off_request_method = OFF_NONE;
+volatile const u64 off_request_url = OFF_NONE;
+volatile const u64 off_url_scheme = OFF_NONE;
+volatile const u64 off_url_host = OFF_NONE;
+volatile const u64 off_url_path = OFF_NONE;
+volatile const u64 off_url_rawquery = OFF_NONE;
+volatile const u64 off_response_statuscode = OFF_NONE;
+volatile const u64 off_response_protomajor = OFF_NONE;
+volatile const u64 off_response_protominor = OFF_NONE;
+volatile const u64 off_operror_err = OFF_NONE;
+volatile const u64 off_syscallerror_err = OFF_NONE;
+volatile const u64 off_httperror_timeout = OFF_NONE;
+
+/* See the server probe: spans on, and the ratio sampler's bound. */
+volatile const u8 with_spans = 1;
+volatile const u64 sample_bound = 1ULL << 63;
+
+/* Link-time address of the entry site, for the load bias of a PIE. */
+volatile const u64 start_site_vaddr = 0;
+
+/* Link-time addresses of the Error methods of error types, set by the
+ * loader when the binary has them (0: never an error here). An error's
+ * itab holds its type's Error method in its first slot (itab+24): that
+ * tells the type for every Go release and build, with or without itab
+ * symbols (Go 1.27 has none), also for itabs made at run time. */
+volatile const u64 fn_op_error = 0;        /* *net.OpError */
+volatile const u64 fn_syscall_error = 0;   /* *os.SyscallError */
+volatile const u64 fn_poll_deadline = 0;   /* *internal/poll.DeadlineExceededError */
+volatile const u64 fn_net_timeout = 0;     /* *net.timeoutError */
+volatile const u64 fn_ctx_deadline = 0;    /* context.deadlineExceededError */
+volatile const u64 fn_error_string = 0;    /* *errors.errorString (context.Canceled) */
+volatile const u64 fn_http_error = 0;      /* *net/http.httpError */
+volatile const u64 fn_tls_verify = 0;      /* *crypto/tls.CertificateVerificationError */
+volatile const u64 fn_tls_record = 0;      /* crypto/tls.RecordHeaderError */
+volatile const u64 fn_tls_alert = 0;       /* crypto/tls.AlertError */
+volatile const u64 fn_x509_unknown_ca = 0; /* crypto/x509.UnknownAuthorityError */
+volatile const u64 fn_x509_hostname = 0;   /* crypto/x509.HostnameError */
+
+#define FLAG_SAMPLED 1
+#define FLAG_METHOD_TRUNCATED 2
+#define FLAG_HOST_TRUNCATED 4
+#define FLAG_PATH_TRUNCATED 8
+#define FLAG_QUERY_TRUNCATED 16
+#define FLAG_READ_FAILED 32
+
+/* Why no response came (enum error_kind; ERR_NONE with a status). */
+enum error_kind {
+	ERR_NONE = 0,
+	ERR_OTHER,
+	ERR_TIMEOUT,
+	ERR_REFUSED,
+	ERR_CANCELED,
+	ERR_TLS,
+};
+
+#define ECONNREFUSED 111
+
+/* A record is this header followed by path_len bytes of the path and
+ * query_len bytes of the raw query (sampled records only). */
+struct http_client_event {
+	u64 start_ns;
+	u64 end_ns;
+	u64 trace_id_low;
+	u32 tgid;
+	u16 status;
+	u8 proto_major;
+	u8 proto_minor;
+	u8 flags;
+	u8 error_kind; /* enum error_kind */
+	u8 method_len;
+	u8 scheme_len;
+	u8 host_len;
+	u8 _pad0;
+	u16 path_len;
+	u16 query_len;
+	u8 _pad[6];
+	char method[METHOD_MAX];
+	char scheme[SCHEME_MAX];
+	char host[HOST_MAX];
+};
+
+struct scratch {
+	struct http_client_event h;
+	char data[PATH_MAX_LEN + QUERY_MAX];
+};
+
+struct inflight_key {
+	u64 g;
+	u32 tgid;
+	u32 _pad;
+};
+
+struct inflight {
+	u64 start_ns;
+	u64 req;  /* *http.Request */
+	u64 bias; /* load bias of the target */
+};
+
+/* One entry per roundTrip in flight: inserted at the entry, deleted at the
+ * RET. A goroutine whose roundTrip never returned (it panicked) leaves its
+ * entry until its next roundTrip (counted stale) or its process's exit. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct inflight_key);
+	__type(value, struct inflight);
+} http_client_inflight SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct scratch);
+} http_client_scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20);
+} events SEC(".maps");
+
+const struct http_client_event *unused_http_client_event __attribute__((unused));
+const struct inflight *unused_inflight __attribute__((unused));
+const struct inflight_key *unused_inflight_key __attribute__((unused));
+
+static __always_inline struct inflight_key key_of(struct pt_regs *ctx)
+{
+	struct inflight_key key = {.g = GO_G(ctx), .tgid = bpf_get_current_pid_tgid() >> 32, ._pad = 0};
+	return key;
+}
+
+SEC("uprobe.multi")
+int http_client_start(struct pt_regs *ctx)
+{
+	u64 req = GO_ARG2(ctx);
+	if (!req)
+		return 0;
+	struct inflight_key key = key_of(ctx);
+	struct inflight in = {
+		.start_ns = bpf_ktime_get_ns(),
+		.req = req,
+		.bias = load_bias(ctx, start_site_vaddr),
+	};
+	/* BPF_NOEXIST fails only when the goroutine's previous roundTrip
+	 * never returned (a panic): replace it, counted. */
+	if (bpf_map_update_elem(&http_client_inflight, &key, &in, BPF_NOEXIST) != 0) {
+		if (bpf_map_lookup_elem(&http_client_inflight, &key)) {
+			count(CNT_STALE_START);
+			bpf_map_update_elem(&http_client_inflight, &key, &in, BPF_ANY);
+		} else {
+			count(CNT_INFLIGHT_FULL);
+		}
+	}
+	return 0;
+}
+
+/* is_string says whether the *errors.errorString at data holds s (n <= 24
+ * bytes): context.Canceled and net's errCanceled are errors.New values,
+ * told apart only by their text. */
+static __always_inline int is_string(u64 data, const char *s, u32 n)
+{
+	struct go_string str;
+	char buf[24] = {};
+	if (bpf_probe_read_user(&str, sizeof(str), (void *)data) != 0 || str.len != n || n > sizeof(buf))
+		return 0;
+	if (bpf_probe_read_user(buf, n, (void *)str.ptr) != 0)
+		return 0;
+	for (u32 i = 0; i < sizeof(buf); i++) {
+		if (i >= n)
+			break;
+		if (buf[i] != s[i])
+			return 0;
+	}
+	return 1;
+}
+
+/* error_type returns the link-time address of the Error method of the
+ * error whose itab is itab (its first method slot), 0 if unreadable. */
+static __always_inline u64 error_type(u64 itab, u64 bias)
+{
+	u64 fn = 0;
+	if (!itab || bpf_probe_read_user(&fn, sizeof(fn), (void *)(itab + 24)) != 0 || !fn)
+		return 0;
+	return fn - bias;
+}
+
+#define IS(t, c) ((c) && (t) == (c))
+
+/* leaf_kind classifies an error that wraps nothing obsd looks into. */
+static __always_inline u8 leaf_kind(u64 t, u64 data)
+{
+	if (!t)
+		return ERR_OTHER;
+	if (IS(t, fn_poll_deadline) || IS(t, fn_net_timeout) || IS(t, fn_ctx_deadline))
+		return ERR_TIMEOUT;
+	if (IS(t, fn_tls_verify) || IS(t, fn_tls_record) || IS(t, fn_tls_alert) || IS(t, fn_x509_unknown_ca) ||
+	    IS(t, fn_x509_hostname))
+		return ERR_TLS;
+	if (IS(t, fn_error_string) && data) {
+		if (is_string(data, "context canceled", 16) || is_string(data, "operation was canceled", 22))
+			return ERR_CANCELED;
+		return ERR_OTHER;
+	}
+	if (IS(t, fn_http_error) && data && off_httperror_timeout != OFF_NONE) {
+		u8 timeout = 0;
+		if (bpf_probe_read_user(&timeout, 1, (void *)(data + off_httperror_timeout)) == 0 && timeout)
+			return ERR_TIMEOUT;
+	}
+	return ERR_OTHER;
+}
+
+/* error_kind classifies roundTrip's error from its itab and data: a
+ * *net.OpError by what it wraps (a refused connect is an *os.SyscallError
+ * with ECONNREFUSED, a dial timeout a deadline error), anything else as a
+ * leaf. A handful of dependent reads, on failures only. */
+static __always_inline u8 error_kind(u64 itab, u64 data, u64 bias)
+{
+	u64 t = error_type(itab, bias);
+	if (!IS(t, fn_op_error) || !data || off_operror_err == OFF_NONE)
+		return leaf_kind(t, data);
+	struct {
+		u64 itab, data;
+	} inner = {};
+	if (bpf_probe_read_user(&inner, sizeof(inner), (void *)(data + off_operror_err)) != 0)
+		return ERR_OTHER;
+	t = error_type(inner.itab, bias);
+	if (IS(t, fn_syscall_error) && inner.data && off_syscallerror_err != OFF_NONE) {
+		/* SyscallError.Err is a syscall.Errno boxed in an error: the
+		 * data word points at the number. */
+		u64 errp = 0, errno = 0;
+		if (bpf_probe_read_user(&errp, sizeof(errp), (void *)(inner.data + off_syscallerror_err + 8)) != 0 ||
+		    !errp || bpf_probe_read_user(&errno, sizeof(errno), (void *)errp) != 0)
+			return ERR_OTHER;
+		return errno == ECONNREFUSED ? ERR_REFUSED : ERR_OTHER;
+	}
+	return leaf_kind(t, inner.data);
+}
+
+SEC("uprobe.multi")
+int http_client_end(struct pt_regs *ctx)
+{
+	u64 end = bpf_ktime_get_ns();
+	struct inflight_key key = key_of(ctx);
+	struct inflight *inp = bpf_map_lookup_elem(&http_client_inflight, &key);
+	if (!inp) {
+		count(CNT_UNMATCHED_END);
+		return 0;
+	}
+	struct inflight in = *inp;
+	bpf_map_delete_elem(&http_client_inflight, &key);
+
+	u64 resp = ctx->ax, err_itab = ctx->bx, err_data = ctx->cx;
+	u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&http_client_scratch, &zero);
+	if (!sc)
+		return 0;
+	struct http_client_event *e = &sc->h;
+	__builtin_memset(e, 0, sizeof(*e));
+	e->start_ns = in.start_ns;
+	e->end_ns = end;
+	e->tgid = key.tgid;
+	u8 flags = 0;
+
+	if (with_spans) {
+		u64 x = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
+		if ((x >> 1) < sample_bound) {
+			flags |= FLAG_SAMPLED;
+			e->trace_id_low = x;
+		}
+	}
+
+	if (resp) {
+		u64 status = 0, proto[2] = {};
+		long rerr = bpf_probe_read_user(&status, sizeof(status), (void *)(resp + off_response_statuscode));
+		/* ProtoMajor and ProtoMinor are adjacent ints in every release. */
+		if (off_response_protominor == off_response_protomajor + 8) {
+			rerr |= bpf_probe_read_user(proto, sizeof(proto), (void *)(resp + off_response_protomajor));
+		} else {
+			rerr |= bpf_probe_read_user(&proto[0], 8, (void *)(resp + off_response_protomajor));
+			rerr |= bpf_probe_read_user(&proto[1], 8, (void *)(resp + off_response_protominor));
+		}
+		if (rerr != 0) {
+			count(CNT_READ_FAILED);
+			return 0;
+		}
+		e->status = (u16)status;
+		e->proto_major = (u8)proto[0];
+		e->proto_minor = (u8)proto[1];
+	} else {
+		e->error_kind = err_itab ? error_kind(err_itab, err_data, in.bias) : ERR_OTHER;
+	}
+
+	/* Method and URL are adjacent in every Go release (0 and 16). */
+	struct {
+		struct go_string method;
+		u64 url;
+	} hdr = {};
+	long rerr;
+	if (off_request_url == off_request_method + 16) {
+		rerr = bpf_probe_read_user(&hdr, sizeof(hdr), (void *)(in.req + off_request_method));
+	} else {
+		rerr = bpf_probe_read_user(&hdr.method, sizeof(hdr.method), (void *)(in.req + off_request_method));
+		rerr |= bpf_probe_read_user(&hdr.url, sizeof(hdr.url), (void *)(in.req + off_request_url));
+	}
+	if (rerr != 0 || !hdr.url) {
+		count(CNT_READ_FAILED);
+		return 0;
+	}
+	u32 n = hdr.method.len < METHOD_MAX ? (u32)hdr.method.len : METHOD_MAX;
+	if (hdr.method.len > METHOD_MAX)
+		flags |= FLAG_METHOD_TRUNCATED;
+	if (n > 0 && bpf_probe_read_user(e->method, n, (void *)hdr.method.ptr) != 0) {
+		count(CNT_READ_FAILED);
+		return 0;
+	}
+	e->method_len = n;
+
+	s64 full = read_go_string(e->scheme, SCHEME_MAX, hdr.url + off_url_scheme, &n);
+	if (full < 0) {
+		count(CNT_READ_FAILED);
+		return 0;
+	}
+	e->scheme_len = n; /* a longer scheme is not http(s): _OTHER port */
+	full = read_go_string(e->host, HOST_MAX, hdr.url + off_url_host, &n);
+	if (full < 0) {
+		count(CNT_READ_FAILED);
+		return 0;
+	}
+	if (full > n)
+		flags |= FLAG_HOST_TRUNCATED;
+	e->host_len = n;
+
+	u32 used = 0;
+	if (flags & FLAG_SAMPLED) {
+		full = read_go_string(sc->data, PATH_MAX_LEN, hdr.url + off_url_path, &n);
+		if (full < 0) {
+			count(CNT_READ_FAILED);
+			return 0;
+		}
+		if (full > n)
+			flags |= FLAG_PATH_TRUNCATED;
+		e->path_len = n;
+		used = n;
+		if (used > PATH_MAX_LEN) /* bounds for the verifier */
+			used = PATH_MAX_LEN;
+		full = read_go_string(sc->data + used, QUERY_MAX, hdr.url + off_url_rawquery, &n);
+		if (full < 0) {
+			count(CNT_READ_FAILED);
+			return 0;
+		}
+		if (full > n)
+			flags |= FLAG_QUERY_TRUNCATED;
+		e->query_len = n;
+		used += n;
+	}
+	e->flags = flags;
+	if (used > PATH_MAX_LEN + QUERY_MAX)
+		used = PATH_MAX_LEN + QUERY_MAX;
+	if (bpf_ringbuf_output(&events, sc, sizeof(sc->h) + used, BPF_RB_NO_WAKEUP) != 0)
+		count(CNT_RINGBUF_FULL);
+	return 0;
+}

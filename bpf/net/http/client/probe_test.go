@@ -1,0 +1,118 @@
+package client
+
+import (
+	"bytes"
+	"encoding/binary"
+	"reflect"
+	"testing"
+	"unsafe"
+
+	"github.com/obsd-dev/obsd/bpf/probe"
+)
+
+// record builds a ring-buffer record as probe.bpf.c writes it.
+func record(e bpfHttpClientEvent, path, query string) []byte {
+	e.PathLen, e.QueryLen = uint16(len(path)), uint16(len(query))
+	var b bytes.Buffer
+	binary.Write(&b, binary.NativeEndian, e)
+	b.WriteString(path)
+	b.WriteString(query)
+	return b.Bytes()
+}
+
+func chars(dst []int8, s string) uint8 {
+	for i := range s {
+		dst[i] = int8(s[i])
+	}
+	return uint8(len(s))
+}
+
+func TestDecodeRequest(t *testing.T) {
+	var ok bpfHttpClientEvent
+	ok.StartNs, ok.EndNs, ok.Tgid, ok.TraceIdLow = 100, 350, 42, 7
+	ok.Status, ok.ProtoMajor, ok.ProtoMinor = 404, 2, 0
+	ok.Flags = flagSampled | flagQueryTruncated
+	ok.MethodLen = chars(ok.Method[:], "GET")
+	ok.SchemeLen = chars(ok.Scheme[:], "https")
+	ok.HostLen = chars(ok.Host[:], "api.example:8443")
+
+	failed := ok
+	failed.Status, failed.ProtoMajor, failed.ErrorKind, failed.Flags = 0, 0, uint8(ErrConnectionRefused), 0
+
+	noErr := ok
+	noErr.Status = 0
+	both := ok
+	both.ErrorKind = uint8(ErrTimeout)
+	badKind := failed
+	badKind.ErrorKind = 9
+
+	for _, tc := range []struct {
+		name    string
+		raw     []byte
+		want    Request
+		wantErr bool
+	}{
+		{"response", record(ok, "/v1/items", "a=1&b"), Request{
+			Call:   probe.Call{Kind: probe.KindHTTPClient, PID: 42, StartNS: 100, EndNS: 350, Sampled: true, TraceIDLow: 7},
+			Method: "GET", Scheme: "https", Host: "api.example:8443", Path: "/v1/items", RawQuery: "a=1&b",
+			Status: 404, ProtoMajor: 2, QueryTruncated: true,
+		}, false},
+		{"refused", record(failed, "", ""), Request{
+			Call:   probe.Call{Kind: probe.KindHTTPClient, PID: 42, StartNS: 100, EndNS: 350, TraceIDLow: 7},
+			Method: "GET", Scheme: "https", Host: "api.example:8443", Err: ErrConnectionRefused,
+		}, false},
+		{"short", record(ok, "", "")[:HeaderSize-1], Request{}, true},
+		{"strings past the end", record(ok, "/p", "")[:HeaderSize+1], Request{}, true},
+		{"neither status nor error", record(noErr, "", ""), Request{}, true},
+		{"status and error", record(both, "", ""), Request{}, true},
+		{"unknown error kind", record(badKind, "", ""), Request{}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := DecodeRequest(tc.raw)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err = %v, want error %v", err, tc.wantErr)
+			}
+			if !tc.wantErr && !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got  %+v\nwant %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestErrorKindString(t *testing.T) {
+	want := map[ErrorKind]string{ErrNone: "", ErrOther: "_OTHER", ErrTimeout: "timeout",
+		ErrConnectionRefused: "connection_refused", ErrContextCanceled: "context_canceled", ErrTLS: "tls"}
+	for k, s := range want {
+		if k.String() != s {
+			t.Errorf("%d.String() = %q, want %q", k, k.String(), s)
+		}
+	}
+}
+
+// TestDeclaration checks that every constant the declaration names is in
+// the BPF object, and that the end site is every RET of the start's function.
+func TestDeclaration(t *testing.T) {
+	p := New()
+	spec, err := p.Spec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, c := range p.Consts {
+		names = append(names, c.Name)
+	}
+	for _, f := range p.Funcs {
+		names = append(names, f.Name)
+	}
+	for _, n := range append(names, "start_site_vaddr", "with_spans", "sample_bound") {
+		if _, ok := spec.Variables[n]; !ok {
+			t.Errorf("constant %q not in the BPF object", n)
+		}
+	}
+	if len(p.Sites) != 2 || p.Sites[0].Returns || !p.Sites[1].Returns || p.Sites[0].Symbol != p.Sites[1].Symbol {
+		t.Errorf("sites = %+v, want the entry and the RETs of one function", p.Sites)
+	}
+	if off := int(unsafe.Offsetof(bpfHttpClientEvent{}.Method)); off%8 != 0 {
+		t.Errorf("method at %d: the record's strings should start aligned", off)
+	}
+}

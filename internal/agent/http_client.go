@@ -1,0 +1,45 @@
+package agent
+
+import (
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/obsd-dev/obsd/bpf/net/http/client"
+	"github.com/obsd-dev/obsd/bpf/probe"
+	"github.com/obsd-dev/obsd/internal/export"
+	otelexport "github.com/obsd-dev/obsd/internal/export/otel"
+	"github.com/obsd-dev/obsd/internal/export/prom"
+)
+
+// httpClient is the signal of probe.KindHTTPClient: one
+// http_client_request_duration_seconds observation and one CLIENT span per
+// round trip, with the same labels.
+type httpClient struct {
+	prom  *prom.HTTPClient
+	spans *otelexport.Exporter
+}
+
+func (h *httpClient) observe(svc export.Service, spans bool, ev probe.Event) {
+	r, ok := ev.(client.Request)
+	if !ok {
+		return
+	}
+	address, port := h.prom.Address(svc, r)
+	l := export.NewHTTPClientLabels(r, address, port)
+	var sc trace.SpanContext
+	if spans {
+		sc = h.spans.HTTPClientSpan(svc, r, l)
+	}
+	h.prom.Observe(svc, r, l, sc)
+}
+
+func (h *httpClient) forget(svc export.Service) { h.prom.Forget(svc) }
+
+// newHTTPClient creates the signal and registers its collector (unit
+// tests build an Agent without a registry).
+func (a *Agent) newHTTPClient() *httpClient {
+	h := &httpClient{prom: prom.NewHTTPClient(a.log), spans: a.spans}
+	if a.reg != nil {
+		a.reg.MustRegister(h.prom)
+	}
+	return h
+}

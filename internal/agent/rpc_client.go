@@ -1,0 +1,50 @@
+package agent
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/obsd-dev/obsd/bpf/google.golang.org/grpc/client"
+	"github.com/obsd-dev/obsd/bpf/probe"
+	"github.com/obsd-dev/obsd/internal/export"
+	otelexport "github.com/obsd-dev/obsd/internal/export/otel"
+	"github.com/obsd-dev/obsd/internal/export/prom"
+)
+
+// rpcClient is the signal of probe.KindRPCClient: one
+// rpc_client_call_duration_seconds observation and one CLIENT span per
+// gRPC client call attempt, both with the same bounded labels.
+type rpcClient struct {
+	bounds *export.RPCBounds
+	prom   *prom.RPCClient
+	spans  *otelexport.Exporter
+}
+
+func newRPCClient(a *Agent) *rpcClient {
+	bounds := export.NewRPCBounds(a.log)
+	return &rpcClient{bounds: bounds, prom: prom.NewRPCClient(bounds), spans: a.spans}
+}
+
+func (r *rpcClient) observe(svc export.Service, spans bool, ev probe.Event) {
+	c, ok := ev.(client.Call)
+	if !ok {
+		return
+	}
+	l := r.bounds.ClientLabels(svc, c.Method, c.MethodTruncated, c.Authority, c.AuthorityTruncated, c.Code)
+	var sc trace.SpanContext
+	if spans {
+		sc = r.spans.RPCClientSpan(svc, c, l)
+	}
+	r.prom.Observe(svc, l, time.Duration(c.EndNS-c.StartNS), sc)
+}
+
+// Describe and Collect make the signal its own families' Collector.
+func (r *rpcClient) Describe(ch chan<- *prometheus.Desc) { r.prom.Describe(ch) }
+func (r *rpcClient) Collect(ch chan<- prometheus.Metric) { r.prom.Collect(ch) }
+
+func (r *rpcClient) forget(svc export.Service) {
+	r.prom.Forget(svc)
+	r.bounds.Forget(svc.InstanceID)
+}

@@ -1,0 +1,134 @@
+package prom
+
+import (
+	"log/slog"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/obsd-dev/obsd/bpf/net/http/client"
+	"github.com/obsd-dev/obsd/internal/export"
+)
+
+// HTTPClient holds the http_client_* families: one duration observation per
+// round trip the probe saw (every hop of a redirected request), from
+// records (nothing is counted in the kernel for the client yet).
+type HTTPClient struct {
+	duration  *prometheus.Desc
+	overflow  *prometheus.Desc
+	addresses *export.Bounded
+
+	mu     sync.Mutex
+	series map[httpClientKey]*histogram
+}
+
+type httpClientKey struct {
+	instance string
+	labels   export.HTTPClientLabels
+}
+
+// NewHTTPClient creates the families; log (nil: slog.Default) gets the
+// once-per-process warning of a server_address overflow.
+func NewHTTPClient(log *slog.Logger) *HTTPClient {
+	labels := append([]string{"http_request_method", "http_response_status_code", "error_type",
+		"server_address", "server_port", "network_protocol_version"}, export.ServiceLabels...)
+	return &HTTPClient{
+		duration: prometheus.NewDesc("http_client_request_duration_seconds",
+			"Duration of HTTP client requests (each hop of a redirect is one), from the Transport's round trip's start to the response's headers or the error.", labels, nil),
+		overflow: prometheus.NewDesc("obsd_server_address_overflow_total",
+			"HTTP client requests labelled server_address=\""+export.OverflowServerAddress+"\" because their process already had "+
+				strconv.Itoa(export.MaxServerAddresses)+" distinct server addresses.",
+			export.ServiceLabels, nil),
+		addresses: export.NewBounded("server_address", export.MaxServerAddresses, export.OverflowServerAddress, log),
+		series:    map[httpClientKey]*histogram{},
+	}
+}
+
+// Address returns the server_address and server_port labels of r, the
+// address bounded per process (a truncated host is the overflow value,
+// never a wrong name).
+func (h *HTTPClient) Address(svc export.Service, r client.Request) (address, port string) {
+	address, port = export.ServerTarget(r.Scheme, r.Host)
+	if r.HostTruncated {
+		return export.OverflowServerAddress, port
+	}
+	address = export.Clean(address, export.MaxValueLen, false)
+	address, _ = h.addresses.Set(svc).Admit(address)
+	return address, port
+}
+
+// Observe records one round trip under l (from Newexport.HTTPClientLabels); a
+// sampled sc becomes the bucket's exemplar.
+func (h *HTTPClient) Observe(svc export.Service, r client.Request, l export.HTTPClientLabels, sc trace.SpanContext) {
+	sec := time.Duration(r.EndNS - r.StartNS).Seconds()
+	b := sort.SearchFloat64s(DurationBuckets, sec)
+	var ex *prometheus.Exemplar
+	if sc.IsSampled() {
+		ex = &prometheus.Exemplar{Value: sec, Timestamp: time.Now(), Labels: prometheus.Labels{
+			"trace_id": sc.TraceID().String(), "span_id": sc.SpanID().String()}}
+	}
+	k := httpClientKey{svc.InstanceID, l}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s := h.series[k]
+	if s == nil {
+		s = newHistogram(svc.InstanceID, append([]string{l.Method, l.Status, l.ErrorType, l.Address, l.Port, l.Protocol}, svc.LabelValues()...))
+		h.series[k] = s
+	}
+	s.counts[b]++
+	s.sum += sec
+	if ex != nil {
+		s.exemplars[b] = ex
+	}
+}
+
+// Forget drops an exited process's series and its address set.
+func (h *HTTPClient) Forget(svc export.Service) {
+	h.mu.Lock()
+	for k := range h.series {
+		if k.instance == svc.InstanceID {
+			delete(h.series, k)
+		}
+	}
+	h.mu.Unlock()
+	h.addresses.Forget(svc.InstanceID)
+}
+
+func (h *HTTPClient) Describe(ch chan<- *prometheus.Desc) {
+	ch <- h.duration
+	ch <- h.overflow
+}
+
+func (h *HTTPClient) Collect(ch chan<- prometheus.Metric) {
+	for _, o := range h.addresses.Overflows() {
+		ch <- prometheus.MustNewConstMetric(h.overflow, prometheus.CounterValue, float64(o.N), o.Service.LabelValues()...)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, s := range h.series {
+		var total uint64
+		cum := make(map[float64]uint64, len(DurationBuckets))
+		for i, bound := range DurationBuckets {
+			total += s.counts[i]
+			cum[bound] = total
+		}
+		total += s.counts[len(DurationBuckets)]
+		m := prometheus.MustNewConstHistogram(h.duration, total, s.sum, cum, s.labels...)
+		var exs []prometheus.Exemplar
+		for _, ex := range s.exemplars {
+			if ex != nil {
+				exs = append(exs, *ex)
+			}
+		}
+		if len(exs) > 0 {
+			if mx, err := prometheus.NewMetricWithExemplars(m, exs...); err == nil {
+				m = mx
+			}
+		}
+		ch <- m
+	}
+}

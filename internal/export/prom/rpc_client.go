@@ -1,0 +1,136 @@
+package prom
+
+import (
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/obsd-dev/obsd/internal/export"
+)
+
+// RPCClientBuckets are the semconv buckets of rpc.client.call.duration
+// (the same as HTTP's).
+var RPCClientBuckets = DurationBuckets
+
+// RPCClient holds rpc_client_call_duration_seconds: one observation per
+// attempt of a gRPC client call, labelled rpc_system_name="grpc",
+// rpc_method, rpc_response_status_code, server_address, server_port and
+// the service labels; and obsd_rpc_client_label_overflow_total.
+type RPCClient struct {
+	duration *prometheus.Desc
+	overflow *prometheus.Desc
+	bounds   *export.RPCBounds
+
+	mu     sync.Mutex
+	series map[rpcClientKey]*histogram
+}
+
+type rpcClientKey struct {
+	instance string
+	export.RPCLabels
+}
+
+// NewRPCClient creates the families; bounds, which the caller also uses
+// for the labels it passes to Observe, reports the overflows (nil: none).
+func NewRPCClient(bounds *export.RPCBounds) *RPCClient {
+	labels := append([]string{"rpc_system_name", "rpc_method", "rpc_response_status_code", "server_address", "server_port"},
+		export.ServiceLabels...)
+	return &RPCClient{
+		duration: prometheus.NewDesc("rpc_client_call_duration_seconds",
+			"Duration of outgoing gRPC calls (each attempt), from picking a transport to the call's end.", labels, nil),
+		overflow: prometheus.NewDesc("obsd_rpc_client_label_overflow_total",
+			"gRPC client calls whose label value was replaced by \""+export.OtherMethod+
+				"\" because their process already had the most distinct values of that label.",
+			append([]string{"label"}, export.ServiceLabels...), nil),
+		bounds: bounds,
+		series: map[rpcClientKey]*histogram{},
+	}
+}
+
+// Observe records one call of svc that lasted d, under l (bounded by the
+// RPCBounds given to NewRPCClient). When sc is sampled, its trace ID
+// becomes the bucket's exemplar.
+func (c *RPCClient) Observe(svc export.Service, l export.RPCLabels, d time.Duration, sc trace.SpanContext) {
+	sec := d.Seconds()
+	b := sort.SearchFloat64s(RPCClientBuckets, sec)
+	var ex *prometheus.Exemplar
+	if sc.IsSampled() {
+		ex = &prometheus.Exemplar{Value: sec, Timestamp: time.Now(), Labels: prometheus.Labels{
+			"trace_id": sc.TraceID().String(), "span_id": sc.SpanID().String()}}
+	}
+	k := rpcClientKey{instance: svc.InstanceID, RPCLabels: l}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.series[k]
+	if s == nil {
+		s = newHistogram(svc.InstanceID, append([]string{"grpc", l.Method, l.Code, l.Address, l.Port}, svc.LabelValues()...))
+		c.series[k] = s
+	}
+	s.counts[b]++
+	s.sum += sec
+	if ex != nil {
+		s.exemplars[b] = ex
+	}
+}
+
+// Forget drops an exited process's series.
+func (c *RPCClient) Forget(svc export.Service) {
+	c.mu.Lock()
+	for k := range c.series {
+		if k.instance == svc.InstanceID {
+			delete(c.series, k)
+		}
+	}
+	c.mu.Unlock()
+}
+
+func (c *RPCClient) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.duration
+	ch <- c.overflow
+}
+
+func (c *RPCClient) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	out := make([]prometheus.Metric, 0, len(c.series))
+	for _, s := range c.series {
+		out = append(out, rpcClientMetric(s, c.duration))
+	}
+	c.mu.Unlock()
+	for _, m := range out {
+		ch <- m
+	}
+	if c.bounds == nil {
+		return
+	}
+	for _, o := range c.bounds.Overflows() {
+		ch <- prometheus.MustNewConstMetric(c.overflow, prometheus.CounterValue, float64(o.N),
+			append([]string{o.Label}, o.Service.LabelValues()...)...)
+	}
+}
+
+// rpcClientMetric is h as a const metric of desc, with its exemplars.
+func rpcClientMetric(h *histogram, desc *prometheus.Desc) prometheus.Metric {
+	var total uint64
+	cum := make(map[float64]uint64, len(DurationBuckets))
+	for i, bound := range DurationBuckets {
+		total += h.counts[i]
+		cum[bound] = total
+	}
+	total += h.counts[len(DurationBuckets)]
+	m := prometheus.MustNewConstHistogram(desc, total, h.sum, cum, h.labels...)
+	var exs []prometheus.Exemplar
+	for _, ex := range h.exemplars {
+		if ex != nil {
+			exs = append(exs, *ex)
+		}
+	}
+	if len(exs) > 0 {
+		if mx, err := prometheus.NewMetricWithExemplars(m, exs...); err == nil {
+			m = mx
+		}
+	}
+	return m
+}
