@@ -2,6 +2,7 @@ package nethttp
 
 import (
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,7 +28,9 @@ func TestLateStartAndExit(t *testing.T) {
 	e2e.RequireRoot(t)
 	obsdBin := builds.Obsd(t)
 	srvBin := builds.HTTPServer(t, e2e.Variant{Name: "current"})
-	o := e2e.StartObsd(t, obsdBin, nil, "--exe", "*/httpserver-current", "--traces", "none")
+	// A glob, but within this package's build directory: other packages'
+	// tests run their own servers of the same name at the same time.
+	o := e2e.StartObsd(t, obsdBin, nil, "--exe", filepath.Join(filepath.Dir(srvBin), "httpserver-cur*"), "--traces", "none")
 	o.WaitScrape(t, 5*time.Second, "first discovery", func(f map[string]*dto.MetricFamily) bool { return true })
 
 	start := time.Now()
