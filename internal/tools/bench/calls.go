@@ -89,30 +89,44 @@ func parseLoopLine(line string, n int) (callRound, error) {
 // round, a line on its stdout answers.
 type lineProc struct {
 	*proc
-	in    *io.PipeWriter
+	in    *os.File
 	lines chan string
 }
 
+// startLineProc starts argv with OS pipes as stdin and stdout: with an
+// io.Pipe, exec.Cmd.Wait would wait for a stdin copier that only ends when
+// this side closes the pipe, and a killed child would never be reaped.
 func startLineProc(name string, argv []string) (*lineProc, error) {
-	inR, inW := io.Pipe()
-	outR, outW := io.Pipe()
-	p, err := startProcIO(name, argv, nil, inR, outW)
+	inR, inW, err := os.Pipe()
 	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		inR.Close()
+		inW.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p, err := startProcIO(name, argv, nil, inR, outW)
+	// The child holds its own copies of these ends.
+	inR.Close()
+	outW.Close()
+	if err != nil {
+		inW.Close()
+		outR.Close()
 		return nil, err
 	}
 	lp := &lineProc{proc: p, in: inW, lines: make(chan string, 16)}
 	go func() {
+		defer outR.Close()
 		sc := bufio.NewScanner(outR)
 		for sc.Scan() {
-			lp.lines <- sc.Text()
+			select {
+			case lp.lines <- sc.Text():
+			default: // nobody waits for this line: drop it rather than block the child
+			}
 		}
 		close(lp.lines)
-		io.Copy(io.Discard, outR)
-	}()
-	go func() {
-		<-p.done
-		outW.Close()
-		inR.Close()
 	}()
 	return lp, nil
 }
@@ -142,12 +156,19 @@ func (lp *lineProc) stop(grace time.Duration) {
 	if lp == nil {
 		return
 	}
-	lp.in.Close() // both load programs exit at stdin's end
+	lp.in.Close() // the load programs exit at stdin's end
 	select {
 	case <-lp.done:
 	case <-time.After(grace):
 		lp.proc.stop(time.Second)
 	}
+}
+
+// kill ends a child that does not watch its stdin (grpcapp -listen): SIGTERM
+// at once.
+func (lp *lineProc) kill() {
+	lp.proc.stop(2 * time.Second)
+	lp.in.Close()
 }
 
 // callRig is one load's processes, started fresh for each configuration.
@@ -194,12 +215,12 @@ func (b *bench) startGRPCServer(ctx context.Context, cpu int) (*lineProc, string
 	}
 	line, err := p.next(ctx, "listening ", 20*time.Second)
 	if err != nil {
-		p.proc.stop(time.Second)
+		p.kill()
 		return nil, "", err
 	}
 	addr := strings.TrimPrefix(line, "listening ")
 	if !strings.HasPrefix(addr, "127.") {
-		p.proc.stop(time.Second)
+		p.kill()
 		return nil, "", fmt.Errorf("grpcapp listens on %q, not on loopback", addr)
 	}
 	return p, addr, nil
@@ -224,7 +245,7 @@ func (b *bench) startRig(ctx context.Context, l callLoad) (*callRig, error) {
 		if err != nil {
 			return nil, err
 		}
-		rig.cleanup = append(rig.cleanup, func() { srv.proc.stop(2 * time.Second) })
+		rig.cleanup = append(rig.cleanup, func() { srv.kill() })
 		cli, err := startLineProc("grpcapp -load", []string{b.taskset, "-c", fmt.Sprint(cliCPU), b.calls.grpcapp,
 			"-call", addr, "-load", fmt.Sprint(b.o.callConc)})
 		if err != nil {
