@@ -12,6 +12,10 @@
 // /hello at a fixed rate to read obsd's own CPU and memory, and checks that
 // no event was lost and every sampled span arrived.
 //
+// Then, for each of the other probes, a call load beside its own floor
+// (calls.go): gRPC unary calls measured on the server and on the client,
+// and sequential net/http client requests; -loads picks which loads run.
+//
 // It prints a Markdown table on stdout. Run from the module root as root:
 //
 //	go build -o bin/obsd ./cmd/obsd && go run ./internal/tools/bench
