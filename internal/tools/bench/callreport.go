@@ -32,7 +32,7 @@ func (r *report) callStat(load, cfg string) (callStat, bool) {
 		rate = append(rate, n/s.round.elapsed.Seconds())
 		runs = append(runs, float64(s.runs)/n)
 		ns = append(ns, float64(s.runtime.Nanoseconds())/n)
-		cpu = append(cpu, float64(s.targetCPU.Nanoseconds())/1e3/n)
+		cpu = append(cpu, cpuPerCall(s))
 		st.errors += s.round.errors
 	}
 	st.rate, st.rounds, st.runsPer, st.nsPer, st.cpuUS = median(rate), rate, median(runs), median(ns), median(cpu)
@@ -85,8 +85,8 @@ func (r *report) callsMarkdown(w func(string, ...any)) {
 		w("\n")
 	}
 	w("#### Call loads: obsd over the floor (traps alone)\n\n")
-	w("| load | floor µs/call | obsd µs/call | added µs/call | added, %% of floor | target: added ≤ max(1 µs, 30%% of floor) | noise: plain's spread, µs/call | cross-check: added by throughput, µs/call | BPF ns/call added |\n")
-	w("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |\n")
+	w("| load | floor µs/call | obsd µs/call | added µs/call | added, %% of floor | target: added ≤ max(1 µs, 30%% of floor) | noise: plain's spread, µs/call | cross-check: added by throughput, µs/call | BPF ns/call added | added, paired by round: median (each round) |\n")
+	w("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |\n")
 	for _, l := range r.callLoads {
 		p, ok1 := r.callStat(l.name, "plain")
 		f, ok2 := r.callStat(l.name, "floor")
@@ -95,10 +95,33 @@ func (r *report) callsMarkdown(w func(string, ...any)) {
 			continue
 		}
 		floorUS, obsdUS := f.cpuUS-p.cpuUS, o.cpuUS-p.cpuUS
-		w("| %s | %.2f | %.2f | %s |\n", l.title, floorUS, obsdUS, overFloorCells(floorUS, obsdUS, p.cpuSpread,
-			costUS(o.rate, p.rate)-costUS(f.rate, p.rate), o.nsPer-f.nsPer))
+		w("| %s | %.2f | %.2f | %s | %s |\n", l.title, floorUS, obsdUS, overFloorCells(floorUS, obsdUS, p.cpuSpread,
+			costUS(o.rate, p.rate)-costUS(f.rate, p.rate), o.nsPer-f.nsPer), r.pairedAdded(l.name))
 	}
 	w("\n")
+}
+
+// pairedAdded is obsd's CPU µs per call over the floor's within each round,
+// whose two configurations ran minutes apart at most, and their median: less
+// subject to the host's drift than the difference of medians.
+func (r *report) pairedAdded(load string) string {
+	fs, obs := r.calls[load]["floor"], r.calls[load]["obsd"]
+	var d []float64
+	var each []string
+	for i := range min(len(fs), len(obs)) {
+		v := cpuPerCall(obs[i]) - cpuPerCall(fs[i])
+		d = append(d, v)
+		each = append(each, fmt.Sprintf("%.2f", v))
+	}
+	if len(d) == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f (%s)", median(d), strings.Join(each, " / "))
+}
+
+// cpuPerCall is a sample's target CPU µs per call.
+func cpuPerCall(s callSample) float64 {
+	return float64(s.targetCPU.Nanoseconds()) / 1e3 / float64(s.round.calls)
 }
 
 // overFloorCells formats the cells after "obsd µs/call" of the over-the-floor

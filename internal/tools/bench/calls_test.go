@@ -114,8 +114,8 @@ func TestCallsMarkdown(t *testing.T) {
 		"| floor (empty programs at the probe's sites) | 16,000 | 16,000 | 0.800 | 12.50 | 2.000 | 200 | 50.00 | 10.00 |",
 		"| obsd (--traces none) | 15,000 | 15,000 | 0.750 | 16.67 | 2.000 | 1000 | 52.00 | 12.00 |",
 		// added 2.00 of a 10 µs floor; throughput: 16.67 − 12.50.
-		"| gRPC unary, server side | 10.00 | 12.00 | 2.00 | 20% | PASS (limit 3.00 µs) | 0.00 | 4.17 | 800 |",
-		"| HTTP client (net/http), sequential keep-alive GETs | 20.00 | 29.00 | 9.00 | 45% | FAIL (limit 6.00 µs) | 0.00 | 66.67 | 4000 |",
+		"| gRPC unary, server side | 10.00 | 12.00 | 2.00 | 20% | PASS (limit 3.00 µs) | 0.00 | 4.17 | 800 | 2.00 (2.00) |",
+		"| HTTP client (net/http), sequential keep-alive GETs | 20.00 | 29.00 | 9.00 | 45% | FAIL (limit 6.00 µs) | 0.00 | 66.67 | 4000 | 9.00 (9.00) |",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("calls report lacks %q; report:\n%s", want, md)
@@ -132,5 +132,21 @@ func TestOverFloorCellsNoise(t *testing.T) {
 	got := overFloorCells(0.5, 1.2, 1.0, 0.6, 400)
 	if want := "0.70 | 140% | PASS (limit 1.00 µs), inconclusive: noise ≥ limit | 1.00 | 0.60 | 400"; got != want {
 		t.Errorf("overFloorCells = %q, want %q", got, want)
+	}
+}
+
+func TestPairedAdded(t *testing.T) {
+	// Rounds drift: the floor's and obsd's medians are from different
+	// rounds, their difference (60 − 50 = 10) is not any round's; paired
+	// by round obsd adds 21.1, 5.07 and 3.26 µs, median 5.07.
+	r := &report{calls: map[string]map[string][]callSample{"grpc-server": {
+		"floor": {callSampleAt(1000, 1000, 0, 0, 50.14), callSampleAt(1000, 1000, 0, 0, 66.92), callSampleAt(1000, 1000, 0, 0, 61.02)},
+		"obsd":  {callSampleAt(1000, 1000, 0, 0, 71.24), callSampleAt(1000, 1000, 0, 0, 71.99), callSampleAt(1000, 1000, 0, 0, 64.28)},
+	}}}
+	if got, want := r.pairedAdded("grpc-server"), "5.07 (21.10 / 5.07 / 3.26)"; got != want {
+		t.Errorf("pairedAdded = %q, want %q", got, want)
+	}
+	if got := r.pairedAdded("http-client"); got != "—" {
+		t.Errorf("pairedAdded of a load not run = %q, want —", got)
 	}
 }
