@@ -11,6 +11,10 @@
 //	                                      after a line on stdin, and exits at stdin's end
 //	                                      (so a test can instrument it before the first call
 //	                                      and read its records before it exits)
+//	grpcapp -call ADDR -load C            load for make bench: prints "ready", then for each
+//	                                      line on stdin holding a number of seconds sends
+//	                                      unary calls from C goroutines for that long and
+//	                                      prints "calls N errors E ns T"; exits at stdin's end
 //
 // The server answers a UnaryCall or FullDuplexCall whose response_status is
 // set with that status, panics (recovered by an interceptor into Internal)
@@ -30,6 +34,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -47,8 +53,13 @@ func main() {
 	rounds := flag.Int("rounds", 1, "rounds of the call mix")
 	serveHTTP := flag.Bool("servehttp", false, "serve through grpc.Server.ServeHTTP on a net/http server (HTTP/2 without TLS)")
 	hold := flag.Bool("hold", false, "with -call: print \"ready\", wait for a line on stdin, and exit at stdin's end")
+	load := flag.Int("load", 0, "with -call: instead of the mix, unary calls from this many goroutines, in rounds asked for on stdin")
 	flag.Parse()
 	switch {
+	case *call != "" && *load > 0:
+		if err := loadRounds(*call, *load, os.Stdin, os.Stdout); err != nil {
+			log.Fatal(err)
+		}
 	case *listen != "":
 		if err := serve(*listen, *serveHTTP); err != nil {
 			log.Fatal(err)
@@ -195,7 +206,9 @@ func callMix(addr string, rounds int) (Tally, error) {
 	c := testpb.NewTestServiceClient(cc)
 	ctx := context.Background()
 	t := Tally{}
-	echo := func(code codes.Code) *testpb.EchoStatus { return &testpb.EchoStatus{Code: int32(code), Message: "asked"} }
+	echo := func(code codes.Code) *testpb.EchoStatus {
+		return &testpb.EchoStatus{Code: int32(code), Message: "asked"}
+	}
 	for range rounds {
 		_, err = c.EmptyCall(ctx, &testpb.Empty{})
 		t.add(svc+"EmptyCall", err)
@@ -285,4 +298,45 @@ func bidi(ctx context.Context, c testpb.TestServiceClient, n int, st *testpb.Ech
 			return err
 		}
 	}
+}
+
+// loadRounds keeps one connection to addr and, for each line of in giving
+// a number of seconds, sends UnaryCall "hello" from conc goroutines, each
+// waiting for its answer before the next call, for that long; it then
+// writes "calls N errors E ns T" (T: the round's wall time) to out.
+func loadRounds(addr string, conc int, in io.Reader, out io.Writer) error {
+	cc, err := grpc.Dial(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	c := testpb.NewTestServiceClient(cc)
+	req := &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("hello")}}
+	fmt.Fprintln(out, "ready")
+	lines := bufio.NewScanner(in)
+	for lines.Scan() {
+		var secs float64
+		if _, err := fmt.Sscan(lines.Text(), &secs); err != nil || secs <= 0 || secs > 600 {
+			return fmt.Errorf("want a number of seconds in 0..600, got %q", lines.Text())
+		}
+		var calls, errs atomic.Int64
+		var wg sync.WaitGroup
+		start := time.Now()
+		end := start.Add(time.Duration(secs * float64(time.Second)))
+		for range conc {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for time.Now().Before(end) {
+					if _, err := c.UnaryCall(context.Background(), req); err != nil {
+						errs.Add(1)
+					}
+					calls.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		fmt.Fprintf(out, "calls %d errors %d ns %d\n", calls.Load(), errs.Load(), time.Since(start).Nanoseconds())
+	}
+	return lines.Err()
 }

@@ -155,6 +155,7 @@ type bench struct {
 	notes      []string
 	obsdOthers map[string]bool
 	recv       *spanReceiver
+	calls      callBins
 	// obsdOnServerCPU is whether obsd may run on the server's CPU, where
 	// its CPU time is then not another process's.
 	obsdOnServerCPU bool
@@ -195,6 +196,12 @@ func newBench(ctx context.Context, o options, log *slog.Logger, taskset string, 
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("build testdata/httpserver: %w\n%s", err, out)
+	}
+	if o.has("grpc-server") || o.has("grpc-client") || o.has("http-client") {
+		log.Info("building testdata/grpc and testdata/httpclient for the call loads")
+		if b.calls, err = buildCallBins(ctx, root, dir); err != nil {
+			return nil, err
+		}
 	}
 	if v, err := exec.CommandContext(bctx, "go", "version").Output(); err == nil {
 		b.goVersion = strings.TrimSpace(string(v))
@@ -274,7 +281,7 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 	}
 	rep.busyBefore = busy
 	start := time.Now()
-	for r := 1; r <= b.o.rounds; r++ {
+	for r := 1; r <= b.o.rounds && b.o.has("http-server"); r++ {
 		for _, c := range b.configs {
 			b.log.Info("measuring", "round", r, "of", b.o.rounds, "config", c.name, "elapsed", time.Since(start).Round(time.Second))
 			got, err := b.runConfig(ctx, c, r)
@@ -287,7 +294,7 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 		}
 	}
 	for _, c := range b.configs {
-		if c.kind != obsdKind {
+		if c.kind != obsdKind || !b.o.has("http-server") {
 			continue
 		}
 		b.log.Info("fixed-rate run", "config", c.name, "rate", b.o.rate, "for", b.o.rateFor)
@@ -296,6 +303,17 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 			return nil, fmt.Errorf("fixed-rate run, %s: %w", c.name, err)
 		}
 		rep.rates = append(rep.rates, rr)
+	}
+	for _, l := range callLoads(b.o) {
+		if b.o.has(l.name) {
+			rep.callLoads = append(rep.callLoads, l)
+		}
+	}
+	if len(rep.callLoads) > 0 {
+		rep.callConfigs = callConfigs(b.o)
+		if rep.calls, err = b.runCalls(ctx, rep.callLoads); err != nil {
+			return nil, err
+		}
 	}
 	rep.notes = b.notes
 	rep.elapsed = time.Since(start)

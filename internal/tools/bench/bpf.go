@@ -44,6 +44,11 @@ func loadFloor(serverBin string) (*floorProbe, error) {
 		}
 		offs = append(offs, off)
 	}
+	return newFloorAt(serverBin, offs)
+}
+
+// newFloorAt loads the empty program for the file offsets offs of bin.
+func newFloorAt(bin string, offs []uint64) (*floorProbe, error) {
 	spec, err := floor.Load()
 	if err != nil {
 		return nil, fmt.Errorf("load floor spec: %w", err)
@@ -57,10 +62,10 @@ func loadFloor(serverBin string) (*floorProbe, error) {
 		coll.Close()
 		return nil, errors.New("load floor program: no floor_probe in the collection")
 	}
-	ex, err := link.OpenExecutable(serverBin)
+	ex, err := link.OpenExecutable(bin)
 	if err != nil {
 		coll.Close()
-		return nil, fmt.Errorf("open server for uprobes: %w", err)
+		return nil, fmt.Errorf("open %s for uprobes: %w", bin, err)
 	}
 	return &floorProbe{coll: coll, prog: prog, ex: ex, offs: offs}, nil
 }
@@ -122,8 +127,11 @@ var obsdProgNames = map[string]bool{"http_server_start": true, "http_server_end"
 
 // isObsdProg matches a program name as the kernel keeps it, truncated to 15
 // characters, or in full, as cilium/ebpf recovers it from BTF when it can.
-func isObsdProg(name string) bool {
-	for full := range obsdProgNames {
+func isObsdProg(name string) bool { return isProgNamed(name, obsdProgNames) }
+
+// isProgNamed is isObsdProg for any set of full program names.
+func isProgNamed(name string, names map[string]bool) bool {
+	for full := range names {
 		if name == full || (len(name) == 15 && strings.HasPrefix(full, name)) {
 			return true
 		}
@@ -136,6 +144,11 @@ func isObsdProg(name string) bool {
 // Only programs named in obsdProgNames are kept; any other is reported so
 // the per-request hit count does not silently miss it.
 func obsdPrograms(pid int) (*progSet, []string, error) {
+	return obsdProgramsNamed(pid, obsdProgNames)
+}
+
+// obsdProgramsNamed is obsdPrograms keeping the programs named in names.
+func obsdProgramsNamed(pid int, names map[string]bool) (*progSet, []string, error) {
 	dir := fmt.Sprintf("/proc/%d/fdinfo", pid)
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -169,7 +182,7 @@ func obsdPrograms(pid int) (*progSet, []string, error) {
 			set.close()
 			return nil, nil, fmt.Errorf("read info of BPF program %d: %w", id, err)
 		}
-		if !isObsdProg(info.Name) {
+		if !isProgNamed(info.Name, names) {
 			others = append(others, fmt.Sprintf("%s (id %d)", info.Name, id))
 			p.Close()
 			continue
@@ -179,7 +192,7 @@ func obsdPrograms(pid int) (*progSet, []string, error) {
 	}
 	if len(set.progs) == 0 {
 		return nil, others, fmt.Errorf("obsd (pid %d) holds no program named %s; it holds: %s",
-			pid, strings.Join(keys(obsdProgNames), " or "), strings.Join(others, ", "))
+			pid, strings.Join(keys(names), " or "), strings.Join(others, ", "))
 	}
 	return set, others, nil
 }

@@ -12,6 +12,10 @@
 // /hello at a fixed rate to read obsd's own CPU and memory, and checks that
 // no event was lost and every sampled span arrived.
 //
+// Then, for each of the other probes, a call load beside its own floor
+// (calls.go): gRPC unary calls measured on the server and on the client,
+// and sequential net/http client requests; -loads picks which loads run.
+//
 // It prints a Markdown table on stdout. Run from the module root as root:
 //
 //	go build -o bin/obsd ./cmd/obsd && go run ./internal/tools/bench
@@ -50,7 +54,13 @@ type options struct {
 	obsdCPUs  string
 	wrk       string
 	waitQuiet time.Duration
+	loads     []string // of knownLoads, in the order given
+	callConc  int      // concurrent calls of the gRPC load client
+	httpLoop  int      // requests per round of the HTTP client load
 }
+
+// has reports whether load is among -loads.
+func (o options) has(load string) bool { return slices.Contains(o.loads, load) }
 
 func main() {
 	if err := run(os.Args[1:]); err != nil {
@@ -78,7 +88,14 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.obsdCPUs, "obsd-cpus", "", `taskset CPU list for obsd, e.g. "1" or "0-1,3" (default: the -load-cpu CPU); "all" leaves it free on every CPU`)
 	fs.StringVar(&o.wrk, "wrk", "/usr/bin/wrk", "wrk binary")
 	fs.DurationVar(&o.waitQuiet, "wait-quiet", 0, "wait up to this long for every CPU to be under 10% busy before measuring")
+	loads := fs.String("loads", strings.Join(knownLoads, ","), "loads to measure, comma-separated: http-server (wrk; fixed rate; spans), grpc-server, grpc-client, http-client")
+	fs.IntVar(&o.callConc, "grpc-concurrency", 16, "concurrent unary calls of the gRPC load client")
+	fs.IntVar(&o.httpLoop, "http-client-requests", 20000, "sequential requests per round of the HTTP client load")
 	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	var err error
+	if o.loads, err = parseLoads(*loads); err != nil {
 		return o, err
 	}
 	switch {
@@ -96,6 +113,10 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("-rate-duration must be in 1s..1m, got %s", o.rateFor)
 	case o.waitQuiet < 0 || o.waitQuiet > time.Hour:
 		return o, fmt.Errorf("-wait-quiet must be in 0..1h, got %s", o.waitQuiet)
+	case o.callConc < 1 || o.callConc > 1024:
+		return o, fmt.Errorf("-grpc-concurrency must be in 1..1024, got %d", o.callConc)
+	case o.httpLoop < 100 || o.httpLoop > 10_000_000:
+		return o, fmt.Errorf("-http-client-requests must be in 100..10000000, got %d", o.httpLoop)
 	case o.serverCPU < 0 || o.loadCPU < 0 || o.serverCPU == o.loadCPU:
 		return o, fmt.Errorf("-server-cpu (%d) and -load-cpu (%d) must be two different CPUs", o.serverCPU, o.loadCPU)
 	}
@@ -194,7 +215,7 @@ func run(args []string) error {
 		err = syscall.Exec(taskset, argv, append(os.Environ(), pinnedEnv+"=1"))
 		return fmt.Errorf("re-run pinned to CPU %d: %w", o.loadCPU, err)
 	}
-	if _, err := os.Stat(o.wrk); err != nil {
+	if _, err := os.Stat(o.wrk); err != nil && o.has("http-server") {
 		return fmt.Errorf("find wrk: %w", err)
 	}
 	if o.obsd != "" {

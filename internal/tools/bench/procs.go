@@ -51,10 +51,16 @@ type proc struct {
 // stdout, if not nil, receives the child's stdout. The child gets SIGKILL
 // if this process dies first.
 func startProc(name string, argv, env []string, stdout io.Writer) (*proc, error) {
+	return startProcIO(name, argv, env, nil, stdout)
+}
+
+// startProcIO is startProc with stdin (nil: /dev/null).
+func startProcIO(name string, argv, env []string, stdin io.Reader, stdout io.Writer) (*proc, error) {
 	p := &proc{name: name, out: &tailBuffer{max: 64 << 10}, done: make(chan struct{})}
 	p.cmd = exec.Command(argv[0], argv[1:]...)
 	p.cmd.Stderr = p.out
 	p.cmd.Stdout = stdout
+	p.cmd.Stdin = stdin
 	p.cmd.Env = env
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {

@@ -48,6 +48,10 @@ type report struct {
 	elapsed time.Duration
 	// busyBefore is the busiest CPU's share of other work just before.
 	busyBefore float64
+	// The call loads: load name → config name → one sample per round.
+	callLoads   []callLoad
+	callConfigs []config
+	calls       map[string]map[string][]callSample
 }
 
 // stat is one configuration on one route, as medians over rounds.
@@ -160,6 +164,28 @@ func (r *report) markdown() string {
 	} else {
 		w("Host kind unknown (no floor measurement).\n\n")
 	}
+	if r.o.has("http-server") {
+		r.httpServerMarkdown(w)
+	}
+	if len(r.callLoads) > 0 {
+		r.callsMarkdown(w)
+	}
+
+	w("### Anomalies\n\n")
+	notes := r.anomalies()
+	if len(notes) == 0 {
+		w("None: every probed request or call ran exactly 2 BPF programs (±1%%), the load generators saw no errors, nothing was lost.\n")
+	}
+	for _, n := range notes {
+		w("- %s\n", n)
+	}
+	w("\nTotal measuring time %s.\n", r.elapsed.Round(time.Second))
+	return b.String()
+}
+
+// httpServerMarkdown writes the HTTP server load's sections.
+func (r *report) httpServerMarkdown(w func(string, ...any)) {
+	kind, _, _ := r.hostKind()
 	w("Server (testdata/httpserver) pinned to CPU %d, `wrk -t1 -c16 -d%ds` pinned to CPU %d (the load CPU); "+
 		"%d rounds, configurations round-robin within each round, a fresh server per configuration and round, "+
 		"%s wrk warm-up before each measurement; figures are medians over rounds. "+
@@ -233,17 +259,6 @@ func (r *report) markdown() string {
 		w("\n")
 		r.spanTable(w)
 	}
-
-	w("### Anomalies\n\n")
-	notes := r.anomalies()
-	if len(notes) == 0 {
-		w("None: every probed request ran exactly 2 BPF programs (±1%%), wrk saw no errors, nothing was lost.\n")
-	}
-	for _, n := range notes {
-		w("- %s\n", n)
-	}
-	w("\nTotal measuring time %s.\n", r.elapsed.Round(time.Second))
-	return b.String()
 }
 
 // anomalies adds to the notes gathered while running those only visible in

@@ -52,7 +52,7 @@ func TestAddedTarget(t *testing.T) {
 // rates, with 2 BPF runs of 50 ns per request for the probed configurations.
 func fakeReport(rps map[string][2]float64) *report {
 	r := &report{
-		o:       options{rounds: 1, duration: 5 * time.Second, rate: 10000, rateFor: 5 * time.Second, loadCPU: 1},
+		o:       options{rounds: 1, duration: 5 * time.Second, rate: 10000, rateFor: 5 * time.Second, loadCPU: 1, loads: []string{"http-server"}},
 		configs: []config{{name: "plain", label: "plain"}, {name: "floor", label: "floor", kind: floorKind}, {name: "obsd", label: "obsd", kind: obsdKind}},
 		samples: map[string]map[string][]sample{},
 	}

@@ -1,0 +1,529 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	grpcclient "github.com/obsd-dev/obsd/bpf/google.golang.org/grpc/client"
+	grpcserver "github.com/obsd-dev/obsd/bpf/google.golang.org/grpc/server"
+	httpclient "github.com/obsd-dev/obsd/bpf/net/http/client"
+	"github.com/obsd-dev/obsd/bpf/probe"
+	"github.com/obsd-dev/obsd/internal/inspect"
+	"github.com/obsd-dev/obsd/internal/uprobes"
+)
+
+// callLoad is a load of calls measured on the one process obsd instruments
+// (the target), pinned to the server CPU: the gRPC server, the gRPC client
+// or the HTTP client. Its peer runs on the load CPU.
+type callLoad struct {
+	name  string // as in -loads
+	title string
+	// probe is obsd's probe for the target's side: the floor puts the
+	// empty program at each of its sites the target has.
+	probe *probe.Probe
+	// setup describes how the target and its peer run, for the report.
+	setup string
+}
+
+// callLoads are the loads beside the HTTP server's, in report order.
+func callLoads(o options) []callLoad {
+	return []callLoad{
+		{name: "grpc-server", title: "gRPC unary, server side", probe: grpcserver.New(),
+			setup: fmt.Sprintf("`grpcapp -listen` (testdata/grpc, grpc-go v1.68.1) on CPU %d; `grpcapp -call ADDR -load %d` (%d goroutines sending UnaryCall on one connection, each waiting for its answer) on CPU %d",
+				o.serverCPU, o.callConc, o.callConc, o.loadCPU)},
+		{name: "grpc-client", title: "gRPC unary, client side", probe: grpcclient.New(),
+			setup: fmt.Sprintf("`grpcapp -call ADDR -load %d` on CPU %d; `grpcapp -listen` on CPU %d",
+				o.callConc, o.serverCPU, o.loadCPU)},
+		{name: "http-client", title: "HTTP client (net/http), sequential keep-alive GETs", probe: httpclient.New(),
+			setup: fmt.Sprintf("`httpclient -loop %d` (testdata/httpclient: GET /ok one at a time on one keep-alive connection) on CPU %d; a net/http server inside this tool on CPU %d",
+				o.httpLoop, o.serverCPU, o.loadCPU)},
+	}
+}
+
+// callRound is one round of a load generator's, as it reported it.
+type callRound struct {
+	calls, errors int64
+	elapsed       time.Duration
+}
+
+// parseLoadLine parses grpcapp -load's "calls N errors E ns T".
+func parseLoadLine(line string) (callRound, error) {
+	var r callRound
+	var ns int64
+	if _, err := fmt.Sscanf(strings.TrimSpace(line), "calls %d errors %d ns %d", &r.calls, &r.errors, &ns); err != nil {
+		return r, fmt.Errorf("parse load line %q: %w", line, err)
+	}
+	if r.calls <= 0 || ns <= 0 || r.errors < 0 || r.errors > r.calls {
+		return r, fmt.Errorf("parse load line %q: want calls > 0, 0 ≤ errors ≤ calls, ns > 0", line)
+	}
+	r.elapsed = time.Duration(ns)
+	return r, nil
+}
+
+// parseLoopLine parses httpclient -loop's "ns_per_request X", a round of n
+// requests.
+func parseLoopLine(line string, n int) (callRound, error) {
+	var ns int64
+	if _, err := fmt.Sscanf(strings.TrimSpace(line), "ns_per_request %d", &ns); err != nil {
+		return callRound{}, fmt.Errorf("parse loop line %q: %w", line, err)
+	}
+	if ns <= 0 || n <= 0 {
+		return callRound{}, fmt.Errorf("parse loop line %q: want ns_per_request > 0 for %d requests", line, n)
+	}
+	return callRound{calls: int64(n), elapsed: time.Duration(ns * int64(n))}, nil
+}
+
+// lineProc is a child driven line by line: a line on its stdin asks for a
+// round, a line on its stdout answers.
+type lineProc struct {
+	*proc
+	in    *os.File
+	lines chan string
+}
+
+// startLineProc starts argv with OS pipes as stdin and stdout: with an
+// io.Pipe, exec.Cmd.Wait would wait for a stdin copier that only ends when
+// this side closes the pipe, and a killed child would never be reaped.
+func startLineProc(name string, argv []string) (*lineProc, error) {
+	inR, inW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		inR.Close()
+		inW.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p, err := startProcIO(name, argv, nil, inR, outW)
+	// The child holds its own copies of these ends.
+	inR.Close()
+	outW.Close()
+	if err != nil {
+		inW.Close()
+		outR.Close()
+		return nil, err
+	}
+	lp := &lineProc{proc: p, in: inW, lines: make(chan string, 16)}
+	go func() {
+		defer outR.Close()
+		sc := bufio.NewScanner(outR)
+		for sc.Scan() {
+			select {
+			case lp.lines <- sc.Text():
+			default: // nobody waits for this line: drop it rather than block the child
+			}
+		}
+		close(lp.lines)
+	}()
+	return lp, nil
+}
+
+// next waits up to timeout for the child's next stdout line with prefix,
+// skipping others.
+func (lp *lineProc) next(ctx context.Context, prefix string, timeout time.Duration) (string, error) {
+	deadline := time.After(timeout)
+	for {
+		select {
+		case line, ok := <-lp.lines:
+			if !ok {
+				return "", lp.failure(fmt.Sprintf("wait for %q", prefix))
+			}
+			if strings.HasPrefix(line, prefix) {
+				return line, nil
+			}
+		case <-deadline:
+			return "", fmt.Errorf("%s: no %q line within %s; its output:\n%s", lp.name, prefix, timeout, lp.out)
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	}
+}
+
+func (lp *lineProc) stop(grace time.Duration) {
+	if lp == nil {
+		return
+	}
+	lp.in.Close() // the load programs exit at stdin's end
+	select {
+	case <-lp.done:
+	case <-time.After(grace):
+		lp.proc.stop(time.Second)
+	}
+}
+
+// kill ends a child that does not watch its stdin (grpcapp -listen): SIGTERM
+// at once.
+func (lp *lineProc) kill() {
+	lp.proc.stop(2 * time.Second)
+	lp.in.Close()
+}
+
+// callRig is one load's processes, started fresh for each configuration.
+type callRig struct {
+	target  *proc
+	driver  *lineProc
+	round   func(ctx context.Context, d time.Duration) (callRound, error)
+	cleanup []func()
+}
+
+func (r *callRig) close() {
+	for i := len(r.cleanup) - 1; i >= 0; i-- {
+		r.cleanup[i]()
+	}
+}
+
+// callBins are the programs the call loads run, built once.
+type callBins struct {
+	grpcapp, httpclient string
+}
+
+func buildCallBins(ctx context.Context, root, dir string) (callBins, error) {
+	bins := callBins{grpcapp: filepath.Join(dir, "grpcapp"), httpclient: filepath.Join(dir, "httpclient")}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	for _, b := range []struct{ dir, pkg, out string }{
+		{filepath.Join(root, "testdata/grpc"), ".", bins.grpcapp}, // its own module: grpc-go as the tests pin it
+		{root, "./testdata/httpclient", bins.httpclient},
+	} {
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", b.out, b.pkg)
+		cmd.Dir = b.dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return bins, fmt.Errorf("build %s in %s: %w\n%s", b.pkg, b.dir, err, out)
+		}
+	}
+	return bins, nil
+}
+
+// startGRPCServer runs grpcapp -listen pinned to cpu and returns its address.
+func (b *bench) startGRPCServer(ctx context.Context, cpu int) (*lineProc, string, error) {
+	p, err := startLineProc("grpcapp -listen", []string{b.taskset, "-c", fmt.Sprint(cpu), b.calls.grpcapp, "-listen", "127.0.0.1:0"})
+	if err != nil {
+		return nil, "", err
+	}
+	line, err := p.next(ctx, "listening ", 20*time.Second)
+	if err != nil {
+		p.kill()
+		return nil, "", err
+	}
+	addr := strings.TrimPrefix(line, "listening ")
+	if !strings.HasPrefix(addr, "127.") {
+		p.kill()
+		return nil, "", fmt.Errorf("grpcapp listens on %q, not on loopback", addr)
+	}
+	return p, addr, nil
+}
+
+// startRig starts l's target and peer.
+func (b *bench) startRig(ctx context.Context, l callLoad) (*callRig, error) {
+	rig := &callRig{}
+	ok := false
+	defer func() {
+		if !ok {
+			rig.close()
+		}
+	}()
+	switch l.name {
+	case "grpc-server", "grpc-client":
+		srvCPU, cliCPU := b.o.serverCPU, b.o.loadCPU
+		if l.name == "grpc-client" {
+			srvCPU, cliCPU = cliCPU, srvCPU
+		}
+		srv, addr, err := b.startGRPCServer(ctx, srvCPU)
+		if err != nil {
+			return nil, err
+		}
+		rig.cleanup = append(rig.cleanup, func() { srv.kill() })
+		cli, err := startLineProc("grpcapp -load", []string{b.taskset, "-c", fmt.Sprint(cliCPU), b.calls.grpcapp,
+			"-call", addr, "-load", fmt.Sprint(b.o.callConc)})
+		if err != nil {
+			return nil, err
+		}
+		rig.cleanup = append(rig.cleanup, func() { cli.stop(2 * time.Second) })
+		if _, err := cli.next(ctx, "ready", 20*time.Second); err != nil {
+			return nil, err
+		}
+		rig.driver, rig.target = cli, srv.proc
+		if l.name == "grpc-client" {
+			rig.target = cli.proc
+		}
+		rig.round = func(ctx context.Context, d time.Duration) (callRound, error) {
+			if _, err := fmt.Fprintf(cli.in, "%g\n", d.Seconds()); err != nil {
+				return callRound{}, fmt.Errorf("ask grpcapp for a round: %w", err)
+			}
+			line, err := cli.next(ctx, "calls ", d+30*time.Second)
+			if err != nil {
+				return callRound{}, err
+			}
+			return parseLoadLine(line)
+		}
+	case "http-client":
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("listen for the HTTP client load: %w", err)
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, "ok")
+		}), ReadHeaderTimeout: 10 * time.Second}
+		go srv.Serve(ln)
+		rig.cleanup = append(rig.cleanup, func() { srv.Close() })
+		cli, err := startLineProc("httpclient -loop", []string{b.taskset, "-c", fmt.Sprint(b.o.serverCPU), b.calls.httpclient,
+			"-http", "http://" + ln.Addr().String(), "-loop", fmt.Sprint(b.o.httpLoop)})
+		if err != nil {
+			return nil, err
+		}
+		rig.cleanup = append(rig.cleanup, func() { cli.stop(2 * time.Second) })
+		if _, err := cli.next(ctx, "ready", 20*time.Second); err != nil {
+			return nil, err
+		}
+		rig.driver, rig.target = cli, cli.proc
+		// A round is a fixed number of requests: d only bounds the wait.
+		rig.round = func(ctx context.Context, d time.Duration) (callRound, error) {
+			if _, err := io.WriteString(cli.in, "\n"); err != nil {
+				return callRound{}, fmt.Errorf("ask httpclient for a round: %w", err)
+			}
+			line, err := cli.next(ctx, "ns_per_request ", 5*time.Minute)
+			if err != nil {
+				return callRound{}, err
+			}
+			return parseLoopLine(line, b.o.httpLoop)
+		}
+	default:
+		return nil, fmt.Errorf("unknown load %q", l.name)
+	}
+	ok = true
+	return rig, nil
+}
+
+// floorSites resolves p's sites in bin as obsd does: the entry's PUSHQ BP,
+// or every RET of a Returns site; optional sites bin lacks are skipped.
+func floorSites(bin string, p *probe.Probe) ([]uint64, error) {
+	insp, err := inspect.Open(bin)
+	if err != nil {
+		return nil, fmt.Errorf("inspect %s: %w", bin, err)
+	}
+	defer insp.Close()
+	var offs []uint64
+	for _, s := range p.Sites {
+		var got []uint64
+		if s.Returns {
+			got, err = insp.ReturnSites(s.Symbol)
+		} else {
+			var off uint64
+			off, err = insp.EntrySite(s.Symbol)
+			got = []uint64{off}
+		}
+		if err != nil && s.Optional && inspect.ReasonOf(err) == inspect.ReasonSymbol {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("floor site %s of probe %s in %s: %w", s.Symbol, p.Name, bin, err)
+		}
+		offs = append(offs, got...)
+	}
+	return offs, nil
+}
+
+// allObsdPrograms names every program of every obsd probe: when obsd
+// attaches a probe the load does not exercise (grpcapp links net/http),
+// its runs still show in BPF runs/call.
+func allObsdPrograms() map[string]bool {
+	names := map[string]bool{}
+	for _, p := range uprobes.Probes() {
+		for _, s := range p.Sites {
+			names[s.Program] = true
+		}
+	}
+	return names
+}
+
+// callSample is one measured round of a call load.
+type callSample struct {
+	round     callRound
+	runs      uint64
+	runtime   time.Duration
+	targetCPU time.Duration // the target's own CPU time during the round (schedstat)
+}
+
+// callConfigs are the configurations of the call loads: no spans, the
+// production-relevant and cheapest obsd setting, so that obsd's cost over
+// the floor is the probes' (spans are measured on the HTTP server load).
+func callConfigs(o options) []config {
+	cs := []config{
+		{name: "plain", label: "plain", kind: plain},
+		{name: "floor", label: "floor (empty programs at the probe's sites)", kind: floorKind},
+	}
+	if o.obsd != "" {
+		cs = append(cs, config{name: "obsd", label: "obsd (--traces none)", kind: obsdKind, traces: "none"})
+	}
+	return cs
+}
+
+// runCalls measures every call load, configurations round-robin in each
+// round, a fresh target and peer per configuration and round.
+func (b *bench) runCalls(ctx context.Context, loads []callLoad) (map[string]map[string][]callSample, error) {
+	out := map[string]map[string][]callSample{}
+	floors := map[string]*floorProbe{}
+	defer func() {
+		for _, f := range floors {
+			f.close()
+		}
+	}()
+	names := allObsdPrograms()
+	for _, l := range loads {
+		out[l.name] = map[string][]callSample{}
+		bin := b.calls.grpcapp
+		if l.name == "http-client" {
+			bin = b.calls.httpclient
+		}
+		offs, err := floorSites(bin, l.probe)
+		if err != nil {
+			return nil, err
+		}
+		if floors[l.name], err = newFloorAt(bin, offs); err != nil {
+			return nil, err
+		}
+		b.log.Info("floor sites", "load", l.name, "sites", len(offs))
+	}
+	for r := 1; r <= b.o.rounds; r++ {
+		for _, l := range loads {
+			for _, c := range callConfigs(b.o) {
+				b.log.Info("measuring calls", "round", r, "of", b.o.rounds, "load", l.name, "config", c.name)
+				s, err := b.runCallConfig(ctx, l, c, floors[l.name], names, r)
+				if err != nil {
+					return nil, fmt.Errorf("round %d, %s, %s: %w", r, l.name, c.name, err)
+				}
+				out[l.name][c.name] = append(out[l.name][c.name], s)
+			}
+		}
+	}
+	return out, nil
+}
+
+func (b *bench) runCallConfig(ctx context.Context, l callLoad, c config, fl *floorProbe, names map[string]bool, round int) (callSample, error) {
+	rig, err := b.startRig(ctx, l)
+	if err != nil {
+		return callSample{}, err
+	}
+	defer rig.close()
+	var set *progSet
+	switch c.kind {
+	case floorKind:
+		lk, err := fl.attach(rig.target.pid())
+		if err != nil {
+			return callSample{}, err
+		}
+		defer lk.Close()
+		set = &progSet{progs: []*ebpf.Program{fl.prog}, names: []string{"floor_probe"}}
+	case obsdKind:
+		ob, _, err := startObsd(ctx, b.obsdArgv(), obsdEnv(os.Environ(), c.env), c.traces, rig.target.pid())
+		if err != nil {
+			return callSample{}, err
+		}
+		defer ob.stop(5 * time.Second)
+		var others []string
+		set, others, err = obsdProgramsNamed(ob.pid(), names)
+		if err != nil {
+			return callSample{}, err
+		}
+		defer set.close()
+		for _, o := range others {
+			if !b.obsdOthers[o] {
+				b.obsdOthers[o] = true
+				b.note("%s: obsd also holds BPF program %s, not counted in BPF runs/call", l.name, o)
+			}
+		}
+	}
+	if b.o.warmup > 0 {
+		if _, err := rig.round(ctx, b.o.warmup); err != nil {
+			return callSample{}, fmt.Errorf("warm-up: %w", err)
+		}
+	}
+	var before, after counters
+	if set != nil {
+		if before, err = set.read(); err != nil {
+			return callSample{}, err
+		}
+	}
+	cpu0, err := procRunTime(rig.target.pid())
+	if err != nil {
+		return callSample{}, err
+	}
+	cr, err := rig.round(ctx, b.o.duration)
+	if err != nil {
+		return callSample{}, err
+	}
+	cpu1, err := procRunTime(rig.target.pid())
+	if err != nil {
+		return callSample{}, err
+	}
+	if set != nil {
+		if after, err = set.read(); err != nil {
+			return callSample{}, err
+		}
+	}
+	if rig.target.exited() {
+		return callSample{}, rig.target.failure("measure " + l.name)
+	}
+	s := callSample{round: cr, runs: after.runs - before.runs, runtime: after.runtime - before.runtime, targetCPU: cpu1 - cpu0}
+	if cr.errors > 0 {
+		b.note("round %d, %s, %s: %d of %d calls failed", round, l.name, c.name, cr.errors, cr.calls)
+	}
+	if set != nil {
+		if h := float64(s.runs) / float64(cr.calls); h < 1.99 || h > 2.01 {
+			b.note("round %d, %s, %s: %.3f BPF runs per call (%d runs, %d calls), want 2", round, l.name, c.name, h, s.runs, cr.calls)
+		}
+	}
+	b.log.Info("measured calls", "load", l.name, "config", c.name, "calls/s", fmt.Sprintf("%.0f", float64(cr.calls)/cr.elapsed.Seconds()),
+		"runs/call", fmt.Sprintf("%.3f", float64(s.runs)/float64(cr.calls)),
+		"targetCPU µs/call", fmt.Sprintf("%.2f", float64(s.targetCPU.Nanoseconds())/1e3/float64(cr.calls)))
+	return s, nil
+}
+
+// parseLoads parses -loads, a comma-separated subset of knownLoads.
+func parseLoads(s string) ([]string, error) {
+	var out []string
+	seen := map[string]bool{}
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		if !isKnownLoad(f) {
+			return nil, fmt.Errorf("-loads: unknown load %q; known: %s", f, strings.Join(knownLoads, ", "))
+		}
+		if !seen[f] {
+			seen[f] = true
+			out = append(out, f)
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("-loads: no load named")
+	}
+	return out, nil
+}
+
+// knownLoads are -loads' names: the HTTP server load (wrk, fixed rate,
+// spans) and the call loads.
+var knownLoads = []string{"http-server", "grpc-server", "grpc-client", "http-client"}
+
+func isKnownLoad(s string) bool {
+	for _, k := range knownLoads {
+		if k == s {
+			return true
+		}
+	}
+	return false
+}
