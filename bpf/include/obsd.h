@@ -52,6 +52,9 @@ enum obsd_counter {
 	CNT_METRICS_FULL,     /* in-kernel metrics map full: sent as a record instead */
 	CNT_INFLIGHT_BUDGET,  /* lost: the process has its budget of in-flight slots */
 	CNT_METRICS_BUDGET,   /* the process has its budget of in-kernel series: sent as a record */
+	CNT_TRACEPARENT_INVALID, /* an incoming traceparent was malformed or repeated: the span is a root */
+	CNT_TRACECTX_UNREAD,  /* the headers could not be read for trace context: the span is a root */
+	CNT_CTX_MAP_FULL,     /* the map of in-process parents is full: calls under this request start new traces */
 	CNT_MAX,
 };
 

@@ -227,6 +227,8 @@ type Call struct {
 	// (big-endian), drawn so that the configured ratio sampler agrees.
 	Sampled    bool
 	TraceIDLow uint64
+	// Trace is the rest of the span's context, where the probe decided it.
+	Trace Trace
 }
 
 // Common implements Event for every type that embeds Call.
@@ -240,7 +242,7 @@ type Event interface {
 
 // Common implements Event. Request predates Call and keeps its fields flat.
 func (r Request) Common() Call {
-	return Call{Kind: r.Kind, PID: r.PID, StartNS: r.StartNS, EndNS: r.EndNS, Sampled: r.Sampled, TraceIDLow: r.TraceIDLow}
+	return Call{Kind: r.Kind, PID: r.PID, StartNS: r.StartNS, EndNS: r.EndNS, Sampled: r.Sampled, TraceIDLow: r.TraceIDLow, Trace: r.Trace}
 }
 
 // Request is one HTTP server request (KindHTTPServer), free of BPF types.
@@ -276,4 +278,6 @@ type Request struct {
 	// bytes (big-endian), drawn so that the configured ratio sampler agrees.
 	Sampled    bool
 	TraceIDLow uint64
+	// Trace is the rest of the span's context (see Call.Trace).
+	Trace Trace
 }

@@ -56,6 +56,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (config,
 		traces string
 		level  string
 		keep   string
+		slow   string
 		k8s    kubeMode
 		node   string
 	)
@@ -67,6 +68,16 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (config,
 	fs.StringVar(&c.agent.Listen, "listen", envOr(getenv, "OBSD_LISTEN", ":9400"), "address of /metrics, /healthz, /readyz (env OBSD_LISTEN)")
 	fs.StringVar(&traces, "traces", getenv("OBSD_TRACES"), "span export: otlp, stdout or none (env OBSD_TRACES; default otlp when OTEL_EXPORTER_OTLP_*ENDPOINT is set, else none)")
 	fs.StringVar(&keep, "keep-exited", envOr(getenv, "OBSD_KEEP_EXITED", "1m"), "how long an exited process's series stay exported, so the last scrapes see its final counts (env OBSD_KEEP_EXITED)")
+	fs.StringVar(&slow, "keep-slow", envOr(getenv, "OBSD_KEEP_SLOW", "2s"), "export the span of a request head sampling dropped when it took at least this long; 0 turns it off (env OBSD_KEEP_SLOW)")
+	keepErrors := true
+	if v := getenv("OBSD_KEEP_ERRORS"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return c, fmt.Errorf("OBSD_KEEP_ERRORS %q: want true or false", v)
+		}
+		keepErrors = b
+	}
+	fs.BoolVar(&c.agent.KeepErrors, "keep-errors", keepErrors, "export the span of a request head sampling dropped when it failed (HTTP 5xx, a gRPC error) (env OBSD_KEEP_ERRORS)")
 	fs.BoolVar(&c.showVersion, "version", false, "print obsd's version and exit")
 	if err := k8s.init(getenv); err != nil {
 		return c, err
@@ -125,6 +136,9 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (config,
 	c.agent.Traces = mode
 	if c.agent.Forget, err = time.ParseDuration(keep); err != nil || c.agent.Forget <= 0 {
 		return c, fmt.Errorf("--keep-exited %q: want a positive duration such as 1m or 30s", keep)
+	}
+	if c.agent.KeepSlow, err = time.ParseDuration(slow); err != nil || c.agent.KeepSlow < 0 {
+		return c, fmt.Errorf("--keep-slow %q: want a duration such as 2s, or 0 to keep no slow span that sampling dropped", slow)
 	}
 	if err := c.logLevel.UnmarshalText([]byte(level)); err != nil {
 		return c, fmt.Errorf("--log-level: %w", err)

@@ -44,6 +44,11 @@ type Config struct {
 	// Listen is the address of /metrics, /healthz and /readyz.
 	Listen string
 	Traces otelexport.Mode
+	// KeepSlow, if positive, exports the span of a request head sampling
+	// dropped when it took at least this long; KeepErrors when it failed
+	// (5xx, a gRPC error). Spans kept so say why (obsd.kept_reason).
+	KeepSlow   time.Duration
+	KeepErrors bool
 	// Forget is how long an exited process's series stay exported, so the
 	// last scrape sees its final counts.
 	Forget time.Duration
@@ -212,6 +217,9 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		Sink:            a,
 		Spans:           spans,
 		SampleRatio:     ratio,
+		ParentBased:     otelexport.ParentBased(os.Getenv),
+		KeepSlow:        cfg.KeepSlow,
+		KeepErrors:      cfg.KeepErrors,
 		DurationBuckets: prom.DurationBuckets,
 	})
 	if err != nil {

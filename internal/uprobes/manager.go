@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -28,6 +29,10 @@ import (
 const (
 	withSpans        = "with_spans"
 	sampleBoundConst = "sample_bound"
+	// Set where a probe decides trace context (bpf/include/tracectx.h).
+	parentBasedConst = "parent_based"
+	keepSlowConst    = "keep_slow_ns"
+	keepErrorsConst  = "keep_errors"
 )
 
 // sampleBound is the OTel SDK's TraceIDRatioBased bound: a trace ID whose
@@ -76,6 +81,14 @@ type Options struct {
 	// SampleRatio is the share of requests the probes sample for spans, as
 	// the OTel TraceIDRatioBased sampler would; used only with Spans.
 	SampleRatio float64
+	// ParentBased says a span whose request carries a trace context follows
+	// its parent's sampled flag (the parentbased_* samplers); otherwise the
+	// ratio applies to the incoming trace ID as to a new one.
+	ParentBased bool
+	// KeepSlow, if positive, exports a span head sampling dropped whose
+	// call took at least this long; KeepErrors one whose call failed.
+	KeepSlow   time.Duration
+	KeepErrors bool
 	// DurationBuckets are the upper bounds, in seconds, of the exported
 	// duration histogram; in-kernel histograms use the same. When it is
 	// empty, probes send a record per request.
@@ -84,14 +97,18 @@ type Options struct {
 
 // Manager attaches probes to processes. Methods are safe for concurrent use.
 type Manager struct {
-	spans   bool
-	sample  uint64   // the sample_bound constant: SampleRatio * 2^63
-	bounds  []uint64 // DurationBuckets in ns
-	log     *slog.Logger
-	offsets *offsets.Table
-	sink    Sink
-	probes  []*loadedProbe
-	stats   *stats
+	spans  bool
+	sample uint64 // the sample_bound constant: SampleRatio * 2^63
+	// parentBased, keepSlow and keepErrors are the other sampling
+	// constants (see Options).
+	parentBased, keepErrors bool
+	keepSlow                time.Duration
+	bounds                  []uint64 // DurationBuckets in ns
+	log                     *slog.Logger
+	offsets                 *offsets.Table
+	sink                    Sink
+	probes                  []*loadedProbe
+	stats                   *stats
 	// open inspects an executable: inspect.Open, replaced by tests to
 	// hold a load in progress or make it fail.
 	open func(path string) (*inspect.Binary, error)
@@ -198,6 +215,7 @@ func New(o Options) (*Manager, error) {
 		transient: map[int]bool{},
 	}
 	m.sample = sampleBound(o.SampleRatio)
+	m.parentBased, m.keepSlow, m.keepErrors = o.ParentBased, max(o.KeepSlow, 0), o.KeepErrors
 	for _, b := range o.DurationBuckets {
 		m.bounds = append(m.bounds, uint64(math.Round(b*1e9)))
 	}
@@ -578,9 +596,16 @@ func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *load
 			return nil, nil, err
 		}
 	}
-	if _, ok := spec.Variables[sampleBoundConst]; ok {
-		if err := set(sampleBoundConst, m.sample); err != nil {
-			return nil, nil, err
+	for name, v := range map[string]any{
+		sampleBoundConst: m.sample,
+		parentBasedConst: m.parentBased,
+		keepSlowConst:    uint64(m.keepSlow.Nanoseconds()),
+		keepErrorsConst:  m.keepErrors,
+	} {
+		if _, ok := spec.Variables[name]; ok {
+			if err := set(name, v); err != nil {
+				return nil, nil, err
+			}
 		}
 	}
 	if err := m.setMetricsConsts(bin, info, lp, set); err != nil {

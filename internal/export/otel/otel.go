@@ -18,6 +18,7 @@ package otelexport
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -241,12 +242,9 @@ func (e *Exporter) Span(svc export.Service, c probe.Call, kind trace.SpanKind, n
 	if c.EndNS > c.StartNS {
 		end = start.Add(time.Duration(c.EndNS - c.StartNS))
 	}
-	// The trace ID carries the probe's draw, so the SDK's sampler, set from
-	// the same OTEL_TRACES_SAMPLER, keeps the span. Attributes are still
-	// set after its decision, not passed to Start: the samplers it offers
-	// decide on the trace ID and parent, never on attributes.
-	ctx := context.WithValue(parentContext(c), traceIDLowKey{}, c.TraceIDLow)
-	_, span := p.tracer.Start(ctx, name,
+	// The probe decided the sampling (probeSampler keeps what it kept) and,
+	// where it can, the IDs and the parent.
+	_, span := p.tracer.Start(spanContext(c), name,
 		trace.WithSpanKind(kind),
 		trace.WithTimestamp(start),
 	)
@@ -255,6 +253,9 @@ func (e *Exporter) Span(svc export.Service, c probe.Call, kind trace.SpanKind, n
 	}
 	attrs, status := build()
 	span.SetAttributes(attrs...)
+	if r := keptReason(c.Trace); r != "" {
+		span.SetAttributes(attribute.String(KeptReasonKey, r))
+	}
 	if status != codes.Unset {
 		span.SetStatus(status, "")
 	}
@@ -262,12 +263,52 @@ func (e *Exporter) Span(svc export.Service, c probe.Call, kind trace.SpanKind, n
 	return span.SpanContext()
 }
 
-// parentContext is where an incoming traceparent will go: once a probe reads
-// it, return trace.ContextWithRemoteSpanContext(ctx, parent) and the SDK
-// (and a ParentBased sampler) will continue the caller's trace. Until then
-// every span is a new root.
-func parentContext(probe.Call) context.Context {
-	return context.Background()
+// KeptReasonKey is the attribute of a span head sampling dropped but obsd
+// kept at its end: "slow", "error" or "slow,error".
+const KeptReasonKey = "obsd.kept_reason"
+
+func keptReason(t probe.Trace) string {
+	switch {
+	case t.KeptSlow && t.KeptError:
+		return "slow,error"
+	case t.KeptSlow:
+		return "slow"
+	case t.KeptError:
+		return "error"
+	}
+	return ""
+}
+
+// spanContext is the context a call's span starts in: the IDs the probe
+// chose (for idGenerator) and its parent, when the probe decided them; else
+// only the probe's draw for the trace ID's last 8 bytes, and no parent.
+func spanContext(c probe.Call) context.Context {
+	ctx := context.Background()
+	if c.Trace.SpanID == 0 {
+		return context.WithValue(ctx, traceIDLowKey{}, c.TraceIDLow)
+	}
+	var tid trace.TraceID
+	binary.BigEndian.PutUint64(tid[:8], c.Trace.TraceIDHigh)
+	binary.BigEndian.PutUint64(tid[8:], c.TraceIDLow)
+	var sid trace.SpanID
+	binary.BigEndian.PutUint64(sid[:], c.Trace.SpanID)
+	ctx = context.WithValue(ctx, probeIDsKey{}, probeIDs{trace: tid, span: sid})
+	if c.Trace.ParentSpanID == 0 {
+		return ctx
+	}
+	cfg := trace.SpanContextConfig{TraceID: tid, Remote: c.Trace.Remote}
+	binary.BigEndian.PutUint64(cfg.SpanID[:], c.Trace.ParentSpanID)
+	if c.Trace.ParentSampled {
+		cfg.TraceFlags = trace.FlagsSampled
+	}
+	if c.Trace.TraceState != "" {
+		// An invalid tracestate is dropped, as the W3C spec asks (3.3.1.1);
+		// the parent link stands.
+		if ts, err := trace.ParseTraceState(c.Trace.TraceState); err == nil {
+			cfg.TraceState = ts
+		}
+	}
+	return trace.ContextWithSpanContext(ctx, trace.NewSpanContext(cfg))
 }
 
 // process returns the provider for svc.PID, creating it on first use; nil
@@ -304,10 +345,13 @@ func (e *Exporter) newProcess(svc export.Service) *process {
 	// Merging a schemaless resource into base cannot conflict.
 	res, _ := resource.Merge(e.base, resource.NewSchemaless(attrs...))
 	res = cleanResource(res)
-	// No sampler option: the SDK then reads OTEL_TRACES_SAMPLER(_ARG).
 	tp := sdktrace.NewTracerProvider(
 		sdktrace.WithResource(res),
 		sdktrace.WithIDGenerator(idGenerator{}),
+		// The probes sample (from the same OTEL_TRACES_SAMPLER, see
+		// SampleRatio and ParentBased) and keep slow and failing calls;
+		// Span sees only what they kept.
+		sdktrace.WithSampler(probeSampler{}),
 		sdktrace.WithBatcher(e.shared, batchOptions(os.Getenv)...),
 	)
 	return &process{

@@ -554,22 +554,81 @@ func TestStdout(t *testing.T) {
 	}
 }
 
-// TestSamplerFromEnv checks that the SDK itself applies OTEL_TRACES_SAMPLER.
-func TestSamplerFromEnv(t *testing.T) {
-	setOTLPEnv(t, "127.0.0.1:1", map[string]string{"OTEL_TRACES_SAMPLER": "always_off"})
-	var out bytes.Buffer
-	e, reg, _ := newExporter(t, Options{Mode: ModeStdout, Stdout: &out})
-	now := monoNow(t)
-	sc := spanOf(e, svcA, probe.Request{Sampled: true, Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now})
-	if !sc.IsValid() || sc.IsSampled() {
-		t.Errorf("Span = %+v, want a valid unsampled context", sc)
+// TestSpanContextFromProbe: the span carries the IDs, parent, tracestate
+// and sampling the probe decided, whatever OTEL_TRACES_SAMPLER says to the
+// SDK (the probe applied it), and a span kept for being slow or failing says
+// why.
+func TestSpanContextFromProbe(t *testing.T) {
+	const (
+		high, low    = 0x0af7651916cd43dd, 0x8448eb211c80319c
+		span, parent = 0x00f067aa0ba902b7, 0xb7ad6b7169203331
+		wantTraceID  = "0af7651916cd43dd8448eb211c80319c"
+		wantSpanID   = "00f067aa0ba902b7"
+		wantParentID = "b7ad6b7169203331"
+		goodState    = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+		invalidState = "not a=valid==state"
+		noParent     = "0000000000000000"
+	)
+	tests := []struct {
+		name                  string
+		trace                 probe.Trace
+		wantParent, wantState string
+		wantKept              string
+	}{
+		{name: "root", trace: probe.Trace{TraceIDHigh: high, SpanID: span}, wantParent: noParent},
+		{name: "remote parent", trace: probe.Trace{TraceIDHigh: high, SpanID: span, ParentSpanID: parent, Remote: true, ParentSampled: true, TraceState: goodState},
+			wantParent: wantParentID, wantState: goodState},
+		{name: "invalid tracestate dropped", trace: probe.Trace{TraceIDHigh: high, SpanID: span, ParentSpanID: parent, Remote: true, TraceState: invalidState},
+			wantParent: wantParentID},
+		{name: "kept slow", trace: probe.Trace{TraceIDHigh: high, SpanID: span, ParentSpanID: parent, Remote: true, KeptSlow: true},
+			wantParent: wantParentID, wantKept: "slow"},
+		{name: "kept slow and failing", trace: probe.Trace{TraceIDHigh: high, SpanID: span, KeptSlow: true, KeptError: true},
+			wantParent: noParent, wantKept: "slow,error"},
 	}
-	shutdown(t, e)
-	if out.Len() != 0 {
-		t.Errorf("always_off exported:\n%s", out.String())
-	}
-	if c := counters(t, reg); c["obsd_spans_created_total"] != 1 || c["obsd_spans_exported_total"] != 0 {
-		t.Errorf("counters = %v, want 1 created, 0 exported", c)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// always_off: the SDK's own sampler would drop everything.
+			setOTLPEnv(t, "127.0.0.1:1", map[string]string{"OTEL_TRACES_SAMPLER": "always_off"})
+			var out bytes.Buffer
+			e, _, _ := newExporter(t, Options{Mode: ModeStdout, Stdout: &out})
+			now := monoNow(t)
+			sc := spanOf(e, svcA, probe.Request{Sampled: true, TraceIDLow: low, Trace: tt.trace,
+				Method: "GET", Path: "/", Status: 200, StartNS: now, EndNS: now})
+			if !sc.IsSampled() || sc.TraceID().String() != wantTraceID || sc.SpanID().String() != wantSpanID {
+				t.Errorf("Span = %+v, want sampled, trace %s, span %s", sc, wantTraceID, wantSpanID)
+			}
+			shutdown(t, e)
+			var got struct {
+				SpanContext struct{ TraceID, SpanID, TraceState string }
+				Parent      struct {
+					TraceID, SpanID string
+					Remote          bool
+				}
+				Attributes []struct {
+					Key   string
+					Value struct{ Value any }
+				}
+			}
+			if err := json.Unmarshal(out.Bytes(), &got); err != nil {
+				t.Fatalf("stdout %q: %v", out.String(), err)
+			}
+			if got.SpanContext.TraceID != wantTraceID || got.SpanContext.SpanID != wantSpanID ||
+				got.Parent.SpanID != tt.wantParent || got.SpanContext.TraceState != tt.wantState {
+				t.Errorf("exported %+v, want trace %s span %s parent %s tracestate %q", got, wantTraceID, wantSpanID, tt.wantParent, tt.wantState)
+			}
+			if tt.wantParent != noParent && (got.Parent.TraceID != wantTraceID || !got.Parent.Remote) {
+				t.Errorf("parent %+v, want remote in trace %s", got.Parent, wantTraceID)
+			}
+			kept := ""
+			for _, a := range got.Attributes {
+				if a.Key == KeptReasonKey {
+					kept, _ = a.Value.Value.(string)
+				}
+			}
+			if kept != tt.wantKept {
+				t.Errorf("%s = %q, want %q", KeptReasonKey, kept, tt.wantKept)
+			}
+		})
 	}
 }
 

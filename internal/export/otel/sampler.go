@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -22,8 +23,7 @@ import (
 func SampleRatio(getenv func(string) string) (float64, error) {
 	s := strings.ToLower(strings.TrimSpace(getenv("OTEL_TRACES_SAMPLER")))
 	arg := strings.TrimSpace(getenv("OTEL_TRACES_SAMPLER_ARG"))
-	// Spans obsd makes are roots until incoming traceparent is read, so a
-	// parentbased_ sampler decides as its root sampler does.
+	// The ratio is the root sampler's; see ParentBased for the rest.
 	switch s {
 	case "", "always_on", "parentbased_always_on":
 		// The spec says an argument a sampler does not take is ignored.
@@ -48,6 +48,15 @@ func SampleRatio(getenv func(string) string) (float64, error) {
 		"parentbased_always_off or parentbased_traceidratio)", s)
 }
 
+// ParentBased says whether OTEL_TRACES_SAMPLER names a parent-based sampler:
+// then a span whose request carries a trace context follows its parent's
+// sampled flag. The variable's default, parentbased_always_on, is one (OTel
+// specification, "General SDK Configuration").
+func ParentBased(getenv func(string) string) bool {
+	s := strings.ToLower(strings.TrimSpace(getenv("OTEL_TRACES_SAMPLER")))
+	return s == "" || strings.HasPrefix(s, "parentbased_")
+}
+
 // traceIDLowKey carries a probe's draw from Span to idGenerator.
 type traceIDLowKey struct{}
 
@@ -58,6 +67,9 @@ type traceIDLowKey struct{}
 type idGenerator struct{}
 
 func (idGenerator) NewIDs(ctx context.Context) (trace.TraceID, trace.SpanID) {
+	if ids, ok := ctx.Value(probeIDsKey{}).(probeIDs); ok {
+		return ids.trace, ids.span
+	}
 	var tid trace.TraceID
 	low, ok := ctx.Value(traceIDLowKey{}).(uint64)
 	if !ok {
@@ -70,7 +82,37 @@ func (idGenerator) NewIDs(ctx context.Context) (trace.TraceID, trace.SpanID) {
 	return tid, newSpanID()
 }
 
-func (idGenerator) NewSpanID(context.Context, trace.TraceID) trace.SpanID { return newSpanID() }
+// NewSpanID is asked for a span with a parent, whose trace ID is the
+// parent's.
+func (idGenerator) NewSpanID(ctx context.Context, _ trace.TraceID) trace.SpanID {
+	if ids, ok := ctx.Value(probeIDsKey{}).(probeIDs); ok {
+		return ids.span
+	}
+	return newSpanID()
+}
+
+// probeIDsKey carries the IDs a probe chose for a span (see probe.Trace):
+// its children in other processes already name its span ID as their parent.
+type probeIDsKey struct{}
+
+type probeIDs struct {
+	trace trace.TraceID
+	span  trace.SpanID
+}
+
+// probeSampler records and samples every span: Exporter.Span is called only
+// for calls a probe sampled or kept. The parent's tracestate goes on, as
+// the SDK's own samplers pass it.
+type probeSampler struct{}
+
+func (probeSampler) ShouldSample(p sdktrace.SamplingParameters) sdktrace.SamplingResult {
+	return sdktrace.SamplingResult{
+		Decision:   sdktrace.RecordAndSample,
+		Tracestate: trace.SpanContextFromContext(p.ParentContext).TraceState(),
+	}
+}
+
+func (probeSampler) Description() string { return "obsd probe sampler" }
 
 func newSpanID() trace.SpanID {
 	var sid trace.SpanID

@@ -19,20 +19,43 @@ type bpfBudget struct {
 	Series int64
 }
 
+type bpfCtxKey struct {
+	_    structs.HostLayout
+	Ctx  uint64
+	Tgid uint32
+	Pad  uint32
+}
+
+type bpfCtxSpan struct {
+	_       structs.HostLayout
+	TraceHi uint64
+	TraceLo uint64
+	Span    uint64
+	Sampled uint8
+	Pad     [7]uint8
+}
+
 type bpfHttpServerEvent struct {
-	_          structs.HostLayout
-	StartNs    uint64
-	EndNs      uint64
-	Tgid       uint32
-	Status     uint16
-	MethodLen  uint8
-	Flags      uint8
-	PathLen    uint16
-	PatternLen uint16
-	Proto      uint8
-	Pad        [3]uint8
-	TraceIdLow uint64
-	Method     [16]int8
+	_             structs.HostLayout
+	StartNs       uint64
+	EndNs         uint64
+	Tgid          uint32
+	Status        uint16
+	MethodLen     uint8
+	Flags         uint8
+	PathLen       uint16
+	PatternLen    uint16
+	Proto         uint8
+	Pad           [3]uint8
+	TraceIdLow    uint64
+	TraceIdHigh   uint64
+	SpanId        uint64
+	ParentSpanId  uint64
+	Trace         uint8
+	Pad2          uint8
+	TracestateLen uint16
+	Pad3          uint32
+	Method        [16]int8
 }
 
 type bpfHttpServerMetric struct {
@@ -63,6 +86,18 @@ type bpfInflight struct {
 	Proto     uint8
 	Pad       [4]uint8
 	Method    [16]int8
+	Tc        struct {
+		_             structs.HostLayout
+		TraceHi       uint64
+		TraceLo       uint64
+		Span          uint64
+		ParentSpan    uint64
+		TracestatePtr uint64
+		TracestateLen uint16
+		Trace         uint8
+		Pad           [5]uint8
+	}
+	Ctx uint64
 }
 
 type bpfInflightKey struct {
@@ -75,21 +110,61 @@ type bpfInflightKey struct {
 type bpfObsdCounter uint32
 
 const (
-	bpfObsdCounterCNT_RINGBUF_FULL    bpfObsdCounter = 0
-	bpfObsdCounterCNT_INFLIGHT_FULL   bpfObsdCounter = 1
-	bpfObsdCounterCNT_UNMATCHED_END   bpfObsdCounter = 2
-	bpfObsdCounterCNT_STALE_START     bpfObsdCounter = 3
-	bpfObsdCounterCNT_READ_FAILED     bpfObsdCounter = 4
-	bpfObsdCounterCNT_METRICS_FULL    bpfObsdCounter = 5
-	bpfObsdCounterCNT_INFLIGHT_BUDGET bpfObsdCounter = 6
-	bpfObsdCounterCNT_METRICS_BUDGET  bpfObsdCounter = 7
-	bpfObsdCounterCNT_MAX             bpfObsdCounter = 8
+	bpfObsdCounterCNT_RINGBUF_FULL        bpfObsdCounter = 0
+	bpfObsdCounterCNT_INFLIGHT_FULL       bpfObsdCounter = 1
+	bpfObsdCounterCNT_UNMATCHED_END       bpfObsdCounter = 2
+	bpfObsdCounterCNT_STALE_START         bpfObsdCounter = 3
+	bpfObsdCounterCNT_READ_FAILED         bpfObsdCounter = 4
+	bpfObsdCounterCNT_METRICS_FULL        bpfObsdCounter = 5
+	bpfObsdCounterCNT_INFLIGHT_BUDGET     bpfObsdCounter = 6
+	bpfObsdCounterCNT_METRICS_BUDGET      bpfObsdCounter = 7
+	bpfObsdCounterCNT_TRACEPARENT_INVALID bpfObsdCounter = 8
+	bpfObsdCounterCNT_TRACECTX_UNREAD     bpfObsdCounter = 9
+	bpfObsdCounterCNT_CTX_MAP_FULL        bpfObsdCounter = 10
+	bpfObsdCounterCNT_MAX                 bpfObsdCounter = 11
 )
 
 type bpfScratch struct {
 	_    structs.HostLayout
 	H    bpfHttpServerEvent
-	Data [256]int8
+	Data [768]int8
+}
+
+type bpfTcScratch struct {
+	_     structs.HostLayout
+	Buf   [336]uint8
+	Value [56]int8
+	Key   [16]int8
+	F     struct {
+		_      structs.HostLayout
+		Parent struct {
+			_   structs.HostLayout
+			Ptr uint64
+			Len uint64
+		}
+		State struct {
+			_   structs.HostLayout
+			Ptr uint64
+			Len uint64
+		}
+		ParentN uint64
+		StateN  uint64
+	}
+	First struct {
+		_   structs.HostLayout
+		Ptr uint64
+		Len uint64
+	}
+	Sl     [2]uint64
+	Base   uint64
+	Next   uint64
+	Mask   uint64
+	Layout uint32
+	Nb     uint32
+	I      uint32
+	Old    uint32
+	Err    uint32
+	_      [4]byte
 }
 
 // Names of all BPF objects in the ELF.
@@ -102,6 +177,8 @@ const (
 	bpfMapHttpServerMetrics         = "http_server_metrics"
 	bpfMapHttpServerScratch         = "http_server_scratch"
 	bpfMapObsdCounters              = "obsd_counters"
+	bpfMapObsdSharedCtxSpans        = "obsd_shared_ctx_spans"
+	bpfMapObsdTcScratch             = "obsd_tc_scratch"
 	bpfProgHttpServerClose          = "http_server_close"
 	bpfProgHttpServerEnd            = "http_server_end"
 	bpfProgHttpServerExpect         = "http_server_expect"
@@ -120,13 +197,21 @@ const (
 	bpfVarH2EndSiteVaddr            = "h2_end_site_vaddr"
 	bpfVarH2PanicSiteVaddr          = "h2_panic_site_vaddr"
 	bpfVarHijackSiteVaddr           = "hijack_site_vaddr"
+	bpfVarKeepErrors                = "keep_errors"
+	bpfVarKeepSlowNs                = "keep_slow_ns"
 	bpfVarOffH2RwsConn              = "off_h2_rws_conn"
 	bpfVarOffH2RwsStatus            = "off_h2_rws_status"
 	bpfVarOffH2RwsStream            = "off_h2_rws_stream"
 	bpfVarOffH2StreamId             = "off_h2_stream_id"
 	bpfVarOffH2StreamSc             = "off_h2_stream_sc"
 	bpfVarOffH2W_rws                = "off_h2_w_rws"
+	bpfVarOffHmapB                  = "off_hmap_b"
+	bpfVarOffHmapBuckets            = "off_hmap_buckets"
+	bpfVarOffHmapFlags              = "off_hmap_flags"
+	bpfVarOffHmapOldbuckets         = "off_hmap_oldbuckets"
 	bpfVarOffPatternStr             = "off_pattern_str"
+	bpfVarOffRequestCtx             = "off_request_ctx"
+	bpfVarOffRequestHeader          = "off_request_header"
 	bpfVarOffRequestMethod          = "off_request_method"
 	bpfVarOffRequestPat             = "off_request_pat"
 	bpfVarOffRequestPattern         = "off_request_pattern"
@@ -136,6 +221,11 @@ const (
 	bpfVarOffRequestUrl             = "off_request_url"
 	bpfVarOffResponseReq            = "off_response_req"
 	bpfVarOffResponseStatus         = "off_response_status"
+	bpfVarOffSgroupsData            = "off_sgroups_data"
+	bpfVarOffSgroupsMask            = "off_sgroups_mask"
+	bpfVarOffSmapDirlen             = "off_smap_dirlen"
+	bpfVarOffSmapDirptr             = "off_smap_dirptr"
+	bpfVarOffStableGroups           = "off_stable_groups"
 	bpfVarOffUrlPath                = "off_url_path"
 	bpfVarOffXh2RwsConn             = "off_xh2_rws_conn"
 	bpfVarOffXh2RwsStatus           = "off_xh2_rws_status"
@@ -143,6 +233,7 @@ const (
 	bpfVarOffXh2StreamId            = "off_xh2_stream_id"
 	bpfVarOffXh2StreamSc            = "off_xh2_stream_sc"
 	bpfVarOffXh2W_rws               = "off_xh2_w_rws"
+	bpfVarParentBased               = "parent_based"
 	bpfVarResponseWriterItab        = "response_writer_itab"
 	bpfVarRodataEnd                 = "rodata_end"
 	bpfVarRodataStart               = "rodata_start"
@@ -222,6 +313,8 @@ type bpfMapSpecs struct {
 	HttpServerMetrics  *ebpf.MapSpec `ebpf:"http_server_metrics"`
 	HttpServerScratch  *ebpf.MapSpec `ebpf:"http_server_scratch"`
 	ObsdCounters       *ebpf.MapSpec `ebpf:"obsd_counters"`
+	ObsdSharedCtxSpans *ebpf.MapSpec `ebpf:"obsd_shared_ctx_spans"`
+	ObsdTcScratch      *ebpf.MapSpec `ebpf:"obsd_tc_scratch"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -236,13 +329,21 @@ type bpfVariableSpecs struct {
 	H2EndSiteVaddr            *ebpf.VariableSpec `ebpf:"h2_end_site_vaddr"`
 	H2PanicSiteVaddr          *ebpf.VariableSpec `ebpf:"h2_panic_site_vaddr"`
 	HijackSiteVaddr           *ebpf.VariableSpec `ebpf:"hijack_site_vaddr"`
+	KeepErrors                *ebpf.VariableSpec `ebpf:"keep_errors"`
+	KeepSlowNs                *ebpf.VariableSpec `ebpf:"keep_slow_ns"`
 	OffH2RwsConn              *ebpf.VariableSpec `ebpf:"off_h2_rws_conn"`
 	OffH2RwsStatus            *ebpf.VariableSpec `ebpf:"off_h2_rws_status"`
 	OffH2RwsStream            *ebpf.VariableSpec `ebpf:"off_h2_rws_stream"`
 	OffH2StreamId             *ebpf.VariableSpec `ebpf:"off_h2_stream_id"`
 	OffH2StreamSc             *ebpf.VariableSpec `ebpf:"off_h2_stream_sc"`
 	OffH2W_rws                *ebpf.VariableSpec `ebpf:"off_h2_w_rws"`
+	OffHmapB                  *ebpf.VariableSpec `ebpf:"off_hmap_b"`
+	OffHmapBuckets            *ebpf.VariableSpec `ebpf:"off_hmap_buckets"`
+	OffHmapFlags              *ebpf.VariableSpec `ebpf:"off_hmap_flags"`
+	OffHmapOldbuckets         *ebpf.VariableSpec `ebpf:"off_hmap_oldbuckets"`
 	OffPatternStr             *ebpf.VariableSpec `ebpf:"off_pattern_str"`
+	OffRequestCtx             *ebpf.VariableSpec `ebpf:"off_request_ctx"`
+	OffRequestHeader          *ebpf.VariableSpec `ebpf:"off_request_header"`
 	OffRequestMethod          *ebpf.VariableSpec `ebpf:"off_request_method"`
 	OffRequestPat             *ebpf.VariableSpec `ebpf:"off_request_pat"`
 	OffRequestPattern         *ebpf.VariableSpec `ebpf:"off_request_pattern"`
@@ -252,6 +353,11 @@ type bpfVariableSpecs struct {
 	OffRequestUrl             *ebpf.VariableSpec `ebpf:"off_request_url"`
 	OffResponseReq            *ebpf.VariableSpec `ebpf:"off_response_req"`
 	OffResponseStatus         *ebpf.VariableSpec `ebpf:"off_response_status"`
+	OffSgroupsData            *ebpf.VariableSpec `ebpf:"off_sgroups_data"`
+	OffSgroupsMask            *ebpf.VariableSpec `ebpf:"off_sgroups_mask"`
+	OffSmapDirlen             *ebpf.VariableSpec `ebpf:"off_smap_dirlen"`
+	OffSmapDirptr             *ebpf.VariableSpec `ebpf:"off_smap_dirptr"`
+	OffStableGroups           *ebpf.VariableSpec `ebpf:"off_stable_groups"`
 	OffUrlPath                *ebpf.VariableSpec `ebpf:"off_url_path"`
 	OffXh2RwsConn             *ebpf.VariableSpec `ebpf:"off_xh2_rws_conn"`
 	OffXh2RwsStatus           *ebpf.VariableSpec `ebpf:"off_xh2_rws_status"`
@@ -259,6 +365,7 @@ type bpfVariableSpecs struct {
 	OffXh2StreamId            *ebpf.VariableSpec `ebpf:"off_xh2_stream_id"`
 	OffXh2StreamSc            *ebpf.VariableSpec `ebpf:"off_xh2_stream_sc"`
 	OffXh2W_rws               *ebpf.VariableSpec `ebpf:"off_xh2_w_rws"`
+	ParentBased               *ebpf.VariableSpec `ebpf:"parent_based"`
 	ResponseWriterItab        *ebpf.VariableSpec `ebpf:"response_writer_itab"`
 	RodataEnd                 *ebpf.VariableSpec `ebpf:"rodata_end"`
 	RodataStart               *ebpf.VariableSpec `ebpf:"rodata_start"`
@@ -300,6 +407,8 @@ type bpfMaps struct {
 	HttpServerMetrics  *ebpf.Map `ebpf:"http_server_metrics"`
 	HttpServerScratch  *ebpf.Map `ebpf:"http_server_scratch"`
 	ObsdCounters       *ebpf.Map `ebpf:"obsd_counters"`
+	ObsdSharedCtxSpans *ebpf.Map `ebpf:"obsd_shared_ctx_spans"`
+	ObsdTcScratch      *ebpf.Map `ebpf:"obsd_tc_scratch"`
 }
 
 func (m *bpfMaps) Close() error {
@@ -310,6 +419,8 @@ func (m *bpfMaps) Close() error {
 		m.HttpServerMetrics,
 		m.HttpServerScratch,
 		m.ObsdCounters,
+		m.ObsdSharedCtxSpans,
+		m.ObsdTcScratch,
 	)
 }
 
@@ -325,13 +436,21 @@ type bpfVariables struct {
 	H2EndSiteVaddr            *ebpf.Variable `ebpf:"h2_end_site_vaddr"`
 	H2PanicSiteVaddr          *ebpf.Variable `ebpf:"h2_panic_site_vaddr"`
 	HijackSiteVaddr           *ebpf.Variable `ebpf:"hijack_site_vaddr"`
+	KeepErrors                *ebpf.Variable `ebpf:"keep_errors"`
+	KeepSlowNs                *ebpf.Variable `ebpf:"keep_slow_ns"`
 	OffH2RwsConn              *ebpf.Variable `ebpf:"off_h2_rws_conn"`
 	OffH2RwsStatus            *ebpf.Variable `ebpf:"off_h2_rws_status"`
 	OffH2RwsStream            *ebpf.Variable `ebpf:"off_h2_rws_stream"`
 	OffH2StreamId             *ebpf.Variable `ebpf:"off_h2_stream_id"`
 	OffH2StreamSc             *ebpf.Variable `ebpf:"off_h2_stream_sc"`
 	OffH2W_rws                *ebpf.Variable `ebpf:"off_h2_w_rws"`
+	OffHmapB                  *ebpf.Variable `ebpf:"off_hmap_b"`
+	OffHmapBuckets            *ebpf.Variable `ebpf:"off_hmap_buckets"`
+	OffHmapFlags              *ebpf.Variable `ebpf:"off_hmap_flags"`
+	OffHmapOldbuckets         *ebpf.Variable `ebpf:"off_hmap_oldbuckets"`
 	OffPatternStr             *ebpf.Variable `ebpf:"off_pattern_str"`
+	OffRequestCtx             *ebpf.Variable `ebpf:"off_request_ctx"`
+	OffRequestHeader          *ebpf.Variable `ebpf:"off_request_header"`
 	OffRequestMethod          *ebpf.Variable `ebpf:"off_request_method"`
 	OffRequestPat             *ebpf.Variable `ebpf:"off_request_pat"`
 	OffRequestPattern         *ebpf.Variable `ebpf:"off_request_pattern"`
@@ -341,6 +460,11 @@ type bpfVariables struct {
 	OffRequestUrl             *ebpf.Variable `ebpf:"off_request_url"`
 	OffResponseReq            *ebpf.Variable `ebpf:"off_response_req"`
 	OffResponseStatus         *ebpf.Variable `ebpf:"off_response_status"`
+	OffSgroupsData            *ebpf.Variable `ebpf:"off_sgroups_data"`
+	OffSgroupsMask            *ebpf.Variable `ebpf:"off_sgroups_mask"`
+	OffSmapDirlen             *ebpf.Variable `ebpf:"off_smap_dirlen"`
+	OffSmapDirptr             *ebpf.Variable `ebpf:"off_smap_dirptr"`
+	OffStableGroups           *ebpf.Variable `ebpf:"off_stable_groups"`
 	OffUrlPath                *ebpf.Variable `ebpf:"off_url_path"`
 	OffXh2RwsConn             *ebpf.Variable `ebpf:"off_xh2_rws_conn"`
 	OffXh2RwsStatus           *ebpf.Variable `ebpf:"off_xh2_rws_status"`
@@ -348,6 +472,7 @@ type bpfVariables struct {
 	OffXh2StreamId            *ebpf.Variable `ebpf:"off_xh2_stream_id"`
 	OffXh2StreamSc            *ebpf.Variable `ebpf:"off_xh2_stream_sc"`
 	OffXh2W_rws               *ebpf.Variable `ebpf:"off_xh2_w_rws"`
+	ParentBased               *ebpf.Variable `ebpf:"parent_based"`
 	ResponseWriterItab        *ebpf.Variable `ebpf:"response_writer_itab"`
 	RodataEnd                 *ebpf.Variable `ebpf:"rodata_end"`
 	RodataStart               *ebpf.Variable `ebpf:"rodata_start"`

@@ -35,6 +35,7 @@
  * sites can compute: also two hits (ServeHTTP or runHandler, handlerDone).
  */
 #include "obsd.h"
+#include "tracectx.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
 
@@ -69,14 +70,12 @@ volatile const u64 off_xh2_rws_conn = OFF_NONE;
 volatile const u64 off_xh2_rws_status = OFF_NONE;
 volatile const u64 off_xh2_stream_sc = OFF_NONE;
 volatile const u64 off_xh2_stream_id = OFF_NONE;
-/* Set by the loader when spans are exported. The probe then samples: it
- * draws the low 64 bits of the trace ID and keeps the request when
- * (x >> 1) < sample_bound, the test of the OTel SDK's TraceIDRatioBased
- * sampler with sample_bound = ratio * 2^63, so the SDK, given that trace ID,
- * agrees. A sampled request becomes a record with its URL path (spans carry
- * url.path); the others are counted like requests without spans. */
-volatile const u8 with_spans = 1;
-volatile const u64 sample_bound = 1ULL << 63; /* ratio 1 */
+volatile const u64 off_request_header = OFF_NONE;
+volatile const u64 off_request_ctx = OFF_NONE; /* an interface: data word at +8 */
+/* With spans on (with_spans, tracectx.h), each request's trace context is
+ * decided at its start from its traceparent header, if any, and the
+ * sampler. A sampled request becomes a record with its URL path (spans
+ * carry url.path); the others are counted like requests without spans. */
 /* Link-time addresses, set by the loader: the .rodata section, where Go
  * keeps string literals, and each program's attach site. A site and
  * ctx->ip give the load bias of a PIE binary. rodata_end == 0 disables
@@ -154,13 +153,20 @@ struct http_server_event {
 	u8 proto; /* proto_byte */
 	u8 _pad[3];
 	u64 trace_id_low; /* when FLAG_SAMPLED: bytes 8..15 of the trace ID, big-endian value */
+	u64 trace_id_high; /* bytes 0..7 */
+	u64 span_id;
+	u64 parent_span_id; /* 0: a root */
+	u8 trace;           /* TR_* (tracectx.h) */
+	u8 _pad2;
+	u16 tracestate_len; /* bytes of tracestate after the path */
+	u32 _pad3;
 	char method[METHOD_MAX];
 };
 
 /* Where a record is assembled before it is copied into the ring. */
 struct scratch {
 	struct http_server_event h;
-	char data[PATTERN_MAX + PATH_MAX_LEN];
+	char data[PATTERN_MAX + PATH_MAX_LEN + TRACESTATE_MAX];
 };
 
 /* HTTP/1: g is the goroutine, stream 0. HTTP/2: g is the *serverConn,
@@ -181,6 +187,8 @@ struct inflight {
 	u8 proto;     /* proto_byte */
 	u8 _pad[4];
 	char method[METHOD_MAX]; /* method_len bytes are the method's */
+	struct trace_ctx tc;     /* with spans only */
+	u64 ctx;                 /* Request.ctx's data word, published as a parent (tracectx.h) */
 };
 
 /* One slot per goroutine serving an HTTP/1 connection. A slot is reused in
@@ -427,16 +435,23 @@ static __always_inline void start(struct inflight_key key, u64 req)
 		struct go_string proto;
 		s64 major;
 		s64 minor;
+		u64 header; /* Request.Header, with spans only */
 	} hdr = {};
 	long err;
+	/* Header follows at 56 in every release: read with the rest only when
+	 * spans need it. */
 	if (off_request_url == off_request_method + 16 && off_request_proto_major == off_request_method + 40 &&
-	    off_request_proto_minor == off_request_method + 48) {
-		err = bpf_probe_read_user(&hdr, sizeof(hdr), (void *)(req + off_request_method));
+	    off_request_proto_minor == off_request_method + 48 &&
+	    (!with_spans || off_request_header == off_request_method + 56)) {
+		err = bpf_probe_read_user(&hdr, with_spans ? sizeof(hdr) : sizeof(hdr) - 8,
+					  (void *)(req + off_request_method));
 	} else {
 		err = bpf_probe_read_user(&hdr.method, sizeof(hdr.method), (void *)(req + off_request_method));
 		err |= bpf_probe_read_user(&hdr.url, sizeof(hdr.url), (void *)(req + off_request_url));
 		err |= bpf_probe_read_user(&hdr.major, sizeof(hdr.major), (void *)(req + off_request_proto_major));
 		err |= bpf_probe_read_user(&hdr.minor, sizeof(hdr.minor), (void *)(req + off_request_proto_minor));
+		if (with_spans && off_request_header != OFF_NONE)
+			err |= bpf_probe_read_user(&hdr.header, sizeof(hdr.header), (void *)(req + off_request_header));
 	}
 	in->proto = proto_byte(hdr.major, hdr.minor);
 	in->flags = 0;
@@ -456,6 +471,15 @@ static __always_inline void start(struct inflight_key key, u64 req)
 	}
 	in->req = req;
 	in->url = hdr.url;
+	if (with_spans) {
+		tc_start(err == 0 ? hdr.header : 0, &in->tc);
+		if (in->ctx) /* a start that found its slot's request still in flight */
+			tc_forget(key.tgid, in->ctx);
+		in->ctx = 0;
+		if (off_request_ctx != OFF_NONE &&
+		    bpf_probe_read_user(&in->ctx, sizeof(in->ctx), (void *)(req + off_request_ctx + 8)) == 0)
+			tc_publish(key.tgid, in->ctx, &in->tc);
+	}
 	in->start_ns = bpf_ktime_get_ns();
 }
 
@@ -467,6 +491,10 @@ static __always_inline void report(struct pt_regs *ctx, u64 site_vaddr, u32 tgid
 {
 	u64 start = in->start_ns, req = in->req, url = in->url;
 	flags |= in->flags;
+	if (in->ctx) { /* calls made under the request from now on start new traces */
+		tc_forget(tgid, in->ctx);
+		in->ctx = 0;
+	}
 	if (flags & FLAG_READ_FAILED) {
 		/* Nothing trustworthy to report: a loss, not a 200 or a
 		 * made-up route. */
@@ -474,14 +502,9 @@ static __always_inline void report(struct pt_regs *ctx, u64 site_vaddr, u32 tgid
 		return;
 	}
 
-	u64 trace_id_low = 0;
-	if (with_spans) {
-		u64 x = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
-		if ((x >> 1) < sample_bound) {
-			flags |= FLAG_SAMPLED;
-			trace_id_low = x;
-		}
-	}
+	/* Head-sampled at the start, or kept now for being slow or failing. */
+	if (tc_end(&in->tc, end - start, status >= 500))
+		flags |= FLAG_SAMPLED;
 
 	/* The pattern's string header: in the Request (1.23+), or behind
 	 * Request.pat (1.22). A pattern counts only when the mux registered
@@ -555,7 +578,21 @@ static __always_inline void report(struct pt_regs *ctx, u64 site_vaddr, u32 tgid
 	e->pattern_len = 0;
 	e->proto = in->proto;
 	e->_pad[0] = e->_pad[1] = e->_pad[2] = 0;
-	e->trace_id_low = trace_id_low;
+	e->trace_id_low = 0;
+	e->trace_id_high = 0;
+	e->span_id = 0;
+	e->parent_span_id = 0;
+	e->trace = 0;
+	e->_pad2 = 0;
+	e->tracestate_len = 0;
+	e->_pad3 = 0;
+	if (flags & FLAG_SAMPLED) {
+		e->trace_id_low = in->tc.trace_lo;
+		e->trace_id_high = in->tc.trace_hi;
+		e->span_id = in->tc.span;
+		e->parent_span_id = in->tc.parent_span;
+		e->trace = in->tc.trace;
+	}
 
 	/* Records only: the scheme, from Request.TLS. */
 	if (off_request_tls != OFF_NONE) {
@@ -597,9 +634,22 @@ static __always_inline void report(struct pt_regs *ctx, u64 site_vaddr, u32 tgid
 		used += n;
 	}
 
+	/* The incoming tracestate, for the span only. */
+	if ((flags & FLAG_SAMPLED) && (in->tc.trace & TR_STATE)) {
+		if (used > PATTERN_MAX + PATH_MAX_LEN) /* bounds for the verifier */
+			used = PATTERN_MAX + PATH_MAX_LEN;
+		u32 ts = in->tc.tracestate_len;
+		if (ts > TRACESTATE_MAX)
+			ts = TRACESTATE_MAX;
+		if (ts > 0 && bpf_probe_read_user(sc->data + used, ts, (void *)in->tc.tracestate_ptr) == 0) {
+			e->tracestate_len = ts;
+			used += ts;
+		}
+	}
+
 	e->flags = flags;
-	if (used > PATTERN_MAX + PATH_MAX_LEN)
-		used = PATTERN_MAX + PATH_MAX_LEN;
+	if (used > PATTERN_MAX + PATH_MAX_LEN + TRACESTATE_MAX)
+		used = PATTERN_MAX + PATH_MAX_LEN + TRACESTATE_MAX;
 	/* No wakeup: the reader polls, which saves ~7 us per request. */
 	if (bpf_ringbuf_output(&events, sc, sizeof(sc->h) + used, BPF_RB_NO_WAKEUP) != 0)
 		count(CNT_RINGBUF_FULL);

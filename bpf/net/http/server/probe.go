@@ -114,7 +114,10 @@ func New() *probe.Probe {
 			{Name: "off_response_status", Field: field("net/http", "response", "status")},
 			{Name: "off_request_proto_major", Field: field("net/http", "Request", "ProtoMajor")},
 			{Name: "off_request_proto_minor", Field: field("net/http", "Request", "ProtoMinor")},
-		}, h2Consts()...),
+			// Trace context only; secondary, as it is not needed otherwise.
+			{Name: "off_request_header", Field: field("net/http", "Request", "Header"), Optional: true, Secondary: true},
+			{Name: "off_request_ctx", Field: field("net/http", "Request", "ctx"), Optional: true, Secondary: true},
+		}, append(h2Consts(), probe.TraceConsts()...)...),
 		ITabs: []probe.ITabConst{{
 			Name:      "response_writer_itab",
 			Type:      "*net/http.response",
@@ -144,10 +147,20 @@ func New() *probe.Probe {
 			// The process has its budget of in-kernel series: sent as
 			// records.
 			{Index: uint32(bpfObsdCounterCNT_METRICS_BUDGET), Reason: "metrics_budget"},
+			// An incoming traceparent was malformed, oversized or repeated:
+			// the span started a new trace (W3C Trace Context 4.3).
+			{Index: uint32(bpfObsdCounterCNT_TRACEPARENT_INVALID), Reason: "traceparent_invalid"},
+			// The request's headers could not be walked for trace context
+			// (too many, or a map layout obsd does not know): a new trace.
+			{Index: uint32(bpfObsdCounterCNT_TRACECTX_UNREAD), Reason: "trace_context_unread"},
+			// The node-wide map of in-process parents is full: client calls
+			// made while serving the request start new traces.
+			{Index: uint32(bpfObsdCounterCNT_CTX_MAP_FULL), Reason: "trace_parent_map_full"},
 		},
 		ProcessMaps: map[string]int{
 			"http_server_inflight": int(unsafe.Offsetof(bpfInflightKey{}.Tgid)),
 			"http_server_budget":   0,
+			probe.CtxSpansMap:       probe.CtxSpansTGIDOffset,
 		},
 		Active: probe.ActiveSlots{
 			Map:             "http_server_inflight",
@@ -251,6 +264,18 @@ func DecodeRequest(raw []byte) (probe.Request, error) {
 		Protocol:   protocolVersion(raw[unsafe.Offsetof(e.Proto)]),
 		Sampled:    flags&flagSampled != 0,
 		TraceIDLow: ne.Uint64(raw[unsafe.Offsetof(e.TraceIdLow):]),
+	}
+	if r.Sampled {
+		state := data[patternLen+pathLen:]
+		if n := int(ne.Uint16(raw[unsafe.Offsetof(e.TracestateLen):])); n <= len(state) {
+			state = state[:n]
+		} else {
+			return probe.Request{}, fmt.Errorf("decoding http server record: %d bytes of tracestate in a %d-byte record", n, len(raw))
+		}
+		r.Trace = probe.DecodeTrace(raw[unsafe.Offsetof(e.Trace)],
+			ne.Uint64(raw[unsafe.Offsetof(e.TraceIdHigh):]),
+			ne.Uint64(raw[unsafe.Offsetof(e.SpanId):]),
+			ne.Uint64(raw[unsafe.Offsetof(e.ParentSpanId):]), state)
 	}
 	r.PathTruncated = flags&flagPathTruncated != 0
 	r.PatternTruncated = flags&flagPatternTruncated != 0
