@@ -402,7 +402,7 @@ static __always_inline void tc_root(struct trace_ctx *tc)
 /* tc_start decides the context of a span starting now. hdrs is the
  * request's map[string][]string of headers or metadata (0: none). Only
  * with spans on: without them no span is made, and nothing is read. */
-static __noinline void tc_start(u64 hdrs, struct trace_ctx *tc)
+static __noinline __attribute__((unused)) void tc_start(u64 hdrs, struct trace_ctx *tc)
 {
 	__builtin_memset(tc, 0, sizeof(*tc));
 	if (!with_spans)
@@ -492,7 +492,7 @@ struct {
 #define CTX_WALK_MAX 8
 
 /* tc_publish makes tc the parent of client calls made under ctx. */
-static __noinline void tc_publish(u32 tgid, u64 ctx, struct trace_ctx *tc)
+static __noinline __attribute__((unused)) void tc_publish(u32 tgid, u64 ctx, struct trace_ctx *tc)
 {
 	if (!ctx)
 		return;

@@ -12,6 +12,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"strings"
 	"syscall"
 	"time"
 
@@ -108,7 +109,9 @@ type Manager struct {
 	offsets                 *offsets.Table
 	sink                    Sink
 	probes                  []*loadedProbe
-	stats                   *stats
+	// shared holds the maps all probes share (probe.SharedMapPrefix).
+	shared map[string]*ebpf.Map
+	stats  *stats
 	// open inspects an executable: inspect.Open, replaced by tests to
 	// hold a load in progress or make it fail.
 	open func(path string) (*inspect.Binary, error)
@@ -213,6 +216,7 @@ func New(o Options) (*Manager, error) {
 		loading:   map[binKey]*binaryLoad{},
 		refused:   newRefusals(),
 		transient: map[int]bool{},
+		shared:    map[string]*ebpf.Map{},
 	}
 	m.sample = sampleBound(o.SampleRatio)
 	m.parentBased, m.keepSlow, m.keepErrors = o.ParentBased, max(o.KeepSlow, 0), o.KeepErrors
@@ -220,7 +224,7 @@ func New(o Options) (*Manager, error) {
 		m.bounds = append(m.bounds, uint64(math.Round(b*1e9)))
 	}
 	for _, p := range o.Probes {
-		lp, err := loadProbe(p)
+		lp, err := loadProbe(p, m.shared)
 		if err == nil {
 			m.probes = append(m.probes, lp)
 			err = m.checkBounds(lp)
@@ -234,7 +238,10 @@ func New(o Options) (*Manager, error) {
 	return m, nil
 }
 
-func loadProbe(p *probe.Probe) (*loadedProbe, error) {
+// loadProbe creates p's maps, except those named with probe.SharedMapPrefix,
+// which come from shared (created there by the first probe that has one),
+// and verifies its programs.
+func loadProbe(p *probe.Probe, shared map[string]*ebpf.Map) (*loadedProbe, error) {
 	spec, err := p.Spec()
 	if err != nil {
 		return nil, fmt.Errorf("loading spec of probe %s: %w", p.Name, err)
@@ -264,6 +271,22 @@ func loadProbe(p *probe.Probe) (*loadedProbe, error) {
 		if isDataSection(name) {
 			continue // .rodata holds the per-binary constants
 		}
+		if strings.HasPrefix(name, probe.SharedMapPrefix) {
+			mp, ok := shared[name]
+			if !ok {
+				var err error
+				if mp, err = ebpf.NewMap(ms); err != nil {
+					lp.close()
+					return nil, fmt.Errorf("creating shared map %s of probe %s: %w", name, p.Name, err)
+				}
+				shared[name] = mp
+			} else if err := ms.Compatible(mp); err != nil {
+				lp.close()
+				return nil, fmt.Errorf("probe %s: shared map %s: %w", p.Name, name, err)
+			}
+			lp.maps[name] = mp
+			continue
+		}
 		mp, err := ebpf.NewMap(ms)
 		if err != nil {
 			lp.close()
@@ -286,15 +309,21 @@ func isDataSection(name string) bool {
 	return len(name) > 0 && name[0] == '.'
 }
 
+// close closes the probe's own maps; the manager closes the shared ones.
 func (lp *loadedProbe) close() {
-	for _, mp := range lp.maps {
-		mp.Close()
+	for name, mp := range lp.maps {
+		if !strings.HasPrefix(name, probe.SharedMapPrefix) {
+			mp.Close()
+		}
 	}
 }
 
 func (m *Manager) closeMaps() {
 	for _, lp := range m.probes {
 		lp.close()
+	}
+	for _, mp := range m.shared {
+		mp.Close()
 	}
 }
 

@@ -13,27 +13,47 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type bpfCtxKey struct {
+	_    structs.HostLayout
+	Ctx  uint64
+	Tgid uint32
+	Pad  uint32
+}
+
+type bpfCtxSpan struct {
+	_       structs.HostLayout
+	TraceHi uint64
+	TraceLo uint64
+	Span    uint64
+	Sampled uint8
+	Pad     [7]uint8
+}
+
 type bpfHttpClientEvent struct {
-	_          structs.HostLayout
-	StartNs    uint64
-	EndNs      uint64
-	TraceIdLow uint64
-	Tgid       uint32
-	Status     uint16
-	ProtoMajor uint8
-	ProtoMinor uint8
-	Flags      uint8
-	ErrorKind  uint8
-	MethodLen  uint8
-	SchemeLen  uint8
-	HostLen    uint8
-	Pad0       uint8
-	PathLen    uint16
-	QueryLen   uint16
-	Pad        [6]uint8
-	Method     [16]int8
-	Scheme     [8]int8
-	Host       [128]int8
+	_            structs.HostLayout
+	StartNs      uint64
+	EndNs        uint64
+	TraceIdLow   uint64
+	Tgid         uint32
+	Status       uint16
+	ProtoMajor   uint8
+	ProtoMinor   uint8
+	Flags        uint8
+	ErrorKind    uint8
+	MethodLen    uint8
+	SchemeLen    uint8
+	HostLen      uint8
+	Pad0         uint8
+	PathLen      uint16
+	QueryLen     uint16
+	Trace        uint8
+	Pad          [5]uint8
+	TraceIdHigh  uint64
+	SpanId       uint64
+	ParentSpanId uint64
+	Method       [16]int8
+	Scheme       [8]int8
+	Host         [128]int8
 }
 
 type bpfInflight struct {
@@ -41,6 +61,17 @@ type bpfInflight struct {
 	StartNs uint64
 	Req     uint64
 	Bias    uint64
+	Tc      struct {
+		_             structs.HostLayout
+		TraceHi       uint64
+		TraceLo       uint64
+		Span          uint64
+		ParentSpan    uint64
+		TracestatePtr uint64
+		TracestateLen uint16
+		Trace         uint8
+		Pad           [5]uint8
+	}
 }
 
 type bpfInflightKey struct {
@@ -53,21 +84,61 @@ type bpfInflightKey struct {
 type bpfObsdCounter uint32
 
 const (
-	bpfObsdCounterCNT_RINGBUF_FULL    bpfObsdCounter = 0
-	bpfObsdCounterCNT_INFLIGHT_FULL   bpfObsdCounter = 1
-	bpfObsdCounterCNT_UNMATCHED_END   bpfObsdCounter = 2
-	bpfObsdCounterCNT_STALE_START     bpfObsdCounter = 3
-	bpfObsdCounterCNT_READ_FAILED     bpfObsdCounter = 4
-	bpfObsdCounterCNT_METRICS_FULL    bpfObsdCounter = 5
-	bpfObsdCounterCNT_INFLIGHT_BUDGET bpfObsdCounter = 6
-	bpfObsdCounterCNT_METRICS_BUDGET  bpfObsdCounter = 7
-	bpfObsdCounterCNT_MAX             bpfObsdCounter = 8
+	bpfObsdCounterCNT_RINGBUF_FULL        bpfObsdCounter = 0
+	bpfObsdCounterCNT_INFLIGHT_FULL       bpfObsdCounter = 1
+	bpfObsdCounterCNT_UNMATCHED_END       bpfObsdCounter = 2
+	bpfObsdCounterCNT_STALE_START         bpfObsdCounter = 3
+	bpfObsdCounterCNT_READ_FAILED         bpfObsdCounter = 4
+	bpfObsdCounterCNT_METRICS_FULL        bpfObsdCounter = 5
+	bpfObsdCounterCNT_INFLIGHT_BUDGET     bpfObsdCounter = 6
+	bpfObsdCounterCNT_METRICS_BUDGET      bpfObsdCounter = 7
+	bpfObsdCounterCNT_TRACEPARENT_INVALID bpfObsdCounter = 8
+	bpfObsdCounterCNT_TRACECTX_UNREAD     bpfObsdCounter = 9
+	bpfObsdCounterCNT_CTX_MAP_FULL        bpfObsdCounter = 10
+	bpfObsdCounterCNT_MAX                 bpfObsdCounter = 11
 )
 
 type bpfScratch struct {
 	_    structs.HostLayout
 	H    bpfHttpClientEvent
 	Data [256]int8
+}
+
+type bpfTcScratch struct {
+	_     structs.HostLayout
+	Buf   [336]uint8
+	Value [56]int8
+	Key   [16]int8
+	F     struct {
+		_      structs.HostLayout
+		Parent struct {
+			_   structs.HostLayout
+			Ptr uint64
+			Len uint64
+		}
+		State struct {
+			_   structs.HostLayout
+			Ptr uint64
+			Len uint64
+		}
+		ParentN uint64
+		StateN  uint64
+	}
+	First struct {
+		_   structs.HostLayout
+		Ptr uint64
+		Len uint64
+	}
+	Sl     [2]uint64
+	Base   uint64
+	Next   uint64
+	Mask   uint64
+	Layout uint32
+	Nb     uint32
+	I      uint32
+	Old    uint32
+	Err    uint32
+	_      [4]byte
 }
 
 // Names of all BPF objects in the ELF.
@@ -78,6 +149,8 @@ const (
 	bpfMapHttpClientInflight    = "http_client_inflight"
 	bpfMapHttpClientScratch     = "http_client_scratch"
 	bpfMapObsdCounters          = "obsd_counters"
+	bpfMapObsdSharedCtxSpans    = "obsd_shared_ctx_spans"
+	bpfMapObsdTcScratch         = "obsd_tc_scratch"
 	bpfProgHttpClientEnd        = "http_client_end"
 	bpfProgHttpClientStart      = "http_client_start"
 	bpfVarFnCtxDeadline         = "fn_ctx_deadline"
@@ -92,18 +165,31 @@ const (
 	bpfVarFnTlsVerify           = "fn_tls_verify"
 	bpfVarFnX509Hostname        = "fn_x509_hostname"
 	bpfVarFnX509UnknownCa       = "fn_x509_unknown_ca"
+	bpfVarKeepErrors            = "keep_errors"
+	bpfVarKeepSlowNs            = "keep_slow_ns"
+	bpfVarOffHmapB              = "off_hmap_b"
+	bpfVarOffHmapBuckets        = "off_hmap_buckets"
+	bpfVarOffHmapFlags          = "off_hmap_flags"
+	bpfVarOffHmapOldbuckets     = "off_hmap_oldbuckets"
 	bpfVarOffHttperrorTimeout   = "off_httperror_timeout"
 	bpfVarOffOperrorErr         = "off_operror_err"
+	bpfVarOffRequestCtx         = "off_request_ctx"
 	bpfVarOffRequestMethod      = "off_request_method"
 	bpfVarOffRequestUrl         = "off_request_url"
 	bpfVarOffResponseProtomajor = "off_response_protomajor"
 	bpfVarOffResponseProtominor = "off_response_protominor"
 	bpfVarOffResponseStatuscode = "off_response_statuscode"
+	bpfVarOffSgroupsData        = "off_sgroups_data"
+	bpfVarOffSgroupsMask        = "off_sgroups_mask"
+	bpfVarOffSmapDirlen         = "off_smap_dirlen"
+	bpfVarOffSmapDirptr         = "off_smap_dirptr"
+	bpfVarOffStableGroups       = "off_stable_groups"
 	bpfVarOffSyscallerrorErr    = "off_syscallerror_err"
 	bpfVarOffUrlHost            = "off_url_host"
 	bpfVarOffUrlPath            = "off_url_path"
 	bpfVarOffUrlRawquery        = "off_url_rawquery"
 	bpfVarOffUrlScheme          = "off_url_scheme"
+	bpfVarParentBased           = "parent_based"
 	bpfVarSampleBound           = "sample_bound"
 	bpfVarStartSiteVaddr        = "start_site_vaddr"
 	bpfVarUnusedHttpClientEvent = "unused_http_client_event"
@@ -166,6 +252,8 @@ type bpfMapSpecs struct {
 	HttpClientInflight *ebpf.MapSpec `ebpf:"http_client_inflight"`
 	HttpClientScratch  *ebpf.MapSpec `ebpf:"http_client_scratch"`
 	ObsdCounters       *ebpf.MapSpec `ebpf:"obsd_counters"`
+	ObsdSharedCtxSpans *ebpf.MapSpec `ebpf:"obsd_shared_ctx_spans"`
+	ObsdTcScratch      *ebpf.MapSpec `ebpf:"obsd_tc_scratch"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -184,18 +272,31 @@ type bpfVariableSpecs struct {
 	FnTlsVerify           *ebpf.VariableSpec `ebpf:"fn_tls_verify"`
 	FnX509Hostname        *ebpf.VariableSpec `ebpf:"fn_x509_hostname"`
 	FnX509UnknownCa       *ebpf.VariableSpec `ebpf:"fn_x509_unknown_ca"`
+	KeepErrors            *ebpf.VariableSpec `ebpf:"keep_errors"`
+	KeepSlowNs            *ebpf.VariableSpec `ebpf:"keep_slow_ns"`
+	OffHmapB              *ebpf.VariableSpec `ebpf:"off_hmap_b"`
+	OffHmapBuckets        *ebpf.VariableSpec `ebpf:"off_hmap_buckets"`
+	OffHmapFlags          *ebpf.VariableSpec `ebpf:"off_hmap_flags"`
+	OffHmapOldbuckets     *ebpf.VariableSpec `ebpf:"off_hmap_oldbuckets"`
 	OffHttperrorTimeout   *ebpf.VariableSpec `ebpf:"off_httperror_timeout"`
 	OffOperrorErr         *ebpf.VariableSpec `ebpf:"off_operror_err"`
+	OffRequestCtx         *ebpf.VariableSpec `ebpf:"off_request_ctx"`
 	OffRequestMethod      *ebpf.VariableSpec `ebpf:"off_request_method"`
 	OffRequestUrl         *ebpf.VariableSpec `ebpf:"off_request_url"`
 	OffResponseProtomajor *ebpf.VariableSpec `ebpf:"off_response_protomajor"`
 	OffResponseProtominor *ebpf.VariableSpec `ebpf:"off_response_protominor"`
 	OffResponseStatuscode *ebpf.VariableSpec `ebpf:"off_response_statuscode"`
+	OffSgroupsData        *ebpf.VariableSpec `ebpf:"off_sgroups_data"`
+	OffSgroupsMask        *ebpf.VariableSpec `ebpf:"off_sgroups_mask"`
+	OffSmapDirlen         *ebpf.VariableSpec `ebpf:"off_smap_dirlen"`
+	OffSmapDirptr         *ebpf.VariableSpec `ebpf:"off_smap_dirptr"`
+	OffStableGroups       *ebpf.VariableSpec `ebpf:"off_stable_groups"`
 	OffSyscallerrorErr    *ebpf.VariableSpec `ebpf:"off_syscallerror_err"`
 	OffUrlHost            *ebpf.VariableSpec `ebpf:"off_url_host"`
 	OffUrlPath            *ebpf.VariableSpec `ebpf:"off_url_path"`
 	OffUrlRawquery        *ebpf.VariableSpec `ebpf:"off_url_rawquery"`
 	OffUrlScheme          *ebpf.VariableSpec `ebpf:"off_url_scheme"`
+	ParentBased           *ebpf.VariableSpec `ebpf:"parent_based"`
 	SampleBound           *ebpf.VariableSpec `ebpf:"sample_bound"`
 	StartSiteVaddr        *ebpf.VariableSpec `ebpf:"start_site_vaddr"`
 	UnusedHttpClientEvent *ebpf.VariableSpec `ebpf:"unused_http_client_event"`
@@ -228,6 +329,8 @@ type bpfMaps struct {
 	HttpClientInflight *ebpf.Map `ebpf:"http_client_inflight"`
 	HttpClientScratch  *ebpf.Map `ebpf:"http_client_scratch"`
 	ObsdCounters       *ebpf.Map `ebpf:"obsd_counters"`
+	ObsdSharedCtxSpans *ebpf.Map `ebpf:"obsd_shared_ctx_spans"`
+	ObsdTcScratch      *ebpf.Map `ebpf:"obsd_tc_scratch"`
 }
 
 func (m *bpfMaps) Close() error {
@@ -236,6 +339,8 @@ func (m *bpfMaps) Close() error {
 		m.HttpClientInflight,
 		m.HttpClientScratch,
 		m.ObsdCounters,
+		m.ObsdSharedCtxSpans,
+		m.ObsdTcScratch,
 	)
 }
 
@@ -255,18 +360,31 @@ type bpfVariables struct {
 	FnTlsVerify           *ebpf.Variable `ebpf:"fn_tls_verify"`
 	FnX509Hostname        *ebpf.Variable `ebpf:"fn_x509_hostname"`
 	FnX509UnknownCa       *ebpf.Variable `ebpf:"fn_x509_unknown_ca"`
+	KeepErrors            *ebpf.Variable `ebpf:"keep_errors"`
+	KeepSlowNs            *ebpf.Variable `ebpf:"keep_slow_ns"`
+	OffHmapB              *ebpf.Variable `ebpf:"off_hmap_b"`
+	OffHmapBuckets        *ebpf.Variable `ebpf:"off_hmap_buckets"`
+	OffHmapFlags          *ebpf.Variable `ebpf:"off_hmap_flags"`
+	OffHmapOldbuckets     *ebpf.Variable `ebpf:"off_hmap_oldbuckets"`
 	OffHttperrorTimeout   *ebpf.Variable `ebpf:"off_httperror_timeout"`
 	OffOperrorErr         *ebpf.Variable `ebpf:"off_operror_err"`
+	OffRequestCtx         *ebpf.Variable `ebpf:"off_request_ctx"`
 	OffRequestMethod      *ebpf.Variable `ebpf:"off_request_method"`
 	OffRequestUrl         *ebpf.Variable `ebpf:"off_request_url"`
 	OffResponseProtomajor *ebpf.Variable `ebpf:"off_response_protomajor"`
 	OffResponseProtominor *ebpf.Variable `ebpf:"off_response_protominor"`
 	OffResponseStatuscode *ebpf.Variable `ebpf:"off_response_statuscode"`
+	OffSgroupsData        *ebpf.Variable `ebpf:"off_sgroups_data"`
+	OffSgroupsMask        *ebpf.Variable `ebpf:"off_sgroups_mask"`
+	OffSmapDirlen         *ebpf.Variable `ebpf:"off_smap_dirlen"`
+	OffSmapDirptr         *ebpf.Variable `ebpf:"off_smap_dirptr"`
+	OffStableGroups       *ebpf.Variable `ebpf:"off_stable_groups"`
 	OffSyscallerrorErr    *ebpf.Variable `ebpf:"off_syscallerror_err"`
 	OffUrlHost            *ebpf.Variable `ebpf:"off_url_host"`
 	OffUrlPath            *ebpf.Variable `ebpf:"off_url_path"`
 	OffUrlRawquery        *ebpf.Variable `ebpf:"off_url_rawquery"`
 	OffUrlScheme          *ebpf.Variable `ebpf:"off_url_scheme"`
+	ParentBased           *ebpf.Variable `ebpf:"parent_based"`
 	SampleBound           *ebpf.Variable `ebpf:"sample_bound"`
 	StartSiteVaddr        *ebpf.Variable `ebpf:"start_site_vaddr"`
 	UnusedHttpClientEvent *ebpf.Variable `ebpf:"unused_http_client_event"`

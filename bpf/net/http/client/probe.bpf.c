@@ -19,6 +19,7 @@
  * Every request becomes a record: there are no in-kernel histograms yet.
  */
 #include "obsd.h"
+#include "tracectx.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
 
@@ -42,9 +43,7 @@ volatile const u64 off_operror_err = OFF_NONE;
 volatile const u64 off_syscallerror_err = OFF_NONE;
 volatile const u64 off_httperror_timeout = OFF_NONE;
 
-/* See the server probe: spans on, and the ratio sampler's bound. */
-volatile const u8 with_spans = 1;
-volatile const u64 sample_bound = 1ULL << 63;
+volatile const u64 off_request_ctx = OFF_NONE; /* an interface: data word at +8 */
 
 /* Link-time address of the entry site, for the load bias of a PIE. */
 volatile const u64 start_site_vaddr = 0;
@@ -104,7 +103,11 @@ struct http_client_event {
 	u8 _pad0;
 	u16 path_len;
 	u16 query_len;
-	u8 _pad[6];
+	u8 trace; /* TR_* (tracectx.h) */
+	u8 _pad[5];
+	u64 trace_id_high;
+	u64 span_id;
+	u64 parent_span_id; /* 0: a root */
 	char method[METHOD_MAX];
 	char scheme[SCHEME_MAX];
 	char host[HOST_MAX];
@@ -125,6 +128,7 @@ struct inflight {
 	u64 start_ns;
 	u64 req;  /* *http.Request */
 	u64 bias; /* load bias of the target */
+	struct trace_ctx tc; /* with spans only: the child of the request being served, if any */
 };
 
 /* One entry per roundTrip in flight: inserted at the entry, deleted at the
@@ -167,10 +171,16 @@ int http_client_start(struct pt_regs *ctx)
 		return 0;
 	struct inflight_key key = key_of(ctx);
 	struct inflight in = {
-		.start_ns = bpf_ktime_get_ns(),
 		.req = req,
 		.bias = load_bias(ctx, start_site_vaddr),
 	};
+	if (with_spans) {
+		u64 rctx = 0;
+		if (off_request_ctx != OFF_NONE)
+			bpf_probe_read_user(&rctx, sizeof(rctx), (void *)(req + off_request_ctx + 8));
+		tc_child(key.tgid, rctx, &in.tc);
+	}
+	in.start_ns = bpf_ktime_get_ns();
 	/* BPF_NOEXIST fails only when the goroutine's previous roundTrip
 	 * never returned (a panic): replace it, counted. */
 	if (bpf_map_update_elem(&http_client_inflight, &key, &in, BPF_NOEXIST) != 0) {
@@ -291,14 +301,6 @@ int http_client_end(struct pt_regs *ctx)
 	e->tgid = key.tgid;
 	u8 flags = 0;
 
-	if (with_spans) {
-		u64 x = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
-		if ((x >> 1) < sample_bound) {
-			flags |= FLAG_SAMPLED;
-			e->trace_id_low = x;
-		}
-	}
-
 	if (resp) {
 		u64 status = 0, proto[2] = {};
 		long rerr = bpf_probe_read_user(&status, sizeof(status), (void *)(resp + off_response_statuscode));
@@ -318,6 +320,17 @@ int http_client_end(struct pt_regs *ctx)
 		e->proto_minor = (u8)proto[1];
 	} else {
 		e->error_kind = err_itab ? error_kind(err_itab, err_data, in.bias) : ERR_OTHER;
+	}
+
+	/* Head-sampled at the start, or kept now for being slow or failing
+	 * (no response, or a 4xx/5xx: an error for a client span, semconv). */
+	if (tc_end(&in.tc, end - in.start_ns, !resp || e->status >= 400)) {
+		flags |= FLAG_SAMPLED;
+		e->trace_id_low = in.tc.trace_lo;
+		e->trace_id_high = in.tc.trace_hi;
+		e->span_id = in.tc.span;
+		e->parent_span_id = in.tc.parent_span;
+		e->trace = in.tc.trace;
 	}
 
 	/* Method and URL are adjacent in every Go release (0 and 16). */

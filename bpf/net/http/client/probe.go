@@ -110,6 +110,9 @@ func New() *probe.Probe {
 			{Name: "off_operror_err", Field: field("net", "OpError", "Err"), Optional: true},
 			{Name: "off_syscallerror_err", Field: field("os", "SyscallError", "Err"), Optional: true},
 			{Name: "off_httperror_timeout", Field: field("net/http", "httpError", "timeout"), Optional: true},
+			// Trace context only: the request's context, walked for the
+			// server span it was made under.
+			{Name: "off_request_ctx", Field: field("net/http", "Request", "ctx"), Optional: true, Secondary: true},
 		},
 		Funcs: []probe.FuncConst{
 			{Name: "fn_op_error", Symbol: "net.(*OpError).Error", Optional: true},
@@ -135,6 +138,7 @@ func New() *probe.Probe {
 		},
 		ProcessMaps: map[string]int{
 			"http_client_inflight": int(unsafe.Offsetof(bpfInflightKey{}.Tgid)),
+			probe.CtxSpansMap:      probe.CtxSpansTGIDOffset,
 		},
 		Spec:   loadBpf,
 		Decode: Decode,
@@ -177,6 +181,10 @@ func DecodeRequest(raw []byte) (Request, error) {
 			EndNS:      ne.Uint64(raw[unsafe.Offsetof(e.EndNs):]),
 			Sampled:    flags&flagSampled != 0,
 			TraceIDLow: ne.Uint64(raw[unsafe.Offsetof(e.TraceIdLow):]),
+			Trace: probe.DecodeTrace(raw[unsafe.Offsetof(e.Trace)],
+				ne.Uint64(raw[unsafe.Offsetof(e.TraceIdHigh):]),
+				ne.Uint64(raw[unsafe.Offsetof(e.SpanId):]),
+				ne.Uint64(raw[unsafe.Offsetof(e.ParentSpanId):]), nil),
 		},
 		Method:          internMethod(raw[unsafe.Offsetof(e.Method) : unsafe.Offsetof(e.Method)+uintptr(min(int(raw[unsafe.Offsetof(e.MethodLen)]), len(e.Method)))]),
 		Scheme:          str(unsafe.Offsetof(e.Scheme), int(raw[unsafe.Offsetof(e.SchemeLen)]), len(e.Scheme)),
