@@ -45,7 +45,7 @@ func TestHostKernelLockdownFile(t *testing.T) {
 }
 
 // TestHostKernelWriteUser asks this kernel for real. On these machines
-// (lockdown=integrity, see /work/shared/README.md) the verifier withholds
+// (lockdown=integrity, securityfs not mounted) the verifier withholds
 // the helper; a kernel that allows it must load the program fully, and
 // either way the answer must agree with the lockdown file when it is
 // readable.
