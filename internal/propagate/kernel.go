@@ -102,7 +102,7 @@ func (k HostKernel) Lockdown() (string, error) {
 	}
 	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return "", fmt.Errorf("reading lockdown mode: %s absent (securityfs not mounted, or no lockdown LSM): %w", path, err)
+		return "", fmt.Errorf("%s absent (securityfs not mounted, or no lockdown LSM): %w", path, fs.ErrNotExist)
 	}
 	if err != nil {
 		return "", fmt.Errorf("reading lockdown mode: %w", err)

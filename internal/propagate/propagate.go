@@ -165,8 +165,8 @@ func decideHeaders(k Kernel) Result {
 		// With CAP_SYS_ADMIN held, the kernel's one other gate on the
 		// helper is security_locked_down(LOCKDOWN_BPF_WRITE_USER).
 		r.Reason = ReasonLockdown
-		r.Detail = fmt.Sprintf("the kernel refuses bpf_probe_write_user although obsd holds CAP_SYS_ADMIN, so kernel lockdown refuses it "+
-			"(the mode itself is unreadable: %v); %s", lockErr, off)
+		r.Detail = fmt.Sprintf("the kernel refuses bpf_probe_write_user to obsd, which holds CAP_SYS_ADMIN: "+
+			"kernel lockdown (its mode is unreadable: %v); %s", lockErr, off)
 	default:
 		r.Reason = ReasonKernelRefused
 		r.Detail = "the kernel refuses bpf_probe_write_user; " + off

@@ -29,7 +29,7 @@ func (k *fakeKernel) CapSysAdmin() (bool, error) { return k.admin, k.capErr }
 var refused = fmt.Errorf("%w: verifier: program of this type cannot use helper bpf_probe_write_user#36", ErrWriteUserRefused)
 
 func TestDecideHeaders(t *testing.T) {
-	noFile := fmt.Errorf("reading lockdown mode: /sys/kernel/security/lockdown absent (securityfs not mounted, or no lockdown LSM): %w", fs.ErrNotExist)
+	noFile := fmt.Errorf("/sys/kernel/security/lockdown absent (securityfs not mounted, or no lockdown LSM): %w", fs.ErrNotExist)
 	tests := []struct {
 		name       string
 		k          fakeKernel
