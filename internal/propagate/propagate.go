@@ -79,7 +79,6 @@ const infoHelp = "1 for each trace propagation mechanism asked for with --propag
 
 // Propagation is what became of --propagate.
 type Propagation struct {
-	mode    Mode
 	results []Result
 	info    *prometheus.GaugeVec
 }
@@ -97,7 +96,6 @@ func Setup(o Options) *Propagation {
 		o.Kernel = HostKernel{}
 	}
 	p := &Propagation{
-		mode: o.Mode,
 		info: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "obsd_trace_propagation_info",
 			Help: infoHelp,
@@ -176,9 +174,6 @@ func decideHeaders(k Kernel) Result {
 	}
 	return r
 }
-
-// Mode is what --propagate asked for.
-func (p *Propagation) Mode() Mode { return p.mode }
 
 // Results returns one Result per requested mechanism, tcp first.
 func (p *Propagation) Results() []Result { return append([]Result(nil), p.results...) }

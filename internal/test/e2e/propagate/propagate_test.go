@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"reflect"
@@ -17,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -137,6 +139,26 @@ func send(t *testing.T, addr string) (map[string]int, map[string]answer) {
 	return tally, answers
 }
 
+// clientRequests is how many GETs testdata/httpclient sends (-loop), one
+// at a time on one keep-alive connection.
+const clientRequests = 40
+
+// waitFor waits until p's output holds a line starting with prefix.
+func waitFor(t *testing.T, p *e2e.Proc, prefix string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out := p.Out.String()
+		if i := strings.Index(out, prefix); i >= 0 && strings.Contains(out[i:], "\n") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q line from the client:\n%s", prefix, out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // sent is the number of requests in the mix.
 func sent() int {
 	n := 0
@@ -158,7 +180,8 @@ func sum(m map[string]int) int {
 // flag, or by OBSD_PROPAGATE together with tcp) reports what became of
 // each mechanism once in its log, in obsd_trace_propagation_info and in
 // /readyz without failing it, and counts every request of a real server
-// exactly, with one span each, its probes attached as without
+// exactly, with one span each, and a real client's requests too (the
+// probe header injection would act on), the probes attached as without
 // --propagate, and the server's answers unchanged.
 func TestRefusedCleanly(t *testing.T) {
 	e2e.RequireRoot(t)
@@ -177,6 +200,7 @@ func TestRefusedCleanly(t *testing.T) {
 
 	obsdBin := builds.Obsd(t)
 	srvBin := builds.HTTPServer(t, e2e.Variant{Name: "current"})
+	clientBin := builds.TestdataProgram(t, "httpclient", e2e.Variant{Name: "current"})
 	for _, tt := range []struct {
 		name   string
 		args   []string
@@ -194,28 +218,56 @@ func TestRefusedCleanly(t *testing.T) {
 			addr := srv.First
 			_, baseline := send(t, addr)
 
+			// An instrumented client too: header injection would act on
+			// its requests. A server in this (uninstrumented) process
+			// counts what it receives.
+			var served atomic.Int64
+			peer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				served.Add(1)
+				io.WriteString(w, "ok\n")
+			}))
+			t.Cleanup(peer.Close)
+			cmd := exec.Command(clientBin, "-http", peer.URL, "-loop", strconv.Itoa(clientRequests))
+			clientIn, err := cmd.StdinPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { clientIn.Close() })
+			client := e2e.StartCmd(t, cmd)
+
 			recv := e2e.StartReceiver(t)
 			env := append([]string{
 				"OTEL_EXPORTER_OTLP_ENDPOINT=" + recv.Endpoint,
 				"OTEL_EXPORTER_OTLP_INSECURE=true",
 				"OTEL_BSP_SCHEDULE_DELAY=100",
 			}, tt.env...)
-			o := e2e.StartObsd(t, obsdBin, env, append([]string{"--pid", strconv.Itoa(srv.PID())}, tt.args...)...)
-			o.WaitScrape(t, 10*time.Second, "the server to be instrumented", func(f map[string]*dto.MetricFamily) bool {
-				return e2e.Sum(f, "obsd_instrumented_processes", nil) == 1
+			o := e2e.StartObsd(t, obsdBin, env, append([]string{"--pid", strconv.Itoa(srv.PID()), "--pid", strconv.Itoa(client.PID())}, tt.args...)...)
+			o.WaitScrape(t, 10*time.Second, "the server and the client to be instrumented", func(f map[string]*dto.MetricFamily) bool {
+				return e2e.Sum(f, "obsd_instrumented_processes", nil) == 2
 			})
+			if _, err := io.WriteString(clientIn, "go\n"); err != nil {
+				t.Fatal(err)
+			}
 
 			tally, answers := send(t, addr)
 			want := sum(tally)
 			if sent := sent(); want != sent {
 				t.Fatalf("the client got %d answers of %d requests: %v", want, sent, tally)
 			}
-			id := e2e.InstanceID(srv.PID())
+			waitFor(t, client, "ns_per_request ")
+			clientWant := int(served.Load())
+			if clientWant != clientRequests {
+				t.Fatalf("the peer served %d of the client's %d requests", clientWant, clientRequests)
+			}
+			id, clientID := e2e.InstanceID(srv.PID()), e2e.InstanceID(client.PID())
 			count := func(f map[string]*dto.MetricFamily) float64 {
 				return e2e.Sum(f, "http_server_request_duration_seconds", map[string]string{"service_instance_id": id})
 			}
-			o.WaitScrape(t, 10*time.Second, fmt.Sprintf("%d requests", want), func(f map[string]*dto.MetricFamily) bool {
-				return count(f) >= float64(want)
+			clientCount := func(f map[string]*dto.MetricFamily) float64 {
+				return e2e.Sum(f, "http_client_request_duration_seconds", map[string]string{"service_instance_id": clientID})
+			}
+			o.WaitScrape(t, 10*time.Second, fmt.Sprintf("%d server and %d client requests", want, clientWant), func(f map[string]*dto.MetricFamily) bool {
+				return count(f) >= float64(want) && clientCount(f) >= float64(clientWant)
 			})
 			time.Sleep(300 * time.Millisecond) // anything extra would show now
 			scrape := o.Scrape(t)
@@ -232,11 +284,20 @@ func TestRefusedCleanly(t *testing.T) {
 			if !reflect.DeepEqual(got, tally) {
 				t.Errorf("obsd counted %v by status, the client got %v", got, tally)
 			}
-			// One span per request.
-			spans := recv.WaitSpans(t, want, 15*time.Second)
+			// Every client request counted once, as the peer saw it.
+			if n := clientCount(fams); n != float64(clientWant) {
+				t.Errorf("obsd counted %v client requests, the peer served %d", n, clientWant)
+			}
+			// One span per request, on each side.
+			recv.WaitSpans(t, want+clientWant, 15*time.Second)
 			time.Sleep(300 * time.Millisecond)
-			if spans = recv.Spans(); len(spans) != want {
-				t.Errorf("%d spans, want %d", len(spans), want)
+			kinds := map[string]int{}
+			for _, sp := range recv.Spans() {
+				kinds[sp.Resource["service.instance.id"]+" "+sp.GetKind().String()]++
+			}
+			wantKinds := map[string]int{id + " SPAN_KIND_SERVER": want, clientID + " SPAN_KIND_CLIENT": clientWant}
+			if !reflect.DeepEqual(kinds, wantKinds) {
+				t.Errorf("spans by instance and kind %v, want %v", kinds, wantKinds)
 			}
 			// The target answered as it does without obsd.
 			if !reflect.DeepEqual(answers, baseline) {
@@ -246,6 +307,10 @@ func TestRefusedCleanly(t *testing.T) {
 			// TestRequestsCountedExactly: 7 http_server links).
 			if n := e2e.ProbeLinks(t, "http_server", srv.PID()); n != 7 {
 				t.Errorf("%d links of http_server programs, want 7", n)
+			}
+			// httpclient's TestHTTPClientCountedExactly: 2 http_client links.
+			if n := e2e.ProbeLinks(t, "http_client", client.PID()); n != 2 {
+				t.Errorf("%d links of http_client programs, want 2", n)
 			}
 
 			// The metric, read with the text parser.
@@ -320,6 +385,7 @@ func TestRefusedCleanly(t *testing.T) {
 				}
 			}
 			e2e.WaitNoProbeLinks(t, "http_server", srv.PID())
+			e2e.WaitNoProbeLinks(t, "http_client", client.PID())
 		})
 	}
 }
