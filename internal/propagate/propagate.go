@@ -158,7 +158,13 @@ func decideHeaders(k Kernel) Result {
 		r.Detail = fmt.Sprintf("the kernel refuses bpf_probe_write_user under lockdown=%s; %s", lock, off)
 	case capErr == nil && !admin:
 		r.Reason = ReasonNoCapSysAdmin
-		r.Detail = "the kernel offers bpf_probe_write_user only to CAP_SYS_ADMIN, which obsd lacks; " + off
+		r.Detail = "the kernel offers bpf_probe_write_user only to CAP_SYS_ADMIN, which obsd lacks"
+		if lockErr != nil {
+			// As in a container without securityfs: granting the
+			// capability may not be enough.
+			r.Detail += " (kernel lockdown, whose mode is unreadable here, may refuse it too)"
+		}
+		r.Detail += "; " + off
 	case lockErr != nil && capErr == nil:
 		// With CAP_SYS_ADMIN held, the kernel's one other gate on the
 		// helper is security_locked_down(LOCKDOWN_BPF_WRITE_USER).

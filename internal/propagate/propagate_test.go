@@ -48,7 +48,7 @@ func TestDecideHeaders(t *testing.T) {
 		{name: "no CAP_SYS_ADMIN", k: fakeKernel{load: refused, lockdown: "none"},
 			state: Refused, reason: ReasonNoCapSysAdmin, detailHas: "CAP_SYS_ADMIN", wantErrSet: true},
 		{name: "no CAP_SYS_ADMIN, lockdown unreadable", k: fakeKernel{load: refused, lockErr: noFile},
-			state: Refused, reason: ReasonNoCapSysAdmin, detailHas: "CAP_SYS_ADMIN", wantErrSet: true},
+			state: Refused, reason: ReasonNoCapSysAdmin, detailHas: "CAP_SYS_ADMIN, which obsd lacks (kernel lockdown, whose mode is unreadable here, may refuse it too)", wantErrSet: true},
 		// This machine: securityfs not mounted, root, refused.
 		{name: "lockdown unreadable, admin held", k: fakeKernel{load: refused, lockErr: noFile, admin: true},
 			state: Refused, reason: ReasonLockdown, detailHas: "securityfs not mounted", wantErrSet: true},
