@@ -25,6 +25,7 @@ import (
 	"github.com/obsd-dev/obsd/internal/discover"
 	otelexport "github.com/obsd-dev/obsd/internal/export/otel"
 	"github.com/obsd-dev/obsd/internal/kube"
+	"github.com/obsd-dev/obsd/internal/propagate"
 )
 
 func main() {
@@ -59,6 +60,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (config,
 		slow   string
 		k8s    kubeMode
 		node   string
+		prop   propagateFlag
 	)
 	fs := flag.NewFlagSet("obsd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -84,6 +86,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (config,
 	}
 	fs.Var(&k8s, "kubernetes", "instrument the pods of this node annotated obsd.dev/instrument=true (env OBSD_KUBERNETES; default on when KUBERNETES_SERVICE_HOST is set)")
 	fs.StringVar(&node, "node-name", getenv("NODE_NAME"), "this node's name in Kubernetes mode (env NODE_NAME, from the downward API)")
+	fs.Var(&prop, "propagate", "carry trace context between services: "+propagate.Accepted+" (env OBSD_PROPAGATE; default none)")
 	fs.StringVar(&level, "log-level", envOr(getenv, "OBSD_LOG_LEVEL", "info"), "debug, info, warn or error (env OBSD_LOG_LEVEL)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -128,6 +131,13 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (config,
 	}
 	if err := c.agent.Criteria.Validate(); err != nil {
 		return c, err
+	}
+	var err error
+	c.agent.Propagate = prop.mode
+	if v := getenv("OBSD_PROPAGATE"); v != "" && !prop.set {
+		if c.agent.Propagate, err = propagate.Parse(v); err != nil {
+			return c, fmt.Errorf("OBSD_PROPAGATE=%q: %w", v, err)
+		}
 	}
 	mode, err := otelexport.ModeFromEnv(traces, getenv)
 	if err != nil {
@@ -242,6 +252,23 @@ func (k *kubeMode) Set(s string) error {
 		return err
 	}
 	k.on, k.explicit = b, true
+	return nil
+}
+
+// propagateFlag is --propagate, remembering whether it was given so that
+// it wins over OBSD_PROPAGATE.
+type propagateFlag struct {
+	mode propagate.Mode
+	set  bool
+}
+
+func (p *propagateFlag) String() string { return p.mode.String() }
+func (p *propagateFlag) Set(s string) error {
+	m, err := propagate.Parse(s)
+	if err != nil {
+		return err
+	}
+	p.mode, p.set = m, true
 	return nil
 }
 

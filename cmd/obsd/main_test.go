@@ -9,6 +9,7 @@ import (
 
 	"github.com/obsd-dev/obsd/internal/discover"
 	otelexport "github.com/obsd-dev/obsd/internal/export/otel"
+	"github.com/obsd-dev/obsd/internal/propagate"
 )
 
 func TestParse(t *testing.T) {
@@ -19,6 +20,7 @@ func TestParse(t *testing.T) {
 		want    discover.Criteria
 		listen  string
 		traces  otelexport.Mode
+		prop    propagate.Mode
 		wantErr string
 	}{
 		{name: "pid", args: []string{"--pid", "4242"},
@@ -36,6 +38,26 @@ func TestParse(t *testing.T) {
 		{name: "bad traces", args: []string{"--pid", "1", "--traces", "jaeger"}, wantErr: "jaeger"},
 		{name: "bad env", env: map[string]string{"OBSD_PORT": "http"}, wantErr: "OBSD_PORT"},
 		{name: "bad keep-exited", args: []string{"--pid", "1", "--keep-exited", "0s"}, wantErr: "--keep-exited"},
+		{name: "propagate default none", args: []string{"--pid", "1"},
+			want: discover.Criteria{PIDs: []int{1}}, listen: ":9400", traces: "none", prop: propagate.None},
+		{name: "propagate flag", args: []string{"--pid", "1", "--propagate", "headers"},
+			want: discover.Criteria{PIDs: []int{1}}, listen: ":9400", traces: "none", prop: propagate.Headers},
+		{name: "propagate flag list", args: []string{"--pid", "1", "--propagate=tcp,headers"},
+			want: discover.Criteria{PIDs: []int{1}}, listen: ":9400", traces: "none", prop: propagate.TCP | propagate.Headers},
+		{name: "propagate env", args: []string{"--pid", "1"}, env: map[string]string{"OBSD_PROPAGATE": "tcp"},
+			want: discover.Criteria{PIDs: []int{1}}, listen: ":9400", traces: "none", prop: propagate.TCP},
+		{name: "propagate flag wins over env", args: []string{"--pid", "1", "--propagate", "headers"}, env: map[string]string{"OBSD_PROPAGATE": "tcp"},
+			want: discover.Criteria{PIDs: []int{1}}, listen: ":9400", traces: "none", prop: propagate.Headers},
+		{name: "propagate flag none wins over env", args: []string{"--pid", "1", "--propagate", "none"}, env: map[string]string{"OBSD_PROPAGATE": "tcp,headers"},
+			want: discover.Criteria{PIDs: []int{1}}, listen: ":9400", traces: "none", prop: propagate.None},
+		{name: "propagate flag wins over a bad env", args: []string{"--pid", "1", "--propagate", "tcp"}, env: map[string]string{"OBSD_PROPAGATE": "bogus"},
+			want: discover.Criteria{PIDs: []int{1}}, listen: ":9400", traces: "none", prop: propagate.TCP},
+		{name: "bad propagate", args: []string{"--pid", "1", "--propagate", "http"},
+			wantErr: `invalid value "http" for flag -propagate: unknown mechanism "http"; want none, tcp, headers or a comma-separated list such as "tcp,headers"`},
+		{name: "empty propagate", args: []string{"--pid", "1", "--propagate="}, wantErr: "flag -propagate: empty value; want none, tcp, headers"},
+		{name: "propagate none combined", args: []string{"--pid", "1", "--propagate", "none,tcp"}, wantErr: "flag -propagate: none cannot be combined"},
+		{name: "bad propagate env", args: []string{"--pid", "1"}, env: map[string]string{"OBSD_PROPAGATE": "tcp,tcp"},
+			wantErr: `OBSD_PROPAGATE="tcp,tcp": tcp given twice`},
 		{name: "version needs no target", args: []string{"--version"}, want: discover.Criteria{}, listen: ":9400"},
 	}
 	for _, tt := range tests {
@@ -59,6 +81,9 @@ func TestParse(t *testing.T) {
 			}
 			if c.agent.Traces != tt.traces {
 				t.Errorf("traces = %q, want %q", c.agent.Traces, tt.traces)
+			}
+			if c.agent.Propagate != tt.prop {
+				t.Errorf("propagate = %v, want %v", c.agent.Propagate, tt.prop)
 			}
 		})
 	}

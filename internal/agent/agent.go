@@ -30,6 +30,7 @@ import (
 	"github.com/obsd-dev/obsd/internal/health"
 	"github.com/obsd-dev/obsd/internal/inspect"
 	"github.com/obsd-dev/obsd/internal/kube"
+	"github.com/obsd-dev/obsd/internal/propagate"
 	"github.com/obsd-dev/obsd/internal/uprobes"
 )
 
@@ -58,6 +59,11 @@ type Config struct {
 	// Kubernetes, when set, adds the opted-in pods of this node as a
 	// discovery source (Logger is taken from this Config).
 	Kubernetes *kube.Options
+	// Propagate is --propagate: how trace context crosses services. The
+	// zero value is none. What this kernel and build allow of it is
+	// decided once in New, logged, exported as
+	// obsd_trace_propagation_info and shown in /readyz without failing it.
+	Propagate propagate.Mode
 }
 
 // Agent is one running obsd.
@@ -248,6 +254,11 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		}
 	}
 
+	// No mechanism carries context yet (issue 11 §3, §4); Setup says so
+	// instead of silently doing nothing.
+	prop := propagate.Setup(propagate.Options{Mode: cfg.Propagate, Logger: cfg.Logger})
+	a.reg.MustRegister(prop.Collector())
+
 	a.watcher = discover.New(cfg.Criteria, discover.Options{Logger: cfg.Logger})
 	a.procs, a.delivered = a.mgr, a.watcher.Delivered
 	a.checks.AddLiveness("event_loop", a.beat.Check)
@@ -256,6 +267,11 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	a.checks.AddReadiness("bpf", func(context.Context) error { return nil }) // New failed otherwise
 	a.checks.AddReadiness("discovery", a.ready)
 	a.checks.AddReadiness("trace_exporter", a.spans.Check)
+	if cfg.Propagate != propagate.None {
+		// A detail, never a reason to withhold traffic: everything but
+		// the mechanism keeps working.
+		a.checks.AddReadiness("trace_propagation", func(context.Context) error { return health.Degraded(prop.Check()) })
+	}
 	if cfg.Kubernetes != nil {
 		o := *cfg.Kubernetes
 		o.Logger = cfg.Logger
@@ -334,7 +350,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	a.log.Info("obsd running", "listen", a.ln.Addr().String(), "traces", string(a.cfg.Traces),
+	a.log.Info("obsd running", "listen", a.ln.Addr().String(), "traces", string(a.cfg.Traces), "propagate", a.cfg.Propagate.String(),
 		"pids", a.cfg.Criteria.PIDs, "exe", a.cfg.Criteria.ExeGlobs, "ports", a.cfg.Criteria.Ports,
 		"keep_exited", a.cfg.Forget.String())
 

@@ -2,10 +2,13 @@
 //
 // Both answer JSON, {"status":"ok"|"failure","checks":{"name":"ok"|"error"}},
 // with 200 or 503, listing every check that ran, passing ones included, so
-// that a probe log says what was checked. Checks run concurrently, each
-// under one deadline (800 ms by default, a little under the Kubernetes
-// probe default of 1 s, so the 503 of a hung check arrives in time); a check that overruns is reported
-// as a timeout without holding up the response, and a panicking check is a
+// that a probe log says what was checked. A check that returns
+// Degraded(err) reports "degraded: <err>" and does not fail the response:
+// something the operator should see that neither a restart nor withheld
+// traffic would fix. Checks run concurrently, each under one deadline
+// (800 ms by default, a little under the Kubernetes probe default of 1 s,
+// so the 503 of a hung check arrives in time); a check that overruns is
+// reported as a timeout without holding up the response, and a panicking check is a
 // failure, not a crash.
 //
 // Liveness checks must look only at the process itself (goroutines, heap,
@@ -27,6 +30,28 @@ import (
 
 // Check reports a problem as an error. It should return when ctx is done.
 type Check func(ctx context.Context) error
+
+// Degraded marks err as informational: returned as is by a check, its
+// entry reads "degraded: " followed by err's text, and the response keeps
+// its status and code. nil stays nil.
+func Degraded(err error) error {
+	if err == nil {
+		return nil
+	}
+	return degradedError{err}
+}
+
+type degradedError struct{ err error }
+
+func (d degradedError) Error() string { return "degraded: " + d.err.Error() }
+func (d degradedError) Unwrap() error { return d.err }
+
+// isDegraded holds for Degraded's error itself only: one wrapped into or
+// joined with another error may carry a real failure.
+func isDegraded(err error) bool {
+	_, ok := err.(degradedError)
+	return ok
+}
 
 // Status values of a response.
 const (
@@ -153,27 +178,29 @@ func (c *Checker) run(parent context.Context, checks []*check) Response {
 	defer cancel()
 
 	results := make([]string, len(checks))
+	failed := make([]bool, len(checks))
 	var wg sync.WaitGroup
 	for i, ch := range checks {
-		wg.Go(func() { results[i] = c.runOne(ctx, ch) })
+		wg.Go(func() { results[i], failed[i] = c.runOne(ctx, ch) })
 	}
 	wg.Wait()
 
 	resp := Response{Status: StatusOK, Checks: make(map[string]string, len(checks))}
 	for i, ch := range checks {
 		resp.Checks[ch.name] = results[i]
-		if results[i] != StatusOK {
+		if failed[i] {
 			resp.Status = StatusFailure
 		}
 	}
 	return resp
 }
 
-// runOne returns "ok" or the failure text, never later than ctx's deadline.
-func (c *Checker) runOne(ctx context.Context, ch *check) string {
+// runOne returns "ok", the text of a Degraded error (failed false) or the
+// failure text, never later than ctx's deadline.
+func (c *Checker) runOne(ctx context.Context, ch *check) (text string, failed bool) {
 	if !ch.running.CompareAndSwap(false, true) {
 		// Still running from an earlier probe: as manual/ says, a timeout.
-		return c.timeoutText()
+		return c.timeoutText(), true
 	}
 	done := make(chan error, 1) // buffered: a late check must not block forever
 	go func() {
@@ -189,16 +216,18 @@ func (c *Checker) runOne(ctx context.Context, ch *check) string {
 	case err := <-done:
 		switch {
 		case err == nil:
-			return StatusOK
+			return StatusOK, false
 		case errors.Is(err, context.DeadlineExceeded) && errors.Is(ctx.Err(), context.DeadlineExceeded):
-			return c.timeoutText()
+			return c.timeoutText(), true
+		case isDegraded(err):
+			return err.Error(), false
 		}
-		return err.Error()
+		return err.Error(), true
 	case <-ctx.Done():
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return c.timeoutText()
+			return c.timeoutText(), true
 		}
-		return ctx.Err().Error()
+		return ctx.Err().Error(), true
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -60,6 +61,12 @@ func TestHandlers(t *testing.T) {
 	ignoresCtx := func(context.Context) error { <-stuck; return nil }
 	honoursCtx := func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }
 	panics := func(context.Context) error { panic("boom") }
+	degraded := func(context.Context) error { return Degraded(errors.New("headers refused")) }
+	// Only Degraded's own error is informational: wrapped or joined with
+	// another, it may carry a real failure.
+	wrappedDegraded := func(context.Context) error { return fmt.Errorf("db: %w", Degraded(errors.New("slow"))) }
+	joinedDegraded := func(context.Context) error { return errors.Join(errors.New("db down"), Degraded(errors.New("slow"))) }
+	nilDegraded := func(context.Context) error { return Degraded(nil) }
 	ownDeadline := func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, time.Millisecond)
 		defer cancel()
@@ -103,6 +110,18 @@ func TestHandlers(t *testing.T) {
 			wantCode: 503, wantStatus: "failure", wantChecks: map[string]string{"cache": "db: connection refused"}},
 		{name: "sub-path unknown check", ready: []named{{"db", ok}}, path: "/readyz/nope",
 			wantCode: 404, wantStatus: "failure", wantChecks: map[string]string{"nope": "unknown check"}},
+		{name: "degraded keeps readiness", ready: []named{{"db", ok}, {"propagation", degraded}}, path: "/readyz",
+			wantCode: 200, wantStatus: "ok", wantChecks: map[string]string{"db": "ok", "propagation": "degraded: headers refused"}},
+		{name: "degraded beside a failure", ready: []named{{"db", fail}, {"propagation", degraded}}, path: "/readyz",
+			wantCode: 503, wantStatus: "failure", wantChecks: map[string]string{"db": "db: connection refused", "propagation": "degraded: headers refused"}},
+		{name: "degraded sub-path", ready: []named{{"propagation", degraded}}, path: "/readyz/propagation",
+			wantCode: 200, wantStatus: "ok", wantChecks: map[string]string{"propagation": "degraded: headers refused"}},
+		{name: "wrapped degraded fails", ready: []named{{"db", wrappedDegraded}}, path: "/readyz",
+			wantCode: 503, wantStatus: "failure", wantChecks: map[string]string{"db": "db: degraded: slow"}},
+		{name: "joined degraded fails", ready: []named{{"db", joinedDegraded}}, path: "/readyz",
+			wantCode: 503, wantStatus: "failure", wantChecks: map[string]string{"db": "db down\ndegraded: slow"}},
+		{name: "Degraded(nil) is ok", ready: []named{{"x", nilDegraded}}, path: "/readyz",
+			wantCode: 200, wantStatus: "ok", wantChecks: map[string]string{"x": "ok"}},
 		{name: "liveness sub-path", live: []named{{"g", ok}}, path: "/healthz/g",
 			wantCode: 200, wantStatus: "ok", wantChecks: map[string]string{"g": "ok"}},
 	}
