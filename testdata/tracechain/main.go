@@ -1,0 +1,102 @@
+// Command tracechain is a service that calls another while serving, for
+// obsd's trace-context tests: GET /call?to=URL&ctx=KIND makes one HTTP
+// client call to URL under a context of KIND and answers with the callee's
+// status. Builds with Go 1.21+.
+//
+// KIND is request (r.Context()), timeout (context.WithTimeout of it), value
+// (context.WithValue of it), goroutine (r.Context() passed to a goroutine
+// the handler waits for), background (context.Background()), or detached
+// (a goroutine that calls after the response, with
+// context.WithoutCancel(r.Context())). GET /calls answers the number of
+// detached calls finished, so a test knows when they are all done.
+//
+// It prints the address it listens on as the first line of stdout.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+)
+
+type ctxKey struct{}
+
+func main() {
+	addr := flag.String("addr", "127.0.0.1:0", "listen address")
+	flag.Parse()
+	client := &http.Client{Timeout: 10 * time.Second}
+	var detached atomic.Int64
+	call := func(ctx context.Context, to string) (int, error) {
+		req, err := http.NewRequestWithContext(ctx, "GET", to, nil)
+		if err != nil {
+			return 0, err
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/call", func(w http.ResponseWriter, r *http.Request) {
+		to := r.URL.Query().Get("to")
+		var (
+			status int
+			err    error
+		)
+		switch kind := r.URL.Query().Get("ctx"); kind {
+		case "request":
+			status, err = call(r.Context(), to)
+		case "timeout":
+			ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+			status, err = call(ctx, to)
+			cancel()
+		case "value":
+			status, err = call(context.WithValue(r.Context(), ctxKey{}, "v"), to)
+		case "goroutine":
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				status, err = call(r.Context(), to)
+			}()
+			<-done
+		case "background":
+			status, err = call(context.Background(), to)
+		case "detached":
+			ctx := context.WithoutCancel(r.Context())
+			go func() {
+				time.Sleep(50 * time.Millisecond) // after the response
+				if _, err := call(ctx, to); err != nil {
+					log.Print(err)
+				}
+				detached.Add(1)
+			}()
+			status = 202
+		default:
+			http.Error(w, "unknown ctx "+kind, 400)
+			return
+		}
+		if err != nil {
+			http.Error(w, err.Error(), 502)
+			return
+		}
+		w.WriteHeader(status)
+	})
+	mux.HandleFunc("/calls", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, detached.Load())
+	})
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(ln.Addr())
+	log.Fatal(http.Serve(ln, mux))
+}
