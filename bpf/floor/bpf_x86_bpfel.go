@@ -15,15 +15,18 @@ import (
 type bpfObsdCounter uint32
 
 const (
-	bpfObsdCounterCNT_RINGBUF_FULL    bpfObsdCounter = 0
-	bpfObsdCounterCNT_INFLIGHT_FULL   bpfObsdCounter = 1
-	bpfObsdCounterCNT_UNMATCHED_END   bpfObsdCounter = 2
-	bpfObsdCounterCNT_STALE_START     bpfObsdCounter = 3
-	bpfObsdCounterCNT_READ_FAILED     bpfObsdCounter = 4
-	bpfObsdCounterCNT_METRICS_FULL    bpfObsdCounter = 5
-	bpfObsdCounterCNT_INFLIGHT_BUDGET bpfObsdCounter = 6
-	bpfObsdCounterCNT_METRICS_BUDGET  bpfObsdCounter = 7
-	bpfObsdCounterCNT_MAX             bpfObsdCounter = 8
+	bpfObsdCounterCNT_RINGBUF_FULL        bpfObsdCounter = 0
+	bpfObsdCounterCNT_INFLIGHT_FULL       bpfObsdCounter = 1
+	bpfObsdCounterCNT_UNMATCHED_END       bpfObsdCounter = 2
+	bpfObsdCounterCNT_STALE_START         bpfObsdCounter = 3
+	bpfObsdCounterCNT_READ_FAILED         bpfObsdCounter = 4
+	bpfObsdCounterCNT_METRICS_FULL        bpfObsdCounter = 5
+	bpfObsdCounterCNT_INFLIGHT_BUDGET     bpfObsdCounter = 6
+	bpfObsdCounterCNT_METRICS_BUDGET      bpfObsdCounter = 7
+	bpfObsdCounterCNT_TRACEPARENT_INVALID bpfObsdCounter = 8
+	bpfObsdCounterCNT_TRACECTX_UNREAD     bpfObsdCounter = 9
+	bpfObsdCounterCNT_CTX_MAP_FULL        bpfObsdCounter = 10
+	bpfObsdCounterCNT_MAX                 bpfObsdCounter = 11
 )
 
 // Names of all BPF objects in the ELF.

@@ -7,6 +7,9 @@
 //	grpcapp -listen 127.0.0.1:0          serve; prints "listening ADDR"
 //	grpcapp -call ADDR -rounds N          send N rounds of the mix; prints the tally as JSON
 //	grpcapp -listen ADDR -servehttp       serve through (*grpc.Server).ServeHTTP behind net/http (h2c)
+//	grpcapp -listen ADDR -forward ADDR2   serve, and answer a UnaryCall whose payload body is
+//	                                      "forward" by calling EmptyCall on ADDR2 under the
+//	                                      handler's context (for trace-context tests)
 //	grpcapp -call ADDR -hold              the same, but prints "ready" first, calls only
 //	                                      after a line on stdin, and exits at stdin's end
 //	                                      (so a test can instrument it before the first call
@@ -53,6 +56,7 @@ func main() {
 	rounds := flag.Int("rounds", 1, "rounds of the call mix")
 	serveHTTP := flag.Bool("servehttp", false, "serve through grpc.Server.ServeHTTP on a net/http server (HTTP/2 without TLS)")
 	hold := flag.Bool("hold", false, "with -call: print \"ready\", wait for a line on stdin, and exit at stdin's end")
+	forward := flag.String("forward", "", "with -listen: the server a UnaryCall with payload \"forward\" calls")
 	load := flag.Int("load", 0, "with -call: instead of the mix, unary calls from this many goroutines, in rounds asked for on stdin")
 	flag.Parse()
 	switch {
@@ -61,7 +65,7 @@ func main() {
 			log.Fatal(err)
 		}
 	case *listen != "":
-		if err := serve(*listen, *serveHTTP); err != nil {
+		if err := serve(*listen, *serveHTTP, *forward); err != nil {
 			log.Fatal(err)
 		}
 	case *call != "":
@@ -90,14 +94,22 @@ func main() {
 
 type server struct {
 	testpb.UnimplementedTestServiceServer
+	forward testpb.TestServiceClient // nil without -forward
 }
 
 func (server) EmptyCall(context.Context, *testpb.Empty) (*testpb.Empty, error) {
 	return &testpb.Empty{}, nil
 }
 
-func (server) UnaryCall(ctx context.Context, in *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+func (s server) UnaryCall(ctx context.Context, in *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
 	switch string(in.GetPayload().GetBody()) {
+	case "forward":
+		if s.forward == nil {
+			return nil, status.Error(codes.FailedPrecondition, "no -forward")
+		}
+		if _, err := s.forward.EmptyCall(ctx, &testpb.Empty{}); err != nil {
+			return nil, err
+		}
 	case "panic":
 		panic("grpcapp: asked to panic")
 	case "sleep":
@@ -167,13 +179,21 @@ func recoverUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.
 	return h(ctx, req)
 }
 
-func serve(addr string, serveHTTP bool) error {
+func serve(addr string, serveHTTP bool, forward string) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
 	}
+	srv := server{}
+	if forward != "" {
+		cc, err := grpc.Dial(forward, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return err
+		}
+		srv.forward = testpb.NewTestServiceClient(cc)
+	}
 	s := grpc.NewServer(grpc.UnaryInterceptor(recoverUnary))
-	testpb.RegisterTestServiceServer(s, server{})
+	testpb.RegisterTestServiceServer(s, srv)
 	fmt.Printf("listening %s\n", ln.Addr())
 	if serveHTTP {
 		// grpc-go's other server transport: net/http parses the requests.

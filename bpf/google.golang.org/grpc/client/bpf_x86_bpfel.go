@@ -16,6 +16,17 @@ import (
 type bpfCall struct {
 	_       structs.HostLayout
 	StartNs uint64
+	Tc      struct {
+		_             structs.HostLayout
+		TraceHi       uint64
+		TraceLo       uint64
+		Span          uint64
+		ParentSpan    uint64
+		TracestatePtr uint64
+		TracestateLen uint16
+		Trace         uint8
+		Pad           [5]uint8
+	}
 }
 
 type bpfCallKey struct {
@@ -25,31 +36,54 @@ type bpfCallKey struct {
 	Pad     uint32
 }
 
+type bpfCtxKey struct {
+	_    structs.HostLayout
+	Ctx  uint64
+	Tgid uint32
+	Pad  uint32
+}
+
+type bpfCtxSpan struct {
+	_       structs.HostLayout
+	TraceHi uint64
+	TraceLo uint64
+	Span    uint64
+	Sampled uint8
+	Pad     [7]uint8
+}
+
 type bpfObsdCounter uint32
 
 const (
-	bpfObsdCounterCNT_RINGBUF_FULL    bpfObsdCounter = 0
-	bpfObsdCounterCNT_INFLIGHT_FULL   bpfObsdCounter = 1
-	bpfObsdCounterCNT_UNMATCHED_END   bpfObsdCounter = 2
-	bpfObsdCounterCNT_STALE_START     bpfObsdCounter = 3
-	bpfObsdCounterCNT_READ_FAILED     bpfObsdCounter = 4
-	bpfObsdCounterCNT_METRICS_FULL    bpfObsdCounter = 5
-	bpfObsdCounterCNT_INFLIGHT_BUDGET bpfObsdCounter = 6
-	bpfObsdCounterCNT_METRICS_BUDGET  bpfObsdCounter = 7
-	bpfObsdCounterCNT_MAX             bpfObsdCounter = 8
+	bpfObsdCounterCNT_RINGBUF_FULL        bpfObsdCounter = 0
+	bpfObsdCounterCNT_INFLIGHT_FULL       bpfObsdCounter = 1
+	bpfObsdCounterCNT_UNMATCHED_END       bpfObsdCounter = 2
+	bpfObsdCounterCNT_STALE_START         bpfObsdCounter = 3
+	bpfObsdCounterCNT_READ_FAILED         bpfObsdCounter = 4
+	bpfObsdCounterCNT_METRICS_FULL        bpfObsdCounter = 5
+	bpfObsdCounterCNT_INFLIGHT_BUDGET     bpfObsdCounter = 6
+	bpfObsdCounterCNT_METRICS_BUDGET      bpfObsdCounter = 7
+	bpfObsdCounterCNT_TRACEPARENT_INVALID bpfObsdCounter = 8
+	bpfObsdCounterCNT_TRACECTX_UNREAD     bpfObsdCounter = 9
+	bpfObsdCounterCNT_CTX_MAP_FULL        bpfObsdCounter = 10
+	bpfObsdCounterCNT_MAX                 bpfObsdCounter = 11
 )
 
 type bpfRpcClientEvent struct {
-	_          structs.HostLayout
-	StartNs    uint64
-	EndNs      uint64
-	TraceIdLow uint64
-	Tgid       uint32
-	Code       uint32
-	MethodLen  uint16
-	HostLen    uint16
-	Flags      uint8
-	Pad        [3]uint8
+	_            structs.HostLayout
+	StartNs      uint64
+	EndNs        uint64
+	TraceIdLow   uint64
+	Tgid         uint32
+	Code         uint32
+	MethodLen    uint16
+	HostLen      uint16
+	Flags        uint8
+	Trace        uint8
+	Pad          [2]uint8
+	TraceIdHigh  uint64
+	SpanId       uint64
+	ParentSpanId uint64
 }
 
 type bpfScratch struct {
@@ -58,12 +92,51 @@ type bpfScratch struct {
 	Data [256]int8
 }
 
+type bpfTcScratch struct {
+	_     structs.HostLayout
+	Buf   [336]uint8
+	Value [56]int8
+	Key   [16]int8
+	F     struct {
+		_      structs.HostLayout
+		Parent struct {
+			_   structs.HostLayout
+			Ptr uint64
+			Len uint64
+		}
+		State struct {
+			_   structs.HostLayout
+			Ptr uint64
+			Len uint64
+		}
+		ParentN uint64
+		StateN  uint64
+	}
+	First struct {
+		_   structs.HostLayout
+		Ptr uint64
+		Len uint64
+	}
+	Sl     [2]uint64
+	Base   uint64
+	Next   uint64
+	Mask   uint64
+	Layout uint32
+	Nb     uint32
+	I      uint32
+	Old    uint32
+	Err    uint32
+	_      [4]byte
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	bpfMapEvents               = "events"
 	bpfMapObsdCounters         = "obsd_counters"
+	bpfMapObsdSharedCtxSpans   = "obsd_shared_ctx_spans"
+	bpfMapObsdTcScratch        = "obsd_tc_scratch"
 	bpfMapRpcClientBudget      = "rpc_client_budget"
 	bpfMapRpcClientCalls       = "rpc_client_calls"
 	bpfMapRpcClientScratch     = "rpc_client_scratch"
@@ -72,14 +145,27 @@ const (
 	bpfVarBudgetCalls          = "budget_calls"
 	bpfVarEndSiteVaddr         = "end_site_vaddr"
 	bpfVarErrorstringFn        = "errorstring_fn"
+	bpfVarKeepErrors           = "keep_errors"
+	bpfVarKeepSlowNs           = "keep_slow_ns"
 	bpfVarOffAttemptCs         = "off_attempt_cs"
+	bpfVarOffAttemptCtx        = "off_attempt_ctx"
 	bpfVarOffCallhdrHost       = "off_callhdr_host"
 	bpfVarOffCallhdrMethod     = "off_callhdr_method"
 	bpfVarOffCsCallhdr         = "off_cs_callhdr"
 	bpfVarOffErrorS            = "off_error_s"
 	bpfVarOffErrorstringS      = "off_errorstring_s"
+	bpfVarOffHmapB             = "off_hmap_b"
+	bpfVarOffHmapBuckets       = "off_hmap_buckets"
+	bpfVarOffHmapFlags         = "off_hmap_flags"
+	bpfVarOffHmapOldbuckets    = "off_hmap_oldbuckets"
+	bpfVarOffSgroupsData       = "off_sgroups_data"
+	bpfVarOffSgroupsMask       = "off_sgroups_mask"
+	bpfVarOffSmapDirlen        = "off_smap_dirlen"
+	bpfVarOffSmapDirptr        = "off_smap_dirptr"
 	bpfVarOffSpbCode           = "off_spb_code"
+	bpfVarOffStableGroups      = "off_stable_groups"
 	bpfVarOffStatusS           = "off_status_s"
+	bpfVarParentBased          = "parent_based"
 	bpfVarSampleBound          = "sample_bound"
 	bpfVarStatusErrorFn        = "status_error_fn"
 	bpfVarUnusedCall           = "unused_call"
@@ -138,11 +224,13 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
-	Events           *ebpf.MapSpec `ebpf:"events"`
-	ObsdCounters     *ebpf.MapSpec `ebpf:"obsd_counters"`
-	RpcClientBudget  *ebpf.MapSpec `ebpf:"rpc_client_budget"`
-	RpcClientCalls   *ebpf.MapSpec `ebpf:"rpc_client_calls"`
-	RpcClientScratch *ebpf.MapSpec `ebpf:"rpc_client_scratch"`
+	Events             *ebpf.MapSpec `ebpf:"events"`
+	ObsdCounters       *ebpf.MapSpec `ebpf:"obsd_counters"`
+	ObsdSharedCtxSpans *ebpf.MapSpec `ebpf:"obsd_shared_ctx_spans"`
+	ObsdTcScratch      *ebpf.MapSpec `ebpf:"obsd_tc_scratch"`
+	RpcClientBudget    *ebpf.MapSpec `ebpf:"rpc_client_budget"`
+	RpcClientCalls     *ebpf.MapSpec `ebpf:"rpc_client_calls"`
+	RpcClientScratch   *ebpf.MapSpec `ebpf:"rpc_client_scratch"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -152,14 +240,27 @@ type bpfVariableSpecs struct {
 	BudgetCalls          *ebpf.VariableSpec `ebpf:"budget_calls"`
 	EndSiteVaddr         *ebpf.VariableSpec `ebpf:"end_site_vaddr"`
 	ErrorstringFn        *ebpf.VariableSpec `ebpf:"errorstring_fn"`
+	KeepErrors           *ebpf.VariableSpec `ebpf:"keep_errors"`
+	KeepSlowNs           *ebpf.VariableSpec `ebpf:"keep_slow_ns"`
 	OffAttemptCs         *ebpf.VariableSpec `ebpf:"off_attempt_cs"`
+	OffAttemptCtx        *ebpf.VariableSpec `ebpf:"off_attempt_ctx"`
 	OffCallhdrHost       *ebpf.VariableSpec `ebpf:"off_callhdr_host"`
 	OffCallhdrMethod     *ebpf.VariableSpec `ebpf:"off_callhdr_method"`
 	OffCsCallhdr         *ebpf.VariableSpec `ebpf:"off_cs_callhdr"`
 	OffErrorS            *ebpf.VariableSpec `ebpf:"off_error_s"`
 	OffErrorstringS      *ebpf.VariableSpec `ebpf:"off_errorstring_s"`
+	OffHmapB             *ebpf.VariableSpec `ebpf:"off_hmap_b"`
+	OffHmapBuckets       *ebpf.VariableSpec `ebpf:"off_hmap_buckets"`
+	OffHmapFlags         *ebpf.VariableSpec `ebpf:"off_hmap_flags"`
+	OffHmapOldbuckets    *ebpf.VariableSpec `ebpf:"off_hmap_oldbuckets"`
+	OffSgroupsData       *ebpf.VariableSpec `ebpf:"off_sgroups_data"`
+	OffSgroupsMask       *ebpf.VariableSpec `ebpf:"off_sgroups_mask"`
+	OffSmapDirlen        *ebpf.VariableSpec `ebpf:"off_smap_dirlen"`
+	OffSmapDirptr        *ebpf.VariableSpec `ebpf:"off_smap_dirptr"`
 	OffSpbCode           *ebpf.VariableSpec `ebpf:"off_spb_code"`
+	OffStableGroups      *ebpf.VariableSpec `ebpf:"off_stable_groups"`
 	OffStatusS           *ebpf.VariableSpec `ebpf:"off_status_s"`
+	ParentBased          *ebpf.VariableSpec `ebpf:"parent_based"`
 	SampleBound          *ebpf.VariableSpec `ebpf:"sample_bound"`
 	StatusErrorFn        *ebpf.VariableSpec `ebpf:"status_error_fn"`
 	UnusedCall           *ebpf.VariableSpec `ebpf:"unused_call"`
@@ -188,17 +289,21 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
-	Events           *ebpf.Map `ebpf:"events"`
-	ObsdCounters     *ebpf.Map `ebpf:"obsd_counters"`
-	RpcClientBudget  *ebpf.Map `ebpf:"rpc_client_budget"`
-	RpcClientCalls   *ebpf.Map `ebpf:"rpc_client_calls"`
-	RpcClientScratch *ebpf.Map `ebpf:"rpc_client_scratch"`
+	Events             *ebpf.Map `ebpf:"events"`
+	ObsdCounters       *ebpf.Map `ebpf:"obsd_counters"`
+	ObsdSharedCtxSpans *ebpf.Map `ebpf:"obsd_shared_ctx_spans"`
+	ObsdTcScratch      *ebpf.Map `ebpf:"obsd_tc_scratch"`
+	RpcClientBudget    *ebpf.Map `ebpf:"rpc_client_budget"`
+	RpcClientCalls     *ebpf.Map `ebpf:"rpc_client_calls"`
+	RpcClientScratch   *ebpf.Map `ebpf:"rpc_client_scratch"`
 }
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.Events,
 		m.ObsdCounters,
+		m.ObsdSharedCtxSpans,
+		m.ObsdTcScratch,
 		m.RpcClientBudget,
 		m.RpcClientCalls,
 		m.RpcClientScratch,
@@ -212,14 +317,27 @@ type bpfVariables struct {
 	BudgetCalls          *ebpf.Variable `ebpf:"budget_calls"`
 	EndSiteVaddr         *ebpf.Variable `ebpf:"end_site_vaddr"`
 	ErrorstringFn        *ebpf.Variable `ebpf:"errorstring_fn"`
+	KeepErrors           *ebpf.Variable `ebpf:"keep_errors"`
+	KeepSlowNs           *ebpf.Variable `ebpf:"keep_slow_ns"`
 	OffAttemptCs         *ebpf.Variable `ebpf:"off_attempt_cs"`
+	OffAttemptCtx        *ebpf.Variable `ebpf:"off_attempt_ctx"`
 	OffCallhdrHost       *ebpf.Variable `ebpf:"off_callhdr_host"`
 	OffCallhdrMethod     *ebpf.Variable `ebpf:"off_callhdr_method"`
 	OffCsCallhdr         *ebpf.Variable `ebpf:"off_cs_callhdr"`
 	OffErrorS            *ebpf.Variable `ebpf:"off_error_s"`
 	OffErrorstringS      *ebpf.Variable `ebpf:"off_errorstring_s"`
+	OffHmapB             *ebpf.Variable `ebpf:"off_hmap_b"`
+	OffHmapBuckets       *ebpf.Variable `ebpf:"off_hmap_buckets"`
+	OffHmapFlags         *ebpf.Variable `ebpf:"off_hmap_flags"`
+	OffHmapOldbuckets    *ebpf.Variable `ebpf:"off_hmap_oldbuckets"`
+	OffSgroupsData       *ebpf.Variable `ebpf:"off_sgroups_data"`
+	OffSgroupsMask       *ebpf.Variable `ebpf:"off_sgroups_mask"`
+	OffSmapDirlen        *ebpf.Variable `ebpf:"off_smap_dirlen"`
+	OffSmapDirptr        *ebpf.Variable `ebpf:"off_smap_dirptr"`
 	OffSpbCode           *ebpf.Variable `ebpf:"off_spb_code"`
+	OffStableGroups      *ebpf.Variable `ebpf:"off_stable_groups"`
 	OffStatusS           *ebpf.Variable `ebpf:"off_status_s"`
+	ParentBased          *ebpf.Variable `ebpf:"parent_based"`
 	SampleBound          *ebpf.Variable `ebpf:"sample_bound"`
 	StatusErrorFn        *ebpf.Variable `ebpf:"status_error_fn"`
 	UnusedCall           *ebpf.Variable `ebpf:"unused_call"`

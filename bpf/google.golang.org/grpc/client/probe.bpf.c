@@ -36,6 +36,7 @@
  * exits; a per-process budget bounds what one process can hold.
  */
 #include "obsd.h"
+#include "tracectx.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
 
@@ -57,10 +58,9 @@ volatile const u64 off_errorstring_s = OFF_NONE;  /* errors.errorString.s */
 volatile const u64 status_error_fn = 0;
 volatile const u64 errorstring_fn = 0;
 volatile const u64 end_site_vaddr = 0;
-/* Spans: as in net/http/server, the probe draws the trace ID's low 64 bits
- * and samples with the OTel TraceIDRatioBased test. */
-volatile const u8 with_spans = 1;
-volatile const u64 sample_bound = 1ULL << 63;
+/* The attempt's context (csAttempt.ctx, an interface): walked for the
+ * server span the call was made under (tracectx.h). */
+volatile const u64 off_attempt_ctx = OFF_NONE;
 /* Per-process budget of attempts in flight in the map every process shares. */
 volatile const s64 budget_calls = 16384;
 
@@ -86,7 +86,11 @@ struct rpc_client_event {
 	u16 method_len;
 	u16 host_len;
 	u8 flags;
-	u8 _pad[3];
+	u8 trace; /* TR_* */
+	u8 _pad[2];
+	u64 trace_id_high;
+	u64 span_id;
+	u64 parent_span_id; /* 0: a root */
 };
 
 struct scratch {
@@ -102,6 +106,7 @@ struct call_key {
 
 struct call {
 	u64 start_ns;
+	struct trace_ctx tc; /* with spans only */
 };
 
 /* Attempts in flight. A plain hash, not an LRU: an LRU would drop a long
@@ -152,12 +157,20 @@ SEC("uprobe.multi")
 int rpc_client_start(struct pt_regs *ctx)
 {
 	struct call_key key = {.attempt = GO_ARG1(ctx), .tgid = bpf_get_current_pid_tgid() >> 32, ._pad = 0};
+	struct call fresh = {};
+	if (with_spans) {
+		u64 actx = 0;
+		if (off_attempt_ctx != OFF_NONE)
+			bpf_probe_read_user(&actx, sizeof(actx), (void *)(key.attempt + off_attempt_ctx + 8));
+		tc_child(key.tgid, actx, &fresh.tc);
+	}
+	fresh.start_ns = bpf_ktime_get_ns();
 	struct call *c = bpf_map_lookup_elem(&rpc_client_calls, &key);
 	if (c) {
 		/* A csAttempt at this address never finished, and the Go GC has
 		 * since reused its memory: that attempt is over, unreported. */
 		count(CNT_STALE_START);
-		c->start_ns = bpf_ktime_get_ns();
+		*c = fresh;
 		return 0;
 	}
 	s64 *b = budget_of(key.tgid);
@@ -166,7 +179,6 @@ int rpc_client_start(struct pt_regs *ctx)
 		return 0;
 	}
 	__sync_fetch_and_add(b, 1);
-	struct call fresh = {.start_ns = bpf_ktime_get_ns()};
 	if (bpf_map_update_elem(&rpc_client_calls, &key, &fresh, BPF_NOEXIST) != 0) {
 		__sync_fetch_and_add(b, -1);
 		count(CNT_INFLIGHT_FULL);
@@ -226,6 +238,7 @@ int rpc_client_end(struct pt_regs *ctx)
 	if (!c)
 		return 0; /* a later finish of the same attempt, or attached mid-call */
 	u64 start = c->start_ns;
+	struct trace_ctx tc = c->tc;
 	u8 flags = 0;
 	s64 code = status_code(ctx, GO_ARG2(ctx), GO_ARG3(ctx), &flags);
 	if (code == CODE_EOF)
@@ -284,12 +297,19 @@ int rpc_client_end(struct pt_regs *ctx)
 	}
 
 	e->trace_id_low = 0;
-	if (with_spans) {
-		u64 x = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
-		if ((x >> 1) < sample_bound) {
-			flags |= FLAG_SAMPLED;
-			e->trace_id_low = x;
-		}
+	e->trace_id_high = 0;
+	e->span_id = 0;
+	e->parent_span_id = 0;
+	e->trace = 0;
+	/* Head-sampled at the start, or kept: any status but OK is a client
+	 * span's error (semconv). */
+	if (tc_end(&tc, end - start, code != CODE_OK)) {
+		flags |= FLAG_SAMPLED;
+		e->trace_id_low = tc.trace_lo;
+		e->trace_id_high = tc.trace_hi;
+		e->span_id = tc.span;
+		e->parent_span_id = tc.parent_span;
+		e->trace = tc.trace;
 	}
 	e->start_ns = start;
 	e->end_ns = end;
@@ -298,7 +318,7 @@ int rpc_client_end(struct pt_regs *ctx)
 	e->method_len = mn;
 	e->host_len = hn;
 	e->flags = flags;
-	e->_pad[0] = e->_pad[1] = e->_pad[2] = 0;
+	e->_pad[0] = e->_pad[1] = 0;
 	u32 used = mn + hn;
 	if (used > METHOD_MAX + HOST_MAX) /* bounds for the verifier */
 		used = METHOD_MAX + HOST_MAX;

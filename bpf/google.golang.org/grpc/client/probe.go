@@ -76,6 +76,9 @@ func New() *probe.Probe {
 			{Name: "off_spb_code", Field: probe.Field{Module: grpcModule,
 				Package: "google.golang.org/genproto/googleapis/rpc/status", Struct: "Status", Field: "Code"}},
 			{Name: "off_errorstring_s", Field: probe.Field{Module: "std", Package: "errors", Struct: "errorString", Field: "s"}},
+			// Trace context only: the attempt's context, walked for the
+			// server span the call was made under.
+			{Name: "off_attempt_ctx", Field: grpcField(grpcModule, "csAttempt", "ctx"), Optional: true, Secondary: true},
 		},
 		Funcs: []probe.FuncConst{
 			{Name: "status_error_fn", Symbol: grpcModule + "/internal/status.(*Error).Error"},
@@ -91,6 +94,7 @@ func New() *probe.Probe {
 		ProcessMaps: map[string]int{
 			"rpc_client_calls":  int(unsafe.Offsetof(bpfCallKey{}.Tgid)),
 			"rpc_client_budget": 0,
+			probe.CtxSpansMap:   probe.CtxSpansTGIDOffset,
 		},
 		Spec:   loadBpf,
 		Decode: Decode,
@@ -123,6 +127,10 @@ func DecodeCall(raw []byte) (Call, error) {
 			EndNS:      ne.Uint64(raw[unsafe.Offsetof(e.EndNs):]),
 			Sampled:    flags&flagSampled != 0,
 			TraceIDLow: ne.Uint64(raw[unsafe.Offsetof(e.TraceIdLow):]),
+			Trace: probe.DecodeTrace(raw[unsafe.Offsetof(e.Trace)],
+				ne.Uint64(raw[unsafe.Offsetof(e.TraceIdHigh):]),
+				ne.Uint64(raw[unsafe.Offsetof(e.SpanId):]),
+				ne.Uint64(raw[unsafe.Offsetof(e.ParentSpanId):]), nil),
 		},
 		Method:             string(data[:mn]),
 		Authority:          string(data[mn : mn+hn]),

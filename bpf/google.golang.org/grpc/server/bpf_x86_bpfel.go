@@ -13,10 +13,38 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type bpfCtxKey struct {
+	_    structs.HostLayout
+	Ctx  uint64
+	Tgid uint32
+	Pad  uint32
+}
+
+type bpfCtxSpan struct {
+	_       structs.HostLayout
+	TraceHi uint64
+	TraceLo uint64
+	Span    uint64
+	Sampled uint8
+	Pad     [7]uint8
+}
+
 type bpfInflight struct {
 	_       structs.HostLayout
 	StartNs uint64
 	Stream  uint64
+	Ctx     uint64
+	Tc      struct {
+		_             structs.HostLayout
+		TraceHi       uint64
+		TraceLo       uint64
+		Span          uint64
+		ParentSpan    uint64
+		TracestatePtr uint64
+		TracestateLen uint16
+		Trace         uint8
+		Pad           [5]uint8
+	}
 }
 
 type bpfInflightKey struct {
@@ -29,29 +57,37 @@ type bpfInflightKey struct {
 type bpfObsdCounter uint32
 
 const (
-	bpfObsdCounterCNT_RINGBUF_FULL    bpfObsdCounter = 0
-	bpfObsdCounterCNT_INFLIGHT_FULL   bpfObsdCounter = 1
-	bpfObsdCounterCNT_UNMATCHED_END   bpfObsdCounter = 2
-	bpfObsdCounterCNT_STALE_START     bpfObsdCounter = 3
-	bpfObsdCounterCNT_READ_FAILED     bpfObsdCounter = 4
-	bpfObsdCounterCNT_METRICS_FULL    bpfObsdCounter = 5
-	bpfObsdCounterCNT_INFLIGHT_BUDGET bpfObsdCounter = 6
-	bpfObsdCounterCNT_METRICS_BUDGET  bpfObsdCounter = 7
-	bpfObsdCounterCNT_MAX             bpfObsdCounter = 8
+	bpfObsdCounterCNT_RINGBUF_FULL        bpfObsdCounter = 0
+	bpfObsdCounterCNT_INFLIGHT_FULL       bpfObsdCounter = 1
+	bpfObsdCounterCNT_UNMATCHED_END       bpfObsdCounter = 2
+	bpfObsdCounterCNT_STALE_START         bpfObsdCounter = 3
+	bpfObsdCounterCNT_READ_FAILED         bpfObsdCounter = 4
+	bpfObsdCounterCNT_METRICS_FULL        bpfObsdCounter = 5
+	bpfObsdCounterCNT_INFLIGHT_BUDGET     bpfObsdCounter = 6
+	bpfObsdCounterCNT_METRICS_BUDGET      bpfObsdCounter = 7
+	bpfObsdCounterCNT_TRACEPARENT_INVALID bpfObsdCounter = 8
+	bpfObsdCounterCNT_TRACECTX_UNREAD     bpfObsdCounter = 9
+	bpfObsdCounterCNT_CTX_MAP_FULL        bpfObsdCounter = 10
+	bpfObsdCounterCNT_MAX                 bpfObsdCounter = 11
 )
 
 type bpfRpcServerEvent struct {
-	_          structs.HostLayout
-	StartNs    uint64
-	EndNs      uint64
-	TraceIdLow uint64
-	Tgid       uint32
-	Code       uint32
-	Flags      uint8
-	MessageLen uint8
-	MethodLen  uint16
-	Pad        uint32
-	Message    [32]int8
+	_            structs.HostLayout
+	StartNs      uint64
+	EndNs        uint64
+	TraceIdLow   uint64
+	Tgid         uint32
+	Code         uint32
+	Flags        uint8
+	MessageLen   uint8
+	MethodLen    uint16
+	Pad          uint32
+	TraceIdHigh  uint64
+	SpanId       uint64
+	ParentSpanId uint64
+	Trace        uint8
+	Pad2         [7]uint8
+	Message      [32]int8
 }
 
 type bpfScratch struct {
@@ -60,22 +96,74 @@ type bpfScratch struct {
 	Method [128]int8
 }
 
+type bpfTcScratch struct {
+	_     structs.HostLayout
+	Buf   [336]uint8
+	Value [56]int8
+	Key   [16]int8
+	F     struct {
+		_      structs.HostLayout
+		Parent struct {
+			_   structs.HostLayout
+			Ptr uint64
+			Len uint64
+		}
+		State struct {
+			_   structs.HostLayout
+			Ptr uint64
+			Len uint64
+		}
+		ParentN uint64
+		StateN  uint64
+	}
+	First struct {
+		_   structs.HostLayout
+		Ptr uint64
+		Len uint64
+	}
+	Sl     [2]uint64
+	Base   uint64
+	Next   uint64
+	Mask   uint64
+	Layout uint32
+	Nb     uint32
+	I      uint32
+	Old    uint32
+	Err    uint32
+	_      [4]byte
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	bpfMapEvents                = "events"
 	bpfMapObsdCounters          = "obsd_counters"
+	bpfMapObsdSharedCtxSpans    = "obsd_shared_ctx_spans"
+	bpfMapObsdTcScratch         = "obsd_tc_scratch"
 	bpfMapRpcServerInflight     = "rpc_server_inflight"
 	bpfMapRpcServerScratch      = "rpc_server_scratch"
 	bpfProgRpcServerEnd         = "rpc_server_end"
 	bpfProgRpcServerStart       = "rpc_server_start"
+	bpfVarKeepErrors            = "keep_errors"
+	bpfVarKeepSlowNs            = "keep_slow_ns"
+	bpfVarOffHmapB              = "off_hmap_b"
+	bpfVarOffHmapBuckets        = "off_hmap_buckets"
+	bpfVarOffHmapFlags          = "off_hmap_flags"
+	bpfVarOffHmapOldbuckets     = "off_hmap_oldbuckets"
 	bpfVarOffServerStreamSt     = "off_server_stream_st"
 	bpfVarOffServerStreamStream = "off_server_stream_stream"
+	bpfVarOffSgroupsData        = "off_sgroups_data"
+	bpfVarOffSgroupsMask        = "off_sgroups_mask"
+	bpfVarOffSmapDirlen         = "off_smap_dirlen"
+	bpfVarOffSmapDirptr         = "off_smap_dirptr"
 	bpfVarOffSpbStatusCode      = "off_spb_status_code"
 	bpfVarOffSpbStatusMessage   = "off_spb_status_message"
+	bpfVarOffStableGroups       = "off_stable_groups"
 	bpfVarOffStatusS            = "off_status_s"
+	bpfVarOffStreamCtx          = "off_stream_ctx"
 	bpfVarOffStreamMethod       = "off_stream_method"
+	bpfVarParentBased           = "parent_based"
 	bpfVarSampleBound           = "sample_bound"
 	bpfVarUnusedInflight        = "unused_inflight"
 	bpfVarUnusedInflightKey     = "unused_inflight_key"
@@ -133,22 +221,37 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
-	Events            *ebpf.MapSpec `ebpf:"events"`
-	ObsdCounters      *ebpf.MapSpec `ebpf:"obsd_counters"`
-	RpcServerInflight *ebpf.MapSpec `ebpf:"rpc_server_inflight"`
-	RpcServerScratch  *ebpf.MapSpec `ebpf:"rpc_server_scratch"`
+	Events             *ebpf.MapSpec `ebpf:"events"`
+	ObsdCounters       *ebpf.MapSpec `ebpf:"obsd_counters"`
+	ObsdSharedCtxSpans *ebpf.MapSpec `ebpf:"obsd_shared_ctx_spans"`
+	ObsdTcScratch      *ebpf.MapSpec `ebpf:"obsd_tc_scratch"`
+	RpcServerInflight  *ebpf.MapSpec `ebpf:"rpc_server_inflight"`
+	RpcServerScratch   *ebpf.MapSpec `ebpf:"rpc_server_scratch"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
+	KeepErrors            *ebpf.VariableSpec `ebpf:"keep_errors"`
+	KeepSlowNs            *ebpf.VariableSpec `ebpf:"keep_slow_ns"`
+	OffHmapB              *ebpf.VariableSpec `ebpf:"off_hmap_b"`
+	OffHmapBuckets        *ebpf.VariableSpec `ebpf:"off_hmap_buckets"`
+	OffHmapFlags          *ebpf.VariableSpec `ebpf:"off_hmap_flags"`
+	OffHmapOldbuckets     *ebpf.VariableSpec `ebpf:"off_hmap_oldbuckets"`
 	OffServerStreamSt     *ebpf.VariableSpec `ebpf:"off_server_stream_st"`
 	OffServerStreamStream *ebpf.VariableSpec `ebpf:"off_server_stream_stream"`
+	OffSgroupsData        *ebpf.VariableSpec `ebpf:"off_sgroups_data"`
+	OffSgroupsMask        *ebpf.VariableSpec `ebpf:"off_sgroups_mask"`
+	OffSmapDirlen         *ebpf.VariableSpec `ebpf:"off_smap_dirlen"`
+	OffSmapDirptr         *ebpf.VariableSpec `ebpf:"off_smap_dirptr"`
 	OffSpbStatusCode      *ebpf.VariableSpec `ebpf:"off_spb_status_code"`
 	OffSpbStatusMessage   *ebpf.VariableSpec `ebpf:"off_spb_status_message"`
+	OffStableGroups       *ebpf.VariableSpec `ebpf:"off_stable_groups"`
 	OffStatusS            *ebpf.VariableSpec `ebpf:"off_status_s"`
+	OffStreamCtx          *ebpf.VariableSpec `ebpf:"off_stream_ctx"`
 	OffStreamMethod       *ebpf.VariableSpec `ebpf:"off_stream_method"`
+	ParentBased           *ebpf.VariableSpec `ebpf:"parent_based"`
 	SampleBound           *ebpf.VariableSpec `ebpf:"sample_bound"`
 	UnusedInflight        *ebpf.VariableSpec `ebpf:"unused_inflight"`
 	UnusedInflightKey     *ebpf.VariableSpec `ebpf:"unused_inflight_key"`
@@ -176,16 +279,20 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
-	Events            *ebpf.Map `ebpf:"events"`
-	ObsdCounters      *ebpf.Map `ebpf:"obsd_counters"`
-	RpcServerInflight *ebpf.Map `ebpf:"rpc_server_inflight"`
-	RpcServerScratch  *ebpf.Map `ebpf:"rpc_server_scratch"`
+	Events             *ebpf.Map `ebpf:"events"`
+	ObsdCounters       *ebpf.Map `ebpf:"obsd_counters"`
+	ObsdSharedCtxSpans *ebpf.Map `ebpf:"obsd_shared_ctx_spans"`
+	ObsdTcScratch      *ebpf.Map `ebpf:"obsd_tc_scratch"`
+	RpcServerInflight  *ebpf.Map `ebpf:"rpc_server_inflight"`
+	RpcServerScratch   *ebpf.Map `ebpf:"rpc_server_scratch"`
 }
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.Events,
 		m.ObsdCounters,
+		m.ObsdSharedCtxSpans,
+		m.ObsdTcScratch,
 		m.RpcServerInflight,
 		m.RpcServerScratch,
 	)
@@ -195,12 +302,25 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
+	KeepErrors            *ebpf.Variable `ebpf:"keep_errors"`
+	KeepSlowNs            *ebpf.Variable `ebpf:"keep_slow_ns"`
+	OffHmapB              *ebpf.Variable `ebpf:"off_hmap_b"`
+	OffHmapBuckets        *ebpf.Variable `ebpf:"off_hmap_buckets"`
+	OffHmapFlags          *ebpf.Variable `ebpf:"off_hmap_flags"`
+	OffHmapOldbuckets     *ebpf.Variable `ebpf:"off_hmap_oldbuckets"`
 	OffServerStreamSt     *ebpf.Variable `ebpf:"off_server_stream_st"`
 	OffServerStreamStream *ebpf.Variable `ebpf:"off_server_stream_stream"`
+	OffSgroupsData        *ebpf.Variable `ebpf:"off_sgroups_data"`
+	OffSgroupsMask        *ebpf.Variable `ebpf:"off_sgroups_mask"`
+	OffSmapDirlen         *ebpf.Variable `ebpf:"off_smap_dirlen"`
+	OffSmapDirptr         *ebpf.Variable `ebpf:"off_smap_dirptr"`
 	OffSpbStatusCode      *ebpf.Variable `ebpf:"off_spb_status_code"`
 	OffSpbStatusMessage   *ebpf.Variable `ebpf:"off_spb_status_message"`
+	OffStableGroups       *ebpf.Variable `ebpf:"off_stable_groups"`
 	OffStatusS            *ebpf.Variable `ebpf:"off_status_s"`
+	OffStreamCtx          *ebpf.Variable `ebpf:"off_stream_ctx"`
 	OffStreamMethod       *ebpf.Variable `ebpf:"off_stream_method"`
+	ParentBased           *ebpf.Variable `ebpf:"parent_based"`
 	SampleBound           *ebpf.Variable `ebpf:"sample_bound"`
 	UnusedInflight        *ebpf.Variable `ebpf:"unused_inflight"`
 	UnusedInflightKey     *ebpf.Variable `ebpf:"unused_inflight_key"`

@@ -25,6 +25,7 @@
  * no start and is counted as end_without_start).
  */
 #include "obsd.h"
+#include "tracectx.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
 
@@ -38,11 +39,16 @@ volatile const u64 off_server_stream_st = OFF_NONE;     /* transport.ServerStrea
 volatile const u64 off_status_s = OFF_NONE;             /* internal/status.Status.s */
 volatile const u64 off_spb_status_code = OFF_NONE;      /* genproto rpc/status.Status.Code */
 volatile const u64 off_spb_status_message = OFF_NONE;   /* genproto rpc/status.Status.Message */
-/* Spans, as in the net/http server probe: a sampled call's record says so
- * and carries the trace ID's low 64 bits, drawn so that the OTel SDK's
- * TraceIDRatioBased sampler with sample_bound = ratio * 2^63 agrees. */
-volatile const u8 with_spans = 1;
-volatile const u64 sample_bound = 1ULL << 63;
+volatile const u64 off_stream_ctx = OFF_NONE;           /* transport.Stream.ctx, an interface */
+/* Spans: the call's trace context is decided at its start (tracectx.h)
+ * from the incoming metadata's traceparent. grpc-go's transport wraps the
+ * stream's context in metadata.NewIncomingContext last (operateHeaders,
+ * unless grpc-tags-bin, grpc-trace-bin or a tap handle wrap it further): a
+ * context.WithValue whose value, an MD, is a map: the data word of the
+ * valueCtx's val, at 40 (Context, key, val are interfaces). The stream's
+ * context is published as the in-process parent of calls the handler
+ * makes under it. */
+#define VALUECTX_VAL_DATA 40
 
 #define FLAG_SAMPLED 1
 #define FLAG_METHOD_TRUNCATED 2
@@ -62,6 +68,11 @@ struct rpc_server_event {
 	u8 message_len; /* bytes of message: only for Unimplemented */
 	u16 method_len;
 	u32 _pad;
+	u64 trace_id_high;
+	u64 span_id;
+	u64 parent_span_id; /* 0: a root */
+	u8 trace;           /* TR_* */
+	u8 _pad2[7];
 	/* The status message's first bytes, for Unimplemented only: they tell
 	 * a call the server rejected itself ("unknown service ...") from a
 	 * handler's own Unimplemented. */
@@ -82,6 +93,8 @@ struct inflight_key {
 struct inflight {
 	u64 start_ns;
 	u64 stream; /* the stream handleStream got; the end's must be the same */
+	u64 ctx;    /* the stream's context (data word), published as a parent */
+	struct trace_ctx tc;
 };
 
 /* One entry per call in flight, deleted at its end. A plain hash, not an
@@ -117,27 +130,6 @@ static __always_inline struct inflight_key key_of(struct pt_regs *ctx)
 	return key;
 }
 
-SEC("uprobe.multi")
-int rpc_server_start(struct pt_regs *ctx)
-{
-	u64 stream = GO_ARG4(ctx); /* after s and the two words of t */
-	if (!stream)
-		return 0;
-	struct inflight_key key = key_of(ctx);
-	struct inflight in = {.start_ns = bpf_ktime_get_ns(), .stream = stream};
-	struct inflight *old = bpf_map_lookup_elem(&rpc_server_inflight, &key);
-	if (old) {
-		/* This goroutine's previous call never ended (a g is reused by
-		 * later goroutines): lost. */
-		count(CNT_STALE_START);
-		*old = in;
-		return 0;
-	}
-	if (bpf_map_update_elem(&rpc_server_inflight, &key, &in, BPF_ANY) != 0)
-		count(CNT_INFLIGHT_FULL);
-	return 0;
-}
-
 /* method_header returns the address of the method's string header in the
  * stream, 0 when it cannot be read. Since v1.69 the argument is a
  * *ServerStream embedding Stream: by pointer until v1.76, by value since
@@ -156,6 +148,43 @@ static __always_inline u64 method_header(u64 s)
 }
 
 SEC("uprobe.multi")
+int rpc_server_start(struct pt_regs *ctx)
+{
+	u64 stream = GO_ARG4(ctx); /* after s and the two words of t */
+	if (!stream)
+		return 0;
+	struct inflight_key key = key_of(ctx);
+	struct inflight in = {.stream = stream};
+	if (with_spans) {
+		u64 md = 0, mh = method_header(stream);
+		/* The Stream's base: method_header's, minus the method's offset. */
+		if (mh && off_stream_ctx != OFF_NONE &&
+		    bpf_probe_read_user(&in.ctx, sizeof(in.ctx), (void *)(mh - off_stream_method + off_stream_ctx + 8)) == 0 &&
+		    in.ctx)
+			bpf_probe_read_user(&md, sizeof(md), (void *)(in.ctx + VALUECTX_VAL_DATA));
+		tc_start(md, &in.tc);
+		tc_publish(key.tgid, in.ctx, &in.tc);
+	}
+	in.start_ns = bpf_ktime_get_ns();
+	struct inflight *old = bpf_map_lookup_elem(&rpc_server_inflight, &key);
+	if (old) {
+		/* This goroutine's previous call never ended (a g is reused by
+		 * later goroutines): lost. */
+		count(CNT_STALE_START);
+		if (old->ctx)
+			tc_forget(key.tgid, old->ctx);
+		*old = in;
+		return 0;
+	}
+	if (bpf_map_update_elem(&rpc_server_inflight, &key, &in, BPF_ANY) != 0) {
+		count(CNT_INFLIGHT_FULL);
+		if (in.ctx)
+			tc_forget(key.tgid, in.ctx);
+	}
+	return 0;
+}
+
+SEC("uprobe.multi")
 int rpc_server_end(struct pt_regs *ctx)
 {
 	u64 end = bpf_ktime_get_ns();
@@ -169,6 +198,9 @@ int rpc_server_end(struct pt_regs *ctx)
 		return 0;
 	}
 	u64 start = in->start_ns;
+	struct trace_ctx tc = in->tc;
+	if (in->ctx)
+		tc_forget(key.tgid, in->ctx);
 	bpf_map_delete_elem(&rpc_server_inflight, &key);
 
 	u32 zero = 0;
@@ -183,6 +215,11 @@ int rpc_server_end(struct pt_regs *ctx)
 	e->message_len = 0;
 	e->_pad = 0;
 	e->trace_id_low = 0;
+	e->trace_id_high = 0;
+	e->span_id = 0;
+	e->parent_span_id = 0;
+	e->trace = 0;
+	__builtin_memset(e->_pad2, 0, sizeof(e->_pad2));
 
 	/* st.s: nil is OK (status.Status.Code says so). */
 	u64 sp = 0;
@@ -216,12 +253,16 @@ int rpc_server_end(struct pt_regs *ctx)
 		e->flags |= FLAG_METHOD_TRUNCATED;
 	e->method_len = n;
 
-	if (with_spans) {
-		u64 x = ((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
-		if ((x >> 1) < sample_bound) {
-			e->flags |= FLAG_SAMPLED;
-			e->trace_id_low = x;
-		}
+	/* Head-sampled at the start, or kept for its duration or error (the
+	 * codes semconv makes a server span's error: Unknown,
+	 * DeadlineExceeded, Unimplemented, Internal, Unavailable, DataLoss). */
+	if (tc_end(&tc, end - start, code == 2 || code == 4 || code == 12 || code == 13 || code == 14 || code == 15)) {
+		e->flags |= FLAG_SAMPLED;
+		e->trace_id_low = tc.trace_lo;
+		e->trace_id_high = tc.trace_hi;
+		e->span_id = tc.span;
+		e->parent_span_id = tc.parent_span;
+		e->trace = tc.trace;
 	}
 	if (n > METHOD_MAX) /* bounds for the verifier */
 		n = METHOD_MAX;

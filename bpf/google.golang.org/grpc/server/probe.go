@@ -69,14 +69,17 @@ func New() *probe.Probe {
 			{Symbol: transportPkg + ".(*serverHandlerTransport).WriteStatus", Program: "rpc_server_end", Optional: true, OneOf: "end"},
 			{Symbol: transportPkg + ".(*serverHandlerTransport).writeStatus", Program: "rpc_server_end", Optional: true, OneOf: "end"},
 		},
-		Consts: []probe.Const{
+		Consts: append([]probe.Const{
 			{Name: "off_stream_method", Field: field(transportPkg, "Stream", "method")},
 			{Name: "off_server_stream_stream", Field: field(transportPkg, "ServerStream", "Stream"), Optional: true},
 			{Name: "off_server_stream_st", Field: field(transportPkg, "ServerStream", "st"), Optional: true},
 			{Name: "off_status_s", Field: field("google.golang.org/grpc/internal/status", "Status", "s")},
 			{Name: "off_spb_status_code", Field: field("google.golang.org/genproto/googleapis/rpc/status", "Status", "Code")},
 			{Name: "off_spb_status_message", Field: field("google.golang.org/genproto/googleapis/rpc/status", "Status", "Message")},
-		},
+			// Trace context only: the stream's context, whose innermost
+			// value is the incoming metadata (see probe.bpf.c).
+			{Name: "off_stream_ctx", Field: field(transportPkg, "Stream", "ctx"), Optional: true, Secondary: true},
+		}, probe.TraceConsts()...),
 		Counters: []probe.Counter{
 			{Index: uint32(bpfObsdCounterCNT_RINGBUF_FULL), Reason: "ringbuf_full", Lost: true},
 			{Index: uint32(bpfObsdCounterCNT_INFLIGHT_FULL), Reason: "inflight_map_full", Lost: true},
@@ -85,9 +88,13 @@ func New() *probe.Probe {
 			{Index: uint32(bpfObsdCounterCNT_UNMATCHED_END), Reason: "end_without_start"},
 			{Index: uint32(bpfObsdCounterCNT_STALE_START), Reason: "start_without_end", Lost: true},
 			{Index: uint32(bpfObsdCounterCNT_READ_FAILED), Reason: "read_failed", Lost: true},
+			{Index: uint32(bpfObsdCounterCNT_TRACEPARENT_INVALID), Reason: "traceparent_invalid"},
+			{Index: uint32(bpfObsdCounterCNT_TRACECTX_UNREAD), Reason: "trace_context_unread"},
+			{Index: uint32(bpfObsdCounterCNT_CTX_MAP_FULL), Reason: "trace_parent_map_full"},
 		},
 		ProcessMaps: map[string]int{
 			"rpc_server_inflight": int(unsafe.Offsetof(bpfInflightKey{}.Tgid)),
+			probe.CtxSpansMap:     probe.CtxSpansTGIDOffset,
 		},
 		Spec:   loadBpf,
 		Decode: Decode,
@@ -131,6 +138,10 @@ func DecodeCall(raw []byte) (Call, error) {
 	}
 	if c.Sampled {
 		c.TraceIDLow = ne.Uint64(raw[unsafe.Offsetof(e.TraceIdLow):])
+		c.Trace = probe.DecodeTrace(raw[unsafe.Offsetof(e.Trace)],
+			ne.Uint64(raw[unsafe.Offsetof(e.TraceIdHigh):]),
+			ne.Uint64(raw[unsafe.Offsetof(e.SpanId):]),
+			ne.Uint64(raw[unsafe.Offsetof(e.ParentSpanId):]), nil)
 	}
 	if c.Code == codeUnimplemented {
 		msg := string(raw[unsafe.Offsetof(e.Message):][:msgLen])

@@ -160,7 +160,7 @@ func New() *probe.Probe {
 		ProcessMaps: map[string]int{
 			"http_server_inflight": int(unsafe.Offsetof(bpfInflightKey{}.Tgid)),
 			"http_server_budget":   0,
-			probe.CtxSpansMap:       probe.CtxSpansTGIDOffset,
+			probe.CtxSpansMap:      probe.CtxSpansTGIDOffset,
 		},
 		Active: probe.ActiveSlots{
 			Map:             "http_server_inflight",
