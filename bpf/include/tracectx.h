@@ -163,6 +163,27 @@ static __always_inline void tc_slot(struct tc_scratch *sc, const u8 *key, const 
 	}
 }
 
+/* read_group copies one group or bucket (size bytes at addr) into sc->buf.
+ * Its first bytes (control word, tophash) are always written by Go, but
+ * the slots after the used ones may never have been: memory fresh from the
+ * OS is zero, Go does not clear it again, and its page may then not be
+ * mapped yet, which fails the whole read. Such a page reads as zeros (empty
+ * slots, no overflow bucket); a failure in the first page is an error. */
+static __always_inline int read_group(struct tc_scratch *sc, u64 addr, u32 size)
+{
+	if (size > BUCKET_SIZE)
+		size = BUCKET_SIZE;
+	if (bpf_probe_read_user(sc->buf, size, (void *)addr) == 0)
+		return 0;
+	u64 cut = ((addr + 4096) & ~4095ULL) - addr; /* bytes up to the page's end */
+	if (cut == 0 || cut >= size)
+		return -1;
+	__builtin_memset(sc->buf, 0, sizeof(sc->buf));
+	if (bpf_probe_read_user(sc->buf, cut, (void *)addr) != 0)
+		return -1;
+	return 0; /* the rest stays zero */
+}
+
 /* The walk is bpf_loop callbacks, one per group or bucket and one per slot,
  * so that the verifier checks each once (unrolled, the branches of 128
  * slots exceed its budget). */
@@ -199,7 +220,7 @@ static long tc_group_cb(u64 g, void *ctx)
 	struct tc_scratch *sc = ((struct tc_loop *)ctx)->sc;
 	if (g > sc->mask)
 		return 1;
-	if (bpf_probe_read_user(sc->buf, GROUP_SIZE, (void *)(sc->base + g * GROUP_SIZE)) != 0) {
+	if (read_group(sc, sc->base + g * GROUP_SIZE, GROUP_SIZE) != 0) {
 		sc->err = 1;
 		return 1;
 	}
@@ -216,7 +237,7 @@ static long tc_bucket_cb(u64 n, void *ctx)
 	struct tc_scratch *sc = ((struct tc_loop *)ctx)->sc;
 	if (sc->i >= sc->nb)
 		return 1; /* done */
-	if (bpf_probe_read_user(sc->buf, BUCKET_SIZE, (void *)sc->next) != 0) {
+	if (read_group(sc, sc->next, BUCKET_SIZE) != 0) {
 		sc->err = 1;
 		return 1;
 	}
