@@ -91,6 +91,18 @@ func TestGRPCTraceContext(t *testing.T) {
 			if len(aServer) != 3 || len(aClient) != 3 || len(bServer) != 4 {
 				t.Fatalf("A server %d, A client %d, B server %d spans; want 3, 3, 4", len(aServer), len(aClient), len(bServer))
 			}
+			t.Cleanup(func() {
+				if t.Failed() {
+					for _, l := range strings.Split(string(o.Scrape(t)), "\n") {
+						if strings.HasPrefix(l, "obsd_probe_anomalies_total") || strings.HasPrefix(l, "obsd_events_lost_total") {
+							t.Log(l)
+						}
+					}
+					for _, s := range spans {
+						t.Logf("span %s %s %s trace %x span %x parent %x", s.Resource["service.name"], s.GetKind(), s.Attr("rpc.method"), s.GetTraceId(), s.GetSpanId(), s.GetParentSpanId())
+					}
+				}
+			})
 			byTrace := map[string]e2e.Span{}
 			for _, s := range aServer {
 				byTrace[hex.EncodeToString(s.GetTraceId())] = s
