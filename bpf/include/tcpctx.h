@@ -1,0 +1,79 @@
+/* Trace context carried in a TCP header option (issue 11 §3): the maps the
+ * sock_ops program in bpf/tcpctx shares with the HTTP probes, and their
+ * layout. A probe that includes this header declares the same maps; user
+ * space hands it tcpctx's maps through cilium/ebpf MapReplacements.
+ *
+ * Wire format (RFC 6994 experimental option, 28 bytes, 4-byte aligned):
+ *
+ *   kind 253 | length 28 | ExID (2 bytes, big-endian) | trace ID (16) | span ID (8)
+ *
+ * ExID 0x0B5C means "not sampled", 0x0B5D "sampled": the W3C flags byte has
+ * no room (28 bytes plus the 12 bytes of NOP,NOP,timestamps fill the 40-byte
+ * option space exactly), so the sampled bit rides in the ExID's low bit and
+ * the other flag bits do not cross. */
+#ifndef OBSD_TCPCTX_H
+#define OBSD_TCPCTX_H
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#define TCPCTX_OPT_KIND 253
+#define TCPCTX_OPT_LEN 28
+#define TCPCTX_EXID 0x0B5C         /* low bit: W3C sampled flag */
+#define TCPCTX_FLAG_SAMPLED 0x01
+
+/* A connection as the process on this end sees it. A uprobe forms it from
+ * the Go net.Conn's netFD: laddr/raddr (*net.TCPAddr: IP, Port), with IPv4
+ * written IPv4-mapped (::ffff:a.b.c.d, which is how Go's 16-byte net.IP
+ * holds it), plus the inode of the process's network namespace
+ * (/proc/PID/ns/net, "net:[inode]"). 40 bytes, no padding. */
+struct tcpctx_key {
+	__u32 netns;     /* network namespace inode */
+	__u16 lport;     /* local port, host byte order */
+	__u16 rport;     /* remote port, host byte order */
+	__u8 laddr[16];  /* local address, IPv6 or IPv4-mapped */
+	__u8 raddr[16];  /* remote address, IPv6 or IPv4-mapped */
+};
+
+/* obsd_tcp_out's value: the context the next data segments of the
+ * connection carry. Writers replace it whole with bpf_map_update_elem (a
+ * hash map swaps the element, so the sock_ops program never reads half of
+ * one context and half of another) before the request's first byte is
+ * written, and delete it for a request that has no context. */
+struct tcpctx_out {
+	__u8 trace_id[16];
+	__u8 span_id[8];
+	__u8 flags;      /* W3C trace-flags; only TCPCTX_FLAG_SAMPLED crosses */
+	__u8 _pad[7];
+};
+
+/* obsd_tcp_in's value: the latest context that arrived on the connection. */
+struct tcpctx_in {
+	__u8 trace_id[16];
+	__u8 span_id[8];
+	__u8 flags;      /* TCPCTX_FLAG_SAMPLED or 0 */
+	__u8 _pad[3];
+	__u32 gen;       /* 1 for the first context, +1 each time a different one arrives */
+	__u32 taken_gen; /* the consumer's: the gen it last used (fresh when gen != taken_gen) */
+	__u32 _pad2;
+};
+
+/* Map sizes: one entry per live propagating connection (deleted at close). */
+#define TCPCTX_MAX_CONNS 16384
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TCPCTX_MAX_CONNS);
+	__type(key, struct tcpctx_key);
+	__type(value, struct tcpctx_out);
+} obsd_tcp_out SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TCPCTX_MAX_CONNS);
+	__type(key, struct tcpctx_key);
+	__type(value, struct tcpctx_in);
+} obsd_tcp_in SEC(".maps");
+
+#endif
