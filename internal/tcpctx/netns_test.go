@@ -33,7 +33,7 @@ var pairs atomic.Int32 // names each test's pair apart
 
 // newNetPair creates the namespaces and deletes them (and the veth with
 // them) at cleanup.
-func newNetPair(t *testing.T) *netPair {
+func newNetPair(t testing.TB) *netPair {
 	t.Helper()
 	ipCmd := e2e.RequireTool(t, "ip")
 	n := pairs.Add(1)
@@ -65,7 +65,7 @@ func newNetPair(t *testing.T) *netPair {
 	return p
 }
 
-func nsInode(t *testing.T, name string) uint32 {
+func nsInode(t testing.TB, name string) uint32 {
 	t.Helper()
 	var st unix.Stat_t
 	if err := unix.Stat(filepath.Join("/run/netns", name), &st); err != nil {
@@ -130,7 +130,7 @@ type capture struct {
 
 // startCapture opens the capture on dev inside namespace ns; it stops at
 // cleanup or at Stop.
-func startCapture(t *testing.T, ns, dev string) *capture {
+func startCapture(t testing.TB, ns, dev string) *capture {
 	t.Helper()
 	c := &capture{stop: make(chan struct{}), done: make(chan struct{}), lo: dev == "lo"}
 	err := inNetns(ns, func() error {

@@ -143,7 +143,7 @@ func ctxFor(conn, req int) Context {
 	return c
 }
 
-func openPropagator(t *testing.T) *Propagator {
+func openPropagator(t testing.TB) *Propagator {
 	t.Helper()
 	p, err := Open(Options{})
 	if err != nil {
