@@ -113,6 +113,7 @@ type segment struct {
 	src, dst netip.AddrPort
 	seq      uint32
 	flags    byte
+	ipLen    int    // the IP packet's length
 	opts     []byte // the TCP options, as on the wire
 	payload  []byte
 }
@@ -240,6 +241,7 @@ func parseIPv4TCP(b []byte) (segment, bool) {
 		src:     netip.AddrPortFrom(src, binary.BigEndian.Uint16(tcp[0:2])),
 		dst:     netip.AddrPortFrom(dst, binary.BigEndian.Uint16(tcp[2:4])),
 		seq:     binary.BigEndian.Uint32(tcp[4:8]),
+		ipLen:   total,
 		flags:   tcp[13],
 		opts:    append([]byte(nil), tcp[20:doff]...),
 		payload: append([]byte(nil), tcp[doff:]...),

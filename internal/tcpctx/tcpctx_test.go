@@ -434,15 +434,22 @@ func TestBytesIdentical(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name     string
+		sender   bool // A registered
 		receiver bool // B instrumented
 		setCtx   bool
 		wantOpt  bool
 	}{
-		{"no context written", true, false, false},
-		{"context written", true, true, true},
-		{"receiver uninstrumented", false, true, true},
+		{"no context written", true, true, false, false},
+		{"context written", true, true, true, true},
+		{"receiver uninstrumented", true, false, true, true},
+		{"sender unregistered", false, true, true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if !tc.sender {
+				if err := p.RemoveSender(uint32(os.Getpid())); err != nil {
+					t.Fatal(err)
+				}
+			}
 			if tc.receiver {
 				if err := p.AddReceiver(srv.netns, srv.addr.Port()); err != nil {
 					t.Fatal(err)
@@ -466,7 +473,7 @@ func TestBytesIdentical(t *testing.T) {
 			if r.serverOpts != 0 {
 				t.Errorf("%d server segments carry the option", r.serverOpts)
 			}
-			if wantIn := tc.setCtx && tc.receiver; r.inEntry != wantIn {
+			if wantIn := tc.sender && tc.setCtx && tc.receiver; r.inEntry != wantIn {
 				t.Errorf("server-side entry present %v, want %v", r.inEntry, wantIn)
 			}
 		})
@@ -555,6 +562,64 @@ func mustOpts(t *testing.T, segs []segment) []tcpOption {
 	}
 	t.Fatal("no data segment captured")
 	return nil
+}
+
+// TestSegmentsFitMTU sends a large body with a context through a device
+// that does no segmentation offload (gso_max_segs 1, so every packet on
+// the wire is built by TCP itself): the option's room is taken from the
+// MSS, so no packet outgrows the 1500-byte MTU, and every one carries it.
+func TestSegmentsFitMTU(t *testing.T) {
+	e2e.RequireRoot(t)
+	np := newNetPair(t)
+	ipCmd := e2e.RequireTool(t, "ip")
+	if out, err := exec.Command(ipCmd, "-n", np.a, "link", "set", "va", "gso_max_segs", "1").CombinedOutput(); err != nil {
+		t.Fatalf("ip link set gso_max_segs: %v: %s", err, out)
+	}
+	srv := startServer(t, np.b, np.bAddr.String()+":8080")
+	p := openPropagator(t)
+	if err := p.AddSender(uint32(os.Getpid())); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AddReceiver(srv.netns, 0); err != nil {
+		t.Fatal(err)
+	}
+	capt := startCapture(t, np.b, "vb")
+	hc := newClient(np.a)
+	defer hc.CloseIdleConnections()
+	want := ctxFor(4, 1)
+	body := bytes.Repeat([]byte("z"), 256<<10)
+	ex := do(t, hc, np.aIno, srv, "POST", "/big", body, func(c Conn) {
+		if err := p.SetOutgoing(c, want); err != nil {
+			t.Error(err)
+		}
+	})
+	capt.Stop()
+	var data, full int
+	for _, s := range capt.Segments(ex.client.Local, ex.client.Remote) {
+		if s.ipLen > 1500 {
+			t.Fatalf("a %d-byte packet on a 1500-byte link (payload %d, options %d)", s.ipLen, len(s.payload), len(s.opts))
+		}
+		if len(s.payload) == 0 {
+			continue
+		}
+		data++
+		if s.ipLen == 1500 {
+			full++
+		}
+		opts, err := parseOptions(s.opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c, ok := ourOption(opts); !ok || c != want {
+			t.Fatalf("a data segment carries %+v (%v), want %+v", c, ok, want)
+		}
+	}
+	if data < len(body)/1500 || full == 0 {
+		t.Fatalf("%d data segments, %d of them full-sized, for a %d-byte body: offload still on?", data, full, len(body))
+	}
+	if got, ok, _ := p.Incoming(ex.server); !ok || got.Context != want {
+		t.Fatalf("server side holds %+v (%v), want %+v", got.Context, ok, want)
+	}
 }
 
 // TestCloseDetaches checks Close removes the program from the cgroup.
