@@ -22,11 +22,13 @@ import (
 )
 
 // netPair is two network namespaces joined by a veth pair: "a"
-// (10.231.0.1, the clients) and "b" (10.231.0.2, the servers).
+// (10.231.0.1, fd00:231::1: the clients) and "b" (10.231.0.2, fd00:231::2:
+// the servers).
 type netPair struct {
 	a, b         string // names under /run/netns
 	aIno, bIno   uint32 // their inodes, the Netns of their connections
 	aAddr, bAddr netip.Addr
+	aV6, bV6     netip.Addr
 }
 
 var pairs atomic.Int32 // names each test's pair apart
@@ -42,6 +44,8 @@ func newNetPair(t testing.TB) *netPair {
 		b:     fmt.Sprintf("obsdtc%d-%db", os.Getpid(), n),
 		aAddr: netip.MustParseAddr("10.231.0.1"),
 		bAddr: netip.MustParseAddr("10.231.0.2"),
+		aV6:   netip.MustParseAddr("fd00:231::1"),
+		bV6:   netip.MustParseAddr("fd00:231::2"),
 	}
 	run := func(args ...string) {
 		t.Helper()
@@ -56,6 +60,8 @@ func newNetPair(t testing.TB) *netPair {
 	run("link", "add", "va", "netns", p.a, "type", "veth", "peer", "name", "vb", "netns", p.b)
 	run("-n", p.a, "addr", "add", p.aAddr.String()+"/24", "dev", "va")
 	run("-n", p.b, "addr", "add", p.bAddr.String()+"/24", "dev", "vb")
+	run("-n", p.a, "addr", "add", p.aV6.String()+"/64", "dev", "va", "nodad")
+	run("-n", p.b, "addr", "add", p.bV6.String()+"/64", "dev", "vb", "nodad")
 	for _, ns := range []struct{ name, dev string }{{p.a, "va"}, {p.b, "vb"}} {
 		run("-n", ns.name, "link", "set", "lo", "up")
 		run("-n", ns.name, "link", "set", ns.dev, "up")

@@ -375,6 +375,44 @@ func TestConcurrent(t *testing.T) {
 	}
 }
 
+// TestAddressFamilies links requests over a dual-stack listener (the
+// server's socket is AF_INET6 and sees the client IPv4-mapped, as Go's
+// ":port" listeners do) and over IPv6.
+func TestAddressFamilies(t *testing.T) {
+	e2e.RequireRoot(t)
+	np := newNetPair(t)
+	p := openPropagator(t)
+	if err := p.AddSender(uint32(os.Getpid())); err != nil {
+		t.Fatal(err)
+	}
+	for i, tc := range []struct{ name, listen, dial string }{
+		{"dual-stack listener", "[::]:8082", np.bAddr.String() + ":8082"},
+		{"IPv6", "[" + np.bV6.String() + "]:8083", "[" + np.bV6.String() + "]:8083"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := startServer(t, np.b, tc.listen)
+			if err := p.AddReceiver(srv.netns, srv.addr.Port()); err != nil {
+				t.Fatal(err)
+			}
+			srv.addr = netip.MustParseAddrPort(tc.dial)
+			hc := newClient(np.a)
+			defer hc.CloseIdleConnections()
+			for r := 0; r < 3; r++ {
+				want := ctxFor(10+i, r)
+				ex := do(t, hc, np.aIno, srv, "GET", "/fam", nil, func(c Conn) {
+					if err := p.SetOutgoing(c, want); err != nil {
+						t.Error(err)
+					}
+				})
+				got, ok, err := p.Incoming(ex.server)
+				if err != nil || !ok || got.Context != want || got.Gen != uint32(r+1) {
+					t.Fatalf("request %d: server side %+v holds %+v gen %d (%v, %v), want %+v gen %d", r, ex.server, got.Context, got.Gen, ok, err, want, r+1)
+				}
+			}
+		})
+	}
+}
+
 // TestBytesIdentical sends the same requests in four setups and compares
 // what crossed the veth, read with an AF_PACKET socket: the byte streams
 // both ways are identical in all four, and the option appears only on the
