@@ -7,7 +7,9 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"os"
+	"sort"
 	"testing"
+	"time"
 
 	"github.com/obsd-dev/obsd/internal/test/e2e"
 )
@@ -18,72 +20,117 @@ import (
 //
 //   - off: no program attached;
 //   - attached: attached at the cgroup root, this process not registered
-//     (every other connection on a host with obsd running);
+//     (every other connection on a host where obsd propagates);
 //   - registered: sender and receiver registered, no context written (the
 //     per-segment callbacks of an instrumented process's connections run,
 //     and find nothing to send);
 //   - propagating: a context on every request, written into every data
 //     segment and parsed at the server.
 //
-// Run it with -count to interleave the setups, e.g.
+// Each round runs b.N requests in each setup in turn, so the setups share
+// the host's drift; the metrics are each setup's median ns per request and
+// the median of its per-round ratio to off. Bounded by -benchtime, e.g.
 //
-//	go test -run '^$' -bench Propagation -count 5 ./internal/tcpctx/
+//	go test -run '^$' -bench Propagation -benchtime 3000x ./internal/tcpctx/
 func BenchmarkPropagation(b *testing.B) {
 	e2e.RequireRoot(b)
 	np := newNetPair(b)
-	for _, mode := range []string{"off", "attached", "registered", "propagating"} {
-		b.Run(mode, func(b *testing.B) {
-			var p *Propagator
-			if mode != "off" {
-				p = openPropagator(b)
+	modes := []string{"off", "attached", "registered", "propagating"}
+	const rounds = 5
+	perReq := map[string][]float64{}
+	ratio := map[string][]float64{}
+	for r := 0; r < rounds; r++ {
+		var off float64
+		for _, mode := range modes {
+			ns := propagationRound(b, np, mode, b.N)
+			perReq[mode] = append(perReq[mode], ns)
+			if mode == "off" {
+				off = ns
+			} else {
+				ratio[mode] = append(ratio[mode], ns/off)
 			}
-			if mode == "registered" || mode == "propagating" {
-				if err := p.AddSender(uint32(os.Getpid())); err != nil {
-					b.Fatal(err)
-				}
-				if err := p.AddReceiver(np.bIno, 0); err != nil {
-					b.Fatal(err)
-				}
-			}
-			// A new connection for each setup: the callbacks are chosen at
-			// connect and accept.
-			lp := newLoopbackPair(b, np.b)
-			var conn Conn
-			before := func(c Conn) {
-				if mode == "propagating" && conn != c {
-					conn = c
-					if err := p.SetOutgoing(c, ctxFor(1, 1)); err != nil {
-						b.Fatal(err)
-					}
-				}
-			}
-			lp.get(b, np.bIno, before)
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				lp.get(b, np.bIno, before)
-			}
-			b.StopTimer()
-			if p == nil {
-				return
-			}
-			cnt, err := p.Counters()
-			if err != nil {
+		}
+	}
+	for _, mode := range modes {
+		b.ReportMetric(median(perReq[mode]), mode+"-ns/req")
+		if mode != "off" {
+			b.ReportMetric(median(ratio[mode]), mode+"/off")
+		}
+	}
+	b.ReportMetric(0, "ns/op") // the per-setup metrics above are the result
+}
+
+// propagationRound sets mode up, sends n requests on a new connection after
+// one to open it, tears it down and returns the ns per request.
+func propagationRound(b *testing.B, np *netPair, mode string, n int) float64 {
+	b.Helper()
+	var p *Propagator
+	if mode != "off" {
+		var err error
+		if p, err = Open(Options{}); err != nil {
+			b.Fatal(err)
+		}
+		defer p.Close()
+	}
+	if mode == "registered" || mode == "propagating" {
+		if err := p.AddSender(uint32(os.Getpid())); err != nil {
+			b.Fatal(err)
+		}
+		if err := p.AddReceiver(np.bIno, 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+	// A new connection for each setup: the callbacks are chosen at connect
+	// and accept.
+	lp := newLoopbackPair(b, np.b)
+	defer lp.close()
+	var conn Conn
+	before := func(c Conn) {
+		if mode == "propagating" && conn != c {
+			conn = c
+			if err := p.SetOutgoing(c, ctxFor(1, 1)); err != nil {
 				b.Fatal(err)
 			}
-			b.ReportMetric(float64(cnt.Written)/float64(b.N+1), "options/op")
-			if want := mode == "propagating"; (cnt.Written >= uint64(b.N)) != want || (cnt.Parsed >= uint64(b.N)) != want {
-				b.Fatalf("%s: counters %+v after %d requests", mode, cnt, b.N+1)
-			}
-		})
+		}
 	}
+	lp.get(b, np.bIno, before)
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		lp.get(b, np.bIno, before)
+	}
+	ns := float64(time.Since(start).Nanoseconds()) / float64(n)
+	if p != nil {
+		cnt, err := p.Counters()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if want := mode == "propagating"; (cnt.Written >= uint64(n)) != want || (cnt.Parsed >= uint64(n)) != want {
+			b.Fatalf("%s: counters %+v after %d requests", mode, cnt, n+1)
+		}
+	}
+	return ns
+}
+
+func median(v []float64) float64 {
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 // loopbackPair is an in-process HTTP server and a client keeping one
-// connection to it, both in namespace ns.
+// connection to it, both in one namespace; close releases both.
 type loopbackPair struct {
 	hc  *http.Client
 	url string
 	srv *http.Server
+}
+
+func (lp *loopbackPair) close() {
+	lp.hc.CloseIdleConnections()
+	lp.srv.Close()
 }
 
 func newLoopbackPair(tb testing.TB, ns string) *loopbackPair {
@@ -101,10 +148,7 @@ func newLoopbackPair(tb testing.TB, ns string) *loopbackPair {
 		w.Write(body)
 	})}
 	go srv.Serve(ln)
-	tb.Cleanup(func() { srv.Close() })
-	lp := &loopbackPair{hc: newClient(ns), url: "http://" + ln.Addr().String() + "/", srv: srv}
-	tb.Cleanup(lp.hc.CloseIdleConnections)
-	return lp
+	return &loopbackPair{hc: newClient(ns), url: "http://" + ln.Addr().String() + "/", srv: srv}
 }
 
 // get sends one GET; before runs with the connection before the request is
