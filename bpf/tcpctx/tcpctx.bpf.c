@@ -17,7 +17,6 @@
  * this program per packet; a connection's entries are deleted when it
  * closes. */
 #include <bpf/bpf_endian.h>
-#include <bpf/bpf_core_read.h>
 #include "tcpctx.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
@@ -72,13 +71,8 @@ struct {
 	__type(value, __u8);
 } obsd_tcp_receivers SEC(".maps");
 
-/* Just the fields used, relocated against the running kernel's BTF. */
-struct ns_common {
-	unsigned int inum;
-} __attribute__((preserve_access_index));
-struct net {
-	struct ns_common ns;
-} __attribute__((preserve_access_index));
+/* Just the fields used, relocated against the running kernel's BTF
+ * (struct net is in tcpctx.h). */
 typedef struct {
 	struct net *net;
 } __attribute__((preserve_access_index)) possible_net_t;
