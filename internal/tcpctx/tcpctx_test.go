@@ -87,6 +87,15 @@ type exchange struct {
 // before any byte of the request is written (where a client probe fires).
 func do(t *testing.T, hc *http.Client, clientNetns uint32, srv *server, method, path string, body []byte, before func(Conn)) exchange {
 	t.Helper()
+	ex, err := tryDo(hc, clientNetns, srv, method, path, body, before)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ex
+}
+
+// tryDo is do for goroutines other than the test's.
+func tryDo(hc *http.Client, clientNetns uint32, srv *server, method, path string, body []byte, before func(Conn)) (exchange, error) {
 	var ex exchange
 	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
 		ex.reused = info.Reused
@@ -102,30 +111,30 @@ func do(t *testing.T, hc *http.Client, clientNetns uint32, srv *server, method, 
 	}
 	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), method, url, rd)
 	if err != nil {
-		t.Fatal(err)
+		return ex, err
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
+		return ex, fmt.Errorf("%s %s: %w", method, url, err)
 	}
 	b, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if err != nil {
-		t.Fatal(err)
+		return ex, err
 	}
 	ex.body = string(b)
 	if path != "/plain" {
 		var local, remote string
 		var n int
 		if _, err := fmt.Sscanf(ex.body, "local=%s remote=%s read=%d", &local, &remote, &n); err != nil {
-			t.Fatalf("server answered %q: %v", ex.body, err)
+			return ex, fmt.Errorf("server answered %q: %w", ex.body, err)
 		}
 		if n != len(body) {
-			t.Fatalf("server read %d bytes, sent %d", n, len(body))
+			return ex, fmt.Errorf("server read %d bytes, sent %d", n, len(body))
 		}
 		ex.server = Conn{Netns: srv.netns, Local: netip.MustParseAddrPort(local), Remote: netip.MustParseAddrPort(remote)}
 	}
-	return ex
+	return ex, nil
 }
 
 func addrPort(a net.Addr) netip.AddrPort {
@@ -329,7 +338,7 @@ func TestConcurrent(t *testing.T) {
 	}
 	const conns, reqs = 8, 25
 	var wg sync.WaitGroup
-	errs := make(chan error, conns*reqs)
+	errs := make(chan error, 2*conns*reqs) // at most two per request
 	for c := 0; c < conns; c++ {
 		wg.Add(1)
 		go func() {
@@ -342,11 +351,15 @@ func TestConcurrent(t *testing.T) {
 				if r%5 == 4 {
 					body = bytes.Repeat([]byte{byte(c)}, 64<<10)
 				}
-				ex := do(t, hc, np.aIno, srv, "POST", fmt.Sprintf("/c/%d/%d", c, r), body, func(cn Conn) {
+				ex, err := tryDo(hc, np.aIno, srv, "POST", fmt.Sprintf("/c/%d/%d", c, r), body, func(cn Conn) {
 					if err := p.SetOutgoing(cn, want); err != nil {
 						errs <- err
 					}
 				})
+				if err != nil {
+					errs <- err
+					return
+				}
 				got, ok, err := p.Incoming(ex.server)
 				switch {
 				case err != nil:
