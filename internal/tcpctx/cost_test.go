@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
 	"github.com/obsd-dev/obsd/internal/test/e2e"
 )
 
@@ -29,21 +32,32 @@ import (
 //
 // Each round runs b.N requests in each setup in turn, so the setups share
 // the host's drift; the metrics are each setup's median ns per request and
-// the median of its per-round ratio to off. Bounded by -benchtime, e.g.
+// the median of its per-round ratio to off, and, from the kernel's BPF
+// run-time statistics (less disturbed by other load), the program's runs
+// and ns per request. Bounded by -benchtime, e.g.
 //
 //	go test -run '^$' -bench Propagation -benchtime 3000x ./internal/tcpctx/
 func BenchmarkPropagation(b *testing.B) {
 	e2e.RequireRoot(b)
 	np := newNetPair(b)
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer stats.Close()
 	modes := []string{"off", "attached", "registered", "propagating"}
 	const rounds = 5
 	perReq := map[string][]float64{}
 	ratio := map[string][]float64{}
+	runs := map[string][]float64{}
+	bpfNs := map[string][]float64{}
 	for r := 0; r < rounds; r++ {
 		var off float64
 		for _, mode := range modes {
-			ns := propagationRound(b, np, mode, b.N)
+			ns, st := propagationRound(b, np, mode, b.N)
 			perReq[mode] = append(perReq[mode], ns)
+			runs[mode] = append(runs[mode], st.runs)
+			bpfNs[mode] = append(bpfNs[mode], st.ns)
 			if mode == "off" {
 				off = ns
 			} else {
@@ -55,14 +69,20 @@ func BenchmarkPropagation(b *testing.B) {
 		b.ReportMetric(median(perReq[mode]), mode+"-ns/req")
 		if mode != "off" {
 			b.ReportMetric(median(ratio[mode]), mode+"/off")
+			b.ReportMetric(median(runs[mode]), mode+"-bpfruns/req")
+			b.ReportMetric(median(bpfNs[mode]), mode+"-bpfns/req")
 		}
 	}
 	b.ReportMetric(0, "ns/op") // the per-setup metrics above are the result
 }
 
+// bpfCost is what the program's runs cost, per request.
+type bpfCost struct{ runs, ns float64 }
+
 // propagationRound sets mode up, sends n requests on a new connection after
-// one to open it, tears it down and returns the ns per request.
-func propagationRound(b *testing.B, np *netPair, mode string, n int) float64 {
+// one to open it, tears it down and returns the ns per request and the
+// program's runs and run time per request.
+func propagationRound(b *testing.B, np *netPair, mode string, n int) (float64, bpfCost) {
 	b.Helper()
 	var p *Propagator
 	if mode != "off" {
@@ -94,12 +114,26 @@ func propagationRound(b *testing.B, np *netPair, mode string, n int) float64 {
 		}
 	}
 	lp.get(b, np.bIno, before)
+	var st0 *ebpf.ProgramStats
+	if p != nil {
+		var err error
+		if st0, err = p.objs.Prog.Stats(); err != nil {
+			b.Fatal(err)
+		}
+	}
 	start := time.Now()
 	for i := 0; i < n; i++ {
 		lp.get(b, np.bIno, before)
 	}
 	ns := float64(time.Since(start).Nanoseconds()) / float64(n)
+	var cost bpfCost
 	if p != nil {
+		st, err := p.objs.Prog.Stats()
+		if err != nil {
+			b.Fatal(err)
+		}
+		cost.runs = float64(st.RunCount-st0.RunCount) / float64(n)
+		cost.ns = float64((st.Runtime - st0.Runtime).Nanoseconds()) / float64(n)
 		cnt, err := p.Counters()
 		if err != nil {
 			b.Fatal(err)
@@ -108,7 +142,7 @@ func propagationRound(b *testing.B, np *netPair, mode string, n int) float64 {
 			b.Fatalf("%s: counters %+v after %d requests", mode, cnt, n+1)
 		}
 	}
-	return ns
+	return ns, cost
 }
 
 func median(v []float64) float64 {
