@@ -68,6 +68,7 @@ type bpfTcpctxRxKey struct {
 const (
 	bpfMapObsdTcpCounters  = "obsd_tcp_counters"
 	bpfMapObsdTcpIn        = "obsd_tcp_in"
+	bpfMapObsdTcpKeys      = "obsd_tcp_keys"
 	bpfMapObsdTcpOut       = "obsd_tcp_out"
 	bpfMapObsdTcpReceivers = "obsd_tcp_receivers"
 	bpfMapObsdTcpSenders   = "obsd_tcp_senders"
@@ -125,6 +126,7 @@ type bpfProgramSpecs struct {
 type bpfMapSpecs struct {
 	ObsdTcpCounters  *ebpf.MapSpec `ebpf:"obsd_tcp_counters"`
 	ObsdTcpIn        *ebpf.MapSpec `ebpf:"obsd_tcp_in"`
+	ObsdTcpKeys      *ebpf.MapSpec `ebpf:"obsd_tcp_keys"`
 	ObsdTcpOut       *ebpf.MapSpec `ebpf:"obsd_tcp_out"`
 	ObsdTcpReceivers *ebpf.MapSpec `ebpf:"obsd_tcp_receivers"`
 	ObsdTcpSenders   *ebpf.MapSpec `ebpf:"obsd_tcp_senders"`
@@ -158,6 +160,7 @@ func (o *bpfObjects) Close() error {
 type bpfMaps struct {
 	ObsdTcpCounters  *ebpf.Map `ebpf:"obsd_tcp_counters"`
 	ObsdTcpIn        *ebpf.Map `ebpf:"obsd_tcp_in"`
+	ObsdTcpKeys      *ebpf.Map `ebpf:"obsd_tcp_keys"`
 	ObsdTcpOut       *ebpf.Map `ebpf:"obsd_tcp_out"`
 	ObsdTcpReceivers *ebpf.Map `ebpf:"obsd_tcp_receivers"`
 	ObsdTcpSenders   *ebpf.Map `ebpf:"obsd_tcp_senders"`
@@ -167,6 +170,7 @@ func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.ObsdTcpCounters,
 		m.ObsdTcpIn,
+		m.ObsdTcpKeys,
 		m.ObsdTcpOut,
 		m.ObsdTcpReceivers,
 		m.ObsdTcpSenders,

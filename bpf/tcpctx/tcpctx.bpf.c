@@ -117,6 +117,13 @@ static __always_inline __u32 netns_of(struct bpf_sock_ops *skops)
 	return BPF_CORE_READ(s, __sk_common.skc_net.net, ns.inum);
 }
 
+/* ctx_u32 reads one 32-bit context field: the verifier refuses the 64-bit
+ * loads clang would otherwise merge neighbouring fields into. */
+static __always_inline __u32 ctx_u32(const __u32 *f)
+{
+	return *(volatile const __u32 *)f;
+}
+
 static __always_inline void v4mapped(__u8 *dst, __u32 addr)
 {
 	__builtin_memset(dst, 0, 10);
@@ -144,20 +151,46 @@ static __always_inline int key_of(struct bpf_sock_ops *skops, struct tcpctx_key 
 		return 1;
 	case AF_INET6: {
 		__u32 a[4];
-		a[0] = skops->local_ip6[0];
-		a[1] = skops->local_ip6[1];
-		a[2] = skops->local_ip6[2];
-		a[3] = skops->local_ip6[3];
+		a[0] = ctx_u32(&skops->local_ip6[0]);
+		a[1] = ctx_u32(&skops->local_ip6[1]);
+		a[2] = ctx_u32(&skops->local_ip6[2]);
+		a[3] = ctx_u32(&skops->local_ip6[3]);
 		__builtin_memcpy(k->laddr, a, 16);
-		a[0] = skops->remote_ip6[0];
-		a[1] = skops->remote_ip6[1];
-		a[2] = skops->remote_ip6[2];
-		a[3] = skops->remote_ip6[3];
+		a[0] = ctx_u32(&skops->remote_ip6[0]);
+		a[1] = ctx_u32(&skops->remote_ip6[1]);
+		a[2] = ctx_u32(&skops->remote_ip6[2]);
+		a[3] = ctx_u32(&skops->remote_ip6[3]);
 		__builtin_memcpy(k->raddr, a, 16);
 		return 1;
 	}
 	}
 	return 0;
+}
+
+/* Each propagating socket's key, formed once: reading the namespace and
+ * building the key cost more than the per-segment work itself. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct tcpctx_key);
+} obsd_tcp_keys SEC(".maps");
+
+/* conn_key returns the socket's key: its stored copy, else one formed in
+ * buf (and stored when memory allows); NULL when it cannot be formed. Call
+ * it only once the connection is established (addresses final). */
+static __always_inline struct tcpctx_key *conn_key(struct bpf_sock_ops *skops, struct tcpctx_key *buf)
+{
+	struct bpf_sock *sk = skops->sk;
+	if (!sk)
+		return 0;
+	struct tcpctx_key *k = bpf_sk_storage_get(&obsd_tcp_keys, sk, 0, 0);
+	if (k)
+		return k;
+	if (!key_of(skops, buf))
+		return 0;
+	k = bpf_sk_storage_get(&obsd_tcp_keys, sk, buf, BPF_SK_STORAGE_GET_F_CREATE);
+	return k ? k : buf;
 }
 
 static __always_inline void set_flags(struct bpf_sock_ops *skops, int add)
@@ -192,10 +225,11 @@ static __always_inline void reserve(struct bpf_sock_ops *skops)
 		return;
 	if (skops->skb_len == 0) /* pure ACK or FIN: no request bytes */
 		return;
-	struct tcpctx_key k;
-	if (!key_of(skops, &k))
+	struct tcpctx_key buf;
+	struct tcpctx_key *k = conn_key(skops, &buf);
+	if (!k)
 		return;
-	if (!bpf_map_lookup_elem(&obsd_tcp_out, &k))
+	if (!bpf_map_lookup_elem(&obsd_tcp_out, k))
 		return;
 	if (bpf_reserve_hdr_opt(skops, TCPCTX_OPT_LEN, 0) != 0)
 		count(TCPCTX_NO_SPACE);
@@ -206,10 +240,11 @@ static __always_inline void write_opt(struct bpf_sock_ops *skops)
 	__u32 fl = skops->skb_tcp_flags;
 	if (fl & (TCPHDR_SYN | TCPHDR_RST))
 		return;
-	struct tcpctx_key k;
-	if (!key_of(skops, &k))
+	struct tcpctx_key buf;
+	struct tcpctx_key *k = conn_key(skops, &buf);
+	if (!k)
 		return;
-	struct tcpctx_out *v = bpf_map_lookup_elem(&obsd_tcp_out, &k);
+	struct tcpctx_out *v = bpf_map_lookup_elem(&obsd_tcp_out, k);
 	if (!v)
 		return; /* deleted since reserve: the kernel pads with NOPs */
 	struct tcpctx_opt o = {
@@ -261,11 +296,12 @@ static __always_inline void parse(struct bpf_sock_ops *skops)
 		count(TCPCTX_MALFORMED);
 		return;
 	}
-	struct tcpctx_key k;
-	if (!key_of(skops, &k))
+	struct tcpctx_key buf;
+	struct tcpctx_key *k = conn_key(skops, &buf);
+	if (!k)
 		return;
 	count(TCPCTX_PARSED);
-	struct tcpctx_in *old = bpf_map_lookup_elem(&obsd_tcp_in, &k);
+	struct tcpctx_in *old = bpf_map_lookup_elem(&obsd_tcp_in, k);
 	struct tcpctx_in v = {};
 	if (old) {
 		/* Later segments of the same request repeat its context: keep
@@ -281,7 +317,7 @@ static __always_inline void parse(struct bpf_sock_ops *skops)
 	__builtin_memcpy(v.trace_id, o.trace_id, 16);
 	__builtin_memcpy(v.span_id, o.span_id, 8);
 	v.flags = sampled;
-	if (bpf_map_update_elem(&obsd_tcp_in, &k, &v, BPF_ANY) != 0)
+	if (bpf_map_update_elem(&obsd_tcp_in, k, &v, BPF_ANY) != 0)
 		count(TCPCTX_IN_FULL);
 }
 

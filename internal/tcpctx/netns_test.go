@@ -80,13 +80,21 @@ func nsInode(t testing.TB, name string) uint32 {
 	return uint32(st.Ino)
 }
 
-// inNetns runs fn on an OS thread that has joined the namespace; the thread
-// is discarded afterwards (its goroutine exits locked). Sockets belong to
-// the namespace they are created in, so what fn creates stays there.
+// inNetns runs fn on an OS thread that has joined the namespace, then
+// returns the thread to its own namespace (or, failing that, lets it die
+// with its goroutine: a thread left in another namespace, the main thread
+// above all, would make /proc/self/ns/net lie). Sockets belong to the
+// namespace they are created in, so what fn creates stays there.
 func inNetns(name string, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		runtime.LockOSThread()
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- fmt.Errorf("opening this thread's netns: %w", err)
+			return
+		}
+		defer unix.Close(orig)
 		fd, err := unix.Open(filepath.Join("/run/netns", name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			errc <- fmt.Errorf("opening netns %s: %w", name, err)
@@ -97,7 +105,11 @@ func inNetns(name string, fn func() error) error {
 			errc <- fmt.Errorf("joining netns %s: %w", name, err)
 			return
 		}
-		errc <- fn()
+		err = fn()
+		if unix.Setns(orig, unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
 	}()
 	return <-errc
 }
