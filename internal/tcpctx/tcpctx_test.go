@@ -736,3 +736,19 @@ func TestCloseDetaches(t *testing.T) {
 		t.Fatalf("program %d still attached at %s after Close", id, p.Cgroup())
 	}
 }
+
+// TestOpenErrors checks a wrong cgroup is a clear error that names it, and
+// leaves nothing attached or loaded behind.
+func TestOpenErrors(t *testing.T) {
+	e2e.RequireRoot(t)
+	for _, dir := range []string{t.TempDir(), filepath.Join(t.TempDir(), "missing")} {
+		p, err := Open(Options{CgroupPath: dir})
+		if err == nil {
+			p.Close()
+			t.Fatalf("Open at %s succeeded", dir)
+		}
+		if !strings.Contains(err.Error(), dir) {
+			t.Errorf("error %q does not name %s", err, dir)
+		}
+	}
+}
