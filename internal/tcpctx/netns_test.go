@@ -139,6 +139,7 @@ type segment struct {
 // capture records the TCP/IPv4 packets of one interface through an
 // AF_PACKET socket: what the wire carries, read without obsd.
 type capture struct {
+	t    testing.TB
 	fd   int
 	lo   bool // loopback shows each packet twice: going out and coming in
 	stop chan struct{}
@@ -151,7 +152,7 @@ type capture struct {
 // cleanup or at Stop.
 func startCapture(t testing.TB, ns, dev string) *capture {
 	t.Helper()
-	c := &capture{stop: make(chan struct{}), done: make(chan struct{}), lo: dev == "lo"}
+	c := &capture{t: t, stop: make(chan struct{}), done: make(chan struct{}), lo: dev == "lo"}
 	err := inNetns(ns, func() error {
 		ifi, err := net.InterfaceByName(dev)
 		if err != nil {
@@ -166,6 +167,12 @@ func startCapture(t testing.TB, ns, dev string) *capture {
 		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index}); err != nil {
 			unix.Close(fd)
 			return fmt.Errorf("binding the capture to %s: %w", dev, err)
+		}
+		// Room for a burst of full-sized segments: a drop would make the
+		// capture lie (Stop fails the test if the kernel counted one).
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 16<<20); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("sizing the capture buffer: %w", err)
 		}
 		tv := unix.NsecToTimeval((50 * time.Millisecond).Nanoseconds())
 		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
@@ -219,7 +226,13 @@ func (c *capture) Stop() {
 	}
 	close(c.stop)
 	<-c.done
+	st, err := unix.GetsockoptTpacketStats(c.fd, unix.SOL_PACKET, unix.PACKET_STATISTICS)
 	unix.Close(c.fd)
+	if err != nil {
+		c.t.Errorf("reading the capture's statistics: %v", err)
+	} else if st.Drops > 0 {
+		c.t.Errorf("the capture dropped %d packets", st.Drops)
+	}
 }
 
 // Segments returns what was captured between src and dst (either order
