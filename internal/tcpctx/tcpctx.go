@@ -138,7 +138,7 @@ func (o *bpfObjects) close() error {
 // Open checks the kernel, loads the program and attaches it. Errors wrap
 // ErrNoCgroupV2 or ErrUnsupported when those are the cause.
 func Open(opts Options) (*Propagator, error) {
-	for _, fn := range []asm.BuiltinFunc{asm.FnStoreHdrOpt, asm.FnLoadHdrOpt, asm.FnReserveHdrOpt, asm.FnSkcToTcpSock, asm.FnGetCurrentPidTgid} {
+	for _, fn := range []asm.BuiltinFunc{asm.FnStoreHdrOpt, asm.FnLoadHdrOpt, asm.FnReserveHdrOpt, asm.FnSkcToTcpSock, asm.FnGetCurrentPidTgid, asm.FnSkStorageGet} {
 		if err := features.HaveProgramHelper(ebpf.SockOps, fn); err != nil {
 			if errors.Is(err, ebpf.ErrNotSupported) {
 				return nil, fmt.Errorf("checking sock_ops helper %v: %w", fn, ErrUnsupported)
