@@ -1,0 +1,32 @@
+// Package tcpctx holds the sock_ops program that carries W3C trace context
+// in an experimental TCP header option (kind 253, ExID 0x0B5C/0x0B5D) and
+// the maps it shares with the HTTP probes (bpf/include/tcpctx.h describes
+// both). internal/tcpctx loads and attaches it.
+package tcpctx
+
+//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror" -target amd64 -type tcpctx_key -type tcpctx_out -type tcpctx_in -type tcpctx_rx_key -type tcpctx_counter bpf tcpctx.bpf.c -- -I../include -I/usr/include/x86_64-linux-gnu
+
+// Load returns the collection spec of the program "obsd_tcpctx" and its maps.
+var Load = loadBpf
+
+// The C types of tcpctx.h and the counter indexes, for internal/tcpctx.
+type (
+	Key     = bpfTcpctxKey
+	Out     = bpfTcpctxOut
+	In      = bpfTcpctxIn
+	RxKey   = bpfTcpctxRxKey
+	Counter = bpfTcpctxCounter
+)
+
+// Counter indexes (enum tcpctx_counter).
+const (
+	CounterWritten     = bpfTcpctxCounterTCPCTX_WRITTEN
+	CounterNoSpace     = bpfTcpctxCounterTCPCTX_NO_SPACE
+	CounterStoreFailed = bpfTcpctxCounterTCPCTX_STORE_FAILED
+	CounterParsed      = bpfTcpctxCounterTCPCTX_PARSED
+	CounterInFull      = bpfTcpctxCounterTCPCTX_IN_FULL
+	CounterMalformed   = bpfTcpctxCounterTCPCTX_MALFORMED
+	CounterFlagsFailed = bpfTcpctxCounterTCPCTX_FLAGS_FAILED
+	CounterNetnsFailed = bpfTcpctxCounterTCPCTX_NETNS_FAILED
+	NumCounters        = int(bpfTcpctxCounterTCPCTX_CNT_MAX)
+)

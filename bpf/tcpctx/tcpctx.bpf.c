@@ -1,0 +1,379 @@
+//go:build ignore
+
+/* sock_ops program, attached at the cgroup v2 root, that carries W3C trace
+ * context across a TCP connection in an experimental header option (see
+ * tcpctx.h for the wire format and the maps):
+ *
+ *  - sender: a connection opened (connect) by a process listed in
+ *    obsd_tcp_senders gets the header-option write callbacks; each data
+ *    segment it sends while obsd_tcp_out holds an entry for it carries that
+ *    context.
+ *  - receiver: a connection accepted on a (netns, port) listed in
+ *    obsd_tcp_receivers gets the parse callback for segments with an
+ *    option the kernel does not know; the context found is kept in
+ *    obsd_tcp_in.
+ *
+ * Both callbacks are per socket, so other connections on the host never run
+ * this program per packet; a connection's entries are deleted when it
+ * closes. */
+#include <bpf/bpf_endian.h>
+#include "tcpctx.h"
+
+char __license[] SEC("license") = "Dual MIT/GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define TCPHDR_SYN 0x02
+#define TCPHDR_RST 0x04
+#define ENOMSG 42
+
+/* Indexes of the per-CPU counters internal/tcpctx reads. */
+enum tcpctx_counter {
+	TCPCTX_WRITTEN = 0,     /* segments sent with the option */
+	TCPCTX_NO_SPACE,        /* lost: a data segment with a context had no option space left (SACK, MD5) */
+	TCPCTX_STORE_FAILED,    /* lost: the option could not be written into reserved space */
+	TCPCTX_PARSED,          /* segments whose option was read */
+	TCPCTX_IN_FULL,         /* lost: obsd_tcp_in full, a new connection's context not kept */
+	TCPCTX_MALFORMED,       /* an option with our ExID but the wrong length: ignored */
+	TCPCTX_FLAGS_FAILED,    /* a connection that could not get the callbacks */
+	TCPCTX_NETNS_FAILED,    /* a socket whose network namespace could not be read */
+	TCPCTX_CNT_MAX,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TCPCTX_CNT_MAX);
+	__type(key, enum tcpctx_counter);
+	__type(value, __u64);
+} obsd_tcp_counters SEC(".maps");
+
+/* Processes (tgid, as the initial pid namespace numbers them) whose new
+ * outgoing connections may carry context. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} obsd_tcp_senders SEC(".maps");
+
+/* Local (netns, port) whose accepted connections are parsed; port 0 stands
+ * for every port of the namespace. */
+struct tcpctx_rx_key {
+	__u32 netns;
+	__u16 port;
+	__u16 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct tcpctx_rx_key);
+	__type(value, __u8);
+} obsd_tcp_receivers SEC(".maps");
+
+/* Just the fields used, relocated against the running kernel's BTF
+ * (struct net is in tcpctx.h). */
+typedef struct {
+	struct net *net;
+} __attribute__((preserve_access_index)) possible_net_t;
+struct sock_common {
+	possible_net_t skc_net;
+} __attribute__((preserve_access_index));
+struct sock {
+	struct sock_common __sk_common;
+} __attribute__((preserve_access_index));
+
+/* The wire option. */
+struct tcpctx_opt {
+	__u8 kind;
+	__u8 len;
+	__u8 exid[2];
+	__u8 trace_id[16];
+	__u8 span_id[8];
+} __attribute__((packed));
+
+_Static_assert(sizeof(struct tcpctx_opt) == TCPCTX_OPT_LEN, "option length");
+_Static_assert(sizeof(struct tcpctx_key) == 40, "key layout");
+_Static_assert(sizeof(struct tcpctx_out) == 32, "out layout");
+_Static_assert(sizeof(struct tcpctx_in) == 40, "in layout");
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&obsd_tcp_counters, &idx);
+	if (v)
+		*v += 1; /* per-CPU slot: no atomics needed */
+}
+
+/* netns_of returns the inode of the socket's network namespace, 0 if it
+ * cannot be read. */
+static __always_inline __u32 netns_of(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+	if (!sk)
+		return 0;
+	struct sock *s = (struct sock *)bpf_skc_to_tcp_sock(sk);
+	if (!s)
+		return 0;
+	return BPF_CORE_READ(s, __sk_common.skc_net.net, ns.inum);
+}
+
+/* ctx_u32 reads one 32-bit context field: the verifier refuses the 64-bit
+ * loads clang would otherwise merge neighbouring fields into. */
+static __always_inline __u32 ctx_u32(const __u32 *f)
+{
+	return *(volatile const __u32 *)f;
+}
+
+static __always_inline void v4mapped(__u8 *dst, __u32 addr)
+{
+	__builtin_memset(dst, 0, 10);
+	dst[10] = 0xff;
+	dst[11] = 0xff;
+	__builtin_memcpy(dst + 12, &addr, 4);
+}
+
+/* key_of fills k with the connection as this end sees it; 0 if the
+ * family is not IP or the namespace is unreadable. */
+static __always_inline int key_of(struct bpf_sock_ops *skops, struct tcpctx_key *k)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->netns = netns_of(skops);
+	if (k->netns == 0) {
+		count(TCPCTX_NETNS_FAILED);
+		return 0;
+	}
+	k->lport = (__u16)skops->local_port;
+	k->rport = (__u16)bpf_ntohl(skops->remote_port);
+	switch (skops->family) {
+	case AF_INET:
+		v4mapped(k->laddr, skops->local_ip4);
+		v4mapped(k->raddr, skops->remote_ip4);
+		return 1;
+	case AF_INET6: {
+		__u32 a[4];
+		a[0] = ctx_u32(&skops->local_ip6[0]);
+		a[1] = ctx_u32(&skops->local_ip6[1]);
+		a[2] = ctx_u32(&skops->local_ip6[2]);
+		a[3] = ctx_u32(&skops->local_ip6[3]);
+		__builtin_memcpy(k->laddr, a, 16);
+		a[0] = ctx_u32(&skops->remote_ip6[0]);
+		a[1] = ctx_u32(&skops->remote_ip6[1]);
+		a[2] = ctx_u32(&skops->remote_ip6[2]);
+		a[3] = ctx_u32(&skops->remote_ip6[3]);
+		__builtin_memcpy(k->raddr, a, 16);
+		return 1;
+	}
+	}
+	return 0;
+}
+
+/* Each propagating socket's key, formed once: reading the namespace and
+ * building the key cost more than the per-segment work itself. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct tcpctx_key);
+} obsd_tcp_keys SEC(".maps");
+
+/* conn_key returns the socket's key: its stored copy, else one formed in
+ * buf (and stored when memory allows); NULL when it cannot be formed. Call
+ * it only once the connection is established (addresses final). */
+static __always_inline struct tcpctx_key *conn_key(struct bpf_sock_ops *skops, struct tcpctx_key *buf)
+{
+	struct bpf_sock *sk = skops->sk;
+	if (!sk)
+		return 0;
+	struct tcpctx_key *k = bpf_sk_storage_get(&obsd_tcp_keys, sk, 0, 0);
+	if (k)
+		return k;
+	if (!key_of(skops, buf))
+		return 0;
+	k = bpf_sk_storage_get(&obsd_tcp_keys, sk, buf, BPF_SK_STORAGE_GET_F_CREATE);
+	return k ? k : buf;
+}
+
+static __always_inline void set_flags(struct bpf_sock_ops *skops, int add)
+{
+	if (bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | add) != 0)
+		count(TCPCTX_FLAGS_FAILED);
+}
+
+/* connect(2), in the connecting task: only senders' connections get the
+ * per-segment write callbacks. */
+static __always_inline void on_connect(struct bpf_sock_ops *skops)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!bpf_map_lookup_elem(&obsd_tcp_senders, &tgid))
+		return;
+	set_flags(skops, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+/* reserve runs before each segment is built, and with no segment when the
+ * kernel sizes the MSS. */
+static __always_inline void reserve(struct bpf_sock_ops *skops)
+{
+	__u32 fl = skops->skb_tcp_flags;
+	if (fl == 0) {
+		/* MSS computation (no skb): always leave room, so that a
+		 * full-sized segment never outgrows the path MTU when a context
+		 * appears later. Failing here loses nothing yet. */
+		bpf_reserve_hdr_opt(skops, TCPCTX_OPT_LEN, 0);
+		return;
+	}
+	if (fl & (TCPHDR_SYN | TCPHDR_RST))
+		return;
+	if (skops->skb_len == 0) /* pure ACK or FIN: no request bytes */
+		return;
+	struct tcpctx_key buf;
+	struct tcpctx_key *k = conn_key(skops, &buf);
+	if (!k)
+		return;
+	if (!bpf_map_lookup_elem(&obsd_tcp_out, k))
+		return;
+	if (bpf_reserve_hdr_opt(skops, TCPCTX_OPT_LEN, 0) != 0)
+		count(TCPCTX_NO_SPACE);
+}
+
+static __always_inline void write_opt(struct bpf_sock_ops *skops)
+{
+	__u32 fl = skops->skb_tcp_flags;
+	if (fl & (TCPHDR_SYN | TCPHDR_RST))
+		return;
+	struct tcpctx_key buf;
+	struct tcpctx_key *k = conn_key(skops, &buf);
+	if (!k)
+		return;
+	struct tcpctx_out *v = bpf_map_lookup_elem(&obsd_tcp_out, k);
+	if (!v)
+		return; /* deleted since reserve: the kernel pads with NOPs */
+	struct tcpctx_opt o = {
+		.kind = TCPCTX_OPT_KIND,
+		.len = TCPCTX_OPT_LEN,
+	};
+	__u16 exid = TCPCTX_EXID | (v->flags & TCPCTX_FLAG_SAMPLED);
+	o.exid[0] = exid >> 8;
+	o.exid[1] = exid & 0xff;
+	__builtin_memcpy(o.trace_id, v->trace_id, 16);
+	__builtin_memcpy(o.span_id, v->span_id, 8);
+	if (bpf_store_hdr_opt(skops, &o, sizeof(o), 0) != 0) {
+		count(TCPCTX_STORE_FAILED);
+		return;
+	}
+	count(TCPCTX_WRITTEN);
+}
+
+/* find copies our option from the segment into o; its sampled flag in
+ * *sampled. 1 found, 0 absent, -1 malformed. */
+static __always_inline int find(struct bpf_sock_ops *skops, struct tcpctx_opt *o, __u8 *sampled)
+{
+	for (__u8 s = 0; s < 2; s++) {
+		__builtin_memset(o, 0, sizeof(*o));
+		__u16 exid = TCPCTX_EXID | s;
+		o->kind = TCPCTX_OPT_KIND;
+		o->len = 4; /* search by a 2-byte ExID */
+		o->exid[0] = exid >> 8;
+		o->exid[1] = exid & 0xff;
+		long n = bpf_load_hdr_opt(skops, o, sizeof(*o), 0);
+		if (n == TCPCTX_OPT_LEN) {
+			*sampled = s;
+			return 1;
+		}
+		if (n != -ENOMSG)
+			return -1; /* wrong length (-ENOSPC when longer) or unparsable */
+	}
+	return 0;
+}
+
+static __always_inline void parse(struct bpf_sock_ops *skops)
+{
+	struct tcpctx_opt o;
+	__u8 sampled = 0;
+	int r = find(skops, &o, &sampled);
+	if (r == 0)
+		return;
+	if (r < 0) {
+		count(TCPCTX_MALFORMED);
+		return;
+	}
+	struct tcpctx_key buf;
+	struct tcpctx_key *k = conn_key(skops, &buf);
+	if (!k)
+		return;
+	count(TCPCTX_PARSED);
+	struct tcpctx_in *old = bpf_map_lookup_elem(&obsd_tcp_in, k);
+	struct tcpctx_in v = {};
+	if (old) {
+		/* Later segments of the same request repeat its context: keep
+		 * the entry (and what its consumer wrote) as it is. */
+		if (old->flags == sampled && __builtin_memcmp(old->span_id, o.span_id, 8) == 0 &&
+		    __builtin_memcmp(old->trace_id, o.trace_id, 16) == 0)
+			return;
+		v.gen = old->gen + 1;
+		v.taken_gen = old->taken_gen;
+	} else {
+		v.gen = 1;
+	}
+	__builtin_memcpy(v.trace_id, o.trace_id, 16);
+	__builtin_memcpy(v.span_id, o.span_id, 8);
+	v.flags = sampled;
+	if (bpf_map_update_elem(&obsd_tcp_in, k, &v, BPF_ANY) != 0)
+		count(TCPCTX_IN_FULL);
+}
+
+/* The last ACK of the handshake (or the first data segment, when that ACK
+ * was lost): parse this connection's segments from now on if its
+ * (netns, port) is a receiver's. */
+static __always_inline void on_passive(struct bpf_sock_ops *skops)
+{
+	struct tcpctx_rx_key rk = {};
+	rk.netns = netns_of(skops);
+	if (rk.netns == 0) {
+		count(TCPCTX_NETNS_FAILED);
+		return;
+	}
+	rk.port = (__u16)skops->local_port;
+	if (!bpf_map_lookup_elem(&obsd_tcp_receivers, &rk)) {
+		rk.port = 0;
+		if (!bpf_map_lookup_elem(&obsd_tcp_receivers, &rk))
+			return;
+	}
+	set_flags(skops, BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG);
+	parse(skops); /* this segment may already carry request bytes */
+}
+
+static __always_inline void on_close(struct bpf_sock_ops *skops)
+{
+	struct tcpctx_key k;
+	if (!key_of(skops, &k))
+		return;
+	bpf_map_delete_elem(&obsd_tcp_out, &k);
+	bpf_map_delete_elem(&obsd_tcp_in, &k);
+}
+
+SEC("sockops")
+int obsd_tcpctx(struct bpf_sock_ops *skops)
+{
+	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		on_connect(skops);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		on_passive(skops);
+		break;
+	case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
+		reserve(skops);
+		break;
+	case BPF_SOCK_OPS_WRITE_HDR_OPT_CB:
+		write_opt(skops);
+		break;
+	case BPF_SOCK_OPS_PARSE_HDR_OPT_CB:
+		parse(skops);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] == BPF_TCP_CLOSE)
+			on_close(skops);
+		break;
+	}
+	return 1;
+}
