@@ -415,7 +415,9 @@ static __always_inline u64 rand64(void)
 static __always_inline void tc_root(struct trace_ctx *tc)
 {
 	tc->trace_lo = rand64();
-	tc->trace_hi = rand64() | 1ULL << 32; /* never all zero */
+	tc->trace_hi = rand64();
+	if (!tc->trace_hi) /* the SDK never makes a zero high half either */
+		tc->trace_hi = 1;
 	if ((tc->trace_lo >> 1) < sample_bound)
 		tc->trace |= TR_SAMPLED;
 }

@@ -418,7 +418,9 @@ func TestSampledTraceIDsRandom(t *testing.T) {
 				"OTEL_BSP_SCHEDULE_DELAY=100",
 				"OTEL_TRACES_SAMPLER=" + tc.sampler,
 				"OTEL_TRACES_SAMPLER_ARG=" + tc.arg,
-			}, "--pid", itoa(srv.PID()))
+				// Head sampling alone: slow or failing requests kept
+				// beside it would fall outside the ratio.
+			}, "--pid", itoa(srv.PID()), "--keep-slow=0", "--keep-errors=false")
 			o.WaitScrape(t, 10*time.Second, "the server to be instrumented", instrumented(1))
 
 			got := send(t, srv.First)
