@@ -64,7 +64,7 @@ func traceCases() []traceCase {
 	}
 }
 
-// header returns the traceparent lines case c sends as request i.
+// values returns the traceparent lines case c sends as request i.
 func (c traceCase) values(i int) []string {
 	switch c.name {
 	case "not sampled", "not sampled, 20 more headers":
