@@ -238,7 +238,10 @@ func callMix(addr string, rounds int) (Tally, error) {
 		t.add(svc+"UnaryCall", err)
 		_, err = c.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("panic")}})
 		t.add(svc+"UnaryCall", err)
-		dctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		// Long enough that a loaded machine still sends the call before
+		// it expires (a call that expires unsent never reaches a server),
+		// far shorter than the server's 2 s sleep.
+		dctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 		_, err = c.UnaryCall(dctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("sleep")}})
 		cancel()
 		t.add(svc+"UnaryCall", err)
