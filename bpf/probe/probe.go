@@ -35,6 +35,14 @@ type Site struct {
 	// probe uses it only where no function entered afterwards can end the
 	// call; VaddrConst is not set for such a site (it has many addresses).
 	Returns bool
+	// Calls, if set, attaches Program at every direct call from Symbol to
+	// the function Calls (found by disassembly, one link for all) instead
+	// of Symbol's entry: a CALL rel32 is emulated like a PUSHQ BP, and the
+	// callee's arguments are in their registers. For "once Symbol has got
+	// this far", where Symbol enters no function of its own (a router's
+	// sync.(*Pool).Put of its request context, after the handler ran).
+	// VaddrConst is not set for such a site.
+	Calls string
 }
 
 // Field names a struct field whose byte offset a probe needs.
@@ -148,8 +156,13 @@ type MetricsMap struct {
 	// live; the probe reports those by address.
 	RodataStartConst, RodataEndConst string
 	// Decode turns one entry, with its value on every CPU, into a Histogram
-	// whose Pattern is still an address.
+	// whose Pattern is still an address (or a route's hash).
 	Decode func(key []byte, perCPU [][]byte) (Histogram, error)
+	// RouteNames, if set, names the hash map of the routes the probe counts
+	// by hash (a Histogram with Router set), keyed by RouteNameKey;
+	// DecodeRouteName reads one of its values.
+	RouteNames      string
+	DecodeRouteName func(val []byte) (name string, truncated bool, err error)
 }
 
 // Histogram is one series counted in the kernel, cumulative since the
@@ -164,6 +177,12 @@ type Histogram struct {
 	PatternAddr uint64
 	PatternLen  int
 	Pattern     string
+	// Router, when set, is the third-party router that named the request
+	// (RouterName): PatternAddr is then its route's hash in the probe's
+	// RouteNames, Pattern the route as the router reported it (raw, see
+	// Request.Router).
+	Router           string
+	PatternTruncated bool
 	// Protocol is the HTTP version as semconv's network.protocol.version
 	// ("1.0", "1.1", "2"), "" when unknown.
 	Protocol string
@@ -257,8 +276,15 @@ type Request struct {
 	// Path is the URL path as received (may be truncated, see Truncated).
 	Path string
 	// Pattern is the ServeMux pattern that routed the request, as written
-	// in the program ("GET /items/{id}"), or "" when none did.
+	// in the program ("GET /items/{id}"), or "" when none did. When Router
+	// is set, it is that router's route instead, raw: gin's FullPath(),
+	// echo's Path(), gorilla/mux's path template, or chi's route patterns
+	// joined but not yet cleaned as RoutePattern() cleans them; "" when
+	// the router matched no route.
 	Pattern string
+	// Router is the third-party router (RouterName) that served the
+	// request, "" for none.
+	Router string
 	// Status is the response status code; 0 never leaves the decoder.
 	Status int
 	// Truncated is set when Path or Pattern were longer than the record;

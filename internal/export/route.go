@@ -32,6 +32,8 @@ const (
 	SourcePattern  = "pattern"  // the ServeMux pattern the request carried
 	SourceFallback = "fallback" // learned from paths no router named
 	SourceOverflow = "overflow" // the process has MaxRoutes routes already
+	// A third-party router's route has the router's name as its source
+	// (probe.RouterName: "chi", "gin", "echo", "gorilla/mux").
 )
 
 // Route is the http_route of one request and where it came from. Metrics
@@ -80,6 +82,9 @@ func (rt *Routes) proc(svc Service) *procRoutes {
 // Route returns r's route: the path part of its ServeMux pattern when it
 // has one, else the learned fallback of its path (see learner).
 func (rt *Routes) Route(svc Service, r probe.Request) Route {
+	if r.Router != "" {
+		return rt.Router(svc, r.Router, r.Pattern, r.PatternTruncated)
+	}
 	if r.Pattern != "" {
 		return rt.pattern(svc, r.Pattern, r.PatternTruncated)
 	}
@@ -125,6 +130,53 @@ func (rt *Routes) pattern(svc Service, pattern string, cut bool) Route {
 		p.patterns[pattern] = v
 	}
 	return Route{Value: v, Source: SourcePattern}
+}
+
+// Router returns the route a third-party router reported for a request,
+// raw as the probe recorded it (probe.Request.Pattern), finished as the
+// router finishes it for its own middleware: chi's RoutePattern() cleaning
+// (chiRoutePattern), the others as they are. Empty raw means the router
+// matched no route (its 404 or 405): the route is then "", which is what
+// the router's middleware sees, and http_route is left out of spans. Like
+// every route, it is bounded by the process's MaxRoutes.
+func (rt *Routes) Router(svc Service, router, raw string, cut bool) Route {
+	if raw == "" {
+		return Route{Source: router}
+	}
+	p := rt.proc(svc)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	key := router + "\x00" + raw
+	if v, ok := p.patterns[key]; ok && !cut {
+		return Route{Value: v, Source: router}
+	}
+	v := raw
+	if router == "chi" {
+		v = chiRoutePattern(v)
+	}
+	v = Clean(v, MaxValueLen, cut)
+	if v, ok := p.set.Admit(v); !ok {
+		return Route{Value: v, Source: SourceOverflow}
+	}
+	if !cut {
+		p.patterns[key] = v
+	}
+	return Route{Value: v, Source: router}
+}
+
+// chiRoutePattern finishes chi's joined route patterns as chi v5's
+// (*Context).RoutePattern() does (context.go, v5.2.3 through v5.5.0):
+// "/*/" left by mounts becomes "/", and a trailing "/" or "//" goes,
+// except for the root.
+func chiRoutePattern(p string) string {
+	for strings.Contains(p, "/*/") {
+		p = strings.ReplaceAll(p, "/*/", "/")
+	}
+	if p != "/" {
+		p = strings.TrimSuffix(p, "//")
+		p = strings.TrimSuffix(p, "/")
+	}
+	return p
 }
 
 // Forget drops an exited process's routes.

@@ -71,3 +71,54 @@ func TestFindRetsErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestCallSites checks CallSites against `go tool objdump` on every link
+// mode: net/http's (*conn).serve calls (*response).finishRequest directly;
+// each site is a CALL rel32 (0xE8) in the file.
+func TestCallSites(t *testing.T) {
+	const serve, callee = "net/http.(*conn).serve", finishRequest
+	callLine := regexp.MustCompile(`(?m)^\s+\S+:\d+\s+0x([0-9a-f]+)\s+e8[0-9a-f]{8}\s+CALL net/http\.\(\*response\)\.finishRequest\(SB\)`)
+	for _, v := range variants {
+		t.Run(v.name, func(t *testing.T) {
+			b := openBin(t, v.name)
+			sites, err := b.CallSites(serve, callee)
+			if err != nil {
+				t.Fatal(err)
+			}
+			exe, err := os.ReadFile(binPath(t, v.name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range sites {
+				if exe[s] != 0xe8 {
+					t.Errorf("byte at %#x is %#x, want 0xe8 (CALL rel32)", s, exe[s])
+				}
+			}
+			if _, err := b.CallSites(serve, serve); ReasonOf(err) != ReasonPrologue {
+				t.Errorf("CallSites of a function serve does not call: %v, want a %s error", err, ReasonPrologue)
+			}
+			if v.strip {
+				return // objdump needs the symbol table; the bytes above still checked
+			}
+			out, err := exec.Command("go", "tool", "objdump", "-s", `^net/http\.\(\*conn\)\.serve$`, binPath(t, v.name)).CombinedOutput()
+			if err != nil {
+				t.Fatalf("go tool objdump: %v\n%s", err, out)
+			}
+			var want []uint64
+			for _, m := range callLine.FindAllStringSubmatch(string(out), -1) {
+				addr, _ := strconv.ParseUint(m[1], 16, 64)
+				off, err := b.FileOffset(addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want = append(want, off)
+			}
+			if len(want) == 0 {
+				t.Fatalf("objdump shows no call of %s in %s", callee, serve)
+			}
+			if !reflect.DeepEqual(sites, want) {
+				t.Errorf("CallSites = %#x, objdump says %#x", sites, want)
+			}
+		})
+	}
+}

@@ -556,8 +556,17 @@ func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *load
 	var offs [][]uint64
 	oneOf := map[string]bool{} // group -> one of its sites is present
 	for i, s := range lp.Sites {
-		if s.Returns {
-			rets, err := info.ReturnSites(s.Symbol)
+		if s.Returns || s.Calls != "" {
+			var rets []uint64
+			var err error
+			if s.Returns {
+				rets, err = info.ReturnSites(s.Symbol)
+			} else {
+				rets, err = info.CallSites(s.Symbol, s.Calls)
+			}
+			if err != nil && i == 0 && inspect.ReasonOf(err) == inspect.ReasonSymbol {
+				return nil, nil, &notLinkedError{err}
+			}
 			if err != nil && s.Optional && inspect.ReasonOf(err) == inspect.ReasonSymbol {
 				offs = append(offs, nil)
 				continue

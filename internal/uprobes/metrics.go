@@ -120,7 +120,7 @@ func (m *Manager) readMetrics(lp *loadedProbe, keep func(pid uint32) bool) ([]pr
 			errs = append(errs, err)
 			continue
 		}
-		if err := m.resolve(&h); err != nil {
+		if err := m.resolve(lp, &h); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -134,8 +134,12 @@ func (m *Manager) readMetrics(lp *loadedProbe, keep func(pid uint32) bool) ([]pr
 }
 
 // resolve reads h's pattern from its process's executable, once per
-// binary, address and length. Called with m.mu held.
-func (m *Manager) resolve(h *probe.Histogram) error {
+// binary, address and length; or a router's route from the probe's map of
+// route names. Called with m.mu held.
+func (m *Manager) resolve(lp *loadedProbe, h *probe.Histogram) error {
+	if h.Router != "" {
+		return resolveRoute(lp, h)
+	}
 	if h.PatternLen == 0 {
 		return nil
 	}
@@ -153,5 +157,28 @@ func (m *Manager) resolve(h *probe.Histogram) error {
 		proc.bin.patterns[k] = s
 	}
 	h.Pattern = s
+	return nil
+}
+
+// resolveRoute names h, a series of a router's route counted by hash, from
+// the probe's map of route names, where the probe put the name before the
+// route's first series.
+func resolveRoute(lp *loadedProbe, h *probe.Histogram) error {
+	mp := lp.maps[lp.Metrics.RouteNames]
+	if mp == nil || lp.Metrics.DecodeRouteName == nil {
+		return fmt.Errorf("probe %s: a %s route counted by hash, and no map of route names", lp.Name, h.Router)
+	}
+	key := make([]byte, 16) // struct route_name_key: tgid, padding, hash
+	binary.NativeEndian.PutUint32(key, h.PID)
+	binary.NativeEndian.PutUint64(key[8:], h.PatternAddr)
+	var val []byte
+	if err := mp.Lookup(key, &val); err != nil {
+		return fmt.Errorf("name of %s route %#x of pid %d: %w", h.Router, h.PatternAddr, h.PID, err)
+	}
+	name, cut, err := lp.Metrics.DecodeRouteName(val)
+	if err != nil {
+		return fmt.Errorf("name of %s route of pid %d: %w", h.Router, h.PID, err)
+	}
+	h.Pattern, h.PatternTruncated = name, cut
 	return nil
 }

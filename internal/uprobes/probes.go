@@ -1,6 +1,10 @@
 package uprobes
 
 import (
+	"github.com/obsd-dev/obsd/bpf/github.com/gin-gonic/gin"
+	chi "github.com/obsd-dev/obsd/bpf/github.com/go-chi/chi/v5"
+	"github.com/obsd-dev/obsd/bpf/github.com/gorilla/mux"
+	echo "github.com/obsd-dev/obsd/bpf/github.com/labstack/echo/v4"
 	grpcclient "github.com/obsd-dev/obsd/bpf/google.golang.org/grpc/client"
 	grpcserver "github.com/obsd-dev/obsd/bpf/google.golang.org/grpc/server"
 	"github.com/obsd-dev/obsd/bpf/net/http/client"
@@ -15,5 +19,10 @@ func Probes() []*probe.Probe {
 		grpcserver.New(),
 		grpcclient.New(),
 		client.New(),
+		// Routers: each hands its routes to the server probe.
+		chi.New(),
+		gin.New(),
+		echo.New(),
+		mux.New(),
 	}
 }

@@ -24,16 +24,24 @@ func (m *Manager) Run(ctx context.Context, beat func()) error {
 	errs := make([]error, len(m.probes))
 	readers := make([]*ringbuf.Reader, len(m.probes))
 	for i, lp := range m.probes {
+		if lp.Decode == nil {
+			continue // a probe that only feeds others' maps (a router's)
+		}
 		rd, err := ringbuf.NewReader(lp.maps["events"])
 		if err != nil {
 			for _, r := range readers[:i] {
-				r.Close()
+				if r != nil {
+					r.Close()
+				}
 			}
 			return fmt.Errorf("opening ring buffer of probe %s: %w", lp.Name, err)
 		}
 		readers[i] = rd
 	}
 	for i, lp := range m.probes {
+		if readers[i] == nil {
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -51,7 +59,9 @@ func (m *Manager) Run(ctx context.Context, beat func()) error {
 		}
 	}
 	for _, rd := range readers {
-		rd.Close()
+		if rd != nil {
+			rd.Close()
+		}
 	}
 	wg.Wait()
 	return errors.Join(errs...)

@@ -256,7 +256,13 @@ func (h *HTTPServer) collectDurations(ch chan<- prometheus.Metric) {
 		h.mu.Lock()
 		h.addGauge(k.Service, method)
 		h.mu.Unlock()
-		labels := labelValues(k.Service, method, k.Status, h.routes.Pattern(k.Service, k.Pattern).Value, k.Protocol)
+		var route export.Route
+		if k.Router != "" {
+			route = h.routes.Router(k.Service, k.Router, k.Pattern, k.PatternTruncated)
+		} else {
+			route = h.routes.Pattern(k.Service, k.Pattern)
+		}
+		labels := labelValues(k.Service, method, k.Status, route.Value, k.Protocol)
 		key := seriesKey(labels)
 		c := merged[key]
 		if c == nil {

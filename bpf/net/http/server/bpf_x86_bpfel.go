@@ -46,7 +46,8 @@ type bpfHttpServerEvent struct {
 	PathLen       uint16
 	PatternLen    uint16
 	Proto         uint8
-	Pad           [3]uint8
+	RouteKind     uint8
+	Pad           [2]uint8
 	TraceIdLow    uint64
 	TraceIdHigh   uint64
 	SpanId        uint64
@@ -71,7 +72,8 @@ type bpfHttpServerMetricKey struct {
 	Method     uint8
 	Proto      uint8
 	PatternLen uint32
-	Pad2       uint32
+	RouteKind  uint8
+	Pad2       [3]uint8
 	Pattern    uint64
 }
 
@@ -124,6 +126,37 @@ const (
 	bpfObsdCounterCNT_MAX                 bpfObsdCounter = 11
 )
 
+type bpfRoute struct {
+	_     structs.HostLayout
+	AtNs  uint64
+	Hash  uint64
+	Len   uint16
+	Kind  uint8
+	Flags uint8
+	Pad   uint32
+	Name  [128]int8
+}
+
+type bpfRouteBuild struct {
+	_     structs.HostLayout
+	R     bpfRoute
+	Spill [128]int8
+}
+
+type bpfRouteKey struct {
+	_    structs.HostLayout
+	G    uint64
+	Tgid uint32
+	Pad  uint32
+}
+
+type bpfRouteNameKey struct {
+	_    structs.HostLayout
+	Tgid uint32
+	Pad  uint32
+	Hash uint64
+}
+
 type bpfScratch struct {
 	_    structs.HostLayout
 	H    bpfHttpServerEvent
@@ -175,10 +208,13 @@ const (
 	bpfMapHttpServerBudget          = "http_server_budget"
 	bpfMapHttpServerInflight        = "http_server_inflight"
 	bpfMapHttpServerMetrics         = "http_server_metrics"
+	bpfMapHttpServerRouteNames      = "http_server_route_names"
 	bpfMapHttpServerScratch         = "http_server_scratch"
 	bpfMapObsdCounters              = "obsd_counters"
 	bpfMapObsdSharedCtxSpans        = "obsd_shared_ctx_spans"
+	bpfMapObsdSharedHttpRoutes      = "obsd_shared_http_routes"
 	bpfMapObsdTcScratch             = "obsd_tc_scratch"
+	bpfMapRouteScratch              = "route_scratch"
 	bpfProgHttpServerClose          = "http_server_close"
 	bpfProgHttpServerEnd            = "http_server_end"
 	bpfProgHttpServerExpect         = "http_server_expect"
@@ -244,6 +280,8 @@ const (
 	bpfVarUnusedHttpServerMetric    = "unused_http_server_metric"
 	bpfVarUnusedHttpServerMetricKey = "unused_http_server_metric_key"
 	bpfVarUnusedInflight            = "unused_inflight"
+	bpfVarUnusedRoute               = "unused_route"
+	bpfVarUnusedRouteNameKey        = "unused_route_name_key"
 	bpfVarWithSpans                 = "with_spans"
 	bpfVarXh2EndSiteVaddr           = "xh2_end_site_vaddr"
 	bpfVarXh2PanicSiteVaddr         = "xh2_panic_site_vaddr"
@@ -307,14 +345,17 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
-	Events             *ebpf.MapSpec `ebpf:"events"`
-	HttpServerBudget   *ebpf.MapSpec `ebpf:"http_server_budget"`
-	HttpServerInflight *ebpf.MapSpec `ebpf:"http_server_inflight"`
-	HttpServerMetrics  *ebpf.MapSpec `ebpf:"http_server_metrics"`
-	HttpServerScratch  *ebpf.MapSpec `ebpf:"http_server_scratch"`
-	ObsdCounters       *ebpf.MapSpec `ebpf:"obsd_counters"`
-	ObsdSharedCtxSpans *ebpf.MapSpec `ebpf:"obsd_shared_ctx_spans"`
-	ObsdTcScratch      *ebpf.MapSpec `ebpf:"obsd_tc_scratch"`
+	Events               *ebpf.MapSpec `ebpf:"events"`
+	HttpServerBudget     *ebpf.MapSpec `ebpf:"http_server_budget"`
+	HttpServerInflight   *ebpf.MapSpec `ebpf:"http_server_inflight"`
+	HttpServerMetrics    *ebpf.MapSpec `ebpf:"http_server_metrics"`
+	HttpServerRouteNames *ebpf.MapSpec `ebpf:"http_server_route_names"`
+	HttpServerScratch    *ebpf.MapSpec `ebpf:"http_server_scratch"`
+	ObsdCounters         *ebpf.MapSpec `ebpf:"obsd_counters"`
+	ObsdSharedCtxSpans   *ebpf.MapSpec `ebpf:"obsd_shared_ctx_spans"`
+	ObsdSharedHttpRoutes *ebpf.MapSpec `ebpf:"obsd_shared_http_routes"`
+	ObsdTcScratch        *ebpf.MapSpec `ebpf:"obsd_tc_scratch"`
+	RouteScratch         *ebpf.MapSpec `ebpf:"route_scratch"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -376,6 +417,8 @@ type bpfVariableSpecs struct {
 	UnusedHttpServerMetric    *ebpf.VariableSpec `ebpf:"unused_http_server_metric"`
 	UnusedHttpServerMetricKey *ebpf.VariableSpec `ebpf:"unused_http_server_metric_key"`
 	UnusedInflight            *ebpf.VariableSpec `ebpf:"unused_inflight"`
+	UnusedRoute               *ebpf.VariableSpec `ebpf:"unused_route"`
+	UnusedRouteNameKey        *ebpf.VariableSpec `ebpf:"unused_route_name_key"`
 	WithSpans                 *ebpf.VariableSpec `ebpf:"with_spans"`
 	Xh2EndSiteVaddr           *ebpf.VariableSpec `ebpf:"xh2_end_site_vaddr"`
 	Xh2PanicSiteVaddr         *ebpf.VariableSpec `ebpf:"xh2_panic_site_vaddr"`
@@ -401,14 +444,17 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
-	Events             *ebpf.Map `ebpf:"events"`
-	HttpServerBudget   *ebpf.Map `ebpf:"http_server_budget"`
-	HttpServerInflight *ebpf.Map `ebpf:"http_server_inflight"`
-	HttpServerMetrics  *ebpf.Map `ebpf:"http_server_metrics"`
-	HttpServerScratch  *ebpf.Map `ebpf:"http_server_scratch"`
-	ObsdCounters       *ebpf.Map `ebpf:"obsd_counters"`
-	ObsdSharedCtxSpans *ebpf.Map `ebpf:"obsd_shared_ctx_spans"`
-	ObsdTcScratch      *ebpf.Map `ebpf:"obsd_tc_scratch"`
+	Events               *ebpf.Map `ebpf:"events"`
+	HttpServerBudget     *ebpf.Map `ebpf:"http_server_budget"`
+	HttpServerInflight   *ebpf.Map `ebpf:"http_server_inflight"`
+	HttpServerMetrics    *ebpf.Map `ebpf:"http_server_metrics"`
+	HttpServerRouteNames *ebpf.Map `ebpf:"http_server_route_names"`
+	HttpServerScratch    *ebpf.Map `ebpf:"http_server_scratch"`
+	ObsdCounters         *ebpf.Map `ebpf:"obsd_counters"`
+	ObsdSharedCtxSpans   *ebpf.Map `ebpf:"obsd_shared_ctx_spans"`
+	ObsdSharedHttpRoutes *ebpf.Map `ebpf:"obsd_shared_http_routes"`
+	ObsdTcScratch        *ebpf.Map `ebpf:"obsd_tc_scratch"`
+	RouteScratch         *ebpf.Map `ebpf:"route_scratch"`
 }
 
 func (m *bpfMaps) Close() error {
@@ -417,10 +463,13 @@ func (m *bpfMaps) Close() error {
 		m.HttpServerBudget,
 		m.HttpServerInflight,
 		m.HttpServerMetrics,
+		m.HttpServerRouteNames,
 		m.HttpServerScratch,
 		m.ObsdCounters,
 		m.ObsdSharedCtxSpans,
+		m.ObsdSharedHttpRoutes,
 		m.ObsdTcScratch,
+		m.RouteScratch,
 	)
 }
 
@@ -483,6 +532,8 @@ type bpfVariables struct {
 	UnusedHttpServerMetric    *ebpf.Variable `ebpf:"unused_http_server_metric"`
 	UnusedHttpServerMetricKey *ebpf.Variable `ebpf:"unused_http_server_metric_key"`
 	UnusedInflight            *ebpf.Variable `ebpf:"unused_inflight"`
+	UnusedRoute               *ebpf.Variable `ebpf:"unused_route"`
+	UnusedRouteNameKey        *ebpf.Variable `ebpf:"unused_route_name_key"`
 	WithSpans                 *ebpf.Variable `ebpf:"with_spans"`
 	Xh2EndSiteVaddr           *ebpf.Variable `ebpf:"xh2_end_site_vaddr"`
 	Xh2PanicSiteVaddr         *ebpf.Variable `ebpf:"xh2_panic_site_vaddr"`

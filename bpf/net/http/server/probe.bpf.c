@@ -36,6 +36,7 @@
  */
 #include "obsd.h"
 #include "tracectx.h"
+#include "route.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
 
@@ -151,7 +152,8 @@ struct http_server_event {
 	u16 path_len;
 	u16 pattern_len;
 	u8 proto; /* proto_byte */
-	u8 _pad[3];
+	u8 route_kind; /* enum route_kind: the pattern is that router's route (route.h) */
+	u8 _pad[2];
 	u64 trace_id_low; /* when FLAG_SAMPLED: bytes 8..15 of the trace ID, big-endian value */
 	u64 trace_id_high; /* bytes 0..7 */
 	u64 span_id;
@@ -248,9 +250,27 @@ struct http_server_metric_key {
 	u8 method; /* enum method_id */
 	u8 proto;  /* proto_byte */
 	u32 pattern_len;
-	u32 _pad2;
-	u64 pattern; /* link-time address of the pattern's bytes */
+	u8 route_kind; /* enum route_kind: pattern is then the route's hash (route.h) */
+	u8 _pad2[3];
+	u64 pattern; /* link-time address of the pattern's bytes, or a route's hash */
 };
+
+/* The names of the routes counted in the kernel, by process and hash:
+ * written with a route's first series, read by user space at scrape time,
+ * deleted with the process. */
+struct route_name_key {
+	u32 tgid;
+	u32 _pad;
+	u64 hash;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct route_name_key);
+	__type(value, struct route);
+} http_server_route_names SEC(".maps");
 
 /* Upper bounds of the duration buckets in ns, set by the loader from the
  * exported histogram's (the semconv buckets of http.server.request.duration),
@@ -282,6 +302,8 @@ const struct http_server_metric_key *unused_http_server_metric_key __attribute__
 const struct http_server_metric *unused_http_server_metric __attribute__((unused));
 const struct inflight *unused_inflight __attribute__((unused));
 const struct budget *unused_budget __attribute__((unused));
+const struct route *unused_route __attribute__((unused));
+const struct route_name_key *unused_route_name_key __attribute__((unused));
 
 /* budget_of returns tgid's budget entry, creating it; NULL when the budget
  * map itself is full. */
@@ -356,7 +378,7 @@ static __always_inline u8 method_id(const char *m, u32 n)
 
 /* count_request adds one request to the in-kernel metrics; 0 when it
  * could not (map full or the process's budget spent). */
-static __always_inline int count_request(struct http_server_metric_key *k, u64 d)
+static __always_inline int count_request(struct http_server_metric_key *k, u64 d, struct route *rt)
 {
 	struct http_server_metric *v = bpf_map_lookup_elem(&http_server_metrics, k);
 	if (!v) {
@@ -364,6 +386,17 @@ static __always_inline int count_request(struct http_server_metric_key *k, u64 d
 		if (!b || !take(&b->series, budget_series)) {
 			count(CNT_METRICS_BUDGET);
 			return 0;
+		}
+		if (rt) {
+			/* A route's name, before its first series: user space
+			 * must be able to name every series it reads. */
+			struct route_name_key nk = {.tgid = k->tgid, .hash = k->pattern};
+			long err = bpf_map_update_elem(&http_server_route_names, &nk, rt, BPF_NOEXIST);
+			if (err != 0 && err != -17 /* EEXIST */) {
+				__sync_fetch_and_add(&b->series, -1);
+				count(CNT_METRICS_FULL);
+				return 0;
+			}
 		}
 		struct http_server_metric fresh = {};
 		/* EEXIST: another CPU added the key meanwhile; the lookup finds it
@@ -515,7 +548,24 @@ static __always_inline void report(struct pt_regs *ctx, u64 site_vaddr, u32 tgid
 	struct go_string pat = {};
 	u64 patp = 1;
 	long err = 0;
-	if (off_request_pattern != OFF_NONE) {
+	/* A third-party router's route (route.h) names the request instead of
+	 * any ServeMux pattern; without spans it is counted here, by hash. */
+	struct route *rt = route_of(ctx, tgid, start);
+	if (rt) {
+		if (!(flags & FLAG_SAMPLED)) {
+			struct http_server_metric_key mk;
+			__builtin_memset(&mk, 0, sizeof(mk));
+			mk.tgid = tgid;
+			mk.status = (u16)status;
+			mk.method = in->method_id;
+			mk.proto = in->proto;
+			mk.route_kind = rt->kind;
+			mk.pattern = rt->hash;
+			mk.pattern_len = rt->len;
+			if (count_request(&mk, end - start, rt))
+				return;
+		}
+	} else if (off_request_pattern != OFF_NONE) {
 		if (off_request_pat != OFF_NONE && off_request_pat >= off_request_pattern + 16 &&
 		    off_request_pat - off_request_pattern <= 56) {
 			u64 buf[8] = {};
@@ -558,7 +608,7 @@ static __always_inline void report(struct pt_regs *ctx, u64 site_vaddr, u32 tgid
 			mk.proto = in->proto;
 			mk.pattern = va;
 			mk.pattern_len = pat.len;
-			if (count_request(&mk, end - start))
+			if (count_request(&mk, end - start, NULL))
 				return;
 		}
 	}
@@ -577,7 +627,8 @@ static __always_inline void report(struct pt_regs *ctx, u64 site_vaddr, u32 tgid
 	e->path_len = 0;
 	e->pattern_len = 0;
 	e->proto = in->proto;
-	e->_pad[0] = e->_pad[1] = e->_pad[2] = 0;
+	e->route_kind = 0;
+	e->_pad[0] = e->_pad[1] = 0;
 	e->trace_id_low = 0;
 	e->trace_id_high = 0;
 	e->span_id = 0;
@@ -611,6 +662,19 @@ static __always_inline void report(struct pt_regs *ctx, u64 site_vaddr, u32 tgid
 		}
 		if (pat.len > n)
 			flags |= FLAG_PATTERN_TRUNCATED;
+		e->pattern_len = n;
+		used = n;
+	} else if (rt) {
+		n = rt->len;
+		if (n > ROUTE_MAX) /* bounds for the verifier; route_of checked */
+			n = ROUTE_MAX;
+		if (n > 0 && bpf_probe_read_kernel(sc->data, n, rt->name) != 0) {
+			count(CNT_READ_FAILED);
+			return;
+		}
+		if (rt->flags & ROUTE_TRUNCATED)
+			flags |= FLAG_PATTERN_TRUNCATED;
+		e->route_kind = rt->kind;
 		e->pattern_len = n;
 		used = n;
 	}

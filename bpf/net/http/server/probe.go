@@ -158,9 +158,12 @@ func New() *probe.Probe {
 			{Index: uint32(bpfObsdCounterCNT_CTX_MAP_FULL), Reason: "trace_parent_map_full"},
 		},
 		ProcessMaps: map[string]int{
-			"http_server_inflight": int(unsafe.Offsetof(bpfInflightKey{}.Tgid)),
-			"http_server_budget":   0,
-			probe.CtxSpansMap:      probe.CtxSpansTGIDOffset,
+			"http_server_inflight":    int(unsafe.Offsetof(bpfInflightKey{}.Tgid)),
+			"http_server_budget":      0,
+			probe.CtxSpansMap:         probe.CtxSpansTGIDOffset,
+			"http_server_route_names": int(unsafe.Offsetof(bpfRouteNameKey{}.Tgid)),
+			// Shared with the router probes, which write it (route.h).
+			"obsd_shared_http_routes": 8,
 		},
 		Active: probe.ActiveSlots{
 			Map:             "http_server_inflight",
@@ -175,6 +178,8 @@ func New() *probe.Probe {
 			RodataStartConst: "rodata_start",
 			RodataEndConst:   "rodata_end",
 			Decode:           DecodeMetric,
+			RouteNames:       "http_server_route_names",
+			DecodeRouteName:  DecodeRouteName,
 		},
 		Spec:   loadBpf,
 		Decode: Decode,
@@ -197,6 +202,9 @@ func DecodeMetric(key []byte, perCPU [][]byte) (probe.Histogram, error) {
 	if status == 0 {
 		return probe.Histogram{}, fmt.Errorf("decoding http server metric: status 0")
 	}
+	if kind := key[unsafe.Offsetof(k.RouteKind)]; kind != 0 && probe.RouterName(kind) == "" {
+		return probe.Histogram{}, fmt.Errorf("decoding http server metric: router number %d", kind)
+	}
 	h := probe.Histogram{
 		Kind:        probe.KindHTTPServer,
 		PID:         ne.Uint32(key[unsafe.Offsetof(k.Tgid):]),
@@ -204,6 +212,7 @@ func DecodeMetric(key []byte, perCPU [][]byte) (probe.Histogram, error) {
 		Status:      status,
 		PatternAddr: ne.Uint64(key[unsafe.Offsetof(k.Pattern):]),
 		PatternLen:  int(ne.Uint32(key[unsafe.Offsetof(k.PatternLen):])),
+		Router:      probe.RouterName(key[unsafe.Offsetof(k.RouteKind)]),
 		Protocol:    protocolVersion(key[unsafe.Offsetof(k.Proto)]),
 		Buckets:     make([]uint64, len(v.Buckets)),
 	}
@@ -257,6 +266,7 @@ func DecodeRequest(raw []byte) (probe.Request, error) {
 		EndNS:      ne.Uint64(raw[unsafe.Offsetof(e.EndNs):]),
 		Method:     internMethod(raw[method : method+uintptr(methodLen)]),
 		Pattern:    string(data[:patternLen]),
+		Router:     probe.RouterName(raw[unsafe.Offsetof(e.RouteKind)]),
 		Path:       string(data[patternLen : patternLen+pathLen]),
 		Status:     status,
 		Truncated:  flags&(flagPathTruncated|flagPatternTruncated) != 0,
@@ -322,3 +332,21 @@ func internMethod(b []byte) string {
 	}
 	return string(b)
 }
+
+// DecodeRouteName reads one value of http_server_route_names: a router's
+// route as the probe recorded it (struct route in bpf/include/route.h).
+func DecodeRouteName(val []byte) (string, bool, error) {
+	var r bpfRoute
+	if len(val) != int(unsafe.Sizeof(r)) {
+		return "", false, fmt.Errorf("decoding route name: %d bytes, want %d", len(val), unsafe.Sizeof(r))
+	}
+	n := int(binary.NativeEndian.Uint16(val[unsafe.Offsetof(r.Len):]))
+	if n > len(r.Name) {
+		return "", false, fmt.Errorf("decoding route name: length %d of at most %d", n, len(r.Name))
+	}
+	name := val[unsafe.Offsetof(r.Name):]
+	return string(name[:n]), val[unsafe.Offsetof(r.Flags)]&routeTruncated != 0, nil
+}
+
+// routeTruncated is ROUTE_TRUNCATED of bpf/include/route.h.
+const routeTruncated = 1

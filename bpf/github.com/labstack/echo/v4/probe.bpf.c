@@ -1,0 +1,32 @@
+//go:build ignore
+
+/* echo's route (Context.Path()) for the request it served: at the CALL
+ * of sync.(*Pool).Put in (*Echo).ServeHTTP, after the router and
+ * the handlers ran, before the Context goes back to the pool (where another
+ * request may take it). Put(x any) has the *context in x's data word. */
+#include "obsd.h"
+#include "route.h"
+
+char __license[] SEC("license") = "Dual MIT/GPL";
+
+volatile const u64 off_context_path = OFF_NONE;
+
+SEC("uprobe.multi")
+int echo_route(struct pt_regs *ctx)
+{
+	u64 c = GO_ARG3(ctx);
+	struct go_string s;
+	if (!c || bpf_probe_read_user(&s, sizeof(s), (void *)(c + off_context_path)) != 0) {
+		count(CNT_READ_FAILED);
+		return 0;
+	}
+	struct route_build *b = route_begin(ROUTE_ECHO);
+	if (!b)
+		return 0;
+	if (!route_append(b, s)) {
+		count(CNT_READ_FAILED);
+		return 0;
+	}
+	route_commit(ctx, b);
+	return 0;
+}

@@ -1,0 +1,142 @@
+/* Routes as a third-party router reports them to its own middleware
+ * (chi's RoutePattern(), gin's FullPath(), echo's Path(), gorilla/mux's
+ * GetPathTemplate()). A router's probe fires once per request the router
+ * served, on the request's goroutine, after the router matched (at its
+ * sync.(*Pool).Put of the request context, or gorilla's requestWithRoute),
+ * and leaves the route here under the goroutine; the HTTP server probe's
+ * end, on the same goroutine, takes it for the request. */
+#ifndef OBSD_ROUTE_H
+#define OBSD_ROUTE_H
+
+#include "obsd.h"
+
+/* Bytes of a route kept; longer ones are cut and flagged. */
+#define ROUTE_MAX 128
+
+/* Which router reported the route: user space finishes the raw bytes as
+ * that router does (chi joins its per-router patterns and then cleans
+ * wildcards) and names the source. */
+enum route_kind {
+	ROUTE_NONE = 0,
+	ROUTE_CHI = 1,
+	ROUTE_GIN = 2,
+	ROUTE_ECHO = 3,
+	ROUTE_GORILLA = 4,
+};
+
+#define ROUTE_TRUNCATED 1
+
+struct route_key {
+	u64 g;
+	u32 tgid;
+	u32 _pad;
+};
+
+struct route {
+	u64 at_ns; /* when the router reported it: before the request's start, it is an earlier request's */
+	u64 hash;  /* of kind, len and name (zero past len): the in-kernel series key */
+	u16 len;   /* bytes of name used; 0: the router matched no route */
+	u8 kind;   /* enum route_kind */
+	u8 flags;  /* ROUTE_TRUNCATED */
+	u32 _pad;
+	char name[ROUTE_MAX];
+};
+
+/* One entry per goroutine that served a routed request. Never deleted by
+ * the end (a goroutine's next routed request overwrites it in place, and
+ * at_ns tells an earlier request's apart): an LRU, so goroutines that are
+ * gone (or that ran a router outside any server request) age out. A live
+ * entry is evicted only after 16384 newer routed requests while its own
+ * is in flight; that request then gets the fallback route. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct route_key);
+	__type(value, struct route);
+} obsd_shared_http_routes SEC(".maps");
+
+/* Where a route is assembled: parts are copied at any offset below
+ * ROUTE_MAX with up to ROUTE_MAX bytes each, which spill stays within. */
+struct route_build {
+	struct route r;
+	char spill[ROUTE_MAX];
+};
+
+/* Per CPU, not on the stack: the verifier refuses a copy to the stack at a
+ * variable offset. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct route_build);
+} route_scratch SEC(".maps");
+
+/* route_begin returns this CPU's empty route of kind; NULL cannot happen. */
+static __always_inline struct route_build *route_begin(u8 kind)
+{
+	u32 zero = 0;
+	struct route_build *b = bpf_map_lookup_elem(&route_scratch, &zero);
+	if (!b)
+		return NULL;
+	__builtin_memset(b, 0, sizeof(*b));
+	b->r.kind = kind;
+	return b;
+}
+
+/* route_append copies the Go string s after what b holds; 0 when the
+ * target's memory could not be read. */
+static __always_inline int route_append(struct route_build *b, struct go_string s)
+{
+	u32 off = b->r.len;
+	if (s.len == 0)
+		return 1;
+	if (off >= ROUTE_MAX || s.len > ROUTE_MAX - off) {
+		b->r.flags |= ROUTE_TRUNCATED;
+		if (off >= ROUTE_MAX)
+			return 1;
+	}
+	u32 n = s.len < ROUTE_MAX - off ? (u32)s.len : ROUTE_MAX - off;
+	/* Bounds for the verifier: off < ROUTE_MAX, n <= ROUTE_MAX. The empty
+	 * asm keeps clang from dropping a mask it proves redundant (the
+	 * verifier tracked the check on a copy). */
+	asm volatile("" : "+r"(off));
+	off &= ROUTE_MAX - 1;
+	if (n > ROUTE_MAX)
+		n = ROUTE_MAX;
+	if (bpf_probe_read_user(&b->r.name[off], n, (void *)s.ptr) != 0)
+		return 0;
+	b->r.len = off + n;
+	return 1;
+}
+
+/* route_commit hashes b's route and leaves it for the current goroutine's
+ * request. */
+static __always_inline void route_commit(struct pt_regs *ctx, struct route_build *b)
+{
+	/* name is zero past len (route_begin): every word is hashed, with
+	 * no branch per word. */
+	u64 h = 0xcbf29ce484222325ULL ^ ((u64)b->r.kind << 56 | (u64)b->r.flags << 48 | b->r.len);
+	u64 *w = (u64 *)b->r.name;
+#pragma unroll
+	for (int i = 0; i < ROUTE_MAX / 8; i++) {
+		h = (h ^ w[i]) * 0x100000001b3ULL;
+		h ^= h >> 29;
+	}
+	b->r.hash = h;
+	b->r.at_ns = bpf_ktime_get_ns();
+	struct route_key k = {.g = GO_G(ctx), .tgid = bpf_get_current_pid_tgid() >> 32};
+	bpf_map_update_elem(&obsd_shared_http_routes, &k, &b->r, BPF_ANY);
+}
+
+/* route_of returns the route a router left for the current goroutine's
+ * request that started at start, or NULL. */
+static __always_inline struct route *route_of(struct pt_regs *ctx, u32 tgid, u64 start)
+{
+	struct route_key k = {.g = GO_G(ctx), .tgid = tgid};
+	struct route *r = bpf_map_lookup_elem(&obsd_shared_http_routes, &k);
+	if (!r || r->at_ns < start || r->len > ROUTE_MAX)
+		return NULL;
+	return r;
+}
+
+#endif
