@@ -5,7 +5,9 @@
  * (*Router).ServeHTTP calls once, for a match only, before the handler.
  * The template is the route's path regexp's (a sub-router's routes carry
  * their parents' prefixes); a route without a path has none (the router's
- * own answer is an error; the route is then empty). */
+ * own answer is an error; the route is then empty), and so has a request
+ * that got the Router's own NotFoundHandler (a "match" with no route). A
+ * request matched by nothing else never gets here: the fallback route. */
 #include "obsd.h"
 #include "route.h"
 
@@ -21,9 +23,10 @@ int gorilla_route(struct pt_regs *ctx)
 {
 	u64 route = GO_ARG2(ctx), path = 0;
 	struct go_string s = {};
-	if (!route ||
-	    bpf_probe_read_user(&path, sizeof(path),
-				(void *)(route + off_route_routeconf + off_routeconf_regexp + off_group_path)) != 0 ||
+	/* No route: Match "matched" a Router's own NotFoundHandler. */
+	if ((route && bpf_probe_read_user(&path, sizeof(path),
+					  (void *)(route + off_route_routeconf + off_routeconf_regexp +
+						   off_group_path)) != 0) ||
 	    (path && bpf_probe_read_user(&s, sizeof(s), (void *)(path + off_regexp_template)) != 0)) {
 		count(CNT_READ_FAILED);
 		return 0;

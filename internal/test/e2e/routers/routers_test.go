@@ -1,0 +1,349 @@
+// Package routers tests that http_route is what chi, gin, echo and
+// gorilla/mux report to their own middleware, for services built with
+// releases of each router spanning two years (testdata/routers).
+package routers
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/obsd-dev/obsd/internal/test/e2e"
+)
+
+var builds *e2e.Builds
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "obsd-e2e-")
+	if err != nil {
+		panic(err)
+	}
+	builds = e2e.NewBuilds(dir)
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// variant is one build of a router's test service.
+type variant struct {
+	router    string // directory under testdata/routers
+	module    string // the router's module path
+	version   string
+	toolchain string // "" is the Go running the tests
+	stripped  bool
+	// spans runs obsd with every request sampled, so that metrics come
+	// from records (and spans are checked); else metrics only, counted in
+	// the kernel.
+	spans bool
+}
+
+func (v variant) name() string {
+	n := v.router + "-" + v.version
+	if v.toolchain != "" {
+		n += "-" + strings.TrimSuffix(v.toolchain[:strings.LastIndexByte(v.toolchain, '.')], ".")
+	}
+	if v.stripped {
+		n += "-stripped"
+	}
+	return n
+}
+
+// probe is the prefix of the router probe's program name.
+func (v variant) probe() string {
+	return map[string]string{"chi": "chi_route", "gin": "gin_route", "echo": "echo_route", "gorillamux": "gorilla_route"}[v.router]
+}
+
+// The oldest release of each router from two years back (built with the
+// oldest Go obsd supports), and the newest; each router once with spans.
+var variants = []variant{
+	{router: "chi", module: "github.com/go-chi/chi/v5", version: "v5.2.3", toolchain: "go1.21.13"},
+	{router: "chi", module: "github.com/go-chi/chi/v5", version: "v5.5.0", spans: true},
+	{router: "gin", module: "github.com/gin-gonic/gin", version: "v1.10.0", toolchain: "go1.21.13"},
+	{router: "gin", module: "github.com/gin-gonic/gin", version: "v1.12.0", spans: true},
+	{router: "echo", module: "github.com/labstack/echo/v4", version: "v4.13.2", toolchain: "go1.21.13"},
+	{router: "echo", module: "github.com/labstack/echo/v4", version: "v4.16.0", spans: true},
+	{router: "gorillamux", module: "github.com/gorilla/mux", version: "v1.8.0", toolchain: "go1.21.13"},
+	{router: "gorillamux", module: "github.com/gorilla/mux", version: "v1.8.1", spans: true},
+}
+
+func service(t *testing.T, v variant) string {
+	t.Helper()
+	return builds.Program(t, e2e.Program{
+		Name:      "router-" + v.router,
+		Src:       filepath.Join(e2e.RepoRoot(), "testdata", "routers", v.router),
+		Toolchain: v.toolchain,
+		Flavour:   e2e.Flavour{Stripped: v.stripped},
+		Require:   []string{v.module + " " + v.version},
+	})
+}
+
+// req is one request of the mix.
+type req struct{ method, path string }
+
+// mix is the requests sent each round: routes at several depths, groups,
+// mounts, a regexp parameter, a wildcard, UUIDs, slugs, and requests the
+// routers answer 404 or 405 themselves.
+func mix() []req {
+	rs := []req{
+		{"GET", "/"}, {"GET", "/healthz"}, {"GET", "/orders"}, {"GET", "/orders/"},
+		{"GET", "/orders/8f14e45f-ceea-467f-a0e8-1f2b3c4d5e6f"}, {"GET", "/orders/42/items/7"},
+		{"GET", "/orders/0b5c0b5d-aaaa-4bbb-8ccc-0123456789ab/items/sku-77"},
+		{"POST", "/orders/9/items"}, {"DELETE", "/orders/9/items"}, {"GET", "/api/v1/items/abc-123"},
+		{"GET", "/users/12"}, {"GET", "/users/abc"}, {"GET", "/files/a/b/c.txt"},
+		{"GET", "/nope"}, {"GET", "/orders/1/nope"}, {"PUT", "/healthz"},
+	}
+	for _, a := range "abcdefghij" {
+		for _, b := range "xyz" {
+			rs = append(rs, req{"GET", fmt.Sprintf("/api/v1/users/%c%c-smith", a, b)})
+		}
+	}
+	return rs
+}
+
+const rounds, workers = 3, 4
+
+// send sends rounds × mix from workers goroutines, each on its own
+// keep-alive connection, and returns how many requests got a response.
+func send(t *testing.T, addr string) int {
+	t.Helper()
+	jobs := make(chan req)
+	var mu sync.Mutex
+	var errs []error
+	n := 0
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second,
+				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+			defer c.CloseIdleConnections()
+			for r := range jobs {
+				hr, _ := http.NewRequest(r.method, "http://"+addr+r.path, nil)
+				resp, err := c.Do(hr)
+				mu.Lock()
+				if err != nil {
+					errs = append(errs, err)
+				} else {
+					n++
+				}
+				mu.Unlock()
+				if err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			}
+		}()
+	}
+	for range rounds {
+		for _, r := range mix() {
+			jobs <- r
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	if len(errs) > 0 {
+		t.Fatalf("%d requests failed, first: %v", len(errs), errs[0])
+	}
+	return n
+}
+
+// seen is one line of the service's tally (testdata/routers/common).
+type seen struct {
+	Method  string `json:"method"`
+	Route   string `json:"route"`
+	Matched bool   `json:"matched"`
+	Status  int    `json:"status"`
+	Count   int    `json:"count"`
+}
+
+func tally(t *testing.T, admin string) []seen {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/tally")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out []seen
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+type key struct {
+	method, route string
+	status        int
+}
+
+// unmatched stands for the route of a request gorilla/mux matched nothing
+// for: obsd's learned fallback, which the router has no answer to compare
+// with; checked apart.
+const unmatched = "(unmatched)"
+
+// counted reads http_server_request_duration_seconds counts of pid by
+// method, route and status, leaving out the service's /tally.
+func counted(fams map[string]*dto.MetricFamily, pid int) map[key]int {
+	got := map[key]int{}
+	fam := fams["http_server_request_duration_seconds"]
+	if fam == nil {
+		return got
+	}
+	for _, m := range fam.GetMetric() {
+		l := e2e.Labels(m)
+		if l["service_instance_id"] != e2e.InstanceID(pid) || l["http_route"] == "/tally" {
+			continue
+		}
+		status, _ := strconv.Atoi(l["http_response_status_code"])
+		got[key{l["http_request_method"], l["http_route"], status}] += int(m.GetHistogram().GetSampleCount())
+	}
+	return got
+}
+
+func total(m map[key]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+// TestRoutesAsRoutersReport: every request's http_route (and span
+// http.route) is the route the router reported to its own middleware,
+// request by request, for each router and release.
+func TestRoutesAsRoutersReport(t *testing.T) {
+	e2e.RequireRoot(t)
+	obsdBin := builds.Obsd(t)
+	for _, v := range variants {
+		t.Run(v.name(), func(t *testing.T) {
+			bin := service(t, v)
+			svc := e2e.Start(t, bin, []string{"OTEL_SERVICE_NAME=routers-" + v.name()})
+			f := strings.Fields(svc.First)
+			if len(f) != 3 || f[0] != "listening" {
+				t.Fatalf("service said %q", svc.First)
+			}
+			addr, admin := f[1], f[2]
+			var recv *e2e.Receiver
+			env := []string{}
+			args := []string{"--pid", strconv.Itoa(svc.PID())}
+			if v.spans {
+				recv = e2e.StartReceiver(t)
+				env = append(env, "OTEL_EXPORTER_OTLP_ENDPOINT="+recv.Endpoint, "OTEL_EXPORTER_OTLP_INSECURE=true",
+					"OTEL_BSP_SCHEDULE_DELAY=100", "OTEL_TRACES_SAMPLER=always_on")
+			} else {
+				args = append(args, "--traces", "none")
+			}
+			o := e2e.StartObsd(t, obsdBin, env, args...)
+			o.WaitScrape(t, 20*time.Second, "the service to be instrumented", func(f map[string]*dto.MetricFamily) bool {
+				return e2e.Sum(f, "obsd_instrumented_processes", nil) == 1
+			})
+			if n := e2e.ProbeLinks(t, v.probe(), svc.PID()); n != 1 {
+				t.Fatalf("%d links of %s, want 1", n, v.probe())
+			}
+
+			sent := send(t, addr)
+			seen := tally(t, admin)
+			want := map[key]int{}
+			templates := map[string]bool{}
+			for _, s := range seen {
+				k := key{s.Method, s.Route, s.Status}
+				if !s.Matched && v.router == "gorillamux" {
+					k.route = unmatched
+				}
+				want[k] += s.Count
+				if s.Matched {
+					templates[s.Route] = true
+				}
+			}
+			if total(want) != sent {
+				t.Fatalf("the service tallied %d requests, the client sent %d", total(want), sent)
+			}
+			scrape := o.WaitScrape(t, 10*time.Second, fmt.Sprintf("%d requests", sent), func(f map[string]*dto.MetricFamily) bool {
+				return total(counted(f, svc.PID())) >= sent
+			})
+			time.Sleep(300 * time.Millisecond) // anything extra would show now
+			scrape = o.Scrape(t)
+			fams := e2e.Families(t, scrape)
+			got := counted(fams, svc.PID())
+			if v.router == "gorillamux" {
+				// What gorilla matched nothing for is learned from its path:
+				// never one of the router's templates.
+				for k, n := range got {
+					if !templates[k.route] && (k.status == 404 || k.status == 405) {
+						delete(got, k)
+						got[key{k.method, unmatched, k.status}] += n
+					}
+				}
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("obsd counted (method, route, status):\n%s\nthe router reported:\n%s", show(got), show(want))
+			}
+			probeName := map[string]string{"probe": "net/http/server"}
+			if n := e2e.Sum(fams, "obsd_events_lost_total", probeName); n != 0 {
+				t.Errorf("obsd_events_lost_total of the server probe = %v, want 0", n)
+			}
+			if n := e2e.Sum(fams, "obsd_probe_anomalies_total", nil); n != 0 {
+				t.Errorf("obsd_probe_anomalies_total = %v, want 0", n)
+			}
+			e2e.Promtool(t, scrape)
+			if v.spans {
+				checkSpans(t, recv.WaitSpans(t, sent, 15*time.Second), want, templates, v)
+			}
+		})
+	}
+}
+
+// checkSpans: the spans carry the same routes as the metrics: http.route,
+// the name "{method} {route}" (the method alone without a route), and
+// obsd.route.source naming the router.
+func checkSpans(t *testing.T, spans []e2e.Span, want map[key]int, templates map[string]bool, v variant) {
+	t.Helper()
+	source := map[string]string{"chi": "chi", "gin": "gin", "echo": "echo", "gorillamux": "gorilla/mux"}[v.router]
+	got := map[key]int{}
+	for _, s := range spans {
+		route := s.Attr("http.route")
+		if route == "/tally" {
+			continue
+		}
+		status, _ := strconv.Atoi(s.Attr("http.response.status_code"))
+		method := s.Attr("http.request.method")
+		k := key{method, route, status}
+		name := method
+		if route != "" {
+			name += " " + route
+		}
+		if s.GetName() != name {
+			t.Errorf("span %q, want %q", s.GetName(), name)
+		}
+		if v.router == "gorillamux" && !templates[route] && (status == 404 || status == 405) {
+			k.route = unmatched
+		} else if src := s.Attr("obsd.route.source"); route != "" && src != source {
+			t.Errorf("span %q: obsd.route.source %q, want %q", s.GetName(), src, source)
+		}
+		got[k]++
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("spans (method, http.route, status):\n%s\nthe router reported:\n%s", show(got), show(want))
+	}
+}
+
+func show(m map[key]int) string {
+	var lines []string
+	for k, n := range m {
+		lines = append(lines, fmt.Sprintf("  %s %q %d: %d", k.method, k.route, k.status, n))
+	}
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
+}
