@@ -6,14 +6,21 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"log"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"sync"
+	"time"
 )
 
 // Seen is one request as the service saw it: the route its router reported
@@ -95,11 +102,12 @@ func (t *tally) serve(w http.ResponseWriter, _ *http.Request) {
 
 func ok(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }
 
-// run serves router on -listen and the tally on -admin (GET /tally), and
-// prints "listening ADDR ADMIN".
+// run serves router on -listen (over TLS with HTTP/2 offered, with -tls)
+// and the tally on -admin (GET /tally), and prints "listening ADDR ADMIN".
 func run(router http.Handler) {
 	listen := flag.String("listen", "127.0.0.1:0", "address of the routed service")
 	admin := flag.String("admin", "127.0.0.1:0", "address of GET /tally")
+	useTLS := flag.Bool("tls", false, "serve the routed service over TLS, where clients negotiate HTTP/2")
 	flag.Parse()
 	t := &tally{m: map[Seen]int{}}
 	ln, err := net.Listen("tcp", *listen)
@@ -114,5 +122,33 @@ func run(router http.Handler) {
 	mux.HandleFunc("/tally", t.serve)
 	go func() { log.Fatal(http.Serve(aln, mux)) }()
 	fmt.Fprintf(os.Stdout, "listening %s %s\n", ln.Addr(), aln.Addr())
-	log.Fatal(http.Serve(ln, t.wrap(router)))
+	srv := &http.Server{Handler: t.wrap(router)}
+	if *useTLS {
+		cert, err := selfSigned()
+		if err != nil {
+			log.Fatal(err)
+		}
+		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+		log.Fatal(srv.ServeTLS(ln, "", ""))
+	}
+	log.Fatal(srv.Serve(ln))
+}
+
+// selfSigned makes a throwaway certificate for 127.0.0.1.
+func selfSigned() (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
 }

@@ -4,6 +4,7 @@
 package routers
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -47,6 +48,9 @@ type variant struct {
 	// from records (and spans are checked); else metrics only, counted in
 	// the kernel.
 	spans bool
+	// h2 serves over TLS, where the client negotiates HTTP/2: the router
+	// runs on each stream's own handler goroutine.
+	h2 bool
 }
 
 func (v variant) name() string {
@@ -56,6 +60,9 @@ func (v variant) name() string {
 	}
 	if v.stripped {
 		n += "-stripped"
+	}
+	if v.h2 {
+		n += "-h2"
 	}
 	return n
 }
@@ -76,6 +83,11 @@ var variants = []variant{
 	{router: "echo", module: "github.com/labstack/echo/v4", version: "v4.16.0", spans: true},
 	{router: "gorillamux", module: "github.com/gorilla/mux", version: "v1.8.0", toolchain: "go1.21.13"},
 	{router: "gorillamux", module: "github.com/gorilla/mux", version: "v1.8.1", spans: true},
+	// HTTP/2, counted in the kernel.
+	{router: "chi", module: "github.com/go-chi/chi/v5", version: "v5.5.0", h2: true},
+	{router: "gin", module: "github.com/gin-gonic/gin", version: "v1.12.0", h2: true},
+	{router: "echo", module: "github.com/labstack/echo/v4", version: "v4.16.0", h2: true},
+	{router: "gorillamux", module: "github.com/gorilla/mux", version: "v1.8.1", h2: true},
 }
 
 func service(t *testing.T, v variant) string {
@@ -115,8 +127,9 @@ func mix() []req {
 const rounds, workers = 3, 4
 
 // send sends rounds × mix from workers goroutines, each on its own
-// keep-alive connection, and returns how many requests got a response.
-func send(t *testing.T, addr string) int {
+// keep-alive connection (HTTP/2 over TLS with h2), and returns how many
+// requests got a response.
+func send(t *testing.T, addr string, h2 bool) int {
 	t.Helper()
 	jobs := make(chan req)
 	var mu sync.Mutex
@@ -127,12 +140,22 @@ func send(t *testing.T, addr string) int {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c := &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second,
+			tr := &http.Transport{}
+			scheme := "http://"
+			if h2 {
+				scheme = "https://"
+				tr.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} // the service's throwaway certificate
+				tr.ForceAttemptHTTP2 = true
+			}
+			c := &http.Client{Transport: tr, Timeout: 10 * time.Second,
 				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 			defer c.CloseIdleConnections()
 			for r := range jobs {
-				hr, _ := http.NewRequest(r.method, "http://"+addr+r.path, nil)
+				hr, _ := http.NewRequest(r.method, scheme+addr+r.path, nil)
 				resp, err := c.Do(hr)
+				if err == nil && h2 && resp.ProtoMajor != 2 {
+					err = fmt.Errorf("%s %s: answered over %s, want HTTP/2", r.method, r.path, resp.Proto)
+				}
 				mu.Lock()
 				if err != nil {
 					errs = append(errs, err)
@@ -195,7 +218,7 @@ const unmatched = "(unmatched)"
 
 // counted reads http_server_request_duration_seconds counts of pid by
 // method, route and status, leaving out the service's /tally.
-func counted(fams map[string]*dto.MetricFamily, pid int) map[key]int {
+func counted(fams map[string]*dto.MetricFamily, pid int, proto string) map[key]int {
 	got := map[key]int{}
 	fam := fams["http_server_request_duration_seconds"]
 	if fam == nil {
@@ -205,6 +228,10 @@ func counted(fams map[string]*dto.MetricFamily, pid int) map[key]int {
 		l := e2e.Labels(m)
 		if l["service_instance_id"] != e2e.InstanceID(pid) || l["http_route"] == "/tally" {
 			continue
+		}
+		if l["network_protocol_version"] != proto {
+			// Counted, but under another protocol: the test fails on it.
+			l["http_route"] = "(over " + l["network_protocol_version"] + ") " + l["http_route"]
 		}
 		status, _ := strconv.Atoi(l["http_response_status_code"])
 		got[key{l["http_request_method"], l["http_route"], status}] += int(m.GetHistogram().GetSampleCount())
@@ -229,7 +256,11 @@ func TestRoutesAsRoutersReport(t *testing.T) {
 	for _, v := range variants {
 		t.Run(v.name(), func(t *testing.T) {
 			bin := service(t, v)
-			svc := e2e.Start(t, bin, []string{"OTEL_SERVICE_NAME=routers-" + v.name()})
+			var svcArgs []string
+			if v.h2 {
+				svcArgs = append(svcArgs, "-tls")
+			}
+			svc := e2e.Start(t, bin, []string{"OTEL_SERVICE_NAME=routers-" + v.name()}, svcArgs...)
 			f := strings.Fields(svc.First)
 			if len(f) != 3 || f[0] != "listening" {
 				t.Fatalf("service said %q", svc.First)
@@ -253,7 +284,11 @@ func TestRoutesAsRoutersReport(t *testing.T) {
 				t.Fatalf("%d links of %s, want 1", n, v.probe())
 			}
 
-			sent := send(t, addr)
+			sent := send(t, addr, v.h2)
+			proto := "1.1"
+			if v.h2 {
+				proto = "2"
+			}
 			seen := tally(t, admin)
 			want := map[key]int{}
 			templates := map[string]bool{}
@@ -271,12 +306,12 @@ func TestRoutesAsRoutersReport(t *testing.T) {
 				t.Fatalf("the service tallied %d requests, the client sent %d", total(want), sent)
 			}
 			scrape := o.WaitScrape(t, 10*time.Second, fmt.Sprintf("%d requests", sent), func(f map[string]*dto.MetricFamily) bool {
-				return total(counted(f, svc.PID())) >= sent
+				return total(counted(f, svc.PID(), proto)) >= sent
 			})
 			time.Sleep(300 * time.Millisecond) // anything extra would show now
 			scrape = o.Scrape(t)
 			fams := e2e.Families(t, scrape)
-			got := counted(fams, svc.PID())
+			got := counted(fams, svc.PID(), proto)
 			if v.router == "gorillamux" {
 				// What gorilla matched nothing for is learned from its path:
 				// never one of the router's templates.
