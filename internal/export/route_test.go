@@ -242,3 +242,56 @@ func TestProbePatternMax(t *testing.T) {
 		t.Errorf("probe.bpf.c defines PATTERN_MAX %q, ProbePatternMax is %d", m, ProbePatternMax)
 	}
 }
+
+// TestRouterRoutes: a router's route is taken as the router reports it;
+// chi's parts are cleaned as chi v5's RoutePattern() cleans them (the
+// expected values are chi's own outputs for these RoutePatterns, from
+// context.go); an empty route is the router's "no match"; every router
+// route counts against the process's MaxRoutes.
+func TestRouterRoutes(t *testing.T) {
+	tests := []struct {
+		router, raw string
+		cut         bool
+		want        Route
+	}{
+		{"chi", "/", false, Route{"/", "chi"}},
+		{"chi", "/orders/*/{oid}/*/items/{iid}", false, Route{"/orders/{oid}/items/{iid}", "chi"}},
+		{"chi", "/orders/*/", false, Route{"/orders", "chi"}},
+		{"chi", "/orders/*/{oid}/*", false, Route{"/orders/{oid}/*", "chi"}},
+		{"chi", "/api/v1/*/*/*/x//", false, Route{"/api/v1/x", "chi"}},
+		{"chi", "/files/*", false, Route{"/files/*", "chi"}},
+		{"gin", "/users/:id/*rest", false, Route{"/users/:id/*rest", "gin"}},
+		{"gin", "/orders/", false, Route{"/orders/", "gin"}},
+		{"echo", "/orders/:oid", false, Route{"/orders/:oid", "echo"}},
+		{"gorilla/mux", "/users/{uid:[0-9]+}", false, Route{"/users/{uid:[0-9]+}", "gorilla/mux"}},
+		{"gin", "", false, Route{"", "gin"}},
+		{"chi", "/a\xffb", false, Route{"/a\uFFFDb", "chi"}},
+		{"gin", "/" + strings.Repeat("x", 127), true, Route{"/" + strings.Repeat("x", 127) + CutMark, "gin"}},
+	}
+	rt := NewRoutes(slog.New(slog.DiscardHandler))
+	svc := Service{InstanceID: "h:1"}
+	for _, tt := range tests {
+		r := probe.Request{Router: tt.router, Pattern: tt.raw, Path: "/ignored/1", PatternTruncated: tt.cut, Truncated: tt.cut}
+		if got := rt.Route(svc, r); got != tt.want {
+			t.Errorf("Route(%s %q) = %+v, want %+v", tt.router, tt.raw, got, tt.want)
+		}
+		// Counted in the kernel, the same route.
+		if got := rt.Router(svc, tt.router, tt.raw, tt.cut); got != tt.want {
+			t.Errorf("Router(%s %q) = %+v, want %+v", tt.router, tt.raw, got, tt.want)
+		}
+	}
+
+	// Bounded: routes from a router past MaxRoutes overflow; earlier ones
+	// keep their labels.
+	b := Service{InstanceID: "h:2"}
+	first := rt.Router(b, "gin", "/first/:id", false)
+	for i := range MaxRoutes + 20 {
+		rt.Router(b, "gin", fmt.Sprintf("/r%d", i), false)
+	}
+	if got := rt.Router(b, "gin", "/late", false); got.Value != OverflowRoute || got.Source != SourceOverflow {
+		t.Errorf("past MaxRoutes: %+v, want the overflow", got)
+	}
+	if got := rt.Router(b, "gin", "/first/:id", false); got != first {
+		t.Errorf("known route after the limit = %+v, want %+v", got, first)
+	}
+}

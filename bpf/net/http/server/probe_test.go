@@ -209,3 +209,40 @@ func TestProtocolVersion(t *testing.T) {
 		}
 	}
 }
+
+// A router's route: the kind in the key or record names the router, and
+// http_server_route_names holds the bytes of a route counted by hash.
+func TestDecodeRoutes(t *testing.T) {
+	cpu := encode(t, &bpfHttpServerMetric{})
+	for kind, want := range map[uint8]string{0: "", 1: "chi", 2: "gin", 3: "echo", 4: "gorilla/mux"} {
+		key := encode(t, &bpfHttpServerMetricKey{Tgid: 7, Status: 200, Method: 1, RouteKind: kind, Pattern: 0xfeed, PatternLen: 9})
+		got, err := DecodeMetric(key, [][]byte{cpu})
+		if err != nil || got.Router != want || got.PatternAddr != 0xfeed {
+			t.Errorf("route kind %d: DecodeMetric = %+v, %v; want router %q", kind, got, err, want)
+		}
+		r, err := DecodeRequest(record(t, bpfHttpServerEvent{Tgid: 7, Status: 200, RouteKind: kind}, "/x/{id}", ""))
+		if err != nil || r.Router != want || r.Pattern != "/x/{id}" {
+			t.Errorf("route kind %d: DecodeRequest = %+v, %v; want router %q", kind, r, err, want)
+		}
+	}
+	if _, err := DecodeMetric(encode(t, &bpfHttpServerMetricKey{Tgid: 7, Status: 200, RouteKind: 5}), [][]byte{cpu}); err == nil {
+		t.Error("route kind 5: no error")
+	}
+
+	var v bpfRoute
+	for i, c := range []byte("/orders/:oid") {
+		v.Name[i] = int8(c)
+	}
+	v.Len, v.Flags = 12, routeTruncated
+	name, cut, err := DecodeRouteName(encode(t, &v))
+	if err != nil || name != "/orders/:oid" || !cut {
+		t.Errorf("DecodeRouteName = %q, %v, %v", name, cut, err)
+	}
+	v.Len = uint16(len(v.Name) + 1)
+	if _, _, err := DecodeRouteName(encode(t, &v)); err == nil {
+		t.Error("a length past the name: no error")
+	}
+	if _, _, err := DecodeRouteName(encode(t, &v)[:40]); err == nil {
+		t.Error("a short value: no error")
+	}
+}
