@@ -22,6 +22,10 @@ enum route_kind {
 	ROUTE_GIN = 2,
 	ROUTE_ECHO = 3,
 	ROUTE_GORILLA = 4,
+	/* Not a router's route: the *http.Request a ServeMux routed (req),
+	 * whose pattern the server probe reads instead of its own request's
+	 * (an inner mux behind middleware that copied the request). */
+	ROUTE_SERVEMUX = 5,
 };
 
 #define ROUTE_TRUNCATED 1
@@ -39,6 +43,7 @@ struct route {
 	u8 kind;   /* enum route_kind */
 	u8 flags;  /* ROUTE_TRUNCATED */
 	u32 _pad;
+	u64 req; /* ROUTE_SERVEMUX: the *http.Request the mux routed */
 	char name[ROUTE_MAX];
 };
 

@@ -129,6 +129,10 @@ type Probe struct {
 	// Metrics, if its Map is set, says how to read what the probe counts in
 	// the kernel instead of sending records.
 	Metrics MetricsMap
+	// OnDemand probes are loaded for every binary that has their sites but
+	// attached to a process only when asked (uprobes.Manager.Enable): what
+	// they add is worth a hit per request only where a process needs it.
+	OnDemand bool
 }
 
 // Counter is one slot of a probe's obsd_counters: either a loss (a call

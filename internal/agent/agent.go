@@ -76,6 +76,7 @@ type Agent struct {
 	spans  *otelexport.Exporter
 	http   *prom.HTTPServer
 	routes *export.Routes
+	inner  *innerMux
 	// signals has one entry per probe.Kind the enabled probes report.
 	signals map[probe.Kind]signal
 	watcher *discover.Watcher
@@ -679,9 +680,15 @@ func (a *Agent) hold(pid uint32, ev probe.Event) (registered bool) {
 // here. It needs a.log and a.spans.
 func (a *Agent) setSignals() {
 	a.routes = export.NewRoutes(a.log)
+	a.inner = newInnerMux(func(pid int, name string) error {
+		if a.mgr == nil { // tests that run the agent without a manager
+			return uprobes.ErrNotAttached
+		}
+		return a.mgr.Enable(pid, name)
+	}, a.log)
 	a.http = prom.NewHTTPServer(a.active, a.kernelOf(probe.KindHTTPServer), a.routes)
 	a.signals = map[probe.Kind]signal{
-		probe.KindHTTPServer: &httpServer{routes: a.routes, prom: a.http, spans: a.spans},
+		probe.KindHTTPServer: &httpServer{routes: a.routes, prom: a.http, spans: a.spans, inner: a.inner},
 		probe.KindRPCServer:  newRPCServer(a),
 		probe.KindRPCClient:  newRPCClient(a),
 		probe.KindHTTPClient: a.newHTTPClient(),
@@ -719,6 +726,13 @@ func (a *Agent) active() ([]prom.Active, error) {
 func (a *Agent) kernelOf(kind probe.Kind) func() ([]prom.Kernel, error) {
 	return func() ([]prom.Kernel, error) {
 		hs, err := a.mgr.Histograms()
+		if kind == probe.KindHTTPServer {
+			for _, h := range hs {
+				if h.Kind == kind {
+					a.inner.kernel(int(h.PID), h)
+				}
+			}
+		}
 		return a.attribute(kind, hs), err
 	}
 }

@@ -16,12 +16,16 @@ type httpServer struct {
 	routes *export.Routes
 	prom   *prom.HTTPServer
 	spans  *otelexport.Exporter
+	inner  *innerMux // nil: no on-demand inner-mux probe
 }
 
 func (h *httpServer) observe(svc export.Service, spans bool, ev probe.Event) {
 	r, ok := ev.(probe.Request)
 	if !ok {
 		return
+	}
+	if h.inner != nil {
+		h.inner.request(svc.PID, r)
 	}
 	// One route per request, so that metrics and span agree.
 	route := h.routes.Route(svc, r)
@@ -32,4 +36,9 @@ func (h *httpServer) observe(svc export.Service, spans bool, ev probe.Event) {
 	h.prom.Observe(svc, r, route, sc)
 }
 
-func (h *httpServer) forget(svc export.Service) { h.prom.Forget(svc) }
+func (h *httpServer) forget(svc export.Service) {
+	h.prom.Forget(svc)
+	if h.inner != nil {
+		h.inner.forget(svc.PID)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -56,6 +57,10 @@ const ReasonAttach = "attach_failed"
 
 // ErrClosed is returned by Attach once Close was called: obsd is stopping.
 var ErrClosed = errors.New("not instrumenting: obsd is stopping")
+
+// ErrNotAttached is Enable's error for a process not (or no longer)
+// instrumented.
+var ErrNotAttached = errors.New("process not instrumented")
 
 // Sink receives every decoded event, of each probe's own type. It is called
 // from one goroutine per probe and must not block for long: the ring buffer
@@ -168,6 +173,9 @@ type loadedBinary struct {
 	refs     int
 	sites    [][][]uint64 // per probe, per site: file offsets (one for an entry, each RET for a Returns site)
 	programs []*ebpf.Collection
+	// errs holds, per probe, why it did not load for this binary (nil
+	// where it did), for Enable's errors.
+	errs []error
 	// static reads patterns that probes report by address; nil when the
 	// binary has no .rodata or in-kernel metrics are off.
 	static *inspect.Static
@@ -178,7 +186,10 @@ type loadedBinary struct {
 type process struct {
 	pid   int
 	bin   *loadedBinary
+	exe   string // the path it was attached through, for Enable
 	links []link.Link
+	// enabled marks the OnDemand probes attached to it, by probe index.
+	enabled map[int]bool
 	// detaching is set while Detach closes the links without m.mu.
 	detaching bool
 }
@@ -439,40 +450,85 @@ func (m *Manager) attach(pid int, exePath string) (_ *inspect.Binary, repeat boo
 		}
 	}
 
-	proc := &process{pid: pid, bin: bin}
+	proc := &process{pid: pid, bin: bin, exe: exePath}
 	ex, err := link.OpenExecutable(exePath)
 	if err != nil {
 		m.dropIfUnused(bin)
 		return nil, false, &inspect.Error{Reason: ReasonExited, Err: err}
 	}
 	for i, lp := range m.probes {
-		if bin.programs[i] == nil {
-			continue // refused for this binary, or its side not linked
+		if bin.programs[i] == nil || lp.OnDemand {
+			continue // refused for this binary, its side not linked, or not asked for yet
 		}
-		for j, site := range lp.Sites {
-			if len(bin.sites[i][j]) == 0 {
-				continue // an optional site the binary lacks
-			}
-			prog := bin.programs[i].Programs[site.Program]
-			l, err := ex.UprobeMulti(nil, prog, &link.UprobeMultiOptions{
-				Addresses: bin.sites[i][j],
-				PID:       uint32(pid),
-			})
-			if err != nil {
-				proc.close()
-				m.dropIfUnused(bin)
-				reason := ReasonAttach
-				if errors.Is(err, os.ErrNotExist) {
-					reason = ReasonExited
-				}
-				return nil, false, &inspect.Error{Reason: reason, Err: fmt.Errorf("attaching %s at %s: %w", site.Program, site.Symbol, err)}
-			}
-			proc.links = append(proc.links, l)
+		if err := m.attachProbe(ex, proc, i); err != nil {
+			proc.close()
+			m.dropIfUnused(bin)
+			return nil, false, err
 		}
 	}
 	bin.refs++
 	m.procs[pid] = proc
 	return bin.info, false, nil
+}
+
+// attachProbe links probe i's programs to proc at their sites in its
+// binary, appending the links to proc's. Called with m.mu held.
+func (m *Manager) attachProbe(ex *link.Executable, proc *process, i int) error {
+	lp, bin := m.probes[i], proc.bin
+	for j, site := range lp.Sites {
+		if len(bin.sites[i][j]) == 0 {
+			continue // an optional site the binary lacks
+		}
+		prog := bin.programs[i].Programs[site.Program]
+		l, err := ex.UprobeMulti(nil, prog, &link.UprobeMultiOptions{
+			Addresses: bin.sites[i][j],
+			PID:       uint32(proc.pid),
+		})
+		if err != nil {
+			reason := ReasonAttach
+			if errors.Is(err, os.ErrNotExist) {
+				reason = ReasonExited
+			}
+			return &inspect.Error{Reason: reason, Err: fmt.Errorf("attaching %s at %s: %w", site.Program, site.Symbol, err)}
+		}
+		proc.links = append(proc.links, l)
+	}
+	return nil
+}
+
+// Enable attaches the OnDemand probe named probeName to the attached
+// process pid; enabling it again does nothing. Errors: pid not attached
+// (ErrNotAttached), no such OnDemand probe, the probe refused for the
+// process's binary (its error), or the attach itself failed.
+func (m *Manager) Enable(pid int, probeName string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	proc := m.procs[pid]
+	if proc == nil || proc.detaching {
+		return fmt.Errorf("enabling %s for pid %d: %w", probeName, pid, ErrNotAttached)
+	}
+	i := slices.IndexFunc(m.probes, func(lp *loadedProbe) bool { return lp.Name == probeName && lp.OnDemand })
+	if i < 0 {
+		return fmt.Errorf("enabling %s for pid %d: no such on-demand probe", probeName, pid)
+	}
+	if proc.enabled[i] {
+		return nil
+	}
+	if proc.bin.programs[i] == nil {
+		return fmt.Errorf("enabling %s for pid %d: %w", probeName, pid, proc.bin.errs[i])
+	}
+	ex, err := link.OpenExecutable(proc.exe)
+	if err != nil {
+		return &inspect.Error{Reason: ReasonExited, Err: fmt.Errorf("enabling %s for pid %d: %w", probeName, pid, err)}
+	}
+	if err := m.attachProbe(ex, proc, i); err != nil {
+		return fmt.Errorf("enabling %s for pid %d: %w", probeName, pid, err)
+	}
+	if proc.enabled == nil {
+		proc.enabled = map[int]bool{}
+	}
+	proc.enabled[i] = true
+	return nil
 }
 
 // loadBinary inspects an executable and loads every probe's programs with
@@ -505,6 +561,7 @@ func (m *Manager) loadBinary(key binKey, exePath string) (*loadedBinary, error) 
 		}
 		bin.sites = append(bin.sites, offs)
 		bin.programs = append(bin.programs, coll)
+		bin.errs = append(bin.errs, err)
 	}
 	if loaded == 0 {
 		return nil, binaryRefusal(errs)

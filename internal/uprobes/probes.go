@@ -8,6 +8,7 @@ import (
 	grpcclient "github.com/obsd-dev/obsd/bpf/google.golang.org/grpc/client"
 	grpcserver "github.com/obsd-dev/obsd/bpf/google.golang.org/grpc/server"
 	"github.com/obsd-dev/obsd/bpf/net/http/client"
+	"github.com/obsd-dev/obsd/bpf/net/http/servemux"
 	"github.com/obsd-dev/obsd/bpf/net/http/server"
 	"github.com/obsd-dev/obsd/bpf/probe"
 )
@@ -19,7 +20,9 @@ func Probes() []*probe.Probe {
 		grpcserver.New(),
 		grpcclient.New(),
 		client.New(),
-		// Routers: each hands its routes to the server probe.
+		// Routes: each hands its routes to the server probe; servemux
+		// only where a process needs it (OnDemand).
+		servemux.New(),
 		chi.New(),
 		gin.New(),
 		echo.New(),

@@ -38,6 +38,7 @@ type bpfRoute struct {
 	Kind  uint8
 	Flags uint8
 	Pad   uint32
+	Req   uint64
 	Name  [128]int8
 }
 

@@ -551,6 +551,14 @@ static __always_inline void report(struct pt_regs *ctx, u64 site_vaddr, u32 tgid
 	/* A third-party router's route (route.h) names the request instead of
 	 * any ServeMux pattern; without spans it is counted here, by hash. */
 	struct route *rt = route_of(ctx, tgid, start);
+	/* Or the request an inner ServeMux routed (net/http/servemux), whose
+	 * pattern is read instead of this request's. */
+	u64 preq = req;
+	if (rt && rt->kind == ROUTE_SERVEMUX) {
+		if (rt->req)
+			preq = rt->req;
+		rt = NULL;
+	}
 	if (rt) {
 		if (!(flags & FLAG_SAMPLED)) {
 			struct http_server_metric_key mk;
@@ -572,7 +580,7 @@ static __always_inline void report(struct pt_regs *ctx, u64 site_vaddr, u32 tgid
 			u64 span = off_request_pat - off_request_pattern + 8;
 			if (span > sizeof(buf)) /* bounds for the verifier */
 				span = sizeof(buf);
-			err = bpf_probe_read_user(buf, span, (void *)(req + off_request_pattern));
+			err = bpf_probe_read_user(buf, span, (void *)(preq + off_request_pattern));
 			pat.ptr = buf[0];
 			pat.len = buf[1];
 			u32 i = (off_request_pat - off_request_pattern) / 8;
@@ -580,12 +588,12 @@ static __always_inline void report(struct pt_regs *ctx, u64 site_vaddr, u32 tgid
 				i = 7;
 			patp = buf[i];
 		} else {
-			err = bpf_probe_read_user(&pat, sizeof(pat), (void *)(req + off_request_pattern));
+			err = bpf_probe_read_user(&pat, sizeof(pat), (void *)(preq + off_request_pattern));
 			if (off_request_pat != OFF_NONE)
-				err |= bpf_probe_read_user(&patp, sizeof(patp), (void *)(req + off_request_pat));
+				err |= bpf_probe_read_user(&patp, sizeof(patp), (void *)(preq + off_request_pat));
 		}
 	} else if (off_request_pat != OFF_NONE) {
-		err = bpf_probe_read_user(&patp, sizeof(patp), (void *)(req + off_request_pat));
+		err = bpf_probe_read_user(&patp, sizeof(patp), (void *)(preq + off_request_pat));
 		if (!err && patp)
 			err = bpf_probe_read_user(&pat, sizeof(pat), (void *)(patp + off_pattern_str));
 	}
