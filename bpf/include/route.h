@@ -130,7 +130,25 @@ static __always_inline void route_commit(struct pt_regs *ctx, struct route_build
 	b->r.hash = h;
 	b->r.at_ns = bpf_ktime_get_ns();
 	struct route_key k = {.g = GO_G(ctx), .tgid = bpf_get_current_pid_tgid() >> 32};
-	bpf_map_update_elem(&obsd_shared_http_routes, &k, &b->r, BPF_ANY);
+	/* The goroutine's entry from an earlier request is rewritten in place
+	 * (only this goroutine writes it): an LRU update allocates and swaps
+	 * an element, which costs more than the copy. at_ns goes last, so a
+	 * reader that sees it new sees the rest new too. */
+	struct route *old = bpf_map_lookup_elem(&obsd_shared_http_routes, &k);
+	if (old) {
+		old->at_ns = 0;
+		__builtin_memcpy(old->name, b->r.name, ROUTE_MAX);
+		old->hash = b->r.hash;
+		old->len = b->r.len;
+		old->kind = b->r.kind;
+		old->flags = b->r.flags;
+		old->req = b->r.req;
+		asm volatile("" ::: "memory"); /* in order: x86 keeps stores in order too */
+		old->at_ns = b->r.at_ns;
+		return;
+	}
+	if (bpf_map_update_elem(&obsd_shared_http_routes, &k, &b->r, BPF_ANY) != 0)
+		count(CNT_READ_FAILED); /* not handed over: the request gets the fallback */
 }
 
 /* route_of returns the route a router left for the current goroutine's

@@ -133,6 +133,11 @@ type Probe struct {
 	// attached to a process only when asked (uprobes.Manager.Enable): what
 	// they add is worth a hit per request only where a process needs it.
 	OnDemand bool
+	// Feeds names the probe this one only hands data to (a router's probe
+	// feeds the HTTP server probe): it is not loaded for a binary the
+	// other did not load for, and never makes a binary count as
+	// instrumented by itself. The fed probe comes earlier in the list.
+	Feeds string
 }
 
 // Counter is one slot of a probe's obsd_counters: either a loss (a call

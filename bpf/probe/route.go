@@ -14,8 +14,8 @@ func RouterName(kind uint8) string {
 }
 
 // RouteCounters are the counters of a router's probe (bpf/include/route.h),
-// given its CNT_READ_FAILED: the route could not be read, so the request
-// gets the fallback route (reported, not lost).
+// given its CNT_READ_FAILED: the route could not be read or handed over,
+// so the request gets the fallback route (reported, not lost).
 func RouteCounters(readFailed uint32) []Counter {
 	return []Counter{{Index: readFailed, Reason: "route_unread"}}
 }

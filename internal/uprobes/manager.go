@@ -471,6 +471,17 @@ func (m *Manager) attach(pid int, exePath string) (_ *inspect.Binary, repeat boo
 	return bin.info, false, nil
 }
 
+// fed says the probe named name loaded for bin (it must come earlier in
+// the probe list than the probes that feed it).
+func (m *Manager) fed(bin *loadedBinary, name string) bool {
+	for i, lp := range m.probes[:len(bin.programs)] {
+		if lp.Name == name {
+			return bin.programs[i] != nil
+		}
+	}
+	return false
+}
+
 // attachProbe links probe i's programs to proc at their sites in its
 // binary, appending the links to proc's. Called with m.mu held.
 func (m *Manager) attachProbe(ex *link.Executable, proc *process, i int) error {
@@ -552,7 +563,15 @@ func (m *Manager) loadBinary(key binKey, exePath string) (*loadedBinary, error) 
 	errs := make([]error, len(m.probes)) // by probe; nil where it loaded
 	loaded := 0
 	for i, lp := range m.probes {
-		offs, coll, err := m.loadProbeFor(bin, info, lp)
+		var offs [][]uint64
+		var coll *ebpf.Collection
+		var err error
+		if lp.Feeds != "" && !m.fed(bin, lp.Feeds) {
+			// Nothing would take what it hands over: as if not linked.
+			err = &notLinkedError{fmt.Errorf("probe %s feeds %s, which is not loaded for this binary", lp.Name, lp.Feeds)}
+		} else {
+			offs, coll, err = m.loadProbeFor(bin, info, lp)
+		}
 		if err != nil {
 			errs[i] = err
 			offs, coll = nil, nil

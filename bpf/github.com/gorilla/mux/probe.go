@@ -34,5 +34,6 @@ func New() *probe.Probe {
 		},
 		Counters: probe.RouteCounters(uint32(bpfObsdCounterCNT_READ_FAILED)),
 		Spec:     loadBpf,
+		Feeds:    "net/http/server",
 	}
 }

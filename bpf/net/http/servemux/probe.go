@@ -20,6 +20,8 @@ func New() *probe.Probe {
 		Sites: []probe.Site{
 			{Symbol: "net/http.(*ServeMux).findHandler", Program: "servemux_route"},
 		},
-		Spec: loadBpf,
+		Counters: probe.RouteCounters(uint32(bpfObsdCounterCNT_READ_FAILED)),
+		Spec:     loadBpf,
+		Feeds:    "net/http/server",
 	}
 }

@@ -26,5 +26,6 @@ func New() *probe.Probe {
 		},
 		Counters: probe.RouteCounters(uint32(bpfObsdCounterCNT_READ_FAILED)),
 		Spec:     loadBpf,
+		Feeds:    "net/http/server",
 	}
 }
