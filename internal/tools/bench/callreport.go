@@ -43,12 +43,13 @@ func (r *report) callStat(load, cfg string) (callStat, bool) {
 // callsMarkdown writes the call loads' sections: per load, every
 // configuration, then obsd over the floor against the issue's limit.
 func (r *report) callsMarkdown(w func(string, ...any)) {
-	w("### Call loads: gRPC unary (server and client side), HTTP client\n\n")
+	w("### Call loads: gRPC unary (server and client side), HTTP client, chi router\n\n")
 	w("Each load runs the instrumented process (the target) pinned to CPU %d and its peer on CPU %d; "+
 		"%d rounds, configurations round-robin within each round, fresh processes per configuration and round, "+
-		"a %s warm-up round before each measured %s round (the HTTP client's rounds are a fixed number of requests instead). "+
-		"The floor is the empty BPF program at every site obsd's probe for that side attaches to in the target "+
-		"(an entry's PUSHQ BP; every RET of a return site). "+
+		"a %s warm-up round before each measured %s round (the HTTP client's and the chi service's rounds are a fixed number of requests instead). "+
+		"The floor is the empty BPF program at every site obsd's probes for that side attach to in the target "+
+		"(an entry's PUSHQ BP; every RET of a return site; every call of a call site, such as chi's sync.(*Pool).Put in (*Mux).ServeHTTP): "+
+		"for the chi service, the HTTP server probe's sites and the chi probe's. "+
 		"**target CPU µs/call** is the target's own CPU time (schedstat, which includes the uprobe traps it takes) over the calls the load generator counted; "+
 		"it is the figure the limit is checked on, as the target is not always the bottleneck of the throughput. "+
 		"µs/call by throughput = 1e6/rate − 1e6/rate(plain) is shown beside it. obsd runs with `--traces none`.\n\n",

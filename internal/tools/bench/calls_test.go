@@ -53,7 +53,7 @@ func TestParseLoads(t *testing.T) {
 		want    []string
 		wantErr string
 	}{
-		{"http-server,grpc-server,grpc-client,http-client", knownLoads, ""},
+		{"http-server,grpc-server,grpc-client,http-client,chi-server", knownLoads, ""},
 		{" grpc-client , grpc-client,http-client", []string{"grpc-client", "http-client"}, ""},
 		{"grpc", nil, `unknown load "grpc"`},
 		{",", nil, "no load named"},
@@ -111,7 +111,7 @@ func TestCallsMarkdown(t *testing.T) {
 	for _, want := range []string{
 		"#### gRPC unary, server side",
 		"| plain | 20,000 | 20,000 | 1.000 | — | — | — | 40.00 | — |",
-		"| floor (empty programs at the probe's sites) | 16,000 | 16,000 | 0.800 | 12.50 | 2.000 | 200 | 50.00 | 10.00 |",
+		"| floor (empty programs at the probes' sites) | 16,000 | 16,000 | 0.800 | 12.50 | 2.000 | 200 | 50.00 | 10.00 |",
 		"| obsd (--traces none) | 15,000 | 15,000 | 0.750 | 16.67 | 2.000 | 1000 | 52.00 | 12.00 |",
 		// added 2.00 of a 10 µs floor; throughput: 16.67 − 12.50.
 		"| gRPC unary, server side | 10.00 | 12.00 | 2.00 | 20% | PASS (limit 3.00 µs) | 0.00 | 4.17 | 800 | 2.00 (2.00) |",
