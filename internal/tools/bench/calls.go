@@ -17,9 +17,9 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	chi "github.com/obsd-dev/obsd/bpf/github.com/go-chi/chi/v5"
 	grpcclient "github.com/obsd-dev/obsd/bpf/google.golang.org/grpc/client"
 	grpcserver "github.com/obsd-dev/obsd/bpf/google.golang.org/grpc/server"
-	chi "github.com/obsd-dev/obsd/bpf/github.com/go-chi/chi/v5"
 	httpclient "github.com/obsd-dev/obsd/bpf/net/http/client"
 	httpserver "github.com/obsd-dev/obsd/bpf/net/http/server"
 	"github.com/obsd-dev/obsd/bpf/probe"
