@@ -659,14 +659,24 @@ func (b *bench) runCallConfig(ctx context.Context, l callLoad, c config, fl *flo
 		b.note("round %d, %s, %s: %d of %d calls failed", round, l.name, c.name, cr.errors, cr.calls)
 	}
 	if set != nil {
-		if h, want := float64(s.runs)/float64(cr.calls), float64(l.hits); h < want*0.995 || h > want*1.005 {
-			b.note("round %d, %s, %s: %.3f BPF runs per call (%d runs, %d calls), want %d", round, l.name, c.name, h, s.runs, cr.calls, l.hits)
+		if msg, off := hitsOff(l.hits, s.runs, cr.calls); off {
+			b.note("round %d, %s, %s: %s", round, l.name, c.name, msg)
 		}
 	}
 	b.log.Info("measured calls", "load", l.name, "config", c.name, "calls/s", fmt.Sprintf("%.0f", float64(cr.calls)/cr.elapsed.Seconds()),
 		"runs/call", fmt.Sprintf("%.3f", float64(s.runs)/float64(cr.calls)),
 		"targetCPU µs/call", fmt.Sprintf("%.2f", float64(s.targetCPU.Nanoseconds())/1e3/float64(cr.calls)))
 	return s, nil
+}
+
+// hitsOff says whether runs BPF runs over calls calls stray more than 0.5%
+// from hits per call, and how.
+func hitsOff(hits int, runs uint64, calls int64) (string, bool) {
+	h, want := float64(runs)/float64(calls), float64(hits)
+	if h >= want*0.995 && h <= want*1.005 {
+		return "", false
+	}
+	return fmt.Sprintf("%.3f BPF runs per call (%d runs, %d calls), want %d", h, runs, calls, hits), true
 }
 
 // parseLoads parses -loads, a comma-separated subset of knownLoads.
