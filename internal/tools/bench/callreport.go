@@ -84,6 +84,9 @@ func (r *report) callsMarkdown(w func(string, ...any)) {
 				ratio, cost, runs, ns, s.cpuUS, cpuCost)
 		}
 		w("\n")
+		if by := progBreakdown(r.calls[l.name]["obsd"]); by != "" {
+			w("obsd's BPF programs per call (median over rounds; programs that did not run are left out): %s.\n\n", by)
+		}
 	}
 	w("#### Call loads: obsd over the floor (traps alone)\n\n")
 	w("| load | floor µs/call | obsd µs/call | added µs/call | added, %% of floor | target: added ≤ max(1 µs, 30%% of floor) | noise: plain's spread, µs/call | cross-check: added by throughput, µs/call | BPF ns/call added | added, paired by round: median (each round) |\n")
@@ -145,4 +148,30 @@ func overFloorCells(floorUS, obsdUS, noiseUS, byThroughput, bpfNS float64) strin
 // callElapsed is for tests: a round of n calls at rate per second.
 func callElapsed(n int64, rate float64) time.Duration {
 	return time.Duration(float64(n) / rate * float64(time.Second))
+}
+
+// progBreakdown lists each program that ran in ss, by name, with its runs
+// and BPF ns per call, medians over the rounds; "" when none ran.
+func progBreakdown(ss []callSample) string {
+	runs, ns := map[string][]float64{}, map[string][]float64{}
+	for _, s := range ss {
+		n := float64(s.round.calls)
+		for name, c := range s.progs {
+			if c.runs == 0 {
+				continue
+			}
+			runs[name] = append(runs[name], float64(c.runs)/n)
+			ns[name] = append(ns[name], float64(c.runtime.Nanoseconds())/n)
+		}
+	}
+	names := make([]string, 0, len(runs))
+	for name := range runs {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	var out []string
+	for _, name := range names {
+		out = append(out, fmt.Sprintf("`%s` %.3f runs, %.0f ns", name, median(runs[name]), median(ns[name])))
+	}
+	return strings.Join(out, "; ")
 }

@@ -532,6 +532,9 @@ type callSample struct {
 	runs      uint64
 	runtime   time.Duration
 	targetCPU time.Duration // the target's own CPU time during the round (schedstat)
+	// progs are runs and run time by program name: where obsd's BPF time
+	// per call goes, probe by probe.
+	progs map[string]progCount
 }
 
 // callConfigs are the configurations of the call loads: no spans, the
@@ -654,7 +657,8 @@ func (b *bench) runCallConfig(ctx context.Context, l callLoad, c config, fl *flo
 	if rig.target.exited() {
 		return callSample{}, rig.target.failure("measure " + l.name)
 	}
-	s := callSample{round: cr, runs: after.runs - before.runs, runtime: after.runtime - before.runtime, targetCPU: cpu1 - cpu0}
+	s := callSample{round: cr, runs: after.runs - before.runs, runtime: after.runtime - before.runtime, targetCPU: cpu1 - cpu0,
+		progs: after.since(before)}
 	if cr.errors > 0 {
 		b.note("round %d, %s, %s: %d of %d calls failed", round, l.name, c.name, cr.errors, cr.calls)
 	}

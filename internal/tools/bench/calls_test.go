@@ -112,6 +112,12 @@ func TestCallsMarkdown(t *testing.T) {
 		"floor": {callSampleAt(20000, 4500, 60000, 20000*450, 112)},
 		"obsd":  {callSampleAt(20000, 4400, 60000, 20000*2100, 115.5)},
 	}
+	r.calls["chi-server"]["obsd"][0].progs = map[string]progCount{
+		"chi_route":       {runs: 20000, runtime: 20000 * 700},
+		"http_server_sta": {runs: 20000, runtime: 20000 * 450},
+		"http_server_end": {runs: 20000, runtime: 20000 * 950},
+		"http_server_clo": {}, // attached, never ran
+	}
 	var b strings.Builder
 	r.callsMarkdown(func(f string, a ...any) { fmt.Fprintf(&b, f, a...) })
 	md := b.String()
@@ -127,6 +133,8 @@ func TestCallsMarkdown(t *testing.T) {
 		"`httpclient -loop 20000 -loop-path /orders/42/items/7`",
 		"| floor (empty programs at the probes' sites) | 4,500 | 4,500 | 0.900 | 22.22 | 3.000 | 450 | 112.00 | 12.00 |",
 		"| obsd (--traces none) | 4,400 | 4,400 | 0.880 | 27.27 | 3.000 | 2100 | 115.50 | 15.50 |",
+		"obsd's BPF programs per call (median over rounds; programs that did not run are left out): " +
+			"`chi_route` 1.000 runs, 700 ns; `http_server_end` 1.000 runs, 950 ns; `http_server_sta` 1.000 runs, 450 ns.\n",
 		// added 3.50 of a 12 µs floor; throughput: 27.27 − 22.22.
 		"| chi router (HTTP server with a chi v5 route) | 12.00 | 15.50 | 3.50 | 29% | PASS (limit 3.60 µs) | 0.00 | 5.05 | 1650 | 3.50 (3.50) |",
 	} {
