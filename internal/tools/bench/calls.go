@@ -43,8 +43,9 @@ type callLoad struct {
 	setup string
 }
 
-// chiPath is the chi-server load's request: a route three parts deep
-// (/orders/{oid}/items/{iid}) inside two nested Route groups.
+// The chi-server load's request path, and the route chi reports for it to
+// its own middleware: three parts from two nested Route groups (each a
+// mounted sub-router), so the probe joins several patterns.
 const (
 	chiPath  = "/orders/42/items/7"
 	chiRoute = "/orders/{oid}/items/{iid}"
