@@ -124,7 +124,8 @@ func main() {
 	caFile := flag.String("ca", "", "PEM file of the TLS server's certificate")
 	h2c := flag.String("h2c", "", "base URL of the h2c test server (Go 1.24+ clients only)")
 	refused := flag.String("refused", "", "host:port on loopback where nothing listens")
-	loop := flag.Int("loop", 0, "instead of the mix, send this many GETs to -http /ok, one at a time on one connection, and print their mean time (cost measurements)")
+	loop := flag.Int("loop", 0, "instead of the mix, send this many GETs to -http -loop-path, one at a time on one connection, and print their mean time (cost measurements)")
+	loopPath := flag.String("loop-path", "/ok", "the path -loop sends its GETs to")
 	flag.Parse()
 
 	fmt.Println("ready h2c=" + strconv.FormatBool(h2cSupported))
@@ -135,7 +136,7 @@ func main() {
 
 	if *loop > 0 {
 		for {
-			fmt.Printf("ns_per_request %d\n", timeLoop(*plain+"/ok", *loop))
+			fmt.Printf("ns_per_request %d\n", timeLoop(*plain+*loopPath, *loop))
 			if _, err := in.ReadString('\n'); err != nil {
 				return
 			}

@@ -197,9 +197,9 @@ func newBench(ctx context.Context, o options, log *slog.Logger, taskset string, 
 	if out, err := build.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("build testdata/httpserver: %w\n%s", err, out)
 	}
-	if o.has("grpc-server") || o.has("grpc-client") || o.has("http-client") {
-		log.Info("building testdata/grpc and testdata/httpclient for the call loads")
-		if b.calls, err = buildCallBins(ctx, root, dir); err != nil {
+	if o.has("grpc-server") || o.has("grpc-client") || o.has("http-client") || o.has("chi-server") {
+		log.Info("building the call loads' programs (testdata/grpc, testdata/httpclient, testdata/routers/chi as needed)")
+		if b.calls, err = buildCallBins(ctx, root, dir, o.loads); err != nil {
 			return nil, err
 		}
 	}

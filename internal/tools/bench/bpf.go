@@ -91,14 +91,22 @@ type progSet struct {
 	own   bool // progs were opened here and must be closed
 }
 
-// counters is the sum of a progSet's statistics at one moment.
+// counters is the sum of a progSet's statistics at one moment, and each
+// program's by name (as the kernel keeps it, so at most 15 characters).
 type counters struct {
+	runs    uint64
+	runtime time.Duration
+	each    map[string]progCount
+}
+
+// progCount is one program's statistics.
+type progCount struct {
 	runs    uint64
 	runtime time.Duration
 }
 
 func (s *progSet) read() (counters, error) {
-	var c counters
+	c := counters{each: map[string]progCount{}}
 	for i, p := range s.progs {
 		st, err := p.Stats()
 		if err != nil {
@@ -106,8 +114,23 @@ func (s *progSet) read() (counters, error) {
 		}
 		c.runs += st.RunCount
 		c.runtime += st.Runtime
+		name, _, _ := strings.Cut(s.names[i], " (id ")
+		e := c.each[name]
+		e.runs += st.RunCount
+		e.runtime += st.Runtime
+		c.each[name] = e
 	}
 	return c, nil
+}
+
+// since is what each program of c ran after before.
+func (c counters) since(before counters) map[string]progCount {
+	d := map[string]progCount{}
+	for name, a := range c.each {
+		b := before.each[name]
+		d[name] = progCount{runs: a.runs - b.runs, runtime: a.runtime - b.runtime}
+	}
+	return d
 }
 
 func (s *progSet) close() {

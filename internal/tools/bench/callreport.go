@@ -43,12 +43,13 @@ func (r *report) callStat(load, cfg string) (callStat, bool) {
 // callsMarkdown writes the call loads' sections: per load, every
 // configuration, then obsd over the floor against the issue's limit.
 func (r *report) callsMarkdown(w func(string, ...any)) {
-	w("### Call loads: gRPC unary (server and client side), HTTP client\n\n")
+	w("### Call loads: gRPC unary (server and client side), HTTP client, chi router\n\n")
 	w("Each load runs the instrumented process (the target) pinned to CPU %d and its peer on CPU %d; "+
 		"%d rounds, configurations round-robin within each round, fresh processes per configuration and round, "+
-		"a %s warm-up round before each measured %s round (the HTTP client's rounds are a fixed number of requests instead). "+
-		"The floor is the empty BPF program at every site obsd's probe for that side attaches to in the target "+
-		"(an entry's PUSHQ BP; every RET of a return site). "+
+		"a %s warm-up round before each measured %s round (the HTTP client's and the chi service's rounds are a fixed number of requests instead). "+
+		"The floor is the empty BPF program at every site obsd's probes for that side attach to in the target "+
+		"(an entry's PUSHQ BP; every RET of a return site; every call of a call site, such as chi's sync.(*Pool).Put in (*Mux).ServeHTTP): "+
+		"for the chi service, the HTTP server probe's sites and the chi probe's. "+
 		"**target CPU µs/call** is the target's own CPU time (schedstat, which includes the uprobe traps it takes) over the calls the load generator counted; "+
 		"it is the figure the limit is checked on, as the target is not always the bottleneck of the throughput. "+
 		"µs/call by throughput = 1e6/rate − 1e6/rate(plain) is shown beside it. obsd runs with `--traces none`.\n\n",
@@ -83,6 +84,9 @@ func (r *report) callsMarkdown(w func(string, ...any)) {
 				ratio, cost, runs, ns, s.cpuUS, cpuCost)
 		}
 		w("\n")
+		if by := progBreakdown(r.calls[l.name]["obsd"]); by != "" {
+			w("obsd's BPF programs per call (median over rounds; programs that did not run are left out): %s.\n\n", by)
+		}
 	}
 	w("#### Call loads: obsd over the floor (traps alone)\n\n")
 	w("| load | floor µs/call | obsd µs/call | added µs/call | added, %% of floor | target: added ≤ max(1 µs, 30%% of floor) | noise: plain's spread, µs/call | cross-check: added by throughput, µs/call | BPF ns/call added | added, paired by round: median (each round) |\n")
@@ -144,4 +148,30 @@ func overFloorCells(floorUS, obsdUS, noiseUS, byThroughput, bpfNS float64) strin
 // callElapsed is for tests: a round of n calls at rate per second.
 func callElapsed(n int64, rate float64) time.Duration {
 	return time.Duration(float64(n) / rate * float64(time.Second))
+}
+
+// progBreakdown lists each program that ran in ss, by name, with its runs
+// and BPF ns per call, medians over the rounds; "" when none ran.
+func progBreakdown(ss []callSample) string {
+	runs, ns := map[string][]float64{}, map[string][]float64{}
+	for _, s := range ss {
+		n := float64(s.round.calls)
+		for name, c := range s.progs {
+			if c.runs == 0 {
+				continue
+			}
+			runs[name] = append(runs[name], float64(c.runs)/n)
+			ns[name] = append(ns[name], float64(c.runtime.Nanoseconds())/n)
+		}
+	}
+	names := make([]string, 0, len(runs))
+	for name := range runs {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	var out []string
+	for _, name := range names {
+		out = append(out, fmt.Sprintf("`%s` %.3f runs, %.0f ns", name, median(runs[name]), median(ns[name])))
+	}
+	return strings.Join(out, "; ")
 }

@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
+	"net/http"
+	"reflect"
 	"testing"
 	"time"
 
@@ -15,10 +18,13 @@ import (
 )
 
 // TestCallLoadFloors runs each call load's programs for real with the floor
-// attached at the probe's sites, and checks the floor ran exactly twice per
-// call the load generator itself counted (one entry and one end per call;
-// for the HTTP client the end is the RET that runs), which is what the
-// bench's "BPF runs/call" and per-call costs rest on.
+// attached at the probes' sites, and checks the floor ran exactly as often
+// per call, as the load generator itself counted calls, as the load's
+// probes hit (one entry and one end per call, for the HTTP client the end
+// being the RET that runs; for the chi service those two and chi's call of
+// sync.(*Pool).Put), which is what the bench's "BPF runs/call" and per-call
+// costs rest on. For the chi service, its own tally (what chi reported to
+// its middleware) must show every request on the one route.
 func TestCallLoadFloors(t *testing.T) {
 	e2e.RequireRoot(t)
 	root, err := moduleRoot()
@@ -34,7 +40,7 @@ func TestCallLoadFloors(t *testing.T) {
 		loadCPU = 0
 	}
 	ctx := context.Background()
-	bins, err := buildCallBins(ctx, root, t.TempDir())
+	bins, err := buildCallBins(ctx, root, t.TempDir(), knownLoads)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,11 +57,11 @@ func TestCallLoadFloors(t *testing.T) {
 		taskset: e2e.RequireTool(t, "taskset"), calls: bins, obsdOthers: map[string]bool{}}
 	for _, l := range callLoads(o) {
 		t.Run(l.name, func(t *testing.T) {
-			bin := bins.grpcapp
-			if l.name == "http-client" {
-				bin = bins.httpclient
+			bin, err := bins.targetBin(l.name)
+			if err != nil {
+				t.Fatal(err)
 			}
-			offs, err := floorSites(bin, l.probe)
+			offs, err := floorSites(bin, l.probes)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -90,12 +96,44 @@ func TestCallLoadFloors(t *testing.T) {
 			if cr.errors != 0 {
 				t.Errorf("%d of %d calls failed", cr.errors, cr.calls)
 			}
-			if l.name == "http-client" && cr.calls != int64(o.httpLoop) {
+			if (l.name == "http-client" || l.name == "chi-server") && cr.calls != int64(o.httpLoop) {
 				t.Errorf("a round counted %d requests, want %d", cr.calls, o.httpLoop)
 			}
-			if got := after.runs - before.runs; got != 2*uint64(cr.calls) {
-				t.Errorf("the floor ran %d times for %d calls, want %d", got, cr.calls, 2*cr.calls)
+			if got, want := after.runs-before.runs, uint64(l.hits)*uint64(cr.calls); got != want {
+				t.Errorf("the floor ran %d times for %d calls, want %d (%d per call)", got, cr.calls, want, l.hits)
+			}
+			if l.name == "chi-server" {
+				// startRig's check of the path, then the round.
+				want := []routerSeen{{Method: "GET", Route: chiRoute, Matched: true, Status: 200, Count: int(cr.calls) + 1}}
+				if got := routerTally(t, rig.admin); !reflect.DeepEqual(got, want) {
+					t.Errorf("the chi service saw %+v, want %+v", got, want)
+				}
 			}
 		})
 	}
+}
+
+// routerSeen is testdata/routers/common's Seen: one route as the router
+// reported it, with its count.
+type routerSeen struct {
+	Method  string `json:"method"`
+	Route   string `json:"route"`
+	Matched bool   `json:"matched"`
+	Status  int    `json:"status"`
+	Count   int    `json:"count"`
+}
+
+// routerTally reads a router service's own tally from its admin address.
+func routerTally(t *testing.T, admin string) []routerSeen {
+	t.Helper()
+	resp, err := http.Get(admin + "/tally")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var seen []routerSeen
+	if err := json.NewDecoder(resp.Body).Decode(&seen); err != nil {
+		t.Fatalf("decode the tally: %v", err)
+	}
+	return seen
 }

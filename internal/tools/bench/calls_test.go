@@ -53,7 +53,7 @@ func TestParseLoads(t *testing.T) {
 		want    []string
 		wantErr string
 	}{
-		{"http-server,grpc-server,grpc-client,http-client", knownLoads, ""},
+		{"http-server,grpc-server,grpc-client,http-client,chi-server", knownLoads, ""},
 		{" grpc-client , grpc-client,http-client", []string{"grpc-client", "http-client"}, ""},
 		{"grpc", nil, `unknown load "grpc"`},
 		{",", nil, "no load named"},
@@ -85,7 +85,7 @@ func callSampleAt(n int64, rate float64, runs uint64, bpfNS int64, cpuUS float64
 
 func TestCallsMarkdown(t *testing.T) {
 	o := options{rounds: 1, duration: 5 * time.Second, warmup: time.Second, loadCPU: 1, obsd: "bin/obsd",
-		loads: []string{"grpc-server", "http-client"}, callConc: 16, httpLoop: 20000}
+		loads: []string{"grpc-server", "http-client", "chi-server"}, callConc: 16, httpLoop: 20000}
 	r := &report{o: o, callConfigs: callConfigs(o), calls: map[string]map[string][]callSample{}}
 	for _, l := range callLoads(o) {
 		if o.has(l.name) {
@@ -105,17 +105,38 @@ func TestCallsMarkdown(t *testing.T) {
 		"floor": {callSampleAt(20000, 3000, 40000, 20000*300, 120)},
 		"obsd":  {callSampleAt(20000, 2500, 40000, 20000*4300, 129)},
 	}
+	// chi: three runs per request; floor 12 µs, obsd 3.5 more (a pass:
+	// the limit is 3.6).
+	r.calls["chi-server"] = map[string][]callSample{
+		"plain": {callSampleAt(20000, 5000, 0, 0, 100)},
+		"floor": {callSampleAt(20000, 4500, 60000, 20000*450, 112)},
+		"obsd":  {callSampleAt(20000, 4400, 60000, 20000*2100, 115.5)},
+	}
+	r.calls["chi-server"]["obsd"][0].progs = map[string]progCount{
+		"chi_route":       {runs: 20000, runtime: 20000 * 700},
+		"http_server_sta": {runs: 20000, runtime: 20000 * 450},
+		"http_server_end": {runs: 20000, runtime: 20000 * 950},
+		"http_server_clo": {}, // attached, never ran
+	}
 	var b strings.Builder
 	r.callsMarkdown(func(f string, a ...any) { fmt.Fprintf(&b, f, a...) })
 	md := b.String()
 	for _, want := range []string{
 		"#### gRPC unary, server side",
 		"| plain | 20,000 | 20,000 | 1.000 | — | — | — | 40.00 | — |",
-		"| floor (empty programs at the probe's sites) | 16,000 | 16,000 | 0.800 | 12.50 | 2.000 | 200 | 50.00 | 10.00 |",
+		"| floor (empty programs at the probes' sites) | 16,000 | 16,000 | 0.800 | 12.50 | 2.000 | 200 | 50.00 | 10.00 |",
 		"| obsd (--traces none) | 15,000 | 15,000 | 0.750 | 16.67 | 2.000 | 1000 | 52.00 | 12.00 |",
 		// added 2.00 of a 10 µs floor; throughput: 16.67 − 12.50.
 		"| gRPC unary, server side | 10.00 | 12.00 | 2.00 | 20% | PASS (limit 3.00 µs) | 0.00 | 4.17 | 800 | 2.00 (2.00) |",
 		"| HTTP client (net/http), sequential keep-alive GETs | 20.00 | 29.00 | 9.00 | 45% | FAIL (limit 6.00 µs) | 0.00 | 66.67 | 4000 | 9.00 (9.00) |",
+		"#### chi router (HTTP server with a chi v5 route)",
+		"`httpclient -loop 20000 -loop-path /orders/42/items/7`",
+		"| floor (empty programs at the probes' sites) | 4,500 | 4,500 | 0.900 | 22.22 | 3.000 | 450 | 112.00 | 12.00 |",
+		"| obsd (--traces none) | 4,400 | 4,400 | 0.880 | 27.27 | 3.000 | 2100 | 115.50 | 15.50 |",
+		"obsd's BPF programs per call (median over rounds; programs that did not run are left out): " +
+			"`chi_route` 1.000 runs, 700 ns; `http_server_end` 1.000 runs, 950 ns; `http_server_sta` 1.000 runs, 450 ns.\n",
+		// added 3.50 of a 12 µs floor; throughput: 27.27 − 22.22.
+		"| chi router (HTTP server with a chi v5 route) | 12.00 | 15.50 | 3.50 | 29% | PASS (limit 3.60 µs) | 0.00 | 5.05 | 1650 | 3.50 (3.50) |",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("calls report lacks %q; report:\n%s", want, md)
@@ -148,5 +169,48 @@ func TestPairedAdded(t *testing.T) {
 	}
 	if got := r.pairedAdded("http-client"); got != "—" {
 		t.Errorf("pairedAdded of a load not run = %q, want —", got)
+	}
+}
+
+func TestHitsOff(t *testing.T) {
+	tests := []struct {
+		hits  int
+		runs  uint64
+		calls int64
+		want  string // "" when within 0.5%
+	}{
+		{2, 40000, 20000, ""},
+		{3, 60000, 20000, ""},
+		{3, 60290, 20000, ""}, // 3.0145: within 0.5%
+		{3, 40000, 20000, "2.000 BPF runs per call (40000 runs, 20000 calls), want 3"}, // the chi site missed
+		{2, 60000, 20000, "3.000 BPF runs per call (60000 runs, 20000 calls), want 2"},
+		{3, 60400, 20000, "3.020 BPF runs per call (60400 runs, 20000 calls), want 3"},
+	}
+	for _, tt := range tests {
+		got, off := hitsOff(tt.hits, tt.runs, tt.calls)
+		if got != tt.want || off != (tt.want != "") {
+			t.Errorf("hitsOff(%d, %d, %d) = %q, %v; want %q", tt.hits, tt.runs, tt.calls, got, off, tt.want)
+		}
+	}
+}
+
+func TestParseRouterListening(t *testing.T) {
+	tests := []struct {
+		line, addr, admin string
+		wantErr           bool
+	}{
+		{"listening 127.0.0.1:41234 127.0.0.1:41235", "127.0.0.1:41234", "127.0.0.1:41235", false},
+		{"listening [::1]:80 127.0.0.1:81", "[::1]:80", "127.0.0.1:81", false},
+		{"listening 127.0.0.1:41234", "", "", true},          // no admin address
+		{"listening 0.0.0.0:80 127.0.0.1:81", "", "", true},  // not loopback
+		{"listening 127.0.0.1:80 10.0.0.1:81", "", "", true}, // admin not loopback
+		{"ready 127.0.0.1:80 127.0.0.1:81", "", "", true},    // another line
+		{"listening 127.0.0.1 127.0.0.1:81", "", "", true},   // no port
+	}
+	for _, tt := range tests {
+		addr, admin, err := parseRouterListening(tt.line)
+		if (err != nil) != tt.wantErr || addr != tt.addr || admin != tt.admin {
+			t.Errorf("parseRouterListening(%q) = %q, %q, %v; want %q, %q, error %v", tt.line, addr, admin, err, tt.addr, tt.admin, tt.wantErr)
+		}
 	}
 }

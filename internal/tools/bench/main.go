@@ -14,7 +14,8 @@
 //
 // Then, for each of the other probes, a call load beside its own floor
 // (calls.go): gRPC unary calls measured on the server and on the client,
-// and sequential net/http client requests; -loads picks which loads run.
+// sequential net/http client requests, and requests to a chi service (the
+// server probe with the chi route probe); -loads picks which loads run.
 //
 // It prints a Markdown table on stdout. Run from the module root as root:
 //
@@ -88,9 +89,9 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.obsdCPUs, "obsd-cpus", "", `taskset CPU list for obsd, e.g. "1" or "0-1,3" (default: the -load-cpu CPU); "all" leaves it free on every CPU`)
 	fs.StringVar(&o.wrk, "wrk", "/usr/bin/wrk", "wrk binary")
 	fs.DurationVar(&o.waitQuiet, "wait-quiet", 0, "wait up to this long for every CPU to be under 10% busy before measuring")
-	loads := fs.String("loads", strings.Join(knownLoads, ","), "loads to measure, comma-separated: http-server (wrk; fixed rate; spans), grpc-server, grpc-client, http-client")
+	loads := fs.String("loads", strings.Join(knownLoads, ","), "loads to measure, comma-separated: http-server (wrk; fixed rate; spans), grpc-server, grpc-client, http-client, chi-server (a chi v5 service: the server probe and the chi route probe)")
 	fs.IntVar(&o.callConc, "grpc-concurrency", 16, "concurrent unary calls of the gRPC load client")
-	fs.IntVar(&o.httpLoop, "http-client-requests", 20000, "sequential requests per round of the HTTP client load")
+	fs.IntVar(&o.httpLoop, "http-client-requests", 20000, "sequential requests per round of the HTTP client and chi-server loads")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}

@@ -174,7 +174,7 @@ func (r *report) markdown() string {
 	w("### Anomalies\n\n")
 	notes := r.anomalies()
 	if len(notes) == 0 {
-		w("None: every probed request or call ran exactly 2 BPF programs (±1%%), the load generators saw no errors, nothing was lost.\n")
+		w("None: every probed request or call ran exactly its probes' BPF programs (±1%%: 2 per request or call, 3 with the chi route), the load generators saw no errors, nothing was lost.\n")
 	}
 	for _, n := range notes {
 		w("- %s\n", n)
