@@ -51,7 +51,7 @@ func TestGRPCTableMatchesDWARF(t *testing.T) {
 				t.Fatalf("the table does not list grpc-go %s", v)
 			}
 			dir := t.TempDir()
-			l, err := moduleLayout(context.Background(), log, filepath.Join(dir, "src"), grpcModule, tmpl, keys, v)
+			l, err := moduleLayout(context.Background(), log, filepath.Join(dir, "src"), grpcModule, tmpl, keys, v, "")
 			if err != nil {
 				t.Fatal(err)
 			}
