@@ -69,8 +69,9 @@ func TestRouterTablesMatchDWARF(t *testing.T) {
 			t.Fatalf("%s is not in modules()", m)
 		}
 		oldest, newest := mod.versions[0], mod.versions[len(mod.versions)-1]
-		t.Run(m+"@"+oldest+"-go1.21.13", func(t *testing.T) { checkTable(t, m, oldest, "go1.21.13") })
-		t.Run(m+"@"+newest, func(t *testing.T) { checkTable(t, m, newest, "") })
+		// Named by template: a "/" in a subtest name would split -run patterns.
+		t.Run(mod.template+"@"+oldest+"-go1.21.13", func(t *testing.T) { checkTable(t, m, oldest, "go1.21.13") })
+		t.Run(mod.template+"@"+newest, func(t *testing.T) { checkTable(t, m, newest, "") })
 	}
 }
 
