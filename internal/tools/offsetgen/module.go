@@ -47,21 +47,24 @@ type module struct {
 	versions []string
 }
 
-// modules are the modules of the table besides the standard library. The routers' lists are
-// every release the module proxy served in the two years before 2026-11-25 (see each probe in
-// bpf/github.com/); each release is built with the Go at hand, as for grpc-go: the fields the
-// router probes read follow only pointers, interfaces, strings, slices, maps, integers and
-// (echo) a sync.RWMutex, whose sizes no Go release 1.21–1.27 changes. TestModuleTableMatchesDWARF
-// checks the oldest release of each router built with go1.21.13 against the table.
+// modules are the modules of the table besides the standard library. A router's list is every
+// release the module proxy lists (go list -m -versions) with a release time (the proxy's .info)
+// in the two years before 2026-11-30, chi's from v5.2.0 of 2024-12-14, echo's from v4.13.2 of
+// 2024-12-12, plus the older releases the router e2e tests build: gin v1.10.0 (2024-05),
+// gorilla/mux v1.8.0 (2020; v1.8.1 of 2023-10 is its newest). No router moved a probed field
+// within these lists. Each release is built with the Go at hand, as grpc-go's: the fields the
+// router probes read follow only pointers, interfaces, strings, slices, maps, integers and (echo)
+// a sync.RWMutex, whose sizes no Go release 1.21–1.27 changes; TestRouterTablesMatchDWARF checks
+// the oldest release of each router built with go1.21.13 against the table.
 func modules() []module {
 	return []module{
 		{path: grpcModule, template: "grpc", versions: grpcVersions},
 		{path: chi.Module, template: "chi",
-			versions: []string{"v5.2.3", "v5.2.4", "v5.2.5", "v5.3.0", "v5.3.1", "v5.3.2", "v5.4.0", "v5.5.0"}},
+			versions: []string{"v5.2.0", "v5.2.1", "v5.2.2", "v5.2.3", "v5.2.4", "v5.2.5", "v5.3.0", "v5.3.1", "v5.3.2", "v5.4.0", "v5.5.0"}},
 		{path: gin.Module, template: "gin",
 			versions: []string{"v1.10.0", "v1.10.1", "v1.11.0", "v1.12.0"}},
 		{path: echo.Module, template: "echo",
-			versions: []string{"v4.13.2", "v4.13.3", "v4.13.4", "v4.14.0", "v4.15.0", "v4.15.1", "v4.15.4", "v4.16.0"}},
+			versions: []string{"v4.13.2", "v4.13.3", "v4.13.4", "v4.14.0", "v4.15.0", "v4.15.1", "v4.15.4", "v4.16.0", "v4.16.4", "v4.16.5"}},
 		{path: mux.Module, template: "gorillamux", versions: []string{"v1.8.0", "v1.8.1"}},
 	}
 }

@@ -85,12 +85,12 @@ var variants = []variant{
 	{router: "gorillamux", module: "github.com/gorilla/mux", version: "v1.8.1", spans: true},
 	// Without DWARF the router probes take their offsets from the table
 	// (internal/offsets): the newest release of each stripped, and the
-	// oldest chi built by the oldest Go as a stripped PIE (the table was
-	// generated with the newest Go, non-PIE).
+	// oldest chi the table lists built by the oldest Go as a stripped PIE
+	// (the table was generated with the Go at hand, non-PIE).
 	{router: "chi", module: "github.com/go-chi/chi/v5", version: "v5.5.0", stripped: true},
-	{router: "chi", module: "github.com/go-chi/chi/v5", version: "v5.2.3", toolchain: "go1.21.13", stripped: true, pie: true},
+	{router: "chi", module: "github.com/go-chi/chi/v5", version: "v5.2.0", toolchain: "go1.21.13", stripped: true, pie: true},
 	{router: "gin", module: "github.com/gin-gonic/gin", version: "v1.12.0", stripped: true},
-	{router: "echo", module: "github.com/labstack/echo/v4", version: "v4.16.0", stripped: true, spans: true},
+	{router: "echo", module: "github.com/labstack/echo/v4", version: "v4.16.5", stripped: true, spans: true},
 	{router: "gorillamux", module: "github.com/gorilla/mux", version: "v1.8.1", stripped: true},
 }
 
