@@ -1,11 +1,13 @@
 // Command offsetgen generates internal/offsets/offsets.json, the struct field offsets obsd uses for
 // binaries without DWARF. It builds the template program testdata/std with Go toolchains (the go
-// command downloads them through the module proxy), and testdata/grpc against grpc-go releases
-// (module.go), and reads the fields from the DWARF of the results with internal/inspect, the same
-// code obsd reads targets with. Run from the repository:
+// command downloads them through the module proxy), and one template per module of module.go
+// (grpc-go, chi v5, gin, echo v4, gorilla/mux) against each listed release of that module, and
+// reads the fields from the DWARF of the results with internal/inspect, the same code obsd reads
+// targets with. Run from the repository:
 //
 //	go run ./internal/tools/offsetgen -out internal/offsets/offsets.json
-//	go run ./internal/tools/offsetgen -out internal/offsets/offsets.json -module google.golang.org/grpc
+//	go run ./internal/tools/offsetgen -out internal/offsets/offsets.json -module github.com/go-chi/chi/v5
+//	go run ./internal/tools/offsetgen -out internal/offsets/offsets.json -module github.com/gorilla/mux -versions github.com/gorilla/mux=v1.8.1
 package main
 
 import (
@@ -67,15 +69,46 @@ func stdFields() []offsets.Key {
 	return ks
 }
 
+// versionsFlag is -versions module=v1,v2,…, repeatable: the releases to list for a module
+// instead of module.go's.
+type versionsFlag map[string][]string
+
+func (f versionsFlag) String() string { return fmt.Sprint(map[string][]string(f)) }
+
+func (f versionsFlag) Set(s string) error {
+	path, list, ok := strings.Cut(s, "=")
+	if !ok || path == "" || list == "" {
+		return fmt.Errorf("%q: want module=v1,v2,…", s)
+	}
+	if _, ok := findModule(path); !ok {
+		return fmt.Errorf("%q: not a module of the table (%s)", path, strings.Join(modulePaths(), ", "))
+	}
+	f[path] = strings.Split(list, ",")
+	return nil
+}
+
+func modulePaths() []string {
+	var ps []string
+	for _, m := range modules() {
+		ps = append(ps, m.path)
+	}
+	return ps
+}
+
 func main() {
 	out := flag.String("out", "", "file to write the table to, e.g. internal/offsets/offsets.json")
 	tcs := flag.String("toolchains", "", "comma-separated Go releases to choose from (default: every release of "+strings.Join(goMinors, ", ")+" the module proxy lists)")
 	all := flag.Bool("all", false, "build every release instead of bisecting for layout changes")
-	tmpl := flag.String("template", "", "template program directory (default: internal/tools/offsetgen/testdata/std of the enclosing module)")
-	module := flag.String("module", "", "regenerate only this module's fields (\"std\" or "+grpcModule+"), keeping the others from -out; default every module")
-	grpcVers := flag.String("grpc", strings.Join(grpcVersions, ","), "comma-separated grpc-go versions to list")
+	tmpl := flag.String("template", "", "template program directory (default: internal/tools/offsetgen/testdata/std of the enclosing module); each module's template is its sibling")
+	only := flag.String("module", "", "regenerate only this module's fields (\"std\" or one of "+strings.Join(modulePaths(), ", ")+"), keeping the others from -out; default every module")
+	versions := versionsFlag{}
+	flag.Var(versions, "versions", "module=v1,v2,…: the releases to list for that module instead of module.go's (repeatable)")
+	grpcVers := flag.String("grpc", "", "comma-separated grpc-go versions to list (the same as -versions "+grpcModule+"=…)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if *grpcVers != "" {
+		versions[grpcModule] = strings.Split(*grpcVers, ",")
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
@@ -83,18 +116,21 @@ func main() {
 	if *tcs != "" {
 		releases = strings.Split(*tcs, ",")
 	}
-	if err := run(ctx, log, *out, *tmpl, releases, *all, *module, strings.Split(*grpcVers, ",")); err != nil {
+	if err := run(ctx, log, *out, *tmpl, releases, *all, *only, versions); err != nil {
 		log.Error("offsetgen failed", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, log *slog.Logger, out, tmpl string, releases []string, all bool, module string, grpcVers []string) error {
+// run writes the table to out: the standard library's fields from each release of releases (nil:
+// every supported one), and each module's from its versions (module.go's unless versions names
+// other ones); with only set, that module alone, the others kept from out.
+func run(ctx context.Context, log *slog.Logger, out, tmpl string, releases []string, all bool, only string, versions map[string][]string) error {
 	if out == "" {
 		return errors.New("-out is required")
 	}
-	if module != "" && module != offsets.Std && module != grpcModule {
-		return fmt.Errorf("-module %q: want %q or %q", module, offsets.Std, grpcModule)
+	if _, ok := findModule(only); only != "" && only != offsets.Std && !ok {
+		return fmt.Errorf("-module %q: want %q or one of %s", only, offsets.Std, strings.Join(modulePaths(), ", "))
 	}
 	root, err := moduleRoot()
 	if err != nil && tmpl == "" {
@@ -105,7 +141,7 @@ func run(ctx context.Context, log *slog.Logger, out, tmpl string, releases []str
 	}
 	start := time.Now()
 	table := &offsets.Table{}
-	if module != "" {
+	if only != "" {
 		// Keep what the other modules have in the current table.
 		data, err := os.ReadFile(out)
 		if err != nil {
@@ -115,11 +151,11 @@ func run(ctx context.Context, log *slog.Logger, out, tmpl string, releases []str
 		if err != nil {
 			return err
 		}
-		if table, err = keepOthers(old, module); err != nil {
+		if table, err = keepOthers(old, only); err != nil {
 			return err
 		}
 	}
-	if module == "" || module == offsets.Std {
+	if only == "" || only == offsets.Std {
 		if releases == nil {
 			if releases, err = listReleases(ctx, goMinors); err != nil {
 				return err
@@ -143,10 +179,19 @@ func run(ctx context.Context, log *slog.Logger, out, tmpl string, releases []str
 			}
 		}
 	}
-	if module == "" || module == grpcModule {
-		keys := moduleFields(grpcModule)
-		gt := filepath.Join(filepath.Dir(tmpl), "grpc")
-		layouts, err := moduleLayouts(ctx, log, grpcModule, gt, keys, grpcVers)
+	for _, m := range modules() {
+		if only != "" && only != m.path {
+			continue
+		}
+		vs := m.versions
+		if o, ok := versions[m.path]; ok {
+			vs = o
+		}
+		keys := moduleFields(m.path)
+		if len(keys) == 0 {
+			return fmt.Errorf("%s: no enabled probe declares a field of it", m.path)
+		}
+		layouts, err := moduleLayouts(ctx, log, m.path, filepath.Join(filepath.Dir(tmpl), m.template), keys, vs)
 		if err != nil {
 			return err
 		}

@@ -10,6 +10,10 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/obsd-dev/obsd/bpf/github.com/gin-gonic/gin"
+	chi "github.com/obsd-dev/obsd/bpf/github.com/go-chi/chi/v5"
+	"github.com/obsd-dev/obsd/bpf/github.com/gorilla/mux"
+	echo "github.com/obsd-dev/obsd/bpf/github.com/labstack/echo/v4"
 	"github.com/obsd-dev/obsd/internal/inspect"
 	"github.com/obsd-dev/obsd/internal/offsets"
 	"github.com/obsd-dev/obsd/internal/uprobes"
@@ -28,6 +32,52 @@ const grpcModule = "google.golang.org/grpc"
 // standard-library struct before them), so no Go release moves them; the gRPC e2e test checks
 // stripped builds made with other toolchains against this table.
 var grpcVersions = []string{"v1.68.1", "v1.69.0", "v1.69.4", "v1.76.0", "v1.77.0", "v1.82.1", "v1.84.0", "v1.85.0"}
+
+// module is a Go module whose fields the table carries beside the standard library's, keyed by
+// the module's own version: the template program offsetgen builds against each listed release
+// and reads the fields from. Which fields is not listed here: every field of the module the
+// enabled probes declare (moduleFields). Adding a module is one entry of modules.
+type module struct {
+	path string
+	// template is the directory, beside testdata/std, of a main package importing the module
+	// and keeping the probed types reachable, so that the linker describes them in DWARF.
+	template string
+	// versions are the releases the table lists, as the module proxy names them; a stripped
+	// binary of any other release is refused (unsupported_version), never interpolated.
+	versions []string
+}
+
+// modules are the modules of the table besides the standard library. A router's list is every
+// release the module proxy lists (go list -m -versions) with a release time (the proxy's .info)
+// in the two years before 2026-11-30, chi's from v5.2.0 of 2024-12-14, echo's from v4.13.2 of
+// 2024-12-12, plus the older releases the router e2e tests build: gin v1.10.0 (2024-05),
+// gorilla/mux v1.8.0 (2020; v1.8.1 of 2023-10 is its newest). No router moved a probed field
+// within these lists. Each release is built with the Go at hand, as grpc-go's: the fields the
+// router probes read follow only pointers, interfaces, strings, slices, maps, integers and (echo)
+// a sync.RWMutex, whose sizes no Go release 1.21–1.27 changes; TestRouterTablesMatchDWARF checks
+// the oldest release of each router built with go1.21.13 against the table.
+func modules() []module {
+	return []module{
+		{path: grpcModule, template: "grpc", versions: grpcVersions},
+		{path: chi.Module, template: "chi",
+			versions: []string{"v5.2.0", "v5.2.1", "v5.2.2", "v5.2.3", "v5.2.4", "v5.2.5", "v5.3.0", "v5.3.1", "v5.3.2", "v5.4.0", "v5.5.0"}},
+		{path: gin.Module, template: "gin",
+			versions: []string{"v1.10.0", "v1.10.1", "v1.11.0", "v1.12.0"}},
+		{path: echo.Module, template: "echo",
+			versions: []string{"v4.13.2", "v4.13.3", "v4.13.4", "v4.14.0", "v4.15.0", "v4.15.1", "v4.15.4", "v4.16.0", "v4.16.4", "v4.16.5"}},
+		{path: mux.Module, template: "gorillamux", versions: []string{"v1.8.0", "v1.8.1"}},
+	}
+}
+
+// findModule returns the entry of modules for path.
+func findModule(path string) (module, bool) {
+	for _, m := range modules() {
+		if m.path == path {
+			return m, true
+		}
+	}
+	return module{}, false
+}
 
 // moduleFields lists, sorted by declaration, the fields of module that the enabled probes
 // declare (internal/uprobes.Probes): a probe that adds a field gets it in the table at the next
@@ -48,7 +98,8 @@ func moduleFields(module string) []offsets.Key {
 }
 
 // moduleLayouts builds the template tmpl (a main package importing module) against each version
-// of module and reads keys from each binary's DWARF: -1 for a field the version lacks.
+// of module with the Go at hand and reads keys from each binary's DWARF: -1 for a field the
+// version lacks.
 func moduleLayouts(ctx context.Context, log *slog.Logger, module, tmpl string, keys []offsets.Key, versions []string) (map[string]layout, error) {
 	dir, err := os.MkdirTemp("", "offsetgen-mod-")
 	if err != nil {
@@ -57,7 +108,7 @@ func moduleLayouts(ctx context.Context, log *slog.Logger, module, tmpl string, k
 	defer os.RemoveAll(dir)
 	out := map[string]layout{}
 	for _, v := range versions {
-		l, err := moduleLayout(ctx, log, filepath.Join(dir, v), module, tmpl, keys, v)
+		l, err := moduleLayout(ctx, log, filepath.Join(dir, v), module, tmpl, keys, v, "")
 		if err != nil {
 			return nil, err
 		}
@@ -66,9 +117,11 @@ func moduleLayouts(ctx context.Context, log *slog.Logger, module, tmpl string, k
 	return out, nil
 }
 
-func moduleLayout(ctx context.Context, log *slog.Logger, dir, module, tmpl string, keys []offsets.Key, version string) (layout, error) {
+// moduleLayout builds tmpl in dir against module at version with toolchain (a GOTOOLCHAIN value
+// such as "go1.21.13", or "" for the Go at hand) and reads keys from the binary's DWARF.
+func moduleLayout(ctx context.Context, log *slog.Logger, dir, module, tmpl string, keys []offsets.Key, version, toolchain string) (layout, error) {
 	t0 := time.Now()
-	bin, err := buildModuleTemplate(ctx, dir, module, tmpl, version)
+	bin, err := buildModuleTemplate(ctx, dir, module, tmpl, version, toolchain)
 	if err != nil {
 		return nil, err
 	}
@@ -77,10 +130,13 @@ func moduleLayout(ctx context.Context, log *slog.Logger, dir, module, tmpl strin
 		return nil, fmt.Errorf("open template built with %s %s: %w", module, version, err)
 	}
 	defer b.Close()
-	// go mod tidy could have chosen another version (a replace, a newer requirement); trust only
-	// what the binary says.
+	// go mod tidy could have chosen another version (a replace, a newer requirement), and a go
+	// line could have switched toolchains; trust only what the binary says.
 	if got := b.Modules[module]; got != version {
 		return nil, fmt.Errorf("template built with %s %s reports %q", module, version, got)
+	}
+	if toolchain != "" && b.GoVersion != toolchain {
+		return nil, fmt.Errorf("template built with GOTOOLCHAIN=%s reports %s", toolchain, b.GoVersion)
 	}
 	l := layout{}
 	n := 0
@@ -101,17 +157,23 @@ func moduleLayout(ctx context.Context, log *slog.Logger, dir, module, tmpl strin
 }
 
 // buildModuleTemplate copies tmpl into dir with a go.mod requiring module at version, resolves the
-// rest through the module proxy (go mod tidy) and builds it with the Go at hand, which must be at
-// least as new as the version's go line. It returns the binary's path.
-func buildModuleTemplate(ctx context.Context, dir, module, tmpl, version string) (string, error) {
+// rest through the module proxy (go mod tidy) and builds it with toolchain ("" is the Go at hand),
+// which must be at least as new as the go lines of the version and its requirements. It returns
+// the binary's path.
+func buildModuleTemplate(ctx context.Context, dir, module, tmpl, version, toolchain string) (string, error) {
 	if err := copyTemplate(tmpl, dir); err != nil {
 		return "", err
 	}
-	mod := fmt.Sprintf("module obsd.invalid/offsetgen/%s\n\ngo 1.22\n\nrequire %s %s\n", filepath.Base(tmpl), module, version)
+	// go 1.21, the oldest Go obsd supports: tidy raises it to what the requirements need.
+	mod := fmt.Sprintf("module obsd.invalid/offsetgen/%s\n\ngo 1.21\n\nrequire %s %s\n", filepath.Base(tmpl), module, version)
 	if err := os.WriteFile(filepath.Join(dir, "go.mod"), []byte(mod), 0o644); err != nil {
 		return "", fmt.Errorf("write template go.mod: %w", err)
 	}
-	env := append(os.Environ(), "GOTOOLCHAIN=local", "GOOS=linux", "GOARCH=amd64", "CGO_ENABLED=0", "GOWORK=off",
+	tc := "GOTOOLCHAIN=local"
+	if toolchain != "" {
+		tc = "GOTOOLCHAIN=" + toolchain
+	}
+	env := append(os.Environ(), tc, "GOOS=linux", "GOARCH=amd64", "CGO_ENABLED=0", "GOWORK=off",
 		"GOFLAGS=-buildvcs=false -mod=mod")
 	bin := filepath.Join(dir, "template")
 	for _, args := range [][]string{{"mod", "tidy"}, {"build", "-o", bin, "."}} {

@@ -10,8 +10,11 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
+	"regexp"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -44,6 +47,7 @@ type variant struct {
 	version   string
 	toolchain string // "" is the Go running the tests
 	stripped  bool
+	pie       bool // -buildmode=pie
 	// spans runs obsd with every request sampled, so that metrics come
 	// from records (and spans are checked); else metrics only, counted in
 	// the kernel.
@@ -60,6 +64,9 @@ func (v variant) name() string {
 	}
 	if v.stripped {
 		n += "-stripped"
+	}
+	if v.pie {
+		n += "-pie"
 	}
 	if v.h2 {
 		n += "-h2"
@@ -83,11 +90,18 @@ var variants = []variant{
 	{router: "echo", module: "github.com/labstack/echo/v4", version: "v4.16.0", spans: true},
 	{router: "gorillamux", module: "github.com/gorilla/mux", version: "v1.8.0", toolchain: "go1.21.13"},
 	{router: "gorillamux", module: "github.com/gorilla/mux", version: "v1.8.1", spans: true},
-	// HTTP/2, counted in the kernel.
-	{router: "chi", module: "github.com/go-chi/chi/v5", version: "v5.5.0", h2: true},
-	{router: "gin", module: "github.com/gin-gonic/gin", version: "v1.12.0", h2: true},
+	// Without DWARF the router probes take their offsets from the table
+	// (internal/offsets): the newest release of each stripped, and the
+	// oldest chi the table lists built by the oldest Go as a stripped PIE
+	// (the table was generated with the Go at hand, non-PIE). Most over
+	// HTTP/2 (TLS, h2), counted in the kernel: the router then runs on each
+	// stream's own handler goroutine.
+	{router: "chi", module: "github.com/go-chi/chi/v5", version: "v5.5.0", stripped: true, h2: true},
+	{router: "chi", module: "github.com/go-chi/chi/v5", version: "v5.2.0", toolchain: "go1.21.13", stripped: true, pie: true},
+	{router: "gin", module: "github.com/gin-gonic/gin", version: "v1.12.0", stripped: true, h2: true},
+	{router: "echo", module: "github.com/labstack/echo/v4", version: "v4.16.5", stripped: true, spans: true},
 	{router: "echo", module: "github.com/labstack/echo/v4", version: "v4.16.0", h2: true},
-	{router: "gorillamux", module: "github.com/gorilla/mux", version: "v1.8.1", h2: true},
+	{router: "gorillamux", module: "github.com/gorilla/mux", version: "v1.8.1", stripped: true, h2: true},
 }
 
 func service(t *testing.T, v variant) string {
@@ -96,7 +110,7 @@ func service(t *testing.T, v variant) string {
 		Name:      "router-" + v.router,
 		Src:       filepath.Join(e2e.RepoRoot(), "testdata", "routers", v.router),
 		Toolchain: v.toolchain,
-		Flavour:   e2e.Flavour{Stripped: v.stripped},
+		Flavour:   e2e.Flavour{Stripped: v.stripped, PIE: v.pie},
 		Require:   []string{v.module + " " + v.version},
 	})
 }
@@ -381,4 +395,130 @@ func show(m map[key]int) string {
 	}
 	sort.Strings(lines)
 	return strings.Join(lines, "\n")
+}
+
+// chiModule and chiVersion are the chi TestUnlistedRouterRefused copies.
+const chiModule, chiVersion = "github.com/go-chi/chi/v5", "v5.5.0"
+
+// replacedChi builds the chi test service stripped, against a local copy of
+// chi v5.5.0 named by a replace directive, as a vendored fork is: its build
+// info gives chi the version "(devel)", which no offsets table can list.
+func replacedChi(t *testing.T) string {
+	t.Helper()
+	return builds.Get(t, "router-chi-replaced", func(out string) error {
+		dir, err := os.MkdirTemp("", "obsd-chi-replaced-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		env := []string{"GOTOOLCHAIN=local", "GOWORK=off", "GOFLAGS=-mod=mod", "CGO_ENABLED=0"}
+		dl := exec.Command("go", "mod", "download", "-json", chiModule+"@"+chiVersion)
+		dl.Dir, dl.Env = dir, append(os.Environ(), env...)
+		b, err := dl.Output()
+		if err != nil {
+			return fmt.Errorf("go mod download %s@%s: %w", chiModule, chiVersion, err)
+		}
+		var m struct{ Dir string }
+		if err := json.Unmarshal(b, &m); err != nil || m.Dir == "" {
+			return fmt.Errorf("go mod download %s@%s said %s: %v", chiModule, chiVersion, b, err)
+		}
+		if err := os.CopyFS(filepath.Join(dir, "chi"), os.DirFS(m.Dir)); err != nil {
+			return fmt.Errorf("copying chi: %w", err)
+		}
+		src := filepath.Join(e2e.RepoRoot(), "testdata", "routers", "chi")
+		files, err := filepath.Glob(filepath.Join(src, "*.go"))
+		if err != nil || len(files) == 0 {
+			return fmt.Errorf("no Go files in %s (%v)", src, err)
+		}
+		for _, f := range files {
+			data, err := os.ReadFile(f) // record.go is a symlink: read through it
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(filepath.Join(dir, filepath.Base(f)), data, 0o644); err != nil {
+				return err
+			}
+		}
+		minor := regexp.MustCompile(`^go1\.\d+`).FindString(runtime.Version())
+		mod := fmt.Sprintf("module chi\n\ngo %s\n\nrequire %s %s\n\nreplace %s => ./chi\n",
+			strings.TrimPrefix(minor, "go"), chiModule, chiVersion, chiModule)
+		if err := os.WriteFile(filepath.Join(dir, "go.mod"), []byte(mod), 0o644); err != nil {
+			return err
+		}
+		return e2e.GoBuild(dir, env, "-ldflags=-s -w", "-o", out, ".")
+	})
+}
+
+// TestUnlistedRouterRefused: a stripped binary linking a chi the offsets
+// table does not list (here a local replacement, version "(devel)") has
+// no DWARF to read chi's offsets from. Its chi probe is refused, with one
+// log line naming the module and one
+// obsd_instrumentation_errors_total{reason="unsupported_version"}, never
+// attached with another release's offsets; the HTTP server probe stays and
+// counts every request exactly, under learned routes.
+func TestUnlistedRouterRefused(t *testing.T) {
+	e2e.RequireRoot(t)
+	obsdBin := builds.Obsd(t)
+	bin := replacedChi(t)
+	svc := e2e.Start(t, bin, []string{"OTEL_SERVICE_NAME=routers-chi-replaced"})
+	f := strings.Fields(svc.First)
+	if len(f) != 3 || f[0] != "listening" {
+		t.Fatalf("service said %q", svc.First)
+	}
+	addr, admin := f[1], f[2]
+	unsupported := map[string]string{"reason": "unsupported_version"}
+	o := e2e.StartObsd(t, obsdBin, nil, "--pid", strconv.Itoa(svc.PID()), "--traces", "none")
+	o.WaitScrape(t, 20*time.Second, "the service instrumented and chi refused", func(f map[string]*dto.MetricFamily) bool {
+		return e2e.Sum(f, "obsd_instrumented_processes", nil) == 1 &&
+			e2e.Sum(f, "obsd_instrumentation_errors_total", unsupported) >= 1
+	})
+	if n := e2e.ProbeLinks(t, "chi_route", svc.PID()); n != 0 {
+		t.Errorf("%d chi_route links on an unlisted chi, want 0", n)
+	}
+	if n := e2e.ProbeLinks(t, "http_server", svc.PID()); n == 0 {
+		t.Fatal("no http_server links: the server probe went with chi's")
+	}
+
+	sent := send(t, addr, false)
+	want := map[key]int{}
+	routed := map[string]bool{} // the templates chi reported
+	for _, s := range tally(t, admin) {
+		want[key{s.Method, "", s.Status}] += s.Count
+		if s.Matched {
+			routed[s.Route] = true
+		}
+	}
+	if total(want) != sent {
+		t.Fatalf("the service tallied %d requests, the client sent %d", total(want), sent)
+	}
+	o.WaitScrape(t, 10*time.Second, fmt.Sprintf("%d requests", sent), func(f map[string]*dto.MetricFamily) bool {
+		return total(counted(f, svc.PID(), "1.1")) >= sent
+	})
+	time.Sleep(300 * time.Millisecond) // anything extra would show now
+	scrape := o.Scrape(t)
+	fams := e2e.Families(t, scrape)
+	got := map[key]int{}
+	for k, n := range counted(fams, svc.PID(), "1.1") {
+		// A route with a parameter chi named ({oid}, not the fallback's)
+		// could only have come from the refused probe.
+		if strings.Contains(k.route, "{") && routed[k.route] {
+			t.Errorf("route %q is chi's own, from a refused probe", k.route)
+		}
+		got[key{k.method, "", k.status}] += n
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("obsd counted (method, status):\n%s\nthe service served:\n%s", show(got), show(want))
+	}
+	if n := e2e.Sum(fams, "obsd_instrumentation_errors_total", unsupported); n != 1 {
+		t.Errorf("obsd_instrumentation_errors_total{reason=\"unsupported_version\"} = %v, want 1", n)
+	}
+	// A module replaced by a directory is "(devel)" in the build info.
+	re := regexp.MustCompile(`reason=unsupported_version.*` + regexp.QuoteMeta(chiModule+" (devel) is not in the offsets table"))
+	if n := len(re.FindAllString(o.Log.String(), -1)); n != 1 {
+		t.Errorf("%d log lines naming chi, want 1:\n%s", n, o.Log)
+	}
+	if n := e2e.Sum(fams, "obsd_probe_anomalies_total", nil); n != 0 {
+		t.Errorf("obsd_probe_anomalies_total = %v, want 0", n)
+	}
+	e2e.Promtool(t, scrape)
 }
