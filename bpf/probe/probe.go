@@ -43,6 +43,10 @@ type Site struct {
 	// sync.(*Pool).Put of its request context, after the handler ran).
 	// VaddrConst is not set for such a site.
 	Calls string
+	// InlinedOK accepts a binary where Symbol is also inlined somewhere:
+	// the site wants only the calls that enter it (net/http.NotFound
+	// called through a handler value), not every call.
+	InlinedOK bool
 }
 
 // Field names a struct field whose byte offset a probe needs.

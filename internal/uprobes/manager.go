@@ -654,7 +654,7 @@ func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *load
 			continue
 		}
 		off, err := info.EntrySite(s.Symbol)
-		if inspect.ReasonOf(err) == inspect.ReasonSymbol {
+		if inspect.ReasonOf(err) == inspect.ReasonSymbol && !s.InlinedOK {
 			// No out-of-line copy may still mean calls: a PGO build can
 			// inline a function everywhere (Go 1.25 does so with
 			// (*conn).close). That is a refusal for inlining, not a
@@ -685,7 +685,7 @@ func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *load
 		if err != nil {
 			return nil, nil, err
 		}
-		if len(inl) > 0 {
+		if len(inl) > 0 && !s.InlinedOK {
 			return nil, nil, &inspect.Error{Reason: inspect.ReasonInlined,
 				Err: fmt.Errorf("probe %s cannot see every call: %v", lp.Name, inl)}
 		}

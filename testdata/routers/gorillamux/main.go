@@ -34,5 +34,13 @@ func main() {
 	users.HandleFunc("/{name}", ok)
 	r.HandleFunc("/users/{uid:[0-9]+}", ok)
 	r.PathPrefix("/files/").HandlerFunc(ok)
+	// A handler that answers 404 itself keeps its route.
+	r.HandleFunc("/things/{id}", func(w http.ResponseWriter, req *http.Request) {
+		if mux.Vars(req)["id"] == "missing" {
+			http.NotFound(w, req)
+			return
+		}
+		ok(w, req)
+	})
 	run(r)
 }

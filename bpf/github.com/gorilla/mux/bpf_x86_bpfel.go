@@ -62,7 +62,11 @@ const (
 	bpfMapObsdCounters         = "obsd_counters"
 	bpfMapObsdSharedHttpRoutes = "obsd_shared_http_routes"
 	bpfMapRouteScratch         = "route_scratch"
+	bpfProgGorillaNotfound     = "gorilla_notfound"
 	bpfProgGorillaRoute        = "gorilla_route"
+	bpfProgGorillaUnmatched    = "gorilla_unmatched"
+	bpfVarHandlerfuncServe     = "handlerfunc_serve"
+	bpfVarNotfoundSiteVaddr    = "notfound_site_vaddr"
 	bpfVarOffGroupPath         = "off_group_path"
 	bpfVarOffRegexpTemplate    = "off_regexp_template"
 	bpfVarOffRouteRouteconf    = "off_route_routeconf"
@@ -111,7 +115,9 @@ type bpfSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfProgramSpecs struct {
-	GorillaRoute *ebpf.ProgramSpec `ebpf:"gorilla_route"`
+	GorillaNotfound  *ebpf.ProgramSpec `ebpf:"gorilla_notfound"`
+	GorillaRoute     *ebpf.ProgramSpec `ebpf:"gorilla_route"`
+	GorillaUnmatched *ebpf.ProgramSpec `ebpf:"gorilla_unmatched"`
 }
 
 // bpfMapSpecs contains maps before they are loaded into the kernel.
@@ -127,6 +133,8 @@ type bpfMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
+	HandlerfuncServe   *ebpf.VariableSpec `ebpf:"handlerfunc_serve"`
+	NotfoundSiteVaddr  *ebpf.VariableSpec `ebpf:"notfound_site_vaddr"`
 	OffGroupPath       *ebpf.VariableSpec `ebpf:"off_group_path"`
 	OffRegexpTemplate  *ebpf.VariableSpec `ebpf:"off_regexp_template"`
 	OffRouteRouteconf  *ebpf.VariableSpec `ebpf:"off_route_routeconf"`
@@ -170,6 +178,8 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
+	HandlerfuncServe   *ebpf.Variable `ebpf:"handlerfunc_serve"`
+	NotfoundSiteVaddr  *ebpf.Variable `ebpf:"notfound_site_vaddr"`
 	OffGroupPath       *ebpf.Variable `ebpf:"off_group_path"`
 	OffRegexpTemplate  *ebpf.Variable `ebpf:"off_regexp_template"`
 	OffRouteRouteconf  *ebpf.Variable `ebpf:"off_route_routeconf"`
@@ -180,12 +190,16 @@ type bpfVariables struct {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfPrograms struct {
-	GorillaRoute *ebpf.Program `ebpf:"gorilla_route"`
+	GorillaNotfound  *ebpf.Program `ebpf:"gorilla_notfound"`
+	GorillaRoute     *ebpf.Program `ebpf:"gorilla_route"`
+	GorillaUnmatched *ebpf.Program `ebpf:"gorilla_unmatched"`
 }
 
 func (p *bpfPrograms) Close() error {
 	return _BpfClose(
+		p.GorillaNotfound,
 		p.GorillaRoute,
+		p.GorillaUnmatched,
 	)
 }
 

@@ -6,8 +6,13 @@
  * The template is the route's path regexp's (a sub-router's routes carry
  * their parents' prefixes); a route without a path has none (the router's
  * own answer is an error; the route is then empty), and so has a request
- * that got the Router's own NotFoundHandler (a "match" with no route). A
- * request matched by nothing else never gets here: the fallback route. */
+ * that got the Router's own NotFoundHandler (a "match" with no route).
+ * A request the router matched nothing for never gets there; it ends in
+ * gorilla's methodNotAllowed (405) or, by default, net/http's NotFound
+ * called through HandlerFunc.ServeHTTP (404; a handler's own direct call
+ * of http.NotFound for a matched route keeps that route), whose entries
+ * leave an empty route: the router's own answer (CurrentRoute is nil).
+ * Either way one hit. */
 #include "obsd.h"
 #include "route.h"
 
@@ -40,4 +45,43 @@ int gorilla_route(struct pt_regs *ctx)
 	}
 	route_commit(ctx, b);
 	return 0;
+}
+
+/* For the NotFound site: its link-time address (PIE load bias), and the
+ * entry of net/http.HandlerFunc.ServeHTTP (0: not in the binary). */
+volatile const u64 notfound_site_vaddr = 0;
+volatile const u64 handlerfunc_serve = 0;
+
+/* A return address this far past HandlerFunc.ServeHTTP's entry is its call
+ * of the function (41 bytes in: stack check, frame, CALL). */
+#define HANDLERFUNC_CALL_MAX 64
+
+static __always_inline int unmatched(struct pt_regs *ctx)
+{
+	struct route_build *b = route_begin(ROUTE_GORILLA);
+	if (!b)
+		return 0;
+	route_commit(ctx, b);
+	return 0;
+}
+
+SEC("uprobe.multi")
+int gorilla_unmatched(struct pt_regs *ctx)
+{
+	return unmatched(ctx);
+}
+
+/* net/http.NotFound(w, r): the router's default 404 only when a handler
+ * value called it (HandlerFunc(NotFound).ServeHTTP): at the entry's PUSHQ
+ * BP the return address is still at the top of the stack. */
+SEC("uprobe.multi")
+int gorilla_notfound(struct pt_regs *ctx)
+{
+	u64 ret = 0;
+	if (!handlerfunc_serve || bpf_probe_read_user(&ret, sizeof(ret), (void *)ctx->sp) != 0)
+		return 0;
+	ret -= load_bias(ctx, notfound_site_vaddr);
+	if (ret < handlerfunc_serve || ret >= handlerfunc_serve + HANDLERFUNC_CALL_MAX)
+		return 0;
+	return unmatched(ctx);
 }
