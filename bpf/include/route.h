@@ -151,6 +151,48 @@ static __always_inline void route_commit(struct pt_regs *ctx, struct route_build
 		count(CNT_READ_FAILED); /* not handed over: the request gets the fallback */
 }
 
+/* A mux that runs on a goroutine of its own (http.TimeoutHandler runs the
+ * handler on a new one) cannot leave its request under the serving
+ * goroutine. The servemux probe then also leaves it under the contexts up
+ * its request's context chain (every context type of package context keeps
+ * its parent first), where the server probe's end finds it by its own
+ * request's context. Only while obsd_shared_route_ctx_on is set (user
+ * space sets it once a process has the on-demand servemux probe), so
+ * other servers pay one array read. */
+#define ROUTE_CTX_LEVELS 3
+
+struct route_ctx_key {
+	u64 ctx;
+	u32 tgid;
+	u32 _pad;
+};
+
+struct route_ctx {
+	u64 at_ns;
+	u64 req;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct route_ctx_key);
+	__type(value, struct route_ctx);
+} obsd_shared_route_ctx SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, u32);
+} obsd_shared_route_ctx_on SEC(".maps");
+
+static __always_inline int route_ctx_on(void)
+{
+	u32 zero = 0;
+	u32 *on = bpf_map_lookup_elem(&obsd_shared_route_ctx_on, &zero);
+	return on && *on;
+}
+
 /* route_of returns the route a router left for the current goroutine's
  * request that started at start, or NULL. */
 static __always_inline struct route *route_of(struct pt_regs *ctx, u32 tgid, u64 start)

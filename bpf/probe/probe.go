@@ -137,6 +137,10 @@ type Probe struct {
 	// attached to a process only when asked (uprobes.Manager.Enable): what
 	// they add is worth a hit per request only where a process needs it.
 	OnDemand bool
+	// EnabledFlag, for an OnDemand probe, names a shared one-entry array
+	// map (u32 key and value) that is set to 1 once the probe is enabled
+	// for any process: what other probes do for it only then.
+	EnabledFlag string
 	// Feeds names the probe this one only hands data to (a router's probe
 	// feeds the HTTP server probe): it is not loaded for a binary the
 	// other did not load for, and never makes a binary count as

@@ -539,6 +539,15 @@ func (m *Manager) Enable(pid int, probeName string) error {
 		proc.enabled = map[int]bool{}
 	}
 	proc.enabled[i] = true
+	if name := m.probes[i].EnabledFlag; name != "" {
+		mp := m.shared[name]
+		if mp == nil {
+			return fmt.Errorf("enabling %s: no shared map %s", probeName, name)
+		}
+		if err := mp.Put(uint32(0), uint32(1)); err != nil {
+			return fmt.Errorf("enabling %s: setting %s: %w", probeName, name, err)
+		}
+	}
 	return nil
 }
 

@@ -4,12 +4,14 @@
 //   - the first address routes "/api/" through http.StripPrefix to an
 //     inner ServeMux, and serves "GET /top" itself;
 //   - the second wraps its whole ServeMux in a middleware that copies the
-//     request with r.WithContext (as otelhttp does).
+//     request with r.WithContext (as otelhttp does);
+//   - the third serves a ServeMux through http.TimeoutHandler, which runs
+//     it on a goroutine of its own.
 //
 // Every handler records the pattern it is registered under (the one its
 // mux matched: Request.Pattern says the same from Go 1.23), so a test can
 // compare obsd's http_route with it. GET /tally on the
-// third address answers the tally as JSON. Prints "listening A B ADMIN".
+// fourth address answers the tally as JSON. Prints "listening A B C ADMIN".
 package main
 
 import (
@@ -20,6 +22,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"time"
 )
 
 type seen struct {
@@ -65,6 +68,11 @@ func main() {
 		wrapped.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), key{}, "span")))
 	})
 
+	timed := http.NewServeMux()
+	handle(timed, "GET /slow/{n}", 200)
+	handle(timed, "PUT /slow/{n}/done", 202)
+	timeout := http.TimeoutHandler(timed, 10*time.Second, "timed out")
+
 	admin := http.NewServeMux()
 	admin.HandleFunc("GET /tally", func(w http.ResponseWriter, _ *http.Request) {
 		mu.Lock()
@@ -78,7 +86,7 @@ func main() {
 	})
 
 	var addrs []any
-	for _, h := range []http.Handler{outer, copying, admin} {
+	for _, h := range []http.Handler{outer, copying, timeout, admin} {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			log.Fatal(err)
@@ -86,6 +94,6 @@ func main() {
 		addrs = append(addrs, ln.Addr())
 		go func() { log.Fatal(http.Serve(ln, h)) }()
 	}
-	fmt.Printf("listening %s %s %s\n", addrs...)
+	fmt.Printf("listening %s %s %s %s\n", addrs...)
 	select {}
 }

@@ -48,6 +48,19 @@ type bpfRouteBuild struct {
 	Spill [128]int8
 }
 
+type bpfRouteCtx struct {
+	_    structs.HostLayout
+	AtNs uint64
+	Req  uint64
+}
+
+type bpfRouteCtxKey struct {
+	_    structs.HostLayout
+	Ctx  uint64
+	Tgid uint32
+	Pad  uint32
+}
+
 type bpfRouteKey struct {
 	_    structs.HostLayout
 	G    uint64
@@ -61,6 +74,8 @@ type bpfRouteKey struct {
 const (
 	bpfMapObsdCounters         = "obsd_counters"
 	bpfMapObsdSharedHttpRoutes = "obsd_shared_http_routes"
+	bpfMapObsdSharedRouteCtx   = "obsd_shared_route_ctx"
+	bpfMapObsdSharedRouteCtxOn = "obsd_shared_route_ctx_on"
 	bpfMapRouteScratch         = "route_scratch"
 	bpfProgGorillaNotfound     = "gorilla_notfound"
 	bpfProgGorillaRoute        = "gorilla_route"
@@ -126,6 +141,8 @@ type bpfProgramSpecs struct {
 type bpfMapSpecs struct {
 	ObsdCounters         *ebpf.MapSpec `ebpf:"obsd_counters"`
 	ObsdSharedHttpRoutes *ebpf.MapSpec `ebpf:"obsd_shared_http_routes"`
+	ObsdSharedRouteCtx   *ebpf.MapSpec `ebpf:"obsd_shared_route_ctx"`
+	ObsdSharedRouteCtxOn *ebpf.MapSpec `ebpf:"obsd_shared_route_ctx_on"`
 	RouteScratch         *ebpf.MapSpec `ebpf:"route_scratch"`
 }
 
@@ -163,6 +180,8 @@ func (o *bpfObjects) Close() error {
 type bpfMaps struct {
 	ObsdCounters         *ebpf.Map `ebpf:"obsd_counters"`
 	ObsdSharedHttpRoutes *ebpf.Map `ebpf:"obsd_shared_http_routes"`
+	ObsdSharedRouteCtx   *ebpf.Map `ebpf:"obsd_shared_route_ctx"`
+	ObsdSharedRouteCtxOn *ebpf.Map `ebpf:"obsd_shared_route_ctx_on"`
 	RouteScratch         *ebpf.Map `ebpf:"route_scratch"`
 }
 
@@ -170,6 +189,8 @@ func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.ObsdCounters,
 		m.ObsdSharedHttpRoutes,
+		m.ObsdSharedRouteCtx,
+		m.ObsdSharedRouteCtxOn,
 		m.RouteScratch,
 	)
 }

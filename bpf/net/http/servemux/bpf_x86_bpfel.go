@@ -48,6 +48,19 @@ type bpfRouteBuild struct {
 	Spill [128]int8
 }
 
+type bpfRouteCtx struct {
+	_    structs.HostLayout
+	AtNs uint64
+	Req  uint64
+}
+
+type bpfRouteCtxKey struct {
+	_    structs.HostLayout
+	Ctx  uint64
+	Tgid uint32
+	Pad  uint32
+}
+
 type bpfRouteKey struct {
 	_    structs.HostLayout
 	G    uint64
@@ -61,8 +74,11 @@ type bpfRouteKey struct {
 const (
 	bpfMapObsdCounters         = "obsd_counters"
 	bpfMapObsdSharedHttpRoutes = "obsd_shared_http_routes"
+	bpfMapObsdSharedRouteCtx   = "obsd_shared_route_ctx"
+	bpfMapObsdSharedRouteCtxOn = "obsd_shared_route_ctx_on"
 	bpfMapRouteScratch         = "route_scratch"
 	bpfProgServemuxRoute       = "servemux_route"
+	bpfVarOffRequestCtx        = "off_request_ctx"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -116,6 +132,8 @@ type bpfProgramSpecs struct {
 type bpfMapSpecs struct {
 	ObsdCounters         *ebpf.MapSpec `ebpf:"obsd_counters"`
 	ObsdSharedHttpRoutes *ebpf.MapSpec `ebpf:"obsd_shared_http_routes"`
+	ObsdSharedRouteCtx   *ebpf.MapSpec `ebpf:"obsd_shared_route_ctx"`
+	ObsdSharedRouteCtxOn *ebpf.MapSpec `ebpf:"obsd_shared_route_ctx_on"`
 	RouteScratch         *ebpf.MapSpec `ebpf:"route_scratch"`
 }
 
@@ -123,6 +141,7 @@ type bpfMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
+	OffRequestCtx *ebpf.VariableSpec `ebpf:"off_request_ctx"`
 }
 
 // bpfObjects contains all objects after they have been loaded into the kernel.
@@ -147,6 +166,8 @@ func (o *bpfObjects) Close() error {
 type bpfMaps struct {
 	ObsdCounters         *ebpf.Map `ebpf:"obsd_counters"`
 	ObsdSharedHttpRoutes *ebpf.Map `ebpf:"obsd_shared_http_routes"`
+	ObsdSharedRouteCtx   *ebpf.Map `ebpf:"obsd_shared_route_ctx"`
+	ObsdSharedRouteCtxOn *ebpf.Map `ebpf:"obsd_shared_route_ctx_on"`
 	RouteScratch         *ebpf.Map `ebpf:"route_scratch"`
 }
 
@@ -154,6 +175,8 @@ func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.ObsdCounters,
 		m.ObsdSharedHttpRoutes,
+		m.ObsdSharedRouteCtx,
+		m.ObsdSharedRouteCtxOn,
 		m.RouteScratch,
 	)
 }
@@ -162,6 +185,7 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
+	OffRequestCtx *ebpf.Variable `ebpf:"off_request_ctx"`
 }
 
 // bpfPrograms contains all programs after they have been loaded into the kernel.

@@ -17,8 +17,15 @@ func New() *probe.Probe {
 		Name:     Name,
 		MinGo:    "go1.21", // the site exists from 1.22 (ServeMux patterns); older binaries lack it
 		OnDemand: true,
+		// The server probe's end looks requests up by context only then.
+		EnabledFlag: "obsd_shared_route_ctx_on",
 		Sites: []probe.Site{
 			{Symbol: "net/http.(*ServeMux).findHandler", Program: "servemux_route"},
+		},
+		Consts: []probe.Const{
+			// Only for a mux on a goroutine of its own; without it, the
+			// goroutine's hand-over still works.
+			{Name: "off_request_ctx", Field: probe.Field{Module: "std", Package: "net/http", Struct: "Request", Field: "ctx"}, Optional: true, Secondary: true},
 		},
 		Counters: probe.RouteCounters(uint32(bpfObsdCounterCNT_READ_FAILED)),
 		Spec:     loadBpf,

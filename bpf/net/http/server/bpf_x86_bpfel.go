@@ -144,6 +144,19 @@ type bpfRouteBuild struct {
 	Spill [128]int8
 }
 
+type bpfRouteCtx struct {
+	_    structs.HostLayout
+	AtNs uint64
+	Req  uint64
+}
+
+type bpfRouteCtxKey struct {
+	_    structs.HostLayout
+	Ctx  uint64
+	Tgid uint32
+	Pad  uint32
+}
+
 type bpfRouteKey struct {
 	_    structs.HostLayout
 	G    uint64
@@ -214,6 +227,8 @@ const (
 	bpfMapObsdCounters              = "obsd_counters"
 	bpfMapObsdSharedCtxSpans        = "obsd_shared_ctx_spans"
 	bpfMapObsdSharedHttpRoutes      = "obsd_shared_http_routes"
+	bpfMapObsdSharedRouteCtx        = "obsd_shared_route_ctx"
+	bpfMapObsdSharedRouteCtxOn      = "obsd_shared_route_ctx_on"
 	bpfMapObsdTcScratch             = "obsd_tc_scratch"
 	bpfMapRouteScratch              = "route_scratch"
 	bpfProgHttpServerClose          = "http_server_close"
@@ -355,6 +370,8 @@ type bpfMapSpecs struct {
 	ObsdCounters         *ebpf.MapSpec `ebpf:"obsd_counters"`
 	ObsdSharedCtxSpans   *ebpf.MapSpec `ebpf:"obsd_shared_ctx_spans"`
 	ObsdSharedHttpRoutes *ebpf.MapSpec `ebpf:"obsd_shared_http_routes"`
+	ObsdSharedRouteCtx   *ebpf.MapSpec `ebpf:"obsd_shared_route_ctx"`
+	ObsdSharedRouteCtxOn *ebpf.MapSpec `ebpf:"obsd_shared_route_ctx_on"`
 	ObsdTcScratch        *ebpf.MapSpec `ebpf:"obsd_tc_scratch"`
 	RouteScratch         *ebpf.MapSpec `ebpf:"route_scratch"`
 }
@@ -454,6 +471,8 @@ type bpfMaps struct {
 	ObsdCounters         *ebpf.Map `ebpf:"obsd_counters"`
 	ObsdSharedCtxSpans   *ebpf.Map `ebpf:"obsd_shared_ctx_spans"`
 	ObsdSharedHttpRoutes *ebpf.Map `ebpf:"obsd_shared_http_routes"`
+	ObsdSharedRouteCtx   *ebpf.Map `ebpf:"obsd_shared_route_ctx"`
+	ObsdSharedRouteCtxOn *ebpf.Map `ebpf:"obsd_shared_route_ctx_on"`
 	ObsdTcScratch        *ebpf.Map `ebpf:"obsd_tc_scratch"`
 	RouteScratch         *ebpf.Map `ebpf:"route_scratch"`
 }
@@ -469,6 +488,8 @@ func (m *bpfMaps) Close() error {
 		m.ObsdCounters,
 		m.ObsdSharedCtxSpans,
 		m.ObsdSharedHttpRoutes,
+		m.ObsdSharedRouteCtx,
+		m.ObsdSharedRouteCtxOn,
 		m.ObsdTcScratch,
 		m.RouteScratch,
 	)

@@ -558,6 +558,13 @@ static __always_inline void report(struct pt_regs *ctx, u64 site_vaddr, u32 tgid
 		if (rt->req)
 			preq = rt->req;
 		rt = NULL;
+	} else if (!rt && off_request_ctx != OFF_NONE && route_ctx_on()) {
+		/* Or one on a goroutine of its own, by this request's context. */
+		struct route_ctx_key k = {.tgid = tgid};
+		struct route_ctx *v;
+		if (bpf_probe_read_user(&k.ctx, sizeof(k.ctx), (void *)(req + off_request_ctx + 8)) == 0 && k.ctx &&
+		    (v = bpf_map_lookup_elem(&obsd_shared_route_ctx, &k)) && v->at_ns >= start && v->req)
+			preq = v->req;
 	}
 	if (rt) {
 		if (!(flags & FLAG_SAMPLED)) {

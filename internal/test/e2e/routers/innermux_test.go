@@ -25,9 +25,10 @@ type muxSeen struct {
 	Count   int    `json:"count"`
 }
 
-// TestInnerServeMux: a ServeMux behind http.StripPrefix, and one behind
-// middleware that copies the request with r.WithContext, set their
-// patterns on copies the server probe never sees. obsd notices (a subtree
+// TestInnerServeMux: a ServeMux behind http.StripPrefix, one behind
+// middleware that copies the request with r.WithContext, and one behind
+// http.TimeoutHandler (on a goroutine of its own) set their patterns on
+// copies the server probe never sees. obsd notices (a subtree
 // pattern, a request routed by no pattern), attaches the on-demand
 // net/http/servemux probe, and from then on every request's http_route is
 // the pattern the inner mux set, as its handler saw it.
@@ -52,10 +53,10 @@ func TestInnerServeMux(t *testing.T) {
 			})
 			svc := e2e.Start(t, bin, nil)
 			f := strings.Fields(svc.First)
-			if len(f) != 4 || f[0] != "listening" {
+			if len(f) != 5 || f[0] != "listening" {
 				t.Fatalf("service said %q", svc.First)
 			}
-			stripped, copied, admin := "http://"+f[1], "http://"+f[2], "http://"+f[3]
+			stripped, copied, timed, admin := "http://"+f[1], "http://"+f[2], "http://"+f[3], "http://"+f[4]
 			o := e2e.StartObsd(t, obsdBin, nil, "--pid", strconv.Itoa(svc.PID()), "--traces", "none")
 			o.WaitScrape(t, 20*time.Second, "the service to be instrumented", func(f map[string]*dto.MetricFamily) bool {
 				return e2e.Sum(f, "obsd_instrumented_processes", nil) == 1
@@ -97,8 +98,10 @@ func TestInnerServeMux(t *testing.T) {
 				do("GET", fmt.Sprintf("%s/users/u%c", copied, 'a'+i))
 				do("DELETE", copied+"/users/x")
 				do("GET", copied+"/healthz")
+				do("GET", fmt.Sprintf("%s/slow/%d", timed, i))
+				do("PUT", fmt.Sprintf("%s/slow/%d/done", timed, i))
 			}
-			const sent = 7 * n
+			const sent = 9 * n
 			want := map[key]int{}
 			for k, c := range muxTally(t, admin) {
 				if d := c - seenBefore[k]; d != 0 {
