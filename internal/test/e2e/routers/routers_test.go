@@ -80,7 +80,8 @@ func (v variant) probe() string {
 }
 
 // The oldest release of each router from two years back (built with the
-// oldest Go obsd supports), and the newest; each router once with spans.
+// oldest Go obsd supports), one from the middle and the newest; each router
+// once with spans.
 var variants = []variant{
 	{router: "chi", module: "github.com/go-chi/chi/v5", version: "v5.2.3", toolchain: "go1.21.13"},
 	{router: "chi", module: "github.com/go-chi/chi/v5", version: "v5.5.0", spans: true},
@@ -90,6 +91,10 @@ var variants = []variant{
 	{router: "echo", module: "github.com/labstack/echo/v4", version: "v4.16.0", spans: true},
 	{router: "gorillamux", module: "github.com/gorilla/mux", version: "v1.8.0", toolchain: "go1.21.13"},
 	{router: "gorillamux", module: "github.com/gorilla/mux", version: "v1.8.1", spans: true},
+	// A release from the middle of the two years.
+	{router: "chi", module: "github.com/go-chi/chi/v5", version: "v5.3.0"},
+	{router: "gin", module: "github.com/gin-gonic/gin", version: "v1.11.0"},
+	{router: "echo", module: "github.com/labstack/echo/v4", version: "v4.15.0"},
 	// Without DWARF the router probes take their offsets from the table
 	// (internal/offsets): the newest release of each stripped, and the
 	// oldest chi the table lists built by the oldest Go as a stripped PIE
