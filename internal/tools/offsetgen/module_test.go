@@ -68,10 +68,12 @@ func TestRouterTablesMatchDWARF(t *testing.T) {
 		if !ok {
 			t.Fatalf("%s is not in modules()", m)
 		}
-		oldest, newest := mod.versions[0], mod.versions[len(mod.versions)-1]
+		// The newest release of each, built stripped with the Go at hand,
+		// is checked end to end (internal/test/e2e/routers), which fails on
+		// a wrong offset; here the oldest, with the oldest Go.
+		oldest := mod.versions[0]
 		// Named by template: a "/" in a subtest name would split -run patterns.
 		t.Run(mod.template+"@"+oldest+"-go1.21.13", func(t *testing.T) { checkTable(t, m, oldest, "go1.21.13") })
-		t.Run(mod.template+"@"+newest, func(t *testing.T) { checkTable(t, m, newest, "") })
 	}
 }
 
