@@ -55,10 +55,10 @@ func TestGRPCTableMatchesDWARF(t *testing.T) {
 	}
 }
 
-// TestRouterTablesMatchDWARF does the same for each router: its oldest
-// listed release built with the oldest Go obsd supports (the table was made
-// with the Go at hand, which is right only while no Go release moves the
-// fields), and its newest built with the Go at hand.
+// TestRouterTablesMatchDWARF does the same for each router's oldest listed
+// release built with the oldest Go obsd supports (the table was made with
+// the Go at hand, which is right only while no Go release moves the
+// fields).
 func TestRouterTablesMatchDWARF(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds router programs")
