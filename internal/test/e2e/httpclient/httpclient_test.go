@@ -219,8 +219,8 @@ func checkMix(t *testing.T, want map[string]int, h2c bool) {
 	}
 }
 
-// TestHTTPClientCountedExactly: over a spread of Go releases (and one
-// stripped build), every round trip of the mix is one observation in the
+// TestHTTPClientCountedExactly: over a spread of Go releases and builds
+// (stripped, PIE, cgo, the C linker), every round trip of the mix is one observation in the
 // series the client itself tallied, no more, no fewer.
 func TestHTTPClientCountedExactly(t *testing.T) {
 	e2e.RequireRoot(t)
@@ -235,6 +235,11 @@ func TestHTTPClientCountedExactly(t *testing.T) {
 		{e2e.Variant{Name: "go1.24", Toolchain: "go1.24.9"}, true, true},
 		{e2e.Variant{Name: "current-stripped", Stripped: true}, true, false},
 		{e2e.Variant{Name: "go1.27", Toolchain: "go1.27.3"}, true, false},
+		// As distributions build: PIE, and cgo with the C linker (Go
+		// 1.21–1.24 then keep the line table in .data.rel.ro.gopclntab).
+		{e2e.Variant{Name: "go1.22-pie", Toolchain: "go1.22.12", PIE: true}, true, false},
+		{e2e.Variant{Name: "go1.23-stripped-ext-pie", Toolchain: "go1.23.12", Stripped: true, External: true, PIE: true}, true, false},
+		{e2e.Variant{Name: "current-cgo", CGO: true}, true, false},
 	} {
 		t.Run(v.Name, func(t *testing.T) {
 			bin := builds.TestdataProgram(t, "httpclient", v.Variant)
