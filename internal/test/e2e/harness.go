@@ -473,6 +473,18 @@ func (o *Obsd) WaitScrape(t testing.TB, timeout time.Duration, what string, cond
 	}
 }
 
+// Exited waits up to d for the obsd command to exit (its output then all
+// in Log) and says whether it did.
+func (o *Obsd) Exited(d time.Duration) bool {
+	select {
+	case err := <-o.done:
+		o.done <- err
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
 // Stop sends SIGTERM and requires a clean exit within 10 s.
 func (o *Obsd) Stop(t testing.TB) {
 	t.Helper()

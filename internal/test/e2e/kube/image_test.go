@@ -130,6 +130,11 @@ func TestKubeImage(t *testing.T) {
 			t.Fatalf("obsd in the image still running 10 s after SIGTERM:\n%s", o.Log)
 		}
 	}
+	// Its last lines reach the log once buildah, which relays them, has
+	// exited too (a loaded machine showed the check racing the relay).
+	if !o.Exited(10 * time.Second) {
+		t.Fatalf("buildah run still running 10 s after obsd in the image exited:\n%s", o.Log)
+	}
 	// buildah reports the runtime's end as "signal: terminated" whatever
 	// the container's status, so obsd's own last line is the verdict.
 	if !strings.Contains(o.Log.String(), `msg="obsd stopped; all probes detached"`) {
