@@ -1,9 +1,9 @@
 // Command offsetgen generates internal/offsets/offsets.json, the struct field offsets obsd uses for
 // binaries without DWARF. It builds the template program testdata/std with Go toolchains (the go
 // command downloads them through the module proxy), and one template per module of module.go
-// (grpc-go, chi v5, gin, echo v4, gorilla/mux) against each listed release of that module, and
-// reads the fields from the DWARF of the results with internal/inspect, the same code obsd reads
-// targets with. Run from the repository:
+// (grpc-go, chi v5, gin, echo v4, gorilla/mux, x/net) against each listed release of that module,
+// and reads the fields from the DWARF of the results with internal/inspect, the same code obsd
+// reads targets with. Run from the repository:
 //
 //	go run ./internal/tools/offsetgen -out internal/offsets/offsets.json
 //	go run ./internal/tools/offsetgen -out internal/offsets/offsets.json -module github.com/go-chi/chi/v5

@@ -33,6 +33,24 @@ const grpcModule = "google.golang.org/grpc"
 // stripped builds made with other toolchains against this table.
 var grpcVersions = []string{"v1.68.1", "v1.69.0", "v1.69.4", "v1.76.0", "v1.77.0", "v1.82.1", "v1.84.0", "v1.85.0"}
 
+// xnetModule is golang.org/x/net, whose HTTP/2 server (http2.ConfigureServer, h2c.NewHandler,
+// Server.ServeConn) the HTTP server probe follows (bpf/net/http/server, constants off_xh2_*).
+const xnetModule = "golang.org/x/net"
+
+// xnetVersions are every x/net release of the two years before 2026-11-30 (the proxy's .info
+// times: v0.32.0 of 2024-12-04 to v0.62.0 of 2026-10-27; x/net tags about one release a month,
+// never a patch release). The fields the probe reads (responseWriter.rws, responseWriterState.{stream,conn,
+// status}, stream.{sc,id}) follow only pointers, maps, slices and integers, so each release is
+// built with the Go at hand; TestXNetTableMatchesDWARF checks the oldest built with go1.21.13.
+// A stripped binary of another release keeps its other requests: these fields are Secondary,
+// and its x/net HTTP/2 requests count as lost (read_failed).
+var xnetVersions = []string{
+	"v0.32.0", "v0.33.0", "v0.34.0", "v0.35.0", "v0.36.0", "v0.37.0", "v0.38.0", "v0.39.0", "v0.40.0", "v0.41.0",
+	"v0.42.0", "v0.43.0", "v0.44.0", "v0.45.0", "v0.46.0", "v0.47.0", "v0.48.0", "v0.49.0", "v0.50.0", "v0.51.0",
+	"v0.52.0", "v0.53.0", "v0.54.0", "v0.55.0", "v0.56.0", "v0.57.0", "v0.58.0", "v0.59.0", "v0.60.0", "v0.61.0",
+	"v0.62.0",
+}
+
 // module is a Go module whose fields the table carries beside the standard library's, keyed by
 // the module's own version: the template program offsetgen builds against each listed release
 // and reads the fields from. Which fields is not listed here: every field of the module the
@@ -66,6 +84,7 @@ func modules() []module {
 		{path: echo.Module, template: "echo",
 			versions: []string{"v4.13.2", "v4.13.3", "v4.13.4", "v4.14.0", "v4.15.0", "v4.15.1", "v4.15.4", "v4.16.0", "v4.16.4", "v4.16.5"}},
 		{path: mux.Module, template: "gorillamux", versions: []string{"v1.8.0", "v1.8.1"}},
+		{path: xnetModule, template: "xnet", versions: xnetVersions},
 	}
 }
 

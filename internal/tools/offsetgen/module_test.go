@@ -27,6 +27,7 @@ func TestModuleFields(t *testing.T) {
 		{gin.Module, offsets.Key{Module: gin.Module, Package: gin.Module, Struct: "Context", Field: "fullPath"}},
 		{echo.Module, offsets.Key{Module: echo.Module, Package: echo.Module, Struct: "context", Field: "path"}},
 		{mux.Module, offsets.Key{Module: mux.Module, Package: mux.Module, Struct: "routeRegexp", Field: "template"}},
+		{xnetModule, offsets.Key{Module: xnetModule, Package: "golang.org/x/net/http2", Struct: "responseWriterState", Field: "status"}},
 	}
 	for _, tt := range tests {
 		ks := moduleFields(tt.module)
@@ -75,6 +76,23 @@ func TestRouterTablesMatchDWARF(t *testing.T) {
 		// Named by template: a "/" in a subtest name would split -run patterns.
 		t.Run(mod.template+"@"+oldest+"-go1.21.13", func(t *testing.T) { checkTable(t, m, oldest, "go1.21.13") })
 	}
+}
+
+// TestXNetTableMatchesDWARF does the same for x/net's oldest listed release
+// built with go1.21.13, the oldest Go obsd supports (its go line, 1.18,
+// allows it): the table was made with the Go at hand, right only while no
+// Go release moves the HTTP/2 server's fields. The newest, stripped, is
+// checked end to end (internal/test/e2e/nethttp TestHTTP2XNetStripped).
+func TestXNetTableMatchesDWARF(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds an x/net program")
+	}
+	mod, ok := findModule(xnetModule)
+	if !ok {
+		t.Fatalf("%s is not in modules()", xnetModule)
+	}
+	oldest := mod.versions[0]
+	t.Run(mod.template+"@"+oldest+"-go1.21.13", func(t *testing.T) { checkTable(t, xnetModule, oldest, "go1.21.13") })
 }
 
 // checkTable builds module's template against version with toolchain and
