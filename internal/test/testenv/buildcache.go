@@ -180,7 +180,11 @@ func (c *BuildCache) GoInstall(pkg string) (string, error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "install v1\x00%s\x00%s\x00cgo=%s\x00", pkg, version, cgo)
 	path, _, _ := strings.Cut(pkg, "@")
-	name := fmt.Sprintf("%s-%s-%s", filepath.Base(path), version, hex.EncodeToString(h.Sum(nil))[:16])
+	base := filepath.Base(path)
+	if regexp.MustCompile(`^v\d+$`).MatchString(base) { // a major version suffix, as go install skips it
+		base = filepath.Base(filepath.Dir(path))
+	}
+	name := fmt.Sprintf("%s-%s-%s", base, version, hex.EncodeToString(h.Sum(nil))[:16])
 	dir, err := c.entry(name, func(out string) error {
 		// Empty: a process of the same ID may have died installing here.
 		if err := os.RemoveAll(out); err != nil {

@@ -190,6 +190,10 @@ func TestGoInstallCached(t *testing.T) {
 	fakeProxy(t, map[string]map[string]string{
 		"example.com/hello/v2@v2.0.0": hello("v2.0.0"),
 		"example.com/hello/v2@v2.1.0": hello("v2.1.0"),
+		"example.com/tool/v3@v3.0.0": {
+			"go.mod":  "module example.com/tool/v3\n\ngo 1.21\n",
+			"main.go": "package main\n\nfunc main() {}\n",
+		},
 	})
 	dir := t.TempDir()
 	install := func(pkg string) string {
@@ -220,6 +224,11 @@ func TestGoInstallCached(t *testing.T) {
 	next := install("example.com/hello/v2/cmd/hi@v2.1.0")
 	if out, err := exec.Command(next).Output(); next == first || err != nil || string(out) != "hi v2.1.0\n" {
 		t.Errorf("v2.1.0 at %s printed %q, %v", next, out, err)
+	}
+	// A command at the root of a /vN module is named for the module, and
+	// so is its entry (people read the cache).
+	if tool := install("example.com/tool/v3@v3.0.0"); filepath.Base(tool) != "tool" || !strings.HasPrefix(filepath.Base(filepath.Dir(tool)), "tool-") {
+		t.Errorf("example.com/tool/v3 installed as %s, want tool-*/tool", tool)
 	}
 	for _, bad := range []string{"example.com/hello/v2/cmd/hi", "example.com/hello/v2/cmd/hi@latest"} {
 		if _, err := (&BuildCache{Dir: dir}).GoInstall(bad); err == nil {
