@@ -22,9 +22,10 @@
 // e2e.Toolchains lists one release per supported Go minor version. Every
 // build but an External or CGO one is CGO_ENABLED=0, so that programs of one
 // toolchain and flavour share one compilation of the standard library; PGO
-// builds share one recorded profile per toolchain. builds.Obsd builds obsd;
-// Builds.Get remains for what the cache does not describe (a binary from the
-// module proxy, a build inside the root module).
+// builds share one recorded profile per toolchain. builds.GoInstall installs
+// a third-party command from the module proxy through the same cache.
+// builds.Obsd builds obsd; Builds.Get remains for what the cache does not
+// describe (a build inside the root module).
 package e2e
 
 import (
@@ -232,6 +233,16 @@ func (b *Builds) Program(t testing.TB, p Program) string {
 	}
 	return b.memo(t, fmt.Sprintf("program %+v", p), func() (string, error) {
 		return SharedBuildCache().Build(p)
+	})
+}
+
+// GoInstall returns the executable `go install pkg` makes (pkg is
+// "path@vX.Y.Z"), from the shared build cache (BuildCache.GoInstall),
+// installing it the first time any test package asks.
+func (b *Builds) GoInstall(t testing.TB, pkg string) string {
+	t.Helper()
+	return b.memo(t, "install "+pkg, func() (string, error) {
+		return SharedBuildCache().GoInstall(pkg)
 	})
 }
 

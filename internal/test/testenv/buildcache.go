@@ -33,12 +33,18 @@ type Flavour struct {
 	// which net/http's server path is hot, so the compiler may inline the
 	// probed functions.
 	PGO bool
+	// Trimpath builds with -trimpath: file names in the binary start with
+	// the module path instead of a directory.
+	Trimpath bool
 }
 
 // Program is one build of a main package: the *.go files of Src (not its
 // subdirectories) copied into a module of their own whose go line is the
 // toolchain's (the go line decides ServeMux's behaviour, and an older
-// toolchain cannot build inside the root module).
+// toolchain cannot build inside the root module). A Src holding a go.mod
+// (and go.sum) is built as that module instead: its requirements stand
+// except where Require names the same module, and only its go line becomes
+// the toolchain's.
 //
 // Every build is CGO_ENABLED=0 except External and CGO ones, so that a binary is the
 // same whether or not a C compiler is installed, and the standard library
@@ -57,7 +63,8 @@ type Program struct {
 	Flavour
 	Tags []string
 	// Require lists go.mod requirements ("golang.org/x/net v0.30.0"),
-	// fetched from the module proxy.
+	// fetched from the module proxy; for a Src with a go.mod, each replaces
+	// that module's requirement there (up or down).
 	Require []string
 }
 
@@ -111,6 +118,9 @@ func (c *BuildCache) Build(p Program) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("reading the sources of %s: %w", p.Name, err)
 	}
+	if err := addModFiles(src, files); err != nil {
+		return "", fmt.Errorf("reading the module of %s: %w", p.Name, err)
+	}
 	version, err := c.goVersion(p.Toolchain)
 	if err != nil {
 		return "", err
@@ -144,6 +154,83 @@ func (c *BuildCache) Build(p Program) (string, error) {
 		}
 		return GoBuild(dir, append(env, env2...), append(args, "-o", out, ".")...)
 	})
+}
+
+// GoInstall returns the path of the executable `go install pkg` makes,
+// installing it unless the cache holds it. pkg is a main package of the
+// module proxy at an exact version
+// ("github.com/bojand/ghz/cmd/ghz@v0.120.0"): built as go install builds
+// it (its module's go.mod, DWARF kept, cgo as go env reports it), with the
+// go command on PATH. It is keyed by pkg, that Go version and CGO_ENABLED,
+// and stored in a directory of its own, so that the executable keeps the
+// name go install gives it (a default service name, for obsd).
+func (c *BuildCache) GoInstall(pkg string) (string, error) {
+	if !installable.MatchString(pkg) {
+		return "", fmt.Errorf("go install %s: want path@vX.Y.Z, an exact version", pkg)
+	}
+	version, err := c.goVersion("")
+	if err != nil {
+		return "", err
+	}
+	env := []string{toolchainEnv(""), "GOWORK=off", "GOFLAGS="}
+	cgo, err := goEnv(env, "CGO_ENABLED")
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "install v1\x00%s\x00%s\x00cgo=%s\x00", pkg, version, cgo)
+	path, _, _ := strings.Cut(pkg, "@")
+	base := filepath.Base(path)
+	if regexp.MustCompile(`^v\d+$`).MatchString(base) { // a major version suffix, as go install skips it
+		base = filepath.Base(filepath.Dir(path))
+	}
+	name := fmt.Sprintf("%s-%s-%s", base, version, hex.EncodeToString(h.Sum(nil))[:16])
+	dir, err := c.entry(name, func(out string) error {
+		// Empty: a process of the same ID may have died installing here.
+		if err := os.RemoveAll(out); err != nil {
+			return err
+		}
+		if err := os.Mkdir(out, 0o755); err != nil {
+			return err
+		}
+		cmd := exec.Command("go", "install", pkg)
+		cmd.Dir = os.TempDir() // outside any module or workspace
+		cmd.Env = append(append(os.Environ(), env...), "GOBIN="+out)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go install %s: %w\n%s", pkg, err, b)
+		}
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return "", err
+	}
+	if len(ents) != 1 {
+		return "", fmt.Errorf("go install %s left %d files in %s, want 1", pkg, len(ents), dir)
+	}
+	return filepath.Join(dir, ents[0].Name()), nil
+}
+
+// installable is a package path at an exact version, so that it is a key.
+var installable = regexp.MustCompile(`^[^@\s]+@v\d+\.\d+\.\d+\S*$`)
+
+// goEnv returns one go env variable of the go command run with env.
+func goEnv(env []string, name string) (string, error) {
+	cmd := exec.Command("go", "env", name)
+	cmd.Dir = os.TempDir() // outside any module, whose go line could switch toolchains
+	cmd.Env = append(os.Environ(), env...)
+	b, err := cmd.Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			err = fmt.Errorf("%w: %s", err, ee.Stderr)
+		}
+		return "", fmt.Errorf("go env %s: %w", name, err)
+	}
+	return strings.TrimSpace(string(b)), nil
 }
 
 // Profile returns a CPU profile of net/http serving requests, recorded once
@@ -200,6 +287,9 @@ func buildFlags(f Flavour, profile string) (args, env []string) {
 	if f.PIE {
 		args = append(args, "-buildmode=pie")
 	}
+	if f.Trimpath {
+		args = append(args, "-trimpath")
+	}
 	if profile != "" {
 		args = append(args, "-pgo="+profile)
 	}
@@ -229,7 +319,7 @@ func (c *BuildCache) entry(name string, build func(out string) error) (string, e
 		return out, nil
 	}
 	tmp := fmt.Sprintf("%s.tmp%d", out, os.Getpid())
-	defer os.Remove(tmp)
+	defer os.RemoveAll(tmp) // a file, or GoInstall's directory
 	if err := build(tmp); err != nil {
 		return "", err
 	}
@@ -240,25 +330,22 @@ func (c *BuildCache) entry(name string, build func(out string) error) (string, e
 }
 
 // goVersion resolves a GOTOOLCHAIN value ("" is the go command on PATH) to
-// the version it runs, downloading the toolchain the first time.
+// the version it runs, downloading the toolchain the first time. A full
+// release name ("go1.22.12") is its own version: a cache hit then needs no
+// download of that toolchain (about 70 MB, from the module proxy).
 func (c *BuildCache) goVersion(toolchain string) (string, error) {
+	if releaseName.MatchString(toolchain) {
+		return toolchain, nil
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if v, ok := c.versions[toolchain]; ok {
 		return v, nil
 	}
-	cmd := exec.Command("go", "env", "GOVERSION")
-	cmd.Dir = os.TempDir() // outside any module, whose go line could switch toolchains
-	cmd.Env = append(os.Environ(), "GOWORK=off", toolchainEnv(toolchain))
-	b, err := cmd.Output()
+	v, err := goEnv([]string{"GOWORK=off", toolchainEnv(toolchain)}, "GOVERSION")
 	if err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			err = fmt.Errorf("%w: %s", err, ee.Stderr)
-		}
 		return "", fmt.Errorf("resolving toolchain %q: %w", toolchain, err)
 	}
-	v := strings.TrimSpace(string(b))
 	if !regexp.MustCompile(`^go1\.\d+`).MatchString(v) {
 		return "", fmt.Errorf("toolchain %q reports version %q", toolchain, v)
 	}
@@ -269,9 +356,13 @@ func (c *BuildCache) goVersion(toolchain string) (string, error) {
 	return v, nil
 }
 
+// releaseName is a GOTOOLCHAIN value naming one release, which runs as
+// exactly that version.
+var releaseName = regexp.MustCompile(`^go1\.\d+\.\d+$`)
+
 // module writes files into a new temporary module whose go line is
 // version's minor release, and returns it with the environment that selects
-// the toolchain.
+// the toolchain. When files hold a go.mod, that is the module's, edited.
 func (c *BuildCache) module(src string, files map[string]string, toolchain, version string, require []string) (string, []string, error) {
 	dir, err := os.MkdirTemp("", "obsd-build-")
 	if err != nil {
@@ -288,7 +379,15 @@ func (c *BuildCache) module(src string, files map[string]string, toolchain, vers
 			return "", nil, err
 		}
 	}
+	env := []string{toolchainEnv(toolchain), "GOWORK=off", "GOFLAGS=-mod=mod"}
 	minor := regexp.MustCompile(`^go(1\.\d+)`).FindStringSubmatch(version)[1]
+	if _, ok := files["go.mod"]; ok {
+		if err := editModule(dir, env, minor, require); err != nil {
+			os.RemoveAll(dir)
+			return "", nil, err
+		}
+		return dir, env, nil
+	}
 	mod := fmt.Sprintf("module %s\n\ngo %s\n", filepath.Base(src), minor)
 	for _, r := range require {
 		mod += "\nrequire " + r + "\n"
@@ -297,7 +396,43 @@ func (c *BuildCache) module(src string, files map[string]string, toolchain, vers
 		os.RemoveAll(dir)
 		return "", nil, err
 	}
-	return dir, []string{toolchainEnv(toolchain), "GOWORK=off", "GOFLAGS=-mod=mod"}, nil
+	return dir, env, nil
+}
+
+// editModule sets the go line of the go.mod in dir to minor and each
+// requirement of require ("path version") in it. go build -mod=mod then
+// completes go.mod and go.sum as go mod tidy would, for the packages it
+// builds (the same versions, fewer downloads).
+func editModule(dir string, env []string, minor string, require []string) error {
+	args := []string{"mod", "edit", "-go=" + minor}
+	for _, r := range require {
+		path, v, ok := strings.Cut(r, " ")
+		if !ok {
+			return fmt.Errorf("requirement %q is not \"path version\"", r)
+		}
+		args = append(args, "-require="+path+"@"+v)
+	}
+	cmd := exec.Command("go", args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, b)
+	}
+	return nil
+}
+
+// addModFiles adds src's go.mod and go.sum to files, if it has them.
+func addModFiles(src string, files map[string]string) error {
+	if _, err := os.Stat(filepath.Join(src, "go.mod")); errors.Is(err, os.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	files["go.mod"] = filepath.Join(src, "go.mod")
+	if _, err := os.Stat(filepath.Join(src, "go.sum")); err == nil {
+		files["go.sum"] = filepath.Join(src, "go.sum")
+	}
+	return nil
 }
 
 // toolchainEnv selects toolchain ("" is the go command on PATH).

@@ -27,7 +27,11 @@
 // never build the same program twice. Every build but an External or CGO
 // one is CGO_ENABLED=0: a toolchain then compiles the standard library once
 // per flavour (plain, PIE, cgo PIE, PGO) for every program and package. PGO
-// builds use one recorded profile per toolchain (BuildCache.Profile).
+// builds use one recorded profile per toolchain (BuildCache.Profile). A
+// Src with a go.mod of its own (testdata/grpc) is built as that module,
+// Require overriding its requirements. Third-party commands come through
+// the same cache, keyed by path@version and Go version
+// (BuildCache.GoInstall, builds.GoInstall in e2e suites).
 package testenv
 
 import (

@@ -1,12 +1,9 @@
 package grpcclient
 
 import (
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"testing"
 
 	"github.com/obsd-dev/obsd/internal/test/e2e"
@@ -25,7 +22,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// app is one build of testdata/grpc.
+// app is one build of testdata/grpc, CGO_ENABLED=0 as every e2e.Program
+// without a cgo flavour.
 type app struct {
 	// Grpc is the grpc-go version, e.g. "v1.69.4".
 	Grpc string
@@ -54,66 +52,35 @@ func (a app) name() string {
 	return n
 }
 
-// grpcApp builds testdata/grpc against a.Grpc with a.Toolchain, once per
-// run: a copy of the module whose go line is the toolchain's, with the
-// grpc-go requirement changed and tidied through the module proxy.
+// grpcApp builds testdata/grpc (a module of its own) with grpc-go at
+// a.Grpc and a.Toolchain, through the shared build cache, so that a build
+// grpcserver's tests (or a later run) made is reused.
 func grpcApp(t *testing.T, a app) string {
 	t.Helper()
-	return builds.Get(t, a.name(), func(out string) error {
-		src := filepath.Join(e2e.RepoRoot(), "testdata", "grpc")
-		dir, err := os.MkdirTemp(builds.Dir, "src-")
-		if err != nil {
-			return err
-		}
-		for _, f := range []string{"main.go", "go.mod", "go.sum"} {
-			data, err := os.ReadFile(filepath.Join(src, f))
-			if err != nil {
-				return err
-			}
-			if err := os.WriteFile(filepath.Join(dir, f), data, 0o644); err != nil {
-				return err
-			}
-		}
-		env := []string{"GOWORK=off", "GOFLAGS=-mod=mod"}
-		if a.Toolchain != "" {
-			env = append(env, "GOTOOLCHAIN="+a.Toolchain)
-		}
-		run := func(args ...string) error {
-			cmd := exec.Command("go", args...)
-			cmd.Dir = dir
-			cmd.Env = append(os.Environ(), env...)
-			if out, err := cmd.CombinedOutput(); err != nil {
-				return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, out)
-			}
-			return nil
-		}
-		if err := run("mod", "edit", "-require=google.golang.org/grpc@"+a.Grpc); err != nil {
-			return err
-		}
-		if a.Toolchain != "" {
-			minor := regexp.MustCompile(`^go(1\.\d+)`).FindStringSubmatch(a.Toolchain)
-			if minor == nil {
-				return fmt.Errorf("bad toolchain %q", a.Toolchain)
-			}
-			// grpc-go may need a newer go line than the copy's; the
-			// toolchain's own is always enough for what it can build.
-			if err := run("mod", "edit", "-go="+minor[1]); err != nil {
-				return err
-			}
-		}
-		if err := run("mod", "tidy"); err != nil {
-			return err
-		}
-		var args []string
-		if a.PIE {
-			args = append(args, "-buildmode=pie")
-		}
-		if a.Trimpath {
-			args = append(args, "-trimpath")
-		}
-		if a.Stripped {
-			args = append(args, "-ldflags=-s -w")
-		}
-		return e2e.GoBuild(dir, env, append(args, "-o", out, ".")...)
+	return builds.Program(t, e2e.Program{
+		Name:      "grpcapp",
+		Src:       filepath.Join(e2e.RepoRoot(), "testdata", "grpc"),
+		Toolchain: a.Toolchain,
+		Flavour:   e2e.Flavour{PIE: a.PIE, Trimpath: a.Trimpath, Stripped: a.Stripped},
+		Require:   []string{"google.golang.org/grpc " + a.Grpc},
+	})
+}
+
+// eofClient builds testdata/eofclient with the grpc-go the root module
+// requires (once built inside it), through the shared build cache.
+func eofClient(t *testing.T) string {
+	t.Helper()
+	mod, err := os.ReadFile(filepath.Join(e2e.RepoRoot(), "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^\s*google\.golang\.org/grpc (v\S+)`).FindSubmatch(mod)
+	if m == nil {
+		t.Fatal("the root go.mod does not require google.golang.org/grpc")
+	}
+	return builds.Program(t, e2e.Program{
+		Name:    "eofclient",
+		Src:     filepath.Join("testdata", "eofclient"),
+		Require: []string{"google.golang.org/grpc " + string(m[1])},
 	})
 }

@@ -184,9 +184,7 @@ func (s *sink) wait(want tally) tally {
 func TestStatusAfterSendEOF(t *testing.T) {
 	e2e.RequireRoot(t)
 	srvBin := grpcApp(t, versions[0])
-	bin := builds.Get(t, "eofclient", func(out string) error {
-		return e2e.GoBuild(e2e.RepoRoot(), nil, "-o", out, "./internal/test/e2e/grpcclient/testdata/eofclient")
-	})
+	bin := eofClient(t)
 	srv := e2e.Start(t, srvBin, nil, "-listen", "127.0.0.1:0")
 	cmd := exec.Command(bin, "-call", strings.TrimPrefix(srv.First, "listening "), "-rounds", "5")
 	stdin, err := cmd.StdinPipe()

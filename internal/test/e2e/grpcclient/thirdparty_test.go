@@ -3,10 +3,8 @@ package grpcclient
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -25,19 +23,6 @@ const (
 	ghzPkg        = "github.com/bojand/ghz/cmd/ghz@v0.120.0"
 )
 
-func goInstall(t *testing.T, pkg string) string {
-	t.Helper()
-	name := filepath.Base(strings.SplitN(pkg, "@", 2)[0])
-	return builds.Get(t, name, func(out string) error {
-		cmd := exec.Command("go", "install", pkg)
-		cmd.Env = append(os.Environ(), "GOBIN="+filepath.Dir(out), "GOFLAGS=", "GOWORK=off")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("go install %s: %w\n%s", pkg, err, b)
-		}
-		return nil
-	})
-}
-
 // ghzReport is the part of ghz's JSON report the test reads: its own count
 // of calls by status code name (grpc-go's, e.g. "OK", "Unimplemented").
 type ghzReport struct {
@@ -52,7 +37,7 @@ type ghzReport struct {
 func TestThirdPartyGRPC(t *testing.T) {
 	e2e.RequireRoot(t)
 	obsdBin := builds.Obsd(t)
-	srvBin, ghz := goInstall(t, testServerPkg), goInstall(t, ghzPkg)
+	srvBin, ghz := builds.GoInstall(t, testServerPkg), builds.GoInstall(t, ghzPkg)
 	srv := e2e.Start(t, srvBin, nil, "-q")
 	addr, ok := strings.CutPrefix(srv.First, "Listening on ")
 	if !ok {

@@ -57,7 +57,7 @@ func (v variant) name() string {
 	return v.build()
 }
 
-// build names the binary.
+// build names the build, apart from the transport it serves with.
 func (v variant) build() string {
 	n := "grpc" + v.grpc
 	if v.toolchain != "" {
@@ -75,55 +75,17 @@ func (v variant) build() string {
 	return n
 }
 
-// grpcApp builds testdata/grpc as v, once per run: a copy of the module
-// with grpc-go at v.grpc, resolved through the module proxy.
+// grpcApp builds testdata/grpc (a module of its own) as v, with grpc-go
+// at v.grpc, through the shared build cache, so that a build grpcclient's
+// tests (or a later run) made is reused.
 func grpcApp(t *testing.T, v variant) string {
 	t.Helper()
-	return builds.Get(t, v.build(), func(out string) error {
-		src := filepath.Join(e2e.RepoRoot(), "testdata", "grpc")
-		dir, err := os.MkdirTemp(builds.Dir, "grpc-src-")
-		if err != nil {
-			return err
-		}
-		for _, f := range []string{"main.go", "go.mod", "go.sum"} {
-			data, err := os.ReadFile(filepath.Join(src, f))
-			if err != nil {
-				return err
-			}
-			if err := os.WriteFile(filepath.Join(dir, f), data, 0o644); err != nil {
-				return err
-			}
-		}
-		env := []string{"GOWORK=off", "GOFLAGS=-mod=mod", "CGO_ENABLED=0"}
-		if v.external {
-			env[2] = "CGO_ENABLED=1"
-		}
-		if v.toolchain != "" {
-			env = append(env, "GOTOOLCHAIN="+v.toolchain)
-		}
-		for _, args := range [][]string{{"mod", "edit", "-require=google.golang.org/grpc@" + v.grpc}, {"mod", "tidy"}} {
-			cmd := exec.Command("go", args...)
-			cmd.Dir = dir
-			cmd.Env = append(os.Environ(), env...)
-			if b, err := cmd.CombinedOutput(); err != nil {
-				return fmt.Errorf("go %v: %w\n%s", args, err, b)
-			}
-		}
-		var args, ldflags []string
-		if v.stripped {
-			ldflags = append(ldflags, "-s", "-w")
-		}
-		if v.external {
-			ldflags = append(ldflags, "-linkmode=external")
-			args = append(args, "-trimpath")
-		}
-		if len(ldflags) > 0 {
-			args = append(args, "-ldflags="+strings.Join(ldflags, " "))
-		}
-		if v.pie {
-			args = append(args, "-buildmode=pie")
-		}
-		return e2e.GoBuild(dir, env, append(args, "-o", out, ".")...)
+	return builds.Program(t, e2e.Program{
+		Name:      "grpcapp",
+		Src:       filepath.Join(e2e.RepoRoot(), "testdata", "grpc"),
+		Toolchain: v.toolchain,
+		Flavour:   e2e.Flavour{Stripped: v.stripped, PIE: v.pie, External: v.external, Trimpath: v.external},
+		Require:   []string{"google.golang.org/grpc " + v.grpc},
 	})
 }
 

@@ -28,14 +28,7 @@ const vegetaPkg = "github.com/tsenart/vegeta/v12@v12.13.0"
 func TestThirdPartyHTTPClient(t *testing.T) {
 	e2e.RequireRoot(t)
 	obsdBin := builds.Obsd(t)
-	vegeta := builds.Get(t, "vegeta", func(out string) error {
-		cmd := exec.Command("go", "install", vegetaPkg)
-		cmd.Env = append(os.Environ(), "GOBIN="+filepath.Dir(out), "GOFLAGS=", "GOWORK=off")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("go install %s: %w\n%s", vegetaPkg, err, b)
-		}
-		return nil
-	})
+	vegeta := builds.GoInstall(t, vegetaPkg)
 	srv := httptest.NewServer(handler())
 	t.Cleanup(srv.Close)
 	dir := t.TempDir()

@@ -60,14 +60,7 @@ func get(t *testing.T, url string, n int) {
 func TestThirdPartyServer(t *testing.T) {
 	e2e.RequireRoot(t)
 	obsdBin := builds.Obsd(t)
-	nats := builds.Get(t, "nats-server", func(out string) error {
-		cmd := exec.Command("go", "install", natsVersion)
-		cmd.Env = append(os.Environ(), "GOBIN="+filepath.Dir(out), "GOFLAGS=", "GOWORK=off")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("go install %s: %w\n%s", natsVersion, err, b)
-		}
-		return nil
-	})
+	nats := builds.GoInstall(t, natsVersion) // named nats-server, the service name below
 	mon := freePort(t)
 	cmd := exec.Command(nats, "-a", "127.0.0.1", "-p", "-1", "-m", strconv.Itoa(mon))
 	if err := cmd.Start(); err != nil {
