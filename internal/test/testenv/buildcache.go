@@ -38,6 +38,18 @@ type Flavour struct {
 	Trimpath bool
 }
 
+// key names f in a program's cache key. Written out rather than with %+v,
+// so that a field added later (Trimpath) counts only where it is set and
+// leaves the keys, and the cached builds, of every other program as they
+// were.
+func (f Flavour) key() string {
+	k := fmt.Sprintf("{Stripped:%t PIE:%t External:%t CGO:%t PGO:%t}", f.Stripped, f.PIE, f.External, f.CGO, f.PGO)
+	if f.Trimpath {
+		k += "+trimpath"
+	}
+	return k
+}
+
 // Program is one build of a main package: the *.go files of Src (not its
 // subdirectories) copied into a module of their own whose go line is the
 // toolchain's (the go line decides ServeMux's behaviour, and an older
@@ -132,7 +144,7 @@ func (c *BuildCache) Build(p Program) (string, error) {
 		}
 	}
 	h := sha256.New()
-	fmt.Fprintf(h, "program v1\x00%s\x00%+v\x00%q\x00%q\x00", version, p.Flavour, p.Tags, p.Require)
+	fmt.Fprintf(h, "program v1\x00%s\x00%s\x00%q\x00%q\x00", version, p.Flavour.key(), p.Tags, p.Require)
 	if err := hashFiles(h, files); err != nil {
 		return "", err
 	}
