@@ -382,6 +382,20 @@ func (w *Watcher) Scan() (added, removed []Process, err error) {
 
 	next := make(map[procKey]Process)
 	for pid, p := range live {
+		if p.stat.StartCode == 0 && p.stat.StartStack == 0 && p.stat.State != 'Z' && p.stat.State != 'X' {
+			// Mid-exec: the new image's address space is in place but
+			// not yet laid out (the kernel sets both after switching to
+			// it). Its fingerprint would change again at the next scan: a
+			// second, spurious incarnation. Keep what it was until then.
+			// (A process on its way out also has no address space; it is
+			// a zombie, or gone, at the next scan.)
+			for k, proc := range w.current {
+				if k.pid == pid {
+					next[k] = proc
+				}
+			}
+			continue
+		}
 		if !w.matches(pid, p) {
 			continue
 		}
