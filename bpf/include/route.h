@@ -194,6 +194,20 @@ static __always_inline int route_ctx_on(void)
 	return on && *on;
 }
 
+/* route_string leaves s (a Go string already read from the target) as the
+ * current goroutine's route of kind; its bytes are read here. */
+static __always_inline void route_string(struct pt_regs *ctx, u8 kind, struct go_string s)
+{
+	struct route_build *b = route_begin(kind);
+	if (!b)
+		return;
+	if (!route_append(b, s)) {
+		count(CNT_READ_FAILED);
+		return;
+	}
+	route_commit(ctx, b);
+}
+
 /* route_of returns the route a router left for the current goroutine's
  * request that started at start, or NULL. */
 static __always_inline struct route *route_of(struct pt_regs *ctx, u32 tgid, u64 start)

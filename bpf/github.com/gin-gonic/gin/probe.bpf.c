@@ -20,13 +20,6 @@ int gin_route(struct pt_regs *ctx)
 		count(CNT_READ_FAILED);
 		return 0;
 	}
-	struct route_build *b = route_begin(ROUTE_GIN);
-	if (!b)
-		return 0;
-	if (!route_append(b, s)) {
-		count(CNT_READ_FAILED);
-		return 0;
-	}
-	route_commit(ctx, b);
+	route_string(ctx, ROUTE_GIN, s);
 	return 0;
 }

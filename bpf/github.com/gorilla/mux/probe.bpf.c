@@ -36,14 +36,7 @@ int gorilla_route(struct pt_regs *ctx)
 		count(CNT_READ_FAILED);
 		return 0;
 	}
-	struct route_build *b = route_begin(ROUTE_GORILLA);
-	if (!b)
-		return 0;
-	if (!route_append(b, s)) {
-		count(CNT_READ_FAILED);
-		return 0;
-	}
-	route_commit(ctx, b);
+	route_string(ctx, ROUTE_GORILLA, s);
 	return 0;
 }
 
@@ -58,10 +51,8 @@ volatile const u64 handlerfunc_serve = 0;
 
 static __always_inline int unmatched(struct pt_regs *ctx)
 {
-	struct route_build *b = route_begin(ROUTE_GORILLA);
-	if (!b)
-		return 0;
-	route_commit(ctx, b);
+	struct go_string none = {};
+	route_string(ctx, ROUTE_GORILLA, none);
 	return 0;
 }
 

@@ -20,13 +20,6 @@ int echo_route(struct pt_regs *ctx)
 		count(CNT_READ_FAILED);
 		return 0;
 	}
-	struct route_build *b = route_begin(ROUTE_ECHO);
-	if (!b)
-		return 0;
-	if (!route_append(b, s)) {
-		count(CNT_READ_FAILED);
-		return 0;
-	}
-	route_commit(ctx, b);
+	route_string(ctx, ROUTE_ECHO, s);
 	return 0;
 }
