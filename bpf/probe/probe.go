@@ -173,30 +173,50 @@ type MetricsMap struct {
 	// live; the probe reports those by address.
 	RodataStartConst, RodataEndConst string
 	// Decode turns one entry, with its value on every CPU, into a Histogram
-	// whose Pattern is still an address (or a route's hash).
+	// whose Pattern is still an address, or whose strings are still a hash
+	// (NameHashed).
 	Decode func(key []byte, perCPU [][]byte) (Histogram, error)
-	// RouteNames, if set, names the hash map of the routes the probe counts
-	// by hash (a Histogram with Router set), keyed by RouteNameKey;
-	// DecodeRouteName reads one of its values.
-	RouteNames      string
-	DecodeRouteName func(val []byte) (name string, truncated bool, err error)
+	// Names, if set, names the hash map where the probe leaves, before a
+	// series' first count, the strings its key holds only by hash (a
+	// router's route, a gRPC method, a server address), keyed by (u32
+	// tgid, u32 padding, u64 hash). Name reads one of its values into a
+	// Histogram that Decode marked NameHashed.
+	Names string
+	Name  func(h *Histogram, val []byte) error
 }
 
 // Histogram is one series counted in the kernel, cumulative since the
-// process was attached.
+// process was attached. Its labels are those of its Kind's event type:
+// for KindHTTPServer Method, Status, Pattern/Router and Protocol; for
+// KindRPCServer Method (the full method, "/pkg.Service/Method") and
+// Status (the gRPC code); for KindRPCClient also Host (the authority);
+// for KindHTTPClient Method, Status (0 when no response came, with
+// ErrorType), Scheme, Host and Protocol.
 type Histogram struct {
 	Kind   Kind
 	PID    uint32
 	Method string
 	Status int
+	// MethodTruncated and HostTruncated say the probe cut them.
+	MethodTruncated bool
+	Host            string
+	HostTruncated   bool
+	Scheme          string
+	// ErrorType is the probe's name for why no response came ("" when one
+	// did), as its records carry it.
+	ErrorType string
+	// NameHashed says the series' strings are in the probe's MetricsMap
+	// Names under NameHash, still to be read (MetricsMap.Name).
+	NameHashed bool
+	NameHash   uint64
 	// PatternAddr and PatternLen locate the pattern's bytes in .rodata
 	// (link-time address); the loader resolves them into Pattern.
 	PatternAddr uint64
 	PatternLen  int
 	Pattern     string
 	// Router, when set, is the third-party router that named the request
-	// (RouterName): PatternAddr is then its route's hash in the probe's
-	// RouteNames, Pattern the route as the router reported it (raw, see
+	// (RouterName): its route is then in the probe's Names (NameHashed),
+	// and Pattern is the route as the router reported it (raw, see
 	// Request.Router).
 	Router           string
 	PatternTruncated bool

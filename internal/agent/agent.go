@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -148,13 +149,23 @@ type target struct {
 	carried []probe.Histogram
 }
 
+// sameSeries says a and b are the same series: every label, whatever
+// their process and counts.
+func sameSeries(a, b probe.Histogram) bool {
+	if len(a.Buckets) != len(b.Buckets) {
+		return false
+	}
+	a.PID, a.Buckets, a.SumNS, a.NameHash, a.PatternAddr = b.PID, b.Buckets, b.SumNS, b.NameHash, b.PatternAddr
+	return reflect.DeepEqual(a, b)
+}
+
 // carry adds hs to t.carried, one histogram per series.
 func (t *target) carry(hs []probe.Histogram) {
 	for _, h := range hs {
 		merged := false
 		for i := range t.carried {
 			c := &t.carried[i]
-			if c.Kind == h.Kind && c.Method == h.Method && c.Status == h.Status && c.Pattern == h.Pattern && c.Protocol == h.Protocol && len(c.Buckets) == len(h.Buckets) {
+			if sameSeries(*c, h) {
 				for j := range c.Buckets {
 					c.Buckets[j] += h.Buckets[j]
 				}

@@ -24,7 +24,21 @@ type rpcServer struct {
 
 func newRPCServer(a *Agent) *rpcServer {
 	methods := export.NewBounded("rpc_method", export.MaxRPCMethods, export.OtherMethod, a.log)
-	return &rpcServer{methods: methods, prom: prom.NewRPCServer(methods), spans: a.spans}
+	r := &rpcServer{methods: methods, prom: prom.NewRPCServer(methods), spans: a.spans}
+	kernel := a.kernelOf(probe.KindRPCServer)
+	r.prom.SetKernel(func() ([]prom.RPCKernel, error) {
+		ks, err := kernel()
+		out := make([]prom.RPCKernel, 0, len(ks))
+		for _, k := range ks {
+			// The probe counts no Unimplemented call in the kernel, so
+			// none the server rejected itself: the method is its own.
+			method, _ := r.methods.Set(k.Service).Admit(export.RPCMethod(k.Method, k.MethodTruncated))
+			out = append(out, prom.RPCKernel{Service: k.Service, Method: method, Code: export.GRPCCodeName(uint32(k.Status)),
+				Buckets: k.Buckets, SumNS: k.SumNS})
+		}
+		return out, err
+	})
+	return r
 }
 
 func (r *rpcServer) observe(svc export.Service, spans bool, ev probe.Event) {

@@ -42,6 +42,10 @@ func (m *Manager) setMetricsConsts(bin *loadedBinary, info *inspect.Binary, lp *
 	if mm.Map == "" || !m.kernelMetrics() {
 		return nil
 	}
+	if mm.RodataStartConst == "" {
+		// Counted by hashes of strings, not by addresses in .rodata.
+		return set(mm.BoundsConst, m.bounds)
+	}
 	if bin.static == nil {
 		st, err := info.OpenStatic()
 		if err != nil {
@@ -137,8 +141,8 @@ func (m *Manager) readMetrics(lp *loadedProbe, keep func(pid uint32) bool) ([]pr
 // binary, address and length; or a router's route from the probe's map of
 // route names. Called with m.mu held.
 func (m *Manager) resolve(lp *loadedProbe, h *probe.Histogram) error {
-	if h.Router != "" {
-		return resolveRoute(lp, h)
+	if h.NameHashed {
+		return resolveName(lp, h)
 	}
 	if h.PatternLen == 0 {
 		return nil
@@ -160,25 +164,23 @@ func (m *Manager) resolve(lp *loadedProbe, h *probe.Histogram) error {
 	return nil
 }
 
-// resolveRoute names h, a series of a router's route counted by hash, from
-// the probe's map of route names, where the probe put the name before the
-// route's first series.
-func resolveRoute(lp *loadedProbe, h *probe.Histogram) error {
-	mp := lp.maps[lp.Metrics.RouteNames]
-	if mp == nil || lp.Metrics.DecodeRouteName == nil {
-		return fmt.Errorf("probe %s: a %s route counted by hash, and no map of route names", lp.Name, h.Router)
+// resolveName reads h's strings, which its key holds by hash, from the
+// probe's names map, where the probe put them before the series' first
+// count.
+func resolveName(lp *loadedProbe, h *probe.Histogram) error {
+	mp := lp.maps[lp.Metrics.Names]
+	if mp == nil || lp.Metrics.Name == nil {
+		return fmt.Errorf("probe %s: a series counted by hash, and no map of names", lp.Name)
 	}
-	key := make([]byte, 16) // struct route_name_key: tgid, padding, hash
+	key := make([]byte, 16) // tgid, padding, hash
 	binary.NativeEndian.PutUint32(key, h.PID)
-	binary.NativeEndian.PutUint64(key[8:], h.PatternAddr)
+	binary.NativeEndian.PutUint64(key[8:], h.NameHash)
 	var val []byte
 	if err := mp.Lookup(key, &val); err != nil {
-		return fmt.Errorf("name of %s route %#x of pid %d: %w", h.Router, h.PatternAddr, h.PID, err)
+		return fmt.Errorf("probe %s: name %#x of pid %d: %w", lp.Name, h.NameHash, h.PID, err)
 	}
-	name, cut, err := lp.Metrics.DecodeRouteName(val)
-	if err != nil {
-		return fmt.Errorf("name of %s route of pid %d: %w", h.Router, h.PID, err)
+	if err := lp.Metrics.Name(h, val); err != nil {
+		return fmt.Errorf("probe %s: name of pid %d: %w", lp.Name, h.PID, err)
 	}
-	h.Pattern, h.PatternTruncated = name, cut
 	return nil
 }

@@ -1,6 +1,7 @@
 package prom
 
 import (
+	"errors"
 	"sort"
 	"strconv"
 	"strings"
@@ -26,9 +27,26 @@ type RPCServer struct {
 	overflow *prometheus.Desc
 	methods  *export.Bounded
 
+	// kernel, if set, reads the series counted in the kernel at scrape time.
+	kernel func() ([]RPCKernel, error)
+
 	mu     sync.Mutex
 	series map[string]*histogram // by label values
 }
+
+// RPCKernel is one series of calls counted in the kernel: Method already
+// bounded as ObserveRPC's, Code the status code's name; Buckets and SumNS
+// as KernelSeries'.
+type RPCKernel struct {
+	Service      export.Service
+	Method, Code string
+	Buckets      []uint64
+	SumNS        uint64
+}
+
+// SetKernel makes Collect add the series fn reads (at scrape time) to the
+// observed ones.
+func (r *RPCServer) SetKernel(fn func() ([]RPCKernel, error)) { r.kernel = fn }
 
 // NewRPCServer creates the family; methods bounds rpc_method per process
 // and its overflows are exported as obsd_rpc_method_overflow_total.
@@ -90,14 +108,24 @@ func (r *RPCServer) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (r *RPCServer) Collect(ch chan<- prometheus.Metric) {
-	r.mu.Lock()
-	ms := make([]prometheus.Metric, 0, len(r.series))
-	for _, s := range r.series {
-		ms = append(ms, s.metric(r.duration))
+	var kernel []KernelSeries
+	var kerr error
+	if r.kernel != nil {
+		var ks []RPCKernel
+		ks, kerr = r.kernel()
+		for _, k := range ks {
+			kernel = append(kernel, KernelSeries{Instance: k.Service.InstanceID,
+				Labels: append([]string{"grpc", k.Method, k.Code}, k.Service.LabelValues()...), Buckets: k.Buckets, SumNS: k.SumNS})
+		}
 	}
+	r.mu.Lock()
+	hs, err := withKernel(r.series, kernel)
 	r.mu.Unlock()
-	for _, m := range ms {
-		ch <- m
+	if err = errors.Join(kerr, err); err != nil {
+		ch <- prometheus.NewInvalidMetric(r.duration, err)
+	}
+	for _, s := range hs {
+		ch <- s.metric(r.duration)
 	}
 	for _, o := range r.methods.Overflows() {
 		ch <- prometheus.MustNewConstMetric(r.overflow, prometheus.CounterValue, float64(o.N), o.Service.LabelValues()...)

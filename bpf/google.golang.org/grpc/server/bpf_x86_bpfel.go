@@ -29,6 +29,12 @@ type bpfCtxSpan struct {
 	Pad     [7]uint8
 }
 
+type bpfHist struct {
+	_       structs.HostLayout
+	Buckets [15]uint64
+	SumNs   uint64
+}
+
 type bpfInflight struct {
 	_       structs.HostLayout
 	StartNs uint64
@@ -54,6 +60,13 @@ type bpfInflightKey struct {
 	Pad  uint32
 }
 
+type bpfNameKey struct {
+	_    structs.HostLayout
+	Tgid uint32
+	Pad  uint32
+	Hash uint64
+}
+
 type bpfObsdCounter uint32
 
 const (
@@ -70,6 +83,15 @@ const (
 	bpfObsdCounterCNT_CTX_MAP_FULL        bpfObsdCounter = 10
 	bpfObsdCounterCNT_MAX                 bpfObsdCounter = 11
 )
+
+type bpfObsdName struct {
+	_     structs.HostLayout
+	LenA  uint16
+	LenB  uint16
+	Flags uint8
+	Pad   [3]uint8
+	Name  [256]int8
+}
 
 type bpfRpcServerEvent struct {
 	_            structs.HostLayout
@@ -88,6 +110,13 @@ type bpfRpcServerEvent struct {
 	Trace        uint8
 	Pad2         [7]uint8
 	Message      [32]int8
+}
+
+type bpfRpcServerMetricKey struct {
+	_      structs.HostLayout
+	Tgid   uint32
+	Code   uint32
+	Method uint64
 }
 
 type bpfScratch struct {
@@ -137,38 +166,48 @@ type bpfTcScratch struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	bpfMapEvents                = "events"
-	bpfMapObsdCounters          = "obsd_counters"
-	bpfMapObsdSharedCtxSpans    = "obsd_shared_ctx_spans"
-	bpfMapObsdTcScratch         = "obsd_tc_scratch"
-	bpfMapRpcServerInflight     = "rpc_server_inflight"
-	bpfMapRpcServerScratch      = "rpc_server_scratch"
-	bpfProgRpcServerEnd         = "rpc_server_end"
-	bpfProgRpcServerStart       = "rpc_server_start"
-	bpfVarKeepErrors            = "keep_errors"
-	bpfVarKeepSlowNs            = "keep_slow_ns"
-	bpfVarOffHmapB              = "off_hmap_b"
-	bpfVarOffHmapBuckets        = "off_hmap_buckets"
-	bpfVarOffHmapFlags          = "off_hmap_flags"
-	bpfVarOffHmapOldbuckets     = "off_hmap_oldbuckets"
-	bpfVarOffServerStreamSt     = "off_server_stream_st"
-	bpfVarOffServerStreamStream = "off_server_stream_stream"
-	bpfVarOffSgroupsData        = "off_sgroups_data"
-	bpfVarOffSgroupsMask        = "off_sgroups_mask"
-	bpfVarOffSmapDirlen         = "off_smap_dirlen"
-	bpfVarOffSmapDirptr         = "off_smap_dirptr"
-	bpfVarOffSpbStatusCode      = "off_spb_status_code"
-	bpfVarOffSpbStatusMessage   = "off_spb_status_message"
-	bpfVarOffStableGroups       = "off_stable_groups"
-	bpfVarOffStatusS            = "off_status_s"
-	bpfVarOffStreamCtx          = "off_stream_ctx"
-	bpfVarOffStreamMethod       = "off_stream_method"
-	bpfVarParentBased           = "parent_based"
-	bpfVarSampleBound           = "sample_bound"
-	bpfVarUnusedInflight        = "unused_inflight"
-	bpfVarUnusedInflightKey     = "unused_inflight_key"
-	bpfVarUnusedRpcServerEvent  = "unused_rpc_server_event"
-	bpfVarWithSpans             = "with_spans"
+	bpfMapEvents                   = "events"
+	bpfMapObsdCounters             = "obsd_counters"
+	bpfMapObsdSharedCtxSpans       = "obsd_shared_ctx_spans"
+	bpfMapObsdTcScratch            = "obsd_tc_scratch"
+	bpfMapRpcServerBudget          = "rpc_server_budget"
+	bpfMapRpcServerInflight        = "rpc_server_inflight"
+	bpfMapRpcServerMetrics         = "rpc_server_metrics"
+	bpfMapRpcServerNameScratch     = "rpc_server_name_scratch"
+	bpfMapRpcServerNames           = "rpc_server_names"
+	bpfMapRpcServerScratch         = "rpc_server_scratch"
+	bpfProgRpcServerEnd            = "rpc_server_end"
+	bpfProgRpcServerStart          = "rpc_server_start"
+	bpfVarBudgetSeries             = "budget_series"
+	bpfVarDurationBoundsNs         = "duration_bounds_ns"
+	bpfVarKeepErrors               = "keep_errors"
+	bpfVarKeepSlowNs               = "keep_slow_ns"
+	bpfVarOffHmapB                 = "off_hmap_b"
+	bpfVarOffHmapBuckets           = "off_hmap_buckets"
+	bpfVarOffHmapFlags             = "off_hmap_flags"
+	bpfVarOffHmapOldbuckets        = "off_hmap_oldbuckets"
+	bpfVarOffServerStreamSt        = "off_server_stream_st"
+	bpfVarOffServerStreamStream    = "off_server_stream_stream"
+	bpfVarOffSgroupsData           = "off_sgroups_data"
+	bpfVarOffSgroupsMask           = "off_sgroups_mask"
+	bpfVarOffSmapDirlen            = "off_smap_dirlen"
+	bpfVarOffSmapDirptr            = "off_smap_dirptr"
+	bpfVarOffSpbStatusCode         = "off_spb_status_code"
+	bpfVarOffSpbStatusMessage      = "off_spb_status_message"
+	bpfVarOffStableGroups          = "off_stable_groups"
+	bpfVarOffStatusS               = "off_status_s"
+	bpfVarOffStreamCtx             = "off_stream_ctx"
+	bpfVarOffStreamMethod          = "off_stream_method"
+	bpfVarParentBased              = "parent_based"
+	bpfVarSampleBound              = "sample_bound"
+	bpfVarUnusedHist               = "unused_hist"
+	bpfVarUnusedInflight           = "unused_inflight"
+	bpfVarUnusedInflightKey        = "unused_inflight_key"
+	bpfVarUnusedNameKey            = "unused_name_key"
+	bpfVarUnusedObsdName           = "unused_obsd_name"
+	bpfVarUnusedRpcServerEvent     = "unused_rpc_server_event"
+	bpfVarUnusedRpcServerMetricKey = "unused_rpc_server_metric_key"
+	bpfVarWithSpans                = "with_spans"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -221,42 +260,52 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
-	Events             *ebpf.MapSpec `ebpf:"events"`
-	ObsdCounters       *ebpf.MapSpec `ebpf:"obsd_counters"`
-	ObsdSharedCtxSpans *ebpf.MapSpec `ebpf:"obsd_shared_ctx_spans"`
-	ObsdTcScratch      *ebpf.MapSpec `ebpf:"obsd_tc_scratch"`
-	RpcServerInflight  *ebpf.MapSpec `ebpf:"rpc_server_inflight"`
-	RpcServerScratch   *ebpf.MapSpec `ebpf:"rpc_server_scratch"`
+	Events               *ebpf.MapSpec `ebpf:"events"`
+	ObsdCounters         *ebpf.MapSpec `ebpf:"obsd_counters"`
+	ObsdSharedCtxSpans   *ebpf.MapSpec `ebpf:"obsd_shared_ctx_spans"`
+	ObsdTcScratch        *ebpf.MapSpec `ebpf:"obsd_tc_scratch"`
+	RpcServerBudget      *ebpf.MapSpec `ebpf:"rpc_server_budget"`
+	RpcServerInflight    *ebpf.MapSpec `ebpf:"rpc_server_inflight"`
+	RpcServerMetrics     *ebpf.MapSpec `ebpf:"rpc_server_metrics"`
+	RpcServerNameScratch *ebpf.MapSpec `ebpf:"rpc_server_name_scratch"`
+	RpcServerNames       *ebpf.MapSpec `ebpf:"rpc_server_names"`
+	RpcServerScratch     *ebpf.MapSpec `ebpf:"rpc_server_scratch"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
-	KeepErrors            *ebpf.VariableSpec `ebpf:"keep_errors"`
-	KeepSlowNs            *ebpf.VariableSpec `ebpf:"keep_slow_ns"`
-	OffHmapB              *ebpf.VariableSpec `ebpf:"off_hmap_b"`
-	OffHmapBuckets        *ebpf.VariableSpec `ebpf:"off_hmap_buckets"`
-	OffHmapFlags          *ebpf.VariableSpec `ebpf:"off_hmap_flags"`
-	OffHmapOldbuckets     *ebpf.VariableSpec `ebpf:"off_hmap_oldbuckets"`
-	OffServerStreamSt     *ebpf.VariableSpec `ebpf:"off_server_stream_st"`
-	OffServerStreamStream *ebpf.VariableSpec `ebpf:"off_server_stream_stream"`
-	OffSgroupsData        *ebpf.VariableSpec `ebpf:"off_sgroups_data"`
-	OffSgroupsMask        *ebpf.VariableSpec `ebpf:"off_sgroups_mask"`
-	OffSmapDirlen         *ebpf.VariableSpec `ebpf:"off_smap_dirlen"`
-	OffSmapDirptr         *ebpf.VariableSpec `ebpf:"off_smap_dirptr"`
-	OffSpbStatusCode      *ebpf.VariableSpec `ebpf:"off_spb_status_code"`
-	OffSpbStatusMessage   *ebpf.VariableSpec `ebpf:"off_spb_status_message"`
-	OffStableGroups       *ebpf.VariableSpec `ebpf:"off_stable_groups"`
-	OffStatusS            *ebpf.VariableSpec `ebpf:"off_status_s"`
-	OffStreamCtx          *ebpf.VariableSpec `ebpf:"off_stream_ctx"`
-	OffStreamMethod       *ebpf.VariableSpec `ebpf:"off_stream_method"`
-	ParentBased           *ebpf.VariableSpec `ebpf:"parent_based"`
-	SampleBound           *ebpf.VariableSpec `ebpf:"sample_bound"`
-	UnusedInflight        *ebpf.VariableSpec `ebpf:"unused_inflight"`
-	UnusedInflightKey     *ebpf.VariableSpec `ebpf:"unused_inflight_key"`
-	UnusedRpcServerEvent  *ebpf.VariableSpec `ebpf:"unused_rpc_server_event"`
-	WithSpans             *ebpf.VariableSpec `ebpf:"with_spans"`
+	BudgetSeries             *ebpf.VariableSpec `ebpf:"budget_series"`
+	DurationBoundsNs         *ebpf.VariableSpec `ebpf:"duration_bounds_ns"`
+	KeepErrors               *ebpf.VariableSpec `ebpf:"keep_errors"`
+	KeepSlowNs               *ebpf.VariableSpec `ebpf:"keep_slow_ns"`
+	OffHmapB                 *ebpf.VariableSpec `ebpf:"off_hmap_b"`
+	OffHmapBuckets           *ebpf.VariableSpec `ebpf:"off_hmap_buckets"`
+	OffHmapFlags             *ebpf.VariableSpec `ebpf:"off_hmap_flags"`
+	OffHmapOldbuckets        *ebpf.VariableSpec `ebpf:"off_hmap_oldbuckets"`
+	OffServerStreamSt        *ebpf.VariableSpec `ebpf:"off_server_stream_st"`
+	OffServerStreamStream    *ebpf.VariableSpec `ebpf:"off_server_stream_stream"`
+	OffSgroupsData           *ebpf.VariableSpec `ebpf:"off_sgroups_data"`
+	OffSgroupsMask           *ebpf.VariableSpec `ebpf:"off_sgroups_mask"`
+	OffSmapDirlen            *ebpf.VariableSpec `ebpf:"off_smap_dirlen"`
+	OffSmapDirptr            *ebpf.VariableSpec `ebpf:"off_smap_dirptr"`
+	OffSpbStatusCode         *ebpf.VariableSpec `ebpf:"off_spb_status_code"`
+	OffSpbStatusMessage      *ebpf.VariableSpec `ebpf:"off_spb_status_message"`
+	OffStableGroups          *ebpf.VariableSpec `ebpf:"off_stable_groups"`
+	OffStatusS               *ebpf.VariableSpec `ebpf:"off_status_s"`
+	OffStreamCtx             *ebpf.VariableSpec `ebpf:"off_stream_ctx"`
+	OffStreamMethod          *ebpf.VariableSpec `ebpf:"off_stream_method"`
+	ParentBased              *ebpf.VariableSpec `ebpf:"parent_based"`
+	SampleBound              *ebpf.VariableSpec `ebpf:"sample_bound"`
+	UnusedHist               *ebpf.VariableSpec `ebpf:"unused_hist"`
+	UnusedInflight           *ebpf.VariableSpec `ebpf:"unused_inflight"`
+	UnusedInflightKey        *ebpf.VariableSpec `ebpf:"unused_inflight_key"`
+	UnusedNameKey            *ebpf.VariableSpec `ebpf:"unused_name_key"`
+	UnusedObsdName           *ebpf.VariableSpec `ebpf:"unused_obsd_name"`
+	UnusedRpcServerEvent     *ebpf.VariableSpec `ebpf:"unused_rpc_server_event"`
+	UnusedRpcServerMetricKey *ebpf.VariableSpec `ebpf:"unused_rpc_server_metric_key"`
+	WithSpans                *ebpf.VariableSpec `ebpf:"with_spans"`
 }
 
 // bpfObjects contains all objects after they have been loaded into the kernel.
@@ -279,12 +328,16 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
-	Events             *ebpf.Map `ebpf:"events"`
-	ObsdCounters       *ebpf.Map `ebpf:"obsd_counters"`
-	ObsdSharedCtxSpans *ebpf.Map `ebpf:"obsd_shared_ctx_spans"`
-	ObsdTcScratch      *ebpf.Map `ebpf:"obsd_tc_scratch"`
-	RpcServerInflight  *ebpf.Map `ebpf:"rpc_server_inflight"`
-	RpcServerScratch   *ebpf.Map `ebpf:"rpc_server_scratch"`
+	Events               *ebpf.Map `ebpf:"events"`
+	ObsdCounters         *ebpf.Map `ebpf:"obsd_counters"`
+	ObsdSharedCtxSpans   *ebpf.Map `ebpf:"obsd_shared_ctx_spans"`
+	ObsdTcScratch        *ebpf.Map `ebpf:"obsd_tc_scratch"`
+	RpcServerBudget      *ebpf.Map `ebpf:"rpc_server_budget"`
+	RpcServerInflight    *ebpf.Map `ebpf:"rpc_server_inflight"`
+	RpcServerMetrics     *ebpf.Map `ebpf:"rpc_server_metrics"`
+	RpcServerNameScratch *ebpf.Map `ebpf:"rpc_server_name_scratch"`
+	RpcServerNames       *ebpf.Map `ebpf:"rpc_server_names"`
+	RpcServerScratch     *ebpf.Map `ebpf:"rpc_server_scratch"`
 }
 
 func (m *bpfMaps) Close() error {
@@ -293,7 +346,11 @@ func (m *bpfMaps) Close() error {
 		m.ObsdCounters,
 		m.ObsdSharedCtxSpans,
 		m.ObsdTcScratch,
+		m.RpcServerBudget,
 		m.RpcServerInflight,
+		m.RpcServerMetrics,
+		m.RpcServerNameScratch,
+		m.RpcServerNames,
 		m.RpcServerScratch,
 	)
 }
@@ -302,30 +359,36 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
-	KeepErrors            *ebpf.Variable `ebpf:"keep_errors"`
-	KeepSlowNs            *ebpf.Variable `ebpf:"keep_slow_ns"`
-	OffHmapB              *ebpf.Variable `ebpf:"off_hmap_b"`
-	OffHmapBuckets        *ebpf.Variable `ebpf:"off_hmap_buckets"`
-	OffHmapFlags          *ebpf.Variable `ebpf:"off_hmap_flags"`
-	OffHmapOldbuckets     *ebpf.Variable `ebpf:"off_hmap_oldbuckets"`
-	OffServerStreamSt     *ebpf.Variable `ebpf:"off_server_stream_st"`
-	OffServerStreamStream *ebpf.Variable `ebpf:"off_server_stream_stream"`
-	OffSgroupsData        *ebpf.Variable `ebpf:"off_sgroups_data"`
-	OffSgroupsMask        *ebpf.Variable `ebpf:"off_sgroups_mask"`
-	OffSmapDirlen         *ebpf.Variable `ebpf:"off_smap_dirlen"`
-	OffSmapDirptr         *ebpf.Variable `ebpf:"off_smap_dirptr"`
-	OffSpbStatusCode      *ebpf.Variable `ebpf:"off_spb_status_code"`
-	OffSpbStatusMessage   *ebpf.Variable `ebpf:"off_spb_status_message"`
-	OffStableGroups       *ebpf.Variable `ebpf:"off_stable_groups"`
-	OffStatusS            *ebpf.Variable `ebpf:"off_status_s"`
-	OffStreamCtx          *ebpf.Variable `ebpf:"off_stream_ctx"`
-	OffStreamMethod       *ebpf.Variable `ebpf:"off_stream_method"`
-	ParentBased           *ebpf.Variable `ebpf:"parent_based"`
-	SampleBound           *ebpf.Variable `ebpf:"sample_bound"`
-	UnusedInflight        *ebpf.Variable `ebpf:"unused_inflight"`
-	UnusedInflightKey     *ebpf.Variable `ebpf:"unused_inflight_key"`
-	UnusedRpcServerEvent  *ebpf.Variable `ebpf:"unused_rpc_server_event"`
-	WithSpans             *ebpf.Variable `ebpf:"with_spans"`
+	BudgetSeries             *ebpf.Variable `ebpf:"budget_series"`
+	DurationBoundsNs         *ebpf.Variable `ebpf:"duration_bounds_ns"`
+	KeepErrors               *ebpf.Variable `ebpf:"keep_errors"`
+	KeepSlowNs               *ebpf.Variable `ebpf:"keep_slow_ns"`
+	OffHmapB                 *ebpf.Variable `ebpf:"off_hmap_b"`
+	OffHmapBuckets           *ebpf.Variable `ebpf:"off_hmap_buckets"`
+	OffHmapFlags             *ebpf.Variable `ebpf:"off_hmap_flags"`
+	OffHmapOldbuckets        *ebpf.Variable `ebpf:"off_hmap_oldbuckets"`
+	OffServerStreamSt        *ebpf.Variable `ebpf:"off_server_stream_st"`
+	OffServerStreamStream    *ebpf.Variable `ebpf:"off_server_stream_stream"`
+	OffSgroupsData           *ebpf.Variable `ebpf:"off_sgroups_data"`
+	OffSgroupsMask           *ebpf.Variable `ebpf:"off_sgroups_mask"`
+	OffSmapDirlen            *ebpf.Variable `ebpf:"off_smap_dirlen"`
+	OffSmapDirptr            *ebpf.Variable `ebpf:"off_smap_dirptr"`
+	OffSpbStatusCode         *ebpf.Variable `ebpf:"off_spb_status_code"`
+	OffSpbStatusMessage      *ebpf.Variable `ebpf:"off_spb_status_message"`
+	OffStableGroups          *ebpf.Variable `ebpf:"off_stable_groups"`
+	OffStatusS               *ebpf.Variable `ebpf:"off_status_s"`
+	OffStreamCtx             *ebpf.Variable `ebpf:"off_stream_ctx"`
+	OffStreamMethod          *ebpf.Variable `ebpf:"off_stream_method"`
+	ParentBased              *ebpf.Variable `ebpf:"parent_based"`
+	SampleBound              *ebpf.Variable `ebpf:"sample_bound"`
+	UnusedHist               *ebpf.Variable `ebpf:"unused_hist"`
+	UnusedInflight           *ebpf.Variable `ebpf:"unused_inflight"`
+	UnusedInflightKey        *ebpf.Variable `ebpf:"unused_inflight_key"`
+	UnusedNameKey            *ebpf.Variable `ebpf:"unused_name_key"`
+	UnusedObsdName           *ebpf.Variable `ebpf:"unused_obsd_name"`
+	UnusedRpcServerEvent     *ebpf.Variable `ebpf:"unused_rpc_server_event"`
+	UnusedRpcServerMetricKey *ebpf.Variable `ebpf:"unused_rpc_server_metric_key"`
+	WithSpans                *ebpf.Variable `ebpf:"with_spans"`
 }
 
 // bpfPrograms contains all programs after they have been loaded into the kernel.

@@ -23,9 +23,14 @@
  * first end of a stream ends it (a streaming SendMsg that fails writes a
  * status before the handler returns; the second write of that stream finds
  * no start and is counted as end_without_start).
+ * A call not sampled for a span is counted in the kernel (metrics.h) under
+ * (tgid, code, hash of its method); a record goes out only for a sampled
+ * call, a code of Unimplemented (user space tells a call the server
+ * rejected itself by its message) or a method too long to keep.
  */
 #include "obsd.h"
 #include "tracectx.h"
+#include "metrics.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
 
@@ -119,8 +124,30 @@ struct {
 	__uint(max_entries, 4 << 20);
 } events SEC(".maps");
 
+/* A series of rpc_server_metrics: the method is rpc_server_names's entry
+ * under (tgid, method). */
+struct rpc_server_metric_key {
+	u32 tgid;
+	u32 code;
+	u64 method; /* name_hash of the method */
+};
+
+DECLARE_METRICS(rpc_server_metrics, rpc_server_names, rpc_server_budget, struct rpc_server_metric_key, 16384);
+
+/* Where a method is read for its hash: per CPU, zeroed past the method. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct obsd_name);
+} rpc_server_name_scratch SEC(".maps");
+
 /* Keeps these structs in BTF for bpf2go -type. */
 const struct rpc_server_event *unused_rpc_server_event __attribute__((unused));
+const struct rpc_server_metric_key *unused_rpc_server_metric_key __attribute__((unused));
+const struct hist *unused_hist __attribute__((unused));
+const struct obsd_name *unused_obsd_name __attribute__((unused));
+const struct name_key *unused_name_key __attribute__((unused));
 const struct inflight_key *unused_inflight_key __attribute__((unused));
 const struct inflight *unused_inflight __attribute__((unused));
 
@@ -242,21 +269,48 @@ int rpc_server_end(struct pt_regs *ctx)
 		e->message_len = n;
 	}
 
+	/* Head-sampled at the start, or kept for its duration or error (the
+	 * codes semconv makes a server span's error: Unknown,
+	 * DeadlineExceeded, Unimplemented, Internal, Unavailable, DataLoss). */
+	int sampled =
+		tc_end(&tc, end - start, code == 2 || code == 4 || code == 12 || code == 13 || code == 14 || code == 15);
+
 	u64 mh = method_header(s);
 	u32 n = 0;
-	s64 full = mh ? read_go_string(sc->method, METHOD_MAX, mh, &n) : -1;
-	if (full < 0) {
-		count(CNT_READ_FAILED);
-		return 0;
+	s64 full = -1;
+	if (metrics_on() && !sampled && code != CODE_UNIMPLEMENTED) {
+		/* The common case: counted here, no record. */
+		struct obsd_name *nm = bpf_map_lookup_elem(&rpc_server_name_scratch, &zero);
+		if (!nm)
+			return 0;
+		__builtin_memset(nm, 0, sizeof(*nm));
+		full = mh ? read_go_string(nm->name, METHOD_MAX, mh, &n) : -1;
+		if (full < 0) {
+			count(CNT_READ_FAILED);
+			return 0;
+		}
+		if (full == n) {
+			nm->len_a = n;
+			struct rpc_server_metric_key mk = {.tgid = key.tgid, .code = code, .method = name_hash(nm)};
+			if (hist_count(&rpc_server_metrics, &rpc_server_names, &rpc_server_budget, &mk, key.tgid, mk.method,
+				       nm, end - start))
+				return 0;
+		}
+		/* Too long, or not counted: a record, with the bytes read. */
+		if (n > METHOD_MAX) /* bounds for the verifier */
+			n = METHOD_MAX;
+		__builtin_memcpy(sc->method, nm->name, METHOD_MAX);
+	} else {
+		full = mh ? read_go_string(sc->method, METHOD_MAX, mh, &n) : -1;
+		if (full < 0) {
+			count(CNT_READ_FAILED);
+			return 0;
+		}
 	}
 	if (full > n)
 		e->flags |= FLAG_METHOD_TRUNCATED;
 	e->method_len = n;
-
-	/* Head-sampled at the start, or kept for its duration or error (the
-	 * codes semconv makes a server span's error: Unknown,
-	 * DeadlineExceeded, Unimplemented, Internal, Unavailable, DataLoss). */
-	if (tc_end(&tc, end - start, code == 2 || code == 4 || code == 12 || code == 13 || code == 14 || code == 15)) {
+	if (sampled) {
 		e->flags |= FLAG_SAMPLED;
 		e->trace_id_low = tc.trace_lo;
 		e->trace_id_high = tc.trace_hi;

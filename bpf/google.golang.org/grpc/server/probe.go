@@ -95,10 +95,54 @@ func New() *probe.Probe {
 		ProcessMaps: map[string]int{
 			"rpc_server_inflight": int(unsafe.Offsetof(bpfInflightKey{}.Tgid)),
 			probe.CtxSpansMap:     probe.CtxSpansTGIDOffset,
+			"rpc_server_metrics":  int(unsafe.Offsetof(bpfRpcServerMetricKey{}.Tgid)),
+			"rpc_server_names":    int(unsafe.Offsetof(bpfNameKey{}.Tgid)),
+			"rpc_server_budget":   0,
+		},
+		Metrics: probe.MetricsMap{
+			Map:         "rpc_server_metrics",
+			BoundsConst: "duration_bounds_ns",
+			Decode:      DecodeMetric,
+			Names:       "rpc_server_names",
+			Name:        decodeName,
 		},
 		Spec:   loadBpf,
 		Decode: Decode,
 	}
+}
+
+// DecodeMetric reads one in-kernel series (a call not sampled for a span,
+// with a status other than Unimplemented), summed over the CPUs; its
+// method is still a hash.
+func DecodeMetric(key []byte, perCPU [][]byte) (probe.Histogram, error) {
+	var k bpfRpcServerMetricKey
+	if len(key) != int(unsafe.Sizeof(k)) {
+		return probe.Histogram{}, fmt.Errorf("decoding rpc server metric: %d-byte key, want %d", len(key), unsafe.Sizeof(k))
+	}
+	ne := binary.NativeEndian
+	h := probe.Histogram{
+		Kind:       probe.KindRPCServer,
+		PID:        ne.Uint32(key[unsafe.Offsetof(k.Tgid):]),
+		Status:     int(ne.Uint32(key[unsafe.Offsetof(k.Code):])),
+		NameHashed: true,
+		NameHash:   ne.Uint64(key[unsafe.Offsetof(k.Method):]),
+	}
+	var err error
+	if h.Buckets, h.SumNS, err = probe.SumHist(perCPU, len(bpfHist{}.Buckets)); err != nil {
+		return probe.Histogram{}, fmt.Errorf("decoding rpc server metric: %w", err)
+	}
+	return h, nil
+}
+
+// decodeName reads the method of a series (never cut: a method longer
+// than the probe keeps is sent as a record).
+func decodeName(h *probe.Histogram, val []byte) error {
+	n, err := probe.DecodeName(val)
+	if err != nil {
+		return err
+	}
+	h.Method = n.A
+	return nil
 }
 
 // Decode turns one ring-buffer record into a Call.

@@ -119,3 +119,49 @@ func TestConstsExistInObject(t *testing.T) {
 		t.Error("no events ring buffer")
 	}
 }
+
+// An in-kernel series: the key's code and method hash, the buckets summed
+// over CPUs, and the method read from the names map by probe.DecodeName,
+// whose layout must be the generated struct obsd_name's.
+func TestDecodeMetric(t *testing.T) {
+	var n bpfObsdName
+	if unsafe.Sizeof(n) != probe.NameSize || unsafe.Offsetof(n.LenB) != 2 || unsafe.Offsetof(n.Flags) != 4 ||
+		unsafe.Offsetof(n.Name) != 8 {
+		t.Fatalf("struct obsd_name is %d bytes (len_b at %d, flags at %d, name at %d), probe.DecodeName reads %d (2, 4, 8)",
+			unsafe.Sizeof(n), unsafe.Offsetof(n.LenB), unsafe.Offsetof(n.Flags), unsafe.Offsetof(n.Name), probe.NameSize)
+	}
+	ne := binary.NativeEndian
+	key := make([]byte, unsafe.Sizeof(bpfRpcServerMetricKey{}))
+	ne.PutUint32(key, 42)
+	ne.PutUint32(key[unsafe.Offsetof(bpfRpcServerMetricKey{}.Code):], 5)
+	ne.PutUint64(key[unsafe.Offsetof(bpfRpcServerMetricKey{}.Method):], 0xabc)
+	cpu := func(bucket int, sum uint64) []byte {
+		v := make([]byte, unsafe.Sizeof(bpfHist{}))
+		ne.PutUint64(v[8*bucket:], 1)
+		ne.PutUint64(v[unsafe.Offsetof(bpfHist{}.SumNs):], sum)
+		return v
+	}
+	h, err := DecodeMetric(key, [][]byte{cpu(0, 100), cpu(14, 20e9)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := probe.Histogram{Kind: probe.KindRPCServer, PID: 42, Status: 5, NameHashed: true, NameHash: 0xabc,
+		Buckets: []uint64{1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}, SumNS: 20e9 + 100}
+	if !reflect.DeepEqual(h, want) {
+		t.Errorf("DecodeMetric = %+v, want %+v", h, want)
+	}
+	val := make([]byte, probe.NameSize)
+	method := "/grpc.testing.TestService/UnaryCall"
+	ne.PutUint16(val, uint16(len(method)))
+	copy(val[8:], method)
+	if err := decodeName(&h, val); err != nil || h.Method != method {
+		t.Errorf("decodeName: method %q, %v; want %q", h.Method, err, method)
+	}
+	ne.PutUint16(val, 300)
+	if err := decodeName(&h, val); err == nil {
+		t.Error("decodeName: a 300-byte method decoded")
+	}
+	if _, err := DecodeMetric(key[:8], [][]byte{cpu(0, 1)}); err == nil {
+		t.Error("DecodeMetric: a short key decoded")
+	}
+}

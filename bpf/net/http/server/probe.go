@@ -178,8 +178,12 @@ func New() *probe.Probe {
 			RodataStartConst: "rodata_start",
 			RodataEndConst:   "rodata_end",
 			Decode:           DecodeMetric,
-			RouteNames:       "http_server_route_names",
-			DecodeRouteName:  DecodeRouteName,
+			Names:            "http_server_route_names",
+			Name: func(h *probe.Histogram, val []byte) error {
+				var err error
+				h.Pattern, h.PatternTruncated, err = DecodeRouteName(val)
+				return err
+			},
 		},
 		Spec:   loadBpf,
 		Decode: Decode,
@@ -214,17 +218,14 @@ func DecodeMetric(key []byte, perCPU [][]byte) (probe.Histogram, error) {
 		PatternLen:  int(ne.Uint32(key[unsafe.Offsetof(k.PatternLen):])),
 		Router:      probe.RouterName(key[unsafe.Offsetof(k.RouteKind)]),
 		Protocol:    protocolVersion(key[unsafe.Offsetof(k.Proto)]),
-		Buckets:     make([]uint64, len(v.Buckets)),
 	}
-	buckets, sum := unsafe.Offsetof(v.Buckets), unsafe.Offsetof(v.SumNs)
-	for _, c := range perCPU {
-		if len(c) < int(unsafe.Sizeof(v)) {
-			return probe.Histogram{}, fmt.Errorf("decoding http server metric: %d-byte value, want %d", len(c), unsafe.Sizeof(v))
-		}
-		for i := range h.Buckets {
-			h.Buckets[i] += ne.Uint64(c[buckets+8*uintptr(i):])
-		}
-		h.SumNS += ne.Uint64(c[sum:])
+	if h.Router != "" {
+		// The key holds the route's hash: its name is in the route names.
+		h.NameHashed, h.NameHash, h.PatternAddr, h.PatternLen = true, h.PatternAddr, 0, 0
+	}
+	var err error
+	if h.Buckets, h.SumNS, err = probe.SumHist(perCPU, len(v.Buckets)); err != nil {
+		return probe.Histogram{}, fmt.Errorf("decoding http server metric: %w", err)
 	}
 	return h, nil
 }

@@ -217,7 +217,9 @@ func TestDecodeRoutes(t *testing.T) {
 	for kind, want := range map[uint8]string{0: "", 1: "chi", 2: "gin", 3: "echo", 4: "gorilla/mux"} {
 		key := encode(t, &bpfHttpServerMetricKey{Tgid: 7, Status: 200, Method: 1, RouteKind: kind, Pattern: 0xfeed, PatternLen: 9})
 		got, err := DecodeMetric(key, [][]byte{cpu})
-		if err != nil || got.Router != want || got.PatternAddr != 0xfeed {
+		hashed := kind != 0 // a router's route is in the key by hash, a pattern by address
+		if err != nil || got.Router != want || got.NameHashed != hashed || (hashed && got.NameHash != 0xfeed) ||
+			(!hashed && (got.PatternAddr != 0xfeed || got.PatternLen != 9)) {
 			t.Errorf("route kind %d: DecodeMetric = %+v, %v; want router %q", kind, got, err, want)
 		}
 		r, err := DecodeRequest(record(t, bpfHttpServerEvent{Tgid: 7, Status: 200, RouteKind: kind}, "/x/{id}", ""))
