@@ -24,7 +24,18 @@ type rpcClient struct {
 
 func newRPCClient(a *Agent) *rpcClient {
 	bounds := export.NewRPCBounds(a.log)
-	return &rpcClient{bounds: bounds, prom: prom.NewRPCClient(bounds), spans: a.spans}
+	r := &rpcClient{bounds: bounds, prom: prom.NewRPCClient(bounds), spans: a.spans}
+	kernel := a.kernelOf(probe.KindRPCClient)
+	r.prom.SetKernel(func() ([]prom.RPCClientKernel, error) {
+		ks, err := kernel()
+		out := make([]prom.RPCClientKernel, 0, len(ks))
+		for _, k := range ks {
+			l := bounds.ClientLabels(k.Service, k.Method, k.MethodTruncated, k.Host, k.HostTruncated, uint32(k.Status))
+			out = append(out, prom.RPCClientKernel{Service: k.Service, RPCLabels: l, Buckets: k.Buckets, SumNS: k.SumNS})
+		}
+		return out, err
+	})
+	return r
 }
 
 func (r *rpcClient) observe(svc export.Service, spans bool, ev probe.Event) {

@@ -1,6 +1,7 @@
 package prom
 
 import (
+	"errors"
 	"sort"
 	"sync"
 	"time"
@@ -24,9 +25,25 @@ type RPCClient struct {
 	overflow *prometheus.Desc
 	bounds   *export.RPCBounds
 
+	// kernel, if set, reads the series counted in the kernel at scrape time.
+	kernel func() ([]RPCClientKernel, error)
+
 	mu     sync.Mutex
 	series map[rpcClientKey]*histogram
 }
+
+// RPCClientKernel is one series of attempts counted in the kernel, its
+// labels bounded as Observe's; Buckets and SumNS as KernelSeries'.
+type RPCClientKernel struct {
+	Service export.Service
+	export.RPCLabels
+	Buckets []uint64
+	SumNS   uint64
+}
+
+// SetKernel makes Collect add the series fn reads (at scrape time) to the
+// observed ones.
+func (c *RPCClient) SetKernel(fn func() ([]RPCClientKernel, error)) { c.kernel = fn }
 
 type rpcClientKey struct {
 	instance string
@@ -66,7 +83,7 @@ func (c *RPCClient) Observe(svc export.Service, l export.RPCLabels, d time.Durat
 	defer c.mu.Unlock()
 	s := c.series[k]
 	if s == nil {
-		s = newHistogram(svc.InstanceID, append([]string{"grpc", l.Method, l.Code, l.Address, l.Port}, svc.LabelValues()...))
+		s = newHistogram(svc.InstanceID, rpcClientLabels(svc, l))
 		c.series[k] = s
 	}
 	s.counts[b]++
@@ -93,14 +110,24 @@ func (c *RPCClient) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *RPCClient) Collect(ch chan<- prometheus.Metric) {
-	c.mu.Lock()
-	out := make([]prometheus.Metric, 0, len(c.series))
-	for _, s := range c.series {
-		out = append(out, rpcClientMetric(s, c.duration))
+	var kernel []KernelSeries
+	var kerr error
+	if c.kernel != nil {
+		var ks []RPCClientKernel
+		ks, kerr = c.kernel()
+		for _, k := range ks {
+			kernel = append(kernel, KernelSeries{Instance: k.Service.InstanceID, Labels: rpcClientLabels(k.Service, k.RPCLabels),
+				Buckets: k.Buckets, SumNS: k.SumNS})
+		}
 	}
+	c.mu.Lock()
+	hs, err := withKernel(c.series, kernel)
 	c.mu.Unlock()
-	for _, m := range out {
-		ch <- m
+	if err = errors.Join(kerr, err); err != nil {
+		ch <- prometheus.NewInvalidMetric(c.duration, err)
+	}
+	for _, h := range hs {
+		ch <- h.metric(c.duration)
 	}
 	if c.bounds == nil {
 		return
@@ -111,26 +138,7 @@ func (c *RPCClient) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// rpcClientMetric is h as a const metric of desc, with its exemplars.
-func rpcClientMetric(h *histogram, desc *prometheus.Desc) prometheus.Metric {
-	var total uint64
-	cum := make(map[float64]uint64, len(DurationBuckets))
-	for i, bound := range DurationBuckets {
-		total += h.counts[i]
-		cum[bound] = total
-	}
-	total += h.counts[len(DurationBuckets)]
-	m := prometheus.MustNewConstHistogram(desc, total, h.sum, cum, h.labels...)
-	var exs []prometheus.Exemplar
-	for _, ex := range h.exemplars {
-		if ex != nil {
-			exs = append(exs, *ex)
-		}
-	}
-	if len(exs) > 0 {
-		if mx, err := prometheus.NewMetricWithExemplars(m, exs...); err == nil {
-			m = mx
-		}
-	}
-	return m
+// rpcClientLabels are the label values of a series, in the family's order.
+func rpcClientLabels(svc export.Service, l export.RPCLabels) []string {
+	return append([]string{"grpc", l.Method, l.Code, l.Address, l.Port}, svc.LabelValues()...)
 }

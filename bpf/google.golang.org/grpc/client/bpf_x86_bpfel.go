@@ -52,6 +52,19 @@ type bpfCtxSpan struct {
 	Pad     [7]uint8
 }
 
+type bpfHist struct {
+	_       structs.HostLayout
+	Buckets [15]uint64
+	SumNs   uint64
+}
+
+type bpfNameKey struct {
+	_    structs.HostLayout
+	Tgid uint32
+	Pad  uint32
+	Hash uint64
+}
+
 type bpfObsdCounter uint32
 
 const (
@@ -69,6 +82,15 @@ const (
 	bpfObsdCounterCNT_MAX                 bpfObsdCounter = 11
 )
 
+type bpfObsdName struct {
+	_     structs.HostLayout
+	LenA  uint16
+	LenB  uint16
+	Flags uint8
+	Pad   [3]uint8
+	Name  [256]int8
+}
+
 type bpfRpcClientEvent struct {
 	_            structs.HostLayout
 	StartNs      uint64
@@ -84,6 +106,13 @@ type bpfRpcClientEvent struct {
 	TraceIdHigh  uint64
 	SpanId       uint64
 	ParentSpanId uint64
+}
+
+type bpfRpcClientMetricKey struct {
+	_     structs.HostLayout
+	Tgid  uint32
+	Code  uint32
+	Names uint64
 }
 
 type bpfScratch struct {
@@ -133,45 +162,55 @@ type bpfTcScratch struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	bpfMapEvents               = "events"
-	bpfMapObsdCounters         = "obsd_counters"
-	bpfMapObsdSharedCtxSpans   = "obsd_shared_ctx_spans"
-	bpfMapObsdTcScratch        = "obsd_tc_scratch"
-	bpfMapRpcClientBudget      = "rpc_client_budget"
-	bpfMapRpcClientCalls       = "rpc_client_calls"
-	bpfMapRpcClientScratch     = "rpc_client_scratch"
-	bpfProgRpcClientEnd        = "rpc_client_end"
-	bpfProgRpcClientStart      = "rpc_client_start"
-	bpfVarBudgetCalls          = "budget_calls"
-	bpfVarEndSiteVaddr         = "end_site_vaddr"
-	bpfVarErrorstringFn        = "errorstring_fn"
-	bpfVarKeepErrors           = "keep_errors"
-	bpfVarKeepSlowNs           = "keep_slow_ns"
-	bpfVarOffAttemptCs         = "off_attempt_cs"
-	bpfVarOffAttemptCtx        = "off_attempt_ctx"
-	bpfVarOffCallhdrHost       = "off_callhdr_host"
-	bpfVarOffCallhdrMethod     = "off_callhdr_method"
-	bpfVarOffCsCallhdr         = "off_cs_callhdr"
-	bpfVarOffErrorS            = "off_error_s"
-	bpfVarOffErrorstringS      = "off_errorstring_s"
-	bpfVarOffHmapB             = "off_hmap_b"
-	bpfVarOffHmapBuckets       = "off_hmap_buckets"
-	bpfVarOffHmapFlags         = "off_hmap_flags"
-	bpfVarOffHmapOldbuckets    = "off_hmap_oldbuckets"
-	bpfVarOffSgroupsData       = "off_sgroups_data"
-	bpfVarOffSgroupsMask       = "off_sgroups_mask"
-	bpfVarOffSmapDirlen        = "off_smap_dirlen"
-	bpfVarOffSmapDirptr        = "off_smap_dirptr"
-	bpfVarOffSpbCode           = "off_spb_code"
-	bpfVarOffStableGroups      = "off_stable_groups"
-	bpfVarOffStatusS           = "off_status_s"
-	bpfVarParentBased          = "parent_based"
-	bpfVarSampleBound          = "sample_bound"
-	bpfVarStatusErrorFn        = "status_error_fn"
-	bpfVarUnusedCall           = "unused_call"
-	bpfVarUnusedCallKey        = "unused_call_key"
-	bpfVarUnusedRpcClientEvent = "unused_rpc_client_event"
-	bpfVarWithSpans            = "with_spans"
+	bpfMapEvents                   = "events"
+	bpfMapObsdCounters             = "obsd_counters"
+	bpfMapObsdSharedCtxSpans       = "obsd_shared_ctx_spans"
+	bpfMapObsdTcScratch            = "obsd_tc_scratch"
+	bpfMapRpcClientBudget          = "rpc_client_budget"
+	bpfMapRpcClientCalls           = "rpc_client_calls"
+	bpfMapRpcClientMetrics         = "rpc_client_metrics"
+	bpfMapRpcClientNameScratch     = "rpc_client_name_scratch"
+	bpfMapRpcClientNames           = "rpc_client_names"
+	bpfMapRpcClientScratch         = "rpc_client_scratch"
+	bpfMapRpcClientSeries          = "rpc_client_series"
+	bpfProgRpcClientEnd            = "rpc_client_end"
+	bpfProgRpcClientStart          = "rpc_client_start"
+	bpfVarBudgetCalls              = "budget_calls"
+	bpfVarBudgetSeries             = "budget_series"
+	bpfVarDurationBoundsNs         = "duration_bounds_ns"
+	bpfVarEndSiteVaddr             = "end_site_vaddr"
+	bpfVarErrorstringFn            = "errorstring_fn"
+	bpfVarKeepErrors               = "keep_errors"
+	bpfVarKeepSlowNs               = "keep_slow_ns"
+	bpfVarOffAttemptCs             = "off_attempt_cs"
+	bpfVarOffAttemptCtx            = "off_attempt_ctx"
+	bpfVarOffCallhdrHost           = "off_callhdr_host"
+	bpfVarOffCallhdrMethod         = "off_callhdr_method"
+	bpfVarOffCsCallhdr             = "off_cs_callhdr"
+	bpfVarOffErrorS                = "off_error_s"
+	bpfVarOffErrorstringS          = "off_errorstring_s"
+	bpfVarOffHmapB                 = "off_hmap_b"
+	bpfVarOffHmapBuckets           = "off_hmap_buckets"
+	bpfVarOffHmapFlags             = "off_hmap_flags"
+	bpfVarOffHmapOldbuckets        = "off_hmap_oldbuckets"
+	bpfVarOffSgroupsData           = "off_sgroups_data"
+	bpfVarOffSgroupsMask           = "off_sgroups_mask"
+	bpfVarOffSmapDirlen            = "off_smap_dirlen"
+	bpfVarOffSmapDirptr            = "off_smap_dirptr"
+	bpfVarOffSpbCode               = "off_spb_code"
+	bpfVarOffStableGroups          = "off_stable_groups"
+	bpfVarOffStatusS               = "off_status_s"
+	bpfVarParentBased              = "parent_based"
+	bpfVarSampleBound              = "sample_bound"
+	bpfVarStatusErrorFn            = "status_error_fn"
+	bpfVarUnusedCall               = "unused_call"
+	bpfVarUnusedCallKey            = "unused_call_key"
+	bpfVarUnusedHist               = "unused_hist"
+	bpfVarUnusedNameKey            = "unused_name_key"
+	bpfVarUnusedObsdName           = "unused_obsd_name"
+	bpfVarUnusedRpcClientEvent     = "unused_rpc_client_event"
+	bpfVarUnusedRpcClientMetricKey = "unused_rpc_client_metric_key"
+	bpfVarWithSpans                = "with_spans"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -224,49 +263,59 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
-	Events             *ebpf.MapSpec `ebpf:"events"`
-	ObsdCounters       *ebpf.MapSpec `ebpf:"obsd_counters"`
-	ObsdSharedCtxSpans *ebpf.MapSpec `ebpf:"obsd_shared_ctx_spans"`
-	ObsdTcScratch      *ebpf.MapSpec `ebpf:"obsd_tc_scratch"`
-	RpcClientBudget    *ebpf.MapSpec `ebpf:"rpc_client_budget"`
-	RpcClientCalls     *ebpf.MapSpec `ebpf:"rpc_client_calls"`
-	RpcClientScratch   *ebpf.MapSpec `ebpf:"rpc_client_scratch"`
+	Events               *ebpf.MapSpec `ebpf:"events"`
+	ObsdCounters         *ebpf.MapSpec `ebpf:"obsd_counters"`
+	ObsdSharedCtxSpans   *ebpf.MapSpec `ebpf:"obsd_shared_ctx_spans"`
+	ObsdTcScratch        *ebpf.MapSpec `ebpf:"obsd_tc_scratch"`
+	RpcClientBudget      *ebpf.MapSpec `ebpf:"rpc_client_budget"`
+	RpcClientCalls       *ebpf.MapSpec `ebpf:"rpc_client_calls"`
+	RpcClientMetrics     *ebpf.MapSpec `ebpf:"rpc_client_metrics"`
+	RpcClientNameScratch *ebpf.MapSpec `ebpf:"rpc_client_name_scratch"`
+	RpcClientNames       *ebpf.MapSpec `ebpf:"rpc_client_names"`
+	RpcClientScratch     *ebpf.MapSpec `ebpf:"rpc_client_scratch"`
+	RpcClientSeries      *ebpf.MapSpec `ebpf:"rpc_client_series"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
-	BudgetCalls          *ebpf.VariableSpec `ebpf:"budget_calls"`
-	EndSiteVaddr         *ebpf.VariableSpec `ebpf:"end_site_vaddr"`
-	ErrorstringFn        *ebpf.VariableSpec `ebpf:"errorstring_fn"`
-	KeepErrors           *ebpf.VariableSpec `ebpf:"keep_errors"`
-	KeepSlowNs           *ebpf.VariableSpec `ebpf:"keep_slow_ns"`
-	OffAttemptCs         *ebpf.VariableSpec `ebpf:"off_attempt_cs"`
-	OffAttemptCtx        *ebpf.VariableSpec `ebpf:"off_attempt_ctx"`
-	OffCallhdrHost       *ebpf.VariableSpec `ebpf:"off_callhdr_host"`
-	OffCallhdrMethod     *ebpf.VariableSpec `ebpf:"off_callhdr_method"`
-	OffCsCallhdr         *ebpf.VariableSpec `ebpf:"off_cs_callhdr"`
-	OffErrorS            *ebpf.VariableSpec `ebpf:"off_error_s"`
-	OffErrorstringS      *ebpf.VariableSpec `ebpf:"off_errorstring_s"`
-	OffHmapB             *ebpf.VariableSpec `ebpf:"off_hmap_b"`
-	OffHmapBuckets       *ebpf.VariableSpec `ebpf:"off_hmap_buckets"`
-	OffHmapFlags         *ebpf.VariableSpec `ebpf:"off_hmap_flags"`
-	OffHmapOldbuckets    *ebpf.VariableSpec `ebpf:"off_hmap_oldbuckets"`
-	OffSgroupsData       *ebpf.VariableSpec `ebpf:"off_sgroups_data"`
-	OffSgroupsMask       *ebpf.VariableSpec `ebpf:"off_sgroups_mask"`
-	OffSmapDirlen        *ebpf.VariableSpec `ebpf:"off_smap_dirlen"`
-	OffSmapDirptr        *ebpf.VariableSpec `ebpf:"off_smap_dirptr"`
-	OffSpbCode           *ebpf.VariableSpec `ebpf:"off_spb_code"`
-	OffStableGroups      *ebpf.VariableSpec `ebpf:"off_stable_groups"`
-	OffStatusS           *ebpf.VariableSpec `ebpf:"off_status_s"`
-	ParentBased          *ebpf.VariableSpec `ebpf:"parent_based"`
-	SampleBound          *ebpf.VariableSpec `ebpf:"sample_bound"`
-	StatusErrorFn        *ebpf.VariableSpec `ebpf:"status_error_fn"`
-	UnusedCall           *ebpf.VariableSpec `ebpf:"unused_call"`
-	UnusedCallKey        *ebpf.VariableSpec `ebpf:"unused_call_key"`
-	UnusedRpcClientEvent *ebpf.VariableSpec `ebpf:"unused_rpc_client_event"`
-	WithSpans            *ebpf.VariableSpec `ebpf:"with_spans"`
+	BudgetCalls              *ebpf.VariableSpec `ebpf:"budget_calls"`
+	BudgetSeries             *ebpf.VariableSpec `ebpf:"budget_series"`
+	DurationBoundsNs         *ebpf.VariableSpec `ebpf:"duration_bounds_ns"`
+	EndSiteVaddr             *ebpf.VariableSpec `ebpf:"end_site_vaddr"`
+	ErrorstringFn            *ebpf.VariableSpec `ebpf:"errorstring_fn"`
+	KeepErrors               *ebpf.VariableSpec `ebpf:"keep_errors"`
+	KeepSlowNs               *ebpf.VariableSpec `ebpf:"keep_slow_ns"`
+	OffAttemptCs             *ebpf.VariableSpec `ebpf:"off_attempt_cs"`
+	OffAttemptCtx            *ebpf.VariableSpec `ebpf:"off_attempt_ctx"`
+	OffCallhdrHost           *ebpf.VariableSpec `ebpf:"off_callhdr_host"`
+	OffCallhdrMethod         *ebpf.VariableSpec `ebpf:"off_callhdr_method"`
+	OffCsCallhdr             *ebpf.VariableSpec `ebpf:"off_cs_callhdr"`
+	OffErrorS                *ebpf.VariableSpec `ebpf:"off_error_s"`
+	OffErrorstringS          *ebpf.VariableSpec `ebpf:"off_errorstring_s"`
+	OffHmapB                 *ebpf.VariableSpec `ebpf:"off_hmap_b"`
+	OffHmapBuckets           *ebpf.VariableSpec `ebpf:"off_hmap_buckets"`
+	OffHmapFlags             *ebpf.VariableSpec `ebpf:"off_hmap_flags"`
+	OffHmapOldbuckets        *ebpf.VariableSpec `ebpf:"off_hmap_oldbuckets"`
+	OffSgroupsData           *ebpf.VariableSpec `ebpf:"off_sgroups_data"`
+	OffSgroupsMask           *ebpf.VariableSpec `ebpf:"off_sgroups_mask"`
+	OffSmapDirlen            *ebpf.VariableSpec `ebpf:"off_smap_dirlen"`
+	OffSmapDirptr            *ebpf.VariableSpec `ebpf:"off_smap_dirptr"`
+	OffSpbCode               *ebpf.VariableSpec `ebpf:"off_spb_code"`
+	OffStableGroups          *ebpf.VariableSpec `ebpf:"off_stable_groups"`
+	OffStatusS               *ebpf.VariableSpec `ebpf:"off_status_s"`
+	ParentBased              *ebpf.VariableSpec `ebpf:"parent_based"`
+	SampleBound              *ebpf.VariableSpec `ebpf:"sample_bound"`
+	StatusErrorFn            *ebpf.VariableSpec `ebpf:"status_error_fn"`
+	UnusedCall               *ebpf.VariableSpec `ebpf:"unused_call"`
+	UnusedCallKey            *ebpf.VariableSpec `ebpf:"unused_call_key"`
+	UnusedHist               *ebpf.VariableSpec `ebpf:"unused_hist"`
+	UnusedNameKey            *ebpf.VariableSpec `ebpf:"unused_name_key"`
+	UnusedObsdName           *ebpf.VariableSpec `ebpf:"unused_obsd_name"`
+	UnusedRpcClientEvent     *ebpf.VariableSpec `ebpf:"unused_rpc_client_event"`
+	UnusedRpcClientMetricKey *ebpf.VariableSpec `ebpf:"unused_rpc_client_metric_key"`
+	WithSpans                *ebpf.VariableSpec `ebpf:"with_spans"`
 }
 
 // bpfObjects contains all objects after they have been loaded into the kernel.
@@ -289,13 +338,17 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
-	Events             *ebpf.Map `ebpf:"events"`
-	ObsdCounters       *ebpf.Map `ebpf:"obsd_counters"`
-	ObsdSharedCtxSpans *ebpf.Map `ebpf:"obsd_shared_ctx_spans"`
-	ObsdTcScratch      *ebpf.Map `ebpf:"obsd_tc_scratch"`
-	RpcClientBudget    *ebpf.Map `ebpf:"rpc_client_budget"`
-	RpcClientCalls     *ebpf.Map `ebpf:"rpc_client_calls"`
-	RpcClientScratch   *ebpf.Map `ebpf:"rpc_client_scratch"`
+	Events               *ebpf.Map `ebpf:"events"`
+	ObsdCounters         *ebpf.Map `ebpf:"obsd_counters"`
+	ObsdSharedCtxSpans   *ebpf.Map `ebpf:"obsd_shared_ctx_spans"`
+	ObsdTcScratch        *ebpf.Map `ebpf:"obsd_tc_scratch"`
+	RpcClientBudget      *ebpf.Map `ebpf:"rpc_client_budget"`
+	RpcClientCalls       *ebpf.Map `ebpf:"rpc_client_calls"`
+	RpcClientMetrics     *ebpf.Map `ebpf:"rpc_client_metrics"`
+	RpcClientNameScratch *ebpf.Map `ebpf:"rpc_client_name_scratch"`
+	RpcClientNames       *ebpf.Map `ebpf:"rpc_client_names"`
+	RpcClientScratch     *ebpf.Map `ebpf:"rpc_client_scratch"`
+	RpcClientSeries      *ebpf.Map `ebpf:"rpc_client_series"`
 }
 
 func (m *bpfMaps) Close() error {
@@ -306,7 +359,11 @@ func (m *bpfMaps) Close() error {
 		m.ObsdTcScratch,
 		m.RpcClientBudget,
 		m.RpcClientCalls,
+		m.RpcClientMetrics,
+		m.RpcClientNameScratch,
+		m.RpcClientNames,
 		m.RpcClientScratch,
+		m.RpcClientSeries,
 	)
 }
 
@@ -314,36 +371,42 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
-	BudgetCalls          *ebpf.Variable `ebpf:"budget_calls"`
-	EndSiteVaddr         *ebpf.Variable `ebpf:"end_site_vaddr"`
-	ErrorstringFn        *ebpf.Variable `ebpf:"errorstring_fn"`
-	KeepErrors           *ebpf.Variable `ebpf:"keep_errors"`
-	KeepSlowNs           *ebpf.Variable `ebpf:"keep_slow_ns"`
-	OffAttemptCs         *ebpf.Variable `ebpf:"off_attempt_cs"`
-	OffAttemptCtx        *ebpf.Variable `ebpf:"off_attempt_ctx"`
-	OffCallhdrHost       *ebpf.Variable `ebpf:"off_callhdr_host"`
-	OffCallhdrMethod     *ebpf.Variable `ebpf:"off_callhdr_method"`
-	OffCsCallhdr         *ebpf.Variable `ebpf:"off_cs_callhdr"`
-	OffErrorS            *ebpf.Variable `ebpf:"off_error_s"`
-	OffErrorstringS      *ebpf.Variable `ebpf:"off_errorstring_s"`
-	OffHmapB             *ebpf.Variable `ebpf:"off_hmap_b"`
-	OffHmapBuckets       *ebpf.Variable `ebpf:"off_hmap_buckets"`
-	OffHmapFlags         *ebpf.Variable `ebpf:"off_hmap_flags"`
-	OffHmapOldbuckets    *ebpf.Variable `ebpf:"off_hmap_oldbuckets"`
-	OffSgroupsData       *ebpf.Variable `ebpf:"off_sgroups_data"`
-	OffSgroupsMask       *ebpf.Variable `ebpf:"off_sgroups_mask"`
-	OffSmapDirlen        *ebpf.Variable `ebpf:"off_smap_dirlen"`
-	OffSmapDirptr        *ebpf.Variable `ebpf:"off_smap_dirptr"`
-	OffSpbCode           *ebpf.Variable `ebpf:"off_spb_code"`
-	OffStableGroups      *ebpf.Variable `ebpf:"off_stable_groups"`
-	OffStatusS           *ebpf.Variable `ebpf:"off_status_s"`
-	ParentBased          *ebpf.Variable `ebpf:"parent_based"`
-	SampleBound          *ebpf.Variable `ebpf:"sample_bound"`
-	StatusErrorFn        *ebpf.Variable `ebpf:"status_error_fn"`
-	UnusedCall           *ebpf.Variable `ebpf:"unused_call"`
-	UnusedCallKey        *ebpf.Variable `ebpf:"unused_call_key"`
-	UnusedRpcClientEvent *ebpf.Variable `ebpf:"unused_rpc_client_event"`
-	WithSpans            *ebpf.Variable `ebpf:"with_spans"`
+	BudgetCalls              *ebpf.Variable `ebpf:"budget_calls"`
+	BudgetSeries             *ebpf.Variable `ebpf:"budget_series"`
+	DurationBoundsNs         *ebpf.Variable `ebpf:"duration_bounds_ns"`
+	EndSiteVaddr             *ebpf.Variable `ebpf:"end_site_vaddr"`
+	ErrorstringFn            *ebpf.Variable `ebpf:"errorstring_fn"`
+	KeepErrors               *ebpf.Variable `ebpf:"keep_errors"`
+	KeepSlowNs               *ebpf.Variable `ebpf:"keep_slow_ns"`
+	OffAttemptCs             *ebpf.Variable `ebpf:"off_attempt_cs"`
+	OffAttemptCtx            *ebpf.Variable `ebpf:"off_attempt_ctx"`
+	OffCallhdrHost           *ebpf.Variable `ebpf:"off_callhdr_host"`
+	OffCallhdrMethod         *ebpf.Variable `ebpf:"off_callhdr_method"`
+	OffCsCallhdr             *ebpf.Variable `ebpf:"off_cs_callhdr"`
+	OffErrorS                *ebpf.Variable `ebpf:"off_error_s"`
+	OffErrorstringS          *ebpf.Variable `ebpf:"off_errorstring_s"`
+	OffHmapB                 *ebpf.Variable `ebpf:"off_hmap_b"`
+	OffHmapBuckets           *ebpf.Variable `ebpf:"off_hmap_buckets"`
+	OffHmapFlags             *ebpf.Variable `ebpf:"off_hmap_flags"`
+	OffHmapOldbuckets        *ebpf.Variable `ebpf:"off_hmap_oldbuckets"`
+	OffSgroupsData           *ebpf.Variable `ebpf:"off_sgroups_data"`
+	OffSgroupsMask           *ebpf.Variable `ebpf:"off_sgroups_mask"`
+	OffSmapDirlen            *ebpf.Variable `ebpf:"off_smap_dirlen"`
+	OffSmapDirptr            *ebpf.Variable `ebpf:"off_smap_dirptr"`
+	OffSpbCode               *ebpf.Variable `ebpf:"off_spb_code"`
+	OffStableGroups          *ebpf.Variable `ebpf:"off_stable_groups"`
+	OffStatusS               *ebpf.Variable `ebpf:"off_status_s"`
+	ParentBased              *ebpf.Variable `ebpf:"parent_based"`
+	SampleBound              *ebpf.Variable `ebpf:"sample_bound"`
+	StatusErrorFn            *ebpf.Variable `ebpf:"status_error_fn"`
+	UnusedCall               *ebpf.Variable `ebpf:"unused_call"`
+	UnusedCallKey            *ebpf.Variable `ebpf:"unused_call_key"`
+	UnusedHist               *ebpf.Variable `ebpf:"unused_hist"`
+	UnusedNameKey            *ebpf.Variable `ebpf:"unused_name_key"`
+	UnusedObsdName           *ebpf.Variable `ebpf:"unused_obsd_name"`
+	UnusedRpcClientEvent     *ebpf.Variable `ebpf:"unused_rpc_client_event"`
+	UnusedRpcClientMetricKey *ebpf.Variable `ebpf:"unused_rpc_client_metric_key"`
+	WithSpans                *ebpf.Variable `ebpf:"with_spans"`
 }
 
 // bpfPrograms contains all programs after they have been loaded into the kernel.

@@ -34,9 +34,14 @@
  * abandoned: grpc-go leaks it too) holds its slot until the address is
  * reused by a new attempt (counted: start_without_end) or the process
  * exits; a per-process budget bounds what one process can hold.
+ * An attempt not sampled for a span is counted in the kernel (metrics.h)
+ * under (tgid, code, hash of its method and authority); a record goes out
+ * only for a sampled one, or one whose method or authority is too long to
+ * keep.
  */
 #include "obsd.h"
 #include "tracectx.h"
+#include "metrics.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
 
@@ -138,8 +143,30 @@ struct {
 	__uint(max_entries, 4 << 20);
 } events SEC(".maps");
 
+/* A series of rpc_client_metrics: the method and authority are
+ * rpc_client_names's entry under (tgid, names). */
+struct rpc_client_metric_key {
+	u32 tgid;
+	u32 code;
+	u64 names; /* name_hash of the method (a) and the authority (b) */
+};
+
+DECLARE_METRICS(rpc_client_metrics, rpc_client_names, rpc_client_series, struct rpc_client_metric_key, 16384);
+
+/* Where the method and authority are read: per CPU, zeroed past them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct obsd_name);
+} rpc_client_name_scratch SEC(".maps");
+
 /* Keeps these structs in BTF for bpf2go -type. */
 const struct rpc_client_event *unused_rpc_client_event __attribute__((unused));
+const struct rpc_client_metric_key *unused_rpc_client_metric_key __attribute__((unused));
+const struct hist *unused_hist __attribute__((unused));
+const struct obsd_name *unused_obsd_name __attribute__((unused));
+const struct name_key *unused_name_key __attribute__((unused));
 const struct call_key *unused_call_key __attribute__((unused));
 const struct call *unused_call __attribute__((unused));
 
@@ -255,7 +282,8 @@ int rpc_client_end(struct pt_regs *ctx)
 
 	u32 zero = 0;
 	struct scratch *sc = bpf_map_lookup_elem(&rpc_client_scratch, &zero);
-	if (!sc)
+	struct obsd_name *nm = bpf_map_lookup_elem(&rpc_client_name_scratch, &zero);
+	if (!sc || !nm)
 		return 0;
 	struct rpc_client_event *e = &sc->h;
 
@@ -287,23 +315,45 @@ int rpc_client_end(struct pt_regs *ctx)
 		flags |= FLAG_METHOD_TRUNCATED;
 	if (h.host.len > HOST_MAX)
 		flags |= FLAG_HOST_TRUNCATED;
-	if (mn > 0 && bpf_probe_read_user(sc->data, mn, (void *)h.method.ptr) != 0) {
+	/* Zeroed past the strings, for the hash. */
+	__builtin_memset(nm, 0, sizeof(*nm));
+	if (mn > 0 && bpf_probe_read_user(nm->name, mn, (void *)h.method.ptr) != 0) {
 		count(CNT_READ_FAILED);
 		return 0;
 	}
-	if (hn > 0 && bpf_probe_read_user(sc->data + mn, hn, (void *)h.host.ptr) != 0) {
+	/* Bounds for the verifier: off <= METHOD_MAX, hn <= HOST_MAX, within
+	 * the name's NAME_MAX_LEN. The empty asm keeps clang from dropping a
+	 * check it proves redundant. */
+	u32 off = mn;
+	asm volatile("" : "+r"(off));
+	if (off > METHOD_MAX)
+		off = METHOD_MAX;
+	if (hn > HOST_MAX)
+		hn = HOST_MAX;
+	if (hn > 0 && bpf_probe_read_user(nm->name + off, hn, (void *)h.host.ptr) != 0) {
 		count(CNT_READ_FAILED);
 		return 0;
 	}
+	/* Head-sampled at the start, or kept: any status but OK is a client
+	 * span's error (semconv). */
+	int sampled = tc_end(&tc, end - start, code != CODE_OK);
+	if (metrics_on() && !sampled && !(flags & (FLAG_METHOD_TRUNCATED | FLAG_HOST_TRUNCATED))) {
+		/* The common case: counted here, no record. */
+		nm->len_a = mn;
+		nm->len_b = hn;
+		struct rpc_client_metric_key mk = {.tgid = key.tgid, .code = (u32)code, .names = name_hash(nm)};
+		if (hist_count(&rpc_client_metrics, &rpc_client_names, &rpc_client_series, &mk, key.tgid, mk.names, nm,
+			       end - start))
+			return 0;
+	}
+	__builtin_memcpy(sc->data, nm->name, METHOD_MAX + HOST_MAX);
 
 	e->trace_id_low = 0;
 	e->trace_id_high = 0;
 	e->span_id = 0;
 	e->parent_span_id = 0;
 	e->trace = 0;
-	/* Head-sampled at the start, or kept: any status but OK is a client
-	 * span's error (semconv). */
-	if (tc_end(&tc, end - start, code != CODE_OK)) {
+	if (sampled) {
 		flags |= FLAG_SAMPLED;
 		e->trace_id_low = tc.trace_lo;
 		e->trace_id_high = tc.trace_hi;

@@ -92,13 +92,56 @@ func New() *probe.Probe {
 			{Index: uint32(bpfObsdCounterCNT_INFLIGHT_BUDGET), Reason: "inflight_budget", Lost: true},
 		},
 		ProcessMaps: map[string]int{
-			"rpc_client_calls":  int(unsafe.Offsetof(bpfCallKey{}.Tgid)),
-			"rpc_client_budget": 0,
-			probe.CtxSpansMap:   probe.CtxSpansTGIDOffset,
+			"rpc_client_calls":   int(unsafe.Offsetof(bpfCallKey{}.Tgid)),
+			"rpc_client_budget":  0,
+			probe.CtxSpansMap:    probe.CtxSpansTGIDOffset,
+			"rpc_client_metrics": int(unsafe.Offsetof(bpfRpcClientMetricKey{}.Tgid)),
+			"rpc_client_names":   int(unsafe.Offsetof(bpfNameKey{}.Tgid)),
+			"rpc_client_series":  0,
+		},
+		Metrics: probe.MetricsMap{
+			Map:         "rpc_client_metrics",
+			BoundsConst: "duration_bounds_ns",
+			Decode:      DecodeMetric,
+			Names:       "rpc_client_names",
+			Name:        decodeName,
 		},
 		Spec:   loadBpf,
 		Decode: Decode,
 	}
+}
+
+// DecodeMetric reads one in-kernel series (an attempt not sampled for a
+// span), summed over the CPUs; its method and authority are still a hash.
+func DecodeMetric(key []byte, perCPU [][]byte) (probe.Histogram, error) {
+	var k bpfRpcClientMetricKey
+	if len(key) != int(unsafe.Sizeof(k)) {
+		return probe.Histogram{}, fmt.Errorf("decoding rpc client metric: %d-byte key, want %d", len(key), unsafe.Sizeof(k))
+	}
+	ne := binary.NativeEndian
+	h := probe.Histogram{
+		Kind:       probe.KindRPCClient,
+		PID:        ne.Uint32(key[unsafe.Offsetof(k.Tgid):]),
+		Status:     int(ne.Uint32(key[unsafe.Offsetof(k.Code):])),
+		NameHashed: true,
+		NameHash:   ne.Uint64(key[unsafe.Offsetof(k.Names):]),
+	}
+	var err error
+	if h.Buckets, h.SumNS, err = probe.SumHist(perCPU, len(bpfHist{}.Buckets)); err != nil {
+		return probe.Histogram{}, fmt.Errorf("decoding rpc client metric: %w", err)
+	}
+	return h, nil
+}
+
+// decodeName reads the method and authority of a series (never cut: an
+// attempt with a longer one is sent as a record).
+func decodeName(h *probe.Histogram, val []byte) error {
+	n, err := probe.DecodeName(val)
+	if err != nil {
+		return err
+	}
+	h.Method, h.Host = n.A, n.B
+	return nil
 }
 
 // Decode turns one ring-buffer record into a Call.
