@@ -186,25 +186,18 @@ type MetricsMap struct {
 }
 
 // Histogram is one series counted in the kernel, cumulative since the
-// process was attached. Its labels are those of its Kind's event type:
-// for KindHTTPServer Method, Status, Pattern/Router and Protocol; for
-// KindRPCServer Method (the full method, "/pkg.Service/Method") and
-// Status (the gRPC code); for KindRPCClient also Host (the authority);
-// for KindHTTPClient Method, Status (0 when no response came, with
-// ErrorType), Scheme, Host and Protocol.
+// process was attached. The HTTP server's labels are its own fields
+// (Method, Status, Pattern or Router, Protocol); every other kind's are
+// Series, a value of that kind's event type (as its records decode) whose
+// label fields are set and whose process and timing are not (so that two
+// processes' series of the same labels compare equal).
 type Histogram struct {
 	Kind   Kind
 	PID    uint32
 	Method string
 	Status int
-	// MethodTruncated and HostTruncated say the probe cut them.
-	MethodTruncated bool
-	Host            string
-	HostTruncated   bool
-	Scheme          string
-	// ErrorType is the probe's name for why no response came ("" when one
-	// did), as its records carry it.
-	ErrorType string
+	// Series holds the labels of a kind other than KindHTTPServer.
+	Series Event
 	// NameHashed says the series' strings are in the probe's MetricsMap
 	// Names under NameHash, still to be read (MetricsMap.Name).
 	NameHashed bool

@@ -30,8 +30,9 @@ func newRPCClient(a *Agent) *rpcClient {
 		ks, err := kernel()
 		out := make([]prom.RPCClientKernel, 0, len(ks))
 		for _, k := range ks {
-			l := bounds.ClientLabels(k.Service, k.Method, k.MethodTruncated, k.Host, k.HostTruncated, uint32(k.Status))
-			out = append(out, prom.RPCClientKernel{Service: k.Service, RPCLabels: l, Buckets: k.Buckets, SumNS: k.SumNS})
+			if c, ok := k.Series.(client.Call); ok {
+				out = append(out, prom.RPCClientKernel{Service: k.Service, RPCLabels: r.labels(k.Service, c), Buckets: k.Buckets, SumNS: k.SumNS})
+			}
 		}
 		return out, err
 	})
@@ -43,12 +44,17 @@ func (r *rpcClient) observe(svc export.Service, spans bool, ev probe.Event) {
 	if !ok {
 		return
 	}
-	l := r.bounds.ClientLabels(svc, c.Method, c.MethodTruncated, c.Authority, c.AuthorityTruncated, c.Code)
+	l := r.labels(svc, c)
 	var sc trace.SpanContext
 	if spans {
 		sc = r.spans.RPCClientSpan(svc, c, l)
 	}
 	r.prom.Observe(svc, l, time.Duration(c.EndNS-c.StartNS), sc)
+}
+
+// labels are c's, bounded per process.
+func (r *rpcClient) labels(svc export.Service, c client.Call) export.RPCLabels {
+	return r.bounds.ClientLabels(svc, c.Method, c.MethodTruncated, c.Authority, c.AuthorityTruncated, c.Code)
 }
 
 // Describe and Collect make the signal its own families' Collector.

@@ -30,10 +30,11 @@ func newRPCServer(a *Agent) *rpcServer {
 		ks, err := kernel()
 		out := make([]prom.RPCKernel, 0, len(ks))
 		for _, k := range ks {
-			// The probe counts no Unimplemented call in the kernel, so
-			// none the server rejected itself: the method is its own.
-			method, _ := r.methods.Set(k.Service).Admit(export.RPCMethod(k.Method, k.MethodTruncated))
-			out = append(out, prom.RPCKernel{Service: k.Service, Method: method, Code: export.GRPCCodeName(uint32(k.Status)),
+			c, ok := k.Series.(server.Call)
+			if !ok {
+				continue
+			}
+			out = append(out, prom.RPCKernel{Service: k.Service, Method: r.method(k.Service, c), Code: export.GRPCCodeName(c.Code),
 				Buckets: k.Buckets, SumNS: k.SumNS})
 		}
 		return out, err
@@ -46,17 +47,23 @@ func (r *rpcServer) observe(svc export.Service, spans bool, ev probe.Event) {
 	if !ok {
 		return
 	}
-	// Semconv: a method the server does not serve is _OTHER, so that
-	// clients cannot make up series; the rest is bounded per process.
-	method := export.OtherMethod
-	if !c.Rejected {
-		method, _ = r.methods.Set(svc).Admit(export.RPCMethod(c.FullMethod, c.MethodTruncated))
-	}
+	method := r.method(svc, c)
 	var sc trace.SpanContext
 	if spans {
 		sc = r.spans.RPCServerSpan(svc, c, method)
 	}
 	r.prom.ObserveRPC(svc, "grpc", method, export.GRPCCodeName(c.Code), time.Duration(c.EndNS-c.StartNS), sc)
+}
+
+// method is c's rpc.method. Semconv: a method the server does not serve is
+// _OTHER, so that clients cannot make up series; the rest is bounded per
+// process.
+func (r *rpcServer) method(svc export.Service, c server.Call) string {
+	if c.Rejected {
+		return export.OtherMethod
+	}
+	m, _ := r.methods.Set(svc).Admit(export.RPCMethod(c.FullMethod, c.MethodTruncated))
+	return m
 }
 
 func (r *rpcServer) forget(svc export.Service) { r.prom.Forget(svc) }

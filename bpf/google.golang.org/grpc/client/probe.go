@@ -6,6 +6,7 @@ package client
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"unsafe"
 
@@ -119,10 +120,11 @@ func DecodeMetric(key []byte, perCPU [][]byte) (probe.Histogram, error) {
 		return probe.Histogram{}, fmt.Errorf("decoding rpc client metric: %d-byte key, want %d", len(key), unsafe.Sizeof(k))
 	}
 	ne := binary.NativeEndian
+	pid := ne.Uint32(key[unsafe.Offsetof(k.Tgid):])
 	h := probe.Histogram{
 		Kind:       probe.KindRPCClient,
-		PID:        ne.Uint32(key[unsafe.Offsetof(k.Tgid):]),
-		Status:     int(ne.Uint32(key[unsafe.Offsetof(k.Code):])),
+		PID:        pid,
+		Series:     Call{Call: probe.Call{Kind: probe.KindRPCClient}, Code: ne.Uint32(key[unsafe.Offsetof(k.Code):])},
 		NameHashed: true,
 		NameHash:   ne.Uint64(key[unsafe.Offsetof(k.Names):]),
 	}
@@ -137,10 +139,12 @@ func DecodeMetric(key []byte, perCPU [][]byte) (probe.Histogram, error) {
 // attempt with a longer one is sent as a record).
 func decodeName(h *probe.Histogram, val []byte) error {
 	n, err := probe.DecodeName(val)
-	if err != nil {
-		return err
+	c, ok := h.Series.(Call)
+	if err != nil || !ok {
+		return errors.Join(err, fmt.Errorf("rpc client series of type %T", h.Series))
 	}
-	h.Method, h.Host = n.A, n.B
+	c.Method, c.Authority = n.A, n.B
+	h.Series = c
 	return nil
 }
 

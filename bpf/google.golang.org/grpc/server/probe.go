@@ -5,6 +5,7 @@ package server
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"strings"
 	"unsafe"
@@ -120,10 +121,11 @@ func DecodeMetric(key []byte, perCPU [][]byte) (probe.Histogram, error) {
 		return probe.Histogram{}, fmt.Errorf("decoding rpc server metric: %d-byte key, want %d", len(key), unsafe.Sizeof(k))
 	}
 	ne := binary.NativeEndian
+	pid := ne.Uint32(key[unsafe.Offsetof(k.Tgid):])
 	h := probe.Histogram{
 		Kind:       probe.KindRPCServer,
-		PID:        ne.Uint32(key[unsafe.Offsetof(k.Tgid):]),
-		Status:     int(ne.Uint32(key[unsafe.Offsetof(k.Code):])),
+		PID:        pid,
+		Series:     Call{Call: probe.Call{Kind: probe.KindRPCServer}, Code: ne.Uint32(key[unsafe.Offsetof(k.Code):])},
 		NameHashed: true,
 		NameHash:   ne.Uint64(key[unsafe.Offsetof(k.Method):]),
 	}
@@ -138,10 +140,12 @@ func DecodeMetric(key []byte, perCPU [][]byte) (probe.Histogram, error) {
 // than the probe keeps is sent as a record).
 func decodeName(h *probe.Histogram, val []byte) error {
 	n, err := probe.DecodeName(val)
-	if err != nil {
-		return err
+	c, ok := h.Series.(Call)
+	if err != nil || !ok {
+		return errors.Join(err, fmt.Errorf("rpc server series of type %T", h.Series))
 	}
-	h.Method = n.A
+	c.FullMethod = n.A
+	h.Series = c
 	return nil
 }
 

@@ -145,7 +145,8 @@ func TestDecodeMetric(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := probe.Histogram{Kind: probe.KindRPCServer, PID: 42, Status: 5, NameHashed: true, NameHash: 0xabc,
+	want := probe.Histogram{Kind: probe.KindRPCServer, PID: 42, NameHashed: true, NameHash: 0xabc,
+		Series:  Call{Call: probe.Call{Kind: probe.KindRPCServer}, Code: 5},
 		Buckets: []uint64{1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}, SumNS: 20e9 + 100}
 	if !reflect.DeepEqual(h, want) {
 		t.Errorf("DecodeMetric = %+v, want %+v", h, want)
@@ -154,8 +155,8 @@ func TestDecodeMetric(t *testing.T) {
 	method := "/grpc.testing.TestService/UnaryCall"
 	ne.PutUint16(val, uint16(len(method)))
 	copy(val[8:], method)
-	if err := decodeName(&h, val); err != nil || h.Method != method {
-		t.Errorf("decodeName: method %q, %v; want %q", h.Method, err, method)
+	if err := decodeName(&h, val); err != nil || h.Series.(Call).FullMethod != method {
+		t.Errorf("decodeName: %+v, %v; want method %q", h.Series, err, method)
 	}
 	ne.PutUint16(val, 300)
 	if err := decodeName(&h, val); err == nil {
