@@ -74,6 +74,15 @@ static __always_inline void count(u32 idx)
 		*v += 1; /* per-CPU slot: no atomics needed */
 }
 
+/* Short strings as little-endian u64 values, to compare the first bytes
+ * of a buffer in one go: M4('h', 't', 't', 'p'). */
+#define C8(x, i) ((u64)(u8)(x) << (8 * (i)))
+#define M3(a, b, c) (C8(a, 0) | C8(b, 1) | C8(c, 2))
+#define M4(a, b, c, d) (M3(a, b, c) | C8(d, 3))
+#define M5(a, b, c, d, e) (M4(a, b, c, d) | C8(e, 4))
+#define M6(a, b, c, d, e, f) (M5(a, b, c, d, e) | C8(f, 5))
+#define M7(a, b, c, d, e, f, g) (M6(a, b, c, d, e, f) | C8(g, 6))
+
 /* A Go string header. */
 struct go_string {
 	u64 ptr;

@@ -23,13 +23,18 @@ func (h *httpClient) observe(svc export.Service, spans bool, ev probe.Event) {
 	if !ok {
 		return
 	}
-	address, port := h.prom.Address(svc, r)
-	l := export.NewHTTPClientLabels(r, address, port)
+	l := h.labels(svc, r)
 	var sc trace.SpanContext
 	if spans {
 		sc = h.spans.HTTPClientSpan(svc, r, l)
 	}
 	h.prom.Observe(svc, r, l, sc)
+}
+
+// labels are r's, the server address bounded per process.
+func (h *httpClient) labels(svc export.Service, r client.Request) export.HTTPClientLabels {
+	address, port := h.prom.Address(svc, r)
+	return export.NewHTTPClientLabels(r, address, port)
 }
 
 func (h *httpClient) forget(svc export.Service) { h.prom.Forget(svc) }
@@ -38,6 +43,17 @@ func (h *httpClient) forget(svc export.Service) { h.prom.Forget(svc) }
 // tests build an Agent without a registry).
 func (a *Agent) newHTTPClient() *httpClient {
 	h := &httpClient{prom: prom.NewHTTPClient(a.log), spans: a.spans}
+	kernel := a.kernelOf(probe.KindHTTPClient)
+	h.prom.SetKernel(func() ([]prom.HTTPClientKernel, error) {
+		ks, err := kernel()
+		out := make([]prom.HTTPClientKernel, 0, len(ks))
+		for _, k := range ks {
+			if r, ok := k.Series.(client.Request); ok {
+				out = append(out, prom.HTTPClientKernel{Service: k.Service, Labels: h.labels(k.Service, r), Buckets: k.Buckets, SumNS: k.SumNS})
+			}
+		}
+		return out, err
+	})
 	if a.reg != nil {
 		a.reg.MustRegister(h.prom)
 	}

@@ -1,6 +1,7 @@
 package prom
 
 import (
+	"errors"
 	"log/slog"
 	"sort"
 	"strconv"
@@ -16,11 +17,14 @@ import (
 
 // HTTPClient holds the http_client_* families: one duration observation per
 // round trip the probe saw (every hop of a redirected request), from
-// records (nothing is counted in the kernel for the client yet).
+// records (Observe) and from the series the probe counts in the kernel
+// (SetKernel), merged.
 type HTTPClient struct {
 	duration  *prometheus.Desc
 	overflow  *prometheus.Desc
 	addresses *export.Bounded
+	// kernel, if set, reads the series counted in the kernel at scrape time.
+	kernel func() ([]HTTPClientKernel, error)
 
 	mu     sync.Mutex
 	series map[httpClientKey]*histogram
@@ -30,6 +34,19 @@ type httpClientKey struct {
 	instance string
 	labels   export.HTTPClientLabels
 }
+
+// HTTPClientKernel is one series of round trips counted in the kernel,
+// its labels derived as Observe's; Buckets and SumNS as KernelSeries'.
+type HTTPClientKernel struct {
+	Service export.Service
+	Labels  export.HTTPClientLabels
+	Buckets []uint64
+	SumNS   uint64
+}
+
+// SetKernel makes Collect add the series fn reads (at scrape time) to the
+// observed ones.
+func (h *HTTPClient) SetKernel(fn func() ([]HTTPClientKernel, error)) { h.kernel = fn }
 
 // NewHTTPClient creates the families; log (nil: slog.Default) gets the
 // once-per-process warning of a server_address overflow.
@@ -76,7 +93,7 @@ func (h *HTTPClient) Observe(svc export.Service, r client.Request, l export.HTTP
 	defer h.mu.Unlock()
 	s := h.series[k]
 	if s == nil {
-		s = newHistogram(svc.InstanceID, append([]string{l.Method, l.Status, l.ErrorType, l.Address, l.Port, l.Protocol}, svc.LabelValues()...))
+		s = newHistogram(svc.InstanceID, httpClientLabels(svc, l))
 		h.series[k] = s
 	}
 	s.counts[b]++
@@ -104,31 +121,31 @@ func (h *HTTPClient) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (h *HTTPClient) Collect(ch chan<- prometheus.Metric) {
+	var kernel []KernelSeries
+	var kerr error
+	if h.kernel != nil {
+		var ks []HTTPClientKernel
+		ks, kerr = h.kernel()
+		for _, k := range ks {
+			kernel = append(kernel, KernelSeries{Instance: k.Service.InstanceID, Labels: httpClientLabels(k.Service, k.Labels),
+				Buckets: k.Buckets, SumNS: k.SumNS})
+		}
+	}
 	for _, o := range h.addresses.Overflows() {
 		ch <- prometheus.MustNewConstMetric(h.overflow, prometheus.CounterValue, float64(o.N), o.Service.LabelValues()...)
 	}
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	for _, s := range h.series {
-		var total uint64
-		cum := make(map[float64]uint64, len(DurationBuckets))
-		for i, bound := range DurationBuckets {
-			total += s.counts[i]
-			cum[bound] = total
-		}
-		total += s.counts[len(DurationBuckets)]
-		m := prometheus.MustNewConstHistogram(h.duration, total, s.sum, cum, s.labels...)
-		var exs []prometheus.Exemplar
-		for _, ex := range s.exemplars {
-			if ex != nil {
-				exs = append(exs, *ex)
-			}
-		}
-		if len(exs) > 0 {
-			if mx, err := prometheus.NewMetricWithExemplars(m, exs...); err == nil {
-				m = mx
-			}
-		}
-		ch <- m
+	hs, err := withKernel(h.series, kernel)
+	h.mu.Unlock()
+	if err = errors.Join(kerr, err); err != nil {
+		ch <- prometheus.NewInvalidMetric(h.duration, err)
 	}
+	for _, s := range hs {
+		ch <- s.metric(h.duration)
+	}
+}
+
+// httpClientLabels are the label values of a series, in the family's order.
+func httpClientLabels(svc export.Service, l export.HTTPClientLabels) []string {
+	return append([]string{l.Method, l.Status, l.ErrorType, l.Address, l.Port, l.Protocol}, svc.LabelValues()...)
 }

@@ -29,6 +29,12 @@ type bpfCtxSpan struct {
 	Pad     [7]uint8
 }
 
+type bpfHist struct {
+	_       structs.HostLayout
+	Buckets [15]uint64
+	SumNs   uint64
+}
+
 type bpfHttpClientEvent struct {
 	_            structs.HostLayout
 	StartNs      uint64
@@ -56,6 +62,15 @@ type bpfHttpClientEvent struct {
 	Host         [128]int8
 }
 
+type bpfHttpClientMetricKey struct {
+	_         structs.HostLayout
+	Tgid      uint32
+	Status    uint16
+	ErrorKind uint8
+	Proto     uint8
+	Names     uint64
+}
+
 type bpfInflight struct {
 	_       structs.HostLayout
 	StartNs uint64
@@ -81,6 +96,13 @@ type bpfInflightKey struct {
 	Pad  uint32
 }
 
+type bpfNameKey struct {
+	_    structs.HostLayout
+	Tgid uint32
+	Pad  uint32
+	Hash uint64
+}
+
 type bpfObsdCounter uint32
 
 const (
@@ -97,6 +119,15 @@ const (
 	bpfObsdCounterCNT_CTX_MAP_FULL        bpfObsdCounter = 10
 	bpfObsdCounterCNT_MAX                 bpfObsdCounter = 11
 )
+
+type bpfObsdName struct {
+	_     structs.HostLayout
+	LenA  uint16
+	LenB  uint16
+	Flags uint8
+	Pad   [3]uint8
+	Name  [256]int8
+}
 
 type bpfScratch struct {
 	_    structs.HostLayout
@@ -145,57 +176,67 @@ type bpfTcScratch struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	bpfMapEvents                = "events"
-	bpfMapHttpClientInflight    = "http_client_inflight"
-	bpfMapHttpClientScratch     = "http_client_scratch"
-	bpfMapObsdCounters          = "obsd_counters"
-	bpfMapObsdSharedCtxSpans    = "obsd_shared_ctx_spans"
-	bpfMapObsdTcScratch         = "obsd_tc_scratch"
-	bpfProgHttpClientEnd        = "http_client_end"
-	bpfProgHttpClientStart      = "http_client_start"
-	bpfVarFnCtxDeadline         = "fn_ctx_deadline"
-	bpfVarFnErrorString         = "fn_error_string"
-	bpfVarFnHttpError           = "fn_http_error"
-	bpfVarFnNetTimeout          = "fn_net_timeout"
-	bpfVarFnOpError             = "fn_op_error"
-	bpfVarFnPollDeadline        = "fn_poll_deadline"
-	bpfVarFnSyscallError        = "fn_syscall_error"
-	bpfVarFnTlsAlert            = "fn_tls_alert"
-	bpfVarFnTlsRecord           = "fn_tls_record"
-	bpfVarFnTlsVerify           = "fn_tls_verify"
-	bpfVarFnX509Hostname        = "fn_x509_hostname"
-	bpfVarFnX509UnknownCa       = "fn_x509_unknown_ca"
-	bpfVarKeepErrors            = "keep_errors"
-	bpfVarKeepSlowNs            = "keep_slow_ns"
-	bpfVarOffHmapB              = "off_hmap_b"
-	bpfVarOffHmapBuckets        = "off_hmap_buckets"
-	bpfVarOffHmapFlags          = "off_hmap_flags"
-	bpfVarOffHmapOldbuckets     = "off_hmap_oldbuckets"
-	bpfVarOffHttperrorTimeout   = "off_httperror_timeout"
-	bpfVarOffOperrorErr         = "off_operror_err"
-	bpfVarOffRequestCtx         = "off_request_ctx"
-	bpfVarOffRequestMethod      = "off_request_method"
-	bpfVarOffRequestUrl         = "off_request_url"
-	bpfVarOffResponseProtomajor = "off_response_protomajor"
-	bpfVarOffResponseProtominor = "off_response_protominor"
-	bpfVarOffResponseStatuscode = "off_response_statuscode"
-	bpfVarOffSgroupsData        = "off_sgroups_data"
-	bpfVarOffSgroupsMask        = "off_sgroups_mask"
-	bpfVarOffSmapDirlen         = "off_smap_dirlen"
-	bpfVarOffSmapDirptr         = "off_smap_dirptr"
-	bpfVarOffStableGroups       = "off_stable_groups"
-	bpfVarOffSyscallerrorErr    = "off_syscallerror_err"
-	bpfVarOffUrlHost            = "off_url_host"
-	bpfVarOffUrlPath            = "off_url_path"
-	bpfVarOffUrlRawquery        = "off_url_rawquery"
-	bpfVarOffUrlScheme          = "off_url_scheme"
-	bpfVarParentBased           = "parent_based"
-	bpfVarSampleBound           = "sample_bound"
-	bpfVarStartSiteVaddr        = "start_site_vaddr"
-	bpfVarUnusedHttpClientEvent = "unused_http_client_event"
-	bpfVarUnusedInflight        = "unused_inflight"
-	bpfVarUnusedInflightKey     = "unused_inflight_key"
-	bpfVarWithSpans             = "with_spans"
+	bpfMapEvents                    = "events"
+	bpfMapHttpClientInflight        = "http_client_inflight"
+	bpfMapHttpClientMetrics         = "http_client_metrics"
+	bpfMapHttpClientNameScratch     = "http_client_name_scratch"
+	bpfMapHttpClientNames           = "http_client_names"
+	bpfMapHttpClientScratch         = "http_client_scratch"
+	bpfMapHttpClientSeries          = "http_client_series"
+	bpfMapObsdCounters              = "obsd_counters"
+	bpfMapObsdSharedCtxSpans        = "obsd_shared_ctx_spans"
+	bpfMapObsdTcScratch             = "obsd_tc_scratch"
+	bpfProgHttpClientEnd            = "http_client_end"
+	bpfProgHttpClientStart          = "http_client_start"
+	bpfVarBudgetSeries              = "budget_series"
+	bpfVarDurationBoundsNs          = "duration_bounds_ns"
+	bpfVarFnCtxDeadline             = "fn_ctx_deadline"
+	bpfVarFnErrorString             = "fn_error_string"
+	bpfVarFnHttpError               = "fn_http_error"
+	bpfVarFnNetTimeout              = "fn_net_timeout"
+	bpfVarFnOpError                 = "fn_op_error"
+	bpfVarFnPollDeadline            = "fn_poll_deadline"
+	bpfVarFnSyscallError            = "fn_syscall_error"
+	bpfVarFnTlsAlert                = "fn_tls_alert"
+	bpfVarFnTlsRecord               = "fn_tls_record"
+	bpfVarFnTlsVerify               = "fn_tls_verify"
+	bpfVarFnX509Hostname            = "fn_x509_hostname"
+	bpfVarFnX509UnknownCa           = "fn_x509_unknown_ca"
+	bpfVarKeepErrors                = "keep_errors"
+	bpfVarKeepSlowNs                = "keep_slow_ns"
+	bpfVarOffHmapB                  = "off_hmap_b"
+	bpfVarOffHmapBuckets            = "off_hmap_buckets"
+	bpfVarOffHmapFlags              = "off_hmap_flags"
+	bpfVarOffHmapOldbuckets         = "off_hmap_oldbuckets"
+	bpfVarOffHttperrorTimeout       = "off_httperror_timeout"
+	bpfVarOffOperrorErr             = "off_operror_err"
+	bpfVarOffRequestCtx             = "off_request_ctx"
+	bpfVarOffRequestMethod          = "off_request_method"
+	bpfVarOffRequestUrl             = "off_request_url"
+	bpfVarOffResponseProtomajor     = "off_response_protomajor"
+	bpfVarOffResponseProtominor     = "off_response_protominor"
+	bpfVarOffResponseStatuscode     = "off_response_statuscode"
+	bpfVarOffSgroupsData            = "off_sgroups_data"
+	bpfVarOffSgroupsMask            = "off_sgroups_mask"
+	bpfVarOffSmapDirlen             = "off_smap_dirlen"
+	bpfVarOffSmapDirptr             = "off_smap_dirptr"
+	bpfVarOffStableGroups           = "off_stable_groups"
+	bpfVarOffSyscallerrorErr        = "off_syscallerror_err"
+	bpfVarOffUrlHost                = "off_url_host"
+	bpfVarOffUrlPath                = "off_url_path"
+	bpfVarOffUrlRawquery            = "off_url_rawquery"
+	bpfVarOffUrlScheme              = "off_url_scheme"
+	bpfVarParentBased               = "parent_based"
+	bpfVarSampleBound               = "sample_bound"
+	bpfVarStartSiteVaddr            = "start_site_vaddr"
+	bpfVarUnusedHist                = "unused_hist"
+	bpfVarUnusedHttpClientEvent     = "unused_http_client_event"
+	bpfVarUnusedHttpClientMetricKey = "unused_http_client_metric_key"
+	bpfVarUnusedInflight            = "unused_inflight"
+	bpfVarUnusedInflightKey         = "unused_inflight_key"
+	bpfVarUnusedNameKey             = "unused_name_key"
+	bpfVarUnusedObsdName            = "unused_obsd_name"
+	bpfVarWithSpans                 = "with_spans"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -248,61 +289,71 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
-	Events             *ebpf.MapSpec `ebpf:"events"`
-	HttpClientInflight *ebpf.MapSpec `ebpf:"http_client_inflight"`
-	HttpClientScratch  *ebpf.MapSpec `ebpf:"http_client_scratch"`
-	ObsdCounters       *ebpf.MapSpec `ebpf:"obsd_counters"`
-	ObsdSharedCtxSpans *ebpf.MapSpec `ebpf:"obsd_shared_ctx_spans"`
-	ObsdTcScratch      *ebpf.MapSpec `ebpf:"obsd_tc_scratch"`
+	Events                *ebpf.MapSpec `ebpf:"events"`
+	HttpClientInflight    *ebpf.MapSpec `ebpf:"http_client_inflight"`
+	HttpClientMetrics     *ebpf.MapSpec `ebpf:"http_client_metrics"`
+	HttpClientNameScratch *ebpf.MapSpec `ebpf:"http_client_name_scratch"`
+	HttpClientNames       *ebpf.MapSpec `ebpf:"http_client_names"`
+	HttpClientScratch     *ebpf.MapSpec `ebpf:"http_client_scratch"`
+	HttpClientSeries      *ebpf.MapSpec `ebpf:"http_client_series"`
+	ObsdCounters          *ebpf.MapSpec `ebpf:"obsd_counters"`
+	ObsdSharedCtxSpans    *ebpf.MapSpec `ebpf:"obsd_shared_ctx_spans"`
+	ObsdTcScratch         *ebpf.MapSpec `ebpf:"obsd_tc_scratch"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
-	FnCtxDeadline         *ebpf.VariableSpec `ebpf:"fn_ctx_deadline"`
-	FnErrorString         *ebpf.VariableSpec `ebpf:"fn_error_string"`
-	FnHttpError           *ebpf.VariableSpec `ebpf:"fn_http_error"`
-	FnNetTimeout          *ebpf.VariableSpec `ebpf:"fn_net_timeout"`
-	FnOpError             *ebpf.VariableSpec `ebpf:"fn_op_error"`
-	FnPollDeadline        *ebpf.VariableSpec `ebpf:"fn_poll_deadline"`
-	FnSyscallError        *ebpf.VariableSpec `ebpf:"fn_syscall_error"`
-	FnTlsAlert            *ebpf.VariableSpec `ebpf:"fn_tls_alert"`
-	FnTlsRecord           *ebpf.VariableSpec `ebpf:"fn_tls_record"`
-	FnTlsVerify           *ebpf.VariableSpec `ebpf:"fn_tls_verify"`
-	FnX509Hostname        *ebpf.VariableSpec `ebpf:"fn_x509_hostname"`
-	FnX509UnknownCa       *ebpf.VariableSpec `ebpf:"fn_x509_unknown_ca"`
-	KeepErrors            *ebpf.VariableSpec `ebpf:"keep_errors"`
-	KeepSlowNs            *ebpf.VariableSpec `ebpf:"keep_slow_ns"`
-	OffHmapB              *ebpf.VariableSpec `ebpf:"off_hmap_b"`
-	OffHmapBuckets        *ebpf.VariableSpec `ebpf:"off_hmap_buckets"`
-	OffHmapFlags          *ebpf.VariableSpec `ebpf:"off_hmap_flags"`
-	OffHmapOldbuckets     *ebpf.VariableSpec `ebpf:"off_hmap_oldbuckets"`
-	OffHttperrorTimeout   *ebpf.VariableSpec `ebpf:"off_httperror_timeout"`
-	OffOperrorErr         *ebpf.VariableSpec `ebpf:"off_operror_err"`
-	OffRequestCtx         *ebpf.VariableSpec `ebpf:"off_request_ctx"`
-	OffRequestMethod      *ebpf.VariableSpec `ebpf:"off_request_method"`
-	OffRequestUrl         *ebpf.VariableSpec `ebpf:"off_request_url"`
-	OffResponseProtomajor *ebpf.VariableSpec `ebpf:"off_response_protomajor"`
-	OffResponseProtominor *ebpf.VariableSpec `ebpf:"off_response_protominor"`
-	OffResponseStatuscode *ebpf.VariableSpec `ebpf:"off_response_statuscode"`
-	OffSgroupsData        *ebpf.VariableSpec `ebpf:"off_sgroups_data"`
-	OffSgroupsMask        *ebpf.VariableSpec `ebpf:"off_sgroups_mask"`
-	OffSmapDirlen         *ebpf.VariableSpec `ebpf:"off_smap_dirlen"`
-	OffSmapDirptr         *ebpf.VariableSpec `ebpf:"off_smap_dirptr"`
-	OffStableGroups       *ebpf.VariableSpec `ebpf:"off_stable_groups"`
-	OffSyscallerrorErr    *ebpf.VariableSpec `ebpf:"off_syscallerror_err"`
-	OffUrlHost            *ebpf.VariableSpec `ebpf:"off_url_host"`
-	OffUrlPath            *ebpf.VariableSpec `ebpf:"off_url_path"`
-	OffUrlRawquery        *ebpf.VariableSpec `ebpf:"off_url_rawquery"`
-	OffUrlScheme          *ebpf.VariableSpec `ebpf:"off_url_scheme"`
-	ParentBased           *ebpf.VariableSpec `ebpf:"parent_based"`
-	SampleBound           *ebpf.VariableSpec `ebpf:"sample_bound"`
-	StartSiteVaddr        *ebpf.VariableSpec `ebpf:"start_site_vaddr"`
-	UnusedHttpClientEvent *ebpf.VariableSpec `ebpf:"unused_http_client_event"`
-	UnusedInflight        *ebpf.VariableSpec `ebpf:"unused_inflight"`
-	UnusedInflightKey     *ebpf.VariableSpec `ebpf:"unused_inflight_key"`
-	WithSpans             *ebpf.VariableSpec `ebpf:"with_spans"`
+	BudgetSeries              *ebpf.VariableSpec `ebpf:"budget_series"`
+	DurationBoundsNs          *ebpf.VariableSpec `ebpf:"duration_bounds_ns"`
+	FnCtxDeadline             *ebpf.VariableSpec `ebpf:"fn_ctx_deadline"`
+	FnErrorString             *ebpf.VariableSpec `ebpf:"fn_error_string"`
+	FnHttpError               *ebpf.VariableSpec `ebpf:"fn_http_error"`
+	FnNetTimeout              *ebpf.VariableSpec `ebpf:"fn_net_timeout"`
+	FnOpError                 *ebpf.VariableSpec `ebpf:"fn_op_error"`
+	FnPollDeadline            *ebpf.VariableSpec `ebpf:"fn_poll_deadline"`
+	FnSyscallError            *ebpf.VariableSpec `ebpf:"fn_syscall_error"`
+	FnTlsAlert                *ebpf.VariableSpec `ebpf:"fn_tls_alert"`
+	FnTlsRecord               *ebpf.VariableSpec `ebpf:"fn_tls_record"`
+	FnTlsVerify               *ebpf.VariableSpec `ebpf:"fn_tls_verify"`
+	FnX509Hostname            *ebpf.VariableSpec `ebpf:"fn_x509_hostname"`
+	FnX509UnknownCa           *ebpf.VariableSpec `ebpf:"fn_x509_unknown_ca"`
+	KeepErrors                *ebpf.VariableSpec `ebpf:"keep_errors"`
+	KeepSlowNs                *ebpf.VariableSpec `ebpf:"keep_slow_ns"`
+	OffHmapB                  *ebpf.VariableSpec `ebpf:"off_hmap_b"`
+	OffHmapBuckets            *ebpf.VariableSpec `ebpf:"off_hmap_buckets"`
+	OffHmapFlags              *ebpf.VariableSpec `ebpf:"off_hmap_flags"`
+	OffHmapOldbuckets         *ebpf.VariableSpec `ebpf:"off_hmap_oldbuckets"`
+	OffHttperrorTimeout       *ebpf.VariableSpec `ebpf:"off_httperror_timeout"`
+	OffOperrorErr             *ebpf.VariableSpec `ebpf:"off_operror_err"`
+	OffRequestCtx             *ebpf.VariableSpec `ebpf:"off_request_ctx"`
+	OffRequestMethod          *ebpf.VariableSpec `ebpf:"off_request_method"`
+	OffRequestUrl             *ebpf.VariableSpec `ebpf:"off_request_url"`
+	OffResponseProtomajor     *ebpf.VariableSpec `ebpf:"off_response_protomajor"`
+	OffResponseProtominor     *ebpf.VariableSpec `ebpf:"off_response_protominor"`
+	OffResponseStatuscode     *ebpf.VariableSpec `ebpf:"off_response_statuscode"`
+	OffSgroupsData            *ebpf.VariableSpec `ebpf:"off_sgroups_data"`
+	OffSgroupsMask            *ebpf.VariableSpec `ebpf:"off_sgroups_mask"`
+	OffSmapDirlen             *ebpf.VariableSpec `ebpf:"off_smap_dirlen"`
+	OffSmapDirptr             *ebpf.VariableSpec `ebpf:"off_smap_dirptr"`
+	OffStableGroups           *ebpf.VariableSpec `ebpf:"off_stable_groups"`
+	OffSyscallerrorErr        *ebpf.VariableSpec `ebpf:"off_syscallerror_err"`
+	OffUrlHost                *ebpf.VariableSpec `ebpf:"off_url_host"`
+	OffUrlPath                *ebpf.VariableSpec `ebpf:"off_url_path"`
+	OffUrlRawquery            *ebpf.VariableSpec `ebpf:"off_url_rawquery"`
+	OffUrlScheme              *ebpf.VariableSpec `ebpf:"off_url_scheme"`
+	ParentBased               *ebpf.VariableSpec `ebpf:"parent_based"`
+	SampleBound               *ebpf.VariableSpec `ebpf:"sample_bound"`
+	StartSiteVaddr            *ebpf.VariableSpec `ebpf:"start_site_vaddr"`
+	UnusedHist                *ebpf.VariableSpec `ebpf:"unused_hist"`
+	UnusedHttpClientEvent     *ebpf.VariableSpec `ebpf:"unused_http_client_event"`
+	UnusedHttpClientMetricKey *ebpf.VariableSpec `ebpf:"unused_http_client_metric_key"`
+	UnusedInflight            *ebpf.VariableSpec `ebpf:"unused_inflight"`
+	UnusedInflightKey         *ebpf.VariableSpec `ebpf:"unused_inflight_key"`
+	UnusedNameKey             *ebpf.VariableSpec `ebpf:"unused_name_key"`
+	UnusedObsdName            *ebpf.VariableSpec `ebpf:"unused_obsd_name"`
+	WithSpans                 *ebpf.VariableSpec `ebpf:"with_spans"`
 }
 
 // bpfObjects contains all objects after they have been loaded into the kernel.
@@ -325,19 +376,27 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
-	Events             *ebpf.Map `ebpf:"events"`
-	HttpClientInflight *ebpf.Map `ebpf:"http_client_inflight"`
-	HttpClientScratch  *ebpf.Map `ebpf:"http_client_scratch"`
-	ObsdCounters       *ebpf.Map `ebpf:"obsd_counters"`
-	ObsdSharedCtxSpans *ebpf.Map `ebpf:"obsd_shared_ctx_spans"`
-	ObsdTcScratch      *ebpf.Map `ebpf:"obsd_tc_scratch"`
+	Events                *ebpf.Map `ebpf:"events"`
+	HttpClientInflight    *ebpf.Map `ebpf:"http_client_inflight"`
+	HttpClientMetrics     *ebpf.Map `ebpf:"http_client_metrics"`
+	HttpClientNameScratch *ebpf.Map `ebpf:"http_client_name_scratch"`
+	HttpClientNames       *ebpf.Map `ebpf:"http_client_names"`
+	HttpClientScratch     *ebpf.Map `ebpf:"http_client_scratch"`
+	HttpClientSeries      *ebpf.Map `ebpf:"http_client_series"`
+	ObsdCounters          *ebpf.Map `ebpf:"obsd_counters"`
+	ObsdSharedCtxSpans    *ebpf.Map `ebpf:"obsd_shared_ctx_spans"`
+	ObsdTcScratch         *ebpf.Map `ebpf:"obsd_tc_scratch"`
 }
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.Events,
 		m.HttpClientInflight,
+		m.HttpClientMetrics,
+		m.HttpClientNameScratch,
+		m.HttpClientNames,
 		m.HttpClientScratch,
+		m.HttpClientSeries,
 		m.ObsdCounters,
 		m.ObsdSharedCtxSpans,
 		m.ObsdTcScratch,
@@ -348,49 +407,55 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
-	FnCtxDeadline         *ebpf.Variable `ebpf:"fn_ctx_deadline"`
-	FnErrorString         *ebpf.Variable `ebpf:"fn_error_string"`
-	FnHttpError           *ebpf.Variable `ebpf:"fn_http_error"`
-	FnNetTimeout          *ebpf.Variable `ebpf:"fn_net_timeout"`
-	FnOpError             *ebpf.Variable `ebpf:"fn_op_error"`
-	FnPollDeadline        *ebpf.Variable `ebpf:"fn_poll_deadline"`
-	FnSyscallError        *ebpf.Variable `ebpf:"fn_syscall_error"`
-	FnTlsAlert            *ebpf.Variable `ebpf:"fn_tls_alert"`
-	FnTlsRecord           *ebpf.Variable `ebpf:"fn_tls_record"`
-	FnTlsVerify           *ebpf.Variable `ebpf:"fn_tls_verify"`
-	FnX509Hostname        *ebpf.Variable `ebpf:"fn_x509_hostname"`
-	FnX509UnknownCa       *ebpf.Variable `ebpf:"fn_x509_unknown_ca"`
-	KeepErrors            *ebpf.Variable `ebpf:"keep_errors"`
-	KeepSlowNs            *ebpf.Variable `ebpf:"keep_slow_ns"`
-	OffHmapB              *ebpf.Variable `ebpf:"off_hmap_b"`
-	OffHmapBuckets        *ebpf.Variable `ebpf:"off_hmap_buckets"`
-	OffHmapFlags          *ebpf.Variable `ebpf:"off_hmap_flags"`
-	OffHmapOldbuckets     *ebpf.Variable `ebpf:"off_hmap_oldbuckets"`
-	OffHttperrorTimeout   *ebpf.Variable `ebpf:"off_httperror_timeout"`
-	OffOperrorErr         *ebpf.Variable `ebpf:"off_operror_err"`
-	OffRequestCtx         *ebpf.Variable `ebpf:"off_request_ctx"`
-	OffRequestMethod      *ebpf.Variable `ebpf:"off_request_method"`
-	OffRequestUrl         *ebpf.Variable `ebpf:"off_request_url"`
-	OffResponseProtomajor *ebpf.Variable `ebpf:"off_response_protomajor"`
-	OffResponseProtominor *ebpf.Variable `ebpf:"off_response_protominor"`
-	OffResponseStatuscode *ebpf.Variable `ebpf:"off_response_statuscode"`
-	OffSgroupsData        *ebpf.Variable `ebpf:"off_sgroups_data"`
-	OffSgroupsMask        *ebpf.Variable `ebpf:"off_sgroups_mask"`
-	OffSmapDirlen         *ebpf.Variable `ebpf:"off_smap_dirlen"`
-	OffSmapDirptr         *ebpf.Variable `ebpf:"off_smap_dirptr"`
-	OffStableGroups       *ebpf.Variable `ebpf:"off_stable_groups"`
-	OffSyscallerrorErr    *ebpf.Variable `ebpf:"off_syscallerror_err"`
-	OffUrlHost            *ebpf.Variable `ebpf:"off_url_host"`
-	OffUrlPath            *ebpf.Variable `ebpf:"off_url_path"`
-	OffUrlRawquery        *ebpf.Variable `ebpf:"off_url_rawquery"`
-	OffUrlScheme          *ebpf.Variable `ebpf:"off_url_scheme"`
-	ParentBased           *ebpf.Variable `ebpf:"parent_based"`
-	SampleBound           *ebpf.Variable `ebpf:"sample_bound"`
-	StartSiteVaddr        *ebpf.Variable `ebpf:"start_site_vaddr"`
-	UnusedHttpClientEvent *ebpf.Variable `ebpf:"unused_http_client_event"`
-	UnusedInflight        *ebpf.Variable `ebpf:"unused_inflight"`
-	UnusedInflightKey     *ebpf.Variable `ebpf:"unused_inflight_key"`
-	WithSpans             *ebpf.Variable `ebpf:"with_spans"`
+	BudgetSeries              *ebpf.Variable `ebpf:"budget_series"`
+	DurationBoundsNs          *ebpf.Variable `ebpf:"duration_bounds_ns"`
+	FnCtxDeadline             *ebpf.Variable `ebpf:"fn_ctx_deadline"`
+	FnErrorString             *ebpf.Variable `ebpf:"fn_error_string"`
+	FnHttpError               *ebpf.Variable `ebpf:"fn_http_error"`
+	FnNetTimeout              *ebpf.Variable `ebpf:"fn_net_timeout"`
+	FnOpError                 *ebpf.Variable `ebpf:"fn_op_error"`
+	FnPollDeadline            *ebpf.Variable `ebpf:"fn_poll_deadline"`
+	FnSyscallError            *ebpf.Variable `ebpf:"fn_syscall_error"`
+	FnTlsAlert                *ebpf.Variable `ebpf:"fn_tls_alert"`
+	FnTlsRecord               *ebpf.Variable `ebpf:"fn_tls_record"`
+	FnTlsVerify               *ebpf.Variable `ebpf:"fn_tls_verify"`
+	FnX509Hostname            *ebpf.Variable `ebpf:"fn_x509_hostname"`
+	FnX509UnknownCa           *ebpf.Variable `ebpf:"fn_x509_unknown_ca"`
+	KeepErrors                *ebpf.Variable `ebpf:"keep_errors"`
+	KeepSlowNs                *ebpf.Variable `ebpf:"keep_slow_ns"`
+	OffHmapB                  *ebpf.Variable `ebpf:"off_hmap_b"`
+	OffHmapBuckets            *ebpf.Variable `ebpf:"off_hmap_buckets"`
+	OffHmapFlags              *ebpf.Variable `ebpf:"off_hmap_flags"`
+	OffHmapOldbuckets         *ebpf.Variable `ebpf:"off_hmap_oldbuckets"`
+	OffHttperrorTimeout       *ebpf.Variable `ebpf:"off_httperror_timeout"`
+	OffOperrorErr             *ebpf.Variable `ebpf:"off_operror_err"`
+	OffRequestCtx             *ebpf.Variable `ebpf:"off_request_ctx"`
+	OffRequestMethod          *ebpf.Variable `ebpf:"off_request_method"`
+	OffRequestUrl             *ebpf.Variable `ebpf:"off_request_url"`
+	OffResponseProtomajor     *ebpf.Variable `ebpf:"off_response_protomajor"`
+	OffResponseProtominor     *ebpf.Variable `ebpf:"off_response_protominor"`
+	OffResponseStatuscode     *ebpf.Variable `ebpf:"off_response_statuscode"`
+	OffSgroupsData            *ebpf.Variable `ebpf:"off_sgroups_data"`
+	OffSgroupsMask            *ebpf.Variable `ebpf:"off_sgroups_mask"`
+	OffSmapDirlen             *ebpf.Variable `ebpf:"off_smap_dirlen"`
+	OffSmapDirptr             *ebpf.Variable `ebpf:"off_smap_dirptr"`
+	OffStableGroups           *ebpf.Variable `ebpf:"off_stable_groups"`
+	OffSyscallerrorErr        *ebpf.Variable `ebpf:"off_syscallerror_err"`
+	OffUrlHost                *ebpf.Variable `ebpf:"off_url_host"`
+	OffUrlPath                *ebpf.Variable `ebpf:"off_url_path"`
+	OffUrlRawquery            *ebpf.Variable `ebpf:"off_url_rawquery"`
+	OffUrlScheme              *ebpf.Variable `ebpf:"off_url_scheme"`
+	ParentBased               *ebpf.Variable `ebpf:"parent_based"`
+	SampleBound               *ebpf.Variable `ebpf:"sample_bound"`
+	StartSiteVaddr            *ebpf.Variable `ebpf:"start_site_vaddr"`
+	UnusedHist                *ebpf.Variable `ebpf:"unused_hist"`
+	UnusedHttpClientEvent     *ebpf.Variable `ebpf:"unused_http_client_event"`
+	UnusedHttpClientMetricKey *ebpf.Variable `ebpf:"unused_http_client_metric_key"`
+	UnusedInflight            *ebpf.Variable `ebpf:"unused_inflight"`
+	UnusedInflightKey         *ebpf.Variable `ebpf:"unused_inflight_key"`
+	UnusedNameKey             *ebpf.Variable `ebpf:"unused_name_key"`
+	UnusedObsdName            *ebpf.Variable `ebpf:"unused_obsd_name"`
+	WithSpans                 *ebpf.Variable `ebpf:"with_spans"`
 }
 
 // bpfPrograms contains all programs after they have been loaded into the kernel.

@@ -16,10 +16,15 @@
  *        call; a RET probe is the exact end (see the README for its cost).
  * In-flight state is keyed by (tgid, g): a goroutine runs one roundTrip at
  * a time, and R14 is g at the RET as at the entry.
- * Every request becomes a record: there are no in-kernel histograms yet.
+ * A round trip not sampled for a span is counted in the kernel (metrics.h)
+ * under (tgid, status, error kind, protocol, hash of its method, scheme
+ * and host): its path and query are never read. A record goes out for a
+ * sampled one, or one whose method or host is too long to keep or whose
+ * scheme is neither "http" nor "https".
  */
 #include "obsd.h"
 #include "tracectx.h"
+#include "metrics.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
 
@@ -153,7 +158,35 @@ struct {
 	__uint(max_entries, 8 << 20);
 } events SEC(".maps");
 
+/* A series of http_client_metrics: the method and host are
+ * http_client_names's entry under (tgid, names), the scheme its flags. */
+struct http_client_metric_key {
+	u32 tgid;
+	u16 status;    /* 0: no response, error_kind says why */
+	u8 error_kind; /* enum error_kind */
+	u8 proto;      /* the response's major << 4 | minor */
+	u64 names;     /* name_hash of the method (a), the host (b), the scheme (flags) */
+};
+
+/* obsd_name flags of http_client_names: the URL's scheme. */
+#define NAME_SCHEME_HTTP 1
+#define NAME_SCHEME_HTTPS 2
+
+DECLARE_METRICS(http_client_metrics, http_client_names, http_client_series, struct http_client_metric_key, 16384);
+
+/* Where the method and host are read: per CPU, zeroed past them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct obsd_name);
+} http_client_name_scratch SEC(".maps");
+
 const struct http_client_event *unused_http_client_event __attribute__((unused));
+const struct http_client_metric_key *unused_http_client_metric_key __attribute__((unused));
+const struct hist *unused_hist __attribute__((unused));
+const struct obsd_name *unused_obsd_name __attribute__((unused));
+const struct name_key *unused_name_key __attribute__((unused));
 const struct inflight *unused_inflight __attribute__((unused));
 const struct inflight_key *unused_inflight_key __attribute__((unused));
 
@@ -292,7 +325,8 @@ int http_client_end(struct pt_regs *ctx)
 	u64 resp = ctx->ax, err_itab = ctx->bx, err_data = ctx->cx;
 	u32 zero = 0;
 	struct scratch *sc = bpf_map_lookup_elem(&http_client_scratch, &zero);
-	if (!sc)
+	struct obsd_name *nm = bpf_map_lookup_elem(&http_client_name_scratch, &zero);
+	if (!sc || !nm)
 		return 0;
 	struct http_client_event *e = &sc->h;
 	__builtin_memset(e, 0, sizeof(*e));
@@ -324,7 +358,8 @@ int http_client_end(struct pt_regs *ctx)
 
 	/* Head-sampled at the start, or kept now for being slow or failing
 	 * (no response, or a 4xx/5xx: an error for a client span, semconv). */
-	if (tc_end(&in.tc, end - in.start_ns, !resp || e->status >= 400)) {
+	int sampled = tc_end(&in.tc, end - in.start_ns, !resp || e->status >= 400);
+	if (sampled) {
 		flags |= FLAG_SAMPLED;
 		e->trace_id_low = in.tc.trace_lo;
 		e->trace_id_high = in.tc.trace_hi;
@@ -349,10 +384,12 @@ int http_client_end(struct pt_regs *ctx)
 		count(CNT_READ_FAILED);
 		return 0;
 	}
+	/* The method and host go to the name, zeroed past them for the hash. */
+	__builtin_memset(nm, 0, sizeof(*nm));
 	u32 n = hdr.method.len < METHOD_MAX ? (u32)hdr.method.len : METHOD_MAX;
 	if (hdr.method.len > METHOD_MAX)
 		flags |= FLAG_METHOD_TRUNCATED;
-	if (n > 0 && bpf_probe_read_user(e->method, n, (void *)hdr.method.ptr) != 0) {
+	if (n > 0 && bpf_probe_read_user(nm->name, n, (void *)hdr.method.ptr) != 0) {
 		count(CNT_READ_FAILED);
 		return 0;
 	}
@@ -364,7 +401,12 @@ int http_client_end(struct pt_regs *ctx)
 		return 0;
 	}
 	e->scheme_len = n; /* a longer scheme is not http(s): _OTHER port */
-	full = read_go_string(e->host, HOST_MAX, hdr.url + off_url_host, &n);
+	/* Bounds for the verifier: off <= METHOD_MAX, within the name. */
+	u32 off = e->method_len;
+	asm volatile("" : "+r"(off));
+	if (off > METHOD_MAX)
+		off = METHOD_MAX;
+	full = read_go_string(nm->name + off, HOST_MAX, hdr.url + off_url_host, &n);
 	if (full < 0) {
 		count(CNT_READ_FAILED);
 		return 0;
@@ -372,6 +414,35 @@ int http_client_end(struct pt_regs *ctx)
 	if (full > n)
 		flags |= FLAG_HOST_TRUNCATED;
 	e->host_len = n;
+
+	if (metrics_on() && !sampled && !(flags & (FLAG_METHOD_TRUNCATED | FLAG_HOST_TRUNCATED))) {
+		/* The common case: counted here, no record. A scheme other than
+		 * exactly http or https (whose default port user space derives)
+		 * goes as a record, which keeps it. */
+		u64 sch = 0;
+		__builtin_memcpy(&sch, e->scheme, 8);
+		u8 scheme = 0;
+		if (e->scheme_len == 4 && (sch & 0xffffffffULL) == M4('h', 't', 't', 'p'))
+			scheme = NAME_SCHEME_HTTP;
+		else if (e->scheme_len == 5 && (sch & 0xffffffffffULL) == M5('h', 't', 't', 'p', 's'))
+			scheme = NAME_SCHEME_HTTPS;
+		if (scheme) {
+			nm->len_a = e->method_len;
+			nm->len_b = e->host_len;
+			nm->flags = scheme;
+			struct http_client_metric_key mk = {.tgid = key.tgid,
+							    .status = e->status,
+							    .error_kind = e->error_kind,
+							    .proto = (u8)(e->proto_major << 4 | (e->proto_minor & 15)),
+							    .names = name_hash(nm)};
+			if (hist_count(&http_client_metrics, &http_client_names, &http_client_series, &mk, key.tgid,
+				       mk.names, nm, end - in.start_ns))
+				return 0;
+		}
+	}
+	/* A record: the method and host from the name. */
+	__builtin_memcpy(e->method, nm->name, METHOD_MAX);
+	__builtin_memcpy(e->host, nm->name + off, HOST_MAX);
 
 	u32 used = 0;
 	if (flags & FLAG_SAMPLED) {

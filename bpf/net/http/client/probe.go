@@ -2,6 +2,7 @@ package client
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"unsafe"
 
@@ -139,10 +140,66 @@ func New() *probe.Probe {
 		ProcessMaps: map[string]int{
 			"http_client_inflight": int(unsafe.Offsetof(bpfInflightKey{}.Tgid)),
 			probe.CtxSpansMap:      probe.CtxSpansTGIDOffset,
+			"http_client_metrics":  int(unsafe.Offsetof(bpfHttpClientMetricKey{}.Tgid)),
+			"http_client_names":    int(unsafe.Offsetof(bpfNameKey{}.Tgid)),
+			"http_client_series":   0,
+		},
+		Metrics: probe.MetricsMap{
+			Map:         "http_client_metrics",
+			BoundsConst: "duration_bounds_ns",
+			Decode:      DecodeMetric,
+			Names:       "http_client_names",
+			Name:        decodeName,
 		},
 		Spec:   loadBpf,
 		Decode: Decode,
 	}
+}
+
+// DecodeMetric reads one in-kernel series (a round trip not sampled for a
+// span), summed over the CPUs; its method, scheme and host are still a
+// hash.
+func DecodeMetric(key []byte, perCPU [][]byte) (probe.Histogram, error) {
+	var k bpfHttpClientMetricKey
+	if len(key) != int(unsafe.Sizeof(k)) {
+		return probe.Histogram{}, fmt.Errorf("decoding http client metric: %d-byte key, want %d", len(key), unsafe.Sizeof(k))
+	}
+	ne := binary.NativeEndian
+	proto := key[unsafe.Offsetof(k.Proto)]
+	r := Request{Call: probe.Call{Kind: probe.KindHTTPClient}, Status: int(ne.Uint16(key[unsafe.Offsetof(k.Status):])),
+		ProtoMajor: int(proto >> 4), ProtoMinor: int(proto & 15), Err: ErrorKind(key[unsafe.Offsetof(k.ErrorKind)])}
+	h := probe.Histogram{
+		Kind:       probe.KindHTTPClient,
+		PID:        ne.Uint32(key[unsafe.Offsetof(k.Tgid):]),
+		Series:     r,
+		NameHashed: true,
+		NameHash:   ne.Uint64(key[unsafe.Offsetof(k.Names):]),
+	}
+	var err error
+	if h.Buckets, h.SumNS, err = probe.SumHist(perCPU, len(bpfHist{}.Buckets)); err != nil {
+		return probe.Histogram{}, fmt.Errorf("decoding http client metric: %w", err)
+	}
+	return h, nil
+}
+
+// Schemes of a series, in its name's flags (NAME_SCHEME_* of probe.bpf.c):
+// the probe counts only these two in the kernel.
+var nameSchemes = map[uint8]string{1: "http", 2: "https"}
+
+// decodeName reads the method, host and scheme of a series (never cut: a
+// round trip with a longer method or host is sent as a record).
+func decodeName(h *probe.Histogram, val []byte) error {
+	n, err := probe.DecodeName(val)
+	r, ok := h.Series.(Request)
+	if err != nil || !ok {
+		return errors.Join(err, fmt.Errorf("http client series of type %T", h.Series))
+	}
+	if r.Scheme, ok = nameSchemes[n.Flags]; !ok {
+		return fmt.Errorf("http client series with scheme number %d", n.Flags)
+	}
+	r.Method, r.Host = n.A, n.B
+	h.Series = r
+	return nil
 }
 
 // Decode turns one ring-buffer record into a Request.

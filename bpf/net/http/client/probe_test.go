@@ -116,3 +116,47 @@ func TestDeclaration(t *testing.T) {
 		t.Errorf("method at %d: the record's strings should start aligned", off)
 	}
 }
+
+// An in-kernel series: status, error kind and protocol from the key; the
+// method, host and scheme from the names map (the scheme is the name's
+// flags, which decide the default port of a host without one).
+func TestDecodeMetric(t *testing.T) {
+	ne := binary.NativeEndian
+	var k bpfHttpClientMetricKey
+	key := make([]byte, unsafe.Sizeof(k))
+	ne.PutUint32(key, 7)
+	ne.PutUint16(key[unsafe.Offsetof(k.Status):], 503)
+	key[unsafe.Offsetof(k.Proto)] = 0x11
+	ne.PutUint64(key[unsafe.Offsetof(k.Names):], 0xfeed)
+	cpu := make([]byte, unsafe.Sizeof(bpfHist{}))
+	ne.PutUint64(cpu[8*3:], 2)
+	h, err := DecodeMetric(key, [][]byte{cpu, cpu})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.PID != 7 || !h.NameHashed || h.NameHash != 0xfeed || h.Buckets[3] != 4 {
+		t.Errorf("DecodeMetric = %+v", h)
+	}
+	name := func(method, host string, scheme uint8) []byte {
+		val := make([]byte, unsafe.Sizeof(bpfObsdName{}))
+		ne.PutUint16(val, uint16(len(method)))
+		ne.PutUint16(val[2:], uint16(len(host)))
+		val[unsafe.Offsetof(bpfObsdName{}.Flags)] = scheme
+		copy(val[8:], method+host)
+		return val
+	}
+	for scheme, want := range map[uint8]string{1: "http", 2: "https"} {
+		h := h
+		if err := decodeName(&h, name("GET", "example.com", scheme)); err != nil {
+			t.Fatal(err)
+		}
+		r := h.Series.(Request)
+		if r.Method != "GET" || r.Host != "example.com" || r.Scheme != want || r.Status != 503 || r.ProtoMajor != 1 ||
+			r.ProtoMinor != 1 || r.Err != ErrNone {
+			t.Errorf("scheme %d: series %+v, want GET http(s)://example.com 503 HTTP/1.1", scheme, r)
+		}
+	}
+	if err := decodeName(&h, name("GET", "example.com", 0)); err == nil {
+		t.Error("a series of scheme 0 decoded: the probe counts only http and https")
+	}
+}

@@ -327,12 +327,6 @@ static __always_inline int take(s64 *used, s64 limit)
 	return 1;
 }
 
-#define C8(x, i) ((u64)(u8)(x) << (8 * (i)))
-#define M3(a, b, c) (C8(a, 0) | C8(b, 1) | C8(c, 2))
-#define M4(a, b, c, d) (M3(a, b, c) | C8(d, 3))
-#define M5(a, b, c, d, e) (M4(a, b, c, d) | C8(e, 4))
-#define M6(a, b, c, d, e, f) (M5(a, b, c, d, e) | C8(f, 5))
-#define M7(a, b, c, d, e, f, g) (M6(a, b, c, d, e, f) | C8(g, 6))
 
 /* method_id classifies the n bytes of a method at m (which holds at least
  * 8 bytes; those past n are ignored). */

@@ -228,18 +228,22 @@ func TestHTTPClientCountedExactly(t *testing.T) {
 	s := startServers(t)
 	for _, v := range []struct {
 		e2e.Variant
-		h2c   bool
-		spans bool // every round trip also a span, checked like the metric
+		h2c bool
+		// spans: every round trip also a span (a record), checked like
+		// the metric; ratio: half of them sampled (records), the rest
+		// counted in the kernel, merged into one series each. Otherwise
+		// metrics only: all counted in the kernel.
+		spans, ratio bool
 	}{
-		{e2e.Variant{Name: "go1.21", Toolchain: "go1.21.13"}, false, false},
-		{e2e.Variant{Name: "go1.24", Toolchain: "go1.24.9"}, true, true},
-		{e2e.Variant{Name: "current-stripped", Stripped: true}, true, false},
-		{e2e.Variant{Name: "go1.27", Toolchain: "go1.27.3"}, true, false},
+		{e2e.Variant{Name: "go1.21", Toolchain: "go1.21.13"}, false, false, false},
+		{e2e.Variant{Name: "go1.24", Toolchain: "go1.24.9"}, true, true, false},
+		{e2e.Variant{Name: "current-stripped", Stripped: true}, true, false, false},
+		{e2e.Variant{Name: "go1.27", Toolchain: "go1.27.3"}, true, false, true},
 		// As distributions build: PIE, and cgo with the C linker (Go
 		// 1.21–1.24 then keep the line table in .data.rel.ro.gopclntab).
-		{e2e.Variant{Name: "go1.22-pie", Toolchain: "go1.22.12", PIE: true}, true, false},
-		{e2e.Variant{Name: "go1.23-stripped-ext-pie", Toolchain: "go1.23.12", Stripped: true, External: true, PIE: true}, true, false},
-		{e2e.Variant{Name: "current-cgo", CGO: true}, true, false},
+		{e2e.Variant{Name: "go1.22-pie", Toolchain: "go1.22.12", PIE: true}, true, false, false},
+		{e2e.Variant{Name: "go1.23-stripped-ext-pie", Toolchain: "go1.23.12", Stripped: true, External: true, PIE: true}, true, false, false},
+		{e2e.Variant{Name: "current-cgo", CGO: true}, true, false, true},
 	} {
 		t.Run(v.Name, func(t *testing.T) {
 			bin := builds.TestdataProgram(t, "httpclient", v.Variant)
@@ -253,6 +257,12 @@ func TestHTTPClientCountedExactly(t *testing.T) {
 					env = []string{"OTEL_EXPORTER_OTLP_ENDPOINT=" + recv.Endpoint,
 						"OTEL_EXPORTER_OTLP_INSECURE=true", "OTEL_BSP_SCHEDULE_DELAY=100"}
 					args = args[:2]
+				}
+				if v.ratio {
+					recv := e2e.StartReceiver(t)
+					env = []string{"OTEL_EXPORTER_OTLP_ENDPOINT=" + recv.Endpoint, "OTEL_EXPORTER_OTLP_INSECURE=true",
+						"OTEL_TRACES_SAMPLER=traceidratio", "OTEL_TRACES_SAMPLER_ARG=0.5"}
+					args = append(args[:2], "--keep-slow=0", "--keep-errors=false")
 				}
 				o = e2e.StartObsd(t, obsdBin, env, args...)
 				o.WaitScrape(t, 20*time.Second, "the client to be instrumented", func(f map[string]*dto.MetricFamily) bool {
