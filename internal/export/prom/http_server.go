@@ -4,7 +4,6 @@ package prom
 
 import (
 	"errors"
-	"fmt"
 	"sort"
 	"strconv"
 	"strings"
@@ -237,21 +236,8 @@ func (h *HTTPServer) collectDurations(ch chan<- prometheus.Metric) {
 	if h.kernelFn != nil {
 		kernel, kerr = h.kernelFn()
 	}
-	merged := map[string]*histogram{}
-	h.mu.Lock()
-	for key, s := range h.series {
-		c := newHistogram(s.instance, s.labels)
-		copy(c.counts, s.counts)
-		copy(c.exemplars, s.exemplars)
-		c.sum = s.sum
-		merged[key] = c
-	}
-	h.mu.Unlock()
+	series := make([]KernelSeries, 0, len(kernel))
 	for _, k := range kernel {
-		if len(k.Buckets) != len(DurationBuckets)+1 {
-			kerr = errors.Join(kerr, fmt.Errorf("kernel histogram with %d buckets, want %d", len(k.Buckets), len(DurationBuckets)+1))
-			continue
-		}
 		method := export.Method(k.Method)
 		h.mu.Lock()
 		h.addGauge(k.Service, method)
@@ -262,41 +248,16 @@ func (h *HTTPServer) collectDurations(ch chan<- prometheus.Metric) {
 		} else {
 			route = h.routes.Pattern(k.Service, k.Pattern)
 		}
-		labels := labelValues(k.Service, method, k.Status, route.Value, k.Protocol)
-		key := seriesKey(labels)
-		c := merged[key]
-		if c == nil {
-			c = newHistogram(k.Service.InstanceID, labels)
-			merged[key] = c
-		}
-		for i, n := range k.Buckets {
-			c.counts[i] += n
-		}
-		c.sum += float64(k.SumNS) / 1e9
+		series = append(series, KernelSeries{Instance: k.Service.InstanceID,
+			Labels: labelValues(k.Service, method, k.Status, route.Value, k.Protocol), Buckets: k.Buckets, SumNS: k.SumNS})
 	}
-	if kerr != nil {
-		ch <- prometheus.NewInvalidMetric(h.duration, kerr)
+	h.mu.Lock()
+	hs, err := withKernel(h.series, series)
+	h.mu.Unlock()
+	if err = errors.Join(kerr, err); err != nil {
+		ch <- prometheus.NewInvalidMetric(h.duration, err)
 	}
-	for _, c := range merged {
-		var total uint64
-		cum := make(map[float64]uint64, len(DurationBuckets))
-		for i, bound := range DurationBuckets {
-			total += c.counts[i]
-			cum[bound] = total
-		}
-		total += c.counts[len(DurationBuckets)]
-		m := prometheus.MustNewConstHistogram(h.duration, total, c.sum, cum, c.labels...)
-		var exs []prometheus.Exemplar
-		for _, ex := range c.exemplars {
-			if ex != nil {
-				exs = append(exs, *ex)
-			}
-		}
-		if len(exs) > 0 {
-			if mx, err := prometheus.NewMetricWithExemplars(m, exs...); err == nil {
-				m = mx
-			}
-		}
-		ch <- m
+	for _, c := range hs {
+		ch <- c.metric(h.duration)
 	}
 }

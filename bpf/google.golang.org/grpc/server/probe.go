@@ -89,6 +89,10 @@ func New() *probe.Probe {
 			{Index: uint32(bpfObsdCounterCNT_UNMATCHED_END), Reason: "end_without_start"},
 			{Index: uint32(bpfObsdCounterCNT_STALE_START), Reason: "start_without_end", Lost: true},
 			{Index: uint32(bpfObsdCounterCNT_READ_FAILED), Reason: "read_failed", Lost: true},
+			// In-kernel series (metrics.h): the node's map full, or the
+			// process past its budget of series: sent as records instead.
+			{Index: uint32(bpfObsdCounterCNT_METRICS_FULL), Reason: "metrics_map_full"},
+			{Index: uint32(bpfObsdCounterCNT_METRICS_BUDGET), Reason: "metrics_budget"},
 			{Index: uint32(bpfObsdCounterCNT_TRACEPARENT_INVALID), Reason: "traceparent_invalid"},
 			{Index: uint32(bpfObsdCounterCNT_TRACECTX_UNREAD), Reason: "trace_context_unread"},
 			{Index: uint32(bpfObsdCounterCNT_CTX_MAP_FULL), Reason: "trace_parent_map_full"},

@@ -136,6 +136,10 @@ func New() *probe.Probe {
 			{Index: uint32(bpfObsdCounterCNT_UNMATCHED_END), Reason: "end_without_start"},
 			{Index: uint32(bpfObsdCounterCNT_STALE_START), Reason: "start_without_end", Lost: true},
 			{Index: uint32(bpfObsdCounterCNT_READ_FAILED), Reason: "read_failed", Lost: true},
+			// In-kernel series (metrics.h): the node's map full, or the
+			// process past its budget of series: sent as records instead.
+			{Index: uint32(bpfObsdCounterCNT_METRICS_FULL), Reason: "metrics_map_full"},
+			{Index: uint32(bpfObsdCounterCNT_METRICS_BUDGET), Reason: "metrics_budget"},
 		},
 		ProcessMaps: map[string]int{
 			"http_client_inflight": int(unsafe.Offsetof(bpfInflightKey{}.Tgid)),
