@@ -27,6 +27,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -126,6 +127,7 @@ func main() {
 	refused := flag.String("refused", "", "host:port on loopback where nothing listens")
 	loop := flag.Int("loop", 0, "instead of the mix, send this many GETs to -http -loop-path, one at a time on one connection, and print their mean time (cost measurements)")
 	loopPath := flag.String("loop-path", "/ok", "the path -loop sends its GETs to")
+	loopConns := flag.Int("loop-conns", 1, "with -loop: send the GETs from this many goroutines at once, each on its own keep-alive connection")
 	flag.Parse()
 
 	fmt.Println("ready h2c=" + strconv.FormatBool(h2cSupported))
@@ -136,7 +138,7 @@ func main() {
 
 	if *loop > 0 {
 		for {
-			fmt.Printf("ns_per_request %d\n", timeLoop(*plain+*loopPath, *loop))
+			fmt.Printf("ns_per_request %d\n", timeLoop(*plain+*loopPath, *loop, *loopConns))
 			if _, err := in.ReadString('\n'); err != nil {
 				return
 			}
@@ -262,16 +264,25 @@ func parseURL(s string) *url.URL {
 
 // timeLoop sends n GETs to u one after another over one keep-alive
 // connection and returns their mean duration in ns.
-func timeLoop(u string, n int) int64 {
-	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+func timeLoop(u string, n, conns int) int64 {
+	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: conns}}
+	var next atomic.Int64
+	var wg sync.WaitGroup
 	start := time.Now()
-	for i := 0; i < n; i++ {
-		resp, err := c.Get(u)
-		if err != nil {
-			log.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+	for i := 0; i < conns; i++ { // Go 1.21 builds this too: no range over an int
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) {
+				resp, err := c.Get(u)
+				if err != nil {
+					log.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}()
 	}
+	wg.Wait()
 	return time.Since(start).Nanoseconds() / int64(n)
 }

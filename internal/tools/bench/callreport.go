@@ -46,7 +46,7 @@ func (r *report) callsMarkdown(w func(string, ...any)) {
 	w("### Call loads: gRPC unary (server and client side), HTTP client, chi router\n\n")
 	w("Each load runs the instrumented process (the target) pinned to CPU %d and its peer on CPU %d; "+
 		"%d rounds, configurations round-robin within each round, fresh processes per configuration and round, "+
-		"a %s warm-up round before each measured %s round (the HTTP client's and the chi service's rounds are a fixed number of requests instead). "+
+		"a %s warm-up round before each measured %s round (the HTTP client's rounds are a fixed number of requests instead). "+
 		"The floor is the empty BPF program at every site obsd's probes for that side attach to in the target "+
 		"(an entry's PUSHQ BP; every RET of a return site; every call of a call site, such as chi's sync.(*Pool).Put in (*Mux).ServeHTTP): "+
 		"for the chi service, the HTTP server probe's sites and the chi probe's. "+

@@ -128,7 +128,7 @@ func TestCallsMarkdown(t *testing.T) {
 		"| obsd (--traces none) | 15,000 | 15,000 | 0.750 | 16.67 | 2.000 | 1000 | 52.00 | 12.00 |",
 		// added 2.00 of a 10 µs floor; throughput: 16.67 − 12.50.
 		"| gRPC unary, server side | 10.00 | 12.00 | 2.00 | 20% | PASS (limit 3.00 µs) | 0.00 | 4.17 | 800 | 2.00 (2.00) |",
-		"| HTTP client (net/http), sequential keep-alive GETs | 20.00 | 29.00 | 9.00 | 45% | FAIL (limit 6.00 µs) | 0.00 | 66.67 | 4000 | 9.00 (9.00) |",
+		"| HTTP client (net/http), concurrent keep-alive GETs | 20.00 | 29.00 | 9.00 | 45% | FAIL (limit 6.00 µs) | 0.00 | 66.67 | 4000 | 9.00 (9.00) |",
 		"#### chi router (HTTP server with a chi v5 route)",
 		"`httpclient -loop 20000 -loop-path /orders/42/items/7`",
 		"| floor (empty programs at the probes' sites) | 4,500 | 4,500 | 0.900 | 22.22 | 3.000 | 450 | 112.00 | 12.00 |",

@@ -14,7 +14,7 @@
 //
 // Then, for each of the other probes, a call load beside its own floor
 // (calls.go): gRPC unary calls measured on the server and on the client,
-// sequential net/http client requests, and requests to a chi service (the
+// concurrent net/http client requests, and requests to a chi service (the
 // server probe with the chi route probe); -loads picks which loads run.
 //
 // It prints a Markdown table on stdout. Run from the module root as root:
@@ -91,7 +91,7 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.waitQuiet, "wait-quiet", 0, "wait up to this long for every CPU to be under 10% busy before measuring")
 	loads := fs.String("loads", strings.Join(knownLoads, ","), "loads to measure, comma-separated: http-server (wrk; fixed rate; spans), grpc-server, grpc-client, http-client, chi-server (a chi v5 service: the server probe and the chi route probe)")
 	fs.IntVar(&o.callConc, "grpc-concurrency", 16, "concurrent unary calls of the gRPC load client")
-	fs.IntVar(&o.httpLoop, "http-client-requests", 20000, "sequential requests per round of the HTTP client and chi-server loads")
+	fs.IntVar(&o.httpLoop, "http-client-requests", 20000, "requests per round of the HTTP client load")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
