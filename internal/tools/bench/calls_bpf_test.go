@@ -118,9 +118,10 @@ func TestCallLoadFloors(t *testing.T) {
 				}
 			}
 			// Each of wrk's 16 connections runs the server probe's close
-			// site once when wrk ends it, and startRig's check's may close
-			// within the round.
-			closes := map[string][2]uint64{"chi-server": {16, 17}}[l.name]
+			// site once when wrk ends it, startRig's check's may close
+			// within the round, and a request wrk cut off may have run a
+			// site or two without being served.
+			closes := map[string][2]uint64{"chi-server": {16, 16 + 1 + 2}}[l.name]
 			want := uint64(l.hits) * uint64(served)
 			if got := after.runs - before.runs; got < want+closes[0] || got > want+closes[1] {
 				t.Errorf("the floor ran %d times for %d calls, want %d (%d per call) plus %d..%d connection closes", got, served, want, l.hits, closes[0], closes[1])

@@ -130,7 +130,7 @@ func TestCallsMarkdown(t *testing.T) {
 		"| gRPC unary, server side | 10.00 | 12.00 | 2.00 | 20% | PASS (limit 3.00 µs) | 0.00 | 4.17 | 800 | 2.00 (2.00) |",
 		"| HTTP client (net/http), concurrent keep-alive GETs | 20.00 | 29.00 | 9.00 | 45% | FAIL (limit 6.00 µs) | 0.00 | 66.67 | 4000 | 9.00 (9.00) |",
 		"#### chi router (HTTP server with a chi v5 route)",
-		"`httpclient -loop 20000 -loop-path /orders/42/items/7`",
+		"`wrk -t1 -c16 /orders/42/items/7`",
 		"| floor (empty programs at the probes' sites) | 4,500 | 4,500 | 0.900 | 22.22 | 3.000 | 450 | 112.00 | 12.00 |",
 		"| obsd (--traces none) | 4,400 | 4,400 | 0.880 | 27.27 | 3.000 | 2100 | 115.50 | 15.50 |",
 		"obsd's BPF programs per call (median over rounds; programs that did not run are left out): " +
