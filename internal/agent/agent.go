@@ -733,8 +733,10 @@ func (a *Agent) active() ([]prom.Active, error) {
 
 // kernelOf returns what reads the histograms the probes of kind counted in
 // the kernel: the live ones by pid attributed to the attached incarnation,
-// the final ones of exited incarnations to their own.
+// the final ones of exited incarnations to their own, each with what it
+// counted since the previous read (Kernel.New).
 func (a *Agent) kernelOf(kind probe.Kind) func() ([]prom.Kernel, error) {
+	var d deltas
 	return func() ([]prom.Kernel, error) {
 		hs, err := a.mgr.Histograms()
 		if kind == probe.KindHTTPServer {
@@ -744,8 +746,44 @@ func (a *Agent) kernelOf(kind probe.Kind) func() ([]prom.Kernel, error) {
 				}
 			}
 		}
-		return a.attribute(kind, hs), err
+		ks := a.attribute(kind, hs)
+		d.set(ks)
+		return ks, err
 	}
+}
+
+// deltas remembers how many calls each in-kernel series had counted at the
+// previous read. Safe for concurrent use.
+type deltas struct {
+	mu   sync.Mutex
+	last map[string]uint64
+}
+
+// set sets each series' New to what it counted since the previous read
+// (all it counted, the first time); series not read now are forgotten.
+func (d *deltas) set(ks []prom.Kernel) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	seen := make(map[string]uint64, len(ks))
+	for i := range ks {
+		id, n := seriesID(ks[i]), uint64(0)
+		for _, b := range ks[i].Buckets {
+			n += b
+		}
+		seen[id] = n
+		if n > d.last[id] {
+			ks[i].New = n - d.last[id]
+		}
+	}
+	d.last = seen
+}
+
+// seriesID names one in-kernel series of one incarnation: every label,
+// its process and its service, not its counts.
+func seriesID(k prom.Kernel) string {
+	h := k.Histogram
+	h.Buckets, h.SumNS = nil, 0
+	return fmt.Sprintf("%s\x00%+v", k.Service.InstanceID, h)
 }
 
 // attribute pairs live in-kernel series of kind with the incarnation

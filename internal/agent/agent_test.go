@@ -14,6 +14,7 @@ import (
 
 	"github.com/obsd-dev/obsd/bpf/probe"
 	"github.com/obsd-dev/obsd/internal/discover"
+	"github.com/obsd-dev/obsd/internal/export"
 	otelexport "github.com/obsd-dev/obsd/internal/export/otel"
 	"github.com/obsd-dev/obsd/internal/export/prom"
 	"github.com/obsd-dev/obsd/internal/inspect"
@@ -328,5 +329,32 @@ func TestSameInstanceCarried(t *testing.T) {
 	}
 	if got := sum(); got != 20 {
 		t.Errorf("in-kernel sum under the shared instance = %d after the first process was forgotten, want 20", got)
+	}
+}
+
+// Each read of the in-kernel series gives each what it counted since the
+// previous read, per process and labels, so that an overflowed label counts
+// every call once however often it is scraped.
+func TestKernelDeltas(t *testing.T) {
+	k := func(pid uint32, status int, counts ...uint64) prom.Kernel {
+		return prom.Kernel{Service: export.Service{InstanceID: "i"}, Histogram: probe.Histogram{Kind: probe.KindHTTPServer,
+			PID: pid, Method: "GET", Status: status, Buckets: counts}}
+	}
+	var d deltas
+	for i, step := range []struct {
+		ks   []prom.Kernel
+		want []uint64
+	}{
+		{[]prom.Kernel{k(1, 200, 2, 3), k(1, 404, 1, 0)}, []uint64{5, 1}},
+		{[]prom.Kernel{k(1, 200, 2, 3), k(1, 404, 1, 4)}, []uint64{0, 4}},
+		{[]prom.Kernel{k(1, 200, 9, 3), k(2, 200, 1, 0)}, []uint64{7, 1}},
+		{[]prom.Kernel{k(1, 404, 1, 4)}, []uint64{5}}, // forgotten when not read: all again
+	} {
+		d.set(step.ks)
+		for j, want := range step.want {
+			if got := step.ks[j].New; got != want {
+				t.Errorf("read %d, series %d: New = %d, want %d", i, j, got, want)
+			}
+		}
 	}
 }

@@ -23,7 +23,7 @@ func (h *httpClient) observe(svc export.Service, spans bool, ev probe.Event) {
 	if !ok {
 		return
 	}
-	l := h.labels(svc, r)
+	l := h.labels(svc, r, 1)
 	var sc trace.SpanContext
 	if spans {
 		sc = h.spans.HTTPClientSpan(svc, r, l)
@@ -31,9 +31,10 @@ func (h *httpClient) observe(svc export.Service, spans bool, ev probe.Event) {
 	h.prom.Observe(svc, r, l, sc)
 }
 
-// labels are r's, the server address bounded per process.
-func (h *httpClient) labels(svc export.Service, r client.Request) export.HTTPClientLabels {
-	address, port := h.prom.Address(svc, r)
+// labels are r's, the server address bounded per process; r stands for n
+// requests (an overflow counts n: see prom.Kernel.New).
+func (h *httpClient) labels(svc export.Service, r client.Request, n uint64) export.HTTPClientLabels {
+	address, port := h.prom.Address(svc, r, n)
 	return export.NewHTTPClientLabels(r, address, port)
 }
 
@@ -49,7 +50,7 @@ func (a *Agent) newHTTPClient() *httpClient {
 		out := make([]prom.HTTPClientKernel, 0, len(ks))
 		for _, k := range ks {
 			if r, ok := k.Series.(client.Request); ok {
-				out = append(out, prom.HTTPClientKernel{Service: k.Service, Labels: h.labels(k.Service, r), Buckets: k.Buckets, SumNS: k.SumNS})
+				out = append(out, prom.HTTPClientKernel{Service: k.Service, Labels: h.labels(k.Service, r, k.New), Buckets: k.Buckets, SumNS: k.SumNS})
 			}
 		}
 		return out, err

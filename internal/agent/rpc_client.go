@@ -31,7 +31,7 @@ func newRPCClient(a *Agent) *rpcClient {
 		out := make([]prom.RPCClientKernel, 0, len(ks))
 		for _, k := range ks {
 			if c, ok := k.Series.(client.Call); ok {
-				out = append(out, prom.RPCClientKernel{Service: k.Service, RPCLabels: r.labels(k.Service, c), Buckets: k.Buckets, SumNS: k.SumNS})
+				out = append(out, prom.RPCClientKernel{Service: k.Service, RPCLabels: r.labels(k.Service, c, k.New), Buckets: k.Buckets, SumNS: k.SumNS})
 			}
 		}
 		return out, err
@@ -44,7 +44,7 @@ func (r *rpcClient) observe(svc export.Service, spans bool, ev probe.Event) {
 	if !ok {
 		return
 	}
-	l := r.labels(svc, c)
+	l := r.labels(svc, c, 1)
 	var sc trace.SpanContext
 	if spans {
 		sc = r.spans.RPCClientSpan(svc, c, l)
@@ -52,9 +52,10 @@ func (r *rpcClient) observe(svc export.Service, spans bool, ev probe.Event) {
 	r.prom.Observe(svc, l, time.Duration(c.EndNS-c.StartNS), sc)
 }
 
-// labels are c's, bounded per process.
-func (r *rpcClient) labels(svc export.Service, c client.Call) export.RPCLabels {
-	return r.bounds.ClientLabels(svc, c.Method, c.MethodTruncated, c.Authority, c.AuthorityTruncated, c.Code)
+// labels are c's, bounded per process; c stands for n attempts (an
+// overflow counts n: see prom.Kernel.New).
+func (r *rpcClient) labels(svc export.Service, c client.Call, n uint64) export.RPCLabels {
+	return r.bounds.ClientLabels(svc, c.Method, c.MethodTruncated, c.Authority, c.AuthorityTruncated, c.Code, n)
 }
 
 // Describe and Collect make the signal its own families' Collector.

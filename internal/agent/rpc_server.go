@@ -34,7 +34,7 @@ func newRPCServer(a *Agent) *rpcServer {
 			if !ok {
 				continue
 			}
-			out = append(out, prom.RPCKernel{Service: k.Service, Method: r.method(k.Service, c), Code: export.GRPCCodeName(c.Code),
+			out = append(out, prom.RPCKernel{Service: k.Service, Method: r.method(k.Service, c, k.New), Code: export.GRPCCodeName(c.Code),
 				Buckets: k.Buckets, SumNS: k.SumNS})
 		}
 		return out, err
@@ -47,7 +47,7 @@ func (r *rpcServer) observe(svc export.Service, spans bool, ev probe.Event) {
 	if !ok {
 		return
 	}
-	method := r.method(svc, c)
+	method := r.method(svc, c, 1)
 	var sc trace.SpanContext
 	if spans {
 		sc = r.spans.RPCServerSpan(svc, c, method)
@@ -57,12 +57,12 @@ func (r *rpcServer) observe(svc export.Service, spans bool, ev probe.Event) {
 
 // method is c's rpc.method. Semconv: a method the server does not serve is
 // _OTHER, so that clients cannot make up series; the rest is bounded per
-// process.
-func (r *rpcServer) method(svc export.Service, c server.Call) string {
+// process. c stands for n calls (an overflow counts n: see prom.Kernel.New).
+func (r *rpcServer) method(svc export.Service, c server.Call, n uint64) string {
 	if c.Rejected {
 		return export.OtherMethod
 	}
-	m, _ := r.methods.Set(svc).Admit(export.RPCMethod(c.FullMethod, c.MethodTruncated))
+	m, _ := r.methods.Set(svc).AdmitN(export.RPCMethod(c.FullMethod, c.MethodTruncated), n)
 	return m
 }
 

@@ -34,7 +34,12 @@ func NewLabelSet(max int, overflow string, first func()) *LabelSet {
 // Admit returns v if it is or becomes one of the admitted values, else the
 // overflow value (and counts it). The overflow value itself is always
 // admitted and does not use up a place.
-func (s *LabelSet) Admit(v string) (string, bool) {
+func (s *LabelSet) Admit(v string) (string, bool) { return s.AdmitN(v, 1) }
+
+// AdmitN is Admit for n calls at once (a series counted in the kernel,
+// labelled at each scrape: n is what it counted since the last one, so
+// that an overflow is counted once per call, not once per scrape).
+func (s *LabelSet) AdmitN(v string, n uint64) (string, bool) {
 	s.mu.Lock()
 	if _, ok := s.known[v]; ok || v == s.overflow {
 		s.mu.Unlock()
@@ -45,7 +50,7 @@ func (s *LabelSet) Admit(v string) (string, bool) {
 		s.mu.Unlock()
 		return v, true
 	}
-	s.over++
+	s.over += n
 	runFirst := !s.logged
 	s.logged = true
 	s.mu.Unlock()

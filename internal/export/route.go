@@ -83,10 +83,10 @@ func (rt *Routes) proc(svc Service) *procRoutes {
 // has one, else the learned fallback of its path (see learner).
 func (rt *Routes) Route(svc Service, r probe.Request) Route {
 	if r.Router != "" {
-		return rt.Router(svc, r.Router, r.Pattern, r.PatternTruncated)
+		return rt.Router(svc, r.Router, r.Pattern, r.PatternTruncated, 1)
 	}
 	if r.Pattern != "" {
-		return rt.pattern(svc, r.Pattern, r.PatternTruncated)
+		return rt.pattern(svc, r.Pattern, r.PatternTruncated, 1)
 	}
 	p := rt.proc(svc)
 	p.mu.Lock()
@@ -102,14 +102,17 @@ const ProbePatternMax = 128
 // obsd reads whole from the executable. It is cut as the probe cuts the
 // patterns it records, so that a request gets the same route whether it
 // was counted in the kernel or sent as a record (sampled for a span).
-func (rt *Routes) Pattern(svc Service, pattern string) Route {
+//
+// n is how many requests the series counted since it was last labelled:
+// what an overflow adds to the process's count.
+func (rt *Routes) Pattern(svc Service, pattern string, n uint64) Route {
 	if len(pattern) > ProbePatternMax {
-		return rt.pattern(svc, pattern[:ProbePatternMax], true)
+		return rt.pattern(svc, pattern[:ProbePatternMax], true, n)
 	}
-	return rt.pattern(svc, pattern, false)
+	return rt.pattern(svc, pattern, false, n)
 }
 
-func (rt *Routes) pattern(svc Service, pattern string, cut bool) Route {
+func (rt *Routes) pattern(svc Service, pattern string, cut bool, n uint64) Route {
 	p := rt.proc(svc)
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -123,7 +126,7 @@ func (rt *Routes) pattern(svc Service, pattern string, cut bool) Route {
 		return Route{Value: OverflowRoute, Source: SourceOverflow}
 	}
 	v = Clean(v, MaxValueLen, cut)
-	if v, ok := p.set.Admit(v); !ok {
+	if v, ok := p.set.AdmitN(v, n); !ok {
 		return Route{Value: v, Source: SourceOverflow}
 	}
 	if !cut {
@@ -139,7 +142,8 @@ func (rt *Routes) pattern(svc Service, pattern string, cut bool) Route {
 // matched no route (its 404 or 405): the route is then "", which is what
 // the router's middleware sees, and http_route is left out of spans. Like
 // every route, it is bounded by the process's MaxRoutes.
-func (rt *Routes) Router(svc Service, router, raw string, cut bool) Route {
+// n is as Pattern's.
+func (rt *Routes) Router(svc Service, router, raw string, cut bool, n uint64) Route {
 	if raw == "" {
 		return Route{Source: router}
 	}
@@ -155,7 +159,7 @@ func (rt *Routes) Router(svc Service, router, raw string, cut bool) Route {
 		v = chiRoutePattern(v)
 	}
 	v = Clean(v, MaxValueLen, cut)
-	if v, ok := p.set.Admit(v); !ok {
+	if v, ok := p.set.AdmitN(v, n); !ok {
 		return Route{Value: v, Source: SourceOverflow}
 	}
 	if !cut {

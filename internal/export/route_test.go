@@ -121,7 +121,7 @@ func TestRoutePatterns(t *testing.T) {
 		}
 		// The kernel's patterns, read whole, take the same way.
 		if !tt.cut {
-			if got := rt.Pattern(svc, tt.pattern); got != tt.want {
+			if got := rt.Pattern(svc, tt.pattern, 1); got != tt.want {
 				t.Errorf("Pattern(%q) = %+v, want %+v", tt.pattern, got, tt.want)
 			}
 		}
@@ -146,7 +146,7 @@ func TestRoutesBounded(t *testing.T) {
 		case 1: // the fallback: every word its own route until learned
 			r = probe.Request{Path: fmt.Sprintf("/p%c%c/x", 'a'+i/26%26, 'a'+i%26)}
 		case 2: // a pattern counted in the kernel
-			got := rt.Pattern(a, fmt.Sprintf("GET /k%d", i))
+			got := rt.Pattern(a, fmt.Sprintf("GET /k%d", i), 1)
 			distinct[got.Value] = true
 			if got.Source == SourceOverflow {
 				overflowed++
@@ -223,7 +223,7 @@ func TestKernelPatternCutAsRecords(t *testing.T) {
 	long := "/" + strings.Repeat("日本語", 15) + "/" // 137 bytes; byte 128 is inside a character
 	rt := NewRoutes(slog.New(slog.DiscardHandler))
 	svc := Service{InstanceID: "h:1"}
-	kernel := rt.Pattern(svc, long)
+	kernel := rt.Pattern(svc, long, 1)
 	record := rt.Route(svc, probe.Request{Pattern: long[:ProbePatternMax], Truncated: true, PatternTruncated: true})
 	want := Route{Value: long[:127] + CutMark, Source: SourcePattern}
 	if kernel != want || record != want {
@@ -276,7 +276,7 @@ func TestRouterRoutes(t *testing.T) {
 			t.Errorf("Route(%s %q) = %+v, want %+v", tt.router, tt.raw, got, tt.want)
 		}
 		// Counted in the kernel, the same route.
-		if got := rt.Router(svc, tt.router, tt.raw, tt.cut); got != tt.want {
+		if got := rt.Router(svc, tt.router, tt.raw, tt.cut, 1); got != tt.want {
 			t.Errorf("Router(%s %q) = %+v, want %+v", tt.router, tt.raw, got, tt.want)
 		}
 	}
@@ -284,14 +284,14 @@ func TestRouterRoutes(t *testing.T) {
 	// Bounded: routes from a router past MaxRoutes overflow; earlier ones
 	// keep their labels.
 	b := Service{InstanceID: "h:2"}
-	first := rt.Router(b, "gin", "/first/:id", false)
+	first := rt.Router(b, "gin", "/first/:id", false, 1)
 	for i := range MaxRoutes + 20 {
-		rt.Router(b, "gin", fmt.Sprintf("/r%d", i), false)
+		rt.Router(b, "gin", fmt.Sprintf("/r%d", i), false, 1)
 	}
-	if got := rt.Router(b, "gin", "/late", false); got.Value != OverflowRoute || got.Source != SourceOverflow {
+	if got := rt.Router(b, "gin", "/late", false, 1); got.Value != OverflowRoute || got.Source != SourceOverflow {
 		t.Errorf("past MaxRoutes: %+v, want the overflow", got)
 	}
-	if got := rt.Router(b, "gin", "/first/:id", false); got != first {
+	if got := rt.Router(b, "gin", "/first/:id", false, 1); got != first {
 		t.Errorf("known route after the limit = %+v, want %+v", got, first)
 	}
 }

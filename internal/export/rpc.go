@@ -83,22 +83,24 @@ func NewRPCBounds(log *slog.Logger) *RPCBounds {
 	}
 }
 
-// ClientLabels derives the labels of a client call of svc to fullMethod
-// (truncated says the probe cut it) on authority, ended with code.
-func (b *RPCBounds) ClientLabels(svc Service, fullMethod string, truncated bool, authority string, authorityCut bool, code uint32) RPCLabels {
+// ClientLabels derives the labels of n client calls of svc to fullMethod
+// (truncated says the probe cut it) on authority, ended with code: n is 1
+// for a call observed alone, what a series counted in the kernel counted
+// since it was last labelled otherwise (an overflow counts n).
+func (b *RPCBounds) ClientLabels(svc Service, fullMethod string, truncated bool, authority string, authorityCut bool, code uint32, n uint64) RPCLabels {
 	var l RPCLabels
 	if m, ok := GRPCMethod(fullMethod); ok && !truncated {
-		l.Method, _ = b.methods.Set(svc).Admit(Clean(m, MaxValueLen, false))
+		l.Method, _ = b.methods.Set(svc).AdmitN(Clean(m, MaxValueLen, false), n)
 	} else {
 		l.Method = OtherMethod
 	}
 	l.Code = GRPCCodeName(code)
 	if int(code) >= len(grpcCodeNames) {
-		l.Code, _ = b.codes.Set(svc).Admit(l.Code)
+		l.Code, _ = b.codes.Set(svc).AdmitN(l.Code, n)
 	}
 	if authority != "" && !authorityCut {
 		host, port := SplitAuthority(authority)
-		if v, ok := b.addresses.Set(svc).Admit(Clean(host, MaxValueLen, false) + "\xff" + port); ok {
+		if v, ok := b.addresses.Set(svc).AdmitN(Clean(host, MaxValueLen, false)+"\xff"+port, n); ok {
 			l.Address, l.Port, _ = strings.Cut(v, "\xff")
 		} else {
 			l.Address = OtherMethod

@@ -62,30 +62,30 @@ func TestClientLabelsBounded(t *testing.T) {
 	b := NewRPCBounds(nil)
 	a, other := Service{InstanceID: "a"}, Service{InstanceID: "b"}
 	for i := range MaxRPCMethods {
-		l := b.ClientLabels(a, fmt.Sprintf("/S/M%d", i), false, "h:1", false, 0)
+		l := b.ClientLabels(a, fmt.Sprintf("/S/M%d", i), false, "h:1", false, 0, 1)
 		if l.Method != fmt.Sprintf("S/M%d", i) {
 			t.Fatalf("method %d labelled %q", i, l.Method)
 		}
 	}
-	if l := b.ClientLabels(a, "/S/new", false, "h:1", false, 0); l.Method != OtherMethod {
+	if l := b.ClientLabels(a, "/S/new", false, "h:1", false, 0, 1); l.Method != OtherMethod {
 		t.Errorf("method past the bound labelled %q", l.Method)
 	}
-	if l := b.ClientLabels(a, "/S/M0", false, "h:1", false, 0); l.Method != "S/M0" {
+	if l := b.ClientLabels(a, "/S/M0", false, "h:1", false, 0, 1); l.Method != "S/M0" {
 		t.Errorf("admitted method relabelled %q", l.Method)
 	}
-	if l := b.ClientLabels(other, "/S/new", false, "h:1", false, 0); l.Method != "S/new" {
+	if l := b.ClientLabels(other, "/S/new", false, "h:1", false, 0, 1); l.Method != "S/new" {
 		t.Errorf("another process's method labelled %q", l.Method)
 	}
 	for i := range MaxServerAddresses - 1 { // h:1 is admitted already
-		l := b.ClientLabels(a, "/S/M0", false, fmt.Sprintf("h%d:%d", i, i+1), false, 0)
+		l := b.ClientLabels(a, "/S/M0", false, fmt.Sprintf("h%d:%d", i, i+1), false, 0, 1)
 		if l.Address != fmt.Sprintf("h%d", i) || l.Port != fmt.Sprint(i+1) {
 			t.Fatalf("address %d labelled %q %q", i, l.Address, l.Port)
 		}
 	}
-	if l := b.ClientLabels(a, "/S/M0", false, "late:1", false, 0); l.Address != OtherMethod || l.Port != "" {
+	if l := b.ClientLabels(a, "/S/M0", false, "late:1", false, 0, 1); l.Address != OtherMethod || l.Port != "" {
 		t.Errorf("address past the bound labelled %q %q", l.Address, l.Port)
 	}
-	if l := b.ClientLabels(a, "/S/M0", true, "h:1", true, 99); l.Method != OtherMethod || l.Address != OtherMethod || l.Code != "99" {
+	if l := b.ClientLabels(a, "/S/M0", true, "h:1", true, 99, 1); l.Method != OtherMethod || l.Address != OtherMethod || l.Code != "99" {
 		t.Errorf("cut method and authority, code 99: %+v", l)
 	}
 	got := map[string]uint64{}
@@ -97,7 +97,7 @@ func TestClientLabelsBounded(t *testing.T) {
 		t.Errorf("overflows %v, want %v", got, want)
 	}
 	b.Forget("a")
-	if l := b.ClientLabels(a, "/S/fresh", false, "h:1", false, 0); l.Method != "S/fresh" {
+	if l := b.ClientLabels(a, "/S/fresh", false, "h:1", false, 0, 1); l.Method != "S/fresh" {
 		t.Errorf("after Forget, method labelled %q", l.Method)
 	}
 }

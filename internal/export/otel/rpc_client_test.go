@@ -50,7 +50,7 @@ func TestRPCClientSpan(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := tt.call
-			l := export.NewRPCBounds(nil).ClientLabels(export.Service{InstanceID: "h:1"}, c.Method, c.MethodTruncated, c.Authority, c.AuthorityTruncated, c.Code)
+			l := export.NewRPCBounds(nil).ClientLabels(export.Service{InstanceID: "h:1"}, c.Method, c.MethodTruncated, c.Authority, c.AuthorityTruncated, c.Code, 1)
 			name, attrs, code := rpcClientSpan(c, l)
 			if name != tt.wantName {
 				t.Errorf("name = %q, want %q", name, tt.wantName)

@@ -67,14 +67,16 @@ func NewHTTPClient(log *slog.Logger) *HTTPClient {
 
 // Address returns the server_address and server_port labels of r, the
 // address bounded per process (a truncated host is the overflow value,
-// never a wrong name).
-func (h *HTTPClient) Address(svc export.Service, r client.Request) (address, port string) {
+// never a wrong name). r stands for n requests: 1 observed alone, or what
+// a series counted in the kernel counted since it was last labelled (an
+// overflow counts n).
+func (h *HTTPClient) Address(svc export.Service, r client.Request, n uint64) (address, port string) {
 	address, port = export.ServerTarget(r.Scheme, r.Host)
 	if r.HostTruncated {
 		return export.OverflowServerAddress, port
 	}
 	address = export.Clean(address, export.MaxValueLen, false)
-	address, _ = h.addresses.Set(svc).Admit(address)
+	address, _ = h.addresses.Set(svc).AdmitN(address, n)
 	return address, port
 }
 

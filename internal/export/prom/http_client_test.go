@@ -15,7 +15,7 @@ import (
 )
 
 func observeClient(h *HTTPClient, svc export.Service, r client.Request) {
-	addr, port := h.Address(svc, r)
+	addr, port := h.Address(svc, r, 1)
 	h.Observe(svc, r, export.NewHTTPClientLabels(r, addr, port), trace.SpanContext{})
 }
 
@@ -69,7 +69,7 @@ func TestHTTPClientAddressOverflow(t *testing.T) {
 		observeClient(h, svc, client.Request{Method: "GET", Scheme: "http", Host: fmt.Sprintf("host%d", i), Status: 200, ProtoMajor: 1, ProtoMinor: 1})
 	}
 	observeClient(h, other, client.Request{Method: "GET", Scheme: "http", Host: "host500", Status: 200, ProtoMajor: 1, ProtoMinor: 1})
-	if a, _ := h.Address(svc, client.Request{Scheme: "http", Host: "cut-short", HostTruncated: true}); a != export.OverflowServerAddress {
+	if a, _ := h.Address(svc, client.Request{Scheme: "http", Host: "cut-short", HostTruncated: true}, 1); a != export.OverflowServerAddress {
 		t.Errorf("truncated host exported as %q", a)
 	}
 	want := `

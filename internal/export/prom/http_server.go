@@ -28,10 +28,13 @@ type Active struct {
 }
 
 // Kernel is one duration histogram counted in the kernel, cumulative.
-// Its buckets are those of DurationBuckets, plus +Inf last.
+// Its buckets are those of DurationBuckets, plus +Inf last. New is how
+// many calls it counted since the previous scrape read it: what its labels
+// add to an overflow count when they overflow.
 type Kernel struct {
 	Service export.Service
 	probe.Histogram
+	New uint64
 }
 
 // HTTPServer holds the http_server_* families. Durations come from two
@@ -244,9 +247,9 @@ func (h *HTTPServer) collectDurations(ch chan<- prometheus.Metric) {
 		h.mu.Unlock()
 		var route export.Route
 		if k.Router != "" {
-			route = h.routes.Router(k.Service, k.Router, k.Pattern, k.PatternTruncated)
+			route = h.routes.Router(k.Service, k.Router, k.Pattern, k.PatternTruncated, k.New)
 		} else {
-			route = h.routes.Pattern(k.Service, k.Pattern)
+			route = h.routes.Pattern(k.Service, k.Pattern, k.New)
 		}
 		series = append(series, KernelSeries{Instance: k.Service.InstanceID,
 			Labels: labelValues(k.Service, method, k.Status, route.Value, k.Protocol), Buckets: k.Buckets, SumNS: k.SumNS})

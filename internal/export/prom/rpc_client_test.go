@@ -19,8 +19,8 @@ func TestRPCClientObserve(t *testing.T) {
 	bounds := export.NewRPCBounds(nil)
 	c := NewRPCClient(bounds)
 	svc := export.Service{Name: "api", InstanceID: "h:1", Host: "h"}
-	ok := bounds.ClientLabels(svc, "/pkg.Svc/Get", false, "10.0.0.1:443", false, 0)
-	late := bounds.ClientLabels(svc, "/pkg.Svc/Get", false, "10.0.0.1:443", false, 4)
+	ok := bounds.ClientLabels(svc, "/pkg.Svc/Get", false, "10.0.0.1:443", false, 0, 1)
+	late := bounds.ClientLabels(svc, "/pkg.Svc/Get", false, "10.0.0.1:443", false, 4, 1)
 	c.Observe(svc, ok, 5*time.Millisecond, trace.SpanContext{}) // on the 0.005 bound
 	c.Observe(svc, ok, 20*time.Millisecond, trace.SpanContext{})
 	c.Observe(svc, late, 11*time.Second, trace.SpanContext{})
