@@ -6,11 +6,9 @@
  * before its first series, in the probe's names map, where user space
  * reads it at scrape time.
  *
- * A probe that includes this header defines, before including it:
- *   METRICS_MAP   its BPF_MAP_TYPE_PERCPU_HASH of struct hist by its key
- *   NAMES_MAP     its BPF_MAP_TYPE_HASH of struct obsd_name by struct name_key
- *   BUDGET_MAP    its BPF_MAP_TYPE_HASH of s64 by u32 tgid: series per process
- * (declared with the macros below) and calls hist_count. */
+ * A probe declares its maps with DECLARE_METRICS (its histograms by its
+ * own key, the names, its series per process and a per-CPU name to read
+ * strings into) and counts with hist_count. */
 #ifndef OBSD_METRICS_H
 #define OBSD_METRICS_H
 
@@ -30,7 +28,7 @@ static __always_inline int metrics_on(void)
 
 /* Series one process may hold in the probe's metrics map (shared by every
  * process): past it, its calls go out as records (counted). */
-volatile const s64 budget_series = 1024;
+volatile const s64 hist_budget_series = 1024;
 
 struct hist {
 	u64 buckets[DURATION_BOUNDS + 1]; /* non-cumulative; the last is +Inf */
@@ -56,7 +54,7 @@ struct obsd_name {
 	char name[NAME_MAX_LEN];
 };
 
-#define DECLARE_METRICS(metrics, names, budget, key_type, max_series)                                                  \
+#define DECLARE_METRICS(metrics, names, budget, scratch, key_type, max_series)                                         \
 	struct {                                                                                                       \
 		__uint(type, BPF_MAP_TYPE_PERCPU_HASH);                                                                \
 		__uint(max_entries, max_series);                                                                       \
@@ -76,7 +74,13 @@ struct obsd_name {
 		__uint(max_entries, 8192);                                                                             \
 		__type(key, u32);                                                                                      \
 		__type(value, s64);                                                                                    \
-	} budget SEC(".maps")
+	} budget SEC(".maps");                                                                                         \
+	struct {                                                                                                       \
+		__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);                                                               \
+		__uint(max_entries, 1);                                                                                \
+		__type(key, u32);                                                                                      \
+		__type(value, struct obsd_name);                                                                       \
+	} scratch SEC(".maps")
 
 /* name_hash hashes n's lengths, flags and every byte of its name (zero past
  * its lengths, as name_zero leaves it): the series key's half that stands
@@ -128,7 +132,7 @@ static __always_inline int hist_count(void *metrics, void *names, void *budget, 
 		bpf_map_update_elem(budget, &tgid, &zero, BPF_NOEXIST);
 		used = bpf_map_lookup_elem(budget, &tgid);
 	}
-	if (!used || *used >= budget_series) {
+	if (!used || *used >= hist_budget_series) {
 		count(CNT_METRICS_BUDGET);
 		return 0;
 	}

@@ -176,10 +176,10 @@ const (
 	bpfProgRpcClientEnd            = "rpc_client_end"
 	bpfProgRpcClientStart          = "rpc_client_start"
 	bpfVarBudgetCalls              = "budget_calls"
-	bpfVarBudgetSeries             = "budget_series"
 	bpfVarDurationBoundsNs         = "duration_bounds_ns"
 	bpfVarEndSiteVaddr             = "end_site_vaddr"
 	bpfVarErrorstringFn            = "errorstring_fn"
+	bpfVarHistBudgetSeries         = "hist_budget_series"
 	bpfVarKeepErrors               = "keep_errors"
 	bpfVarKeepSlowNs               = "keep_slow_ns"
 	bpfVarOffAttemptCs             = "off_attempt_cs"
@@ -281,10 +281,10 @@ type bpfMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
 	BudgetCalls              *ebpf.VariableSpec `ebpf:"budget_calls"`
-	BudgetSeries             *ebpf.VariableSpec `ebpf:"budget_series"`
 	DurationBoundsNs         *ebpf.VariableSpec `ebpf:"duration_bounds_ns"`
 	EndSiteVaddr             *ebpf.VariableSpec `ebpf:"end_site_vaddr"`
 	ErrorstringFn            *ebpf.VariableSpec `ebpf:"errorstring_fn"`
+	HistBudgetSeries         *ebpf.VariableSpec `ebpf:"hist_budget_series"`
 	KeepErrors               *ebpf.VariableSpec `ebpf:"keep_errors"`
 	KeepSlowNs               *ebpf.VariableSpec `ebpf:"keep_slow_ns"`
 	OffAttemptCs             *ebpf.VariableSpec `ebpf:"off_attempt_cs"`
@@ -372,10 +372,10 @@ func (m *bpfMaps) Close() error {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
 	BudgetCalls              *ebpf.Variable `ebpf:"budget_calls"`
-	BudgetSeries             *ebpf.Variable `ebpf:"budget_series"`
 	DurationBoundsNs         *ebpf.Variable `ebpf:"duration_bounds_ns"`
 	EndSiteVaddr             *ebpf.Variable `ebpf:"end_site_vaddr"`
 	ErrorstringFn            *ebpf.Variable `ebpf:"errorstring_fn"`
+	HistBudgetSeries         *ebpf.Variable `ebpf:"hist_budget_series"`
 	KeepErrors               *ebpf.Variable `ebpf:"keep_errors"`
 	KeepSlowNs               *ebpf.Variable `ebpf:"keep_slow_ns"`
 	OffAttemptCs             *ebpf.Variable `ebpf:"off_attempt_cs"`

@@ -151,15 +151,8 @@ struct rpc_client_metric_key {
 	u64 names; /* name_hash of the method (a) and the authority (b) */
 };
 
-DECLARE_METRICS(rpc_client_metrics, rpc_client_names, rpc_client_series, struct rpc_client_metric_key, 16384);
-
-/* Where the method and authority are read: per CPU, zeroed past them. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, u32);
-	__type(value, struct obsd_name);
-} rpc_client_name_scratch SEC(".maps");
+/* The name scratch: where the strings are read, zeroed past them. */
+DECLARE_METRICS(rpc_client_metrics, rpc_client_names, rpc_client_series, rpc_client_name_scratch, struct rpc_client_metric_key, 16384);
 
 /* Keeps these structs in BTF for bpf2go -type. */
 const struct rpc_client_event *unused_rpc_client_event __attribute__((unused));

@@ -178,8 +178,8 @@ const (
 	bpfMapRpcServerScratch         = "rpc_server_scratch"
 	bpfProgRpcServerEnd            = "rpc_server_end"
 	bpfProgRpcServerStart          = "rpc_server_start"
-	bpfVarBudgetSeries             = "budget_series"
 	bpfVarDurationBoundsNs         = "duration_bounds_ns"
+	bpfVarHistBudgetSeries         = "hist_budget_series"
 	bpfVarKeepErrors               = "keep_errors"
 	bpfVarKeepSlowNs               = "keep_slow_ns"
 	bpfVarOffHmapB                 = "off_hmap_b"
@@ -276,8 +276,8 @@ type bpfMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
-	BudgetSeries             *ebpf.VariableSpec `ebpf:"budget_series"`
 	DurationBoundsNs         *ebpf.VariableSpec `ebpf:"duration_bounds_ns"`
+	HistBudgetSeries         *ebpf.VariableSpec `ebpf:"hist_budget_series"`
 	KeepErrors               *ebpf.VariableSpec `ebpf:"keep_errors"`
 	KeepSlowNs               *ebpf.VariableSpec `ebpf:"keep_slow_ns"`
 	OffHmapB                 *ebpf.VariableSpec `ebpf:"off_hmap_b"`
@@ -359,8 +359,8 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
-	BudgetSeries             *ebpf.Variable `ebpf:"budget_series"`
 	DurationBoundsNs         *ebpf.Variable `ebpf:"duration_bounds_ns"`
+	HistBudgetSeries         *ebpf.Variable `ebpf:"hist_budget_series"`
 	KeepErrors               *ebpf.Variable `ebpf:"keep_errors"`
 	KeepSlowNs               *ebpf.Variable `ebpf:"keep_slow_ns"`
 	OffHmapB                 *ebpf.Variable `ebpf:"off_hmap_b"`

@@ -132,15 +132,8 @@ struct rpc_server_metric_key {
 	u64 method; /* name_hash of the method */
 };
 
-DECLARE_METRICS(rpc_server_metrics, rpc_server_names, rpc_server_budget, struct rpc_server_metric_key, 16384);
-
-/* Where a method is read for its hash: per CPU, zeroed past the method. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, u32);
-	__type(value, struct obsd_name);
-} rpc_server_name_scratch SEC(".maps");
+/* The name scratch: where the strings are read, zeroed past them. */
+DECLARE_METRICS(rpc_server_metrics, rpc_server_names, rpc_server_budget, rpc_server_name_scratch, struct rpc_server_metric_key, 16384);
 
 /* Keeps these structs in BTF for bpf2go -type. */
 const struct rpc_server_event *unused_rpc_server_event __attribute__((unused));

@@ -188,7 +188,6 @@ const (
 	bpfMapObsdTcScratch             = "obsd_tc_scratch"
 	bpfProgHttpClientEnd            = "http_client_end"
 	bpfProgHttpClientStart          = "http_client_start"
-	bpfVarBudgetSeries              = "budget_series"
 	bpfVarDurationBoundsNs          = "duration_bounds_ns"
 	bpfVarFnCtxDeadline             = "fn_ctx_deadline"
 	bpfVarFnErrorString             = "fn_error_string"
@@ -202,6 +201,7 @@ const (
 	bpfVarFnTlsVerify               = "fn_tls_verify"
 	bpfVarFnX509Hostname            = "fn_x509_hostname"
 	bpfVarFnX509UnknownCa           = "fn_x509_unknown_ca"
+	bpfVarHistBudgetSeries          = "hist_budget_series"
 	bpfVarKeepErrors                = "keep_errors"
 	bpfVarKeepSlowNs                = "keep_slow_ns"
 	bpfVarOffHmapB                  = "off_hmap_b"
@@ -305,7 +305,6 @@ type bpfMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
-	BudgetSeries              *ebpf.VariableSpec `ebpf:"budget_series"`
 	DurationBoundsNs          *ebpf.VariableSpec `ebpf:"duration_bounds_ns"`
 	FnCtxDeadline             *ebpf.VariableSpec `ebpf:"fn_ctx_deadline"`
 	FnErrorString             *ebpf.VariableSpec `ebpf:"fn_error_string"`
@@ -319,6 +318,7 @@ type bpfVariableSpecs struct {
 	FnTlsVerify               *ebpf.VariableSpec `ebpf:"fn_tls_verify"`
 	FnX509Hostname            *ebpf.VariableSpec `ebpf:"fn_x509_hostname"`
 	FnX509UnknownCa           *ebpf.VariableSpec `ebpf:"fn_x509_unknown_ca"`
+	HistBudgetSeries          *ebpf.VariableSpec `ebpf:"hist_budget_series"`
 	KeepErrors                *ebpf.VariableSpec `ebpf:"keep_errors"`
 	KeepSlowNs                *ebpf.VariableSpec `ebpf:"keep_slow_ns"`
 	OffHmapB                  *ebpf.VariableSpec `ebpf:"off_hmap_b"`
@@ -407,7 +407,6 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
-	BudgetSeries              *ebpf.Variable `ebpf:"budget_series"`
 	DurationBoundsNs          *ebpf.Variable `ebpf:"duration_bounds_ns"`
 	FnCtxDeadline             *ebpf.Variable `ebpf:"fn_ctx_deadline"`
 	FnErrorString             *ebpf.Variable `ebpf:"fn_error_string"`
@@ -421,6 +420,7 @@ type bpfVariables struct {
 	FnTlsVerify               *ebpf.Variable `ebpf:"fn_tls_verify"`
 	FnX509Hostname            *ebpf.Variable `ebpf:"fn_x509_hostname"`
 	FnX509UnknownCa           *ebpf.Variable `ebpf:"fn_x509_unknown_ca"`
+	HistBudgetSeries          *ebpf.Variable `ebpf:"hist_budget_series"`
 	KeepErrors                *ebpf.Variable `ebpf:"keep_errors"`
 	KeepSlowNs                *ebpf.Variable `ebpf:"keep_slow_ns"`
 	OffHmapB                  *ebpf.Variable `ebpf:"off_hmap_b"`

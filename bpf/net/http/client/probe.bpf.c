@@ -172,15 +172,8 @@ struct http_client_metric_key {
 #define NAME_SCHEME_HTTP 1
 #define NAME_SCHEME_HTTPS 2
 
-DECLARE_METRICS(http_client_metrics, http_client_names, http_client_series, struct http_client_metric_key, 16384);
-
-/* Where the method and host are read: per CPU, zeroed past them. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, u32);
-	__type(value, struct obsd_name);
-} http_client_name_scratch SEC(".maps");
+/* The name scratch: where the strings are read, zeroed past them. */
+DECLARE_METRICS(http_client_metrics, http_client_names, http_client_series, http_client_name_scratch, struct http_client_metric_key, 16384);
 
 const struct http_client_event *unused_http_client_event __attribute__((unused));
 const struct http_client_metric_key *unused_http_client_metric_key __attribute__((unused));

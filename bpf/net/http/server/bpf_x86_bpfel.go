@@ -249,6 +249,7 @@ const (
 	bpfVarH2EndSiteVaddr            = "h2_end_site_vaddr"
 	bpfVarH2PanicSiteVaddr          = "h2_panic_site_vaddr"
 	bpfVarHijackSiteVaddr           = "hijack_site_vaddr"
+	bpfVarHistBudgetSeries          = "hist_budget_series"
 	bpfVarKeepErrors                = "keep_errors"
 	bpfVarKeepSlowNs                = "keep_slow_ns"
 	bpfVarOffH2RwsConn              = "off_h2_rws_conn"
@@ -388,6 +389,7 @@ type bpfVariableSpecs struct {
 	H2EndSiteVaddr            *ebpf.VariableSpec `ebpf:"h2_end_site_vaddr"`
 	H2PanicSiteVaddr          *ebpf.VariableSpec `ebpf:"h2_panic_site_vaddr"`
 	HijackSiteVaddr           *ebpf.VariableSpec `ebpf:"hijack_site_vaddr"`
+	HistBudgetSeries          *ebpf.VariableSpec `ebpf:"hist_budget_series"`
 	KeepErrors                *ebpf.VariableSpec `ebpf:"keep_errors"`
 	KeepSlowNs                *ebpf.VariableSpec `ebpf:"keep_slow_ns"`
 	OffH2RwsConn              *ebpf.VariableSpec `ebpf:"off_h2_rws_conn"`
@@ -507,6 +509,7 @@ type bpfVariables struct {
 	H2EndSiteVaddr            *ebpf.Variable `ebpf:"h2_end_site_vaddr"`
 	H2PanicSiteVaddr          *ebpf.Variable `ebpf:"h2_panic_site_vaddr"`
 	HijackSiteVaddr           *ebpf.Variable `ebpf:"hijack_site_vaddr"`
+	HistBudgetSeries          *ebpf.Variable `ebpf:"hist_budget_series"`
 	KeepErrors                *ebpf.Variable `ebpf:"keep_errors"`
 	KeepSlowNs                *ebpf.Variable `ebpf:"keep_slow_ns"`
 	OffH2RwsConn              *ebpf.Variable `ebpf:"off_h2_rws_conn"`

@@ -37,6 +37,7 @@
 #include "obsd.h"
 #include "tracectx.h"
 #include "route.h"
+#include "metrics.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
 
@@ -272,12 +273,9 @@ struct {
 	__type(value, struct route);
 } http_server_route_names SEC(".maps");
 
-/* Upper bounds of the duration buckets in ns, set by the loader from the
- * exported histogram's (the semconv buckets of http.server.request.duration),
- * so the two cannot disagree. */
-#define DURATION_BOUNDS 14
-volatile const u64 duration_bounds_ns[DURATION_BOUNDS] = {};
-
+/* The duration bounds (duration_bounds_ns) and the bucket arithmetic are
+ * metrics.h's; this probe keys and budgets its series itself. The value is
+ * laid out as metrics.h's struct hist. */
 struct http_server_metric {
 	u64 buckets[DURATION_BOUNDS + 1]; /* non-cumulative; the last is +Inf */
 	u64 sum_ns;
@@ -403,17 +401,8 @@ static __always_inline int count_request(struct http_server_metric_key *k, u64 d
 			return 0;
 		}
 	}
-	u32 b = 0;
-#pragma unroll
-	for (int i = 0; i < DURATION_BOUNDS; i++) {
-		if (d <= duration_bounds_ns[i])
-			break;
-		b++;
-	}
-	if (b > DURATION_BOUNDS) /* bounds for the verifier */
-		b = DURATION_BOUNDS;
-	v->buckets[b] += 1; /* this CPU's copy: no atomics needed */
-	v->sum_ns += d;
+	_Static_assert(sizeof(struct http_server_metric) == sizeof(struct hist), "laid out as struct hist");
+	hist_add((struct hist *)v, d);
 	return 1;
 }
 
