@@ -94,22 +94,23 @@ type bpfObsdName struct {
 }
 
 type bpfRpcServerEvent struct {
-	_            structs.HostLayout
-	StartNs      uint64
-	EndNs        uint64
-	TraceIdLow   uint64
-	Tgid         uint32
-	Code         uint32
-	Flags        uint8
-	MessageLen   uint8
-	MethodLen    uint16
-	Pad          uint32
-	TraceIdHigh  uint64
-	SpanId       uint64
-	ParentSpanId uint64
-	Trace        uint8
-	Pad2         [7]uint8
-	Message      [32]int8
+	_             structs.HostLayout
+	StartNs       uint64
+	EndNs         uint64
+	TraceIdLow    uint64
+	Tgid          uint32
+	Code          uint32
+	Flags         uint8
+	MessageLen    uint8
+	MethodLen     uint16
+	TracestateLen uint16
+	Pad           uint16
+	TraceIdHigh   uint64
+	SpanId        uint64
+	ParentSpanId  uint64
+	Trace         uint8
+	Pad2          [7]uint8
+	Message       [32]int8
 }
 
 type bpfRpcServerMetricKey struct {
@@ -123,6 +124,7 @@ type bpfScratch struct {
 	_      structs.HostLayout
 	H      bpfRpcServerEvent
 	Method [128]int8
+	State  [512]int8
 }
 
 type bpfTcScratch struct {

@@ -62,7 +62,8 @@ volatile const u64 off_stream_ctx = OFF_NONE;           /* transport.Stream.ctx,
 #define CODE_UNIMPLEMENTED 12
 
 /* A record is this header followed by method_len bytes of the method
- * ("/pkg.Service/Method" as the client sent it). */
+ * ("/pkg.Service/Method" as the client sent it) and tracestate_len bytes of
+ * the incoming tracestate (sampled records only). */
 struct rpc_server_event {
 	u64 start_ns;
 	u64 end_ns;
@@ -72,7 +73,8 @@ struct rpc_server_event {
 	u8 flags;
 	u8 message_len; /* bytes of message: only for Unimplemented */
 	u16 method_len;
-	u32 _pad;
+	u16 tracestate_len;
+	u16 _pad;
 	u64 trace_id_high;
 	u64 span_id;
 	u64 parent_span_id; /* 0: a root */
@@ -87,6 +89,7 @@ struct rpc_server_event {
 struct scratch {
 	struct rpc_server_event h;
 	char method[METHOD_MAX];
+	char state[TRACESTATE_MAX]; /* follows the method's bytes in a record */
 };
 
 struct inflight_key {
@@ -234,6 +237,7 @@ int rpc_server_end(struct pt_regs *ctx)
 	e->flags = 0;
 	e->message_len = 0;
 	e->_pad = 0;
+	e->tracestate_len = 0;
 	e->trace_id_low = 0;
 	e->trace_id_high = 0;
 	e->span_id = 0;
@@ -313,8 +317,21 @@ int rpc_server_end(struct pt_regs *ctx)
 	}
 	if (n > METHOD_MAX) /* bounds for the verifier */
 		n = METHOD_MAX;
+	u32 used = n;
+	/* The incoming tracestate, for the span only, right after the method. */
+	if (sampled && (tc.trace & TR_STATE)) {
+		u32 ts = tc.tracestate_len;
+		if (ts > TRACESTATE_MAX)
+			ts = TRACESTATE_MAX;
+		if (ts > 0 && bpf_probe_read_user(sc->method + n, ts, (void *)tc.tracestate_ptr) == 0) {
+			e->tracestate_len = ts;
+			used += ts;
+		}
+	}
+	if (used > METHOD_MAX + TRACESTATE_MAX) /* bounds for the verifier */
+		used = METHOD_MAX + TRACESTATE_MAX;
 	/* No wakeup: the reader polls. */
-	if (bpf_ringbuf_output(&events, sc, sizeof(sc->h) + n, BPF_RB_NO_WAKEUP) != 0)
+	if (bpf_ringbuf_output(&events, sc, sizeof(sc->h) + used, BPF_RB_NO_WAKEUP) != 0)
 		count(CNT_RINGBUF_FULL);
 	return 0;
 }

@@ -171,8 +171,10 @@ func DecodeCall(raw []byte) (Call, error) {
 	var e bpfRpcServerEvent
 	ne := binary.NativeEndian
 	methodLen := int(ne.Uint16(raw[unsafe.Offsetof(e.MethodLen):]))
-	if HeaderSize+methodLen > len(raw) {
-		return Call{}, fmt.Errorf("decoding rpc server record: %d bytes of method in a %d-byte record", methodLen, len(raw))
+	stateLen := int(ne.Uint16(raw[unsafe.Offsetof(e.TracestateLen):]))
+	if HeaderSize+methodLen+stateLen > len(raw) {
+		return Call{}, fmt.Errorf("decoding rpc server record: %d bytes of method and %d of tracestate in a %d-byte record",
+			methodLen, stateLen, len(raw))
 	}
 	msgLen := min(int(raw[unsafe.Offsetof(e.MessageLen)]), len(e.Message))
 	flags := raw[unsafe.Offsetof(e.Flags)]
@@ -193,7 +195,7 @@ func DecodeCall(raw []byte) (Call, error) {
 		c.Trace = probe.DecodeTrace(raw[unsafe.Offsetof(e.Trace)],
 			ne.Uint64(raw[unsafe.Offsetof(e.TraceIdHigh):]),
 			ne.Uint64(raw[unsafe.Offsetof(e.SpanId):]),
-			ne.Uint64(raw[unsafe.Offsetof(e.ParentSpanId):]), nil)
+			ne.Uint64(raw[unsafe.Offsetof(e.ParentSpanId):]), raw[HeaderSize+methodLen:][:stateLen])
 	}
 	if c.Code == codeUnimplemented {
 		msg := string(raw[unsafe.Offsetof(e.Message):][:msgLen])

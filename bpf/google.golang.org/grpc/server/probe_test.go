@@ -77,6 +77,27 @@ func TestDecode(t *testing.T) {
 	}
 }
 
+// A sampled record carries the incoming tracestate after the method.
+func TestDecodeTraceState(t *testing.T) {
+	e := bpfRpcServerEvent{Tgid: 1, Flags: flagSampled, TraceIdLow: 9, Trace: 2 /* TR_REMOTE */}
+	e.TracestateLen = uint16(len("vendor=a,other=b"))
+	raw := record(e, "", "/a.B/C")
+	ne := binary.NativeEndian
+	ne.PutUint16(raw[unsafe.Offsetof(e.TracestateLen):], e.TracestateLen)
+	raw[unsafe.Offsetof(e.Trace)] = e.Trace
+	raw = append(raw, "vendor=a,other=b"...)
+	got, err := DecodeCall(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.FullMethod != "/a.B/C" || got.Trace.TraceState != "vendor=a,other=b" || !got.Trace.Remote {
+		t.Errorf("DecodeCall = %+v; want method /a.B/C and tracestate vendor=a,other=b from a remote parent", got)
+	}
+	if _, err := DecodeCall(raw[:len(raw)-1]); err == nil {
+		t.Error("a record with its tracestate cut off decoded")
+	}
+}
+
 func TestDecodeErrors(t *testing.T) {
 	good := record(bpfRpcServerEvent{Tgid: 1}, "", "/a.B/C")
 	for name, raw := range map[string][]byte{

@@ -22,6 +22,7 @@ import (
 // calling service B's EmptyCall under the handler's context; obsd
 // instruments both. A's SERVER span joins the trace of the traceparent the
 // edge sent in its metadata (parent = the edge's span; sampled=0 honoured);
+// the tracestate sent with it is kept on A's SERVER span;
 // A's CLIENT span is the child of A's SERVER span; B's SERVER span is a
 // root (nothing propagates between processes here). Both sides of grpc-go's
 // v1.69 transport split.
@@ -31,6 +32,7 @@ func TestGRPCTraceContext(t *testing.T) {
 	const (
 		parent = "00f067aa0ba902b7"
 		prefix = "4bf92f3577b34da6a3ce929d"
+		state  = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
 	)
 	for _, v := range []variant{{grpc: "v1.68.1"}, {grpc: "v1.85.0"}} {
 		t.Run(v.name(), func(t *testing.T) {
@@ -61,6 +63,9 @@ func TestGRPCTraceContext(t *testing.T) {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				if c.trace != "" {
 					ctx = metadata.AppendToOutgoingContext(ctx, "traceparent", fmt.Sprintf("00-%s-%s-%s", c.trace, parent, c.flags))
+				}
+				if c == cases[2] {
+					ctx = metadata.AppendToOutgoingContext(ctx, "tracestate", state)
 				}
 				_, err := client.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("forward")}})
 				cancel()
@@ -115,6 +120,10 @@ func TestGRPCTraceContext(t *testing.T) {
 				}
 				if got := hex.EncodeToString(s.GetParentSpanId()); got != parent {
 					t.Errorf("A server span in %s has parent %s, want the edge's %s", c.trace, got, parent)
+				}
+				wantState := map[bool]string{true: state}[c == cases[2]]
+				if got := s.GetTraceState(); got != wantState {
+					t.Errorf("A server span in %s has tracestate %q, want %q", c.trace, got, wantState)
 				}
 			}
 			if _, ok := byTrace[cases[1].trace]; ok {
