@@ -568,4 +568,16 @@ static __always_inline void tc_child(u32 tgid, u64 ctx, struct trace_ctx *tc)
 	tc->span = rand64() | 1;
 }
 
+/* tc_fill copies a sampled span's context into a record e, whose fields
+ * share these names in every probe's event. A macro: the events are of
+ * different types. */
+#define tc_fill(e, tc)                                                                                                 \
+	do {                                                                                                           \
+		(e)->trace_id_low = (tc).trace_lo;                                                                     \
+		(e)->trace_id_high = (tc).trace_hi;                                                                    \
+		(e)->span_id = (tc).span;                                                                              \
+		(e)->parent_span_id = (tc).parent_span;                                                                \
+		(e)->trace = (tc).trace;                                                                               \
+	} while (0)
+
 #endif

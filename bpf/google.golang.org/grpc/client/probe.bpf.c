@@ -348,11 +348,7 @@ int rpc_client_end(struct pt_regs *ctx)
 	e->trace = 0;
 	if (sampled) {
 		flags |= FLAG_SAMPLED;
-		e->trace_id_low = tc.trace_lo;
-		e->trace_id_high = tc.trace_hi;
-		e->span_id = tc.span;
-		e->parent_span_id = tc.parent_span;
-		e->trace = tc.trace;
+		tc_fill(e, tc);
 	}
 	e->start_ns = start;
 	e->end_ns = end;

@@ -309,11 +309,7 @@ int rpc_server_end(struct pt_regs *ctx)
 	e->method_len = n;
 	if (sampled) {
 		e->flags |= FLAG_SAMPLED;
-		e->trace_id_low = tc.trace_lo;
-		e->trace_id_high = tc.trace_hi;
-		e->span_id = tc.span;
-		e->parent_span_id = tc.parent_span;
-		e->trace = tc.trace;
+		tc_fill(e, tc);
 	}
 	if (n > METHOD_MAX) /* bounds for the verifier */
 		n = METHOD_MAX;

@@ -354,11 +354,7 @@ int http_client_end(struct pt_regs *ctx)
 	int sampled = tc_end(&in.tc, end - in.start_ns, !resp || e->status >= 400);
 	if (sampled) {
 		flags |= FLAG_SAMPLED;
-		e->trace_id_low = in.tc.trace_lo;
-		e->trace_id_high = in.tc.trace_hi;
-		e->span_id = in.tc.span;
-		e->parent_span_id = in.tc.parent_span;
-		e->trace = in.tc.trace;
+		tc_fill(e, in.tc);
 	}
 
 	/* Method and URL are adjacent in every Go release (0 and 16). */

@@ -636,11 +636,7 @@ static __always_inline void report(struct pt_regs *ctx, u64 site_vaddr, u32 tgid
 	e->tracestate_len = 0;
 	e->_pad3 = 0;
 	if (flags & FLAG_SAMPLED) {
-		e->trace_id_low = in->tc.trace_lo;
-		e->trace_id_high = in->tc.trace_hi;
-		e->span_id = in->tc.span;
-		e->parent_span_id = in->tc.parent_span;
-		e->trace = in->tc.trace;
+		tc_fill(e, in->tc);
 	}
 
 	/* Records only: the scheme, from Request.TLS. */
