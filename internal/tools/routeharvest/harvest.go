@@ -178,7 +178,7 @@ type object struct {
 	// gorilla: prefixRoute matches by prefix (PathPrefix); hasSub routes
 	// to a sub-router, whose routes are what the router reports.
 	prefixRoute, hasSub bool
-	reg     int  // gorilla: index of the route's registration, -1 none
+	reg                 int // gorilla: index of the route's registration, -1 none
 	// fields: a fresh heap object (runtime.newobject, router "") and what
 	// the code stored into it, by offset; inlined constructors build
 	// routers and groups so, and variadic []string arguments escape so.
