@@ -13,9 +13,14 @@ type Template struct {
 	Methods []string
 	// Prefix: gorilla PathPrefix, matching any path that starts with it.
 	Prefix bool
-	// Alt is a second path that matches too: a chi mounted router's "/"
-	// route is reached both as "/orders" and "/orders/".
-	Alt string
+	// Paths are the patterns the request path is matched with, when not
+	// Route itself: a chi mounted router's "/" route is reached both as
+	// "/orders" and "/orders/" and reported as "/orders".
+	Paths []string
+	// Mount (chi): not a route but a mounted sub-router's prefix; chi
+	// reports it (e.g. "/orders/{oid}/*") for a request under it that no
+	// route of the sub-router takes (its 404 and 405).
+	Mount bool
 }
 
 // segKind ranks what a path segment of a template matches; a higher rank
@@ -57,10 +62,11 @@ func NewMatcher(router string, ts []Template) (*Matcher, error) {
 	m := &Matcher{router: router}
 	for i, t := range ts {
 		c := compiled{t: t, order: i}
-		for _, p := range []string{t.Route, t.Alt} {
-			if p == "" && len(c.alts) > 0 {
-				continue
-			}
+		paths := t.Paths
+		if len(paths) == 0 {
+			paths = []string{t.Route}
+		}
+		for _, p := range paths {
 			segs, err := parse(router, p)
 			if err != nil {
 				return nil, fmt.Errorf("template %q: %w", p, err)
@@ -165,16 +171,48 @@ func better(a, b []segKind) bool {
 // router's 404 or 405).
 func (m *Matcher) Match(method, path string) (string, bool) {
 	parts := strings.Split(path, "/")
+	if route, ok := m.find(method, parts, false); ok {
+		return route, true
+	}
+	switch m.router {
+	case "echo":
+		// echo reports the template whose path matched for its 405.
+		if route, ok := m.find(method, parts, true); ok {
+			return route, false
+		}
+	case "chi":
+		// chi reports the deepest mount the request went into for its
+		// 404 and 405 there.
+		var best string
+		for i := range m.ts {
+			c := &m.ts[i]
+			if !c.t.Mount {
+				continue
+			}
+			for _, a := range c.alts {
+				if _, ok := match(a, parts, false, nil); ok && len(c.t.Route) > len(best) {
+					best = c.t.Route
+				}
+			}
+		}
+		return best, false
+	}
+	return "", false
+}
+
+// find returns the route of the best template matching parts, among those
+// serving method (any method with anyMethod).
+func (m *Matcher) find(method string, parts []string, anyMethod bool) (string, bool) {
 	var rank [16]segKind
 	var best *compiled
 	var bestRank []segKind
 	for i := range m.ts {
 		c := &m.ts[i]
-		if c.methods != nil && !c.methods[method] {
+		if c.t.Mount || !anyMethod && c.methods != nil && !c.methods[method] {
 			continue
 		}
 		for _, a := range c.alts {
-			r, ok := match(a, parts, c.t.Prefix, rank[:])
+			r, ok := match(a, parts, c.t.Prefix, rank[:0])
 			if !ok {
 				continue
 			}
@@ -182,7 +220,7 @@ func (m *Matcher) Match(method, path string) (string, bool) {
 				return c.t.Route, true
 			}
 			if best == nil || better(r, bestRank) {
-				best, bestRank = c, append([]segKind(nil), r...)
+				best, bestRank = c, append(bestRank[:0], r...)
 			}
 		}
 	}
@@ -211,18 +249,30 @@ func (r *Result) MatchTemplates(router string) []Template {
 			// without the slash, and reports the pattern without it.
 			p, _ := g.obj.full()
 			raw := p + g.Literal
-			match := strings.ReplaceAll(raw, "/*/", "/")
-			t.Alt = match
-			if strings.HasSuffix(raw, "/*/") || (strings.HasSuffix(match, "/") && match != "/" && strings.Contains(raw, "/*")) {
-				t.Alt = strings.TrimSuffix(match, "/")
+			match := raw
+			for strings.Contains(match, "/*/") {
+				match = strings.ReplaceAll(match, "/*/", "/")
 			}
-			if t.Alt == t.Route {
-				t.Alt = ""
+			t.Paths = []string{match}
+			if strings.HasSuffix(raw, "/*/") {
+				t.Paths = append(t.Paths, strings.TrimSuffix(match, "/"))
 			}
 		case "gorillamux":
 			t.Prefix = g.obj != nil && g.obj.prefixRoute
 		}
 		out = append(out, t)
+	}
+	if router == "chi" {
+		for _, g := range r.Registrations {
+			if g.Router != "chi" || (g.kind != kGroup && g.kind != kMount) || g.obj == nil || !g.Known {
+				continue
+			}
+			p, _ := g.obj.full() // "/orders/*/{oid}/*"
+			for strings.Contains(p, "/*/") {
+				p = strings.ReplaceAll(p, "/*/", "/")
+			}
+			out = append(out, Template{Route: p, Mount: true})
+		}
 	}
 	return out
 }
