@@ -230,7 +230,7 @@ func (m *Matcher) find(method string, parts []string, anyMethod bool) (string, b
 	return best.t.Route, true
 }
 
-// Templates turns a harvest's route registrations of router into the
+// MatchTemplates turns a harvest's route registrations of router into the
 // matcher's templates.
 func (r *Result) MatchTemplates(router string) []Template {
 	var out []Template
