@@ -285,6 +285,9 @@ type harvester struct {
 	newobj uint64            // runtime.newobject
 	// keep: runtime functions that save every register (write barriers).
 	keep map[uint64]bool
+	// relocs: a PIE's R_X86_64_RELATIVE relocations, link-time address of
+	// a word -> the address it holds once loaded (the file holds zero).
+	relocs map[uint64]uint64
 	// chiItab maps an offset into chi's Router itab to the method name.
 	chiItab map[uint64]string
 	res     *Result
@@ -354,7 +357,10 @@ func Harvest(path string) (*Result, error) {
 	if len(routers) == 0 {
 		return h.res, nil
 	}
-	if routers["chi"] && !bin.PIE {
+	if bin.PIE {
+		h.relocs = relativeRelocs(ef)
+	}
+	if routers["chi"] {
 		h.chiItab = h.findItab("github.com/go-chi/chi/v5.(*Mux).")
 	}
 	sort.Slice(funcs, func(i, j int) bool { return funcs[i].Addr < funcs[j].Addr })
@@ -439,11 +445,41 @@ func (h *harvester) callsRegistration(code []byte, addr uint64) bool {
 	return false
 }
 
+// relativeRelocs reads the R_X86_64_RELATIVE entries of a PIE's
+// allocated SHT_RELA sections (none without section headers).
+func relativeRelocs(ef *elf.File) map[uint64]uint64 {
+	m := map[uint64]uint64{}
+	for _, sec := range ef.Sections {
+		if sec.Type != elf.SHT_RELA || sec.Flags&elf.SHF_ALLOC == 0 {
+			continue
+		}
+		data, err := sec.Data()
+		if err != nil {
+			continue
+		}
+		for i := 0; i+24 <= len(data); i += 24 {
+			if uint32(binary.LittleEndian.Uint64(data[i+8:])) == uint32(elf.R_X86_64_RELATIVE) {
+				m[binary.LittleEndian.Uint64(data[i:])] = binary.LittleEndian.Uint64(data[i+16:])
+			}
+		}
+	}
+	return m
+}
+
+// word returns the 8-byte word at link-time address addr of segment data
+// seg (starting at vaddr), relocated in a PIE.
+func (h *harvester) word(seg []byte, vaddr, addr uint64) uint64 {
+	if v, ok := h.relocs[addr]; ok {
+		return v
+	}
+	return binary.LittleEndian.Uint64(seg[addr-vaddr:])
+}
+
 // findItab finds chi's Router itab by its method table: the longest run of
 // 8-byte words, in a non-executable segment, that are all entries of
 // (*Mux) methods. It maps each offset from the itab's start (its fun array
-// begins at 24) to the method name. Non-PIE only: in a PIE the words are
-// relocations the file holds as zeroes.
+// begins at 24) to the method name. In a PIE the words are relocations
+// (the file holds zeroes): their addends are read instead.
 func (h *harvester) findItab(prefix string) map[uint64]string {
 	var best []string
 	var bestLen int
@@ -455,7 +491,7 @@ func (h *harvester) findItab(prefix string) map[uint64]string {
 		var run []string
 		unreachable := 0 // the run's leading dropped methods
 		for i := 0; i+8 <= len(seg); i += 8 {
-			name, ok := h.byAddr[binary.LittleEndian.Uint64(seg[i:])]
+			name, ok := h.byAddr[h.word(seg, p.Vaddr, p.Vaddr+uint64(i))]
 			if ok && strings.HasPrefix(name, prefix) {
 				if run == nil {
 					run = make([]string, unreachable)
@@ -755,14 +791,24 @@ func (h *harvester) call(f inspect.Func, s *state, inst x86asm.Inst, next uint64
 		parent = &object{router: sp.router, reg: -1} // untied: no root known
 	case parent.router == "" && sp.kind == kEchoGroup:
 		// echo's inlined (*Echo).Group: &Group{prefix: prefix, echo: e}.
+		// The first string and the first *Echo in the struct (host is
+		// empty, so not a string read here); slots past the struct may
+		// hold another group's, so the lowest offsets win.
 		parent.router, parent.known = "echo", true
-		for off, f := range parent.fields {
-			if f.k == vObj && f.obj.router == "echo" {
+		offs := make([]int64, 0, len(parent.fields))
+		for off := range parent.fields {
+			offs = append(offs, off)
+		}
+		sort.Slice(offs, func(i, j int) bool { return offs[i] < offs[j] })
+		prefixSet := false
+		for _, off := range offs {
+			f := parent.fields[off]
+			if f.k == vObj && f.obj.router == "echo" && parent.parent == nil {
 				parent.parent = f.obj
 			}
-			if f.k == vAddr {
+			if f.k == vAddr && !prefixSet {
 				if p, ok := h.strVal(f, parent.fields[off+8]); ok {
-					parent.prefix = p
+					parent.prefix, prefixSet = p, true
 				}
 			}
 		}
@@ -890,7 +936,9 @@ func (h *harvester) tie(s *state, w int, obj *object) {
 	var code uint64
 	switch v.k {
 	case vAddr:
-		if str, err := h.static.String(v.n, 8); err == nil {
+		if c, ok := h.relocs[v.n]; ok {
+			code = c
+		} else if str, err := h.static.String(v.n, 8); err == nil {
 			code = binary.LittleEndian.Uint64([]byte(str))
 		}
 	case vStack:

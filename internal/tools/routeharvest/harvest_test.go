@@ -62,15 +62,20 @@ var services = []build{
 	{router: "chi", module: "github.com/go-chi/chi/v5", version: "v5.2.3", toolchain: "go1.21.13"},
 	{router: "chi", module: "github.com/go-chi/chi/v5", version: "v5.5.0"},
 	{router: "chi", module: "github.com/go-chi/chi/v5", version: "v5.5.0", stripped: true},
+	{router: "chi", module: "github.com/go-chi/chi/v5", version: "v5.2.0", toolchain: "go1.21.13", stripped: true, pie: true},
+	{router: "chi", module: "github.com/go-chi/chi/v5", version: "v5.5.0", pie: true},
 	{router: "gin", module: "github.com/gin-gonic/gin", version: "v1.10.0", toolchain: "go1.21.13"},
 	{router: "gin", module: "github.com/gin-gonic/gin", version: "v1.12.0"},
 	{router: "gin", module: "github.com/gin-gonic/gin", version: "v1.12.0", stripped: true},
+	{router: "gin", module: "github.com/gin-gonic/gin", version: "v1.11.0", pie: true},
 	{router: "echo", module: "github.com/labstack/echo/v4", version: "v4.13.2", toolchain: "go1.21.13"},
 	{router: "echo", module: "github.com/labstack/echo/v4", version: "v4.16.0"},
 	{router: "echo", module: "github.com/labstack/echo/v4", version: "v4.16.5", stripped: true},
+	{router: "echo", module: "github.com/labstack/echo/v4", version: "v4.15.0", stripped: true, pie: true},
 	{router: "gorillamux", module: "github.com/gorilla/mux", version: "v1.8.0", toolchain: "go1.21.13"},
 	{router: "gorillamux", module: "github.com/gorilla/mux", version: "v1.8.1"},
 	{router: "gorillamux", module: "github.com/gorilla/mux", version: "v1.8.1", stripped: true},
+	{router: "gorillamux", module: "github.com/gorilla/mux", version: "v1.8.1", stripped: true, pie: true},
 }
 
 // literals are the path literals each service's main.go passes to its
