@@ -88,10 +88,22 @@ type spec struct {
 	bits bool
 }
 
-// chiMethods are chi's methodTyp bits (tree.go); 1<<9 is TRACE before
-// v5.3.0 and QUERY from it (the harvest does not read the version: both).
-var chiMethods = map[uint64]string{2: "CONNECT", 4: "DELETE", 8: "GET", 16: "HEAD", 32: "OPTIONS", 64: "PATCH",
-	128: "POST", 256: "PUT", 512: "QUERY,TRACE", 1024: "TRACE"}
+// chiMethods returns chi's methodTyp bits (tree.go) for a chi version:
+// v5.4.0 added mQUERY before mTRACE, so 1<<9 is TRACE up to v5.3 and
+// QUERY from v5.4.0 (an unknown version: both).
+func chiMethods(version string) map[uint64]string {
+	m := map[uint64]string{2: "CONNECT", 4: "DELETE", 8: "GET", 16: "HEAD", 32: "OPTIONS", 64: "PATCH",
+		128: "POST", 256: "PUT", 512: "QUERY,TRACE", 1024: "TRACE"}
+	var minor int
+	if _, err := fmt.Sscanf(version, "v5.%d.", &minor); err == nil {
+		if minor >= 4 {
+			m[512] = "QUERY"
+		} else {
+			m[512] = "TRACE"
+		}
+	}
+	return m
+}
 
 var abiRegs = []x86asm.Reg{x86asm.RAX, x86asm.RBX, x86asm.RCX, x86asm.RDI, x86asm.RSI, x86asm.R8, x86asm.R9, x86asm.R10, x86asm.R11}
 
@@ -290,6 +302,7 @@ type harvester struct {
 	relocs map[uint64]uint64
 	// chiItab maps an offset into chi's Router itab to the method name.
 	chiItab map[uint64]string
+	chiBits map[uint64]string // chiMethods of the linked chi
 	res     *Result
 	order   int
 	scanned map[string]bool // tied closures already scanned with state
@@ -360,6 +373,7 @@ func Harvest(path string) (*Result, error) {
 	if bin.PIE {
 		h.relocs = relativeRelocs(ef)
 	}
+	h.chiBits = chiMethods(bin.Modules["github.com/go-chi/chi/v5"])
 	if routers["chi"] {
 		h.chiItab = h.findItab("github.com/go-chi/chi/v5.(*Mux).")
 	}
@@ -873,7 +887,7 @@ func (h *harvester) call(f inspect.Func, s *state, inst x86asm.Inst, next uint64
 		if sp.bits {
 			g.Method = "?"
 			if v := s.regs[abiRegs[sp.meth]]; v.k == vConst {
-				g.Method = chiMethods[v.n] // "" for several bits: any method
+				g.Method = h.chiBits[v.n] // "" for several bits: any method
 			}
 		} else if sp.variadic {
 			ms, known := h.strs(s, sp.meth)

@@ -88,6 +88,16 @@ func TestMatch(t *testing.T) {
 	}
 }
 
+func TestChiMethods(t *testing.T) {
+	for _, c := range []struct{ version, bit9 string }{
+		{"v5.2.3", "TRACE"}, {"v5.3.0", "TRACE"}, {"v5.4.0", "QUERY"}, {"v5.5.0", "QUERY"}, {"(devel)", "QUERY,TRACE"},
+	} {
+		if got := chiMethods(c.version)[512]; got != c.bit9 {
+			t.Errorf("chi %s: bit 9 is %q, want %q", c.version, got, c.bit9)
+		}
+	}
+}
+
 func TestMatcherBadRegexp(t *testing.T) {
 	if _, err := NewMatcher("chi", []Template{{Route: "/x/{id:[}"}}); err == nil {
 		t.Error("a template with a bad regexp compiled")
