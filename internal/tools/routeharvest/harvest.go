@@ -29,7 +29,6 @@ type Registration struct {
 	// router was tied, so Full is what the router reports.
 	Full      string
 	FullKnown bool
-	order     int
 	obj       *object // the group/router the call registered on (routes: the route)
 	kind      regKind
 }
@@ -304,7 +303,6 @@ type harvester struct {
 	chiItab map[uint64]string
 	chiBits map[uint64]string // chiMethods of the linked chi
 	res     *Result
-	order   int
 	scanned map[string]bool // tied closures already scanned with state
 }
 
@@ -829,9 +827,8 @@ func (h *harvester) call(f inspect.Func, s *state, inst x86asm.Inst, next uint64
 		if parent.parent == nil {
 			parent.known = false
 		}
-		g := Registration{Router: "echo", Caller: f.Name, Callee: "(*Echo).Group (inlined)", order: h.order, kind: kGroup,
+		g := Registration{Router: "echo", Caller: f.Name, Callee: "(*Echo).Group (inlined)", kind: kGroup,
 			obj: parent, Literal: parent.prefix, Known: parent.known}
-		h.order++
 		h.res.Registrations = append(h.res.Registrations, g)
 	case parent.router == "":
 		// A router made by an inlined constructor (chi.NewRouter,
@@ -881,8 +878,7 @@ func (h *harvester) call(f inspect.Func, s *state, inst x86asm.Inst, next uint64
 		return
 	}
 	var tie *object // the router a closure argument runs with, scanned after this registration
-	g := Registration{Router: sp.router, Caller: f.Name, Callee: name, Method: sp.method, order: h.order, kind: sp.kind, obj: parent}
-	h.order++
+	g := Registration{Router: sp.router, Caller: f.Name, Callee: name, Method: sp.method, kind: sp.kind, obj: parent}
 	if sp.meth >= 0 {
 		if sp.bits {
 			g.Method = "?"
