@@ -48,6 +48,22 @@ func (b *Binary) Func(symbol string) (Func, error) {
 	return fn, nil
 }
 
+// Funcs returns every function Func can look up (from .symtab, or .gopclntab when stripped), in
+// no particular order. Callers that look at all the code (internal/tools/routeharvest) need the
+// list, not one name.
+func (b *Binary) Funcs() ([]Func, error) {
+	if _, err := b.Func("runtime.main"); err != nil && ReasonOf(err) != ReasonSymbol {
+		return nil, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]Func, 0, len(b.funcs))
+	for _, f := range b.funcs {
+		out = append(out, f)
+	}
+	return out, nil
+}
+
 // symtabFuncs indexes the function symbols of .symtab.
 func (b *Binary) symtabFuncs() (map[string]Func, error) {
 	syms, err := b.elf.Symbols()

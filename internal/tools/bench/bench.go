@@ -85,9 +85,20 @@ func obsdEnv(base, extra []string) []string {
 
 type route struct{ name, path string }
 
-var routes = []route{
+var routes = append([]route{
 	{"hello", "/hello"},
 	{"work 200 µs", "/work?us=200"},
+}, extraRoute()...)
+
+// extraRoute adds the route OBSD_BENCH_EXTRA_ROUTE names (a path of
+// testdata/httpserver, e.g. "/hello/unrouted", which ServeMux answers 404
+// and obsd reports with a ring-buffer record carrying the path), for
+// measurements outside make bench (docs/route-harvest.md).
+func extraRoute() []route {
+	if p := os.Getenv("OBSD_BENCH_EXTRA_ROUTE"); p != "" {
+		return []route{{p, p}}
+	}
+	return nil
 }
 
 // sample is one measured wrk run.
