@@ -85,20 +85,16 @@ func obsdEnv(base, extra []string) []string {
 
 type route struct{ name, path string }
 
-var routes = append([]route{
-	{"hello", "/hello"},
-	{"work 200 µs", "/work?us=200"},
-}, extraRoute()...)
-
-// extraRoute adds the route OBSD_BENCH_EXTRA_ROUTE names (a path of
-// testdata/httpserver, e.g. "/hello/unrouted", which ServeMux answers 404
-// and obsd reports with a ring-buffer record carrying the path), for
-// measurements outside make bench (docs/route-harvest.md).
-func extraRoute() []route {
-	if p := os.Getenv("OBSD_BENCH_EXTRA_ROUTE"); p != "" {
-		return []route{{p, p}}
+// routes are the HTTP server load's routes: two of testdata/httpserver's,
+// and -extra-route if given (e.g. "/hello/unrouted", which ServeMux
+// answers 404 and obsd reports with a ring-buffer record carrying the
+// path; docs/route-harvest.md).
+func (o options) routes() []route {
+	rs := []route{{"hello", "/hello"}, {"work 200 µs", "/work?us=200"}}
+	if o.extraRoute != "" {
+		rs = append(rs, route{o.extraRoute, o.extraRoute})
 	}
-	return nil
+	return rs
 }
 
 // sample is one measured wrk run.
@@ -372,7 +368,7 @@ func (b *bench) runConfig(ctx context.Context, c config, round int) (map[string]
 	}
 
 	out := map[string]sample{}
-	for _, rt := range routes {
+	for _, rt := range b.o.routes() {
 		url := "http://" + addr + rt.path
 		var s sample
 		for attempt := 1; ; attempt++ {

@@ -58,6 +58,9 @@ type options struct {
 	loads     []string // of knownLoads, in the order given
 	callConc  int      // concurrent calls of the gRPC load client
 	httpLoop  int      // requests per round of the HTTP client load
+	// extraRoute is a path of testdata/httpserver measured beside the
+	// HTTP server load's two routes, "" for none.
+	extraRoute string
 }
 
 // has reports whether load is among -loads.
@@ -90,6 +93,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.wrk, "wrk", "/usr/bin/wrk", "wrk binary")
 	fs.DurationVar(&o.waitQuiet, "wait-quiet", 0, "wait up to this long for every CPU to be under 10% busy before measuring")
 	loads := fs.String("loads", strings.Join(knownLoads, ","), "loads to measure, comma-separated: http-server (wrk; fixed rate; spans), grpc-server, grpc-client, http-client, chi-server (a chi v5 service: the server probe and the chi route probe)")
+	fs.StringVar(&o.extraRoute, "extra-route", "", `also measure this path of testdata/httpserver in the HTTP server load (e.g. "/hello/unrouted": a 404, reported with a record)`)
 	fs.IntVar(&o.callConc, "grpc-concurrency", 16, "concurrent unary calls of the gRPC load client")
 	fs.IntVar(&o.httpLoop, "http-client-requests", 20000, "requests per round of the HTTP client load")
 	if err := fs.Parse(args); err != nil {

@@ -208,7 +208,7 @@ func (r *report) httpServerMarkdown(w func(string, ...any)) {
 	w("### Throughput\n\n")
 	w("| route | configuration | req/s | per round | vs plain | µs/req over plain | BPF runs/req | BPF ns/req | server CPU | server CPU µs/req |\n")
 	w("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
-	for _, rt := range routes {
+	for _, rt := range r.o.routes() {
 		p, havePlain := r.stat("plain", rt.path)
 		for _, c := range r.configs {
 			s, ok := r.stat(c.name, rt.path)
@@ -266,7 +266,7 @@ func (r *report) httpServerMarkdown(w func(string, ...any)) {
 func (r *report) anomalies() []string {
 	notes := append([]string(nil), r.notes...)
 	for _, c := range r.configs {
-		for _, rt := range routes {
+		for _, rt := range r.o.routes() {
 			s, ok := r.stat(c.name, rt.path)
 			if ok && s.serverCPU < 0.9 {
 				notes = append(notes, fmt.Sprintf("%s, %s: the server used only %.0f%% of its core, so it was not the bottleneck and 1/rps overstates its CPU time per request", c.name, rt.path, 100*s.serverCPU))
@@ -363,7 +363,7 @@ func mib(kib uint64) float64 { return float64(kib) / 1024 }
 func (r *report) overFloor(w func(string, ...any), kind string) {
 	w("| route | configuration | floor µs/req | obsd µs/req | added µs/req | added, %% of floor | target: added ≤ max(1 µs, 30%% of floor) | noise: plain's spread, µs/req | cross-check: added by server CPU time, µs/req |\n")
 	w("| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |\n")
-	for _, rt := range routes {
+	for _, rt := range r.o.routes() {
 		p, ok1 := r.stat("plain", rt.path)
 		f, ok2 := r.stat("floor", rt.path)
 		if !ok1 || !ok2 {

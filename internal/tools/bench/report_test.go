@@ -58,7 +58,7 @@ func fakeReport(rps map[string][2]float64) *report {
 	}
 	for cfg, v := range rps {
 		r.samples[cfg] = map[string][]sample{}
-		for i, rt := range routes {
+		for i, rt := range r.o.routes() {
 			n := int64(v[i] * 5)
 			s := sample{wrk: wrkResult{RPS: v[i], Requests: n}, serverCPU: 1, serverUS: 1e6 / v[i]}
 			if cfg != "plain" {
