@@ -156,7 +156,7 @@ func (rt *Routes) Router(svc Service, router, raw string, cut bool, n uint64) Ro
 	}
 	v := raw
 	if router == "chi" {
-		v = chiRoutePattern(v)
+		v = ChiRoutePattern(v)
 	}
 	v = Clean(v, MaxValueLen, cut)
 	if v, ok := p.set.AdmitN(v, n); !ok {
@@ -172,7 +172,7 @@ func (rt *Routes) Router(svc Service, router, raw string, cut bool, n uint64) Ro
 // (*Context).RoutePattern() does (context.go, v5.2.3 through v5.5.0):
 // "/*/" left by mounts becomes "/", and a trailing "/" or "//" goes,
 // except for the root.
-func chiRoutePattern(p string) string {
+func ChiRoutePattern(p string) string {
 	for strings.Contains(p, "/*/") {
 		p = strings.ReplaceAll(p, "/*/", "/")
 	}

@@ -14,27 +14,8 @@ import (
 	"github.com/obsd-dev/obsd/internal/test/e2e"
 )
 
-type req struct{ method, path string }
-
-// mix is the routers e2e test's request mix (internal/test/e2e/routers),
-// one of each.
-func mix() []req {
-	rs := []req{
-		{"GET", "/"}, {"GET", "/healthz"}, {"GET", "/orders"}, {"GET", "/orders/"},
-		{"GET", "/orders/8f14e45f-ceea-467f-a0e8-1f2b3c4d5e6f"}, {"GET", "/orders/42/items/7"},
-		{"GET", "/orders/0b5c0b5d-aaaa-4bbb-8ccc-0123456789ab/items/sku-77"},
-		{"POST", "/orders/9/items"}, {"DELETE", "/orders/9/items"}, {"GET", "/api/v1/items/abc-123"},
-		{"GET", "/users/12"}, {"GET", "/users/abc"}, {"GET", "/files/a/b/c.txt"},
-		{"GET", "/nope"}, {"GET", "/orders/1/nope"}, {"PUT", "/healthz"},
-		{"GET", "/things/missing"}, {"GET", "/things/x"},
-	}
-	for _, a := range "abcdefghij" {
-		for _, b := range "xyz" {
-			rs = append(rs, req{"GET", fmt.Sprintf("/api/v1/users/%c%c-smith", a, b)})
-		}
-	}
-	return rs
-}
+// mix is e2e.RouterMix, one of each request.
+func mix() []e2e.RouterRequest { return e2e.RouterMix() }
 
 // seen is a line of the service's tally (testdata/routers/common).
 type seen struct {
@@ -72,7 +53,7 @@ func tally(t *testing.T, c *http.Client, admin string) map[seenKey]int {
 // service's own tally) and what the user-space match of the harvested
 // templates gave.
 type outcome struct {
-	req
+	e2e.RouterRequest
 	status          int
 	router, matched string
 }
@@ -93,7 +74,7 @@ func routerRoutes(t *testing.T, bin string) []outcome {
 	before := tally(t, c, admin)
 	var out []outcome
 	for _, r := range mix() {
-		hr, _ := http.NewRequest(r.method, "http://"+addr+r.path, nil)
+		hr, _ := http.NewRequest(r.Method, "http://"+addr+r.Path, nil)
 		resp, err := c.Do(hr)
 		if err != nil {
 			t.Fatal(err)
@@ -108,10 +89,10 @@ func routerRoutes(t *testing.T, bin string) []outcome {
 			}
 		}
 		if len(got) != 1 || after[got[0]]-before[got[0]] != 1 {
-			t.Fatalf("%s %s: the tally changed by %v, want one request", r.method, r.path, got)
+			t.Fatalf("%s %s: the tally changed by %v, want one request", r.Method, r.Path, got)
 		}
 		before = after
-		out = append(out, outcome{req: r, status: got[0].status, router: got[0].route})
+		out = append(out, outcome{RouterRequest: r, status: got[0].status, router: got[0].route})
 	}
 	return out
 }
@@ -149,9 +130,9 @@ func TestAccuracy(t *testing.T) {
 			var bad []string
 			for i := range outs {
 				o := &outs[i]
-				o.matched, _ = m.Match(o.method, o.path)
+				o.matched, _ = m.Match(o.Method, o.Path)
 				if o.matched != o.router {
-					bad = append(bad, fmt.Sprintf("%s %s -> %q | %q (%d)", o.method, o.path, o.matched, o.router, o.status))
+					bad = append(bad, fmt.Sprintf("%s %s -> %q | %q (%d)", o.Method, o.Path, o.matched, o.router, o.status))
 				}
 			}
 			sort.Strings(bad)

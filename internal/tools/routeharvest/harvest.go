@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/arch/x86/x86asm"
 
+	"github.com/obsd-dev/obsd/internal/export"
 	"github.com/obsd-dev/obsd/internal/inspect"
 )
 
@@ -253,18 +254,6 @@ func cleanPath(p string) string {
 	return "/" + strings.Join(out, "/")
 }
 
-// chiPattern is chi's RoutePattern() normalisation of joined patterns.
-func chiPattern(p string) string {
-	for strings.Contains(p, "/*/") {
-		p = strings.ReplaceAll(p, "/*/", "/")
-	}
-	if p != "/" {
-		p = strings.TrimSuffix(p, "//")
-		p = strings.TrimSuffix(p, "/")
-	}
-	return p
-}
-
 // value is what the scan knows of a register or stack slot.
 type value struct {
 	k   vkind
@@ -414,7 +403,7 @@ func (h *harvester) template(g *Registration) (string, bool) {
 	switch g.Router {
 	case "chi":
 		p, ok := g.obj.full()
-		return chiPattern(p + g.Literal), ok
+		return export.ChiRoutePattern(p + g.Literal), ok
 	case "gin":
 		p, ok := g.obj.full()
 		return ginJoin(p, g.Literal), ok

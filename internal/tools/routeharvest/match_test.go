@@ -126,7 +126,7 @@ func BenchmarkMatch(b *testing.B) {
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				r := reqs[i%len(reqs)]
-				m.Match(r.method, r.path)
+				m.Match(r.Method, r.Path)
 			}
 		})
 	}

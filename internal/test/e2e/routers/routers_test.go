@@ -120,29 +120,8 @@ func service(t *testing.T, v variant) string {
 	})
 }
 
-// req is one request of the mix.
-type req struct{ method, path string }
-
-// mix is the requests sent each round: routes at several depths, groups,
-// mounts, a regexp parameter, a wildcard, UUIDs, slugs, and requests the
-// routers answer 404 or 405 themselves.
-func mix() []req {
-	rs := []req{
-		{"GET", "/"}, {"GET", "/healthz"}, {"GET", "/orders"}, {"GET", "/orders/"},
-		{"GET", "/orders/8f14e45f-ceea-467f-a0e8-1f2b3c4d5e6f"}, {"GET", "/orders/42/items/7"},
-		{"GET", "/orders/0b5c0b5d-aaaa-4bbb-8ccc-0123456789ab/items/sku-77"},
-		{"POST", "/orders/9/items"}, {"DELETE", "/orders/9/items"}, {"GET", "/api/v1/items/abc-123"},
-		{"GET", "/users/12"}, {"GET", "/users/abc"}, {"GET", "/files/a/b/c.txt"},
-		{"GET", "/nope"}, {"GET", "/orders/1/nope"}, {"PUT", "/healthz"},
-		{"GET", "/things/missing"}, {"GET", "/things/x"},
-	}
-	for _, a := range "abcdefghij" {
-		for _, b := range "xyz" {
-			rs = append(rs, req{"GET", fmt.Sprintf("/api/v1/users/%c%c-smith", a, b)})
-		}
-	}
-	return rs
-}
+// mix is e2e.RouterMix, one of each request.
+func mix() []e2e.RouterRequest { return e2e.RouterMix() }
 
 const rounds, workers = 3, 4
 
@@ -151,7 +130,7 @@ const rounds, workers = 3, 4
 // requests got a response.
 func send(t *testing.T, addr string, h2 bool) int {
 	t.Helper()
-	jobs := make(chan req)
+	jobs := make(chan e2e.RouterRequest)
 	var mu sync.Mutex
 	var errs []error
 	n := 0
@@ -171,10 +150,10 @@ func send(t *testing.T, addr string, h2 bool) int {
 				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 			defer c.CloseIdleConnections()
 			for r := range jobs {
-				hr, _ := http.NewRequest(r.method, scheme+addr+r.path, nil)
+				hr, _ := http.NewRequest(r.Method, scheme+addr+r.Path, nil)
 				resp, err := c.Do(hr)
 				if err == nil && h2 && resp.ProtoMajor != 2 {
-					err = fmt.Errorf("%s %s: answered over %s, want HTTP/2", r.method, r.path, resp.Proto)
+					err = fmt.Errorf("%s %s: answered over %s, want HTTP/2", r.Method, r.Path, resp.Proto)
 				}
 				mu.Lock()
 				if err != nil {
