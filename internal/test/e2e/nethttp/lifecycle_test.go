@@ -36,8 +36,11 @@ func TestLateStartAndExit(t *testing.T) {
 	start := time.Now()
 	srv := e2e.Start(t, srvBin, nil)
 	o.WaitScrape(t, 5*time.Second, "the late process to be instrumented", instrumented(1))
-	if d := time.Since(start); d > 1500*time.Millisecond {
-		t.Errorf("instrumented %v after start, want within about a second", d)
+	// Discovery polls; attaching takes ~0.35 s on a quiet machine, 1.7 s
+	// was seen while the kube tests ran beside this package in a cold CI
+	// run: the bound catches a lost or slowed discovery, not load.
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("instrumented %v after start, want within a few seconds", d)
 	}
 	get(t, "http://"+srv.First+"/hello", 7)
 	o.WaitScrape(t, 5*time.Second, "7 requests", func(f map[string]*dto.MetricFamily) bool {
