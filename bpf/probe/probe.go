@@ -165,6 +165,9 @@ type Counter struct {
 // fills in the kernel. The loader sets the constants it names.
 type MetricsMap struct {
 	Map string
+	// Kind is the kind of every series in Map, so that a reader of one
+	// signal's series reads no other probe's map.
+	Kind Kind
 	// BoundsConst names a u64 array constant that receives the bucket upper
 	// bounds in ns, from the exported histogram's buckets.
 	BoundsConst string

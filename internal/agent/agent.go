@@ -738,7 +738,7 @@ func (a *Agent) active() ([]prom.Active, error) {
 func (a *Agent) kernelOf(kind probe.Kind) func() ([]prom.Kernel, error) {
 	var d deltas
 	return func() ([]prom.Kernel, error) {
-		hs, err := a.mgr.Histograms()
+		hs, err := a.mgr.Histograms(kind)
 		if kind == probe.KindHTTPServer {
 			for _, h := range hs {
 				if h.Kind == kind {

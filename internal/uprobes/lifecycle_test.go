@@ -87,7 +87,7 @@ func TestLoadWithoutLock(t *testing.T) {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(m.Collector())
-	within(t, 2*time.Second, "Histograms", func() { m.Histograms() })
+	within(t, 2*time.Second, "Histograms", func() { m.Histograms(probe.KindHTTPServer) })
 	within(t, 2*time.Second, "ActiveRequests", func() { m.ActiveRequests() })
 	within(t, 2*time.Second, "a scrape of the manager's metrics", func() { reg.Gather() })
 	within(t, 2*time.Second, "Detach of another process", func() { m.Detach(1 << 22) })

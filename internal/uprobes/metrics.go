@@ -63,15 +63,19 @@ func (m *Manager) setMetricsConsts(bin *loadedBinary, info *inspect.Binary, lp *
 	return set(mm.RodataEndConst, bin.static.End)
 }
 
-// Histograms returns the series every probe counted in the kernel for the
-// processes attached now, with their patterns resolved. Detach hands over
-// the final series of a process. It runs at scrape time.
-func (m *Manager) Histograms() ([]probe.Histogram, error) {
+// Histograms returns the series the probes of kind counted in the kernel
+// for the processes attached now, with their names resolved. Detach hands
+// over the final series of a process. It runs at scrape time, once per
+// signal: it reads only the maps of that signal's probes.
+func (m *Manager) Histograms(kind probe.Kind) ([]probe.Histogram, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []probe.Histogram
 	var errs []error
 	for _, lp := range m.probes {
+		if lp.Metrics.Kind != kind {
+			continue
+		}
 		hs, _, err := m.readMetrics(lp, func(pid uint32) bool { return m.procs[int(pid)] != nil })
 		out = append(out, hs...)
 		errs = append(errs, err)

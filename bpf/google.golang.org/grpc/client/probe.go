@@ -106,6 +106,7 @@ func New() *probe.Probe {
 		},
 		Metrics: probe.MetricsMap{
 			Map:         "rpc_client_metrics",
+			Kind:        probe.KindRPCClient,
 			BoundsConst: "duration_bounds_ns",
 			Decode:      DecodeMetric,
 			Names:       "rpc_client_names",

@@ -106,6 +106,7 @@ func New() *probe.Probe {
 		},
 		Metrics: probe.MetricsMap{
 			Map:         "rpc_server_metrics",
+			Kind:        probe.KindRPCServer,
 			BoundsConst: "duration_bounds_ns",
 			Decode:      DecodeMetric,
 			Names:       "rpc_server_names",

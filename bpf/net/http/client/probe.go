@@ -150,6 +150,7 @@ func New() *probe.Probe {
 		},
 		Metrics: probe.MetricsMap{
 			Map:         "http_client_metrics",
+			Kind:        probe.KindHTTPClient,
 			BoundsConst: "duration_bounds_ns",
 			Decode:      DecodeMetric,
 			Names:       "http_client_names",

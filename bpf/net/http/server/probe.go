@@ -174,6 +174,7 @@ func New() *probe.Probe {
 		},
 		Metrics: probe.MetricsMap{
 			Map:              "http_server_metrics",
+			Kind:             probe.KindHTTPServer,
 			BoundsConst:      "duration_bounds_ns",
 			RodataStartConst: "rodata_start",
 			RodataEndConst:   "rodata_end",
