@@ -26,7 +26,9 @@ const (
 	bpfObsdCounterCNT_TRACEPARENT_INVALID bpfObsdCounter = 8
 	bpfObsdCounterCNT_TRACECTX_UNREAD     bpfObsdCounter = 9
 	bpfObsdCounterCNT_CTX_MAP_FULL        bpfObsdCounter = 10
-	bpfObsdCounterCNT_MAX                 bpfObsdCounter = 11
+	bpfObsdCounterCNT_TCPCTX_CONN         bpfObsdCounter = 11
+	bpfObsdCounterCNT_TCPCTX_OUT_FULL     bpfObsdCounter = 12
+	bpfObsdCounterCNT_MAX                 bpfObsdCounter = 13
 )
 
 // Names of all BPF objects in the ELF.

@@ -55,6 +55,8 @@ enum obsd_counter {
 	CNT_TRACEPARENT_INVALID, /* an incoming traceparent was malformed or repeated: the span is a root */
 	CNT_TRACECTX_UNREAD,  /* the headers could not be read for trace context: the span is a root */
 	CNT_CTX_MAP_FULL,     /* the map of in-process parents is full: calls under this request start new traces */
+	CNT_TCPCTX_CONN,      /* --propagate=tcp: a connection not a *net.TCPConn (or TLS over one), or unreadable: no context crosses it */
+	CNT_TCPCTX_OUT_FULL,  /* --propagate=tcp: obsd_tcp_out full: this request carries no context */
 	CNT_MAX,
 };
 

@@ -50,7 +50,8 @@ struct tcpctx_out {
 	__u8 trace_id[16];
 	__u8 span_id[8];
 	__u8 flags;      /* W3C trace-flags; only TCPCTX_FLAG_SAMPLED crosses */
-	__u8 _pad[7];
+	__u8 _pad[3];
+	__u32 tgid;      /* the writer's process: user space deletes its entries when it exits */
 };
 
 /* obsd_tcp_in's value: the latest context that arrived on the connection. */
@@ -80,6 +81,17 @@ struct {
 	__type(key, struct tcpctx_key);
 	__type(value, struct tcpctx_in);
 } obsd_tcp_in SEC(".maps");
+
+/* Processes (tgid, as the initial pid namespace numbers them) whose new
+ * outgoing connections may carry context. A writer of obsd_tcp_out checks
+ * it first: only a sender's connections get the callbacks that use, and at
+ * close delete, an entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} obsd_tcp_senders SEC(".maps");
 
 /* The kernel fields read, relocated against the running kernel's BTF. */
 struct ns_common {

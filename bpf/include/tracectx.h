@@ -422,6 +422,21 @@ static __always_inline void tc_root(struct trace_ctx *tc)
 		tc->trace |= TR_SAMPLED;
 }
 
+/* tc_remote makes tc (span ID aside) the child of a parent in another
+ * process: trace ID hi/lo, span parent, sampled its W3C sampled flag,
+ * which parent_based samplers follow. */
+static __always_inline void tc_remote(struct trace_ctx *tc, u64 hi, u64 lo, u64 parent, u8 sampled)
+{
+	tc->trace_hi = hi;
+	tc->trace_lo = lo;
+	tc->parent_span = parent;
+	tc->tracestate_ptr = 0;
+	tc->tracestate_len = 0;
+	tc->trace = TR_REMOTE;
+	if (parent_based ? sampled : ((lo >> 1) < sample_bound))
+		tc->trace |= TR_SAMPLED;
+}
+
 /* tc_start decides the context of a span starting now. hdrs is the
  * request's map[string][]string of headers or metadata (0: none). Only
  * with spans on: without them no span is made, and nothing is read. */
@@ -449,9 +464,7 @@ static __noinline __attribute__((unused)) void tc_start(u64 hdrs, struct trace_c
 		}
 	}
 	if (parent) {
-		tc->trace = TR_REMOTE;
-		if (parent_based ? (flags & 1) : ((tc->trace_lo >> 1) < sample_bound))
-			tc->trace |= TR_SAMPLED;
+		tc_remote(tc, tc->trace_hi, tc->trace_lo, tc->parent_span, flags & 1);
 		/* tracestate goes with a valid traceparent only (W3C 3.3). */
 		if (f->state_n > 0 && f->state.len > 0 && f->state.len <= TRACESTATE_MAX) {
 			tc->tracestate_ptr = f->state.ptr;

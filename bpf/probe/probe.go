@@ -43,6 +43,10 @@ type Site struct {
 	// sync.(*Pool).Put of its request context, after the handler ran).
 	// VaddrConst is not set for such a site.
 	Calls string
+	// When, if set, names a bool constant of the probe (e.g.
+	// TCPPropagateConst): the site is attached only where the loader sets
+	// it true, so that a feature that is off costs no hit.
+	When string
 	// InlinedOK accepts a binary where Symbol is also inlined somewhere:
 	// the site wants only the calls that enter it (net/http.NotFound
 	// called through a handler value), not every call.

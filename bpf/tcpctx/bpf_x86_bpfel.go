@@ -52,7 +52,8 @@ type bpfTcpctxOut struct {
 	TraceId [16]uint8
 	SpanId  [8]uint8
 	Flags   uint8
-	Pad     [7]uint8
+	Pad     [3]uint8
+	Tgid    uint32
 }
 
 type bpfTcpctxRxKey struct {

@@ -47,15 +47,6 @@ struct {
 	__type(value, __u64);
 } obsd_tcp_counters SEC(".maps");
 
-/* Processes (tgid, as the initial pid namespace numbers them) whose new
- * outgoing connections may carry context. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32);
-	__type(value, __u8);
-} obsd_tcp_senders SEC(".maps");
-
 /* Local (netns, port) whose accepted connections are parsed; port 0 stands
  * for every port of the namespace. */
 struct tcpctx_rx_key {

@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel/metric"
@@ -83,8 +84,10 @@ type Agent struct {
 	watcher *discover.Watcher
 	kube    *kube.Source
 	checks  *health.Checker
-	beat    *health.Heartbeat
-	ln      net.Listener
+	// tcp is --propagate=tcp when active, else nil.
+	tcp  *tcpPropagation
+	beat *health.Heartbeat
+	ln   net.Listener
 
 	unattributed prometheus.Counter
 
@@ -230,6 +233,13 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 			return nil, fmt.Errorf("setting up trace export: %w", err)
 		}
 	}
+	var tcpRes propagate.Result
+	var tcpMaps map[string]*ebpf.Map
+	if cfg.Propagate.Has(propagate.TCP) {
+		if a.tcp, tcpRes = openTCP(spans, cfg.Logger); a.tcp != nil {
+			tcpMaps = a.tcp.p.Maps()
+		}
+	}
 	a.mgr, err = uprobes.New(uprobes.Options{
 		Logger:          cfg.Logger,
 		Sink:            a,
@@ -239,13 +249,16 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		KeepSlow:        cfg.KeepSlow,
 		KeepErrors:      cfg.KeepErrors,
 		DurationBuckets: prom.DurationBuckets,
+		TCPMaps:         tcpMaps,
 	})
 	if err != nil {
+		a.closeTCP()
 		return nil, fmt.Errorf("loading probes: %w", err)
 	}
 	a.spans, err = otelexport.New(ctx, otelexport.Options{Mode: cfg.Traces, Registerer: a.reg, Logger: cfg.Logger})
 	if err != nil {
 		a.mgr.Close()
+		a.closeTCP()
 		return nil, fmt.Errorf("setting up trace export: %w", err)
 	}
 	a.setSignals()
@@ -266,10 +279,14 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		}
 	}
 
-	// No mechanism carries context yet (issue 11 §3, §4); Setup says so
-	// instead of silently doing nothing.
-	prop := propagate.Setup(propagate.Options{Mode: cfg.Propagate, Logger: cfg.Logger})
+	// Setup reports each mechanism asked for; one that cannot work here
+	// says so instead of silently doing nothing.
+	prop := propagate.Setup(propagate.Options{Mode: cfg.Propagate, Logger: cfg.Logger,
+		TCP: func() propagate.Result { return tcpRes }})
 	a.reg.MustRegister(prop.Collector())
+	if a.tcp != nil {
+		a.reg.MustRegister(a.tcp.collectors()...)
+	}
 
 	a.watcher = discover.New(cfg.Criteria, discover.Options{Logger: cfg.Logger})
 	a.procs, a.delivered = a.mgr, a.watcher.Delivered
@@ -290,6 +307,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		if a.kube, err = kube.New(o); err != nil {
 			a.spans.Shutdown(ctx)
 			a.mgr.Close()
+			a.closeTCP()
 			return nil, err
 		}
 		a.reg.MustRegister(a.kube.Collector())
@@ -300,6 +318,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if err != nil {
 		a.spans.Shutdown(ctx)
 		a.mgr.Close()
+		a.closeTCP()
 		return nil, fmt.Errorf("listening on %s: %w", cfg.Listen, err)
 	}
 	return a, nil
@@ -380,6 +399,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Unlock()
 	mgrErr := a.mgr.Close()
 	a.ops.Wait()
+	if a.tcp != nil {
+		mgrErr = errors.Join(mgrErr, a.tcp.close())
+	}
 
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -505,6 +527,9 @@ func (a *Agent) attach(p discover.Process, attempt int) {
 	default:
 		args = append(args, "spans", "off (the service links the OTel SDK and traces itself; OTEL_GO_MANUAL=0 in its environment overrides)")
 	}
+	if a.tcp != nil && t.spans {
+		a.tcp.add(p.PID)
+	}
 	a.log.Info("instrumented process", args...)
 }
 
@@ -557,6 +582,9 @@ func (a *Agent) Removed(p discover.Process) {
 
 func (a *Agent) detach(p discover.Process) {
 	final, err := a.procs.Detach(p.PID)
+	if a.tcp != nil {
+		a.tcp.remove(p.PID)
+	}
 	if err != nil {
 		a.log.Warn("detaching exited process", "pid", p.PID, "err", err)
 	}

@@ -32,6 +32,10 @@ const (
 	ReasonProbeFailed    = "probe_failed"     // asking the kernel failed; nothing is known
 	ReasonNotImplemented = "not_implemented"  // the kernel allows it, obsd does not do it yet
 	ReasonNotWired       = "not_wired"        // this build has no such mechanism
+	// tcp only.
+	ReasonNoCgroupV2        = "no_cgroup_v2"       // no cgroup v2 hierarchy to attach the sock_ops program at
+	ReasonKernelUnsupported = "kernel_unsupported" // the kernel lacks the sock_ops header-option helpers (< 5.10)
+	ReasonTracesOff         = "traces_off"         // --traces none: no spans, no context to carry
 )
 
 // Result is the decision about one requested mechanism, taken once at

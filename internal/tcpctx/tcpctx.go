@@ -47,8 +47,9 @@ import (
 // Names of the maps a probe shares through ebpf.CollectionOptions'
 // MapReplacements (Maps returns them by these names).
 const (
-	MapOut = "obsd_tcp_out"
-	MapIn  = "obsd_tcp_in"
+	MapOut     = "obsd_tcp_out"
+	MapIn      = "obsd_tcp_in"
+	MapSenders = "obsd_tcp_senders"
 )
 
 // ErrNoCgroupV2 means no cgroup v2 hierarchy is mounted.
@@ -185,11 +186,11 @@ func (p *Propagator) Close() error {
 // Cgroup is the cgroup v2 directory the program is attached at.
 func (p *Propagator) Cgroup() string { return p.cgroup }
 
-// Maps returns obsd_tcp_out and obsd_tcp_in by name, for a probe's
-// ebpf.CollectionOptions.MapReplacements (its object declares them through
-// bpf/include/tcpctx.h).
+// Maps returns obsd_tcp_out, obsd_tcp_in and obsd_tcp_senders by name, for
+// a probe's ebpf.CollectionOptions.MapReplacements (its object declares
+// them through bpf/include/tcpctx.h).
 func (p *Propagator) Maps() map[string]*ebpf.Map {
-	return map[string]*ebpf.Map{MapOut: p.objs.Out, MapIn: p.objs.In}
+	return map[string]*ebpf.Map{MapOut: p.objs.Out, MapIn: p.objs.In, MapSenders: p.objs.Senders}
 }
 
 // AddSender lets the process tgid (as the host's pid namespace numbers it)
@@ -208,6 +209,37 @@ func (p *Propagator) RemoveSender(tgid uint32) error {
 		return fmt.Errorf("removing sender %d: %w", tgid, err)
 	}
 	return nil
+}
+
+// ForgetSender removes sender tgid and deletes the outgoing contexts its
+// probes left (struct tcpctx_out's tgid): a connection opened before
+// AddSender never gets the close callback that deletes its entry. Returns
+// how many entries were deleted.
+func (p *Propagator) ForgetSender(tgid uint32) (int, error) {
+	err := p.RemoveSender(tgid)
+	var (
+		k     bpf.Key
+		v     bpf.Out
+		stale []bpf.Key
+	)
+	it := p.objs.Out.Iterate()
+	for it.Next(&k, &v) {
+		if v.Tgid == tgid {
+			stale = append(stale, k)
+		}
+	}
+	if ierr := it.Err(); ierr != nil {
+		err = errors.Join(err, fmt.Errorf("reading the outgoing contexts: %w", ierr))
+	}
+	n := 0
+	for _, k := range stale {
+		if derr := p.objs.Out.Delete(k); derr == nil {
+			n++
+		} else if !errors.Is(derr, ebpf.ErrKeyNotExist) {
+			err = errors.Join(err, fmt.Errorf("deleting an outgoing context of %d: %w", tgid, derr))
+		}
+	}
+	return n, err
 }
 
 // AddReceiver parses the context of connections accepted from now on on

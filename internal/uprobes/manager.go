@@ -99,6 +99,12 @@ type Options struct {
 	// duration histogram; in-kernel histograms use the same. When it is
 	// empty, probes send a record per request.
 	DurationBuckets []float64
+	// TCPMaps, when set (--propagate=tcp active), are internal/tcpctx's
+	// maps by name (probe.TCPMaps): probes that carry trace context over
+	// TCP share them with its sock_ops program, and do so when Spans is
+	// set too. Nil: those probes' copies are one-entry placeholders and
+	// their When-TCP sites are not attached.
+	TCPMaps map[string]*ebpf.Map
 }
 
 // Manager attaches probes to processes. Methods are safe for concurrent use.
@@ -109,11 +115,13 @@ type Manager struct {
 	// constants (see Options).
 	parentBased, keepErrors bool
 	keepSlow                time.Duration
-	bounds                  []uint64 // DurationBuckets in ns
-	log                     *slog.Logger
-	offsets                 *offsets.Table
-	sink                    Sink
-	probes                  []*loadedProbe
+	// tcp is TCPPropagateConst: TCPMaps given and spans on.
+	tcp     bool
+	bounds  []uint64 // DurationBuckets in ns
+	log     *slog.Logger
+	offsets *offsets.Table
+	sink    Sink
+	probes  []*loadedProbe
 	// shared holds the maps all probes share (probe.SharedMapPrefix).
 	shared map[string]*ebpf.Map
 	stats  *stats
@@ -234,8 +242,9 @@ func New(o Options) (*Manager, error) {
 	for _, b := range o.DurationBuckets {
 		m.bounds = append(m.bounds, uint64(math.Round(b*1e9)))
 	}
+	m.tcp = o.Spans && o.TCPMaps != nil
 	for _, p := range o.Probes {
-		lp, err := loadProbe(p, m.shared)
+		lp, err := loadProbe(p, m.shared, o.TCPMaps)
 		if err == nil {
 			m.probes = append(m.probes, lp)
 			err = m.checkBounds(lp)
@@ -251,8 +260,8 @@ func New(o Options) (*Manager, error) {
 
 // loadProbe creates p's maps, except those named with probe.SharedMapPrefix,
 // which come from shared (created there by the first probe that has one),
-// and verifies its programs.
-func loadProbe(p *probe.Probe, shared map[string]*ebpf.Map) (*loadedProbe, error) {
+// and probe.TCPMaps, clones of tcp's when given, and verifies its programs.
+func loadProbe(p *probe.Probe, shared, tcp map[string]*ebpf.Map) (*loadedProbe, error) {
 	spec, err := p.Spec()
 	if err != nil {
 		return nil, fmt.Errorf("loading spec of probe %s: %w", p.Name, err)
@@ -298,8 +307,27 @@ func loadProbe(p *probe.Probe, shared map[string]*ebpf.Map) (*loadedProbe, error
 			lp.maps[name] = mp
 			continue
 		}
-		mp, err := ebpf.NewMap(ms)
+		var mp *ebpf.Map
+		var err error
+		switch {
+		case slices.Contains(probe.TCPMaps, name) && tcp != nil:
+			// A clone is the probe's own descriptor of tcpctx's map,
+			// closed with the probe's maps.
+			if mp, err = tcp[name].Clone(); err == nil {
+				err = ms.Compatible(mp)
+			}
+		case slices.Contains(probe.TCPMaps, name):
+			// Unused without --propagate=tcp (tcp_propagate stays 0);
+			// the spec says so too, or the map would not replace its own.
+			ms.MaxEntries = 1
+			mp, err = ebpf.NewMap(ms)
+		default:
+			mp, err = ebpf.NewMap(ms)
+		}
 		if err != nil {
+			if mp != nil {
+				mp.Close()
+			}
 			lp.close()
 			return nil, fmt.Errorf("creating map %s of probe %s: %w", name, p.Name, err)
 		}
@@ -641,6 +669,10 @@ func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *load
 	var offs [][]uint64
 	oneOf := map[string]bool{} // group -> one of its sites is present
 	for i, s := range lp.Sites {
+		if s.When != "" && !m.boolConst(s.When) {
+			offs = append(offs, nil) // a feature that is off: not attached
+			continue
+		}
 		if s.Returns || s.Calls != "" {
 			var rets []uint64
 			var err error
@@ -720,10 +752,11 @@ func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *load
 		}
 	}
 	for name, v := range map[string]any{
-		sampleBoundConst: m.sample,
-		parentBasedConst: m.parentBased,
-		keepSlowConst:    uint64(m.keepSlow.Nanoseconds()),
-		keepErrorsConst:  m.keepErrors,
+		sampleBoundConst:        m.sample,
+		parentBasedConst:        m.parentBased,
+		keepSlowConst:           uint64(m.keepSlow.Nanoseconds()),
+		keepErrorsConst:         m.keepErrors,
+		probe.TCPPropagateConst: m.tcp,
 	} {
 		if _, ok := spec.Variables[name]; ok {
 			if err := set(name, v); err != nil {
@@ -777,6 +810,12 @@ func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *load
 		return nil, nil, &inspect.Error{Reason: ReasonAttach, Err: fmt.Errorf("loading probe %s: %w", lp.Name, err)}
 	}
 	return offs, coll, nil
+}
+
+// boolConst is the value the loader gives the bool constant name, for a
+// Site's When.
+func (m *Manager) boolConst(name string) bool {
+	return name == probe.TCPPropagateConst && m.tcp
 }
 
 // notLinked says err is a probe's first site missing from the binary: the

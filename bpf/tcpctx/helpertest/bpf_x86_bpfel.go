@@ -45,17 +45,19 @@ type bpfTcpctxOut struct {
 	TraceId [16]uint8
 	SpanId  [8]uint8
 	Flags   uint8
-	Pad     [7]uint8
+	Pad     [3]uint8
+	Tgid    uint32
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	bpfMapObsdTcpIn  = "obsd_tcp_in"
-	bpfMapObsdTcpOut = "obsd_tcp_out"
-	bpfMapResults    = "results"
-	bpfProgGoKey     = "go_key"
+	bpfMapObsdTcpIn      = "obsd_tcp_in"
+	bpfMapObsdTcpOut     = "obsd_tcp_out"
+	bpfMapObsdTcpSenders = "obsd_tcp_senders"
+	bpfMapResults        = "results"
+	bpfProgGoKey         = "go_key"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -107,9 +109,10 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
-	ObsdTcpIn  *ebpf.MapSpec `ebpf:"obsd_tcp_in"`
-	ObsdTcpOut *ebpf.MapSpec `ebpf:"obsd_tcp_out"`
-	Results    *ebpf.MapSpec `ebpf:"results"`
+	ObsdTcpIn      *ebpf.MapSpec `ebpf:"obsd_tcp_in"`
+	ObsdTcpOut     *ebpf.MapSpec `ebpf:"obsd_tcp_out"`
+	ObsdTcpSenders *ebpf.MapSpec `ebpf:"obsd_tcp_senders"`
+	Results        *ebpf.MapSpec `ebpf:"results"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -138,15 +141,17 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
-	ObsdTcpIn  *ebpf.Map `ebpf:"obsd_tcp_in"`
-	ObsdTcpOut *ebpf.Map `ebpf:"obsd_tcp_out"`
-	Results    *ebpf.Map `ebpf:"results"`
+	ObsdTcpIn      *ebpf.Map `ebpf:"obsd_tcp_in"`
+	ObsdTcpOut     *ebpf.Map `ebpf:"obsd_tcp_out"`
+	ObsdTcpSenders *ebpf.Map `ebpf:"obsd_tcp_senders"`
+	Results        *ebpf.Map `ebpf:"results"`
 }
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.ObsdTcpIn,
 		m.ObsdTcpOut,
+		m.ObsdTcpSenders,
 		m.Results,
 	)
 }

@@ -117,7 +117,9 @@ const (
 	bpfObsdCounterCNT_TRACEPARENT_INVALID bpfObsdCounter = 8
 	bpfObsdCounterCNT_TRACECTX_UNREAD     bpfObsdCounter = 9
 	bpfObsdCounterCNT_CTX_MAP_FULL        bpfObsdCounter = 10
-	bpfObsdCounterCNT_MAX                 bpfObsdCounter = 11
+	bpfObsdCounterCNT_TCPCTX_CONN         bpfObsdCounter = 11
+	bpfObsdCounterCNT_TCPCTX_OUT_FULL     bpfObsdCounter = 12
+	bpfObsdCounterCNT_MAX                 bpfObsdCounter = 13
 )
 
 type bpfObsdName struct {
@@ -172,6 +174,35 @@ type bpfTcScratch struct {
 	_      [4]byte
 }
 
+type bpfTcpctxIn struct {
+	_        structs.HostLayout
+	TraceId  [16]uint8
+	SpanId   [8]uint8
+	Flags    uint8
+	Pad      [3]uint8
+	Gen      uint32
+	TakenGen uint32
+	Pad2     uint32
+}
+
+type bpfTcpctxKey struct {
+	_     structs.HostLayout
+	Netns uint32
+	Lport uint16
+	Rport uint16
+	Laddr [16]uint8
+	Raddr [16]uint8
+}
+
+type bpfTcpctxOut struct {
+	_       structs.HostLayout
+	TraceId [16]uint8
+	SpanId  [8]uint8
+	Flags   uint8
+	Pad     [3]uint8
+	Tgid    uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -186,6 +217,10 @@ const (
 	bpfMapObsdCounters              = "obsd_counters"
 	bpfMapObsdSharedCtxSpans        = "obsd_shared_ctx_spans"
 	bpfMapObsdTcScratch             = "obsd_tc_scratch"
+	bpfMapObsdTcpIn                 = "obsd_tcp_in"
+	bpfMapObsdTcpOut                = "obsd_tcp_out"
+	bpfMapObsdTcpSenders            = "obsd_tcp_senders"
+	bpfProgHttpClientConn           = "http_client_conn"
 	bpfProgHttpClientEnd            = "http_client_end"
 	bpfProgHttpClientStart          = "http_client_start"
 	bpfVarDurationBoundsNs          = "duration_bounds_ns"
@@ -196,20 +231,26 @@ const (
 	bpfVarFnOpError                 = "fn_op_error"
 	bpfVarFnPollDeadline            = "fn_poll_deadline"
 	bpfVarFnSyscallError            = "fn_syscall_error"
+	bpfVarFnTcpconnClose            = "fn_tcpconn_close"
 	bpfVarFnTlsAlert                = "fn_tls_alert"
 	bpfVarFnTlsRecord               = "fn_tls_record"
 	bpfVarFnTlsVerify               = "fn_tls_verify"
+	bpfVarFnTlsconnClose            = "fn_tlsconn_close"
 	bpfVarFnX509Hostname            = "fn_x509_hostname"
 	bpfVarFnX509UnknownCa           = "fn_x509_unknown_ca"
 	bpfVarHistBudgetSeries          = "hist_budget_series"
 	bpfVarKeepErrors                = "keep_errors"
 	bpfVarKeepSlowNs                = "keep_slow_ns"
+	bpfVarOffConnFd                 = "off_conn_fd"
 	bpfVarOffHmapB                  = "off_hmap_b"
 	bpfVarOffHmapBuckets            = "off_hmap_buckets"
 	bpfVarOffHmapFlags              = "off_hmap_flags"
 	bpfVarOffHmapOldbuckets         = "off_hmap_oldbuckets"
 	bpfVarOffHttperrorTimeout       = "off_httperror_timeout"
+	bpfVarOffNetfdLaddr             = "off_netfd_laddr"
+	bpfVarOffNetfdRaddr             = "off_netfd_raddr"
 	bpfVarOffOperrorErr             = "off_operror_err"
+	bpfVarOffPersistconnConn        = "off_persistconn_conn"
 	bpfVarOffRequestCtx             = "off_request_ctx"
 	bpfVarOffRequestMethod          = "off_request_method"
 	bpfVarOffRequestUrl             = "off_request_url"
@@ -222,6 +263,9 @@ const (
 	bpfVarOffSmapDirptr             = "off_smap_dirptr"
 	bpfVarOffStableGroups           = "off_stable_groups"
 	bpfVarOffSyscallerrorErr        = "off_syscallerror_err"
+	bpfVarOffTcpaddrIp              = "off_tcpaddr_ip"
+	bpfVarOffTcpaddrPort            = "off_tcpaddr_port"
+	bpfVarOffTlsconnConn            = "off_tlsconn_conn"
 	bpfVarOffUrlHost                = "off_url_host"
 	bpfVarOffUrlPath                = "off_url_path"
 	bpfVarOffUrlRawquery            = "off_url_rawquery"
@@ -229,6 +273,7 @@ const (
 	bpfVarParentBased               = "parent_based"
 	bpfVarSampleBound               = "sample_bound"
 	bpfVarStartSiteVaddr            = "start_site_vaddr"
+	bpfVarTcpPropagate              = "tcp_propagate"
 	bpfVarUnusedHist                = "unused_hist"
 	bpfVarUnusedHttpClientEvent     = "unused_http_client_event"
 	bpfVarUnusedHttpClientMetricKey = "unused_http_client_metric_key"
@@ -281,6 +326,7 @@ type bpfSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfProgramSpecs struct {
+	HttpClientConn  *ebpf.ProgramSpec `ebpf:"http_client_conn"`
 	HttpClientEnd   *ebpf.ProgramSpec `ebpf:"http_client_end"`
 	HttpClientStart *ebpf.ProgramSpec `ebpf:"http_client_start"`
 }
@@ -299,6 +345,9 @@ type bpfMapSpecs struct {
 	ObsdCounters          *ebpf.MapSpec `ebpf:"obsd_counters"`
 	ObsdSharedCtxSpans    *ebpf.MapSpec `ebpf:"obsd_shared_ctx_spans"`
 	ObsdTcScratch         *ebpf.MapSpec `ebpf:"obsd_tc_scratch"`
+	ObsdTcpIn             *ebpf.MapSpec `ebpf:"obsd_tcp_in"`
+	ObsdTcpOut            *ebpf.MapSpec `ebpf:"obsd_tcp_out"`
+	ObsdTcpSenders        *ebpf.MapSpec `ebpf:"obsd_tcp_senders"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -313,20 +362,26 @@ type bpfVariableSpecs struct {
 	FnOpError                 *ebpf.VariableSpec `ebpf:"fn_op_error"`
 	FnPollDeadline            *ebpf.VariableSpec `ebpf:"fn_poll_deadline"`
 	FnSyscallError            *ebpf.VariableSpec `ebpf:"fn_syscall_error"`
+	FnTcpconnClose            *ebpf.VariableSpec `ebpf:"fn_tcpconn_close"`
 	FnTlsAlert                *ebpf.VariableSpec `ebpf:"fn_tls_alert"`
 	FnTlsRecord               *ebpf.VariableSpec `ebpf:"fn_tls_record"`
 	FnTlsVerify               *ebpf.VariableSpec `ebpf:"fn_tls_verify"`
+	FnTlsconnClose            *ebpf.VariableSpec `ebpf:"fn_tlsconn_close"`
 	FnX509Hostname            *ebpf.VariableSpec `ebpf:"fn_x509_hostname"`
 	FnX509UnknownCa           *ebpf.VariableSpec `ebpf:"fn_x509_unknown_ca"`
 	HistBudgetSeries          *ebpf.VariableSpec `ebpf:"hist_budget_series"`
 	KeepErrors                *ebpf.VariableSpec `ebpf:"keep_errors"`
 	KeepSlowNs                *ebpf.VariableSpec `ebpf:"keep_slow_ns"`
+	OffConnFd                 *ebpf.VariableSpec `ebpf:"off_conn_fd"`
 	OffHmapB                  *ebpf.VariableSpec `ebpf:"off_hmap_b"`
 	OffHmapBuckets            *ebpf.VariableSpec `ebpf:"off_hmap_buckets"`
 	OffHmapFlags              *ebpf.VariableSpec `ebpf:"off_hmap_flags"`
 	OffHmapOldbuckets         *ebpf.VariableSpec `ebpf:"off_hmap_oldbuckets"`
 	OffHttperrorTimeout       *ebpf.VariableSpec `ebpf:"off_httperror_timeout"`
+	OffNetfdLaddr             *ebpf.VariableSpec `ebpf:"off_netfd_laddr"`
+	OffNetfdRaddr             *ebpf.VariableSpec `ebpf:"off_netfd_raddr"`
 	OffOperrorErr             *ebpf.VariableSpec `ebpf:"off_operror_err"`
+	OffPersistconnConn        *ebpf.VariableSpec `ebpf:"off_persistconn_conn"`
 	OffRequestCtx             *ebpf.VariableSpec `ebpf:"off_request_ctx"`
 	OffRequestMethod          *ebpf.VariableSpec `ebpf:"off_request_method"`
 	OffRequestUrl             *ebpf.VariableSpec `ebpf:"off_request_url"`
@@ -339,6 +394,9 @@ type bpfVariableSpecs struct {
 	OffSmapDirptr             *ebpf.VariableSpec `ebpf:"off_smap_dirptr"`
 	OffStableGroups           *ebpf.VariableSpec `ebpf:"off_stable_groups"`
 	OffSyscallerrorErr        *ebpf.VariableSpec `ebpf:"off_syscallerror_err"`
+	OffTcpaddrIp              *ebpf.VariableSpec `ebpf:"off_tcpaddr_ip"`
+	OffTcpaddrPort            *ebpf.VariableSpec `ebpf:"off_tcpaddr_port"`
+	OffTlsconnConn            *ebpf.VariableSpec `ebpf:"off_tlsconn_conn"`
 	OffUrlHost                *ebpf.VariableSpec `ebpf:"off_url_host"`
 	OffUrlPath                *ebpf.VariableSpec `ebpf:"off_url_path"`
 	OffUrlRawquery            *ebpf.VariableSpec `ebpf:"off_url_rawquery"`
@@ -346,6 +404,7 @@ type bpfVariableSpecs struct {
 	ParentBased               *ebpf.VariableSpec `ebpf:"parent_based"`
 	SampleBound               *ebpf.VariableSpec `ebpf:"sample_bound"`
 	StartSiteVaddr            *ebpf.VariableSpec `ebpf:"start_site_vaddr"`
+	TcpPropagate              *ebpf.VariableSpec `ebpf:"tcp_propagate"`
 	UnusedHist                *ebpf.VariableSpec `ebpf:"unused_hist"`
 	UnusedHttpClientEvent     *ebpf.VariableSpec `ebpf:"unused_http_client_event"`
 	UnusedHttpClientMetricKey *ebpf.VariableSpec `ebpf:"unused_http_client_metric_key"`
@@ -386,6 +445,9 @@ type bpfMaps struct {
 	ObsdCounters          *ebpf.Map `ebpf:"obsd_counters"`
 	ObsdSharedCtxSpans    *ebpf.Map `ebpf:"obsd_shared_ctx_spans"`
 	ObsdTcScratch         *ebpf.Map `ebpf:"obsd_tc_scratch"`
+	ObsdTcpIn             *ebpf.Map `ebpf:"obsd_tcp_in"`
+	ObsdTcpOut            *ebpf.Map `ebpf:"obsd_tcp_out"`
+	ObsdTcpSenders        *ebpf.Map `ebpf:"obsd_tcp_senders"`
 }
 
 func (m *bpfMaps) Close() error {
@@ -400,6 +462,9 @@ func (m *bpfMaps) Close() error {
 		m.ObsdCounters,
 		m.ObsdSharedCtxSpans,
 		m.ObsdTcScratch,
+		m.ObsdTcpIn,
+		m.ObsdTcpOut,
+		m.ObsdTcpSenders,
 	)
 }
 
@@ -415,20 +480,26 @@ type bpfVariables struct {
 	FnOpError                 *ebpf.Variable `ebpf:"fn_op_error"`
 	FnPollDeadline            *ebpf.Variable `ebpf:"fn_poll_deadline"`
 	FnSyscallError            *ebpf.Variable `ebpf:"fn_syscall_error"`
+	FnTcpconnClose            *ebpf.Variable `ebpf:"fn_tcpconn_close"`
 	FnTlsAlert                *ebpf.Variable `ebpf:"fn_tls_alert"`
 	FnTlsRecord               *ebpf.Variable `ebpf:"fn_tls_record"`
 	FnTlsVerify               *ebpf.Variable `ebpf:"fn_tls_verify"`
+	FnTlsconnClose            *ebpf.Variable `ebpf:"fn_tlsconn_close"`
 	FnX509Hostname            *ebpf.Variable `ebpf:"fn_x509_hostname"`
 	FnX509UnknownCa           *ebpf.Variable `ebpf:"fn_x509_unknown_ca"`
 	HistBudgetSeries          *ebpf.Variable `ebpf:"hist_budget_series"`
 	KeepErrors                *ebpf.Variable `ebpf:"keep_errors"`
 	KeepSlowNs                *ebpf.Variable `ebpf:"keep_slow_ns"`
+	OffConnFd                 *ebpf.Variable `ebpf:"off_conn_fd"`
 	OffHmapB                  *ebpf.Variable `ebpf:"off_hmap_b"`
 	OffHmapBuckets            *ebpf.Variable `ebpf:"off_hmap_buckets"`
 	OffHmapFlags              *ebpf.Variable `ebpf:"off_hmap_flags"`
 	OffHmapOldbuckets         *ebpf.Variable `ebpf:"off_hmap_oldbuckets"`
 	OffHttperrorTimeout       *ebpf.Variable `ebpf:"off_httperror_timeout"`
+	OffNetfdLaddr             *ebpf.Variable `ebpf:"off_netfd_laddr"`
+	OffNetfdRaddr             *ebpf.Variable `ebpf:"off_netfd_raddr"`
 	OffOperrorErr             *ebpf.Variable `ebpf:"off_operror_err"`
+	OffPersistconnConn        *ebpf.Variable `ebpf:"off_persistconn_conn"`
 	OffRequestCtx             *ebpf.Variable `ebpf:"off_request_ctx"`
 	OffRequestMethod          *ebpf.Variable `ebpf:"off_request_method"`
 	OffRequestUrl             *ebpf.Variable `ebpf:"off_request_url"`
@@ -441,6 +512,9 @@ type bpfVariables struct {
 	OffSmapDirptr             *ebpf.Variable `ebpf:"off_smap_dirptr"`
 	OffStableGroups           *ebpf.Variable `ebpf:"off_stable_groups"`
 	OffSyscallerrorErr        *ebpf.Variable `ebpf:"off_syscallerror_err"`
+	OffTcpaddrIp              *ebpf.Variable `ebpf:"off_tcpaddr_ip"`
+	OffTcpaddrPort            *ebpf.Variable `ebpf:"off_tcpaddr_port"`
+	OffTlsconnConn            *ebpf.Variable `ebpf:"off_tlsconn_conn"`
 	OffUrlHost                *ebpf.Variable `ebpf:"off_url_host"`
 	OffUrlPath                *ebpf.Variable `ebpf:"off_url_path"`
 	OffUrlRawquery            *ebpf.Variable `ebpf:"off_url_rawquery"`
@@ -448,6 +522,7 @@ type bpfVariables struct {
 	ParentBased               *ebpf.Variable `ebpf:"parent_based"`
 	SampleBound               *ebpf.Variable `ebpf:"sample_bound"`
 	StartSiteVaddr            *ebpf.Variable `ebpf:"start_site_vaddr"`
+	TcpPropagate              *ebpf.Variable `ebpf:"tcp_propagate"`
 	UnusedHist                *ebpf.Variable `ebpf:"unused_hist"`
 	UnusedHttpClientEvent     *ebpf.Variable `ebpf:"unused_http_client_event"`
 	UnusedHttpClientMetricKey *ebpf.Variable `ebpf:"unused_http_client_metric_key"`
@@ -462,12 +537,14 @@ type bpfVariables struct {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfPrograms struct {
+	HttpClientConn  *ebpf.Program `ebpf:"http_client_conn"`
 	HttpClientEnd   *ebpf.Program `ebpf:"http_client_end"`
 	HttpClientStart *ebpf.Program `ebpf:"http_client_start"`
 }
 
 func (p *bpfPrograms) Close() error {
 	return _BpfClose(
+		p.HttpClientConn,
 		p.HttpClientEnd,
 		p.HttpClientStart,
 	)

@@ -16,6 +16,13 @@
  *        call; a RET probe is the exact end (see the README for its cost).
  * In-flight state is keyed by (tgid, g): a goroutine runs one roundTrip at
  * a time, and R14 is g at the RET as at the entry.
+ * With --propagate=tcp (goconn.h), a third site: the entry of
+ *        (*persistConn).roundTrip(pc, treq), on the same goroutine once the
+ *        HTTP/1 connection is chosen and before the writeLoop writes the
+ *        request: the connection then carries the round trip's context
+ *        (the server's parent) until the next request on it replaces it.
+ *        HTTP/2 round trips never get there: a multiplexed connection
+ *        carries no context.
  * A round trip not sampled for a span is counted in the kernel (metrics.h)
  * under (tgid, status, error kind, protocol, hash of its method, scheme
  * and host): its path and query are never read. A record goes out for a
@@ -24,6 +31,7 @@
  */
 #include "obsd.h"
 #include "tracectx.h"
+#include "goconn.h"
 #include "metrics.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
@@ -49,6 +57,7 @@ volatile const u64 off_syscallerror_err = OFF_NONE;
 volatile const u64 off_httperror_timeout = OFF_NONE;
 
 volatile const u64 off_request_ctx = OFF_NONE; /* an interface: data word at +8 */
+volatile const u64 off_persistconn_conn = OFF_NONE; /* --propagate=tcp: persistConn.conn, the net.Conn */
 
 /* Link-time address of the entry site, for the load bias of a PIE. */
 volatile const u64 start_site_vaddr = 0;
@@ -461,5 +470,24 @@ int http_client_end(struct pt_regs *ctx)
 		used = PATH_MAX_LEN + QUERY_MAX;
 	if (bpf_ringbuf_output(&events, sc, sizeof(sc->h) + used, BPF_RB_NO_WAKEUP) != 0)
 		count(CNT_RINGBUF_FULL);
+	return 0;
+}
+
+/* (*persistConn).roundTrip(pc, treq), only with --propagate=tcp: the
+ * round trip in flight on this goroutine is about to be written on pc's
+ * connection. */
+SEC("uprobe.multi")
+int http_client_conn(struct pt_regs *ctx)
+{
+	if (!tcp_propagate || off_persistconn_conn == OFF_NONE)
+		return 0;
+	struct inflight_key key = key_of(ctx);
+	struct inflight *in = bpf_map_lookup_elem(&http_client_inflight, &key);
+	u64 pc = GO_ARG1(ctx);
+	if (!in || !pc)
+		return 0;
+	struct tcpctx_key k;
+	if (goconn_key(pc + off_persistconn_conn, in->bias, &k) == 0)
+		goconn_out(&k, &in->tc, key.tgid);
 	return 0;
 }

@@ -96,8 +96,9 @@ func New() *probe.Probe {
 		Sites: []probe.Site{
 			{Symbol: roundTrip, Program: "http_client_start", VaddrConst: "start_site_vaddr"},
 			{Symbol: roundTrip, Program: "http_client_end", Returns: true},
+			{Symbol: "net/http.(*persistConn).roundTrip", Program: "http_client_conn", Optional: true, When: probe.TCPPropagateConst},
 		},
-		Consts: []probe.Const{
+		Consts: append([]probe.Const{
 			{Name: "off_request_method", Field: field("net/http", "Request", "Method")},
 			{Name: "off_request_url", Field: field("net/http", "Request", "URL")},
 			{Name: "off_url_scheme", Field: field("net/url", "URL", "Scheme")},
@@ -114,8 +115,10 @@ func New() *probe.Probe {
 			// Trace context only: the request's context, walked for the
 			// server span it was made under.
 			{Name: "off_request_ctx", Field: field("net/http", "Request", "ctx"), Optional: true, Secondary: true},
-		},
-		Funcs: []probe.FuncConst{
+			// --propagate=tcp only: the round trip's HTTP/1 connection.
+			{Name: "off_persistconn_conn", Field: field("net/http", "persistConn", "conn"), Optional: true, Secondary: true},
+		}, probe.TCPConnConsts()...),
+		Funcs: append([]probe.FuncConst{
 			{Name: "fn_op_error", Symbol: "net.(*OpError).Error", Optional: true},
 			{Name: "fn_syscall_error", Symbol: "os.(*SyscallError).Error", Optional: true},
 			{Name: "fn_poll_deadline", Symbol: "internal/poll.(*DeadlineExceededError).Error", Optional: true},
@@ -128,7 +131,7 @@ func New() *probe.Probe {
 			{Name: "fn_tls_alert", Symbol: "crypto/tls.(*AlertError).Error", Optional: true},
 			{Name: "fn_x509_unknown_ca", Symbol: "crypto/x509.(*UnknownAuthorityError).Error", Optional: true},
 			{Name: "fn_x509_hostname", Symbol: "crypto/x509.(*HostnameError).Error", Optional: true},
-		},
+		}, probe.TCPConnFuncs()...),
 		Counters: []probe.Counter{
 			{Index: uint32(bpfObsdCounterCNT_RINGBUF_FULL), Reason: "ringbuf_full", Lost: true},
 			{Index: uint32(bpfObsdCounterCNT_INFLIGHT_FULL), Reason: "inflight_map_full", Lost: true},
@@ -140,6 +143,11 @@ func New() *probe.Probe {
 			// process past its budget of series: sent as records instead.
 			{Index: uint32(bpfObsdCounterCNT_METRICS_FULL), Reason: "metrics_map_full"},
 			{Index: uint32(bpfObsdCounterCNT_METRICS_BUDGET), Reason: "metrics_budget"},
+			// --propagate=tcp: a round trip whose connection obsd cannot
+			// name (a custom DialContext's wrapped net.Conn), or a full
+			// obsd_tcp_out: its server starts a new trace.
+			{Index: uint32(bpfObsdCounterCNT_TCPCTX_CONN), Reason: "tcp_context_conn_unknown"},
+			{Index: uint32(bpfObsdCounterCNT_TCPCTX_OUT_FULL), Reason: "tcp_context_map_full"},
 		},
 		ProcessMaps: map[string]int{
 			"http_client_inflight": int(unsafe.Offsetof(bpfInflightKey{}.Tgid)),

@@ -109,8 +109,12 @@ func TestDeclaration(t *testing.T) {
 			t.Errorf("constant %q not in the BPF object", n)
 		}
 	}
-	if len(p.Sites) != 2 || p.Sites[0].Returns || !p.Sites[1].Returns || p.Sites[0].Symbol != p.Sites[1].Symbol {
-		t.Errorf("sites = %+v, want the entry and the RETs of one function", p.Sites)
+	if len(p.Sites) != 3 || p.Sites[0].Returns || !p.Sites[1].Returns || p.Sites[0].Symbol != p.Sites[1].Symbol {
+		t.Errorf("sites = %+v, want the entry and the RETs of one function, then the connection's site", p.Sites)
+	}
+	// The third costs a hit per request: only with --propagate=tcp.
+	if len(p.Sites) == 3 && p.Sites[2].When != probe.TCPPropagateConst {
+		t.Errorf("site %s attached without --propagate=tcp too (When %q)", p.Sites[2].Symbol, p.Sites[2].When)
 	}
 	if off := int(unsafe.Offsetof(bpfHttpClientEvent{}.Method)); off%8 != 0 {
 		t.Errorf("method at %d: the record's strings should start aligned", off)

@@ -123,7 +123,9 @@ const (
 	bpfObsdCounterCNT_TRACEPARENT_INVALID bpfObsdCounter = 8
 	bpfObsdCounterCNT_TRACECTX_UNREAD     bpfObsdCounter = 9
 	bpfObsdCounterCNT_CTX_MAP_FULL        bpfObsdCounter = 10
-	bpfObsdCounterCNT_MAX                 bpfObsdCounter = 11
+	bpfObsdCounterCNT_TCPCTX_CONN         bpfObsdCounter = 11
+	bpfObsdCounterCNT_TCPCTX_OUT_FULL     bpfObsdCounter = 12
+	bpfObsdCounterCNT_MAX                 bpfObsdCounter = 13
 )
 
 type bpfRoute struct {
@@ -214,6 +216,35 @@ type bpfTcScratch struct {
 	_      [4]byte
 }
 
+type bpfTcpctxIn struct {
+	_        structs.HostLayout
+	TraceId  [16]uint8
+	SpanId   [8]uint8
+	Flags    uint8
+	Pad      [3]uint8
+	Gen      uint32
+	TakenGen uint32
+	Pad2     uint32
+}
+
+type bpfTcpctxKey struct {
+	_     structs.HostLayout
+	Netns uint32
+	Lport uint16
+	Rport uint16
+	Laddr [16]uint8
+	Raddr [16]uint8
+}
+
+type bpfTcpctxOut struct {
+	_       structs.HostLayout
+	TraceId [16]uint8
+	SpanId  [8]uint8
+	Flags   uint8
+	Pad     [3]uint8
+	Tgid    uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -230,6 +261,9 @@ const (
 	bpfMapObsdSharedRouteCtx        = "obsd_shared_route_ctx"
 	bpfMapObsdSharedRouteCtxOn      = "obsd_shared_route_ctx_on"
 	bpfMapObsdTcScratch             = "obsd_tc_scratch"
+	bpfMapObsdTcpIn                 = "obsd_tcp_in"
+	bpfMapObsdTcpOut                = "obsd_tcp_out"
+	bpfMapObsdTcpSenders            = "obsd_tcp_senders"
 	bpfMapRouteScratch              = "route_scratch"
 	bpfProgHttpServerClose          = "http_server_close"
 	bpfProgHttpServerEnd            = "http_server_end"
@@ -246,12 +280,17 @@ const (
 	bpfVarCloseSiteVaddr            = "close_site_vaddr"
 	bpfVarDurationBoundsNs          = "duration_bounds_ns"
 	bpfVarEndSiteVaddr              = "end_site_vaddr"
+	bpfVarExpectSiteVaddr           = "expect_site_vaddr"
+	bpfVarFnTcpconnClose            = "fn_tcpconn_close"
+	bpfVarFnTlsconnClose            = "fn_tlsconn_close"
 	bpfVarH2EndSiteVaddr            = "h2_end_site_vaddr"
 	bpfVarH2PanicSiteVaddr          = "h2_panic_site_vaddr"
 	bpfVarHijackSiteVaddr           = "hijack_site_vaddr"
 	bpfVarHistBudgetSeries          = "hist_budget_series"
 	bpfVarKeepErrors                = "keep_errors"
 	bpfVarKeepSlowNs                = "keep_slow_ns"
+	bpfVarOffConnFd                 = "off_conn_fd"
+	bpfVarOffConnRwc                = "off_conn_rwc"
 	bpfVarOffH2RwsConn              = "off_h2_rws_conn"
 	bpfVarOffH2RwsStatus            = "off_h2_rws_status"
 	bpfVarOffH2RwsStream            = "off_h2_rws_stream"
@@ -262,6 +301,8 @@ const (
 	bpfVarOffHmapBuckets            = "off_hmap_buckets"
 	bpfVarOffHmapFlags              = "off_hmap_flags"
 	bpfVarOffHmapOldbuckets         = "off_hmap_oldbuckets"
+	bpfVarOffNetfdLaddr             = "off_netfd_laddr"
+	bpfVarOffNetfdRaddr             = "off_netfd_raddr"
 	bpfVarOffPatternStr             = "off_pattern_str"
 	bpfVarOffRequestCtx             = "off_request_ctx"
 	bpfVarOffRequestHeader          = "off_request_header"
@@ -272,6 +313,7 @@ const (
 	bpfVarOffRequestProtoMinor      = "off_request_proto_minor"
 	bpfVarOffRequestTls             = "off_request_tls"
 	bpfVarOffRequestUrl             = "off_request_url"
+	bpfVarOffResponseConn           = "off_response_conn"
 	bpfVarOffResponseReq            = "off_response_req"
 	bpfVarOffResponseStatus         = "off_response_status"
 	bpfVarOffSgroupsData            = "off_sgroups_data"
@@ -279,6 +321,9 @@ const (
 	bpfVarOffSmapDirlen             = "off_smap_dirlen"
 	bpfVarOffSmapDirptr             = "off_smap_dirptr"
 	bpfVarOffStableGroups           = "off_stable_groups"
+	bpfVarOffTcpaddrIp              = "off_tcpaddr_ip"
+	bpfVarOffTcpaddrPort            = "off_tcpaddr_port"
+	bpfVarOffTlsconnConn            = "off_tlsconn_conn"
 	bpfVarOffUrlPath                = "off_url_path"
 	bpfVarOffXh2RwsConn             = "off_xh2_rws_conn"
 	bpfVarOffXh2RwsStatus           = "off_xh2_rws_status"
@@ -292,6 +337,7 @@ const (
 	bpfVarRodataStart               = "rodata_start"
 	bpfVarSampleBound               = "sample_bound"
 	bpfVarStartSiteVaddr            = "start_site_vaddr"
+	bpfVarTcpPropagate              = "tcp_propagate"
 	bpfVarUnusedBudget              = "unused_budget"
 	bpfVarUnusedHttpServerEvent     = "unused_http_server_event"
 	bpfVarUnusedHttpServerMetric    = "unused_http_server_metric"
@@ -374,6 +420,9 @@ type bpfMapSpecs struct {
 	ObsdSharedRouteCtx   *ebpf.MapSpec `ebpf:"obsd_shared_route_ctx"`
 	ObsdSharedRouteCtxOn *ebpf.MapSpec `ebpf:"obsd_shared_route_ctx_on"`
 	ObsdTcScratch        *ebpf.MapSpec `ebpf:"obsd_tc_scratch"`
+	ObsdTcpIn            *ebpf.MapSpec `ebpf:"obsd_tcp_in"`
+	ObsdTcpOut           *ebpf.MapSpec `ebpf:"obsd_tcp_out"`
+	ObsdTcpSenders       *ebpf.MapSpec `ebpf:"obsd_tcp_senders"`
 	RouteScratch         *ebpf.MapSpec `ebpf:"route_scratch"`
 }
 
@@ -386,12 +435,17 @@ type bpfVariableSpecs struct {
 	CloseSiteVaddr            *ebpf.VariableSpec `ebpf:"close_site_vaddr"`
 	DurationBoundsNs          *ebpf.VariableSpec `ebpf:"duration_bounds_ns"`
 	EndSiteVaddr              *ebpf.VariableSpec `ebpf:"end_site_vaddr"`
+	ExpectSiteVaddr           *ebpf.VariableSpec `ebpf:"expect_site_vaddr"`
+	FnTcpconnClose            *ebpf.VariableSpec `ebpf:"fn_tcpconn_close"`
+	FnTlsconnClose            *ebpf.VariableSpec `ebpf:"fn_tlsconn_close"`
 	H2EndSiteVaddr            *ebpf.VariableSpec `ebpf:"h2_end_site_vaddr"`
 	H2PanicSiteVaddr          *ebpf.VariableSpec `ebpf:"h2_panic_site_vaddr"`
 	HijackSiteVaddr           *ebpf.VariableSpec `ebpf:"hijack_site_vaddr"`
 	HistBudgetSeries          *ebpf.VariableSpec `ebpf:"hist_budget_series"`
 	KeepErrors                *ebpf.VariableSpec `ebpf:"keep_errors"`
 	KeepSlowNs                *ebpf.VariableSpec `ebpf:"keep_slow_ns"`
+	OffConnFd                 *ebpf.VariableSpec `ebpf:"off_conn_fd"`
+	OffConnRwc                *ebpf.VariableSpec `ebpf:"off_conn_rwc"`
 	OffH2RwsConn              *ebpf.VariableSpec `ebpf:"off_h2_rws_conn"`
 	OffH2RwsStatus            *ebpf.VariableSpec `ebpf:"off_h2_rws_status"`
 	OffH2RwsStream            *ebpf.VariableSpec `ebpf:"off_h2_rws_stream"`
@@ -402,6 +456,8 @@ type bpfVariableSpecs struct {
 	OffHmapBuckets            *ebpf.VariableSpec `ebpf:"off_hmap_buckets"`
 	OffHmapFlags              *ebpf.VariableSpec `ebpf:"off_hmap_flags"`
 	OffHmapOldbuckets         *ebpf.VariableSpec `ebpf:"off_hmap_oldbuckets"`
+	OffNetfdLaddr             *ebpf.VariableSpec `ebpf:"off_netfd_laddr"`
+	OffNetfdRaddr             *ebpf.VariableSpec `ebpf:"off_netfd_raddr"`
 	OffPatternStr             *ebpf.VariableSpec `ebpf:"off_pattern_str"`
 	OffRequestCtx             *ebpf.VariableSpec `ebpf:"off_request_ctx"`
 	OffRequestHeader          *ebpf.VariableSpec `ebpf:"off_request_header"`
@@ -412,6 +468,7 @@ type bpfVariableSpecs struct {
 	OffRequestProtoMinor      *ebpf.VariableSpec `ebpf:"off_request_proto_minor"`
 	OffRequestTls             *ebpf.VariableSpec `ebpf:"off_request_tls"`
 	OffRequestUrl             *ebpf.VariableSpec `ebpf:"off_request_url"`
+	OffResponseConn           *ebpf.VariableSpec `ebpf:"off_response_conn"`
 	OffResponseReq            *ebpf.VariableSpec `ebpf:"off_response_req"`
 	OffResponseStatus         *ebpf.VariableSpec `ebpf:"off_response_status"`
 	OffSgroupsData            *ebpf.VariableSpec `ebpf:"off_sgroups_data"`
@@ -419,6 +476,9 @@ type bpfVariableSpecs struct {
 	OffSmapDirlen             *ebpf.VariableSpec `ebpf:"off_smap_dirlen"`
 	OffSmapDirptr             *ebpf.VariableSpec `ebpf:"off_smap_dirptr"`
 	OffStableGroups           *ebpf.VariableSpec `ebpf:"off_stable_groups"`
+	OffTcpaddrIp              *ebpf.VariableSpec `ebpf:"off_tcpaddr_ip"`
+	OffTcpaddrPort            *ebpf.VariableSpec `ebpf:"off_tcpaddr_port"`
+	OffTlsconnConn            *ebpf.VariableSpec `ebpf:"off_tlsconn_conn"`
 	OffUrlPath                *ebpf.VariableSpec `ebpf:"off_url_path"`
 	OffXh2RwsConn             *ebpf.VariableSpec `ebpf:"off_xh2_rws_conn"`
 	OffXh2RwsStatus           *ebpf.VariableSpec `ebpf:"off_xh2_rws_status"`
@@ -432,6 +492,7 @@ type bpfVariableSpecs struct {
 	RodataStart               *ebpf.VariableSpec `ebpf:"rodata_start"`
 	SampleBound               *ebpf.VariableSpec `ebpf:"sample_bound"`
 	StartSiteVaddr            *ebpf.VariableSpec `ebpf:"start_site_vaddr"`
+	TcpPropagate              *ebpf.VariableSpec `ebpf:"tcp_propagate"`
 	UnusedBudget              *ebpf.VariableSpec `ebpf:"unused_budget"`
 	UnusedHttpServerEvent     *ebpf.VariableSpec `ebpf:"unused_http_server_event"`
 	UnusedHttpServerMetric    *ebpf.VariableSpec `ebpf:"unused_http_server_metric"`
@@ -476,6 +537,9 @@ type bpfMaps struct {
 	ObsdSharedRouteCtx   *ebpf.Map `ebpf:"obsd_shared_route_ctx"`
 	ObsdSharedRouteCtxOn *ebpf.Map `ebpf:"obsd_shared_route_ctx_on"`
 	ObsdTcScratch        *ebpf.Map `ebpf:"obsd_tc_scratch"`
+	ObsdTcpIn            *ebpf.Map `ebpf:"obsd_tcp_in"`
+	ObsdTcpOut           *ebpf.Map `ebpf:"obsd_tcp_out"`
+	ObsdTcpSenders       *ebpf.Map `ebpf:"obsd_tcp_senders"`
 	RouteScratch         *ebpf.Map `ebpf:"route_scratch"`
 }
 
@@ -493,6 +557,9 @@ func (m *bpfMaps) Close() error {
 		m.ObsdSharedRouteCtx,
 		m.ObsdSharedRouteCtxOn,
 		m.ObsdTcScratch,
+		m.ObsdTcpIn,
+		m.ObsdTcpOut,
+		m.ObsdTcpSenders,
 		m.RouteScratch,
 	)
 }
@@ -506,12 +573,17 @@ type bpfVariables struct {
 	CloseSiteVaddr            *ebpf.Variable `ebpf:"close_site_vaddr"`
 	DurationBoundsNs          *ebpf.Variable `ebpf:"duration_bounds_ns"`
 	EndSiteVaddr              *ebpf.Variable `ebpf:"end_site_vaddr"`
+	ExpectSiteVaddr           *ebpf.Variable `ebpf:"expect_site_vaddr"`
+	FnTcpconnClose            *ebpf.Variable `ebpf:"fn_tcpconn_close"`
+	FnTlsconnClose            *ebpf.Variable `ebpf:"fn_tlsconn_close"`
 	H2EndSiteVaddr            *ebpf.Variable `ebpf:"h2_end_site_vaddr"`
 	H2PanicSiteVaddr          *ebpf.Variable `ebpf:"h2_panic_site_vaddr"`
 	HijackSiteVaddr           *ebpf.Variable `ebpf:"hijack_site_vaddr"`
 	HistBudgetSeries          *ebpf.Variable `ebpf:"hist_budget_series"`
 	KeepErrors                *ebpf.Variable `ebpf:"keep_errors"`
 	KeepSlowNs                *ebpf.Variable `ebpf:"keep_slow_ns"`
+	OffConnFd                 *ebpf.Variable `ebpf:"off_conn_fd"`
+	OffConnRwc                *ebpf.Variable `ebpf:"off_conn_rwc"`
 	OffH2RwsConn              *ebpf.Variable `ebpf:"off_h2_rws_conn"`
 	OffH2RwsStatus            *ebpf.Variable `ebpf:"off_h2_rws_status"`
 	OffH2RwsStream            *ebpf.Variable `ebpf:"off_h2_rws_stream"`
@@ -522,6 +594,8 @@ type bpfVariables struct {
 	OffHmapBuckets            *ebpf.Variable `ebpf:"off_hmap_buckets"`
 	OffHmapFlags              *ebpf.Variable `ebpf:"off_hmap_flags"`
 	OffHmapOldbuckets         *ebpf.Variable `ebpf:"off_hmap_oldbuckets"`
+	OffNetfdLaddr             *ebpf.Variable `ebpf:"off_netfd_laddr"`
+	OffNetfdRaddr             *ebpf.Variable `ebpf:"off_netfd_raddr"`
 	OffPatternStr             *ebpf.Variable `ebpf:"off_pattern_str"`
 	OffRequestCtx             *ebpf.Variable `ebpf:"off_request_ctx"`
 	OffRequestHeader          *ebpf.Variable `ebpf:"off_request_header"`
@@ -532,6 +606,7 @@ type bpfVariables struct {
 	OffRequestProtoMinor      *ebpf.Variable `ebpf:"off_request_proto_minor"`
 	OffRequestTls             *ebpf.Variable `ebpf:"off_request_tls"`
 	OffRequestUrl             *ebpf.Variable `ebpf:"off_request_url"`
+	OffResponseConn           *ebpf.Variable `ebpf:"off_response_conn"`
 	OffResponseReq            *ebpf.Variable `ebpf:"off_response_req"`
 	OffResponseStatus         *ebpf.Variable `ebpf:"off_response_status"`
 	OffSgroupsData            *ebpf.Variable `ebpf:"off_sgroups_data"`
@@ -539,6 +614,9 @@ type bpfVariables struct {
 	OffSmapDirlen             *ebpf.Variable `ebpf:"off_smap_dirlen"`
 	OffSmapDirptr             *ebpf.Variable `ebpf:"off_smap_dirptr"`
 	OffStableGroups           *ebpf.Variable `ebpf:"off_stable_groups"`
+	OffTcpaddrIp              *ebpf.Variable `ebpf:"off_tcpaddr_ip"`
+	OffTcpaddrPort            *ebpf.Variable `ebpf:"off_tcpaddr_port"`
+	OffTlsconnConn            *ebpf.Variable `ebpf:"off_tlsconn_conn"`
 	OffUrlPath                *ebpf.Variable `ebpf:"off_url_path"`
 	OffXh2RwsConn             *ebpf.Variable `ebpf:"off_xh2_rws_conn"`
 	OffXh2RwsStatus           *ebpf.Variable `ebpf:"off_xh2_rws_status"`
@@ -552,6 +630,7 @@ type bpfVariables struct {
 	RodataStart               *ebpf.Variable `ebpf:"rodata_start"`
 	SampleBound               *ebpf.Variable `ebpf:"sample_bound"`
 	StartSiteVaddr            *ebpf.Variable `ebpf:"start_site_vaddr"`
+	TcpPropagate              *ebpf.Variable `ebpf:"tcp_propagate"`
 	UnusedBudget              *ebpf.Variable `ebpf:"unused_budget"`
 	UnusedHttpServerEvent     *ebpf.Variable `ebpf:"unused_http_server_event"`
 	UnusedHttpServerMetric    *ebpf.Variable `ebpf:"unused_http_server_metric"`

@@ -36,6 +36,7 @@
  */
 #include "obsd.h"
 #include "tracectx.h"
+#include "goconn.h"
 #include "route.h"
 #include "metrics.h"
 
@@ -74,6 +75,9 @@ volatile const u64 off_xh2_stream_sc = OFF_NONE;
 volatile const u64 off_xh2_stream_id = OFF_NONE;
 volatile const u64 off_request_header = OFF_NONE;
 volatile const u64 off_request_ctx = OFF_NONE; /* an interface: data word at +8 */
+/* --propagate=tcp (goconn.h): the HTTP/1 connection of a *response. */
+volatile const u64 off_response_conn = OFF_NONE; /* response.conn, *conn */
+volatile const u64 off_conn_rwc = OFF_NONE;      /* conn.rwc, the net.Conn */
 /* With spans on (with_spans, tracectx.h), each request's trace context is
  * decided at its start from its traceparent header, if any, and the
  * sampler. A sampled request becomes a record with its URL path (spans
@@ -96,6 +100,7 @@ volatile const u64 xh2_panic_site_vaddr = 0;
  * not known, read memory instead). */
 volatile const u64 response_writer_itab = 0;
 volatile const u64 start_site_vaddr = 0;
+volatile const u64 expect_site_vaddr = 0;
 /* Per-process budgets in the maps every process on the node shares: one
  * process (or one client of it) cannot fill them for the others. */
 volatile const s64 budget_slots = 32768;
@@ -412,9 +417,25 @@ static __always_inline struct inflight_key key_of(struct pt_regs *ctx)
 	return key;
 }
 
+/* tcp_parent takes the context the caller's obsd sent on the HTTP/1
+ * connection of the *response w (--propagate=tcp) as tc's parent. */
+static __noinline void tcp_parent(u64 w, u64 bias, struct trace_ctx *tc)
+{
+	u64 c = 0;
+	struct tcpctx_key k;
+	if (off_response_conn == OFF_NONE || off_conn_rwc == OFF_NONE ||
+	    bpf_probe_read_user(&c, sizeof(c), (void *)(w + off_response_conn)) != 0 || !c) {
+		count(CNT_TCPCTX_CONN);
+		return;
+	}
+	if (goconn_key(c + off_conn_rwc, bias, &k) == 0)
+		goconn_in(&k, tc);
+}
+
 /* start records req as in flight under key: the current goroutine's for
- * HTTP/1, the stream's for HTTP/2. */
-static __always_inline void start(struct inflight_key key, u64 req)
+ * HTTP/1, the stream's for HTTP/2. w is HTTP/1's *response (0 for HTTP/2),
+ * bias the target's load bias. */
+static __always_inline void start(struct inflight_key key, u64 req, u64 w, u64 bias)
 {
 	struct inflight *in = bpf_map_lookup_elem(&http_server_inflight, &key);
 	if (in && in->start_ns && in->req == req && key.stream)
@@ -489,6 +510,8 @@ static __always_inline void start(struct inflight_key key, u64 req)
 	in->url = hdr.url;
 	if (with_spans) {
 		tc_start(err == 0 ? hdr.header : 0, &in->tc);
+		if (tcp_propagate && w)
+			tcp_parent(w, bias, &in->tc);
 		if (in->ctx) /* a start that found its slot's request still in flight */
 			tc_forget(key.tgid, in->ctx);
 		in->ctx = 0;
@@ -786,7 +809,7 @@ static __always_inline void h2_start(struct h2_offs *o, u64 w, u64 req)
 	struct inflight_key key = {};
 	if (!h2_key(o, w, &key, NULL))
 		return; /* not an HTTP/2 writer (a custom TLSNextProto's) */
-	start(key, req);
+	start(key, req, 0, 0);
 }
 
 /* h2_end ends the HTTP/2 request whose writer w finished its handler. */
@@ -847,7 +870,7 @@ int http_server_start(struct pt_regs *ctx)
 		if (bpf_probe_read_user(&wreq, sizeof(wreq), (void *)(rw_data + off_response_req)) != 0 || wreq != req)
 			goto h2;
 	}
-	start(key_of(ctx), req);
+	start(key_of(ctx), req, rw_data, load_bias(ctx, start_site_vaddr));
 	return 0;
 h2:;
 	/* net/http's HTTP/2 writer: *http2responseWriter up to Go 1.26, an
@@ -918,7 +941,7 @@ int http_server_expect(struct pt_regs *ctx)
 		count(CNT_READ_FAILED);
 		return 0;
 	}
-	start(key_of(ctx), req);
+	start(key_of(ctx), req, w, load_bias(ctx, expect_site_vaddr));
 	return 0;
 }
 

@@ -10,6 +10,7 @@ package server
 import (
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"strconv"
 	"unsafe"
 
@@ -86,7 +87,7 @@ func New() *probe.Probe {
 		Sites: []probe.Site{
 			{Symbol: "net/http.serverHandler.ServeHTTP", Program: "http_server_start", VaddrConst: "start_site_vaddr"},
 			{Symbol: "net/http.(*response).finishRequest", Program: "http_server_end", VaddrConst: "end_site_vaddr"},
-			{Symbol: "net/http.(*response).sendExpectationFailed", Program: "http_server_expect"},
+			{Symbol: "net/http.(*response).sendExpectationFailed", Program: "http_server_expect", VaddrConst: "expect_site_vaddr"},
 			{Symbol: "net/http.(*conn).close", Program: "http_server_close", VaddrConst: "close_site_vaddr"},
 			{Symbol: "net/http.(*response).Hijack", Program: "http_server_hijack", VaddrConst: "hijack_site_vaddr", Optional: true},
 			// HTTP/2. A binary has net/http's bundled types (Go 1.21-1.26)
@@ -117,7 +118,11 @@ func New() *probe.Probe {
 			// Trace context only; secondary, as it is not needed otherwise.
 			{Name: "off_request_header", Field: field("net/http", "Request", "Header"), Optional: true, Secondary: true},
 			{Name: "off_request_ctx", Field: field("net/http", "Request", "ctx"), Optional: true, Secondary: true},
-		}, append(h2Consts(), probe.TraceConsts()...)...),
+			// --propagate=tcp only: the request's connection.
+			{Name: "off_response_conn", Field: field("net/http", "response", "conn"), Optional: true, Secondary: true},
+			{Name: "off_conn_rwc", Field: field("net/http", "conn", "rwc"), Optional: true, Secondary: true},
+		}, slices.Concat(h2Consts(), probe.TraceConsts(), probe.TCPConnConsts())...),
+		Funcs: probe.TCPConnFuncs(),
 		ITabs: []probe.ITabConst{{
 			Name:      "response_writer_itab",
 			Type:      "*net/http.response",
@@ -156,6 +161,10 @@ func New() *probe.Probe {
 			// The node-wide map of in-process parents is full: client calls
 			// made while serving the request start new traces.
 			{Index: uint32(bpfObsdCounterCNT_CTX_MAP_FULL), Reason: "trace_parent_map_full"},
+			// --propagate=tcp: a request's connection is not a TCP one obsd
+			// can name (a wrapped net.Conn): its caller's context cannot
+			// be joined.
+			{Index: uint32(bpfObsdCounterCNT_TCPCTX_CONN), Reason: "tcp_context_conn_unknown"},
 		},
 		ProcessMaps: map[string]int{
 			"http_server_inflight":    int(unsafe.Offsetof(bpfInflightKey{}.Tgid)),
