@@ -35,12 +35,12 @@ func TestChildCgroup(t *testing.T) {
 			t.Errorf("removing %s: %v", child, err)
 		}
 	})
-	np := newNetPair(t)
+	np := e2e.NewNetPair(t)
 	// The server starts inside the child: its listener, and so its
 	// accepted connections, belong to it.
 	bin := builds.Program(t, e2e.Program{Name: "tcpctxserver", Src: filepath.Join(e2e.RepoRoot(), "internal", "tcpctx", "testdata", "server")})
 	ipCmd := e2e.RequireTool(t, "ip")
-	sh := fmt.Sprintf(`echo $$ > %s/cgroup.procs && exec %s netns exec %s %s -listen %s:8080`, child, ipCmd, np.b, bin, np.bAddr)
+	sh := fmt.Sprintf(`echo $$ > %s/cgroup.procs && exec %s netns exec %s %s -listen %s:8080`, child, ipCmd, np.B, bin, np.BAddr)
 	proc := e2e.StartCmd(t, exec.Command("sh", "-c", sh))
 	srv := &server{proc: proc, addr: netip.MustParseAddrPort(strings.TrimPrefix(proc.First, "ready "))}
 	if srv.netns, err = NetnsOf(proc.PID()); err != nil {
@@ -57,7 +57,7 @@ func TestChildCgroup(t *testing.T) {
 
 	// The client (this process) is outside the child: its connection never
 	// runs the program, so nothing is written and nothing arrives.
-	ex := do(t, newClient(np.a), np.aIno, srv, "GET", "/outside", nil, func(c Conn) {
+	ex := do(t, newClient(np.A), np.AIno, srv, "GET", "/outside", nil, func(c Conn) {
 		if err := p.SetOutgoing(c, ctxFor(5, 0)); err != nil {
 			t.Error(err)
 		}
@@ -73,9 +73,9 @@ func TestChildCgroup(t *testing.T) {
 	moveTo(t, child)
 	t.Cleanup(func() { moveTo(t, origin) })
 	want := ctxFor(5, 1)
-	hc := newClient(np.a)
+	hc := newClient(np.A)
 	defer hc.CloseIdleConnections()
-	ex = do(t, hc, np.aIno, srv, "GET", "/inside", nil, func(c Conn) {
+	ex = do(t, hc, np.AIno, srv, "GET", "/inside", nil, func(c Conn) {
 		if err := p.SetOutgoing(c, want); err != nil {
 			t.Error(err)
 		}

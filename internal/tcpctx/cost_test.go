@@ -39,7 +39,7 @@ import (
 //	go test -run '^$' -bench Propagation -benchtime 3000x ./internal/tcpctx/
 func BenchmarkPropagation(b *testing.B) {
 	e2e.RequireRoot(b)
-	np := newNetPair(b)
+	np := e2e.NewNetPair(b)
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
 		b.Fatal(err)
@@ -82,7 +82,7 @@ type bpfCost struct{ runs, ns float64 }
 // propagationRound sets mode up, sends n requests on a new connection after
 // one to open it, tears it down and returns the ns per request and the
 // program's runs and run time per request.
-func propagationRound(b *testing.B, np *netPair, mode string, n int) (float64, bpfCost) {
+func propagationRound(b *testing.B, np *e2e.NetPair, mode string, n int) (float64, bpfCost) {
 	b.Helper()
 	var p *Propagator
 	if mode != "off" {
@@ -96,13 +96,13 @@ func propagationRound(b *testing.B, np *netPair, mode string, n int) (float64, b
 		if err := p.AddSender(uint32(os.Getpid())); err != nil {
 			b.Fatal(err)
 		}
-		if err := p.AddReceiver(np.bIno, 0); err != nil {
+		if err := p.AddReceiver(np.BIno, 0); err != nil {
 			b.Fatal(err)
 		}
 	}
 	// A new connection for each setup: the callbacks are chosen at connect
 	// and accept.
-	lp := newLoopbackPair(b, np.b)
+	lp := newLoopbackPair(b, np.B)
 	defer lp.close()
 	var conn Conn
 	before := func(c Conn) {
@@ -113,7 +113,7 @@ func propagationRound(b *testing.B, np *netPair, mode string, n int) (float64, b
 			}
 		}
 	}
-	lp.get(b, np.bIno, before)
+	lp.get(b, np.BIno, before)
 	var st0 *ebpf.ProgramStats
 	if p != nil {
 		var err error
@@ -123,7 +123,7 @@ func propagationRound(b *testing.B, np *netPair, mode string, n int) (float64, b
 	}
 	start := time.Now()
 	for i := 0; i < n; i++ {
-		lp.get(b, np.bIno, before)
+		lp.get(b, np.BIno, before)
 	}
 	ns := float64(time.Since(start).Nanoseconds()) / float64(n)
 	var cost bpfCost
@@ -170,7 +170,7 @@ func (lp *loopbackPair) close() {
 func newLoopbackPair(tb testing.TB, ns string) *loopbackPair {
 	tb.Helper()
 	var ln net.Listener
-	if err := inNetns(ns, func() (err error) {
+	if err := e2e.InNetns(ns, func() (err error) {
 		ln, err = net.Listen("tcp", "127.0.0.1:0")
 		return err
 	}); err != nil {

@@ -1,18 +1,12 @@
 package tcpctx
 
 import (
-	"context"
 	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
 	"sort"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,111 +14,6 @@ import (
 
 	"github.com/obsd-dev/obsd/internal/test/e2e"
 )
-
-// netPair is two network namespaces joined by a veth pair: "a"
-// (10.231.0.1, fd00:231::1: the clients) and "b" (10.231.0.2, fd00:231::2:
-// the servers).
-type netPair struct {
-	a, b         string // names under /run/netns
-	aIno, bIno   uint32 // their inodes, the Netns of their connections
-	aAddr, bAddr netip.Addr
-	aV6, bV6     netip.Addr
-}
-
-var pairs atomic.Int32 // names each test's pair apart
-
-// newNetPair creates the namespaces and deletes them (and the veth with
-// them) at cleanup.
-func newNetPair(t testing.TB) *netPair {
-	t.Helper()
-	ipCmd := e2e.RequireTool(t, "ip")
-	n := pairs.Add(1)
-	p := &netPair{
-		a:     fmt.Sprintf("obsdtc%d-%da", os.Getpid(), n),
-		b:     fmt.Sprintf("obsdtc%d-%db", os.Getpid(), n),
-		aAddr: netip.MustParseAddr("10.231.0.1"),
-		bAddr: netip.MustParseAddr("10.231.0.2"),
-		aV6:   netip.MustParseAddr("fd00:231::1"),
-		bV6:   netip.MustParseAddr("fd00:231::2"),
-	}
-	run := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command(ipCmd, args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %v: %v: %s", args, err, out)
-		}
-	}
-	run("netns", "add", p.a)
-	t.Cleanup(func() { exec.Command(ipCmd, "netns", "del", p.a).Run() })
-	run("netns", "add", p.b)
-	t.Cleanup(func() { exec.Command(ipCmd, "netns", "del", p.b).Run() })
-	run("link", "add", "va", "netns", p.a, "type", "veth", "peer", "name", "vb", "netns", p.b)
-	run("-n", p.a, "addr", "add", p.aAddr.String()+"/24", "dev", "va")
-	run("-n", p.b, "addr", "add", p.bAddr.String()+"/24", "dev", "vb")
-	run("-n", p.a, "addr", "add", p.aV6.String()+"/64", "dev", "va", "nodad")
-	run("-n", p.b, "addr", "add", p.bV6.String()+"/64", "dev", "vb", "nodad")
-	for _, ns := range []struct{ name, dev string }{{p.a, "va"}, {p.b, "vb"}} {
-		run("-n", ns.name, "link", "set", "lo", "up")
-		run("-n", ns.name, "link", "set", ns.dev, "up")
-	}
-	p.aIno = nsInode(t, p.a)
-	p.bIno = nsInode(t, p.b)
-	return p
-}
-
-func nsInode(t testing.TB, name string) uint32 {
-	t.Helper()
-	var st unix.Stat_t
-	if err := unix.Stat(filepath.Join("/run/netns", name), &st); err != nil {
-		t.Fatalf("stat netns %s: %v", name, err)
-	}
-	return uint32(st.Ino)
-}
-
-// inNetns runs fn on an OS thread that has joined the namespace, then
-// returns the thread to its own namespace (or, failing that, lets it die
-// with its goroutine: a thread left in another namespace, the main thread
-// above all, would make /proc/self/ns/net lie). Sockets belong to the
-// namespace they are created in, so what fn creates stays there.
-func inNetns(name string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- fmt.Errorf("opening this thread's netns: %w", err)
-			return
-		}
-		defer unix.Close(orig)
-		fd, err := unix.Open(filepath.Join("/run/netns", name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- fmt.Errorf("opening netns %s: %w", name, err)
-			return
-		}
-		defer unix.Close(fd)
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("joining netns %s: %w", name, err)
-			return
-		}
-		err = fn()
-		if unix.Setns(orig, unix.CLONE_NEWNET) == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
-	}()
-	return <-errc
-}
-
-// dialIn returns a DialContext that opens its connections in namespace name.
-func dialIn(name string) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := inNetns(name, func() (err error) {
-			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}
-}
 
 // segment is one captured TCP/IPv4 packet.
 type segment struct {
@@ -153,7 +42,7 @@ type capture struct {
 func startCapture(t testing.TB, ns, dev string) *capture {
 	t.Helper()
 	c := &capture{t: t, stop: make(chan struct{}), done: make(chan struct{}), lo: dev == "lo"}
-	err := inNetns(ns, func() error {
+	err := e2e.InNetns(ns, func() error {
 		ifi, err := net.InterfaceByName(dev)
 		if err != nil {
 			return err

@@ -24,17 +24,17 @@ import (
 // as if nothing were attached.
 func TestNoOptionSpace(t *testing.T) {
 	e2e.RequireRoot(t)
-	np := newNetPair(t)
+	np := e2e.NewNetPair(t)
 	p := openPropagator(t)
 	if err := p.AddSender(uint32(os.Getpid())); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.AddReceiver(np.bIno, 0); err != nil {
+	if err := p.AddReceiver(np.BIno, 0); err != nil {
 		t.Fatal(err)
 	}
 	lo := netip.MustParseAddr("127.0.0.1")
 	var ln net.Listener
-	if err := inNetns(np.b, func() (err error) {
+	if err := e2e.InNetns(np.B, func() (err error) {
 		lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error { return signMD5(c, lo) }}
 		ln, err = lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 		return err
@@ -50,7 +50,7 @@ func TestNoOptionSpace(t *testing.T) {
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		MaxConnsPerHost: 1,
 		DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
-			err = inNetns(np.b, func() error {
+			err = e2e.InNetns(np.B, func() error {
 				d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error { return signMD5(rc, lo) }}
 				c, err = d.DialContext(ctx, network, addr)
 				return err
@@ -59,11 +59,11 @@ func TestNoOptionSpace(t *testing.T) {
 		},
 	}}
 	defer hc.CloseIdleConnections()
-	capt := startCapture(t, np.b, "lo")
+	capt := startCapture(t, np.B, "lo")
 	const n = 5
 	var conn Conn
 	for i := 0; i < n; i++ {
-		ex := do(t, hc, np.bIno, &server{addr: netip.MustParseAddrPort(ln.Addr().String())}, "GET", "/plain", nil, func(c Conn) {
+		ex := do(t, hc, np.BIno, &server{addr: netip.MustParseAddrPort(ln.Addr().String())}, "GET", "/plain", nil, func(c Conn) {
 			conn = c
 			if err := p.SetOutgoing(c, ctxFor(6, i)); err != nil {
 				t.Error(err)
@@ -99,7 +99,7 @@ func TestNoOptionSpace(t *testing.T) {
 	if data < n || cnt.Written != 0 || cnt.LostNoSpace < uint64(data) {
 		t.Fatalf("%d data segments; counters %+v", data, cnt)
 	}
-	server := Conn{Netns: np.bIno, Local: conn.Remote, Remote: conn.Local}
+	server := Conn{Netns: np.BIno, Local: conn.Remote, Remote: conn.Local}
 	if _, ok, _ := p.Incoming(server); ok {
 		t.Fatal("a context arrived without being written")
 	}

@@ -68,7 +68,7 @@ func startServer(t *testing.T, ns, listen string) *server {
 // namespace ns.
 func newClient(ns string) *http.Client {
 	return &http.Client{Transport: &http.Transport{
-		DialContext:         dialIn(ns),
+		DialContext:         e2e.DialIn(ns),
 		MaxConnsPerHost:     1,
 		MaxIdleConnsPerHost: 1,
 		DisableCompression:  true,
@@ -176,8 +176,8 @@ func openPropagator(t testing.TB) *Propagator {
 // connection deletes both entries.
 func TestKeepAlive(t *testing.T) {
 	e2e.RequireRoot(t)
-	np := newNetPair(t)
-	srv := startServer(t, np.b, np.bAddr.String()+":8080")
+	np := e2e.NewNetPair(t)
+	srv := startServer(t, np.B, np.BAddr.String()+":8080")
 	p := openPropagator(t)
 	if err := p.AddSender(uint32(os.Getpid())); err != nil {
 		t.Fatal(err)
@@ -185,8 +185,8 @@ func TestKeepAlive(t *testing.T) {
 	if err := p.AddReceiver(srv.netns, srv.addr.Port()); err != nil {
 		t.Fatal(err)
 	}
-	capt := startCapture(t, np.b, "vb")
-	hc := newClient(np.a)
+	capt := startCapture(t, np.B, "vb")
+	hc := newClient(np.A)
 
 	const n = 12
 	const without = 5 // the request sent with no context
@@ -202,7 +202,7 @@ func TestKeepAlive(t *testing.T) {
 		if i == big {
 			method, body = "POST", bytes.Repeat([]byte("0123456789abcdef"), 16<<10) // 256 KiB
 		}
-		ex := do(t, hc, np.aIno, srv, method, fmt.Sprintf("/req/%d", i), body, func(c Conn) {
+		ex := do(t, hc, np.AIno, srv, method, fmt.Sprintf("/req/%d", i), body, func(c Conn) {
 			if i == without {
 				if err := p.ClearOutgoing(c); err != nil {
 					t.Error(err)
@@ -327,8 +327,8 @@ func take(t *testing.T, p *Propagator, c Conn, gen uint32) {
 // context after each request.
 func TestConcurrent(t *testing.T) {
 	e2e.RequireRoot(t)
-	np := newNetPair(t)
-	srv := startServer(t, np.b, np.bAddr.String()+":8080")
+	np := e2e.NewNetPair(t)
+	srv := startServer(t, np.B, np.BAddr.String()+":8080")
 	p := openPropagator(t)
 	if err := p.AddSender(uint32(os.Getpid())); err != nil {
 		t.Fatal(err)
@@ -343,7 +343,7 @@ func TestConcurrent(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			hc := newClient(np.a)
+			hc := newClient(np.A)
 			defer hc.CloseIdleConnections()
 			for r := 0; r < reqs; r++ {
 				want := ctxFor(c, r)
@@ -351,7 +351,7 @@ func TestConcurrent(t *testing.T) {
 				if r%5 == 4 {
 					body = bytes.Repeat([]byte{byte(c)}, 64<<10)
 				}
-				ex, err := tryDo(hc, np.aIno, srv, "POST", fmt.Sprintf("/c/%d/%d", c, r), body, func(cn Conn) {
+				ex, err := tryDo(hc, np.AIno, srv, "POST", fmt.Sprintf("/c/%d/%d", c, r), body, func(cn Conn) {
 					if err := p.SetOutgoing(cn, want); err != nil {
 						errs <- err
 					}
@@ -393,26 +393,26 @@ func TestConcurrent(t *testing.T) {
 // ":port" listeners do) and over IPv6.
 func TestAddressFamilies(t *testing.T) {
 	e2e.RequireRoot(t)
-	np := newNetPair(t)
+	np := e2e.NewNetPair(t)
 	p := openPropagator(t)
 	if err := p.AddSender(uint32(os.Getpid())); err != nil {
 		t.Fatal(err)
 	}
 	for i, tc := range []struct{ name, listen, dial string }{
-		{"dual-stack listener", "[::]:8082", np.bAddr.String() + ":8082"},
-		{"IPv6", "[" + np.bV6.String() + "]:8083", "[" + np.bV6.String() + "]:8083"},
+		{"dual-stack listener", "[::]:8082", np.BAddr.String() + ":8082"},
+		{"IPv6", "[" + np.BV6.String() + "]:8083", "[" + np.BV6.String() + "]:8083"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := startServer(t, np.b, tc.listen)
+			srv := startServer(t, np.B, tc.listen)
 			if err := p.AddReceiver(srv.netns, srv.addr.Port()); err != nil {
 				t.Fatal(err)
 			}
 			srv.addr = netip.MustParseAddrPort(tc.dial)
-			hc := newClient(np.a)
+			hc := newClient(np.A)
 			defer hc.CloseIdleConnections()
 			for r := 0; r < 3; r++ {
 				want := ctxFor(10+i, r)
-				ex := do(t, hc, np.aIno, srv, "GET", "/fam", nil, func(c Conn) {
+				ex := do(t, hc, np.AIno, srv, "GET", "/fam", nil, func(c Conn) {
 					if err := p.SetOutgoing(c, want); err != nil {
 						t.Error(err)
 					}
@@ -432,8 +432,8 @@ func TestAddressFamilies(t *testing.T) {
 // client's data segments, only when a context was written.
 func TestBytesIdentical(t *testing.T) {
 	e2e.RequireRoot(t)
-	np := newNetPair(t)
-	srv := startServer(t, np.b, np.bAddr.String()+":8080")
+	np := e2e.NewNetPair(t)
+	srv := startServer(t, np.B, np.BAddr.String()+":8080")
 	type result struct {
 		c2s, s2c   []byte
 		withOpt    int // client data segments carrying the option
@@ -443,15 +443,15 @@ func TestBytesIdentical(t *testing.T) {
 	}
 	run := func(t *testing.T, p *Propagator, setCtx bool) result {
 		t.Helper()
-		capt := startCapture(t, np.b, "vb")
-		hc := newClient(np.a)
+		capt := startCapture(t, np.B, "vb")
+		hc := newClient(np.A)
 		var conn Conn
 		for i, body := range [][]byte{nil, bytes.Repeat([]byte("x"), 100<<10), nil} {
 			method := "GET"
 			if body != nil {
 				method = "POST"
 			}
-			do(t, hc, np.aIno, srv, method, "/plain", body, func(c Conn) {
+			do(t, hc, np.AIno, srv, method, "/plain", body, func(c Conn) {
 				conn = c
 				if setCtx {
 					if err := p.SetOutgoing(c, ctxFor(9, i)); err != nil {
@@ -560,9 +560,9 @@ func TestBytesIdentical(t *testing.T) {
 // option space exactly.
 func TestWireLayout(t *testing.T) {
 	e2e.RequireRoot(t)
-	np := newNetPair(t)
-	veth := startServer(t, np.b, np.bAddr.String()+":8080")
-	lo := startServer(t, np.b, "127.0.0.1:8081")
+	np := e2e.NewNetPair(t)
+	veth := startServer(t, np.B, np.BAddr.String()+":8080")
+	lo := startServer(t, np.B, "127.0.0.1:8081")
 	p := openPropagator(t)
 	if err := p.AddSender(uint32(os.Getpid())); err != nil {
 		t.Fatal(err)
@@ -575,11 +575,11 @@ func TestWireLayout(t *testing.T) {
 		srv                 *server
 		clientNetns         uint32
 	}{
-		{"veth", np.a, "vb", veth, np.aIno},
-		{"loopback", np.b, "lo", lo, np.bIno},
+		{"veth", np.A, "vb", veth, np.AIno},
+		{"loopback", np.B, "lo", lo, np.BIno},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			capt := startCapture(t, np.b, tc.dev)
+			capt := startCapture(t, np.B, tc.dev)
 			hc := newClient(tc.clientNs)
 			defer hc.CloseIdleConnections()
 			want := ctxFor(3, 1)
@@ -644,12 +644,12 @@ func mustOpts(t *testing.T, segs []segment) []tcpOption {
 // MSS, so no packet outgrows the 1500-byte MTU, and every one carries it.
 func TestSegmentsFitMTU(t *testing.T) {
 	e2e.RequireRoot(t)
-	np := newNetPair(t)
+	np := e2e.NewNetPair(t)
 	ipCmd := e2e.RequireTool(t, "ip")
-	if out, err := exec.Command(ipCmd, "-n", np.a, "link", "set", "va", "gso_max_segs", "1").CombinedOutput(); err != nil {
+	if out, err := exec.Command(ipCmd, "-n", np.A, "link", "set", "va", "gso_max_segs", "1").CombinedOutput(); err != nil {
 		t.Fatalf("ip link set gso_max_segs: %v: %s", err, out)
 	}
-	srv := startServer(t, np.b, np.bAddr.String()+":8080")
+	srv := startServer(t, np.B, np.BAddr.String()+":8080")
 	p := openPropagator(t)
 	if err := p.AddSender(uint32(os.Getpid())); err != nil {
 		t.Fatal(err)
@@ -657,12 +657,12 @@ func TestSegmentsFitMTU(t *testing.T) {
 	if err := p.AddReceiver(srv.netns, 0); err != nil {
 		t.Fatal(err)
 	}
-	capt := startCapture(t, np.b, "vb")
-	hc := newClient(np.a)
+	capt := startCapture(t, np.B, "vb")
+	hc := newClient(np.A)
 	defer hc.CloseIdleConnections()
 	want := ctxFor(4, 1)
 	body := bytes.Repeat([]byte("z"), 256<<10)
-	ex := do(t, hc, np.aIno, srv, "POST", "/big", body, func(c Conn) {
+	ex := do(t, hc, np.AIno, srv, "POST", "/big", body, func(c Conn) {
 		if err := p.SetOutgoing(c, want); err != nil {
 			t.Error(err)
 		}

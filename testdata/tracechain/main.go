@@ -8,12 +8,15 @@
 // the handler waits for), background (context.Background()), or detached
 // (a goroutine that calls after the response, with
 // context.WithoutCancel(r.Context())). GET /calls answers the number of
-// detached calls finished, so a test knows when they are all done.
+// detached calls finished, so a test knows when they are all done. With
+// dump=1, /call answers 200 with what the callee sent (status line, headers
+// but Date, body) instead of its status.
 //
 // It prints the address it listens on as the first line of stdout.
 package main
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -32,49 +35,60 @@ func main() {
 	flag.Parse()
 	client := &http.Client{Timeout: 10 * time.Second}
 	var detached atomic.Int64
-	call := func(ctx context.Context, to string) (int, error) {
+	// call returns the callee's status and what it sent (status line,
+	// headers but Date, body).
+	call := func(ctx context.Context, to string) (int, string, error) {
 		req, err := http.NewRequestWithContext(ctx, "GET", to, nil)
 		if err != nil {
-			return 0, err
+			return 0, "", err
 		}
 		resp, err := client.Do(req)
 		if err != nil {
-			return 0, err
+			return 0, "", err
 		}
-		io.Copy(io.Discard, resp.Body)
+		body, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		return resp.StatusCode, nil
+		if err != nil {
+			return 0, "", err
+		}
+		resp.Header.Del("Date")
+		var b bytes.Buffer
+		fmt.Fprintf(&b, "%s %s\n", resp.Proto, resp.Status)
+		resp.Header.Write(&b)
+		b.Write(body)
+		return resp.StatusCode, b.String(), nil
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/call", func(w http.ResponseWriter, r *http.Request) {
 		to := r.URL.Query().Get("to")
 		var (
 			status int
+			dump   string
 			err    error
 		)
 		switch kind := r.URL.Query().Get("ctx"); kind {
 		case "request":
-			status, err = call(r.Context(), to)
+			status, dump, err = call(r.Context(), to)
 		case "timeout":
 			ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
-			status, err = call(ctx, to)
+			status, dump, err = call(ctx, to)
 			cancel()
 		case "value":
-			status, err = call(context.WithValue(r.Context(), ctxKey{}, "v"), to)
+			status, dump, err = call(context.WithValue(r.Context(), ctxKey{}, "v"), to)
 		case "goroutine":
 			done := make(chan struct{})
 			go func() {
 				defer close(done)
-				status, err = call(r.Context(), to)
+				status, dump, err = call(r.Context(), to)
 			}()
 			<-done
 		case "background":
-			status, err = call(context.Background(), to)
+			status, dump, err = call(context.Background(), to)
 		case "detached":
 			ctx := context.WithoutCancel(r.Context())
 			go func() {
 				time.Sleep(50 * time.Millisecond) // after the response
-				if _, err := call(ctx, to); err != nil {
+				if _, _, err := call(ctx, to); err != nil {
 					log.Print(err)
 				}
 				detached.Add(1)
@@ -86,6 +100,12 @@ func main() {
 		}
 		if err != nil {
 			http.Error(w, err.Error(), 502)
+			return
+		}
+		if r.URL.Query().Get("dump") == "1" {
+			// What the callee sent, but its Date: for tests that compare
+			// a callee's answers with and without obsd.
+			io.WriteString(w, dump)
 			return
 		}
 		w.WriteHeader(status)
