@@ -37,15 +37,29 @@ func hexID(b []byte) string { return hex.EncodeToString(b) }
 // marked not sampled leaves no span anywhere (B follows the flag that
 // crossed). Then obsd instruments A alone: the option still goes out, and
 // an uninstrumented B's answers are byte-identical to those it gave before
-// obsd ran.
+// obsd ran. Once with DWARF, once stripped and PIE (offsets and function
+// addresses from the table and .gopclntab), A built by the oldest Go.
 func TestTCPAcrossNamespaces(t *testing.T) {
 	e2e.RequireRoot(t)
+	for _, tc := range []struct {
+		name string
+		a, b e2e.Variant
+	}{
+		{"current", e2e.Variant{Name: "current"}, e2e.Variant{Name: "current"}},
+		{"stripped-pie", e2e.Variant{Name: "go1.21-stripped-pie", Toolchain: "go1.21.13", Stripped: true, PIE: true},
+			e2e.Variant{Name: "stripped-pie", Stripped: true, PIE: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { tcpAcross(t, tc.a, tc.b) })
+	}
+}
+
+func tcpAcross(t *testing.T, aV, bV e2e.Variant) {
 	ipCmd := e2e.RequireTool(t, "ip")
 	ssCmd := e2e.RequireTool(t, "ss")
 	np := e2e.NewNetPair(t)
 	obsdBin := builds.Obsd(t)
-	chainBin := builds.TestdataProgram(t, "tracechain", e2e.Variant{Name: "current"})
-	srvBin := builds.HTTPServer(t, e2e.Variant{Name: "current"})
+	chainBin := builds.TestdataProgram(t, "tracechain", aV)
+	srvBin := builds.HTTPServer(t, bV)
 	inNS := func(ns, name, bin string, args ...string) *e2e.Proc {
 		t.Helper()
 		cmd := exec.Command(ipCmd, append([]string{"netns", "exec", ns, bin}, args...)...)
