@@ -40,7 +40,21 @@ type config struct {
 	// ratio is the share of requests whose spans obsd exports (1 for
 	// always_on), 0 when it exports none.
 	ratio float64
+	// args are added to obsd's command line (e.g. --propagate=tcp).
+	args []string
+	// Call loads only. load, if set, is the one load the configuration
+	// runs for; floor names the floor configuration obsd is judged
+	// against ("" is "floor"); when, for a floor, adds the sites attached
+	// only with a feature on (probe.Site.When); extraHits are the probe
+	// hits per call beyond the load's own.
+	load      string
+	floor     string
+	when      bool
+	extraHits int
 }
+
+// tcpArgs turn on trace propagation over TCP (issue 11 §3).
+var tcpArgs = []string{"--propagate=tcp"}
 
 // sampleRatio is the production sampling rate, ParentBased(TraceIDRatioBased(0.01)).
 const sampleRatio = 0.01
@@ -63,6 +77,8 @@ func benchConfigs(o options, endpoint string) []config {
 	return append(cs,
 		config{name: "obsd+otlp 1%", label: "obsd (OTLP, 1% sampled)", kind: obsdKind, traces: "otlp", ratio: sampleRatio,
 			env: append(otlp[:2:2], "OTEL_TRACES_SAMPLER=parentbased_traceidratio", fmt.Sprintf("OTEL_TRACES_SAMPLER_ARG=%g", sampleRatio))},
+		config{name: "obsd+otlp 1% tcp", label: "obsd (OTLP, 1% sampled, --propagate=tcp)", kind: obsdKind, traces: "otlp", ratio: sampleRatio,
+			env: append(otlp[:2:2], "OTEL_TRACES_SAMPLER=parentbased_traceidratio", fmt.Sprintf("OTEL_TRACES_SAMPLER_ARG=%g", sampleRatio)), args: tcpArgs},
 		config{name: "obsd+otlp 100%", label: "obsd (OTLP, 100% sampled)", kind: obsdKind, traces: "otlp", ratio: 1,
 			env: append(otlp[:2:2], "OTEL_TRACES_SAMPLER=always_on")},
 	)
@@ -317,7 +333,7 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 		}
 	}
 	if len(rep.callLoads) > 0 {
-		rep.callConfigs = callConfigs(b.o)
+		rep.callConfigs = callConfigs(b.o, b.recv.endpoint)
 		if rep.calls, err = b.runCalls(ctx, rep.callLoads); err != nil {
 			return nil, err
 		}
@@ -348,7 +364,7 @@ func (b *bench) runConfig(ctx context.Context, c config, round int) (map[string]
 		defer l.Close()
 		set = &progSet{progs: []*ebpf.Program{b.floor.prog}, names: []string{"floor_probe"}}
 	case obsdKind:
-		ob, obBase, err = startObsd(ctx, b.obsdArgv(), obsdEnv(os.Environ(), c.env), c.traces, srv.pid())
+		ob, obBase, err = startObsd(ctx, append(b.obsdArgv(), c.args...), obsdEnv(os.Environ(), c.env), c.traces, srv.pid())
 		if err != nil {
 			return nil, err
 		}

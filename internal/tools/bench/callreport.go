@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"strings"
@@ -92,24 +93,34 @@ func (r *report) callsMarkdown(w func(string, ...any)) {
 	w("| load | floor µs/call | obsd µs/call | added µs/call | added, %% of floor | target: added ≤ max(1 µs, 30%% of floor) | noise: plain's spread, µs/call | cross-check: added by throughput, µs/call | BPF ns/call added | added, paired by round: median (each round) |\n")
 	w("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |\n")
 	for _, l := range r.callLoads {
-		p, ok1 := r.callStat(l.name, "plain")
-		f, ok2 := r.callStat(l.name, "floor")
-		o, ok3 := r.callStat(l.name, "obsd")
-		if !ok1 || !ok2 || !ok3 {
-			continue
+		for _, c := range r.callConfigs {
+			if c.kind != obsdKind {
+				continue
+			}
+			floor := cmp.Or(c.floor, "floor")
+			p, ok1 := r.callStat(l.name, "plain")
+			f, ok2 := r.callStat(l.name, floor)
+			o, ok3 := r.callStat(l.name, c.name)
+			if !ok1 || !ok2 || !ok3 {
+				continue
+			}
+			title := l.title
+			if c.name != "obsd" {
+				title += ", " + c.label + " over " + floor
+			}
+			floorUS, obsdUS := f.cpuUS-p.cpuUS, o.cpuUS-p.cpuUS
+			w("| %s | %.2f | %.2f | %s | %s |\n", title, floorUS, obsdUS, overFloorCells(floorUS, obsdUS, p.cpuSpread,
+				costUS(o.rate, p.rate)-costUS(f.rate, p.rate), o.nsPer-f.nsPer), r.pairedAdded(l.name, floor, c.name))
 		}
-		floorUS, obsdUS := f.cpuUS-p.cpuUS, o.cpuUS-p.cpuUS
-		w("| %s | %.2f | %.2f | %s | %s |\n", l.title, floorUS, obsdUS, overFloorCells(floorUS, obsdUS, p.cpuSpread,
-			costUS(o.rate, p.rate)-costUS(f.rate, p.rate), o.nsPer-f.nsPer), r.pairedAdded(l.name))
 	}
 	w("\n")
 }
 
-// pairedAdded is obsd's CPU µs per call over the floor's within each round,
+// pairedAdded is obsd's CPU µs per call over its floor's within each round,
 // whose two configurations ran minutes apart at most, and their median: less
 // subject to the host's drift than the difference of medians.
-func (r *report) pairedAdded(load string) string {
-	fs, obs := r.calls[load]["floor"], r.calls[load]["obsd"]
+func (r *report) pairedAdded(load, floor, obsd string) string {
+	fs, obs := r.calls[load][floor], r.calls[load][obsd]
 	var d []float64
 	var each []string
 	for i := range min(len(fs), len(obs)) {

@@ -499,9 +499,10 @@ func checkRouted(ctx context.Context, url string) error {
 
 // floorSites resolves the sites of probes in bin as obsd does: an entry's
 // PUSHQ BP, every RET of a Returns site, every call to Calls of a Calls
-// site; optional sites bin lacks are skipped. The offsets come in the order
-// of probes and their sites.
-func floorSites(bin string, probes []*probe.Probe) ([]uint64, error) {
+// site; optional sites bin lacks are skipped, and sites attached only with
+// a feature on (Site.When) unless when. The offsets come in the order of
+// probes and their sites.
+func floorSites(bin string, probes []*probe.Probe, when bool) ([]uint64, error) {
 	insp, err := inspect.Open(bin)
 	if err != nil {
 		return nil, fmt.Errorf("inspect %s: %w", bin, err)
@@ -510,6 +511,9 @@ func floorSites(bin string, probes []*probe.Probe) ([]uint64, error) {
 	var offs []uint64
 	for _, p := range probes {
 		for _, s := range p.Sites {
+			if s.When != "" && !when {
+				continue // not attached unless its feature is on
+			}
 			var got []uint64
 			switch {
 			case s.Returns:
@@ -560,22 +564,38 @@ type callSample struct {
 // callConfigs are the configurations of the call loads: no spans, the
 // production-relevant and cheapest obsd setting, so that obsd's cost over
 // the floor is the probes' (spans are measured on the HTTP server load).
-func callConfigs(o options) []config {
+// The HTTP client load also runs with spans at 1%, with and without
+// --propagate=tcp (one more site: its own floor); endpoint is the span
+// receiver's.
+func callConfigs(o options, endpoint string) []config {
 	cs := []config{
 		{name: "plain", label: "plain", kind: plain},
 		{name: "floor", label: "floor (empty programs at the probes' sites)", kind: floorKind},
 	}
-	if o.obsd != "" {
-		cs = append(cs, config{name: "obsd", label: "obsd (--traces none)", kind: obsdKind, traces: "none"})
+	if o.obsd == "" {
+		return cs
 	}
-	return cs
+	cs = append(cs, config{name: "obsd", label: "obsd (--traces none)", kind: obsdKind, traces: "none"})
+	if !o.spans {
+		return cs
+	}
+	env := []string{"OTEL_EXPORTER_OTLP_ENDPOINT=" + endpoint, "OTEL_EXPORTER_OTLP_INSECURE=true",
+		"OTEL_TRACES_SAMPLER=parentbased_traceidratio", fmt.Sprintf("OTEL_TRACES_SAMPLER_ARG=%g", sampleRatio)}
+	return append(cs,
+		config{name: "obsd 1%", label: "obsd (OTLP, 1% sampled)", kind: obsdKind, traces: "otlp", ratio: sampleRatio,
+			env: env, load: "http-client"},
+		config{name: "floor tcp", label: "floor with --propagate=tcp's site", kind: floorKind, when: true,
+			load: "http-client", extraHits: 1},
+		config{name: "obsd 1% tcp", label: "obsd (OTLP, 1% sampled, --propagate=tcp)", kind: obsdKind, traces: "otlp", ratio: sampleRatio,
+			env: env, args: tcpArgs, load: "http-client", floor: "floor tcp", extraHits: 1},
+	)
 }
 
 // runCalls measures every call load, configurations round-robin in each
 // round, a fresh target and peer per configuration and round.
 func (b *bench) runCalls(ctx context.Context, loads []callLoad) (map[string]map[string][]callSample, error) {
 	out := map[string]map[string][]callSample{}
-	floors := map[string]*floorProbe{}
+	floors := map[string]*floorProbe{} // by load, then load + " when" with the When sites
 	defer func() {
 		for _, f := range floors {
 			f.close()
@@ -588,20 +608,33 @@ func (b *bench) runCalls(ctx context.Context, loads []callLoad) (map[string]map[
 		if err != nil {
 			return nil, err
 		}
-		offs, err := floorSites(bin, l.probes)
-		if err != nil {
-			return nil, err
+		for _, when := range []bool{false, true} {
+			offs, err := floorSites(bin, l.probes, when)
+			if err != nil {
+				return nil, err
+			}
+			name := l.name
+			if when {
+				name += " when"
+			}
+			if floors[name], err = newFloorAt(bin, offs); err != nil {
+				return nil, err
+			}
+			b.log.Info("floor sites", "load", l.name, "with When sites", when, "sites", len(offs))
 		}
-		if floors[l.name], err = newFloorAt(bin, offs); err != nil {
-			return nil, err
-		}
-		b.log.Info("floor sites", "load", l.name, "sites", len(offs))
 	}
 	for r := 1; r <= b.o.rounds; r++ {
 		for _, l := range loads {
-			for _, c := range callConfigs(b.o) {
+			for _, c := range callConfigs(b.o, b.recv.endpoint) {
+				if c.load != "" && c.load != l.name {
+					continue
+				}
+				fl := floors[l.name]
+				if c.when {
+					fl = floors[l.name+" when"]
+				}
 				b.log.Info("measuring calls", "round", r, "of", b.o.rounds, "load", l.name, "config", c.name)
-				s, err := b.runCallConfig(ctx, l, c, floors[l.name], names, r)
+				s, err := b.runCallConfig(ctx, l, c, fl, names, r)
 				if err != nil {
 					return nil, fmt.Errorf("round %d, %s, %s: %w", r, l.name, c.name, err)
 				}
@@ -628,7 +661,7 @@ func (b *bench) runCallConfig(ctx context.Context, l callLoad, c config, fl *flo
 		defer lk.Close()
 		set = &progSet{progs: []*ebpf.Program{fl.prog}, names: []string{"floor_probe"}}
 	case obsdKind:
-		ob, _, err := startObsd(ctx, b.obsdArgv(), obsdEnv(os.Environ(), c.env), c.traces, rig.target.pid())
+		ob, _, err := startObsd(ctx, append(b.obsdArgv(), c.args...), obsdEnv(os.Environ(), c.env), c.traces, rig.target.pid())
 		if err != nil {
 			return callSample{}, err
 		}
@@ -683,7 +716,7 @@ func (b *bench) runCallConfig(ctx context.Context, l callLoad, c config, fl *flo
 		b.note("round %d, %s, %s: %d of %d calls failed", round, l.name, c.name, cr.errors, cr.calls)
 	}
 	if set != nil {
-		if msg, off := hitsOff(l.hits, s.runs, cr.calls); off {
+		if msg, off := hitsOff(l.hits+c.extraHits, s.runs, cr.calls); off {
 			b.note("round %d, %s, %s: %s", round, l.name, c.name, msg)
 		}
 	}

@@ -60,7 +60,7 @@ func TestCallLoadFloors(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			offs, err := floorSites(bin, l.probes)
+			offs, err := floorSites(bin, l.probes, false)
 			if err != nil {
 				t.Fatal(err)
 			}

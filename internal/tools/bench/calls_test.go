@@ -86,7 +86,7 @@ func callSampleAt(n int64, rate float64, runs uint64, bpfNS int64, cpuUS float64
 func TestCallsMarkdown(t *testing.T) {
 	o := options{rounds: 1, duration: 5 * time.Second, warmup: time.Second, loadCPU: 1, obsd: "bin/obsd",
 		loads: []string{"grpc-server", "http-client", "chi-server"}, callConc: 16, httpLoop: 20000}
-	r := &report{o: o, callConfigs: callConfigs(o), calls: map[string]map[string][]callSample{}}
+	r := &report{o: o, callConfigs: callConfigs(o, ""), calls: map[string]map[string][]callSample{}}
 	for _, l := range callLoads(o) {
 		if o.has(l.name) {
 			r.callLoads = append(r.callLoads, l)
@@ -164,10 +164,10 @@ func TestPairedAdded(t *testing.T) {
 		"floor": {callSampleAt(1000, 1000, 0, 0, 50.14), callSampleAt(1000, 1000, 0, 0, 66.92), callSampleAt(1000, 1000, 0, 0, 61.02)},
 		"obsd":  {callSampleAt(1000, 1000, 0, 0, 71.24), callSampleAt(1000, 1000, 0, 0, 71.99), callSampleAt(1000, 1000, 0, 0, 64.28)},
 	}}}
-	if got, want := r.pairedAdded("grpc-server"), "5.07 (21.10 / 5.07 / 3.26)"; got != want {
+	if got, want := r.pairedAdded("grpc-server", "floor", "obsd"), "5.07 (21.10 / 5.07 / 3.26)"; got != want {
 		t.Errorf("pairedAdded = %q, want %q", got, want)
 	}
-	if got := r.pairedAdded("http-client"); got != "—" {
+	if got := r.pairedAdded("http-client", "floor", "obsd"); got != "—" {
 		t.Errorf("pairedAdded of a load not run = %q, want —", got)
 	}
 }

@@ -29,6 +29,8 @@ func TestBenchConfigs(t *testing.T) {
 		{"spans", options{obsd: "bin/obsd", spans: true}, append(base[:2:2], none,
 			config{name: "obsd+otlp 1%", label: "obsd (OTLP, 1% sampled)", kind: obsdKind, traces: "otlp", ratio: 0.01,
 				env: append(otlp[:2:2], "OTEL_TRACES_SAMPLER=parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG=0.01")},
+			config{name: "obsd+otlp 1% tcp", label: "obsd (OTLP, 1% sampled, --propagate=tcp)", kind: obsdKind, traces: "otlp", ratio: 0.01,
+				env: append(otlp[:2:2], "OTEL_TRACES_SAMPLER=parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG=0.01"), args: []string{"--propagate=tcp"}},
 			config{name: "obsd+otlp 100%", label: "obsd (OTLP, 100% sampled)", kind: obsdKind, traces: "otlp", ratio: 1,
 				env: append(otlp[:2:2], "OTEL_TRACES_SAMPLER=always_on")},
 		)},
@@ -38,7 +40,7 @@ func TestBenchConfigs(t *testing.T) {
 			got := benchConfigs(tt.o, ep)
 			if !slices.EqualFunc(got, tt.want, func(a, b config) bool {
 				return a.name == b.name && a.label == b.label && a.kind == b.kind && a.traces == b.traces &&
-					a.ratio == b.ratio && slices.Equal(a.env, b.env)
+					a.ratio == b.ratio && slices.Equal(a.env, b.env) && slices.Equal(a.args, b.args)
 			}) {
 				t.Errorf("benchConfigs =\n%+v\nwant\n%+v", got, tt.want)
 			}

@@ -30,7 +30,7 @@ func TestFloorSites(t *testing.T) {
 		t.Fatal(err)
 	}
 	probes := []*probe.Probe{httpserver.New(), chi.New()}
-	got, err := floorSites(bin, probes)
+	got, err := floorSites(bin, probes, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,6 +49,9 @@ func TestFloorSites(t *testing.T) {
 	entry := func(sym string, optional bool) *probe.Probe {
 		return &probe.Probe{Name: "t", Sites: []probe.Site{{Symbol: sym, Program: "p", Optional: optional}}}
 	}
+	when := func(sym string) *probe.Probe {
+		return &probe.Probe{Name: "t", Sites: []probe.Site{{Symbol: sym, Program: "p", When: probe.TCPPropagateConst}}}
+	}
 	calls := func(sym, callee string, optional bool) *probe.Probe {
 		return &probe.Probe{Name: "t", Sites: []probe.Site{{Symbol: sym, Calls: callee, Program: "p", Optional: optional}}}
 	}
@@ -57,19 +60,23 @@ func TestFloorSites(t *testing.T) {
 		p       *probe.Probe
 		n       int    // sites found
 		wantErr string // "" for none
+		when    bool   // floorSites' when
 	}{
-		{"entry present", entry("net/http.serverHandler.ServeHTTP", false), 1, ""},
-		{"entry missing", entry("main.noSuchFunc", false), 0, "main.noSuchFunc"},
-		{"optional entry missing", entry("main.noSuchFunc", true), 0, ""},
-		{"call present", calls(chi.Module+".(*Mux).ServeHTTP", "sync.(*Pool).Put", false), 1, ""},
-		{"callee missing", calls(chi.Module+".(*Mux).ServeHTTP", "main.noSuchFunc", false), 0, "main.noSuchFunc"},
-		{"optional callee missing", calls(chi.Module+".(*Mux).ServeHTTP", "main.noSuchFunc", true), 0, ""},
+		{"entry present", entry("net/http.serverHandler.ServeHTTP", false), 1, "", false},
+		{"entry missing", entry("main.noSuchFunc", false), 0, "main.noSuchFunc", false},
+		{"optional entry missing", entry("main.noSuchFunc", true), 0, "", false},
+		{"call present", calls(chi.Module+".(*Mux).ServeHTTP", "sync.(*Pool).Put", false), 1, "", false},
+		{"callee missing", calls(chi.Module+".(*Mux).ServeHTTP", "main.noSuchFunc", false), 0, "main.noSuchFunc", false},
+		{"optional callee missing", calls(chi.Module+".(*Mux).ServeHTTP", "main.noSuchFunc", true), 0, "", false},
 		// Present, but never called from there: an error even when
 		// optional, as obsd refuses the probe then.
-		{"no such call", calls(chi.Module+".(*Mux).ServeHTTP", "net/http.serverHandler.ServeHTTP", true), 0, "no call of"},
+		{"no such call", calls(chi.Module+".(*Mux).ServeHTTP", "net/http.serverHandler.ServeHTTP", true), 0, "no call of", false},
+		// A site attached only with a feature on, as obsd attaches it.
+		{"feature off", when("net/http.serverHandler.ServeHTTP"), 0, "", false},
+		{"feature on", when("net/http.serverHandler.ServeHTTP"), 1, "", true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			offs, err := floorSites(bin, []*probe.Probe{tt.p})
+			offs, err := floorSites(bin, []*probe.Probe{tt.p}, tt.when)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Errorf("floorSites error = %v, want one containing %q", err, tt.wantErr)

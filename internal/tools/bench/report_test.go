@@ -209,7 +209,7 @@ func TestReportSpans(t *testing.T) {
 	})
 	cfgs := benchConfigs(options{obsd: "bin/obsd", spans: true}, "http://127.0.0.1:4317")
 	r.configs = cfgs
-	one, all := cfgs[3], cfgs[4]
+	one, all := cfgs[3], cfgs[5] // 1%, 100% (4 is 1% with --propagate=tcp)
 	load := loadResult{Planned: 50000, Responses: 50000, Elapsed: 5 * time.Second}
 	r.rates = []rateResult{
 		{cfg: cfgs[2], load: load, counted: 50000},
