@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -750,5 +751,54 @@ func TestOpenErrors(t *testing.T) {
 		if !strings.Contains(err.Error(), dir) {
 			t.Errorf("error %q does not name %s", err, dir)
 		}
+	}
+}
+
+// TestForgetSender: the outgoing contexts a probe wrote for a process
+// (struct tcpctx_out's tgid) go when it is forgotten, and only its own; it
+// is no longer a sender. Entries are written as a probe writes them.
+func TestForgetSender(t *testing.T) {
+	e2e.RequireRoot(t)
+	p := openPropagator(t)
+	const gone, stays = 4242, 4343
+	for _, tgid := range []uint32{gone, stays} {
+		if err := p.AddSender(tgid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put := func(port uint16, tgid uint32) bpf.Key {
+		k := key(Conn{Netns: 1, Local: netip.MustParseAddrPort(fmt.Sprintf("10.0.0.1:%d", port)),
+			Remote: netip.MustParseAddrPort("10.0.0.2:80")})
+		if err := p.objs.Out.Put(k, bpf.Out{SpanId: [8]byte{byte(port)}, Tgid: tgid}); err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	var goneKeys, stayKeys []bpf.Key
+	for port := uint16(1000); port < 1010; port++ {
+		goneKeys = append(goneKeys, put(port, gone))
+		stayKeys = append(stayKeys, put(port+100, stays))
+	}
+	n, err := p.ForgetSender(gone)
+	if err != nil || n != len(goneKeys) {
+		t.Fatalf("ForgetSender = %d, %v; want %d, nil", n, err, len(goneKeys))
+	}
+	var v bpf.Out
+	for _, k := range goneKeys {
+		if err := p.objs.Out.Lookup(k, &v); !errors.Is(err, ebpf.ErrKeyNotExist) {
+			t.Errorf("an entry of the forgotten process is still there (%v)", err)
+		}
+	}
+	for _, k := range stayKeys {
+		if err := p.objs.Out.Lookup(k, &v); err != nil || v.Tgid != stays {
+			t.Errorf("another process's entry: %+v, %v", v, err)
+		}
+	}
+	var one uint8
+	if err := p.objs.Senders.Lookup(uint32(gone), &one); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Errorf("the forgotten process is still a sender (%v)", err)
+	}
+	if err := p.objs.Senders.Lookup(uint32(stays), &one); err != nil {
+		t.Errorf("the other process is no longer a sender: %v", err)
 	}
 }

@@ -18,6 +18,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"io"
@@ -32,8 +33,16 @@ type ctxKey struct{}
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:0", "listen address")
+	insecure := flag.Bool("insecure-http1", false, "call https URLs over HTTP/1.1, without verifying the certificate (a self-signed test server)")
 	flag.Parse()
 	client := &http.Client{Timeout: 10 * time.Second}
+	if *insecure {
+		client.Transport = &http.Transport{
+			TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
+			// A non-nil empty map turns HTTP/2 off.
+			TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{},
+		}
+	}
 	var detached atomic.Int64
 	// call returns the callee's status and what it sent (status line,
 	// headers but Date, body).

@@ -33,27 +33,30 @@ func hexID(b []byte) string { return hex.EncodeToString(b) }
 // header carries context from A to B. Every B server span must be the
 // child of A's client span for the same edge request, in the edge's
 // trace, starting no earlier than its parent: one at a time (one
-// keep-alive connection, reused), then 25 at a time; a request the edge
+// keep-alive connection, reused), then 50 at a time (1,000 requests); a request the edge
 // marked not sampled leaves no span anywhere (B follows the flag that
 // crossed). Then obsd instruments A alone: the option still goes out, and
 // an uninstrumented B's answers are byte-identical to those it gave before
 // obsd ran. Once with DWARF, once stripped and PIE (offsets and function
-// addresses from the table and .gopclntab), A built by the oldest Go.
+// addresses from the table and .gopclntab), A built by the oldest Go, and
+// once over HTTPS (HTTP/1.1: the context rides under TLS).
 func TestTCPAcrossNamespaces(t *testing.T) {
 	e2e.RequireRoot(t)
 	for _, tc := range []struct {
 		name string
 		a, b e2e.Variant
+		tls  bool // A calls B over HTTPS, HTTP/1.1
 	}{
-		{"current", e2e.Variant{Name: "current"}, e2e.Variant{Name: "current"}},
+		{"current", e2e.Variant{Name: "current"}, e2e.Variant{Name: "current"}, false},
 		{"stripped-pie", e2e.Variant{Name: "go1.21-stripped-pie", Toolchain: "go1.21.13", Stripped: true, PIE: true},
-			e2e.Variant{Name: "stripped-pie", Stripped: true, PIE: true}},
+			e2e.Variant{Name: "stripped-pie", Stripped: true, PIE: true}, false},
+		{"tls", e2e.Variant{Name: "current"}, e2e.Variant{Name: "current"}, true},
 	} {
-		t.Run(tc.name, func(t *testing.T) { tcpAcross(t, tc.a, tc.b) })
+		t.Run(tc.name, func(t *testing.T) { tcpAcross(t, tc.a, tc.b, tc.tls) })
 	}
 }
 
-func tcpAcross(t *testing.T, aV, bV e2e.Variant) {
+func tcpAcross(t *testing.T, aV, bV e2e.Variant, useTLS bool) {
 	ipCmd := e2e.RequireTool(t, "ip")
 	ssCmd := e2e.RequireTool(t, "ss")
 	np := e2e.NewNetPair(t)
@@ -66,7 +69,11 @@ func tcpAcross(t *testing.T, aV, bV e2e.Variant) {
 		cmd.Env = append(os.Environ(), "OTEL_SERVICE_NAME="+name)
 		return e2e.StartCmd(t, cmd)
 	}
-	b := inNS(np.B, "tcp-b", srvBin, "-addr", np.BAddr.String()+":0")
+	bArgs, aArgs, scheme := []string{"-addr", np.BAddr.String() + ":0"}, []string{"-addr", np.AAddr.String() + ":0"}, "http"
+	if useTLS {
+		bArgs, aArgs, scheme = append(bArgs, "-tls"), append(aArgs, "-insecure-http1"), "https"
+	}
+	b := inNS(np.B, "tcp-b", srvBin, bArgs...)
 	plain := inNS(np.B, "tcp-plain", srvBin, "-addr", np.BAddr.String()+":0") // never instrumented
 	edge := &http.Client{Timeout: 10 * time.Second,
 		Transport: &http.Transport{DialContext: e2e.DialIn(np.A), MaxIdleConnsPerHost: 32}}
@@ -115,7 +122,7 @@ func tcpAcross(t *testing.T, aV, bV e2e.Variant) {
 	baseline := dumps(a0)
 	a0.Cmd.Process.Kill()
 
-	a := inNS(np.A, "tcp-a", chainBin, "-addr", np.AAddr.String()+":0")
+	a := inNS(np.A, "tcp-a", chainBin, aArgs...)
 	recv := e2e.StartReceiver(t)
 	env := []string{
 		"OTEL_EXPORTER_OTLP_ENDPOINT=" + recv.Endpoint,
@@ -128,8 +135,8 @@ func tcpAcross(t *testing.T, aV, bV e2e.Variant) {
 		return e2e.Sum(f, "obsd_instrumented_processes", nil) == 2
 	})
 
-	const seq, conc, workers, unsampled = 50, 500, 25, 20
-	bURL := func(i int) string { return fmt.Sprintf("http://%s/items/%d", b.First, i) }
+	const seq, conc, workers, unsampled = 50, 1000, 50, 20
+	bURL := func(i int) string { return fmt.Sprintf("%s://%s/items/%d", scheme, b.First, i) }
 	for i := range seq {
 		if _, err := get(a, i, true, bURL(i), false); err != nil {
 			t.Fatal(err)
