@@ -69,14 +69,20 @@ fail:
 	return -1;
 }
 
-/* goconn_out makes the connection k of process tgid carry tc (a CLIENT
- * span's context, as its server's parent), or nothing when tc has no
- * span. */
+/* goconn_sender says whether process tgid is registered to send context:
+ * only a sender's connections get the callbacks that use, and at close
+ * delete, an obsd_tcp_out entry. Checked before anything is read. */
+static __always_inline int goconn_sender(u32 tgid)
+{
+	return bpf_map_lookup_elem(&obsd_tcp_senders, &tgid) != 0;
+}
+
+/* goconn_out makes the connection k of process tgid (a sender) carry tc
+ * (a CLIENT span's context, as its server's parent), or nothing when tc is
+ * NULL or has no span. */
 static __always_inline void goconn_out(struct tcpctx_key *k, const struct trace_ctx *tc, u32 tgid)
 {
-	if (!bpf_map_lookup_elem(&obsd_tcp_senders, &tgid))
-		return; /* its connections carry nothing; an entry would never be deleted */
-	if (!tc->span) {
+	if (!tc || !tc->span) {
 		bpf_map_delete_elem(&obsd_tcp_out, k);
 		return;
 	}
@@ -104,7 +110,7 @@ static __always_inline void goconn_in(struct tcpctx_key *k, struct trace_ctx *tc
 	if (!v || v->gen == v->taken_gen)
 		return;
 	v->taken_gen = v->gen;
-	if (tc->trace & TR_REMOTE)
+	if (!tc || (tc->trace & TR_REMOTE))
 		return;
 	u64 hi, lo, span;
 	__builtin_memcpy(&hi, v->trace_id, 8);

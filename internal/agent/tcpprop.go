@@ -66,16 +66,19 @@ func openTCP(spans bool, log *slog.Logger) (*tcpPropagation, propagate.Result) {
 	}, r
 }
 
-// add registers process pid as a sender and its namespace as a receiver.
+// add registers process pid as a sender and its namespace as a receiver;
+// on failure, neither (a sender left behind would outlive the pid).
 func (t *tcpPropagation) add(pid int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	ns, err := tcpctx.NetnsOf(pid)
 	if err == nil {
 		err = t.p.AddSender(uint32(pid))
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
 	if err == nil && t.netns[ns] == 0 {
-		err = t.p.AddReceiver(ns, 0)
+		if err = t.p.AddReceiver(ns, 0); err != nil {
+			err = errors.Join(err, t.p.RemoveSender(uint32(pid)))
+		}
 	}
 	if err != nil {
 		t.errs.Inc()
@@ -88,23 +91,19 @@ func (t *tcpPropagation) add(pid int) {
 }
 
 // remove undoes add when pid was registered, and deletes what its probes
-// left in the maps.
+// left in the maps. Under the lock throughout: an add in the same
+// namespace must not see it registered while this unregisters it.
 func (t *tcpPropagation) remove(pid int) {
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	ns, ok := t.procs[pid]
-	if ok {
-		delete(t.procs, pid)
-		if t.netns[ns]--; t.netns[ns] == 0 {
-			delete(t.netns, ns)
-		}
-	}
-	last := ok && t.netns[ns] == 0
-	t.mu.Unlock()
 	if !ok {
 		return
 	}
+	delete(t.procs, pid)
 	_, err := t.p.ForgetSender(uint32(pid))
-	if last {
+	if t.netns[ns]--; t.netns[ns] == 0 {
+		delete(t.netns, ns)
 		err = errors.Join(err, t.p.RemoveReceiver(ns, 0))
 	}
 	if err != nil {

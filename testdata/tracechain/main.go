@@ -10,7 +10,9 @@
 // context.WithoutCancel(r.Context())). GET /calls answers the number of
 // detached calls finished, so a test knows when they are all done. With
 // dump=1, /call answers 200 with what the callee sent (status line, headers
-// but Date, body) instead of its status.
+// but Date, body) instead of its status. With ctx=request&tp=VALUE, the call
+// carries the header Traceparent: VALUE, as a service using an OpenTelemetry
+// propagator would.
 //
 // It prints the address it listens on as the first line of stdout.
 package main
@@ -31,6 +33,9 @@ import (
 
 type ctxKey struct{}
 
+// traceparentKey holds a traceparent header the call sends (tp=).
+type traceparentKey struct{}
+
 func main() {
 	addr := flag.String("addr", "127.0.0.1:0", "listen address")
 	insecure := flag.Bool("insecure-http1", false, "call https URLs over HTTP/1.1, without verifying the certificate (a self-signed test server)")
@@ -50,6 +55,9 @@ func main() {
 		req, err := http.NewRequestWithContext(ctx, "GET", to, nil)
 		if err != nil {
 			return 0, "", err
+		}
+		if tp, ok := ctx.Value(traceparentKey{}).(string); ok {
+			req.Header.Set("Traceparent", tp)
 		}
 		resp, err := client.Do(req)
 		if err != nil {
@@ -77,7 +85,11 @@ func main() {
 		)
 		switch kind := r.URL.Query().Get("ctx"); kind {
 		case "request":
-			status, dump, err = call(r.Context(), to)
+			ctx := r.Context()
+			if tp := r.URL.Query().Get("tp"); tp != "" {
+				ctx = context.WithValue(ctx, traceparentKey{}, tp)
+			}
+			status, dump, err = call(ctx, to)
 		case "timeout":
 			ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 			status, dump, err = call(ctx, to)

@@ -223,6 +223,7 @@ const (
 	bpfProgHttpClientConn           = "http_client_conn"
 	bpfProgHttpClientEnd            = "http_client_end"
 	bpfProgHttpClientStart          = "http_client_start"
+	bpfVarConnSiteVaddr             = "conn_site_vaddr"
 	bpfVarDurationBoundsNs          = "duration_bounds_ns"
 	bpfVarFnCtxDeadline             = "fn_ctx_deadline"
 	bpfVarFnErrorString             = "fn_error_string"
@@ -354,6 +355,7 @@ type bpfMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
+	ConnSiteVaddr             *ebpf.VariableSpec `ebpf:"conn_site_vaddr"`
 	DurationBoundsNs          *ebpf.VariableSpec `ebpf:"duration_bounds_ns"`
 	FnCtxDeadline             *ebpf.VariableSpec `ebpf:"fn_ctx_deadline"`
 	FnErrorString             *ebpf.VariableSpec `ebpf:"fn_error_string"`
@@ -472,6 +474,7 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
+	ConnSiteVaddr             *ebpf.Variable `ebpf:"conn_site_vaddr"`
 	DurationBoundsNs          *ebpf.Variable `ebpf:"duration_bounds_ns"`
 	FnCtxDeadline             *ebpf.Variable `ebpf:"fn_ctx_deadline"`
 	FnErrorString             *ebpf.Variable `ebpf:"fn_error_string"`

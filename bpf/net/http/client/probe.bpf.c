@@ -59,8 +59,9 @@ volatile const u64 off_httperror_timeout = OFF_NONE;
 volatile const u64 off_request_ctx = OFF_NONE; /* an interface: data word at +8 */
 volatile const u64 off_persistconn_conn = OFF_NONE; /* --propagate=tcp: persistConn.conn, the net.Conn */
 
-/* Link-time address of the entry site, for the load bias of a PIE. */
+/* Link-time addresses of the entry sites, for the load bias of a PIE. */
 volatile const u64 start_site_vaddr = 0;
+volatile const u64 conn_site_vaddr = 0;
 
 /* Link-time addresses of the Error methods of error types, set by the
  * loader when the binary has them (0: never an error here). An error's
@@ -479,15 +480,20 @@ int http_client_end(struct pt_regs *ctx)
 SEC("uprobe.multi")
 int http_client_conn(struct pt_regs *ctx)
 {
-	if (!tcp_propagate || off_persistconn_conn == OFF_NONE)
-		return 0;
 	struct inflight_key key = key_of(ctx);
-	struct inflight *in = bpf_map_lookup_elem(&http_client_inflight, &key);
-	u64 pc = GO_ARG1(ctx);
-	if (!in || !pc)
+	if (!tcp_propagate || !goconn_sender(key.tgid))
 		return 0;
+	u64 pc = GO_ARG1(ctx);
+	if (off_persistconn_conn == OFF_NONE || !pc) {
+		count(CNT_TCPCTX_CONN);
+		return 0;
+	}
+	/* Without its round trip (not recorded: the in-flight map was full),
+	 * the connection carries nothing rather than the previous request's
+	 * context. */
+	struct inflight *in = bpf_map_lookup_elem(&http_client_inflight, &key);
 	struct tcpctx_key k;
-	if (goconn_key(pc + off_persistconn_conn, in->bias, &k) == 0)
-		goconn_out(&k, &in->tc, key.tgid);
+	if (goconn_key(pc + off_persistconn_conn, load_bias(ctx, conn_site_vaddr), &k) == 0)
+		goconn_out(&k, in ? &in->tc : 0, key.tgid);
 	return 0;
 }

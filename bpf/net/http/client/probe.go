@@ -96,7 +96,7 @@ func New() *probe.Probe {
 		Sites: []probe.Site{
 			{Symbol: roundTrip, Program: "http_client_start", VaddrConst: "start_site_vaddr"},
 			{Symbol: roundTrip, Program: "http_client_end", Returns: true},
-			{Symbol: "net/http.(*persistConn).roundTrip", Program: "http_client_conn", Optional: true, When: probe.TCPPropagateConst},
+			{Symbol: "net/http.(*persistConn).roundTrip", Program: "http_client_conn", VaddrConst: "conn_site_vaddr", Optional: true, When: probe.TCPPropagateConst},
 		},
 		Consts: append([]probe.Const{
 			{Name: "off_request_method", Field: field("net/http", "Request", "Method")},

@@ -418,7 +418,8 @@ static __always_inline struct inflight_key key_of(struct pt_regs *ctx)
 }
 
 /* tcp_parent takes the context the caller's obsd sent on the HTTP/1
- * connection of the *response w (--propagate=tcp) as tc's parent. */
+ * connection of the *response w (--propagate=tcp) as tc's parent; with tc
+ * NULL, only marks it taken. */
 static __noinline void tcp_parent(u64 w, u64 bias, struct trace_ctx *tc)
 {
 	u64 c = 0;
@@ -449,14 +450,14 @@ static __always_inline void start(struct inflight_key key, u64 req, u64 w, u64 b
 		struct budget *b = budget_of(key.tgid);
 		if (!b || !take(&b->slots, budget_slots)) {
 			count(CNT_INFLIGHT_BUDGET);
-			return;
+			goto lost;
 		}
 		struct inflight fresh = {};
 		if (bpf_map_update_elem(&http_server_inflight, &key, &fresh, BPF_NOEXIST) != 0 ||
 		    !(in = bpf_map_lookup_elem(&http_server_inflight, &key))) {
 			__sync_fetch_and_add(&b->slots, -1);
 			count(CNT_INFLIGHT_FULL);
-			return;
+			goto lost;
 		}
 	} else if (in->start_ns) {
 		/* The goroutine's previous request was never ended: lost. */
@@ -520,6 +521,13 @@ static __always_inline void start(struct inflight_key key, u64 req, u64 w, u64 b
 			tc_publish(key.tgid, in->ctx, &in->tc);
 	}
 	in->start_ns = bpf_ktime_get_ns();
+	return;
+lost:
+	/* The request is lost (counted), but the context its caller sent is
+	 * still its own: taken, so that no later request on the connection
+	 * inherits it. */
+	if (with_spans && tcp_propagate && w)
+		tcp_parent(w, bias, 0);
 }
 
 /* report counts or sends the request in flight in in, ended at end with

@@ -147,6 +147,25 @@ const unknownService = "/no.such.Service/Method"
 
 type key struct{ method, code string }
 
+// deadlineAsOne is a copy of a client's tally in which Canceled counts as
+// DeadlineExceeded: the call whose deadline expires while the server sleeps
+// ends either way, by which of the client's deadline and the server's
+// answer to its own ending context wins (seen without obsd on a loaded
+// machine), so two runs may differ there and nowhere else.
+func deadlineAsOne(tally map[string]map[string]int) map[string]map[string]int {
+	out := map[string]map[string]int{}
+	for m, codes := range tally {
+		out[m] = map[string]int{}
+		for c, n := range codes {
+			if c == "Canceled" {
+				c = "DeadlineExceeded"
+			}
+			out[m][c] += n
+		}
+	}
+	return out
+}
+
 // expected turns the client's tally into the series obsd must show. A
 // client-side DeadlineExceeded is a call the server saw its context end
 // for: it wrote DEADLINE_EXCEEDED if its own deadline timer fired first,
@@ -236,7 +255,7 @@ func TestCallsCountedExactly(t *testing.T) {
 			}
 
 			tally := callMix(t, bin, addr)
-			if !reflect.DeepEqual(tally, baseline) {
+			if !reflect.DeepEqual(deadlineAsOne(tally), deadlineAsOne(baseline)) {
 				t.Errorf("the client saw %v under obsd, %v without", tally, baseline)
 			}
 			want, deadline := expected(t, tally)

@@ -14,7 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	dto "github.com/prometheus/client_model/go"
+
+	bpftcpctx "github.com/obsd-dev/obsd/bpf/tcpctx"
 
 	"github.com/obsd-dev/obsd/internal/test/e2e"
 )
@@ -37,7 +40,11 @@ func hexID(b []byte) string { return hex.EncodeToString(b) }
 // marked not sampled leaves no span anywhere (B follows the flag that
 // crossed). Then obsd instruments A alone: the option still goes out, and
 // an uninstrumented B's answers are byte-identical to those it gave before
-// obsd ran. Once with DWARF, once stripped and PIE (offsets and function
+// obsd ran. A traceparent header A sends wins over the connection's
+// context. With one obsd per service (as on two nodes), calls link, and
+// once A's obsd stops B's spans are new traces, not children of the last
+// context that arrived. A's contexts on a connection it opened before obsd
+// (which never carries them) are deleted when A exits. Once with DWARF, once stripped and PIE (offsets and function
 // addresses from the table and .gopclntab), A built by the oldest Go, and
 // once over HTTPS (HTTP/1.1: the context rides under TLS).
 func TestTCPAcrossNamespaces(t *testing.T) {
@@ -81,11 +88,8 @@ func tcpAcross(t *testing.T, aV, bV e2e.Variant, useTLS bool) {
 
 	// get sends edge request i (sampled or not) to A's /call for to,
 	// and returns A's answer.
-	get := func(a *e2e.Proc, i int, sampled bool, to string, dump bool) (string, error) {
-		u := fmt.Sprintf("http://%s/call?ctx=request&to=%s", a.First, to)
-		if dump {
-			u += "&dump=1"
-		}
+	get := func(a *e2e.Proc, i int, sampled bool, to string, query string) (string, error) {
+		u := fmt.Sprintf("http://%s/call?ctx=request&to=%s%s", a.First, to, query)
 		req, err := http.NewRequest("GET", u, nil)
 		if err != nil {
 			return "", err
@@ -108,7 +112,7 @@ func tcpAcross(t *testing.T, aV, bV e2e.Variant, useTLS bool) {
 		t.Helper()
 		out := map[string]string{}
 		for i, p := range dumpPaths {
-			body, err := get(a, 9000+i, true, "http://"+plain.First+p, true)
+			body, err := get(a, 9000+i, true, "http://"+plain.First+p, "&dump=1")
 			if err != nil {
 				t.Fatalf("%s through A: %v", p, err)
 			}
@@ -123,6 +127,12 @@ func tcpAcross(t *testing.T, aV, bV e2e.Variant, useTLS bool) {
 	a0.Cmd.Process.Kill()
 
 	a := inNS(np.A, "tcp-a", chainBin, aArgs...)
+	// A connection A opens before obsd registers it never gets the
+	// callbacks (nor their cleanup at close): its entries go when A exits.
+	pre := inNS(np.B, "tcp-pre", srvBin, "-addr", np.BAddr.String()+":0") // never instrumented
+	if _, err := get(a, 8000, true, "http://"+pre.First+"/hello", ""); err != nil {
+		t.Fatal(err)
+	}
 	recv := e2e.StartReceiver(t)
 	env := []string{
 		"OTEL_EXPORTER_OTLP_ENDPOINT=" + recv.Endpoint,
@@ -138,7 +148,7 @@ func tcpAcross(t *testing.T, aV, bV e2e.Variant, useTLS bool) {
 	const seq, conc, workers, unsampled = 50, 1000, 50, 20
 	bURL := func(i int) string { return fmt.Sprintf("%s://%s/items/%d", scheme, b.First, i) }
 	for i := range seq {
-		if _, err := get(a, i, true, bURL(i), false); err != nil {
+		if _, err := get(a, i, true, bURL(i), ""); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -151,12 +161,23 @@ func tcpAcross(t *testing.T, aV, bV e2e.Variant, useTLS bool) {
 	if n := len(strings.Fields(string(out))) / 4; n != 1 {
 		t.Errorf("B has %d established connections after %d sequential calls, want 1 (keep-alive):\n%s", n, seq, out)
 	}
+	// A traceparent header names the caller exactly: it wins over the
+	// connection's context (which is still taken: the requests after it
+	// link to their own).
+	const withHeader = 10
+	hdrTrace := func(i int) string { return fmt.Sprintf("0af7651916cd43dd8448eb21%08x", i) }
+	const hdrSpan = "b7ad6b7169203331"
+	for i := 500; i < 500+withHeader; i++ {
+		if _, err := get(a, i, true, bURL(i), "&tp=00-"+hdrTrace(i)+"-"+hdrSpan+"-01"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	var wg sync.WaitGroup
 	work := make(chan int)
 	for range workers {
 		wg.Go(func() {
 			for i := range work {
-				if _, err := get(a, i, i < 3000, bURL(i), false); err != nil {
+				if _, err := get(a, i, i < 3000, bURL(i), ""); err != nil {
 					t.Error(err)
 				}
 			}
@@ -175,14 +196,13 @@ func tcpAcross(t *testing.T, aV, bV e2e.Variant, useTLS bool) {
 	}
 
 	// Three spans per sampled edge request: A's server and client, B's server.
-	want := 3 * (seq + conc)
+	want := 3 * (seq + withHeader + conc)
 	recv.WaitSpans(t, want, 30*time.Second)
 	time.Sleep(500 * time.Millisecond) // anything extra would show now
 	spans := recv.Spans()
 	if len(spans) != want {
 		t.Errorf("received %d spans, want %d (3 per sampled request, none for the unsampled)", len(spans), want)
 	}
-	type trio struct{ aServer, aClient, bServer []e2e.Span }
 	byTrace := map[string]*trio{}
 	for _, s := range spans {
 		tr := hexID(s.GetTraceId())
@@ -238,6 +258,17 @@ func tcpAcross(t *testing.T, aV, bV e2e.Variant, useTLS bool) {
 	if bad > 0 {
 		t.Errorf("%d of %d requests not linked A -> B exactly", bad, seq+conc)
 	}
+	for i := 500; i < 500+withHeader; i++ {
+		x, h := byTrace[edgeTrace(i)], byTrace[hdrTrace(i)]
+		if x == nil || h == nil || len(x.aServer) != 1 || len(x.aClient) != 1 || len(x.bServer) != 0 || len(h.bServer) != 1 {
+			t.Errorf("request %d with a traceparent header from A: spans (A server, A client, B server) %s in the edge's trace, %s in the header's; want 1 1 0, then 0 0 1",
+				i, x.counts(), h.counts())
+			continue
+		}
+		if got := hexID(h.bServer[0].GetParentSpanId()); got != hdrSpan {
+			t.Errorf("request %d: B's span under %s, want the header's %s", i, got, hdrSpan)
+		}
+	}
 	for i := 3000; i < 3000+unsampled; i++ {
 		if x := byTrace[edgeTrace(i)]; x != nil {
 			t.Errorf("request %d was not sampled at the edge, yet has spans %+v", i, x)
@@ -246,8 +277,9 @@ func tcpAcross(t *testing.T, aV, bV e2e.Variant, useTLS bool) {
 	fams := e2e.Families(t, o.Scrape(t))
 	sent := e2e.Sum(fams, "obsd_tcp_context_options_total", map[string]string{"direction": "sent"})
 	received := e2e.Sum(fams, "obsd_tcp_context_options_total", map[string]string{"direction": "received"})
-	t.Logf("options sent %v, received %v for %d calls", sent, received, seq+conc+unsampled)
-	if sent < seq+conc+unsampled || received != sent {
+	calls := float64(seq + withHeader + conc + unsampled)
+	t.Logf("options sent %v, received %v for %v calls", sent, received, calls)
+	if sent < calls || received != sent {
 		t.Errorf("options sent %v, received %v: want at least one per call, all received", sent, received)
 	}
 	for _, name := range []string{"obsd_tcp_context_lost_total", "obsd_tcp_context_anomalies_total", "obsd_tcp_context_registration_errors_total"} {
@@ -261,6 +293,9 @@ func tcpAcross(t *testing.T, aV, bV e2e.Variant, useTLS bool) {
 		}
 	}
 	o.Stop(t)
+	if !useTLS && aV.Name == "current" {
+		separateNodes(t, obsdBin, a, b, bURL, get)
+	}
 
 	// obsd on A alone: B's namespace parses nothing; the option still goes
 	// out, and the server ignores it.
@@ -278,4 +313,126 @@ func tcpAcross(t *testing.T, aV, bV e2e.Variant, useTLS bool) {
 	if sent < float64(len(dumpPaths)) || received != 0 {
 		t.Errorf("options sent %v, received %v to the uninstrumented server: want at least %d sent, none parsed", sent, received, len(dumpPaths))
 	}
+
+	// The connection opened before obsd: its context is set, never used,
+	// never deleted at its close; it goes when A exits.
+	if _, err := get(a, 8001, true, "http://"+pre.First+"/hello", ""); err != nil {
+		t.Fatal(err)
+	}
+	if n := tcpOutEntries(t, uint32(a.PID())); n < 1 {
+		t.Fatalf("%d outgoing contexts of A after a call on its old connection, want at least 1", n)
+	}
+	a.Cmd.Process.Kill()
+	o.WaitScrape(t, 10*time.Second, "A gone", func(f map[string]*dto.MetricFamily) bool {
+		return e2e.Sum(f, "obsd_instrumented_processes", nil) == 0
+	})
+	deadline := time.Now().Add(5 * time.Second)
+	for n := tcpOutEntries(t, uint32(a.PID())); n != 0; n = tcpOutEntries(t, uint32(a.PID())) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d outgoing contexts of A left after it exited", n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// trio is the spans of one trace, by service and kind.
+type trio struct{ aServer, aClient, bServer []e2e.Span }
+
+// counts is "aServer aClient bServer" counts; "0 0 0" for nil.
+func (x *trio) counts() string {
+	if x == nil {
+		return "0 0 0"
+	}
+	return fmt.Sprintf("%d %d %d", len(x.aServer), len(x.aClient), len(x.bServer))
+}
+
+// separateNodes: A and B each under their own obsd, as on two nodes. The
+// calls link; once A's obsd stops, A's requests on the same keep-alive
+// connection carry no context, and B's spans for them are new traces, not
+// children of the last context that arrived.
+func separateNodes(t *testing.T, obsdBin string, a, b *e2e.Proc, bURL func(int) string,
+	get func(*e2e.Proc, int, bool, string, string) (string, error)) {
+	recv := e2e.StartReceiver(t)
+	env := []string{"OTEL_EXPORTER_OTLP_ENDPOINT=" + recv.Endpoint, "OTEL_EXPORTER_OTLP_INSECURE=true", "OTEL_BSP_SCHEDULE_DELAY=100"}
+	var obsds []*e2e.Obsd
+	for _, p := range []*e2e.Proc{b, a} {
+		o := e2e.StartObsd(t, obsdBin, env, "--pid", strconv.Itoa(p.PID()), "--propagate=tcp", "--traces", "otlp",
+			"--keep-slow=0", "--keep-errors=false")
+		o.WaitScrape(t, 10*time.Second, "instrumented", func(f map[string]*dto.MetricFamily) bool {
+			return e2e.Sum(f, "obsd_instrumented_processes", nil) == 1
+		})
+		obsds = append(obsds, o)
+	}
+	const n = 20
+	send := func(from int) {
+		t.Helper()
+		for i := from; i < from+n; i++ {
+			if _, err := get(a, i, true, bURL(i), ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	send(6000)
+	recv.WaitSpans(t, 3*n, 15*time.Second)
+	obsds[1].Stop(t) // A's
+	send(7000)
+	recv.WaitSpans(t, 4*n, 15*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	clientOf := map[string]string{} // A's client span ID by the path it called
+	var bSpans []e2e.Span
+	for _, s := range recv.Spans() {
+		switch {
+		case s.GetKind().String() == "SPAN_KIND_CLIENT":
+			full := s.Attr("url.full")
+			clientOf[full[strings.LastIndex(full, "/items/"):]] = hexID(s.GetSpanId())
+		case s.Resource["service.name"] == "tcp-b":
+			bSpans = append(bSpans, s)
+		}
+	}
+	if len(bSpans) != 2*n {
+		t.Fatalf("%d spans of B, want %d", len(bSpans), 2*n)
+	}
+	for _, s := range bSpans {
+		path := s.Attr("url.path")
+		i, _ := strconv.Atoi(strings.TrimPrefix(path, "/items/"))
+		parent := hexID(s.GetParentSpanId())
+		switch {
+		case i < 7000 && parent != clientOf[path]:
+			t.Errorf("%s: B's span under %q, want A's client span %q (two obsds)", path, parent, clientOf[path])
+		case i >= 7000 && parent != "":
+			t.Errorf("%s, after A's obsd stopped: B's span under %s, want a new trace", path, parent)
+		}
+	}
+	obsds[0].Stop(t)
+}
+
+// tcpOutEntries counts the entries of tgid in every obsd_tcp_out map on the
+// host (other tests' maps hold other processes' entries).
+func tcpOutEntries(t *testing.T, tgid uint32) int {
+	t.Helper()
+	n := 0
+	for id := ebpf.MapID(0); ; {
+		next, err := ebpf.MapGetNextID(id)
+		if err != nil {
+			break // ENOENT: no more maps
+		}
+		id = next
+		m, err := ebpf.NewMapFromID(id)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		if info, err := m.Info(); err == nil && info.Name == "obsd_tcp_out" {
+			var (
+				k bpftcpctx.Key
+				v bpftcpctx.Out
+			)
+			for it := m.Iterate(); it.Next(&k, &v); {
+				if v.Tgid == tgid {
+					n++
+				}
+			}
+		}
+		m.Close()
+	}
+	return n
 }
