@@ -28,7 +28,8 @@ const (
 	bpfObsdCounterCNT_CTX_MAP_FULL        bpfObsdCounter = 10
 	bpfObsdCounterCNT_TCPCTX_CONN         bpfObsdCounter = 11
 	bpfObsdCounterCNT_TCPCTX_OUT_FULL     bpfObsdCounter = 12
-	bpfObsdCounterCNT_MAX                 bpfObsdCounter = 13
+	bpfObsdCounterCNT_TCPCTX_STREAM       bpfObsdCounter = 13
+	bpfObsdCounterCNT_MAX                 bpfObsdCounter = 14
 )
 
 // Names of all BPF objects in the ELF.

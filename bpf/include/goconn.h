@@ -120,4 +120,49 @@ static __always_inline void goconn_in(struct tcpctx_key *k, struct trace_ctx *tc
 		  v->flags & TCPCTX_FLAG_SAMPLED);
 }
 
+/* Multiplexed connections (gRPC over HTTP/2): a context goes on the
+ * connection before each stream's HEADERS frame, but concurrent streams
+ * share the connection's segments and the server starts their handlers in
+ * no fixed order, so "the latest context that arrived" may be another
+ * stream's. The option has no room for the stream ID, so the client puts
+ * it in the context itself: the low 16 bits of its CLIENT span's ID are
+ * the stream's (ID >> 1, client streams being odd), chosen when the stream
+ * is written (the span's ID is not used before). The server joins a
+ * stream only to a context whose span ID carries its own stream's bits;
+ * any other (a stream whose context a later stream's replaced) stays a
+ * root, counted. Two streams 65,536 apart on one connection share bits. */
+#define GOCONN_STREAM_MASK 0xffffULL
+
+/* goconn_stream_span returns span with its low bits set to stream sid's. */
+static __always_inline u64 goconn_stream_span(u64 span, u32 sid)
+{
+	u64 s = (span & ~GOCONN_STREAM_MASK) | ((sid >> 1) & GOCONN_STREAM_MASK);
+	if (!(s & ~GOCONN_STREAM_MASK)) /* never a zero-looking high part */
+		s |= GOCONN_STREAM_MASK + 1;
+	return s;
+}
+
+/* goconn_in_stream takes, into tc, the context that arrived on k if it is
+ * fresh and names stream sid (see above), marking it taken. Returns 1
+ * joined (or tc already had a header parent), 0 nothing on k, -1 the
+ * connection carries contexts but none for this stream. */
+static __always_inline int goconn_in_stream(struct tcpctx_key *k, u32 sid, struct trace_ctx *tc)
+{
+	struct tcpctx_in *v = bpf_map_lookup_elem(&obsd_tcp_in, k);
+	if (!v)
+		return 0;
+	u64 hi, lo, span;
+	__builtin_memcpy(&span, v->span_id, 8);
+	span = __builtin_bswap64(span);
+	if (v->gen == v->taken_gen || (span & GOCONN_STREAM_MASK) != ((sid >> 1) & GOCONN_STREAM_MASK))
+		return -1;
+	v->taken_gen = v->gen;
+	if (tc->trace & TR_REMOTE)
+		return 1;
+	__builtin_memcpy(&hi, v->trace_id, 8);
+	__builtin_memcpy(&lo, v->trace_id + 8, 8);
+	tc_remote(tc, __builtin_bswap64(hi), __builtin_bswap64(lo), span, v->flags & TCPCTX_FLAG_SAMPLED);
+	return 1;
+}
+
 #endif

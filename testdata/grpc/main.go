@@ -9,7 +9,10 @@
 //	grpcapp -listen ADDR -servehttp       serve through (*grpc.Server).ServeHTTP behind net/http (h2c)
 //	grpcapp -listen ADDR -forward ADDR2   serve, and answer a UnaryCall whose payload body is
 //	                                      "forward" by calling EmptyCall on ADDR2 under the
-//	                                      handler's context (for trace-context tests)
+//	                                      handler's context (for trace-context tests); with a
+//	                                      response_status, UnaryCall with that status instead,
+//	                                      whose error it returns; "forward-stream": one message
+//	                                      through a FullDuplexCall on ADDR2
 //	grpcapp -call ADDR -hold              the same, but prints "ready" first, calls only
 //	                                      after a line on stdin, and exits at stdin's end
 //	                                      (so a test can instrument it before the first call
@@ -107,8 +110,35 @@ func (s server) UnaryCall(ctx context.Context, in *testpb.SimpleRequest) (*testp
 		if s.forward == nil {
 			return nil, status.Error(codes.FailedPrecondition, "no -forward")
 		}
+		if st := in.GetResponseStatus(); st != nil {
+			// The next server answers with this status: the caller sees
+			// it, and a test tells the forwarded calls apart by it.
+			_, err := s.forward.UnaryCall(ctx, &testpb.SimpleRequest{ResponseStatus: st})
+			return nil, err
+		}
 		if _, err := s.forward.EmptyCall(ctx, &testpb.Empty{}); err != nil {
 			return nil, err
+		}
+	case "forward-stream":
+		// One message through a FullDuplexCall to the next server.
+		if s.forward == nil {
+			return nil, status.Error(codes.FailedPrecondition, "no -forward")
+		}
+		stream, err := s.forward.FullDuplexCall(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if err := stream.Send(&testpb.StreamingOutputCallRequest{}); err != nil {
+			return nil, err
+		}
+		if _, err := stream.Recv(); err != nil {
+			return nil, err
+		}
+		if err := stream.CloseSend(); err != nil {
+			return nil, err
+		}
+		if _, err := stream.Recv(); !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("the stream's end: %v", err)
 		}
 	case "panic":
 		panic("grpcapp: asked to panic")
@@ -186,7 +216,9 @@ func serve(addr string, serveHTTP bool, forward string) error {
 	}
 	srv := server{}
 	if forward != "" {
-		cc, err := grpc.Dial(forward, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		// Connects at the first forwarded call, not now: obsd, attached
+		// after the start, then sees the connection open.
+		cc, err := grpc.NewClient("passthrough:///"+forward, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
 			return err
 		}

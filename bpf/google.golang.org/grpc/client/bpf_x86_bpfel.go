@@ -16,6 +16,7 @@ import (
 type bpfCall struct {
 	_       structs.HostLayout
 	StartNs uint64
+	Actx    uint64
 	Tc      struct {
 		_             structs.HostLayout
 		TraceHi       uint64
@@ -81,7 +82,8 @@ const (
 	bpfObsdCounterCNT_CTX_MAP_FULL        bpfObsdCounter = 10
 	bpfObsdCounterCNT_TCPCTX_CONN         bpfObsdCounter = 11
 	bpfObsdCounterCNT_TCPCTX_OUT_FULL     bpfObsdCounter = 12
-	bpfObsdCounterCNT_MAX                 bpfObsdCounter = 13
+	bpfObsdCounterCNT_TCPCTX_STREAM       bpfObsdCounter = 13
+	bpfObsdCounterCNT_MAX                 bpfObsdCounter = 14
 )
 
 type bpfObsdName struct {
@@ -160,6 +162,35 @@ type bpfTcScratch struct {
 	_      [4]byte
 }
 
+type bpfTcpctxIn struct {
+	_        structs.HostLayout
+	TraceId  [16]uint8
+	SpanId   [8]uint8
+	Flags    uint8
+	Pad      [3]uint8
+	Gen      uint32
+	TakenGen uint32
+	Pad2     uint32
+}
+
+type bpfTcpctxKey struct {
+	_     structs.HostLayout
+	Netns uint32
+	Lport uint16
+	Rport uint16
+	Laddr [16]uint8
+	Raddr [16]uint8
+}
+
+type bpfTcpctxOut struct {
+	_       structs.HostLayout
+	TraceId [16]uint8
+	SpanId  [8]uint8
+	Flags   uint8
+	Pad     [3]uint8
+	Tgid    uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -168,8 +199,12 @@ const (
 	bpfMapObsdCounters             = "obsd_counters"
 	bpfMapObsdSharedCtxSpans       = "obsd_shared_ctx_spans"
 	bpfMapObsdTcScratch            = "obsd_tc_scratch"
+	bpfMapObsdTcpIn                = "obsd_tcp_in"
+	bpfMapObsdTcpOut               = "obsd_tcp_out"
+	bpfMapObsdTcpSenders           = "obsd_tcp_senders"
 	bpfMapRpcClientBudget          = "rpc_client_budget"
 	bpfMapRpcClientCalls           = "rpc_client_calls"
+	bpfMapRpcClientCtx             = "rpc_client_ctx"
 	bpfMapRpcClientMetrics         = "rpc_client_metrics"
 	bpfMapRpcClientNameScratch     = "rpc_client_name_scratch"
 	bpfMapRpcClientNames           = "rpc_client_names"
@@ -177,10 +212,13 @@ const (
 	bpfMapRpcClientSeries          = "rpc_client_series"
 	bpfProgRpcClientEnd            = "rpc_client_end"
 	bpfProgRpcClientStart          = "rpc_client_start"
+	bpfProgRpcClientStream         = "rpc_client_stream"
 	bpfVarBudgetCalls              = "budget_calls"
 	bpfVarDurationBoundsNs         = "duration_bounds_ns"
 	bpfVarEndSiteVaddr             = "end_site_vaddr"
 	bpfVarErrorstringFn            = "errorstring_fn"
+	bpfVarFnTcpconnClose           = "fn_tcpconn_close"
+	bpfVarFnTlsconnClose           = "fn_tlsconn_close"
 	bpfVarHistBudgetSeries         = "hist_budget_series"
 	bpfVarKeepErrors               = "keep_errors"
 	bpfVarKeepSlowNs               = "keep_slow_ns"
@@ -188,6 +226,9 @@ const (
 	bpfVarOffAttemptCtx            = "off_attempt_ctx"
 	bpfVarOffCallhdrHost           = "off_callhdr_host"
 	bpfVarOffCallhdrMethod         = "off_callhdr_method"
+	bpfVarOffClienthdrsStreamid    = "off_clienthdrs_streamid"
+	bpfVarOffClienthdrsWq          = "off_clienthdrs_wq"
+	bpfVarOffConnFd                = "off_conn_fd"
 	bpfVarOffCsCallhdr             = "off_cs_callhdr"
 	bpfVarOffErrorS                = "off_error_s"
 	bpfVarOffErrorstringS          = "off_errorstring_s"
@@ -195,6 +236,9 @@ const (
 	bpfVarOffHmapBuckets           = "off_hmap_buckets"
 	bpfVarOffHmapFlags             = "off_hmap_flags"
 	bpfVarOffHmapOldbuckets        = "off_hmap_oldbuckets"
+	bpfVarOffLoopyConn             = "off_loopy_conn"
+	bpfVarOffNetfdLaddr            = "off_netfd_laddr"
+	bpfVarOffNetfdRaddr            = "off_netfd_raddr"
 	bpfVarOffSgroupsData           = "off_sgroups_data"
 	bpfVarOffSgroupsMask           = "off_sgroups_mask"
 	bpfVarOffSmapDirlen            = "off_smap_dirlen"
@@ -202,9 +246,16 @@ const (
 	bpfVarOffSpbCode               = "off_spb_code"
 	bpfVarOffStableGroups          = "off_stable_groups"
 	bpfVarOffStatusS               = "off_status_s"
+	bpfVarOffTcpaddrIp             = "off_tcpaddr_ip"
+	bpfVarOffTcpaddrPort           = "off_tcpaddr_port"
+	bpfVarOffTlsconnConn           = "off_tlsconn_conn"
+	bpfVarOffTstreamCtx            = "off_tstream_ctx"
+	bpfVarOffTstreamWq             = "off_tstream_wq"
 	bpfVarParentBased              = "parent_based"
 	bpfVarSampleBound              = "sample_bound"
 	bpfVarStatusErrorFn            = "status_error_fn"
+	bpfVarStreamSiteVaddr          = "stream_site_vaddr"
+	bpfVarTcpPropagate             = "tcp_propagate"
 	bpfVarUnusedCall               = "unused_call"
 	bpfVarUnusedCallKey            = "unused_call_key"
 	bpfVarUnusedHist               = "unused_hist"
@@ -257,8 +308,9 @@ type bpfSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfProgramSpecs struct {
-	RpcClientEnd   *ebpf.ProgramSpec `ebpf:"rpc_client_end"`
-	RpcClientStart *ebpf.ProgramSpec `ebpf:"rpc_client_start"`
+	RpcClientEnd    *ebpf.ProgramSpec `ebpf:"rpc_client_end"`
+	RpcClientStart  *ebpf.ProgramSpec `ebpf:"rpc_client_start"`
+	RpcClientStream *ebpf.ProgramSpec `ebpf:"rpc_client_stream"`
 }
 
 // bpfMapSpecs contains maps before they are loaded into the kernel.
@@ -269,8 +321,12 @@ type bpfMapSpecs struct {
 	ObsdCounters         *ebpf.MapSpec `ebpf:"obsd_counters"`
 	ObsdSharedCtxSpans   *ebpf.MapSpec `ebpf:"obsd_shared_ctx_spans"`
 	ObsdTcScratch        *ebpf.MapSpec `ebpf:"obsd_tc_scratch"`
+	ObsdTcpIn            *ebpf.MapSpec `ebpf:"obsd_tcp_in"`
+	ObsdTcpOut           *ebpf.MapSpec `ebpf:"obsd_tcp_out"`
+	ObsdTcpSenders       *ebpf.MapSpec `ebpf:"obsd_tcp_senders"`
 	RpcClientBudget      *ebpf.MapSpec `ebpf:"rpc_client_budget"`
 	RpcClientCalls       *ebpf.MapSpec `ebpf:"rpc_client_calls"`
+	RpcClientCtx         *ebpf.MapSpec `ebpf:"rpc_client_ctx"`
 	RpcClientMetrics     *ebpf.MapSpec `ebpf:"rpc_client_metrics"`
 	RpcClientNameScratch *ebpf.MapSpec `ebpf:"rpc_client_name_scratch"`
 	RpcClientNames       *ebpf.MapSpec `ebpf:"rpc_client_names"`
@@ -286,6 +342,8 @@ type bpfVariableSpecs struct {
 	DurationBoundsNs         *ebpf.VariableSpec `ebpf:"duration_bounds_ns"`
 	EndSiteVaddr             *ebpf.VariableSpec `ebpf:"end_site_vaddr"`
 	ErrorstringFn            *ebpf.VariableSpec `ebpf:"errorstring_fn"`
+	FnTcpconnClose           *ebpf.VariableSpec `ebpf:"fn_tcpconn_close"`
+	FnTlsconnClose           *ebpf.VariableSpec `ebpf:"fn_tlsconn_close"`
 	HistBudgetSeries         *ebpf.VariableSpec `ebpf:"hist_budget_series"`
 	KeepErrors               *ebpf.VariableSpec `ebpf:"keep_errors"`
 	KeepSlowNs               *ebpf.VariableSpec `ebpf:"keep_slow_ns"`
@@ -293,6 +351,9 @@ type bpfVariableSpecs struct {
 	OffAttemptCtx            *ebpf.VariableSpec `ebpf:"off_attempt_ctx"`
 	OffCallhdrHost           *ebpf.VariableSpec `ebpf:"off_callhdr_host"`
 	OffCallhdrMethod         *ebpf.VariableSpec `ebpf:"off_callhdr_method"`
+	OffClienthdrsStreamid    *ebpf.VariableSpec `ebpf:"off_clienthdrs_streamid"`
+	OffClienthdrsWq          *ebpf.VariableSpec `ebpf:"off_clienthdrs_wq"`
+	OffConnFd                *ebpf.VariableSpec `ebpf:"off_conn_fd"`
 	OffCsCallhdr             *ebpf.VariableSpec `ebpf:"off_cs_callhdr"`
 	OffErrorS                *ebpf.VariableSpec `ebpf:"off_error_s"`
 	OffErrorstringS          *ebpf.VariableSpec `ebpf:"off_errorstring_s"`
@@ -300,6 +361,9 @@ type bpfVariableSpecs struct {
 	OffHmapBuckets           *ebpf.VariableSpec `ebpf:"off_hmap_buckets"`
 	OffHmapFlags             *ebpf.VariableSpec `ebpf:"off_hmap_flags"`
 	OffHmapOldbuckets        *ebpf.VariableSpec `ebpf:"off_hmap_oldbuckets"`
+	OffLoopyConn             *ebpf.VariableSpec `ebpf:"off_loopy_conn"`
+	OffNetfdLaddr            *ebpf.VariableSpec `ebpf:"off_netfd_laddr"`
+	OffNetfdRaddr            *ebpf.VariableSpec `ebpf:"off_netfd_raddr"`
 	OffSgroupsData           *ebpf.VariableSpec `ebpf:"off_sgroups_data"`
 	OffSgroupsMask           *ebpf.VariableSpec `ebpf:"off_sgroups_mask"`
 	OffSmapDirlen            *ebpf.VariableSpec `ebpf:"off_smap_dirlen"`
@@ -307,9 +371,16 @@ type bpfVariableSpecs struct {
 	OffSpbCode               *ebpf.VariableSpec `ebpf:"off_spb_code"`
 	OffStableGroups          *ebpf.VariableSpec `ebpf:"off_stable_groups"`
 	OffStatusS               *ebpf.VariableSpec `ebpf:"off_status_s"`
+	OffTcpaddrIp             *ebpf.VariableSpec `ebpf:"off_tcpaddr_ip"`
+	OffTcpaddrPort           *ebpf.VariableSpec `ebpf:"off_tcpaddr_port"`
+	OffTlsconnConn           *ebpf.VariableSpec `ebpf:"off_tlsconn_conn"`
+	OffTstreamCtx            *ebpf.VariableSpec `ebpf:"off_tstream_ctx"`
+	OffTstreamWq             *ebpf.VariableSpec `ebpf:"off_tstream_wq"`
 	ParentBased              *ebpf.VariableSpec `ebpf:"parent_based"`
 	SampleBound              *ebpf.VariableSpec `ebpf:"sample_bound"`
 	StatusErrorFn            *ebpf.VariableSpec `ebpf:"status_error_fn"`
+	StreamSiteVaddr          *ebpf.VariableSpec `ebpf:"stream_site_vaddr"`
+	TcpPropagate             *ebpf.VariableSpec `ebpf:"tcp_propagate"`
 	UnusedCall               *ebpf.VariableSpec `ebpf:"unused_call"`
 	UnusedCallKey            *ebpf.VariableSpec `ebpf:"unused_call_key"`
 	UnusedHist               *ebpf.VariableSpec `ebpf:"unused_hist"`
@@ -344,8 +415,12 @@ type bpfMaps struct {
 	ObsdCounters         *ebpf.Map `ebpf:"obsd_counters"`
 	ObsdSharedCtxSpans   *ebpf.Map `ebpf:"obsd_shared_ctx_spans"`
 	ObsdTcScratch        *ebpf.Map `ebpf:"obsd_tc_scratch"`
+	ObsdTcpIn            *ebpf.Map `ebpf:"obsd_tcp_in"`
+	ObsdTcpOut           *ebpf.Map `ebpf:"obsd_tcp_out"`
+	ObsdTcpSenders       *ebpf.Map `ebpf:"obsd_tcp_senders"`
 	RpcClientBudget      *ebpf.Map `ebpf:"rpc_client_budget"`
 	RpcClientCalls       *ebpf.Map `ebpf:"rpc_client_calls"`
+	RpcClientCtx         *ebpf.Map `ebpf:"rpc_client_ctx"`
 	RpcClientMetrics     *ebpf.Map `ebpf:"rpc_client_metrics"`
 	RpcClientNameScratch *ebpf.Map `ebpf:"rpc_client_name_scratch"`
 	RpcClientNames       *ebpf.Map `ebpf:"rpc_client_names"`
@@ -359,8 +434,12 @@ func (m *bpfMaps) Close() error {
 		m.ObsdCounters,
 		m.ObsdSharedCtxSpans,
 		m.ObsdTcScratch,
+		m.ObsdTcpIn,
+		m.ObsdTcpOut,
+		m.ObsdTcpSenders,
 		m.RpcClientBudget,
 		m.RpcClientCalls,
+		m.RpcClientCtx,
 		m.RpcClientMetrics,
 		m.RpcClientNameScratch,
 		m.RpcClientNames,
@@ -377,6 +456,8 @@ type bpfVariables struct {
 	DurationBoundsNs         *ebpf.Variable `ebpf:"duration_bounds_ns"`
 	EndSiteVaddr             *ebpf.Variable `ebpf:"end_site_vaddr"`
 	ErrorstringFn            *ebpf.Variable `ebpf:"errorstring_fn"`
+	FnTcpconnClose           *ebpf.Variable `ebpf:"fn_tcpconn_close"`
+	FnTlsconnClose           *ebpf.Variable `ebpf:"fn_tlsconn_close"`
 	HistBudgetSeries         *ebpf.Variable `ebpf:"hist_budget_series"`
 	KeepErrors               *ebpf.Variable `ebpf:"keep_errors"`
 	KeepSlowNs               *ebpf.Variable `ebpf:"keep_slow_ns"`
@@ -384,6 +465,9 @@ type bpfVariables struct {
 	OffAttemptCtx            *ebpf.Variable `ebpf:"off_attempt_ctx"`
 	OffCallhdrHost           *ebpf.Variable `ebpf:"off_callhdr_host"`
 	OffCallhdrMethod         *ebpf.Variable `ebpf:"off_callhdr_method"`
+	OffClienthdrsStreamid    *ebpf.Variable `ebpf:"off_clienthdrs_streamid"`
+	OffClienthdrsWq          *ebpf.Variable `ebpf:"off_clienthdrs_wq"`
+	OffConnFd                *ebpf.Variable `ebpf:"off_conn_fd"`
 	OffCsCallhdr             *ebpf.Variable `ebpf:"off_cs_callhdr"`
 	OffErrorS                *ebpf.Variable `ebpf:"off_error_s"`
 	OffErrorstringS          *ebpf.Variable `ebpf:"off_errorstring_s"`
@@ -391,6 +475,9 @@ type bpfVariables struct {
 	OffHmapBuckets           *ebpf.Variable `ebpf:"off_hmap_buckets"`
 	OffHmapFlags             *ebpf.Variable `ebpf:"off_hmap_flags"`
 	OffHmapOldbuckets        *ebpf.Variable `ebpf:"off_hmap_oldbuckets"`
+	OffLoopyConn             *ebpf.Variable `ebpf:"off_loopy_conn"`
+	OffNetfdLaddr            *ebpf.Variable `ebpf:"off_netfd_laddr"`
+	OffNetfdRaddr            *ebpf.Variable `ebpf:"off_netfd_raddr"`
 	OffSgroupsData           *ebpf.Variable `ebpf:"off_sgroups_data"`
 	OffSgroupsMask           *ebpf.Variable `ebpf:"off_sgroups_mask"`
 	OffSmapDirlen            *ebpf.Variable `ebpf:"off_smap_dirlen"`
@@ -398,9 +485,16 @@ type bpfVariables struct {
 	OffSpbCode               *ebpf.Variable `ebpf:"off_spb_code"`
 	OffStableGroups          *ebpf.Variable `ebpf:"off_stable_groups"`
 	OffStatusS               *ebpf.Variable `ebpf:"off_status_s"`
+	OffTcpaddrIp             *ebpf.Variable `ebpf:"off_tcpaddr_ip"`
+	OffTcpaddrPort           *ebpf.Variable `ebpf:"off_tcpaddr_port"`
+	OffTlsconnConn           *ebpf.Variable `ebpf:"off_tlsconn_conn"`
+	OffTstreamCtx            *ebpf.Variable `ebpf:"off_tstream_ctx"`
+	OffTstreamWq             *ebpf.Variable `ebpf:"off_tstream_wq"`
 	ParentBased              *ebpf.Variable `ebpf:"parent_based"`
 	SampleBound              *ebpf.Variable `ebpf:"sample_bound"`
 	StatusErrorFn            *ebpf.Variable `ebpf:"status_error_fn"`
+	StreamSiteVaddr          *ebpf.Variable `ebpf:"stream_site_vaddr"`
+	TcpPropagate             *ebpf.Variable `ebpf:"tcp_propagate"`
 	UnusedCall               *ebpf.Variable `ebpf:"unused_call"`
 	UnusedCallKey            *ebpf.Variable `ebpf:"unused_call_key"`
 	UnusedHist               *ebpf.Variable `ebpf:"unused_hist"`
@@ -415,14 +509,16 @@ type bpfVariables struct {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfPrograms struct {
-	RpcClientEnd   *ebpf.Program `ebpf:"rpc_client_end"`
-	RpcClientStart *ebpf.Program `ebpf:"rpc_client_start"`
+	RpcClientEnd    *ebpf.Program `ebpf:"rpc_client_end"`
+	RpcClientStart  *ebpf.Program `ebpf:"rpc_client_start"`
+	RpcClientStream *ebpf.Program `ebpf:"rpc_client_stream"`
 }
 
 func (p *bpfPrograms) Close() error {
 	return _BpfClose(
 		p.RpcClientEnd,
 		p.RpcClientStart,
+		p.RpcClientStream,
 	)
 }
 

@@ -34,6 +34,11 @@
  * abandoned: grpc-go leaks it too) holds its slot until the address is
  * reused by a new attempt (counted: start_without_end) or the process
  * exits; a per-process budget bounds what one process can hold.
+ * With --propagate=tcp (goconn.h), a third site: the entry of the loopy
+ *        writer's clientHeaderHandler(l, hdr) (grpc-go v1.82.1+), one hit
+ *        per stream on the goroutine that writes its HEADERS: the stream's
+ *        attempt's context goes on the connection, its stream in the span
+ *        ID's low bits (rpc_client_stream).
  * An attempt not sampled for a span is counted in the kernel (metrics.h)
  * under (tgid, code, hash of its method and authority); a record goes out
  * only for a sampled one, or one whose method or authority is too long to
@@ -41,6 +46,7 @@
  */
 #include "obsd.h"
 #include "tracectx.h"
+#include "goconn.h"
 #include "metrics.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
@@ -66,6 +72,15 @@ volatile const u64 end_site_vaddr = 0;
 /* The attempt's context (csAttempt.ctx, an interface): walked for the
  * server span the call was made under (tracectx.h). */
 volatile const u64 off_attempt_ctx = OFF_NONE;
+/* --propagate=tcp (goconn.h): from the loopy writer's HEADERS of a new
+ * stream back to its attempt, and the connection. grpc-go v1.82.1+ only
+ * (clientHeaders; Stream embedded by value, so hdr.wq points into it). */
+volatile const u64 off_clienthdrs_streamid = OFF_NONE; /* transport.clientHeaders.streamID */
+volatile const u64 off_clienthdrs_wq = OFF_NONE;       /* transport.clientHeaders.wq, &stream.wq */
+volatile const u64 off_tstream_wq = OFF_NONE;          /* transport.Stream.wq */
+volatile const u64 off_tstream_ctx = OFF_NONE;         /* transport.Stream.ctx, an interface */
+volatile const u64 off_loopy_conn = OFF_NONE;          /* transport.loopyWriter.conn, a net.Conn */
+volatile const u64 stream_site_vaddr = 0;
 /* Per-process budget of attempts in flight in the map every process shares. */
 volatile const s64 budget_calls = 16384;
 
@@ -111,6 +126,7 @@ struct call_key {
 
 struct call {
 	u64 start_ns;
+	u64 actx; /* --propagate=tcp: the attempt's context (data word), in rpc_client_ctx */
 	struct trace_ctx tc; /* with spans only */
 };
 
@@ -122,6 +138,17 @@ struct {
 	__type(key, struct call_key);
 	__type(value, struct call);
 } rpc_client_calls SEC(".maps");
+
+/* --propagate=tcp: an attempt's context (csAttempt.ctx's data word) to the
+ * attempt, for the stream's HEADERS written on another goroutine, whose
+ * stream context is a child of it. One entry per rpc_client_calls entry
+ * of a sender process, deleted with it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ctx_key);
+	__type(value, u64);
+} rpc_client_ctx SEC(".maps");
 
 /* Entries of rpc_client_calls per process, against budget_calls. */
 struct {
@@ -163,6 +190,12 @@ const struct name_key *unused_name_key __attribute__((unused));
 const struct call_key *unused_call_key __attribute__((unused));
 const struct call *unused_call __attribute__((unused));
 
+static __always_inline void forget_ctx(u32 tgid, u64 actx)
+{
+	struct ctx_key ck = {.ctx = actx, .tgid = tgid, ._pad = 0};
+	bpf_map_delete_elem(&rpc_client_ctx, &ck);
+}
+
 static __always_inline s64 *budget_of(u32 tgid)
 {
 	s64 *b = bpf_map_lookup_elem(&rpc_client_budget, &tgid);
@@ -183,6 +216,13 @@ int rpc_client_start(struct pt_regs *ctx)
 		if (off_attempt_ctx != OFF_NONE)
 			bpf_probe_read_user(&actx, sizeof(actx), (void *)(key.attempt + off_attempt_ctx + 8));
 		tc_child(key.tgid, actx, &fresh.tc);
+		if (tcp_propagate && actx && goconn_sender(key.tgid)) {
+			struct ctx_key ck = {.ctx = actx, .tgid = key.tgid, ._pad = 0};
+			if (bpf_map_update_elem(&rpc_client_ctx, &ck, &key.attempt, BPF_ANY) == 0)
+				fresh.actx = actx;
+			else
+				count(CNT_TCPCTX_OUT_FULL);
+		}
 	}
 	fresh.start_ns = bpf_ktime_get_ns();
 	struct call *c = bpf_map_lookup_elem(&rpc_client_calls, &key);
@@ -190,6 +230,8 @@ int rpc_client_start(struct pt_regs *ctx)
 		/* A csAttempt at this address never finished, and the Go GC has
 		 * since reused its memory: that attempt is over, unreported. */
 		count(CNT_STALE_START);
+		if (c->actx && c->actx != fresh.actx)
+			forget_ctx(key.tgid, c->actx);
 		*c = fresh;
 		return 0;
 	}
@@ -202,7 +244,64 @@ int rpc_client_start(struct pt_regs *ctx)
 	if (bpf_map_update_elem(&rpc_client_calls, &key, &fresh, BPF_NOEXIST) != 0) {
 		__sync_fetch_and_add(b, -1);
 		count(CNT_INFLIGHT_FULL);
+		if (fresh.actx)
+			forget_ctx(key.tgid, fresh.actx);
 	}
+	return 0;
+}
+
+#define STREAM_CTX_WALK 4
+
+/* The entry of (*loopyWriter).clientHeaderHandler(l, hdr), on the loopy
+ * writer's goroutine just before it writes a new stream's HEADERS
+ * (--propagate=tcp): the stream's context leads, up at most
+ * STREAM_CTX_WALK parents (NewStream's peer value, a picker's metadata),
+ * to its attempt's; the attempt's CLIENT span then gets the stream's bits
+ * in its ID (goconn.h) and goes on the connection. A stream no attempt of
+ * a sender made (a health check's) leaves the connection as it is: its
+ * server finds another stream's bits. */
+SEC("uprobe.multi")
+int rpc_client_stream(struct pt_regs *ctx)
+{
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!tcp_propagate || !goconn_sender(tgid))
+		return 0;
+	if (off_clienthdrs_wq == OFF_NONE || off_clienthdrs_streamid == OFF_NONE || off_tstream_wq == OFF_NONE ||
+	    off_tstream_ctx == OFF_NONE || off_loopy_conn == OFF_NONE) {
+		count(CNT_TCPCTX_CONN); /* a release whose layout obsd does not know */
+		return 0;
+	}
+	u64 l = GO_ARG1(ctx), hdr = GO_ARG2(ctx), wq = 0;
+	u32 sid = 0;
+	if (bpf_probe_read_user(&wq, sizeof(wq), (void *)(hdr + off_clienthdrs_wq)) != 0 || !wq ||
+	    bpf_probe_read_user(&sid, sizeof(sid), (void *)(hdr + off_clienthdrs_streamid)) != 0) {
+		count(CNT_READ_FAILED);
+		return 0;
+	}
+	struct ctx_key ck = {.tgid = tgid, ._pad = 0};
+	if (bpf_probe_read_user(&ck.ctx, sizeof(ck.ctx), (void *)(wq - off_tstream_wq + off_tstream_ctx + 8)) != 0)
+		return 0;
+	u64 *attempt = NULL;
+	for (int i = 0; i < STREAM_CTX_WALK && ck.ctx; i++) {
+		attempt = bpf_map_lookup_elem(&rpc_client_ctx, &ck);
+		if (attempt)
+			break;
+		u64 parent[2]; /* a context's parent Context: itab, data (tracectx.h) */
+		if (bpf_probe_read_user(parent, sizeof(parent), (void *)ck.ctx) != 0 || !parent[0])
+			break;
+		ck.ctx = parent[1];
+	}
+	if (!attempt)
+		return 0;
+	struct call_key key = {.attempt = *attempt, .tgid = tgid, ._pad = 0};
+	struct call *c = bpf_map_lookup_elem(&rpc_client_calls, &key);
+	if (!c || !c->tc.span)
+		return 0;
+	struct tcpctx_key k;
+	if (goconn_key(l + off_loopy_conn, load_bias(ctx, stream_site_vaddr), &k) != 0)
+		return 0;
+	c->tc.span = goconn_stream_span(c->tc.span, sid);
+	goconn_out(&k, &c->tc, tgid);
 	return 0;
 }
 
@@ -258,6 +357,7 @@ int rpc_client_end(struct pt_regs *ctx)
 	if (!c)
 		return 0; /* a later finish of the same attempt, or attached mid-call */
 	u64 start = c->start_ns;
+	u64 actx = c->actx;
 	struct trace_ctx tc = c->tc;
 	u8 flags = 0;
 	s64 code = status_code(ctx, GO_ARG2(ctx), GO_ARG3(ctx), &flags);
@@ -265,6 +365,8 @@ int rpc_client_end(struct pt_regs *ctx)
 		return 0; /* the status comes with this attempt's next finish */
 	if (bpf_map_delete_elem(&rpc_client_calls, &key) != 0)
 		return 0; /* another CPU's finish of the same attempt won */
+	if (actx)
+		forget_ctx(key.tgid, actx);
 	s64 *b = bpf_map_lookup_elem(&rpc_client_budget, &key.tgid);
 	if (b)
 		__sync_fetch_and_add(b, -1);

@@ -49,7 +49,10 @@ type Call struct {
 	MethodTruncated, AuthorityTruncated bool
 }
 
-const grpcModule = "google.golang.org/grpc"
+const (
+	grpcModule   = "google.golang.org/grpc"
+	transportPkg = grpcModule + "/internal/transport"
+)
 
 func grpcField(pkg, typ, name string) probe.Field {
 	return probe.Field{Module: grpcModule, Package: pkg, Struct: typ, Field: name}
@@ -64,8 +67,12 @@ func New() *probe.Probe {
 			// The marker: a binary without it has no grpc-go client.
 			{Symbol: "google.golang.org/grpc.(*csAttempt).getTransport", Program: "rpc_client_start"},
 			{Symbol: "google.golang.org/grpc.(*csAttempt).finish", Program: "rpc_client_end", VaddrConst: "end_site_vaddr"},
+			// --propagate=tcp only: a new stream's HEADERS, on the loopy
+			// writer's goroutine (grpc-go v1.82.1 and later).
+			{Symbol: grpcModule + "/internal/transport.(*loopyWriter).clientHeaderHandler", Program: "rpc_client_stream",
+				VaddrConst: "stream_site_vaddr", Optional: true, When: probe.TCPPropagateConst},
 		},
-		Consts: []probe.Const{
+		Consts: append([]probe.Const{
 			{Name: "off_attempt_cs", Field: grpcField(grpcModule, "csAttempt", "cs")},
 			{Name: "off_cs_callhdr", Field: grpcField(grpcModule, "clientStream", "callHdr")},
 			{Name: "off_callhdr_host", Field: grpcField(grpcModule+"/internal/transport", "CallHdr", "Host")},
@@ -80,11 +87,18 @@ func New() *probe.Probe {
 			// Trace context only: the attempt's context, walked for the
 			// server span the call was made under.
 			{Name: "off_attempt_ctx", Field: grpcField(grpcModule, "csAttempt", "ctx"), Optional: true, Secondary: true},
-		},
-		Funcs: []probe.FuncConst{
+			// --propagate=tcp only: from a stream's HEADERS to its attempt
+			// and connection.
+			{Name: "off_clienthdrs_streamid", Field: grpcField(transportPkg, "clientHeaders", "streamID"), Optional: true, Secondary: true},
+			{Name: "off_clienthdrs_wq", Field: grpcField(transportPkg, "clientHeaders", "wq"), Optional: true, Secondary: true},
+			{Name: "off_tstream_wq", Field: grpcField(transportPkg, "Stream", "wq"), Optional: true, Secondary: true},
+			{Name: "off_tstream_ctx", Field: grpcField(transportPkg, "Stream", "ctx"), Optional: true, Secondary: true},
+			{Name: "off_loopy_conn", Field: grpcField(transportPkg, "loopyWriter", "conn"), Optional: true, Secondary: true},
+		}, probe.TCPConnConsts()...),
+		Funcs: append([]probe.FuncConst{
 			{Name: "status_error_fn", Symbol: grpcModule + "/internal/status.(*Error).Error"},
 			{Name: "errorstring_fn", Symbol: "errors.(*errorString).Error"},
-		},
+		}, probe.TCPConnFuncs()...),
 		Counters: []probe.Counter{
 			{Index: uint32(bpfObsdCounterCNT_RINGBUF_FULL), Reason: "ringbuf_full", Lost: true},
 			{Index: uint32(bpfObsdCounterCNT_INFLIGHT_FULL), Reason: "inflight_map_full", Lost: true},
@@ -95,10 +109,15 @@ func New() *probe.Probe {
 			{Index: uint32(bpfObsdCounterCNT_METRICS_FULL), Reason: "metrics_map_full"},
 			{Index: uint32(bpfObsdCounterCNT_METRICS_BUDGET), Reason: "metrics_budget"},
 			{Index: uint32(bpfObsdCounterCNT_INFLIGHT_BUDGET), Reason: "inflight_budget", Lost: true},
+			// --propagate=tcp: a stream's connection obsd cannot key, or
+			// its attempt's map full: the stream carries no context.
+			{Index: uint32(bpfObsdCounterCNT_TCPCTX_CONN), Reason: "tcp_context_conn_unknown"},
+			{Index: uint32(bpfObsdCounterCNT_TCPCTX_OUT_FULL), Reason: "tcp_context_map_full"},
 		},
 		ProcessMaps: map[string]int{
 			"rpc_client_calls":   int(unsafe.Offsetof(bpfCallKey{}.Tgid)),
 			"rpc_client_budget":  0,
+			"rpc_client_ctx":     int(unsafe.Offsetof(bpfCtxKey{}.Tgid)),
 			probe.CtxSpansMap:    probe.CtxSpansTGIDOffset,
 			"rpc_client_metrics": int(unsafe.Offsetof(bpfRpcClientMetricKey{}.Tgid)),
 			"rpc_client_names":   int(unsafe.Offsetof(bpfNameKey{}.Tgid)),

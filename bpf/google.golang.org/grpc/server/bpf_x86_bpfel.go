@@ -83,7 +83,8 @@ const (
 	bpfObsdCounterCNT_CTX_MAP_FULL        bpfObsdCounter = 10
 	bpfObsdCounterCNT_TCPCTX_CONN         bpfObsdCounter = 11
 	bpfObsdCounterCNT_TCPCTX_OUT_FULL     bpfObsdCounter = 12
-	bpfObsdCounterCNT_MAX                 bpfObsdCounter = 13
+	bpfObsdCounterCNT_TCPCTX_STREAM       bpfObsdCounter = 13
+	bpfObsdCounterCNT_MAX                 bpfObsdCounter = 14
 )
 
 type bpfObsdName struct {
@@ -166,6 +167,35 @@ type bpfTcScratch struct {
 	_      [4]byte
 }
 
+type bpfTcpctxIn struct {
+	_        structs.HostLayout
+	TraceId  [16]uint8
+	SpanId   [8]uint8
+	Flags    uint8
+	Pad      [3]uint8
+	Gen      uint32
+	TakenGen uint32
+	Pad2     uint32
+}
+
+type bpfTcpctxKey struct {
+	_     structs.HostLayout
+	Netns uint32
+	Lport uint16
+	Rport uint16
+	Laddr [16]uint8
+	Raddr [16]uint8
+}
+
+type bpfTcpctxOut struct {
+	_       structs.HostLayout
+	TraceId [16]uint8
+	SpanId  [8]uint8
+	Flags   uint8
+	Pad     [3]uint8
+	Tgid    uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -174,6 +204,9 @@ const (
 	bpfMapObsdCounters             = "obsd_counters"
 	bpfMapObsdSharedCtxSpans       = "obsd_shared_ctx_spans"
 	bpfMapObsdTcScratch            = "obsd_tc_scratch"
+	bpfMapObsdTcpIn                = "obsd_tcp_in"
+	bpfMapObsdTcpOut               = "obsd_tcp_out"
+	bpfMapObsdTcpSenders           = "obsd_tcp_senders"
 	bpfMapRpcServerBudget          = "rpc_server_budget"
 	bpfMapRpcServerInflight        = "rpc_server_inflight"
 	bpfMapRpcServerMetrics         = "rpc_server_metrics"
@@ -183,13 +216,20 @@ const (
 	bpfProgRpcServerEnd            = "rpc_server_end"
 	bpfProgRpcServerStart          = "rpc_server_start"
 	bpfVarDurationBoundsNs         = "duration_bounds_ns"
+	bpfVarFnH2serverClose          = "fn_h2server_close"
+	bpfVarFnTcpconnClose           = "fn_tcpconn_close"
+	bpfVarFnTlsconnClose           = "fn_tlsconn_close"
 	bpfVarHistBudgetSeries         = "hist_budget_series"
 	bpfVarKeepErrors               = "keep_errors"
 	bpfVarKeepSlowNs               = "keep_slow_ns"
+	bpfVarOffConnFd                = "off_conn_fd"
+	bpfVarOffH2serverConn          = "off_h2server_conn"
 	bpfVarOffHmapB                 = "off_hmap_b"
 	bpfVarOffHmapBuckets           = "off_hmap_buckets"
 	bpfVarOffHmapFlags             = "off_hmap_flags"
 	bpfVarOffHmapOldbuckets        = "off_hmap_oldbuckets"
+	bpfVarOffNetfdLaddr            = "off_netfd_laddr"
+	bpfVarOffNetfdRaddr            = "off_netfd_raddr"
 	bpfVarOffServerStreamSt        = "off_server_stream_st"
 	bpfVarOffServerStreamStream    = "off_server_stream_stream"
 	bpfVarOffSgroupsData           = "off_sgroups_data"
@@ -201,9 +241,15 @@ const (
 	bpfVarOffStableGroups          = "off_stable_groups"
 	bpfVarOffStatusS               = "off_status_s"
 	bpfVarOffStreamCtx             = "off_stream_ctx"
+	bpfVarOffStreamId              = "off_stream_id"
 	bpfVarOffStreamMethod          = "off_stream_method"
+	bpfVarOffTcpaddrIp             = "off_tcpaddr_ip"
+	bpfVarOffTcpaddrPort           = "off_tcpaddr_port"
+	bpfVarOffTlsconnConn           = "off_tlsconn_conn"
 	bpfVarParentBased              = "parent_based"
 	bpfVarSampleBound              = "sample_bound"
+	bpfVarStartSiteVaddr           = "start_site_vaddr"
+	bpfVarTcpPropagate             = "tcp_propagate"
 	bpfVarUnusedHist               = "unused_hist"
 	bpfVarUnusedInflight           = "unused_inflight"
 	bpfVarUnusedInflightKey        = "unused_inflight_key"
@@ -268,6 +314,9 @@ type bpfMapSpecs struct {
 	ObsdCounters         *ebpf.MapSpec `ebpf:"obsd_counters"`
 	ObsdSharedCtxSpans   *ebpf.MapSpec `ebpf:"obsd_shared_ctx_spans"`
 	ObsdTcScratch        *ebpf.MapSpec `ebpf:"obsd_tc_scratch"`
+	ObsdTcpIn            *ebpf.MapSpec `ebpf:"obsd_tcp_in"`
+	ObsdTcpOut           *ebpf.MapSpec `ebpf:"obsd_tcp_out"`
+	ObsdTcpSenders       *ebpf.MapSpec `ebpf:"obsd_tcp_senders"`
 	RpcServerBudget      *ebpf.MapSpec `ebpf:"rpc_server_budget"`
 	RpcServerInflight    *ebpf.MapSpec `ebpf:"rpc_server_inflight"`
 	RpcServerMetrics     *ebpf.MapSpec `ebpf:"rpc_server_metrics"`
@@ -281,13 +330,20 @@ type bpfMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
 	DurationBoundsNs         *ebpf.VariableSpec `ebpf:"duration_bounds_ns"`
+	FnH2serverClose          *ebpf.VariableSpec `ebpf:"fn_h2server_close"`
+	FnTcpconnClose           *ebpf.VariableSpec `ebpf:"fn_tcpconn_close"`
+	FnTlsconnClose           *ebpf.VariableSpec `ebpf:"fn_tlsconn_close"`
 	HistBudgetSeries         *ebpf.VariableSpec `ebpf:"hist_budget_series"`
 	KeepErrors               *ebpf.VariableSpec `ebpf:"keep_errors"`
 	KeepSlowNs               *ebpf.VariableSpec `ebpf:"keep_slow_ns"`
+	OffConnFd                *ebpf.VariableSpec `ebpf:"off_conn_fd"`
+	OffH2serverConn          *ebpf.VariableSpec `ebpf:"off_h2server_conn"`
 	OffHmapB                 *ebpf.VariableSpec `ebpf:"off_hmap_b"`
 	OffHmapBuckets           *ebpf.VariableSpec `ebpf:"off_hmap_buckets"`
 	OffHmapFlags             *ebpf.VariableSpec `ebpf:"off_hmap_flags"`
 	OffHmapOldbuckets        *ebpf.VariableSpec `ebpf:"off_hmap_oldbuckets"`
+	OffNetfdLaddr            *ebpf.VariableSpec `ebpf:"off_netfd_laddr"`
+	OffNetfdRaddr            *ebpf.VariableSpec `ebpf:"off_netfd_raddr"`
 	OffServerStreamSt        *ebpf.VariableSpec `ebpf:"off_server_stream_st"`
 	OffServerStreamStream    *ebpf.VariableSpec `ebpf:"off_server_stream_stream"`
 	OffSgroupsData           *ebpf.VariableSpec `ebpf:"off_sgroups_data"`
@@ -299,9 +355,15 @@ type bpfVariableSpecs struct {
 	OffStableGroups          *ebpf.VariableSpec `ebpf:"off_stable_groups"`
 	OffStatusS               *ebpf.VariableSpec `ebpf:"off_status_s"`
 	OffStreamCtx             *ebpf.VariableSpec `ebpf:"off_stream_ctx"`
+	OffStreamId              *ebpf.VariableSpec `ebpf:"off_stream_id"`
 	OffStreamMethod          *ebpf.VariableSpec `ebpf:"off_stream_method"`
+	OffTcpaddrIp             *ebpf.VariableSpec `ebpf:"off_tcpaddr_ip"`
+	OffTcpaddrPort           *ebpf.VariableSpec `ebpf:"off_tcpaddr_port"`
+	OffTlsconnConn           *ebpf.VariableSpec `ebpf:"off_tlsconn_conn"`
 	ParentBased              *ebpf.VariableSpec `ebpf:"parent_based"`
 	SampleBound              *ebpf.VariableSpec `ebpf:"sample_bound"`
+	StartSiteVaddr           *ebpf.VariableSpec `ebpf:"start_site_vaddr"`
+	TcpPropagate             *ebpf.VariableSpec `ebpf:"tcp_propagate"`
 	UnusedHist               *ebpf.VariableSpec `ebpf:"unused_hist"`
 	UnusedInflight           *ebpf.VariableSpec `ebpf:"unused_inflight"`
 	UnusedInflightKey        *ebpf.VariableSpec `ebpf:"unused_inflight_key"`
@@ -336,6 +398,9 @@ type bpfMaps struct {
 	ObsdCounters         *ebpf.Map `ebpf:"obsd_counters"`
 	ObsdSharedCtxSpans   *ebpf.Map `ebpf:"obsd_shared_ctx_spans"`
 	ObsdTcScratch        *ebpf.Map `ebpf:"obsd_tc_scratch"`
+	ObsdTcpIn            *ebpf.Map `ebpf:"obsd_tcp_in"`
+	ObsdTcpOut           *ebpf.Map `ebpf:"obsd_tcp_out"`
+	ObsdTcpSenders       *ebpf.Map `ebpf:"obsd_tcp_senders"`
 	RpcServerBudget      *ebpf.Map `ebpf:"rpc_server_budget"`
 	RpcServerInflight    *ebpf.Map `ebpf:"rpc_server_inflight"`
 	RpcServerMetrics     *ebpf.Map `ebpf:"rpc_server_metrics"`
@@ -350,6 +415,9 @@ func (m *bpfMaps) Close() error {
 		m.ObsdCounters,
 		m.ObsdSharedCtxSpans,
 		m.ObsdTcScratch,
+		m.ObsdTcpIn,
+		m.ObsdTcpOut,
+		m.ObsdTcpSenders,
 		m.RpcServerBudget,
 		m.RpcServerInflight,
 		m.RpcServerMetrics,
@@ -364,13 +432,20 @@ func (m *bpfMaps) Close() error {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
 	DurationBoundsNs         *ebpf.Variable `ebpf:"duration_bounds_ns"`
+	FnH2serverClose          *ebpf.Variable `ebpf:"fn_h2server_close"`
+	FnTcpconnClose           *ebpf.Variable `ebpf:"fn_tcpconn_close"`
+	FnTlsconnClose           *ebpf.Variable `ebpf:"fn_tlsconn_close"`
 	HistBudgetSeries         *ebpf.Variable `ebpf:"hist_budget_series"`
 	KeepErrors               *ebpf.Variable `ebpf:"keep_errors"`
 	KeepSlowNs               *ebpf.Variable `ebpf:"keep_slow_ns"`
+	OffConnFd                *ebpf.Variable `ebpf:"off_conn_fd"`
+	OffH2serverConn          *ebpf.Variable `ebpf:"off_h2server_conn"`
 	OffHmapB                 *ebpf.Variable `ebpf:"off_hmap_b"`
 	OffHmapBuckets           *ebpf.Variable `ebpf:"off_hmap_buckets"`
 	OffHmapFlags             *ebpf.Variable `ebpf:"off_hmap_flags"`
 	OffHmapOldbuckets        *ebpf.Variable `ebpf:"off_hmap_oldbuckets"`
+	OffNetfdLaddr            *ebpf.Variable `ebpf:"off_netfd_laddr"`
+	OffNetfdRaddr            *ebpf.Variable `ebpf:"off_netfd_raddr"`
 	OffServerStreamSt        *ebpf.Variable `ebpf:"off_server_stream_st"`
 	OffServerStreamStream    *ebpf.Variable `ebpf:"off_server_stream_stream"`
 	OffSgroupsData           *ebpf.Variable `ebpf:"off_sgroups_data"`
@@ -382,9 +457,15 @@ type bpfVariables struct {
 	OffStableGroups          *ebpf.Variable `ebpf:"off_stable_groups"`
 	OffStatusS               *ebpf.Variable `ebpf:"off_status_s"`
 	OffStreamCtx             *ebpf.Variable `ebpf:"off_stream_ctx"`
+	OffStreamId              *ebpf.Variable `ebpf:"off_stream_id"`
 	OffStreamMethod          *ebpf.Variable `ebpf:"off_stream_method"`
+	OffTcpaddrIp             *ebpf.Variable `ebpf:"off_tcpaddr_ip"`
+	OffTcpaddrPort           *ebpf.Variable `ebpf:"off_tcpaddr_port"`
+	OffTlsconnConn           *ebpf.Variable `ebpf:"off_tlsconn_conn"`
 	ParentBased              *ebpf.Variable `ebpf:"parent_based"`
 	SampleBound              *ebpf.Variable `ebpf:"sample_bound"`
+	StartSiteVaddr           *ebpf.Variable `ebpf:"start_site_vaddr"`
+	TcpPropagate             *ebpf.Variable `ebpf:"tcp_propagate"`
 	UnusedHist               *ebpf.Variable `ebpf:"unused_hist"`
 	UnusedInflight           *ebpf.Variable `ebpf:"unused_inflight"`
 	UnusedInflightKey        *ebpf.Variable `ebpf:"unused_inflight_key"`

@@ -23,6 +23,10 @@
  * first end of a stream ends it (a streaming SendMsg that fails writes a
  * status before the handler returns; the second write of that stream finds
  * no start and is counted as end_without_start).
+ * With --propagate=tcp (goconn.h), the start also takes the context the
+ * caller's obsd put on the HTTP/2 connection for this stream (its ID's
+ * bits in the span ID) as the call's parent, when no traceparent came:
+ * no extra hit.
  * A call not sampled for a span is counted in the kernel (metrics.h) under
  * (tgid, code, hash of its method); a record goes out only for a sampled
  * call, a code of Unimplemented (user space tells a call the server
@@ -30,6 +34,7 @@
  */
 #include "obsd.h"
 #include "tracectx.h"
+#include "goconn.h"
 #include "metrics.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
@@ -45,6 +50,11 @@ volatile const u64 off_status_s = OFF_NONE;             /* internal/status.Statu
 volatile const u64 off_spb_status_code = OFF_NONE;      /* genproto rpc/status.Status.Code */
 volatile const u64 off_spb_status_message = OFF_NONE;   /* genproto rpc/status.Status.Message */
 volatile const u64 off_stream_ctx = OFF_NONE;           /* transport.Stream.ctx, an interface */
+/* --propagate=tcp (goconn.h): the stream's ID and its HTTP/2 connection. */
+volatile const u64 off_stream_id = OFF_NONE;      /* transport.Stream.id */
+volatile const u64 off_h2server_conn = OFF_NONE;  /* transport.http2Server.conn, a net.Conn */
+volatile const u64 fn_h2server_close = 0;         /* transport.(*http2Server).Close: t's type */
+volatile const u64 start_site_vaddr = 0;          /* for the load bias of a PIE */
 /* Spans: the call's trace context is decided at its start (tracectx.h)
  * from the incoming metadata's traceparent. grpc-go's transport wraps the
  * stream's context in metadata.NewIncomingContext last (operateHeaders,
@@ -170,6 +180,29 @@ static __always_inline u64 method_header(u64 s)
 	return base + off_stream_method;
 }
 
+/* tcp_parent takes the context the caller's obsd sent for this stream on
+ * the connection of transport t (itab, data) as tc's parent
+ * (--propagate=tcp), and returns goconn_in_stream's answer (0 when the
+ * connection has no key). Only grpc-go's own HTTP/2 server has one:
+ * ServeHTTP's transport rides net/http's connection. */
+static __noinline int tcp_parent(struct pt_regs *ctx, u64 t_itab, u64 t_data, u64 stream_base, struct trace_ctx *tc)
+{
+	u64 fn = 0;
+	u32 sid = 0;
+	if (!fn_h2server_close || off_h2server_conn == OFF_NONE || off_stream_id == OFF_NONE || !t_itab ||
+	    bpf_probe_read_user(&fn, sizeof(fn), (void *)(t_itab + 24)) != 0 ||
+	    fn - load_bias(ctx, start_site_vaddr) != fn_h2server_close ||
+	    bpf_probe_read_user(&sid, sizeof(sid), (void *)(stream_base + off_stream_id)) != 0)
+		return 0;
+	struct tcpctx_key k;
+	if (goconn_key(t_data + off_h2server_conn, load_bias(ctx, start_site_vaddr), &k) != 0)
+		return 0;
+	/* Returned, not counted here: a noinline function whose result goes
+	 * unused may leave clang's leftover (a stack pointer) in R0, which the
+	 * verifier refuses. */
+	return goconn_in_stream(&k, sid, tc);
+}
+
 SEC("uprobe.multi")
 int rpc_server_start(struct pt_regs *ctx)
 {
@@ -186,6 +219,8 @@ int rpc_server_start(struct pt_regs *ctx)
 		    in.ctx)
 			bpf_probe_read_user(&md, sizeof(md), (void *)(in.ctx + VALUECTX_VAL_DATA));
 		tc_start(md, &in.tc);
+		if (tcp_propagate && mh && tcp_parent(ctx, GO_ARG2(ctx), GO_ARG3(ctx), mh - off_stream_method, &in.tc) < 0)
+			count(CNT_TCPCTX_STREAM);
 		tc_publish(key.tgid, in.ctx, &in.tc);
 	}
 	in.start_ns = bpf_ktime_get_ns();

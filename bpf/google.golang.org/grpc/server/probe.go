@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"unsafe"
 
@@ -60,7 +61,7 @@ func New() *probe.Probe {
 		Name:  "google.golang.org/grpc/server",
 		MinGo: "go1.21",
 		Sites: []probe.Site{
-			{Symbol: "google.golang.org/grpc.(*Server).handleStream", Program: "rpc_server_start"},
+			{Symbol: "google.golang.org/grpc.(*Server).handleStream", Program: "rpc_server_start", VaddrConst: "start_site_vaddr"},
 			// The status write was renamed in v1.69 (transport.Stream split
 			// into ServerStream and ClientStream); a binary has one of them
 			// for grpc-go's own HTTP/2 server (Serve), and for
@@ -80,7 +81,15 @@ func New() *probe.Probe {
 			// Trace context only: the stream's context, whose innermost
 			// value is the incoming metadata (see probe.bpf.c).
 			{Name: "off_stream_ctx", Field: field(transportPkg, "Stream", "ctx"), Optional: true, Secondary: true},
-		}, probe.TraceConsts()...),
+			// --propagate=tcp only: the stream's ID and connection.
+			{Name: "off_stream_id", Field: field(transportPkg, "Stream", "id"), Optional: true, Secondary: true},
+			{Name: "off_h2server_conn", Field: field(transportPkg, "http2Server", "conn"), Optional: true, Secondary: true},
+		}, slices.Concat(probe.TraceConsts(), probe.TCPConnConsts())...),
+		Funcs: append([]probe.FuncConst{
+			// handleStream's transport is grpc-go's HTTP/2 server (its
+			// first method, Close, in the itab) or ServeHTTP's.
+			{Name: "fn_h2server_close", Symbol: transportPkg + ".(*http2Server).Close", Optional: true},
+		}, probe.TCPConnFuncs()...),
 		Counters: []probe.Counter{
 			{Index: uint32(bpfObsdCounterCNT_RINGBUF_FULL), Reason: "ringbuf_full", Lost: true},
 			{Index: uint32(bpfObsdCounterCNT_INFLIGHT_FULL), Reason: "inflight_map_full", Lost: true},
@@ -96,6 +105,10 @@ func New() *probe.Probe {
 			{Index: uint32(bpfObsdCounterCNT_TRACEPARENT_INVALID), Reason: "traceparent_invalid"},
 			{Index: uint32(bpfObsdCounterCNT_TRACECTX_UNREAD), Reason: "trace_context_unread"},
 			{Index: uint32(bpfObsdCounterCNT_CTX_MAP_FULL), Reason: "trace_parent_map_full"},
+			// --propagate=tcp: a stream the connection's context could not
+			// be tied to (see goconn.h), or a connection obsd cannot key.
+			{Index: uint32(bpfObsdCounterCNT_TCPCTX_STREAM), Reason: "tcp_context_other_stream"},
+			{Index: uint32(bpfObsdCounterCNT_TCPCTX_CONN), Reason: "tcp_context_conn_unknown"},
 		},
 		ProcessMaps: map[string]int{
 			"rpc_server_inflight": int(unsafe.Offsetof(bpfInflightKey{}.Tgid)),
