@@ -42,12 +42,12 @@ type config struct {
 	ratio float64
 	// args are added to obsd's command line (e.g. --propagate=tcp).
 	args []string
-	// Call loads only. load, if set, is the one load the configuration
-	// runs for; floor names the floor configuration obsd is judged
+	// Call loads only. loads, if set, are the loads the configuration
+	// runs for (nil: every one); floor names the floor configuration obsd is judged
 	// against ("" is "floor"); when, for a floor, adds the sites attached
 	// only with a feature on (probe.Site.When); extraHits are the probe
 	// hits per call beyond the load's own.
-	load      string
+	loads     []string
 	floor     string
 	when      bool
 	extraHits int

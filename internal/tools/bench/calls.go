@@ -61,8 +61,8 @@ const httpClientConns = 16
 func callLoads(o options) []callLoad {
 	return []callLoad{
 		{name: "grpc-server", title: "gRPC unary, server side", probes: []*probe.Probe{grpcserver.New()}, hits: 2,
-			setup: fmt.Sprintf("`grpcapp -listen` (testdata/grpc, grpc-go v1.68.1) on CPU %d; `grpcapp -call ADDR -load %d` (%d goroutines sending UnaryCall on one connection, each waiting for its answer) on CPU %d",
-				o.serverCPU, o.callConc, o.callConc, o.loadCPU)},
+			setup: fmt.Sprintf("`grpcapp -listen` (testdata/grpc, grpc-go %s) on CPU %d; `grpcapp -call ADDR -load %d` (%d goroutines sending UnaryCall on one connection, each waiting for its answer) on CPU %d",
+				benchGRPC, o.serverCPU, o.callConc, o.callConc, o.loadCPU)},
 		{name: "grpc-client", title: "gRPC unary, client side", probes: []*probe.Probe{grpcclient.New()}, hits: 2,
 			setup: fmt.Sprintf("`grpcapp -call ADDR -load %d` on CPU %d; `grpcapp -listen` on CPU %d",
 				o.callConc, o.serverCPU, o.loadCPU)},
@@ -224,6 +224,34 @@ type callBins struct {
 // with: the newest the routers' e2e tests pin.
 const chiVersion = "v5.5.0"
 
+// benchGRPC is the grpc-go release the gRPC loads are built with: one whose
+// client --propagate=tcp carries context for (v1.82.1 and later).
+const benchGRPC = "v1.85.0"
+
+// grpcModuleAt copies testdata/grpc's module into a directory under dir
+// with its grpc-go requirement set to version, for go build -mod=mod.
+func grpcModuleAt(root, dir, version string) (string, error) {
+	src := filepath.Join(dir, "grpcapp-src")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		return "", err
+	}
+	for _, f := range []string{"go.mod", "go.sum", "main.go"} {
+		b, err := os.ReadFile(filepath.Join(root, "testdata/grpc", f))
+		if err != nil {
+			return "", fmt.Errorf("copying testdata/grpc: %w", err)
+		}
+		if err := os.WriteFile(filepath.Join(src, f), b, 0o644); err != nil {
+			return "", fmt.Errorf("copying testdata/grpc: %w", err)
+		}
+	}
+	cmd := exec.Command("go", "mod", "edit", "-require=google.golang.org/grpc@"+version)
+	cmd.Dir = src
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go mod edit in %s: %w\n%s", src, err, out)
+	}
+	return src, nil
+}
+
 // targetBin is the executable of load's target, where its floor sites are.
 func (b callBins) targetBin(load string) (string, error) {
 	bin := map[string]string{"grpc-server": b.grpcapp, "grpc-client": b.grpcapp,
@@ -239,20 +267,28 @@ func buildCallBins(ctx context.Context, root, dir string, loads []string) (callB
 	var bins callBins
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	type build struct{ dir, pkg, out string }
+	type build struct {
+		dir, pkg, out string
+		env           []string
+	}
 	var builds []build
 	if slices.Contains(loads, "grpc-server") || slices.Contains(loads, "grpc-client") {
 		bins.grpcapp = filepath.Join(dir, "grpcapp")
-		// Its own module: grpc-go as the tests pin it.
-		builds = append(builds, build{filepath.Join(root, "testdata/grpc"), ".", bins.grpcapp})
+		src, err := grpcModuleAt(root, dir, benchGRPC)
+		if err != nil {
+			return bins, err
+		}
+		// A copy of its module at another grpc-go: go.sum completed by the build.
+		builds = append(builds, build{src, ".", bins.grpcapp, []string{"GOWORK=off", "GOFLAGS=-mod=mod"}})
 	}
 	if slices.Contains(loads, "http-client") || slices.Contains(loads, "chi-server") {
 		bins.httpclient = filepath.Join(dir, "httpclient")
-		builds = append(builds, build{root, "./testdata/httpclient", bins.httpclient})
+		builds = append(builds, build{root, "./testdata/httpclient", bins.httpclient, nil})
 	}
 	for _, b := range builds {
 		cmd := exec.CommandContext(ctx, "go", "build", "-o", b.out, b.pkg)
 		cmd.Dir = b.dir
+		cmd.Env = append(os.Environ(), b.env...)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return bins, fmt.Errorf("build %s in %s: %w\n%s", b.pkg, b.dir, err, out)
 		}
@@ -564,9 +600,9 @@ type callSample struct {
 // callConfigs are the configurations of the call loads: no spans, the
 // production-relevant and cheapest obsd setting, so that obsd's cost over
 // the floor is the probes' (spans are measured on the HTTP server load).
-// The HTTP client load also runs with spans at 1%, with and without
-// --propagate=tcp (one more site: its own floor); endpoint is the span
-// receiver's.
+// The HTTP and gRPC client loads also run with spans at 1%, with and
+// without --propagate=tcp (one more site each: their own floor); endpoint
+// is the span receiver's.
 func callConfigs(o options, endpoint string) []config {
 	cs := []config{
 		{name: "plain", label: "plain", kind: plain},
@@ -581,13 +617,14 @@ func callConfigs(o options, endpoint string) []config {
 	}
 	env := []string{"OTEL_EXPORTER_OTLP_ENDPOINT=" + endpoint, "OTEL_EXPORTER_OTLP_INSECURE=true",
 		"OTEL_TRACES_SAMPLER=parentbased_traceidratio", fmt.Sprintf("OTEL_TRACES_SAMPLER_ARG=%g", sampleRatio)}
+	clients := []string{"http-client", "grpc-client"}
 	return append(cs,
 		config{name: "obsd 1%", label: "obsd (OTLP, 1% sampled)", kind: obsdKind, traces: "otlp", ratio: sampleRatio,
-			env: env, load: "http-client"},
+			env: env, loads: clients},
 		config{name: "floor tcp", label: "floor with --propagate=tcp's site", kind: floorKind, when: true,
-			load: "http-client", extraHits: 1},
+			loads: clients, extraHits: 1},
 		config{name: "obsd 1% tcp", label: "obsd (OTLP, 1% sampled, --propagate=tcp)", kind: obsdKind, traces: "otlp", ratio: sampleRatio,
-			env: env, args: tcpArgs, load: "http-client", floor: "floor tcp", extraHits: 1},
+			env: env, args: tcpArgs, loads: clients, floor: "floor tcp", extraHits: 1},
 	)
 }
 
@@ -626,7 +663,7 @@ func (b *bench) runCalls(ctx context.Context, loads []callLoad) (map[string]map[
 	for r := 1; r <= b.o.rounds; r++ {
 		for _, l := range loads {
 			for _, c := range callConfigs(b.o, b.recv.endpoint) {
-				if c.load != "" && c.load != l.name {
+				if c.loads != nil && !slices.Contains(c.loads, l.name) {
 					continue
 				}
 				fl := floors[l.name]
