@@ -22,6 +22,10 @@ type tcpPropagation struct {
 	p    *tcpctx.Propagator
 	log  *slog.Logger
 	errs prometheus.Counter
+	// adopted counts connections opened before their process was
+	// registered and given the callbacks since; adoptErrs, processes whose
+	// older connections could not be (they carry nothing).
+	adopted, adoptErrs prometheus.Counter
 
 	mu    sync.Mutex
 	netns map[uint32]int // registered processes per network namespace
@@ -54,12 +58,23 @@ func openTCP(spans bool, log *slog.Logger) (*tcpPropagation, propagate.Result) {
 		return nil, r
 	}
 	r.State = propagate.Active
+	if err := p.AdoptErr(); err != nil {
+		log.Warn("TCP connections opened before obsd instruments their process will not carry trace context (new ones will)", "err", err)
+	}
 	return &tcpPropagation{
 		p:   p,
 		log: log,
 		errs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "obsd_tcp_context_registration_errors_total",
 			Help: "Processes that could not be registered with (or removed from) the TCP context program: their requests' context does not cross.",
+		}),
+		adopted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "obsd_tcp_context_adopted_connections_total",
+			Help: "TCP connections opened or accepted before obsd registered their process, given the context callbacks when it did (Linux 6.12+).",
+		}),
+		adoptErrs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "obsd_tcp_context_adopt_errors_total",
+			Help: "Processes whose connections opened before obsd registered them could not all be given the context callbacks: those carry no context.",
 		}),
 		netns: map[uint32]int{},
 		procs: map[int]uint32{},
@@ -88,6 +103,31 @@ func (t *tcpPropagation) add(pid int) {
 	}
 	t.netns[ns]++
 	t.procs[pid] = ns
+	t.adoptOld(pid)
+}
+
+// adoptOld gives pid's connections (and its namespace's accepted ones)
+// opened before registration the callbacks: a gRPC ClientConn or an HTTP
+// keep-alive pool dialled at start-up, before obsd attached, would
+// otherwise never carry context. Nothing to do where the kernel cannot
+// (logged once at start).
+func (t *tcpPropagation) adoptOld(pid int) {
+	if t.p.AdoptErr() != nil {
+		return
+	}
+	got, err := t.p.Adopt(pid)
+	t.adopted.Add(float64(got.Connections))
+	if err == nil && got.Failed > 0 {
+		err = fmt.Errorf("the kernel refused %d connections: %w", got.Failed, got.LastErr)
+	}
+	if err != nil {
+		t.adoptErrs.Inc()
+		t.log.Warn("connections opened before obsd instrumented the process will not carry trace context", "pid", pid, "err", err)
+		return
+	}
+	if got.Connections > 0 {
+		t.log.Debug("older connections given the TCP context callbacks", "pid", pid, "connections", got.Connections)
+	}
 }
 
 // remove undoes add when pid was registered, and deletes what its probes
@@ -114,7 +154,7 @@ func (t *tcpPropagation) remove(pid int) {
 
 // collectors are the mechanism's metrics.
 func (t *tcpPropagation) collectors() []prometheus.Collector {
-	return []prometheus.Collector{tcpctx.NewCollector(t.p, t.log), t.errs}
+	return []prometheus.Collector{tcpctx.NewCollector(t.p, t.log), t.errs, t.adopted, t.adoptErrs}
 }
 
 func (t *tcpPropagation) close() error { return t.p.Close() }

@@ -14,7 +14,9 @@
 //     bpf/include/tcpctx.h);
 //   - a connection accepted on a (netns, port) registered with AddReceiver
 //     has that option parsed from its incoming segments, and obsd_tcp_in
-//     keeps the latest context per connection (Incoming).
+//     keeps the latest context per connection (Incoming);
+//   - Adopt gives the connections a process opened, or its namespace
+//     accepted, before these registrations the same callbacks (Linux 6.12+).
 //
 // Both maps are keyed by the connection as the process on that end sees it
 // (Conn), so a server probe finds the caller's context from the accepted
@@ -115,6 +117,10 @@ type Propagator struct {
 	objs   bpfObjects
 	link   link.Link
 	cgroup string
+	// adopt gives connections opened before registration the callbacks
+	// (Adopt); nil, with adoptErr saying why, where the kernel cannot.
+	adopt    *adopter
+	adoptErr error
 }
 
 type bpfObjects struct {
@@ -168,8 +174,13 @@ func Open(opts Options) (*Propagator, error) {
 		p.objs.close()
 		return nil, fmt.Errorf("attaching the tcpctx sock_ops program at cgroup %s: %w", cg, err)
 	}
+	p.adopt, p.adoptErr = loadAdopter(p.objs.Receivers)
 	return p, nil
 }
+
+// AdoptErr says why Adopt cannot run on this kernel (wrapping
+// ErrAdoptUnsupported), nil when it can.
+func (p *Propagator) AdoptErr() error { return p.adoptErr }
 
 // Close detaches the program and releases the maps (a probe that shares
 // them keeps its own references). Connections keep the callback flags
@@ -178,6 +189,9 @@ func (p *Propagator) Close() error {
 	var errs []error
 	if p.link != nil {
 		errs = append(errs, p.link.Close())
+	}
+	if p.adopt != nil {
+		errs = append(errs, p.adopt.close())
 	}
 	errs = append(errs, p.objs.close())
 	return errors.Join(errs...)

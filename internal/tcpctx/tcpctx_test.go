@@ -294,13 +294,20 @@ func TestKeepAlive(t *testing.T) {
 
 	// Closing the connection deletes both ends' entries.
 	hc.CloseIdleConnections()
+	waitGone(t, p, client, server)
+}
+
+// waitGone waits up to 5 s for the entries of a closed connection to go:
+// client's outgoing context and server's incoming one.
+func waitGone(t *testing.T, p *Propagator, client, server Conn) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		_, inOK, _ := p.Incoming(server)
 		var v [32]byte
 		outErr := p.objs.Out.Lookup(key(client), &v)
 		if !inOK && outErr != nil {
-			break
+			return
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("after close: server entry present %v, client entry lookup error %v", inOK, outErr)

@@ -29,7 +29,9 @@ import (
 // connection, a UnaryCall answered with a status chosen per edge call (so
 // that each of B's spans says which call it served), or one message
 // through a FullDuplexCall; obsd instruments both with --propagate=tcp, and
-// no metadata carries context from A to B. One call at a time, every B
+// no metadata carries context from A to B. A's connection to B opens
+// before obsd starts (obsd gives it the callbacks when it registers the
+// processes). One call at a time, every B
 // server span is the child of A's client span of the same edge call, in
 // the edge's trace, with the same status, starting no earlier. 30 at a
 // time, streams share the connection's segments: each of B's spans is
@@ -75,6 +77,23 @@ func tcpGRPC(t *testing.T, bin string) {
 	b, bAddr := inNS(np.B, "grpc-b", "-listen", net.JoinHostPort(np.BAddr.String(), "0"))
 	a, aAddr := inNS(np.A, "grpc-a", "-listen", net.JoinHostPort(np.AAddr.String(), "0"), "-forward", bAddr)
 
+	dial := e2e.DialIn(np.A)
+	cc, err := grpc.NewClient("passthrough:///"+aAddr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return dial(ctx, "tcp", addr) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	edge := testpb.NewTestServiceClient(cc)
+	// A's connection to B opens now, before obsd runs (as a ClientConn
+	// dialled at start-up does): obsd adopts it when it registers A and B.
+	warm, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	if _, err := edge.UnaryCall(warm, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("forward")}}); err != nil {
+		t.Fatalf("the call before obsd: %v", err)
+	}
+	cancel()
+
 	recv := e2e.StartReceiver(t)
 	o := e2e.StartObsd(t, obsdBin, []string{
 		"OTEL_EXPORTER_OTLP_ENDPOINT=" + recv.Endpoint,
@@ -85,16 +104,16 @@ func tcpGRPC(t *testing.T, bin string) {
 	o.WaitScrape(t, 20*time.Second, "A and B instrumented", func(f map[string]*dto.MetricFamily) bool {
 		return e2e.Sum(f, "obsd_instrumented_processes", nil) == 2
 	})
-
-	dial := e2e.DialIn(np.A)
-	cc, err := grpc.NewClient("passthrough:///"+aAddr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return dial(ctx, "tcp", addr) }))
-	if err != nil {
-		t.Fatal(err)
+	fams := e2e.Families(t, o.Scrape(t))
+	// A's end of its connection to B, and B's end (the edge's connection
+	// to A is in A's namespace, accepted: adopted too, as a receiver's).
+	if n := e2e.Sum(fams, "obsd_tcp_context_adopted_connections_total", nil); n < 2 {
+		t.Errorf("obsd adopted %v connections opened before it, want at least A's and B's ends of A -> B", n)
 	}
-	t.Cleanup(func() { cc.Close() })
-	edge := testpb.NewTestServiceClient(cc)
+	if n := e2e.Sum(fams, "obsd_tcp_context_adopt_errors_total", nil); n != 0 {
+		t.Errorf("obsd_tcp_context_adopt_errors_total = %v", n)
+	}
+
 	// call sends edge call i, sampled, through A to B: a UnaryCall answered
 	// with grpcCodeOf(i), or (stream) one message of a FullDuplexCall.
 	call := func(i int, stream bool) error {

@@ -44,7 +44,7 @@ func hexID(b []byte) string { return hex.EncodeToString(b) }
 // context. With one obsd per service (as on two nodes), calls link, and
 // once A's obsd stops B's spans are new traces, not children of the last
 // context that arrived. A's contexts on a connection it opened before obsd
-// (which never carries them) are deleted when A exits. Once with DWARF, once stripped and PIE (offsets and function
+// (adopted when obsd registers A) are deleted when A exits. Once with DWARF, once stripped and PIE (offsets and function
 // addresses from the table and .gopclntab), A built by the oldest Go, and
 // once over HTTPS (HTTP/1.1: the context rides under TLS).
 func TestTCPAcrossNamespaces(t *testing.T) {
@@ -127,8 +127,8 @@ func tcpAcross(t *testing.T, aV, bV e2e.Variant, useTLS bool) {
 	a0.Cmd.Process.Kill()
 
 	a := inNS(np.A, "tcp-a", chainBin, aArgs...)
-	// A connection A opens before obsd registers it never gets the
-	// callbacks (nor their cleanup at close): its entries go when A exits.
+	// A connection A opens before obsd registers it: adopted then (on a
+	// kernel that cannot, ForgetSender deletes its entries at A's exit).
 	pre := inNS(np.B, "tcp-pre", srvBin, "-addr", np.BAddr.String()+":0") // never instrumented
 	if _, err := get(a, 8000, true, "http://"+pre.First+"/hello", ""); err != nil {
 		t.Fatal(err)
@@ -314,8 +314,8 @@ func tcpAcross(t *testing.T, aV, bV e2e.Variant, useTLS bool) {
 		t.Errorf("options sent %v, received %v to the uninstrumented server: want at least %d sent, none parsed", sent, received, len(dumpPaths))
 	}
 
-	// The connection opened before obsd: its context is set, never used,
-	// never deleted at its close; it goes when A exits.
+	// The connection opened before obsd: its context is set; it goes when
+	// A exits.
 	if _, err := get(a, 8001, true, "http://"+pre.First+"/hello", ""); err != nil {
 		t.Fatal(err)
 	}
