@@ -57,6 +57,7 @@ enum obsd_counter {
 	CNT_CTX_MAP_FULL,     /* the map of in-process parents is full: calls under this request start new traces */
 	CNT_TCPCTX_CONN,      /* --propagate=tcp: a connection not a *net.TCPConn (or TLS over one), or unreadable: no context crosses it */
 	CNT_TCPCTX_OUT_FULL,  /* --propagate=tcp: obsd_tcp_out full: this request carries no context */
+	CNT_CTX_WALK_DEEP,    /* a client call's context chain is deeper than the walk for its server span: a root */
 	CNT_TCPCTX_STREAM,    /* --propagate=tcp: a multiplexed stream whose connection's latest context was another stream's: a root */
 	CNT_MAX,
 };

@@ -499,7 +499,7 @@ static __always_inline int tc_end(struct trace_ctx *tc, u64 d, int failed)
  * type of package context keeps its parent Context as its first field
  * (cancelCtx, timerCtx through its cancelCtx, valueCtx, withoutCancelCtx,
  * afterFuncCtx; context/context.go), so the walk reads 16 bytes per level
- * and stops at a nil parent, after CTX_WALK_MAX levels, or at an entry. An
+ * and stops at a nil parent, after CTX_WALK_MAX levels (counted), or at an entry. An
  * entry is deleted when its request ends: a goroutine that outlives the
  * request, or a pooled connection, finds nothing and starts a new trace.
  * Shared by every probe of a process (the obsd_shared_ prefix tells the
@@ -525,7 +525,9 @@ struct {
 	__type(value, struct ctx_span);
 } obsd_shared_ctx_spans SEC(".maps");
 
-#define CTX_WALK_MAX 8
+/* Levels a walk reads: caddy's reverse proxy calls out 9 levels below its
+ * request's context, a gRPC attempt adds 3 or 4. */
+#define CTX_WALK_MAX 16
 
 /* tc_publish makes tc the parent of client calls made under ctx. */
 static __noinline __attribute__((unused)) void tc_publish(u32 tgid, u64 ctx, struct trace_ctx *tc)
@@ -565,10 +567,14 @@ static __always_inline void tc_child(u32 tgid, u64 ctx, struct trace_ctx *tc)
 		if (v)
 			break;
 		u64 parent[2]; /* the parent Context: itab, data */
-		if (bpf_probe_read_user(parent, sizeof(parent), (void *)k.ctx) != 0 || !parent[0])
+		if (bpf_probe_read_user(parent, sizeof(parent), (void *)k.ctx) != 0 || !parent[0]) {
+			k.ctx = 0; /* the chain's end */
 			break;
+		}
 		k.ctx = parent[1];
 	}
+	if (!v && k.ctx) /* more parents than the walk reads: maybe a parent missed */
+		count(CNT_CTX_WALK_DEEP);
 	if (v) {
 		tc->trace_hi = v->trace_hi;
 		tc->trace_lo = v->trace_lo;

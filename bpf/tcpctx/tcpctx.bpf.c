@@ -18,6 +18,7 @@
  * closes. */
 #include <bpf/bpf_endian.h>
 #include "tcpctx.h"
+#include "tcpctx_rx.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
 
@@ -46,21 +47,6 @@ struct {
 	__type(key, enum tcpctx_counter);
 	__type(value, __u64);
 } obsd_tcp_counters SEC(".maps");
-
-/* Local (netns, port) whose accepted connections are parsed; port 0 stands
- * for every port of the namespace. */
-struct tcpctx_rx_key {
-	__u32 netns;
-	__u16 port;
-	__u16 _pad;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, struct tcpctx_rx_key);
-	__type(value, __u8);
-} obsd_tcp_receivers SEC(".maps");
 
 /* Just the fields used, relocated against the running kernel's BTF
  * (struct net is in tcpctx.h). */

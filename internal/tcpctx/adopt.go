@@ -27,9 +27,9 @@ var ErrAdoptUnsupported = errors.New("the kernel cannot give existing TCP connec
 // adopter runs bpf/tcpctx/adopt's iterator, one namespace at a time.
 type adopter struct {
 	mu     sync.Mutex
-	prog    *ebpf.Program
-	inodes  *ebpf.Map
-	listen  *ebpf.Map
+	prog   *ebpf.Program
+	inodes *ebpf.Map
+	listen *ebpf.Map
 	vars   struct{ adopted, failed, lastErr *ebpf.Variable }
 	iter   *link.Iter
 }

@@ -4,7 +4,8 @@
 // status. Builds with Go 1.21+.
 //
 // KIND is request (r.Context()), timeout (context.WithTimeout of it), value
-// (context.WithValue of it), goroutine (r.Context() passed to a goroutine
+// (context.WithValue of it), deep (12 context.WithValue wrappers of it, as
+// a reverse proxy such as caddy's adds 9), goroutine (r.Context() passed to a goroutine
 // the handler waits for), background (context.Background()), or detached
 // (a goroutine that calls after the response, with
 // context.WithoutCancel(r.Context())). GET /calls answers the number of
@@ -96,6 +97,12 @@ func main() {
 			cancel()
 		case "value":
 			status, dump, err = call(context.WithValue(r.Context(), ctxKey{}, "v"), to)
+		case "deep":
+			ctx := r.Context()
+			for i := 0; i < 12; i++ {
+				ctx = context.WithValue(ctx, ctxKey{}, i)
+			}
+			status, dump, err = call(ctx, to)
 		case "goroutine":
 			done := make(chan struct{})
 			go func() {

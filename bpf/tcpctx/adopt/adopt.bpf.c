@@ -21,6 +21,7 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
+#include "tcpctx_rx.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
 
@@ -85,18 +86,7 @@ struct {
 	__type(value, __u8);
 } obsd_tcp_adopt_listen SEC(".maps");
 
-/* The sock_ops program's receivers (bpf/tcpctx), handed over by user space. */
-struct tcpctx_rx_key {
-	__u32 netns;
-	__u16 port;
-	__u16 _pad;
-};
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, struct tcpctx_rx_key);
-	__type(value, __u8);
-} obsd_tcp_receivers SEC(".maps");
+/* obsd_tcp_receivers: the sock_ops program's map, handed over by user space. */
 
 /* One iteration's outcome, read by user space after it (iterations are
  * serialized, and one runs on one CPU at a time). */

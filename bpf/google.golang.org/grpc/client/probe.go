@@ -111,6 +111,9 @@ func New() *probe.Probe {
 			{Index: uint32(bpfObsdCounterCNT_INFLIGHT_BUDGET), Reason: "inflight_budget", Lost: true},
 			// --propagate=tcp: a stream's connection obsd cannot key, or
 			// its attempt's map full: the stream carries no context.
+			// A context chain deeper than the walk for the call's parent
+			// reads (bpf/include/tracectx.h): the call may start a new trace.
+			{Index: uint32(bpfObsdCounterCNT_CTX_WALK_DEEP), Reason: "trace_parent_too_deep"},
 			{Index: uint32(bpfObsdCounterCNT_TCPCTX_CONN), Reason: "tcp_context_conn_unknown"},
 			{Index: uint32(bpfObsdCounterCNT_TCPCTX_OUT_FULL), Reason: "tcp_context_map_full"},
 		},

@@ -146,6 +146,9 @@ func New() *probe.Probe {
 			// --propagate=tcp: a round trip whose connection obsd cannot
 			// name (a custom DialContext's wrapped net.Conn), or a full
 			// obsd_tcp_out: its server starts a new trace.
+			// A context chain deeper than the walk for the call's parent
+			// reads (bpf/include/tracectx.h): the call may start a new trace.
+			{Index: uint32(bpfObsdCounterCNT_CTX_WALK_DEEP), Reason: "trace_parent_too_deep"},
 			{Index: uint32(bpfObsdCounterCNT_TCPCTX_CONN), Reason: "tcp_context_conn_unknown"},
 			{Index: uint32(bpfObsdCounterCNT_TCPCTX_OUT_FULL), Reason: "tcp_context_map_full"},
 		},

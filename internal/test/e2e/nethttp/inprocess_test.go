@@ -48,8 +48,8 @@ func hexID(b []byte) string { return hex.EncodeToString(b) }
 // TestInProcessParent: service A (tracechain) serves each request by calling
 // service B; obsd instruments both. A's CLIENT span is the child of A's
 // SERVER span, in the edge's trace, when the call's context derives from
-// the request's (r.Context(), a timeout or value wrapper, a goroutine given
-// it); it starts its own trace under context.Background() and when it runs
+// the request's (r.Context(), a timeout or value wrapper, 12 value
+// wrappers, a goroutine given it); it starts its own trace under context.Background() and when it runs
 // after the request ended (a detached goroutine): nothing leaks across
 // requests. B's SERVER span is a root (no propagation between processes
 // without --propagate). Then a soak: 1,000 requests, 50 at a time, each
@@ -91,7 +91,7 @@ func TestInProcessParent(t *testing.T) {
 					t.Errorf("%s: status %d, want %d", kind, resp.StatusCode, want)
 				}
 			}
-			kinds := []string{"request", "timeout", "value", "goroutine", "background", "detached"}
+			kinds := []string{"request", "timeout", "value", "deep", "goroutine", "background", "detached"}
 			for i, kind := range kinds {
 				send(i, kind)
 			}

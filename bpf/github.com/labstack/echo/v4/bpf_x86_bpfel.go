@@ -29,8 +29,9 @@ const (
 	bpfObsdCounterCNT_CTX_MAP_FULL        bpfObsdCounter = 10
 	bpfObsdCounterCNT_TCPCTX_CONN         bpfObsdCounter = 11
 	bpfObsdCounterCNT_TCPCTX_OUT_FULL     bpfObsdCounter = 12
-	bpfObsdCounterCNT_TCPCTX_STREAM       bpfObsdCounter = 13
-	bpfObsdCounterCNT_MAX                 bpfObsdCounter = 14
+	bpfObsdCounterCNT_CTX_WALK_DEEP       bpfObsdCounter = 13
+	bpfObsdCounterCNT_TCPCTX_STREAM       bpfObsdCounter = 14
+	bpfObsdCounterCNT_MAX                 bpfObsdCounter = 15
 )
 
 type bpfRoute struct {
