@@ -99,6 +99,17 @@ static __always_inline void goconn_out(struct tcpctx_key *k, const struct trace_
 		count(CNT_TCPCTX_OUT_FULL);
 }
 
+/* goconn_parent makes the context v holds tc's remote parent. */
+static __always_inline void goconn_parent(const struct tcpctx_in *v, struct trace_ctx *tc)
+{
+	u64 hi, lo, span;
+	__builtin_memcpy(&hi, v->trace_id, 8);
+	__builtin_memcpy(&lo, v->trace_id + 8, 8);
+	__builtin_memcpy(&span, v->span_id, 8);
+	tc_remote(tc, __builtin_bswap64(hi), __builtin_bswap64(lo), __builtin_bswap64(span),
+		  v->flags & TCPCTX_FLAG_SAMPLED);
+}
+
 /* goconn_in takes the context that arrived on k since the last request
  * that looked (fresh: its gen not taken yet), marking it taken, into
  * tc as the span's remote parent, unless tc already has one from the
@@ -112,12 +123,7 @@ static __always_inline void goconn_in(struct tcpctx_key *k, struct trace_ctx *tc
 	v->taken_gen = v->gen;
 	if (!tc || (tc->trace & TR_REMOTE))
 		return;
-	u64 hi, lo, span;
-	__builtin_memcpy(&hi, v->trace_id, 8);
-	__builtin_memcpy(&lo, v->trace_id + 8, 8);
-	__builtin_memcpy(&span, v->span_id, 8);
-	tc_remote(tc, __builtin_bswap64(hi), __builtin_bswap64(lo), __builtin_bswap64(span),
-		  v->flags & TCPCTX_FLAG_SAMPLED);
+	goconn_parent(v, tc);
 }
 
 /* Multiplexed connections (gRPC over HTTP/2): a context goes on the
@@ -151,17 +157,14 @@ static __always_inline int goconn_in_stream(struct tcpctx_key *k, u32 sid, struc
 	struct tcpctx_in *v = bpf_map_lookup_elem(&obsd_tcp_in, k);
 	if (!v)
 		return 0;
-	u64 hi, lo, span;
+	u64 span;
 	__builtin_memcpy(&span, v->span_id, 8);
-	span = __builtin_bswap64(span);
-	if (v->gen == v->taken_gen || (span & GOCONN_STREAM_MASK) != ((sid >> 1) & GOCONN_STREAM_MASK))
+	if (v->gen == v->taken_gen ||
+	    (__builtin_bswap64(span) & GOCONN_STREAM_MASK) != ((sid >> 1) & GOCONN_STREAM_MASK))
 		return -1;
 	v->taken_gen = v->gen;
-	if (tc->trace & TR_REMOTE)
-		return 1;
-	__builtin_memcpy(&hi, v->trace_id, 8);
-	__builtin_memcpy(&lo, v->trace_id + 8, 8);
-	tc_remote(tc, __builtin_bswap64(hi), __builtin_bswap64(lo), span, v->flags & TCPCTX_FLAG_SAMPLED);
+	if (!(tc->trace & TR_REMOTE))
+		goconn_parent(v, tc);
 	return 1;
 }
 

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+
+	"github.com/obsd-dev/obsd/internal/nsenter"
 )
 
 // Finding the owner of a listening port takes two steps: the inodes of
@@ -29,7 +31,7 @@ var errNoMember = errors.New("no process of the namespace left to read it throug
 
 // errMoved is returned when a process is no longer in the namespace it
 // was grouped by.
-var errMoved = errors.New("process left the network namespace")
+var errMoved = nsenter.ErrMoved
 
 // matchPorts sets p.ports for every live process.
 func (w *Watcher) matchPorts(live map[int]*proc) {

@@ -3,9 +3,10 @@ package discover
 import (
 	"errors"
 	"fmt"
-	"runtime"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/obsd-dev/obsd/internal/nsenter"
 )
 
 // diagConn is a NETLINK_SOCK_DIAG socket. A netlink socket answers for the
@@ -27,54 +28,12 @@ func openDiag(nsPath string, wantIno uint64) (*diagConn, error) {
 	if nsPath == "" {
 		return newDiagConn()
 	}
-	type result struct {
-		c   *diagConn
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		// setns changes only the calling thread, so pin the goroutine to
-		// it. If the thread cannot be brought back to its namespace, the
-		// goroutine ends still locked and the runtime discards the thread.
-		runtime.LockOSThread()
-		c, restored, err := openDiagIn(nsPath, wantIno)
-		if restored {
-			runtime.UnlockOSThread()
-		}
-		ch <- result{c, err}
-	}()
-	r := <-ch
-	return r.c, r.err
-}
-
-// openDiagIn must run on a locked thread. It reports whether the thread is
-// back in its own namespace.
-func openDiagIn(nsPath string, wantIno uint64) (c *diagConn, restored bool, err error) {
-	own, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, true, fmt.Errorf("opening own network namespace: %w", err)
-	}
-	defer unix.Close(own)
-	target, err := unix.Open(nsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, true, fmt.Errorf("opening network namespace %s: %w", nsPath, err)
-	}
-	defer unix.Close(target)
-	var st unix.Stat_t
-	if err := unix.Fstat(target, &st); err != nil {
-		return nil, true, fmt.Errorf("checking network namespace %s: %w", nsPath, err)
-	}
-	if wantIno != 0 && st.Ino != wantIno {
-		return nil, true, errMoved
-	}
-	if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-		return nil, true, fmt.Errorf("entering network namespace %s: %w", nsPath, err)
-	}
-	c, err = newDiagConn()
-	if errBack := unix.Setns(own, unix.CLONE_NEWNET); errBack != nil {
-		return c, false, errors.Join(err, fmt.Errorf("returning to own network namespace: %w", errBack))
-	}
-	return c, true, err
+	var c *diagConn
+	err := nsenter.Do(nsPath, wantIno, func() (err error) {
+		c, err = newDiagConn()
+		return err
+	})
+	return c, err
 }
 
 func newDiagConn() (*diagConn, error) {

@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/obsd-dev/obsd/bpf/tcpctx/adopt"
+	"github.com/obsd-dev/obsd/internal/nsenter"
 )
 
 // ErrAdoptUnsupported means the kernel cannot give existing connections the
@@ -129,7 +129,7 @@ func (a *adopter) run(nsPath string, pid int, sender bool) (Adopted, error) {
 		}
 	}
 	// The iterator walks the namespace of the task that creates it.
-	err := inNetns(nsPath, func() error {
+	err := nsenter.Do(nsPath, 0, func() error {
 		r, err := a.iter.Open()
 		if err != nil {
 			return fmt.Errorf("opening the adopt iterator: %w", err)
@@ -200,41 +200,4 @@ func socketInodes(pid int) ([]uint64, error) {
 		}
 	}
 	return out, nil
-}
-
-// inNetns runs fn on an OS thread moved into the network namespace at
-// nsPath, then moves the thread back; a thread that cannot go back is
-// discarded by the runtime (its goroutine ends locked).
-func inNetns(nsPath string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		restored, err := inNetnsLocked(nsPath, fn)
-		if restored {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
-	}()
-	return <-errc
-}
-
-func inNetnsLocked(nsPath string, fn func() error) (restored bool, err error) {
-	own, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return true, fmt.Errorf("opening own network namespace: %w", err)
-	}
-	defer unix.Close(own)
-	target, err := unix.Open(nsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return true, fmt.Errorf("opening network namespace %s: %w", nsPath, err)
-	}
-	defer unix.Close(target)
-	if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-		return true, fmt.Errorf("entering network namespace %s: %w", nsPath, err)
-	}
-	err = fn()
-	if errBack := unix.Setns(own, unix.CLONE_NEWNET); errBack != nil {
-		return false, errors.Join(err, fmt.Errorf("returning to own network namespace: %w", errBack))
-	}
-	return true, err
 }

@@ -53,7 +53,7 @@ func (r *report) callsMarkdown(w func(string, ...any)) {
 		"for the chi service, the HTTP server probe's sites and the chi probe's. "+
 		"**target CPU µs/call** is the target's own CPU time (schedstat, which includes the uprobe traps it takes) over the calls the load generator counted; "+
 		"it is the figure the limit is checked on, as the target is not always the bottleneck of the throughput. "+
-		"µs/call by throughput = 1e6/rate − 1e6/rate(plain) is shown beside it. obsd runs with `--traces none` unless its row says otherwise (OTLP at 1%% for the HTTP client's spans and --propagate=tcp rows).\n\n",
+		"µs/call by throughput = 1e6/rate − 1e6/rate(plain) is shown beside it. obsd runs with `--traces none` unless its row says otherwise (OTLP at 1%% for the client loads' spans and --propagate=tcp rows).\n\n",
 		r.o.serverCPU, r.o.loadCPU, r.o.rounds, r.o.warmup, r.o.duration)
 	for _, l := range r.callLoads {
 		w("#### %s\n\n%s.\n\n", l.title, l.setup)
