@@ -40,13 +40,21 @@ type traceparentKey struct{}
 func main() {
 	addr := flag.String("addr", "127.0.0.1:0", "listen address")
 	insecure := flag.Bool("insecure-http1", false, "call https URLs over HTTP/1.1, without verifying the certificate (a self-signed test server)")
+	insecureH2 := flag.Bool("insecure-h2", false, "call https URLs over HTTP/2, without verifying the certificate (a self-signed test server)")
 	flag.Parse()
 	client := &http.Client{Timeout: 10 * time.Second}
-	if *insecure {
+	switch {
+	case *insecure:
 		client.Transport = &http.Transport{
 			TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
 			// A non-nil empty map turns HTTP/2 off.
 			TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{},
+		}
+	case *insecureH2:
+		client.Transport = &http.Transport{
+			TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
+			// A custom TLS config turns HTTP/2 off unless forced.
+			ForceAttemptHTTP2: true,
 		}
 	}
 	var detached atomic.Int64

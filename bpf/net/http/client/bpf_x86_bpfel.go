@@ -29,6 +29,13 @@ type bpfCtxSpan struct {
 	Pad     [7]uint8
 }
 
+type bpfGoidKey struct {
+	_    structs.HostLayout
+	Goid uint64
+	Tgid uint32
+	Pad  uint32
+}
+
 type bpfHist struct {
 	_       structs.HostLayout
 	Buckets [15]uint64
@@ -72,11 +79,14 @@ type bpfHttpClientMetricKey struct {
 }
 
 type bpfInflight struct {
-	_       structs.HostLayout
-	StartNs uint64
-	Req     uint64
-	Bias    uint64
-	Tc      struct {
+	_        structs.HostLayout
+	StartNs  uint64
+	Req      uint64
+	Bias     uint64
+	Goid     uint64
+	H2Tagged uint8
+	Pad      [7]uint8
+	Tc       struct {
 		_             structs.HostLayout
 		TraceHi       uint64
 		TraceLo       uint64
@@ -210,6 +220,7 @@ type bpfTcpctxOut struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	bpfMapEvents                    = "events"
+	bpfMapHttpClientGoids           = "http_client_goids"
 	bpfMapHttpClientInflight        = "http_client_inflight"
 	bpfMapHttpClientMetrics         = "http_client_metrics"
 	bpfMapHttpClientNameScratch     = "http_client_name_scratch"
@@ -224,6 +235,7 @@ const (
 	bpfMapObsdTcpSenders            = "obsd_tcp_senders"
 	bpfProgHttpClientConn           = "http_client_conn"
 	bpfProgHttpClientEnd            = "http_client_end"
+	bpfProgHttpClientH2             = "http_client_h2"
 	bpfProgHttpClientStart          = "http_client_start"
 	bpfVarConnSiteVaddr             = "conn_site_vaddr"
 	bpfVarDurationBoundsNs          = "duration_bounds_ns"
@@ -241,10 +253,16 @@ const (
 	bpfVarFnTlsconnClose            = "fn_tlsconn_close"
 	bpfVarFnX509Hostname            = "fn_x509_hostname"
 	bpfVarFnX509UnknownCa           = "fn_x509_unknown_ca"
+	bpfVarH2SiteVaddr               = "h2_site_vaddr"
 	bpfVarHistBudgetSeries          = "hist_budget_series"
 	bpfVarKeepErrors                = "keep_errors"
 	bpfVarKeepSlowNs                = "keep_slow_ns"
 	bpfVarOffConnFd                 = "off_conn_fd"
+	bpfVarOffG_goid                 = "off_g_goid"
+	bpfVarOffG_parentgoid           = "off_g_parentgoid"
+	bpfVarOffH2ccTconn              = "off_h2cc_tconn"
+	bpfVarOffH2csCc                 = "off_h2cs_cc"
+	bpfVarOffH2csId                 = "off_h2cs_id"
 	bpfVarOffHmapB                  = "off_hmap_b"
 	bpfVarOffHmapBuckets            = "off_hmap_buckets"
 	bpfVarOffHmapFlags              = "off_hmap_flags"
@@ -277,6 +295,7 @@ const (
 	bpfVarSampleBound               = "sample_bound"
 	bpfVarStartSiteVaddr            = "start_site_vaddr"
 	bpfVarTcpPropagate              = "tcp_propagate"
+	bpfVarUnusedGoidKey             = "unused_goid_key"
 	bpfVarUnusedHist                = "unused_hist"
 	bpfVarUnusedHttpClientEvent     = "unused_http_client_event"
 	bpfVarUnusedHttpClientMetricKey = "unused_http_client_metric_key"
@@ -331,6 +350,7 @@ type bpfSpecs struct {
 type bpfProgramSpecs struct {
 	HttpClientConn  *ebpf.ProgramSpec `ebpf:"http_client_conn"`
 	HttpClientEnd   *ebpf.ProgramSpec `ebpf:"http_client_end"`
+	HttpClientH2    *ebpf.ProgramSpec `ebpf:"http_client_h2"`
 	HttpClientStart *ebpf.ProgramSpec `ebpf:"http_client_start"`
 }
 
@@ -339,6 +359,7 @@ type bpfProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
 	Events                *ebpf.MapSpec `ebpf:"events"`
+	HttpClientGoids       *ebpf.MapSpec `ebpf:"http_client_goids"`
 	HttpClientInflight    *ebpf.MapSpec `ebpf:"http_client_inflight"`
 	HttpClientMetrics     *ebpf.MapSpec `ebpf:"http_client_metrics"`
 	HttpClientNameScratch *ebpf.MapSpec `ebpf:"http_client_name_scratch"`
@@ -373,10 +394,16 @@ type bpfVariableSpecs struct {
 	FnTlsconnClose            *ebpf.VariableSpec `ebpf:"fn_tlsconn_close"`
 	FnX509Hostname            *ebpf.VariableSpec `ebpf:"fn_x509_hostname"`
 	FnX509UnknownCa           *ebpf.VariableSpec `ebpf:"fn_x509_unknown_ca"`
+	H2SiteVaddr               *ebpf.VariableSpec `ebpf:"h2_site_vaddr"`
 	HistBudgetSeries          *ebpf.VariableSpec `ebpf:"hist_budget_series"`
 	KeepErrors                *ebpf.VariableSpec `ebpf:"keep_errors"`
 	KeepSlowNs                *ebpf.VariableSpec `ebpf:"keep_slow_ns"`
 	OffConnFd                 *ebpf.VariableSpec `ebpf:"off_conn_fd"`
+	OffG_goid                 *ebpf.VariableSpec `ebpf:"off_g_goid"`
+	OffG_parentgoid           *ebpf.VariableSpec `ebpf:"off_g_parentgoid"`
+	OffH2ccTconn              *ebpf.VariableSpec `ebpf:"off_h2cc_tconn"`
+	OffH2csCc                 *ebpf.VariableSpec `ebpf:"off_h2cs_cc"`
+	OffH2csId                 *ebpf.VariableSpec `ebpf:"off_h2cs_id"`
 	OffHmapB                  *ebpf.VariableSpec `ebpf:"off_hmap_b"`
 	OffHmapBuckets            *ebpf.VariableSpec `ebpf:"off_hmap_buckets"`
 	OffHmapFlags              *ebpf.VariableSpec `ebpf:"off_hmap_flags"`
@@ -409,6 +436,7 @@ type bpfVariableSpecs struct {
 	SampleBound               *ebpf.VariableSpec `ebpf:"sample_bound"`
 	StartSiteVaddr            *ebpf.VariableSpec `ebpf:"start_site_vaddr"`
 	TcpPropagate              *ebpf.VariableSpec `ebpf:"tcp_propagate"`
+	UnusedGoidKey             *ebpf.VariableSpec `ebpf:"unused_goid_key"`
 	UnusedHist                *ebpf.VariableSpec `ebpf:"unused_hist"`
 	UnusedHttpClientEvent     *ebpf.VariableSpec `ebpf:"unused_http_client_event"`
 	UnusedHttpClientMetricKey *ebpf.VariableSpec `ebpf:"unused_http_client_metric_key"`
@@ -440,6 +468,7 @@ func (o *bpfObjects) Close() error {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
 	Events                *ebpf.Map `ebpf:"events"`
+	HttpClientGoids       *ebpf.Map `ebpf:"http_client_goids"`
 	HttpClientInflight    *ebpf.Map `ebpf:"http_client_inflight"`
 	HttpClientMetrics     *ebpf.Map `ebpf:"http_client_metrics"`
 	HttpClientNameScratch *ebpf.Map `ebpf:"http_client_name_scratch"`
@@ -457,6 +486,7 @@ type bpfMaps struct {
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.Events,
+		m.HttpClientGoids,
 		m.HttpClientInflight,
 		m.HttpClientMetrics,
 		m.HttpClientNameScratch,
@@ -492,10 +522,16 @@ type bpfVariables struct {
 	FnTlsconnClose            *ebpf.Variable `ebpf:"fn_tlsconn_close"`
 	FnX509Hostname            *ebpf.Variable `ebpf:"fn_x509_hostname"`
 	FnX509UnknownCa           *ebpf.Variable `ebpf:"fn_x509_unknown_ca"`
+	H2SiteVaddr               *ebpf.Variable `ebpf:"h2_site_vaddr"`
 	HistBudgetSeries          *ebpf.Variable `ebpf:"hist_budget_series"`
 	KeepErrors                *ebpf.Variable `ebpf:"keep_errors"`
 	KeepSlowNs                *ebpf.Variable `ebpf:"keep_slow_ns"`
 	OffConnFd                 *ebpf.Variable `ebpf:"off_conn_fd"`
+	OffG_goid                 *ebpf.Variable `ebpf:"off_g_goid"`
+	OffG_parentgoid           *ebpf.Variable `ebpf:"off_g_parentgoid"`
+	OffH2ccTconn              *ebpf.Variable `ebpf:"off_h2cc_tconn"`
+	OffH2csCc                 *ebpf.Variable `ebpf:"off_h2cs_cc"`
+	OffH2csId                 *ebpf.Variable `ebpf:"off_h2cs_id"`
 	OffHmapB                  *ebpf.Variable `ebpf:"off_hmap_b"`
 	OffHmapBuckets            *ebpf.Variable `ebpf:"off_hmap_buckets"`
 	OffHmapFlags              *ebpf.Variable `ebpf:"off_hmap_flags"`
@@ -528,6 +564,7 @@ type bpfVariables struct {
 	SampleBound               *ebpf.Variable `ebpf:"sample_bound"`
 	StartSiteVaddr            *ebpf.Variable `ebpf:"start_site_vaddr"`
 	TcpPropagate              *ebpf.Variable `ebpf:"tcp_propagate"`
+	UnusedGoidKey             *ebpf.Variable `ebpf:"unused_goid_key"`
 	UnusedHist                *ebpf.Variable `ebpf:"unused_hist"`
 	UnusedHttpClientEvent     *ebpf.Variable `ebpf:"unused_http_client_event"`
 	UnusedHttpClientMetricKey *ebpf.Variable `ebpf:"unused_http_client_metric_key"`
@@ -544,6 +581,7 @@ type bpfVariables struct {
 type bpfPrograms struct {
 	HttpClientConn  *ebpf.Program `ebpf:"http_client_conn"`
 	HttpClientEnd   *ebpf.Program `ebpf:"http_client_end"`
+	HttpClientH2    *ebpf.Program `ebpf:"http_client_h2"`
 	HttpClientStart *ebpf.Program `ebpf:"http_client_start"`
 }
 
@@ -551,6 +589,7 @@ func (p *bpfPrograms) Close() error {
 	return _BpfClose(
 		p.HttpClientConn,
 		p.HttpClientEnd,
+		p.HttpClientH2,
 		p.HttpClientStart,
 	)
 }

@@ -21,8 +21,9 @@
  *        HTTP/1 connection is chosen and before the writeLoop writes the
  *        request: the connection then carries the round trip's context
  *        (the server's parent) until the next request on it replaces it.
- *        HTTP/2 round trips never get there: a multiplexed connection
- *        carries no context.
+ *        HTTP/2 round trips never get there: a fourth site, the entry of
+ *        the h2 client stream's encodeAndWriteHeaders, puts their context
+ *        on the connection with the stream in the span ID (http_client_h2).
  * A round trip not sampled for a span is counted in the kernel (metrics.h)
  * under (tgid, status, error kind, protocol, hash of its method, scheme
  * and host): its path and query are never read. A record goes out for a
@@ -58,10 +59,20 @@ volatile const u64 off_httperror_timeout = OFF_NONE;
 
 volatile const u64 off_request_ctx = OFF_NONE; /* an interface: data word at +8 */
 volatile const u64 off_persistconn_conn = OFF_NONE; /* --propagate=tcp: persistConn.conn, the net.Conn */
+/* --propagate=tcp over HTTP/2: net/http's h2 client stream (http2clientStream
+ * up to Go 1.26, internal/http2.clientStream in 1.27) and its connection,
+ * and the goroutine ids that lead from the stream's writer back to the
+ * round trip's caller. */
+volatile const u64 off_h2cs_cc = OFF_NONE;     /* clientStream.cc, *ClientConn */
+volatile const u64 off_h2cs_id = OFF_NONE;     /* clientStream.ID */
+volatile const u64 off_h2cc_tconn = OFF_NONE;  /* ClientConn.tconn, a net.Conn */
+volatile const u64 off_g_goid = OFF_NONE;      /* runtime.g.goid */
+volatile const u64 off_g_parentgoid = OFF_NONE; /* runtime.g.parentGoid */
 
 /* Link-time addresses of the entry sites, for the load bias of a PIE. */
 volatile const u64 start_site_vaddr = 0;
 volatile const u64 conn_site_vaddr = 0;
+volatile const u64 h2_site_vaddr = 0;
 
 /* Link-time addresses of the Error methods of error types, set by the
  * loader when the binary has them (0: never an error here). An error's
@@ -143,6 +154,9 @@ struct inflight {
 	u64 start_ns;
 	u64 req;  /* *http.Request */
 	u64 bias; /* load bias of the target */
+	u64 goid; /* --propagate=tcp: the caller's goroutine id, in http_client_goids */
+	u8 h2_tagged; /* --propagate=tcp: the span ID carries an HTTP/2 stream's bits (goconn.h) */
+	u8 _pad[7];
 	struct trace_ctx tc; /* with spans only: the child of the request being served, if any */
 };
 
@@ -162,6 +176,23 @@ struct {
 	__type(key, u32);
 	__type(value, struct scratch);
 } http_client_scratch SEC(".maps");
+
+/* --propagate=tcp: a sender's round trips in flight by their caller's
+ * goroutine id (goid, tgid) -> the caller's g, for the HTTP/2 stream
+ * writer the caller starts (its parentGoid). Goroutine ids are never
+ * reused; an entry goes with its round trip. */
+struct goid_key {
+	u64 goid;
+	u32 tgid;
+	u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct goid_key);
+	__type(value, u64);
+} http_client_goids SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -192,6 +223,15 @@ const struct obsd_name *unused_obsd_name __attribute__((unused));
 const struct name_key *unused_name_key __attribute__((unused));
 const struct inflight *unused_inflight __attribute__((unused));
 const struct inflight_key *unused_inflight_key __attribute__((unused));
+const struct goid_key *unused_goid_key __attribute__((unused));
+
+static __always_inline void forget_goid(u32 tgid, u64 goid)
+{
+	if (!goid)
+		return;
+	struct goid_key gk = {.goid = goid, .tgid = tgid, ._pad = 0};
+	bpf_map_delete_elem(&http_client_goids, &gk);
+}
 
 static __always_inline struct inflight_key key_of(struct pt_regs *ctx)
 {
@@ -215,16 +255,29 @@ int http_client_start(struct pt_regs *ctx)
 		if (off_request_ctx != OFF_NONE)
 			bpf_probe_read_user(&rctx, sizeof(rctx), (void *)(req + off_request_ctx + 8));
 		tc_child(key.tgid, rctx, &in.tc);
+		if (tcp_propagate && off_g_goid != OFF_NONE && goconn_sender(key.tgid) &&
+		    bpf_probe_read_user(&in.goid, sizeof(in.goid), (void *)(key.g + off_g_goid)) == 0 && in.goid) {
+			struct goid_key gk = {.goid = in.goid, .tgid = key.tgid, ._pad = 0};
+			if (bpf_map_update_elem(&http_client_goids, &gk, &key.g, BPF_ANY) != 0) {
+				count(CNT_TCPCTX_OUT_FULL);
+				in.goid = 0;
+			}
+		}
 	}
 	in.start_ns = bpf_ktime_get_ns();
 	/* BPF_NOEXIST fails only when the goroutine's previous roundTrip
-	 * never returned (a panic): replace it, counted. */
+	 * never returned (a panic): replace it, counted, with its goid entry
+	 * (a g is reused by later goroutines, under new ids). */
 	if (bpf_map_update_elem(&http_client_inflight, &key, &in, BPF_NOEXIST) != 0) {
-		if (bpf_map_lookup_elem(&http_client_inflight, &key)) {
+		struct inflight *old = bpf_map_lookup_elem(&http_client_inflight, &key);
+		if (old) {
 			count(CNT_STALE_START);
+			if (old->goid != in.goid)
+				forget_goid(key.tgid, old->goid);
 			bpf_map_update_elem(&http_client_inflight, &key, &in, BPF_ANY);
 		} else {
 			count(CNT_INFLIGHT_FULL);
+			forget_goid(key.tgid, in.goid);
 		}
 	}
 	return 0;
@@ -324,6 +377,7 @@ int http_client_end(struct pt_regs *ctx)
 	}
 	struct inflight in = *inp;
 	bpf_map_delete_elem(&http_client_inflight, &key);
+	forget_goid(key.tgid, in.goid);
 
 	u64 resp = ctx->ax, err_itab = ctx->bx, err_data = ctx->cx;
 	u32 zero = 0;
@@ -495,5 +549,48 @@ int http_client_conn(struct pt_regs *ctx)
 	struct tcpctx_key k;
 	if (goconn_key(pc + off_persistconn_conn, load_bias(ctx, conn_site_vaddr), &k) == 0)
 		goconn_out(&k, in ? &in->tc : 0, key.tgid);
+	return 0;
+}
+
+/* The entry of net/http's HTTP/2 (*clientStream).encodeAndWriteHeaders(cs,
+ * req) (http2clientStream up to Go 1.26), on the stream's writer goroutine
+ * (doRequest, started by the round trip's caller) once cs.ID is assigned
+ * and before the HEADERS are written, with the connection's header lock
+ * held (--propagate=tcp). The caller's round trip is found by this
+ * goroutine's parentGoid; its CLIENT span gets the stream's bits in its ID
+ * (goconn.h) once, and goes on the connection. Tagging once keeps the
+ * exported span ID the one that went out; a writer that finds another
+ * round trip of its caller (its own was canceled first: it then writes
+ * nothing) cannot make a wrong join, its stream never being sent. */
+SEC("uprobe.multi")
+int http_client_h2(struct pt_regs *ctx)
+{
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!tcp_propagate || !goconn_sender(tgid))
+		return 0;
+	u64 cs = GO_ARG1(ctx), cc = 0, pgoid = 0;
+	u32 sid = 0;
+	if (off_h2cs_cc == OFF_NONE || off_h2cs_id == OFF_NONE || off_h2cc_tconn == OFF_NONE ||
+	    off_g_parentgoid == OFF_NONE || !cs ||
+	    bpf_probe_read_user(&pgoid, sizeof(pgoid), (void *)(GO_G(ctx) + off_g_parentgoid)) != 0 ||
+	    bpf_probe_read_user(&cc, sizeof(cc), (void *)(cs + off_h2cs_cc)) != 0 || !cc ||
+	    bpf_probe_read_user(&sid, sizeof(sid), (void *)(cs + off_h2cs_id)) != 0 || !sid) {
+		count(CNT_TCPCTX_CONN);
+		return 0;
+	}
+	struct goid_key gk = {.goid = pgoid, .tgid = tgid, ._pad = 0};
+	u64 *g = bpf_map_lookup_elem(&http_client_goids, &gk);
+	if (!g)
+		return 0; /* the round trip ended, or was not recorded */
+	struct inflight_key key = {.g = *g, .tgid = tgid, ._pad = 0};
+	struct inflight *in = bpf_map_lookup_elem(&http_client_inflight, &key);
+	if (!in || !in->tc.span || in->h2_tagged)
+		return 0;
+	struct tcpctx_key k;
+	if (goconn_key(cc + off_h2cc_tconn, load_bias(ctx, h2_site_vaddr), &k) != 0)
+		return 0;
+	in->h2_tagged = 1;
+	in->tc.span = goconn_stream_span(in->tc.span, sid);
+	goconn_out(&k, &in->tc, tgid);
 	return 0;
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"unsafe"
 
 	"github.com/obsd-dev/obsd/bpf/probe"
@@ -87,6 +88,27 @@ func field(pkg, typ, name string) probe.Field {
 	return probe.Field{Module: "std", Package: pkg, Struct: typ, Field: name}
 }
 
+// h2ClientConsts are --propagate=tcp's offsets for HTTP/2 round trips: the
+// h2 client stream and connection (net/http.http2* up to Go 1.26,
+// net/http/internal/http2's from 1.27: one constant each, set by whichever
+// the binary has), and the goroutine ids that lead from the stream's
+// writer to the round trip's caller (runtime.g, Go 1.21+).
+func h2ClientConsts() []probe.Const {
+	var cs []probe.Const
+	for _, x := range []struct{ c, typ, name string }{
+		{"off_h2cs_cc", "clientStream", "cc"},
+		{"off_h2cs_id", "clientStream", "ID"},
+		{"off_h2cc_tconn", "ClientConn", "tconn"},
+	} {
+		cs = append(cs,
+			probe.Const{Name: x.c, Field: field("net/http", "http2"+x.typ, x.name), Optional: true, Secondary: true},
+			probe.Const{Name: x.c, Field: field("net/http/internal/http2", x.typ, x.name), Optional: true, Secondary: true})
+	}
+	return append(cs,
+		probe.Const{Name: "off_g_goid", Field: field("runtime", "g", "goid"), Optional: true, Secondary: true},
+		probe.Const{Name: "off_g_parentgoid", Field: field("runtime", "g", "parentGoid"), Optional: true, Secondary: true})
+}
+
 // New returns the probe declaration.
 func New() *probe.Probe {
 	const roundTrip = "net/http.(*Transport).roundTrip"
@@ -97,6 +119,11 @@ func New() *probe.Probe {
 			{Symbol: roundTrip, Program: "http_client_start", VaddrConst: "start_site_vaddr"},
 			{Symbol: roundTrip, Program: "http_client_end", Returns: true},
 			{Symbol: "net/http.(*persistConn).roundTrip", Program: "http_client_conn", VaddrConst: "conn_site_vaddr", Optional: true, When: probe.TCPPropagateConst},
+			// HTTP/2: the bundled h2 client up to Go 1.26, internal/http2 in 1.27.
+			{Symbol: "net/http.(*http2clientStream).encodeAndWriteHeaders", Program: "http_client_h2", VaddrConst: "h2_site_vaddr",
+				Optional: true, When: probe.TCPPropagateConst},
+			{Symbol: "net/http/internal/http2.(*clientStream).encodeAndWriteHeaders", Program: "http_client_h2", VaddrConst: "h2_site_vaddr",
+				Optional: true, When: probe.TCPPropagateConst},
 		},
 		Consts: append([]probe.Const{
 			{Name: "off_request_method", Field: field("net/http", "Request", "Method")},
@@ -117,7 +144,7 @@ func New() *probe.Probe {
 			{Name: "off_request_ctx", Field: field("net/http", "Request", "ctx"), Optional: true, Secondary: true},
 			// --propagate=tcp only: the round trip's HTTP/1 connection.
 			{Name: "off_persistconn_conn", Field: field("net/http", "persistConn", "conn"), Optional: true, Secondary: true},
-		}, probe.TCPConnConsts()...),
+		}, slices.Concat(h2ClientConsts(), probe.TCPConnConsts())...),
 		Funcs: append([]probe.FuncConst{
 			{Name: "fn_op_error", Symbol: "net.(*OpError).Error", Optional: true},
 			{Name: "fn_syscall_error", Symbol: "os.(*SyscallError).Error", Optional: true},
@@ -143,17 +170,19 @@ func New() *probe.Probe {
 			// process past its budget of series: sent as records instead.
 			{Index: uint32(bpfObsdCounterCNT_METRICS_FULL), Reason: "metrics_map_full"},
 			{Index: uint32(bpfObsdCounterCNT_METRICS_BUDGET), Reason: "metrics_budget"},
-			// --propagate=tcp: a round trip whose connection obsd cannot
-			// name (a custom DialContext's wrapped net.Conn), or a full
-			// obsd_tcp_out: its server starts a new trace.
 			// A context chain deeper than the walk for the call's parent
 			// reads (bpf/include/tracectx.h): the call may start a new trace.
 			{Index: uint32(bpfObsdCounterCNT_CTX_WALK_DEEP), Reason: "trace_parent_too_deep"},
+			// --propagate=tcp: a round trip whose connection obsd cannot
+			// name (a custom DialContext's wrapped net.Conn, an HTTP/2
+			// stream whose layout is unknown), or a full obsd_tcp_out or
+			// goroutine map: its server starts a new trace.
 			{Index: uint32(bpfObsdCounterCNT_TCPCTX_CONN), Reason: "tcp_context_conn_unknown"},
 			{Index: uint32(bpfObsdCounterCNT_TCPCTX_OUT_FULL), Reason: "tcp_context_map_full"},
 		},
 		ProcessMaps: map[string]int{
 			"http_client_inflight": int(unsafe.Offsetof(bpfInflightKey{}.Tgid)),
+			"http_client_goids":    int(unsafe.Offsetof(bpfGoidKey{}.Tgid)),
 			probe.CtxSpansMap:      probe.CtxSpansTGIDOffset,
 			"http_client_metrics":  int(unsafe.Offsetof(bpfHttpClientMetricKey{}.Tgid)),
 			"http_client_names":    int(unsafe.Offsetof(bpfNameKey{}.Tgid)),

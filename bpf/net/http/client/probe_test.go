@@ -109,12 +109,15 @@ func TestDeclaration(t *testing.T) {
 			t.Errorf("constant %q not in the BPF object", n)
 		}
 	}
-	if len(p.Sites) != 3 || p.Sites[0].Returns || !p.Sites[1].Returns || p.Sites[0].Symbol != p.Sites[1].Symbol {
-		t.Errorf("sites = %+v, want the entry and the RETs of one function, then the connection's site", p.Sites)
+	if len(p.Sites) != 5 || p.Sites[0].Returns || !p.Sites[1].Returns || p.Sites[0].Symbol != p.Sites[1].Symbol {
+		t.Errorf("sites = %+v, want the entry and the RETs of one function, then the HTTP/1 connection's site and the HTTP/2 stream's two names", p.Sites)
 	}
-	// The third costs a hit per request: only with --propagate=tcp.
-	if len(p.Sites) == 3 && p.Sites[2].When != probe.TCPPropagateConst {
-		t.Errorf("site %s attached without --propagate=tcp too (When %q)", p.Sites[2].Symbol, p.Sites[2].When)
+	// The others cost a hit per request: only with --propagate=tcp, and
+	// optional, each alone (a binary may have either HTTP/2 name, or none).
+	for _, s := range p.Sites[min(2, len(p.Sites)):] {
+		if s.When != probe.TCPPropagateConst || !s.Optional || s.OneOf != "" {
+			t.Errorf("site %s: When %q, Optional %v, OneOf %q; want tcp_propagate, optional, alone", s.Symbol, s.When, s.Optional, s.OneOf)
+		}
 	}
 	if off := int(unsafe.Offsetof(bpfHttpClientEvent{}.Method)); off%8 != 0 {
 		t.Errorf("method at %d: the record's strings should start aligned", off)

@@ -296,6 +296,7 @@ const (
 	bpfVarOffH2RwsConn              = "off_h2_rws_conn"
 	bpfVarOffH2RwsStatus            = "off_h2_rws_status"
 	bpfVarOffH2RwsStream            = "off_h2_rws_stream"
+	bpfVarOffH2ScConn               = "off_h2_sc_conn"
 	bpfVarOffH2StreamId             = "off_h2_stream_id"
 	bpfVarOffH2StreamSc             = "off_h2_stream_sc"
 	bpfVarOffH2W_rws                = "off_h2_w_rws"
@@ -330,6 +331,7 @@ const (
 	bpfVarOffXh2RwsConn             = "off_xh2_rws_conn"
 	bpfVarOffXh2RwsStatus           = "off_xh2_rws_status"
 	bpfVarOffXh2RwsStream           = "off_xh2_rws_stream"
+	bpfVarOffXh2ScConn              = "off_xh2_sc_conn"
 	bpfVarOffXh2StreamId            = "off_xh2_stream_id"
 	bpfVarOffXh2StreamSc            = "off_xh2_stream_sc"
 	bpfVarOffXh2W_rws               = "off_xh2_w_rws"
@@ -350,6 +352,7 @@ const (
 	bpfVarWithSpans                 = "with_spans"
 	bpfVarXh2EndSiteVaddr           = "xh2_end_site_vaddr"
 	bpfVarXh2PanicSiteVaddr         = "xh2_panic_site_vaddr"
+	bpfVarXh2StartSiteVaddr         = "xh2_start_site_vaddr"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -451,6 +454,7 @@ type bpfVariableSpecs struct {
 	OffH2RwsConn              *ebpf.VariableSpec `ebpf:"off_h2_rws_conn"`
 	OffH2RwsStatus            *ebpf.VariableSpec `ebpf:"off_h2_rws_status"`
 	OffH2RwsStream            *ebpf.VariableSpec `ebpf:"off_h2_rws_stream"`
+	OffH2ScConn               *ebpf.VariableSpec `ebpf:"off_h2_sc_conn"`
 	OffH2StreamId             *ebpf.VariableSpec `ebpf:"off_h2_stream_id"`
 	OffH2StreamSc             *ebpf.VariableSpec `ebpf:"off_h2_stream_sc"`
 	OffH2W_rws                *ebpf.VariableSpec `ebpf:"off_h2_w_rws"`
@@ -485,6 +489,7 @@ type bpfVariableSpecs struct {
 	OffXh2RwsConn             *ebpf.VariableSpec `ebpf:"off_xh2_rws_conn"`
 	OffXh2RwsStatus           *ebpf.VariableSpec `ebpf:"off_xh2_rws_status"`
 	OffXh2RwsStream           *ebpf.VariableSpec `ebpf:"off_xh2_rws_stream"`
+	OffXh2ScConn              *ebpf.VariableSpec `ebpf:"off_xh2_sc_conn"`
 	OffXh2StreamId            *ebpf.VariableSpec `ebpf:"off_xh2_stream_id"`
 	OffXh2StreamSc            *ebpf.VariableSpec `ebpf:"off_xh2_stream_sc"`
 	OffXh2W_rws               *ebpf.VariableSpec `ebpf:"off_xh2_w_rws"`
@@ -505,6 +510,7 @@ type bpfVariableSpecs struct {
 	WithSpans                 *ebpf.VariableSpec `ebpf:"with_spans"`
 	Xh2EndSiteVaddr           *ebpf.VariableSpec `ebpf:"xh2_end_site_vaddr"`
 	Xh2PanicSiteVaddr         *ebpf.VariableSpec `ebpf:"xh2_panic_site_vaddr"`
+	Xh2StartSiteVaddr         *ebpf.VariableSpec `ebpf:"xh2_start_site_vaddr"`
 }
 
 // bpfObjects contains all objects after they have been loaded into the kernel.
@@ -589,6 +595,7 @@ type bpfVariables struct {
 	OffH2RwsConn              *ebpf.Variable `ebpf:"off_h2_rws_conn"`
 	OffH2RwsStatus            *ebpf.Variable `ebpf:"off_h2_rws_status"`
 	OffH2RwsStream            *ebpf.Variable `ebpf:"off_h2_rws_stream"`
+	OffH2ScConn               *ebpf.Variable `ebpf:"off_h2_sc_conn"`
 	OffH2StreamId             *ebpf.Variable `ebpf:"off_h2_stream_id"`
 	OffH2StreamSc             *ebpf.Variable `ebpf:"off_h2_stream_sc"`
 	OffH2W_rws                *ebpf.Variable `ebpf:"off_h2_w_rws"`
@@ -623,6 +630,7 @@ type bpfVariables struct {
 	OffXh2RwsConn             *ebpf.Variable `ebpf:"off_xh2_rws_conn"`
 	OffXh2RwsStatus           *ebpf.Variable `ebpf:"off_xh2_rws_status"`
 	OffXh2RwsStream           *ebpf.Variable `ebpf:"off_xh2_rws_stream"`
+	OffXh2ScConn              *ebpf.Variable `ebpf:"off_xh2_sc_conn"`
 	OffXh2StreamId            *ebpf.Variable `ebpf:"off_xh2_stream_id"`
 	OffXh2StreamSc            *ebpf.Variable `ebpf:"off_xh2_stream_sc"`
 	OffXh2W_rws               *ebpf.Variable `ebpf:"off_xh2_w_rws"`
@@ -643,6 +651,7 @@ type bpfVariables struct {
 	WithSpans                 *ebpf.Variable `ebpf:"with_spans"`
 	Xh2EndSiteVaddr           *ebpf.Variable `ebpf:"xh2_end_site_vaddr"`
 	Xh2PanicSiteVaddr         *ebpf.Variable `ebpf:"xh2_panic_site_vaddr"`
+	Xh2StartSiteVaddr         *ebpf.Variable `ebpf:"xh2_start_site_vaddr"`
 }
 
 // bpfPrograms contains all programs after they have been loaded into the kernel.

@@ -67,12 +67,14 @@ volatile const u64 off_h2_rws_conn = OFF_NONE;   /* responseWriterState.conn */
 volatile const u64 off_h2_rws_status = OFF_NONE; /* responseWriterState.status */
 volatile const u64 off_h2_stream_sc = OFF_NONE;  /* stream.sc */
 volatile const u64 off_h2_stream_id = OFF_NONE;  /* stream.id */
+volatile const u64 off_h2_sc_conn = OFF_NONE;    /* serverConn.conn, a net.Conn: --propagate=tcp */
 volatile const u64 off_xh2_w_rws = OFF_NONE;
 volatile const u64 off_xh2_rws_stream = OFF_NONE;
 volatile const u64 off_xh2_rws_conn = OFF_NONE;
 volatile const u64 off_xh2_rws_status = OFF_NONE;
 volatile const u64 off_xh2_stream_sc = OFF_NONE;
 volatile const u64 off_xh2_stream_id = OFF_NONE;
+volatile const u64 off_xh2_sc_conn = OFF_NONE;
 volatile const u64 off_request_header = OFF_NONE;
 volatile const u64 off_request_ctx = OFF_NONE; /* an interface: data word at +8 */
 /* --propagate=tcp (goconn.h): the HTTP/1 connection of a *response. */
@@ -94,6 +96,7 @@ volatile const u64 close_site_vaddr = 0;
 volatile const u64 h2_end_site_vaddr = 0;
 volatile const u64 h2_panic_site_vaddr = 0;
 volatile const u64 xh2_end_site_vaddr = 0;
+volatile const u64 xh2_start_site_vaddr = 0;
 volatile const u64 xh2_panic_site_vaddr = 0;
 /* The itab of *response as a ResponseWriter and the start program's site,
  * both link-time, set by the loader when the binary gives the itab (0:
@@ -433,10 +436,22 @@ static __noinline void tcp_parent(u64 w, u64 bias, struct trace_ctx *tc)
 		goconn_in(&k, tc);
 }
 
+/* tcp_parent_h2 takes the context the caller's obsd sent for HTTP/2 stream
+ * id on the connection whose net.Conn is at h2conn (--propagate=tcp) as
+ * tc's parent; goconn_in_stream's answer (0: the connection has no key). */
+static __noinline int tcp_parent_h2(u64 h2conn, u32 id, u64 bias, struct trace_ctx *tc)
+{
+	struct tcpctx_key k;
+	if (goconn_key(h2conn, bias, &k) != 0)
+		return 0;
+	return goconn_in_stream(&k, id, tc);
+}
+
 /* start records req as in flight under key: the current goroutine's for
  * HTTP/1, the stream's for HTTP/2. w is HTTP/1's *response (0 for HTTP/2),
- * bias the target's load bias. */
-static __always_inline void start(struct inflight_key key, u64 req, u64 w, u64 bias)
+ * bias the target's load bias, h2conn the address of an HTTP/2 request's
+ * serverConn.conn (0: unknown, or HTTP/1). */
+static __always_inline void start(struct inflight_key key, u64 req, u64 w, u64 bias, u64 h2conn)
 {
 	struct inflight *in = bpf_map_lookup_elem(&http_server_inflight, &key);
 	if (in && in->start_ns && in->req == req && key.stream)
@@ -513,6 +528,8 @@ static __always_inline void start(struct inflight_key key, u64 req, u64 w, u64 b
 		tc_start(err == 0 ? hdr.header : 0, &in->tc);
 		if (tcp_propagate && w)
 			tcp_parent(w, bias, &in->tc);
+		else if (tcp_propagate && h2conn && tcp_parent_h2(h2conn, key.stream, bias, &in->tc) < 0)
+			count(CNT_TCPCTX_STREAM);
 		if (in->ctx) /* a start that found its slot's request still in flight */
 			tc_forget(key.tgid, in->ctx);
 		in->ctx = 0;
@@ -757,19 +774,20 @@ static __always_inline void release(struct inflight_key *key)
 /* The offsets of one HTTP/2 server implementation's types. */
 struct h2_offs {
 	u64 w_rws, rws_stream, rws_conn, rws_status, stream_sc, stream_id;
+	u64 sc_conn; /* --propagate=tcp only: not in h2_known */
 };
 
 static __always_inline struct h2_offs h2_std(void)
 {
-	struct h2_offs o = {off_h2_w_rws,	  off_h2_rws_stream, off_h2_rws_conn,
-			    off_h2_rws_status, off_h2_stream_sc, off_h2_stream_id};
+	struct h2_offs o = {off_h2_w_rws,	  off_h2_rws_stream, off_h2_rws_conn,	off_h2_rws_status,
+			    off_h2_stream_sc, off_h2_stream_id,	 off_h2_sc_conn};
 	return o;
 }
 
 static __always_inline struct h2_offs h2_xnet(void)
 {
-	struct h2_offs o = {off_xh2_w_rws,	   off_xh2_rws_stream, off_xh2_rws_conn,
-			    off_xh2_rws_status, off_xh2_stream_sc, off_xh2_stream_id};
+	struct h2_offs o = {off_xh2_w_rws,	   off_xh2_rws_stream, off_xh2_rws_conn,  off_xh2_rws_status,
+			    off_xh2_stream_sc, off_xh2_stream_id,  off_xh2_sc_conn};
 	return o;
 }
 
@@ -806,8 +824,9 @@ static __always_inline int h2_key(struct h2_offs *o, u64 w, struct inflight_key 
 	return 1;
 }
 
-/* h2_start starts the HTTP/2 request req whose writer is w. */
-static __always_inline void h2_start(struct h2_offs *o, u64 w, u64 req)
+/* h2_start starts the HTTP/2 request req whose writer is w; bias is the
+ * target's load bias. */
+static __always_inline void h2_start(struct h2_offs *o, u64 w, u64 req, u64 bias)
 {
 	if (!h2_known(o)) {
 		/* An HTTP/2 server whose offsets are unknown: a loss, counted. */
@@ -817,7 +836,8 @@ static __always_inline void h2_start(struct h2_offs *o, u64 w, u64 req)
 	struct inflight_key key = {};
 	if (!h2_key(o, w, &key, NULL))
 		return; /* not an HTTP/2 writer (a custom TLSNextProto's) */
-	start(key, req, 0, 0);
+	/* key.g is the *serverConn: its connection, for --propagate=tcp. */
+	start(key, req, 0, bias, o->sc_conn != OFF_NONE ? key.g + o->sc_conn : 0);
 }
 
 /* h2_end ends the HTTP/2 request whose writer w finished its handler. */
@@ -878,14 +898,14 @@ int http_server_start(struct pt_regs *ctx)
 		if (bpf_probe_read_user(&wreq, sizeof(wreq), (void *)(rw_data + off_response_req)) != 0 || wreq != req)
 			goto h2;
 	}
-	start(key_of(ctx), req, rw_data, load_bias(ctx, start_site_vaddr));
+	start(key_of(ctx), req, rw_data, load_bias(ctx, start_site_vaddr), 0);
 	return 0;
 h2:;
 	/* net/http's HTTP/2 writer: *http2responseWriter up to Go 1.26, an
 	 * http2ResponseWriter{*http2.responseWriter} from 1.27, either way a
 	 * pointer to a responseWriter in the data word. */
 	struct h2_offs o = h2_std();
-	h2_start(&o, rw_data, req);
+	h2_start(&o, rw_data, req, load_bias(ctx, start_site_vaddr));
 	return 0;
 }
 
@@ -919,7 +939,7 @@ int http_server_xh2_start(struct pt_regs *ctx)
 	if (!rw || !req)
 		return 0;
 	struct h2_offs o = h2_xnet();
-	h2_start(&o, rw, req);
+	h2_start(&o, rw, req, load_bias(ctx, xh2_start_site_vaddr));
 	return 0;
 }
 
@@ -949,7 +969,7 @@ int http_server_expect(struct pt_regs *ctx)
 		count(CNT_READ_FAILED);
 		return 0;
 	}
-	start(key_of(ctx), req, w, load_bias(ctx, expect_site_vaddr));
+	start(key_of(ctx), req, w, load_bias(ctx, expect_site_vaddr), 0);
 	return 0;
 }
 

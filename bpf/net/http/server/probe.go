@@ -66,12 +66,14 @@ func h2Consts() []probe.Const {
 		{"rws_status", "responseWriterState", "status"},
 		{"stream_sc", "stream", "sc"},
 		{"stream_id", "stream", "id"},
+		{"sc_conn", "serverConn", "conn"}, // --propagate=tcp only
 	}
 	var cs []probe.Const
 	for _, x := range fields {
+		secondary := x.c == "sc_conn" // only --propagate=tcp needs it
 		cs = append(cs,
-			probe.Const{Name: "off_h2_" + x.c, Field: field("net/http", "http2"+x.typ, x.name), Optional: true},
-			probe.Const{Name: "off_h2_" + x.c, Field: field("net/http/internal/http2", x.typ, x.name), Optional: true},
+			probe.Const{Name: "off_h2_" + x.c, Field: field("net/http", "http2"+x.typ, x.name), Optional: true, Secondary: secondary},
+			probe.Const{Name: "off_h2_" + x.c, Field: field("net/http/internal/http2", x.typ, x.name), Optional: true, Secondary: secondary},
 			probe.Const{Name: "off_xh2_" + x.c, Optional: true, Secondary: true, Field: probe.Field{
 				Module: xnetModule, Package: "golang.org/x/net/http2", Struct: x.typ, Field: x.name}},
 		)
@@ -97,7 +99,7 @@ func New() *probe.Probe {
 			{Symbol: "net/http/internal/http2.(*responseWriter).handlerDone", Program: "http_server_h2_end", VaddrConst: "h2_end_site_vaddr", Optional: true},
 			{Symbol: "net/http.http2handlerPanicRST.writeFrame", Program: "http_server_h2_panic", VaddrConst: "h2_panic_site_vaddr", Optional: true},
 			{Symbol: "net/http/internal/http2.handlerPanicRST.writeFrame", Program: "http_server_h2_panic", VaddrConst: "h2_panic_site_vaddr", Optional: true},
-			{Symbol: "golang.org/x/net/http2.(*serverConn).runHandler", Program: "http_server_xh2_start", Optional: true},
+			{Symbol: "golang.org/x/net/http2.(*serverConn).runHandler", Program: "http_server_xh2_start", VaddrConst: "xh2_start_site_vaddr", Optional: true},
 			{Symbol: "golang.org/x/net/http2.(*responseWriter).handlerDone", Program: "http_server_xh2_end", VaddrConst: "xh2_end_site_vaddr", Optional: true},
 			{Symbol: "golang.org/x/net/http2.handlerPanicRST.writeFrame", Program: "http_server_xh2_panic", VaddrConst: "xh2_panic_site_vaddr", Optional: true},
 		},
@@ -165,6 +167,9 @@ func New() *probe.Probe {
 			// can name (a wrapped net.Conn): its caller's context cannot
 			// be joined.
 			{Index: uint32(bpfObsdCounterCNT_TCPCTX_CONN), Reason: "tcp_context_conn_unknown"},
+			// --propagate=tcp: an HTTP/2 stream whose connection's latest
+			// context was another stream's (bpf/include/goconn.h): a root.
+			{Index: uint32(bpfObsdCounterCNT_TCPCTX_STREAM), Reason: "tcp_context_other_stream"},
 		},
 		ProcessMaps: map[string]int{
 			"http_server_inflight":    int(unsafe.Offsetof(bpfInflightKey{}.Tgid)),

@@ -311,10 +311,11 @@ func TestRefusedCleanly(t *testing.T) {
 				t.Errorf("%d links of http_server programs, want 7", n)
 			}
 			// httpclient's TestHTTPClientCountedExactly: 2 http_client
-			// links, and with tcp active the connection's site.
+			// links, and with tcp active the HTTP/1 connection's site and
+			// the HTTP/2 stream's (one of its two names is in any binary).
 			wantClient := 2
 			if len(tt.series) == 2 {
-				wantClient = 3
+				wantClient = 4
 			}
 			if n := e2e.ProbeLinks(t, "http_client", client.PID()); n != wantClient {
 				t.Errorf("%d links of http_client programs, want %d", n, wantClient)
