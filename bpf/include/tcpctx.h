@@ -50,7 +50,8 @@ struct tcpctx_out {
 	__u8 trace_id[16];
 	__u8 span_id[8];
 	__u8 flags;      /* W3C trace-flags; only TCPCTX_FLAG_SAMPLED crosses */
-	__u8 _pad[3];
+	__u8 header_tried; /* --propagate=headers: the sk_msg program has looked at this context's request (writers leave 0) */
+	__u8 _pad[2];
 	__u32 tgid;      /* the writer's process: user space deletes its entries when it exits */
 };
 

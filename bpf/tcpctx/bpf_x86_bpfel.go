@@ -13,18 +13,31 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type bpfHdrBuf struct {
+	_     structs.HostLayout
+	Owner uint64
+	B     [4096]uint8
+}
+
 type bpfTcpctxCounter uint32
 
 const (
-	bpfTcpctxCounterTCPCTX_WRITTEN      bpfTcpctxCounter = 0
-	bpfTcpctxCounterTCPCTX_NO_SPACE     bpfTcpctxCounter = 1
-	bpfTcpctxCounterTCPCTX_STORE_FAILED bpfTcpctxCounter = 2
-	bpfTcpctxCounterTCPCTX_PARSED       bpfTcpctxCounter = 3
-	bpfTcpctxCounterTCPCTX_IN_FULL      bpfTcpctxCounter = 4
-	bpfTcpctxCounterTCPCTX_MALFORMED    bpfTcpctxCounter = 5
-	bpfTcpctxCounterTCPCTX_FLAGS_FAILED bpfTcpctxCounter = 6
-	bpfTcpctxCounterTCPCTX_NETNS_FAILED bpfTcpctxCounter = 7
-	bpfTcpctxCounterTCPCTX_CNT_MAX      bpfTcpctxCounter = 8
+	bpfTcpctxCounterTCPCTX_WRITTEN       bpfTcpctxCounter = 0
+	bpfTcpctxCounterTCPCTX_NO_SPACE      bpfTcpctxCounter = 1
+	bpfTcpctxCounterTCPCTX_STORE_FAILED  bpfTcpctxCounter = 2
+	bpfTcpctxCounterTCPCTX_PARSED        bpfTcpctxCounter = 3
+	bpfTcpctxCounterTCPCTX_IN_FULL       bpfTcpctxCounter = 4
+	bpfTcpctxCounterTCPCTX_MALFORMED     bpfTcpctxCounter = 5
+	bpfTcpctxCounterTCPCTX_FLAGS_FAILED  bpfTcpctxCounter = 6
+	bpfTcpctxCounterTCPCTX_NETNS_FAILED  bpfTcpctxCounter = 7
+	bpfTcpctxCounterTCPCTX_HDR_INJECTED  bpfTcpctxCounter = 8
+	bpfTcpctxCounterTCPCTX_HDR_PRESENT   bpfTcpctxCounter = 9
+	bpfTcpctxCounterTCPCTX_HDR_NOT_HTTP1 bpfTcpctxCounter = 10
+	bpfTcpctxCounterTCPCTX_HDR_TOO_LONG  bpfTcpctxCounter = 11
+	bpfTcpctxCounterTCPCTX_HDR_FAILED    bpfTcpctxCounter = 12
+	bpfTcpctxCounterTCPCTX_HDR_RACED     bpfTcpctxCounter = 13
+	bpfTcpctxCounterTCPCTX_SOCKS_FAILED  bpfTcpctxCounter = 14
+	bpfTcpctxCounterTCPCTX_CNT_MAX       bpfTcpctxCounter = 15
 )
 
 type bpfTcpctxIn struct {
@@ -48,12 +61,13 @@ type bpfTcpctxKey struct {
 }
 
 type bpfTcpctxOut struct {
-	_       structs.HostLayout
-	TraceId [16]uint8
-	SpanId  [8]uint8
-	Flags   uint8
-	Pad     [3]uint8
-	Tgid    uint32
+	_           structs.HostLayout
+	TraceId     [16]uint8
+	SpanId      [8]uint8
+	Flags       uint8
+	HeaderTried uint8
+	Pad         [2]uint8
+	Tgid        uint32
 }
 
 type bpfTcpctxRxKey struct {
@@ -67,13 +81,19 @@ type bpfTcpctxRxKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	bpfMapObsdTcpCounters  = "obsd_tcp_counters"
-	bpfMapObsdTcpIn        = "obsd_tcp_in"
-	bpfMapObsdTcpKeys      = "obsd_tcp_keys"
-	bpfMapObsdTcpOut       = "obsd_tcp_out"
-	bpfMapObsdTcpReceivers = "obsd_tcp_receivers"
-	bpfMapObsdTcpSenders   = "obsd_tcp_senders"
-	bpfProgObsdTcpctx      = "obsd_tcpctx"
+	bpfMapObsdTcpCounters    = "obsd_tcp_counters"
+	bpfMapObsdTcpHdrBuf      = "obsd_tcp_hdr_buf"
+	bpfMapObsdTcpHdrMark     = "obsd_tcp_hdr_mark"
+	bpfMapObsdTcpIn          = "obsd_tcp_in"
+	bpfMapObsdTcpKeys        = "obsd_tcp_keys"
+	bpfMapObsdTcpOut         = "obsd_tcp_out"
+	bpfMapObsdTcpReceivers   = "obsd_tcp_receivers"
+	bpfMapObsdTcpSenders     = "obsd_tcp_senders"
+	bpfMapObsdTcpSocks       = "obsd_tcp_socks"
+	bpfProgObsdTcpctx        = "obsd_tcpctx"
+	bpfProgObsdTcpctxHeaders = "obsd_tcpctx_headers"
+	bpfVarInjectHeaders      = "inject_headers"
+	bpfVarWriteOptions       = "write_options"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -118,7 +138,8 @@ type bpfSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfProgramSpecs struct {
-	ObsdTcpctx *ebpf.ProgramSpec `ebpf:"obsd_tcpctx"`
+	ObsdTcpctx        *ebpf.ProgramSpec `ebpf:"obsd_tcpctx"`
+	ObsdTcpctxHeaders *ebpf.ProgramSpec `ebpf:"obsd_tcpctx_headers"`
 }
 
 // bpfMapSpecs contains maps before they are loaded into the kernel.
@@ -126,17 +147,22 @@ type bpfProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
 	ObsdTcpCounters  *ebpf.MapSpec `ebpf:"obsd_tcp_counters"`
+	ObsdTcpHdrBuf    *ebpf.MapSpec `ebpf:"obsd_tcp_hdr_buf"`
+	ObsdTcpHdrMark   *ebpf.MapSpec `ebpf:"obsd_tcp_hdr_mark"`
 	ObsdTcpIn        *ebpf.MapSpec `ebpf:"obsd_tcp_in"`
 	ObsdTcpKeys      *ebpf.MapSpec `ebpf:"obsd_tcp_keys"`
 	ObsdTcpOut       *ebpf.MapSpec `ebpf:"obsd_tcp_out"`
 	ObsdTcpReceivers *ebpf.MapSpec `ebpf:"obsd_tcp_receivers"`
 	ObsdTcpSenders   *ebpf.MapSpec `ebpf:"obsd_tcp_senders"`
+	ObsdTcpSocks     *ebpf.MapSpec `ebpf:"obsd_tcp_socks"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
+	InjectHeaders *ebpf.VariableSpec `ebpf:"inject_headers"`
+	WriteOptions  *ebpf.VariableSpec `ebpf:"write_options"`
 }
 
 // bpfObjects contains all objects after they have been loaded into the kernel.
@@ -160,21 +186,27 @@ func (o *bpfObjects) Close() error {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
 	ObsdTcpCounters  *ebpf.Map `ebpf:"obsd_tcp_counters"`
+	ObsdTcpHdrBuf    *ebpf.Map `ebpf:"obsd_tcp_hdr_buf"`
+	ObsdTcpHdrMark   *ebpf.Map `ebpf:"obsd_tcp_hdr_mark"`
 	ObsdTcpIn        *ebpf.Map `ebpf:"obsd_tcp_in"`
 	ObsdTcpKeys      *ebpf.Map `ebpf:"obsd_tcp_keys"`
 	ObsdTcpOut       *ebpf.Map `ebpf:"obsd_tcp_out"`
 	ObsdTcpReceivers *ebpf.Map `ebpf:"obsd_tcp_receivers"`
 	ObsdTcpSenders   *ebpf.Map `ebpf:"obsd_tcp_senders"`
+	ObsdTcpSocks     *ebpf.Map `ebpf:"obsd_tcp_socks"`
 }
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.ObsdTcpCounters,
+		m.ObsdTcpHdrBuf,
+		m.ObsdTcpHdrMark,
 		m.ObsdTcpIn,
 		m.ObsdTcpKeys,
 		m.ObsdTcpOut,
 		m.ObsdTcpReceivers,
 		m.ObsdTcpSenders,
+		m.ObsdTcpSocks,
 	)
 }
 
@@ -182,18 +214,22 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
+	InjectHeaders *ebpf.Variable `ebpf:"inject_headers"`
+	WriteOptions  *ebpf.Variable `ebpf:"write_options"`
 }
 
 // bpfPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfPrograms struct {
-	ObsdTcpctx *ebpf.Program `ebpf:"obsd_tcpctx"`
+	ObsdTcpctx        *ebpf.Program `ebpf:"obsd_tcpctx"`
+	ObsdTcpctxHeaders *ebpf.Program `ebpf:"obsd_tcpctx_headers"`
 }
 
 func (p *bpfPrograms) Close() error {
 	return _BpfClose(
 		p.ObsdTcpctx,
+		p.ObsdTcpctxHeaders,
 	)
 }
 

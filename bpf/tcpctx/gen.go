@@ -6,7 +6,8 @@ package tcpctx
 
 //go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror" -target amd64 -type tcpctx_key -type tcpctx_out -type tcpctx_in -type tcpctx_rx_key -type tcpctx_counter bpf tcpctx.bpf.c -- -I../include -I/usr/include/x86_64-linux-gnu
 
-// Load returns the collection spec of the program "obsd_tcpctx" and its maps.
+// Load returns the collection spec of the programs "obsd_tcpctx" (sock_ops)
+// and "obsd_tcpctx_headers" (sk_msg) and their maps.
 var Load = loadBpf
 
 // The C types of tcpctx.h and the counter indexes, for internal/tcpctx.
@@ -28,5 +29,12 @@ const (
 	CounterMalformed   = bpfTcpctxCounterTCPCTX_MALFORMED
 	CounterFlagsFailed = bpfTcpctxCounterTCPCTX_FLAGS_FAILED
 	CounterNetnsFailed = bpfTcpctxCounterTCPCTX_NETNS_FAILED
+	CounterHdrInjected = bpfTcpctxCounterTCPCTX_HDR_INJECTED
+	CounterHdrPresent  = bpfTcpctxCounterTCPCTX_HDR_PRESENT
+	CounterHdrNotHTTP1 = bpfTcpctxCounterTCPCTX_HDR_NOT_HTTP1
+	CounterHdrTooLong  = bpfTcpctxCounterTCPCTX_HDR_TOO_LONG
+	CounterHdrFailed   = bpfTcpctxCounterTCPCTX_HDR_FAILED
+	CounterHdrRaced    = bpfTcpctxCounterTCPCTX_HDR_RACED
+	CounterSocksFailed = bpfTcpctxCounterTCPCTX_SOCKS_FAILED
 	NumCounters        = int(bpfTcpctxCounterTCPCTX_CNT_MAX)
 )

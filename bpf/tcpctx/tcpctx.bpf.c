@@ -2,12 +2,18 @@
 
 /* sock_ops program, attached at the cgroup v2 root, that carries W3C trace
  * context across a TCP connection in an experimental header option (see
- * tcpctx.h for the wire format and the maps):
+ * tcpctx.h for the wire format and the maps), and an sk_msg program that
+ * adds a traceparent header to outgoing HTTP/1.x requests:
  *
  *  - sender: a connection opened (connect) by a process listed in
- *    obsd_tcp_senders gets the header-option write callbacks; each data
- *    segment it sends while obsd_tcp_out holds an entry for it carries that
- *    context.
+ *    obsd_tcp_senders gets the header-option write callbacks
+ *    (write_options); each data segment it sends while obsd_tcp_out holds
+ *    an entry for it carries that context. With inject_headers, the
+ *    connection also joins obsd_tcp_socks once established, whose sk_msg
+ *    program sees each of its sendmsg calls before TCP does: the first one
+ *    after a new obsd_tcp_out entry, when it holds a whole HTTP/1.x request
+ *    head without a traceparent, gets one (bpf_msg_push_data: the bytes are
+ *    the kernel's copy of the message, never the process's memory).
  *  - receiver: a connection accepted on a (netns, port) listed in
  *    obsd_tcp_receivers gets the parse callback for segments with an
  *    option the kernel does not know; the context found is kept in
@@ -38,6 +44,13 @@ enum tcpctx_counter {
 	TCPCTX_MALFORMED,       /* an option with our ExID but the wrong length: ignored */
 	TCPCTX_FLAGS_FAILED,    /* a connection that could not get the callbacks */
 	TCPCTX_NETNS_FAILED,    /* a socket whose network namespace could not be read */
+	TCPCTX_HDR_INJECTED,    /* requests given a traceparent header */
+	TCPCTX_HDR_PRESENT,     /* requests that already carried one: left as they were */
+	TCPCTX_HDR_NOT_HTTP1,   /* a context whose first message was not an HTTP/1.x request head (HTTP/2, TLS, ...) */
+	TCPCTX_HDR_TOO_LONG,    /* a request head not whole in its first message's first 4 KiB: left as it was */
+	TCPCTX_HDR_FAILED,      /* the kernel could not make room (bpf_msg_pull_data/push_data): left as it was */
+	TCPCTX_HDR_RACED,       /* the scan buffer was reused mid-scan on this CPU: left as it was */
+	TCPCTX_SOCKS_FAILED,    /* a sender's connection that could not join obsd_tcp_socks: no headers on it */
 	TCPCTX_CNT_MAX,
 };
 
@@ -47,6 +60,11 @@ struct {
 	__type(key, enum tcpctx_counter);
 	__type(value, __u64);
 } obsd_tcp_counters SEC(".maps");
+
+/* What senders' connections do, set by user space at load: carry the
+ * option (--propagate=tcp), get headers (--propagate=headers), or both. */
+volatile const __u8 write_options = 1;
+volatile const __u8 inject_headers = 0;
 
 /* Just the fields used, relocated against the running kernel's BTF
  * (struct net is in tcpctx.h). */
@@ -170,6 +188,24 @@ static __always_inline struct tcpctx_key *conn_key(struct bpf_sock_ops *skops, s
 	return k ? k : buf;
 }
 
+/* Senders' connections, marked at connect (in the connecting task) so that
+ * the established callback, which may run in softirq, knows them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u8);
+} obsd_tcp_hdr_mark SEC(".maps");
+
+/* Senders' established connections, by socket cookie, for the sk_msg
+ * program attached to this map. The kernel removes a socket at close. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, TCPCTX_MAX_CONNS);
+	__type(key, __u64);
+	__type(value, __u64);
+} obsd_tcp_socks SEC(".maps");
+
 static __always_inline void set_flags(struct bpf_sock_ops *skops, int add)
 {
 	if (bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | add) != 0)
@@ -183,13 +219,34 @@ static __always_inline void on_connect(struct bpf_sock_ops *skops)
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	if (!bpf_map_lookup_elem(&obsd_tcp_senders, &tgid))
 		return;
-	set_flags(skops, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG);
+	/* The state callback deletes the connection's entries at close. */
+	set_flags(skops, (write_options ? BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG : 0) | BPF_SOCK_OPS_STATE_CB_FLAG);
+	if (inject_headers && skops->sk) {
+		__u8 one = 1;
+		if (!bpf_sk_storage_get(&obsd_tcp_hdr_mark, skops->sk, &one, BPF_SK_STORAGE_GET_F_CREATE))
+			count(TCPCTX_SOCKS_FAILED);
+	}
+}
+
+/* A sender's connection is established: give it the header injector. Its
+ * key is stored now, for the sk_msg program, which cannot form one. */
+static __always_inline void on_active(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+	if (!inject_headers || !sk || !bpf_sk_storage_get(&obsd_tcp_hdr_mark, sk, 0, 0))
+		return;
+	struct tcpctx_key buf;
+	__u64 cookie = bpf_get_socket_cookie(skops);
+	if (!conn_key(skops, &buf) || bpf_sock_hash_update(skops, &obsd_tcp_socks, &cookie, BPF_NOEXIST) != 0)
+		count(TCPCTX_SOCKS_FAILED);
 }
 
 /* reserve runs before each segment is built, and with no segment when the
  * kernel sizes the MSS. */
 static __always_inline void reserve(struct bpf_sock_ops *skops)
 {
+	if (!write_options)
+		return;
 	__u32 fl = skops->skb_tcp_flags;
 	if (fl == 0) {
 		/* MSS computation (no skb): always leave room, so that a
@@ -214,6 +271,8 @@ static __always_inline void reserve(struct bpf_sock_ops *skops)
 
 static __always_inline void write_opt(struct bpf_sock_ops *skops)
 {
+	if (!write_options)
+		return;
 	__u32 fl = skops->skb_tcp_flags;
 	if (fl & (TCPHDR_SYN | TCPHDR_RST))
 		return;
@@ -338,6 +397,9 @@ int obsd_tcpctx(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		on_passive(skops);
 		break;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		on_active(skops);
+		break;
 	case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
 		reserve(skops);
 		break;
@@ -353,4 +415,238 @@ int obsd_tcpctx(struct bpf_sock_ops *skops)
 		break;
 	}
 	return 1;
+}
+
+/* --- traceparent headers (sk_msg) --- */
+
+#define HDR_SCAN 4096 /* bytes of a message scanned: Go's default transport write buffer */
+#define TP_LINE 70    /* "traceparent: 00-" 32 hex "-" 16 hex "-0" flag "\r\n" */
+
+/* The head of a message, copied for the scan. owner tells a scan whose
+ * buffer another program on this CPU reused meanwhile (a preempted sender). */
+struct hdr_buf {
+	__u64 owner;
+	__u8 b[HDR_SCAN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct hdr_buf);
+} obsd_tcp_hdr_buf SEC(".maps");
+
+enum hdr_verdict {
+	HDR_SCANNING = 0,
+	HDR_OK,          /* a whole head, no traceparent: end is where the blank line starts */
+	HDR_HAS_TP,
+	HDR_NOT_HTTP1,
+};
+
+struct hdr_scan {
+	__u32 len;        /* bytes in the buffer */
+	__u32 line_start; /* offset of the current line */
+	__u32 line;       /* 0: the request line */
+	__u32 end;        /* HDR_OK: offset of the blank line */
+	__u8 method_done; /* the request line's method token ended */
+	__u8 verdict;
+};
+
+/* scan_idx bounds a buffer index where the verifier sees it: clang drops a
+ * plain mask after a range check it already did, on another register. */
+static __always_inline __u64 scan_idx(__u64 i)
+{
+	asm volatile("%0 &= %1" : "+r"(i) : "i"(HDR_SCAN - 1));
+	return i;
+}
+
+#define HB(i) (hb->b[scan_idx(i)])
+
+/* line_is_traceparent says whether the line at i names the header
+ * traceparent (names are case-insensitive, RFC 9110 §5.1). */
+static __always_inline int line_is_traceparent(struct hdr_buf *hb, __u32 i, __u32 len)
+{
+	const char name[] = "traceparent:";
+	if (i + sizeof(name) - 1 > len)
+		return 0;
+#pragma unroll
+	for (int j = 0; j < (int)sizeof(name) - 1; j++) {
+		__u8 c = HB(i + j);
+		if (name[j] != ':')
+			c |= 0x20; /* ASCII letters to lower case */
+		if (c != (__u8)name[j])
+			return 0;
+	}
+	return 1;
+}
+
+/* http1_version says whether the 9 bytes at i are " HTTP/1.0" or " HTTP/1.1". */
+static __always_inline int http1_version(struct hdr_buf *hb, __u32 i)
+{
+	const char v[] = " HTTP/1.";
+#pragma unroll
+	for (int j = 0; j < (int)sizeof(v) - 1; j++)
+		if (HB(i + j) != (__u8)v[j])
+			return 0;
+	__u8 minor = HB(i + 8);
+	return minor == '0' || minor == '1';
+}
+
+/* scan_byte is the bpf_loop body over the buffer: a request line
+ * "METHOD SP target SP HTTP/1.x CRLF" (RFC 9112 §3), header lines ending in
+ * CRLF, and the blank line that ends the head. */
+static long scan_byte(__u32 i, void *arg)
+{
+	struct hdr_scan *s = arg;
+	__u32 zero = 0;
+	struct hdr_buf *hb = bpf_map_lookup_elem(&obsd_tcp_hdr_buf, &zero);
+	if (!hb || i >= s->len || i >= HDR_SCAN)
+		return 1;
+	__u8 c = HB(i);
+	if (s->line == 0 && !s->method_done) {
+		if (c == ' ' && i >= 3) {
+			s->method_done = 1;
+			return 0;
+		}
+		if (c < 'A' || c > 'Z') {
+			s->verdict = HDR_NOT_HTTP1;
+			return 1;
+		}
+		return 0;
+	}
+	if (s->line > 0 && i == s->line_start && (c | 0x20) == 't' && line_is_traceparent(hb, i, s->len)) {
+		s->verdict = HDR_HAS_TP;
+		return 1;
+	}
+	if (c != '\n')
+		return 0;
+	if (i == 0 || HB(i - 1) != '\r') {
+		s->verdict = HDR_NOT_HTTP1; /* Go writes CRLF; anything else is left alone */
+		return 1;
+	}
+	if (s->line == 0) {
+		if (i < 10 || !http1_version(hb, i - 10)) {
+			s->verdict = HDR_NOT_HTTP1;
+			return 1;
+		}
+	} else if (i == s->line_start + 1) {
+		s->end = s->line_start;
+		s->verdict = HDR_OK;
+		return 1;
+	}
+	s->line++;
+	s->line_start = i + 1;
+	return 0;
+}
+
+static __always_inline __u8 hex_digit(__u8 n)
+{
+	return n < 10 ? '0' + n : 'a' + n - 10;
+}
+
+static __always_inline void hex(__u8 *dst, const __u8 *src, int n)
+{
+#pragma unroll
+	for (int j = 0; j < n; j++) {
+		dst[2 * j] = hex_digit(src[j] >> 4);
+		dst[2 * j + 1] = hex_digit(src[j] & 0xf);
+	}
+}
+
+/* insert adds the traceparent line at offset at of the message. The new
+ * bytes are the kernel's (push_data allocates them); nothing else moves. */
+static __always_inline int insert(struct sk_msg_md *msg, __u32 at, const struct tcpctx_out *c)
+{
+	if (bpf_msg_push_data(msg, at, TP_LINE, 0) != 0)
+		return -1;
+	if (bpf_msg_pull_data(msg, at, at + TP_LINE, 0) != 0)
+		goto undo;
+	__u8 *p = (__u8 *)(long)msg->data;
+	if (p + TP_LINE > (__u8 *)(long)msg->data_end)
+		goto undo;
+	__builtin_memcpy(p, "traceparent: 00-", 16);
+	hex(p + 16, c->trace_id, 16);
+	p[48] = '-';
+	hex(p + 49, c->span_id, 8);
+	p[65] = '-';
+	p[66] = '0';
+	p[67] = (c->flags & TCPCTX_FLAG_SAMPLED) ? '1' : '0';
+	p[68] = '\r';
+	p[69] = '\n';
+	return 0;
+undo:
+	bpf_msg_pop_data(msg, at, TP_LINE, 0);
+	return -1;
+}
+
+SEC("sk_msg")
+int obsd_tcpctx_headers(struct sk_msg_md *msg)
+{
+	struct bpf_sock *sk = msg->sk;
+	if (!sk)
+		return SK_PASS;
+	struct tcpctx_key *k = bpf_sk_storage_get(&obsd_tcp_keys, sk, 0, 0);
+	if (!k)
+		return SK_PASS;
+	struct tcpctx_out *v = bpf_map_lookup_elem(&obsd_tcp_out, k);
+	if (!v || v->header_tried)
+		return SK_PASS;
+	/* One look per context: the request's head is the first thing its
+	 * connection sends after the client probe set the context, and a later
+	 * message (a body) must never be taken for a head. */
+	v->header_tried = 1;
+	struct tcpctx_out c = *v;
+
+	__u32 n = msg->size;
+	if (n > HDR_SCAN)
+		n = HDR_SCAN;
+	if (n < 18) { /* "GET / HTTP/1.1\r\n\r\n" */
+		count(TCPCTX_HDR_NOT_HTTP1);
+		return SK_PASS;
+	}
+	if (bpf_msg_pull_data(msg, 0, n, 0) != 0) {
+		count(TCPCTX_HDR_FAILED);
+		return SK_PASS;
+	}
+	__u8 *data = (__u8 *)(long)msg->data;
+	__u8 *end = (__u8 *)(long)msg->data_end;
+	if (data + n > end) {
+		count(TCPCTX_HDR_FAILED);
+		return SK_PASS;
+	}
+	__u32 zero = 0;
+	struct hdr_buf *hb = bpf_map_lookup_elem(&obsd_tcp_hdr_buf, &zero);
+	if (!hb)
+		return SK_PASS;
+	__u64 me = bpf_get_prandom_u32() | ((__u64)bpf_get_current_pid_tgid() << 32);
+	hb->owner = me;
+	if (bpf_probe_read_kernel(hb->b, n, data) != 0) {
+		count(TCPCTX_HDR_FAILED);
+		return SK_PASS;
+	}
+	struct hdr_scan s = {.len = n};
+	bpf_loop(n, scan_byte, &s, 0);
+	if (hb->owner != me) {
+		count(TCPCTX_HDR_RACED);
+		return SK_PASS;
+	}
+	switch (s.verdict) {
+	case HDR_OK:
+		break;
+	case HDR_HAS_TP:
+		count(TCPCTX_HDR_PRESENT);
+		return SK_PASS;
+	case HDR_NOT_HTTP1:
+		count(TCPCTX_HDR_NOT_HTTP1);
+		return SK_PASS;
+	default:
+		count(TCPCTX_HDR_TOO_LONG);
+		return SK_PASS;
+	}
+	if (insert(msg, s.end, &c) != 0) {
+		count(TCPCTX_HDR_FAILED);
+		return SK_PASS;
+	}
+	count(TCPCTX_HDR_INJECTED);
+	return SK_PASS;
 }

@@ -233,10 +233,10 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 			return nil, fmt.Errorf("setting up trace export: %w", err)
 		}
 	}
-	var tcpRes propagate.Result
+	var tcpRes, hdrRes propagate.Result
 	var tcpMaps map[string]*ebpf.Map
-	if cfg.Propagate.Has(propagate.TCP) {
-		if a.tcp, tcpRes = openTCP(spans, cfg.Logger); a.tcp != nil {
+	if cfg.Propagate != propagate.None {
+		if a.tcp, tcpRes, hdrRes = openTCP(cfg.Propagate, spans, cfg.Logger); a.tcp != nil {
 			tcpMaps = a.tcp.p.Maps()
 		}
 	}
@@ -282,7 +282,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	// Setup reports each mechanism asked for; one that cannot work here
 	// says so instead of silently doing nothing.
 	prop := propagate.Setup(propagate.Options{Mode: cfg.Propagate, Logger: cfg.Logger,
-		TCP: func() propagate.Result { return tcpRes }})
+		TCP: func() propagate.Result { return tcpRes }, Headers: func() propagate.Result { return hdrRes }})
 	a.reg.MustRegister(prop.Collector())
 	if a.tcp != nil {
 		a.reg.MustRegister(a.tcp.collectors()...)

@@ -12,9 +12,10 @@ import (
 	"github.com/obsd-dev/obsd/internal/tcpctx"
 )
 
-// tcpPropagation is --propagate=tcp in the agent: the sock_ops program
-// (internal/tcpctx), whose maps the HTTP probes share, and the instrumented
-// processes registered with it. A process that exports obsd's spans sends
+// tcpPropagation is --propagate=tcp and/or headers in the agent: the
+// tcpctx programs (the sock_ops program and the sk_msg header injector),
+// whose maps the HTTP probes share, and the instrumented processes
+// registered with them. A process that exports obsd's spans sends
 // context on the connections it opens and receives it on those accepted in
 // its network namespace; the namespace stays a receiver while any such
 // process runs in it.
@@ -26,44 +27,51 @@ type tcpPropagation struct {
 	// registered and given the callbacks since; adoptErrs, processes whose
 	// older connections could not be (they carry nothing).
 	adopted, adoptErrs prometheus.Counter
+	// options: the TCP option is on (adoption is for it: the header
+	// injector takes connections opened after registration only).
+	options bool
 
 	mu    sync.Mutex
 	netns map[uint32]int // registered processes per network namespace
 	procs map[int]uint32 // registered pid -> its network namespace
 }
 
-// openTCP starts the mechanism, or says why it cannot run here. It never
-// fails obsd: the Result goes to propagate.Setup, which reports it.
-func openTCP(spans bool, log *slog.Logger) (*tcpPropagation, propagate.Result) {
-	r := propagate.Result{Mode: propagate.TCP}
+// openTCP starts what --propagate asks of the tcpctx programs (the TCP
+// option, traceparent headers, or both: one Propagator), or says why it
+// cannot run here. It never fails obsd: the Results go to propagate.Setup,
+// which reports them; a mechanism not asked for gets a zero Result.
+func openTCP(mode propagate.Mode, spans bool, log *slog.Logger) (t *tcpPropagation, tcpRes, hdrRes propagate.Result) {
 	if !spans {
-		r.State, r.Reason = propagate.Unavailable, propagate.ReasonTracesOff
-		r.Detail = "--traces none: obsd makes no spans, so there is no trace context to carry"
-		return nil, r
+		r := propagate.Result{State: propagate.Unavailable, Reason: propagate.ReasonTracesOff,
+			Detail: "--traces none: obsd makes no spans, so there is no trace context to carry"}
+		return nil, r, r
 	}
-	p, err := tcpctx.Open(tcpctx.Options{})
+	opts := tcpctx.Options{Headers: mode.Has(propagate.Headers), NoOptions: !mode.Has(propagate.TCP)}
+	p, err := tcpctx.Open(opts)
+	if err != nil && opts.Headers && !opts.NoOptions && errors.Is(err, tcpctx.ErrHeadersUnsupported) {
+		// The option works on kernels the injector does not (5.10–5.16).
+		hdrRes = unavailable(err)
+		opts.Headers = false
+		p, err = tcpctx.Open(opts)
+	}
 	if err != nil {
-		r.State, r.Err = propagate.Unavailable, err
-		switch {
-		case errors.Is(err, tcpctx.ErrNoCgroupV2):
-			r.Reason = propagate.ReasonNoCgroupV2
-			r.Detail = "no cgroup v2 hierarchy is mounted (a hybrid host's /sys/fs/cgroup/unified is enough); no trace context crosses services"
-		case errors.Is(err, tcpctx.ErrUnsupported):
-			r.Reason = propagate.ReasonKernelUnsupported
-			r.Detail = "the kernel lacks the sock_ops TCP header-option helpers (Linux 5.10 or newer); no trace context crosses services"
-		default:
-			r.Reason = propagate.ReasonKernelRefused
-			r.Detail = "the kernel refused the TCP-option program; no trace context crosses services"
+		r := unavailable(err)
+		if hdrRes.State == "" {
+			hdrRes = r
 		}
-		return nil, r
+		return nil, r, hdrRes
 	}
-	r.State = propagate.Active
-	if err := p.AdoptErr(); err != nil {
+	tcpRes.State = propagate.Active
+	if opts.Headers {
+		hdrRes.State = propagate.Active
+	}
+	if err := p.AdoptErr(); err != nil && !opts.NoOptions {
 		log.Warn("TCP connections opened before obsd instruments their process will not carry trace context (new ones will)", "err", err)
 	}
 	return &tcpPropagation{
-		p:   p,
-		log: log,
+		p:       p,
+		log:     log,
+		options: !opts.NoOptions,
 		errs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "obsd_tcp_context_registration_errors_total",
 			Help: "Processes that could not be registered with (or removed from) the TCP context program: their requests' context does not cross.",
@@ -78,7 +86,28 @@ func openTCP(spans bool, log *slog.Logger) (*tcpPropagation, propagate.Result) {
 		}),
 		netns: map[uint32]int{},
 		procs: map[int]uint32{},
-	}, r
+	}, tcpRes, hdrRes
+}
+
+// unavailable is the Result of a tcpctx.Open error.
+func unavailable(err error) propagate.Result {
+	r := propagate.Result{State: propagate.Unavailable, Err: err}
+	const off = "; no trace context crosses services this way"
+	switch {
+	case errors.Is(err, tcpctx.ErrNoCgroupV2):
+		r.Reason = propagate.ReasonNoCgroupV2
+		r.Detail = "no cgroup v2 hierarchy is mounted (a hybrid host's /sys/fs/cgroup/unified is enough)" + off
+	case errors.Is(err, tcpctx.ErrHeadersUnsupported):
+		r.Reason = propagate.ReasonKernelUnsupported
+		r.Detail = "the kernel lacks the sk_msg helpers the header injector needs (Linux 5.17 or newer)" + off
+	case errors.Is(err, tcpctx.ErrUnsupported):
+		r.Reason = propagate.ReasonKernelUnsupported
+		r.Detail = "the kernel lacks the sock_ops TCP header-option helpers (Linux 5.10 or newer)" + off
+	default:
+		r.Reason = propagate.ReasonKernelRefused
+		r.Detail = "the kernel refused the context programs" + off
+	}
+	return r
 }
 
 // add registers process pid as a sender and its namespace as a receiver;
@@ -112,7 +141,7 @@ func (t *tcpPropagation) add(pid int) {
 // otherwise never carry context. Nothing to do where the kernel cannot
 // (logged once at start).
 func (t *tcpPropagation) adoptOld(pid int) {
-	if t.p.AdoptErr() != nil {
+	if !t.options || t.p.AdoptErr() != nil {
 		return
 	}
 	got, err := t.p.Adopt(pid)

@@ -5,9 +5,11 @@
 // complementary, not alternatives. tcp carries the context in a TCP header
 // option between two obsd-instrumented services and needs no write into
 // any target's memory, so it works under kernel lockdown; headers writes a
-// W3C traceparent header into outgoing requests, which services that do
-// not run under obsd (the OpenTelemetry SDK, otelhttp) understand too, but
-// needs bpf_probe_write_user, refused under lockdown.
+// W3C traceparent header into outgoing HTTP/1.x requests, which services
+// that do not run under obsd (the OpenTelemetry SDK, otelhttp) understand
+// too. Neither writes into a target's memory (no bpf_probe_write_user, so
+// both work under kernel lockdown): headers adds its line to the kernel's
+// copy of the message being sent (internal/tcpctx).
 package propagate
 
 import (

@@ -25,6 +25,7 @@ type Collector struct {
 	readErrs uint64 // guarded by mu
 
 	options, lost, anomalies, readErrors *prometheus.Desc
+	headers, headerSkips                 *prometheus.Desc
 }
 
 // NewCollector returns a Collector of src's counters (a *Propagator).
@@ -41,6 +42,12 @@ func NewCollector(src counterSource, log *slog.Logger) *Collector {
 			"Connections or segments the TCP context program could not handle, by reason.", []string{"reason"}, nil),
 		readErrors: prometheus.NewDesc("obsd_tcp_context_read_errors_total",
 			"Scrapes that could not read the TCP context program's counters.", nil, nil),
+		headers: prometheus.NewDesc("obsd_trace_headers_injected_total",
+			"Outgoing HTTP/1.x requests given a traceparent header (--propagate=headers).", nil, nil),
+		headerSkips: prometheus.NewDesc("obsd_trace_headers_skipped_total",
+			"Outgoing requests with a trace context that got no traceparent header, by reason: already_present (the request carried one), "+
+				"not_http1 (HTTP/2, TLS or another protocol), head_too_long (the head was not whole in the first 4 KiB of its first write), "+
+				"no_room (the kernel could not extend the message), raced (the scan was disturbed on its CPU).", []string{"reason"}, nil),
 	}
 }
 
@@ -50,6 +57,8 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.lost
 	ch <- c.anomalies
 	ch <- c.readErrors
+	ch <- c.headers
+	ch <- c.headerSkips
 }
 
 type reasonCount struct {
@@ -70,6 +79,19 @@ func anomalyReasons(n Counters) []reasonCount {
 		{"malformed_option", n.Malformed},
 		{"callbacks_refused", n.FlagsFailed},
 		{"netns_unreadable", n.NetnsUnreadable},
+		{"header_injector_refused", n.HeadersSockFailed},
+	}
+}
+
+// headerSkips are the header injector's skips; the last two lose a header
+// that would have gone out (logged once).
+func headerSkips(n Counters) []reasonCount {
+	return []reasonCount{
+		{"already_present", n.HeadersPresent},
+		{"not_http1", n.HeadersNotHTTP1},
+		{"head_too_long", n.HeadersTooLong},
+		{"no_room", n.HeadersFailed},
+		{"raced", n.HeadersRaced},
 	}
 }
 
@@ -95,6 +117,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for _, r := range anomalyReasons(n) {
 		ch <- prometheus.MustNewConstMetric(c.anomalies, prometheus.CounterValue, float64(r.n), r.reason)
 	}
+	if n.Headers {
+		ch <- prometheus.MustNewConstMetric(c.headers, prometheus.CounterValue, float64(n.HeadersInjected))
+		for _, r := range headerSkips(n) {
+			ch <- prometheus.MustNewConstMetric(c.headerSkips, prometheus.CounterValue, float64(r.n), r.reason)
+		}
+	}
 	c.LogNew(n)
 }
 
@@ -110,6 +138,11 @@ func (c *Collector) LogNew(n Counters) {
 	for _, r := range anomalyReasons(n) {
 		if r.n > 0 {
 			c.logOnce("anomaly/"+r.reason, "TCP context program anomaly (logged once; see obsd_tcp_context_anomalies_total)", "reason", r.reason, "count", r.n)
+		}
+	}
+	for _, r := range headerSkips(n)[3:] {
+		if r.n > 0 {
+			c.logOnce("lost/header_"+r.reason, "traceparent headers not added (logged once; see obsd_trace_headers_skipped_total)", "reason", r.reason, "count", r.n)
 		}
 	}
 }

@@ -3,10 +3,12 @@ package tcpctx
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -25,6 +27,7 @@ func TestCollector(t *testing.T) {
 # HELP obsd_tcp_context_anomalies_total Connections or segments the TCP context program could not handle, by reason.
 # TYPE obsd_tcp_context_anomalies_total counter
 obsd_tcp_context_anomalies_total{reason="callbacks_refused"} 0
+obsd_tcp_context_anomalies_total{reason="header_injector_refused"} 0
 obsd_tcp_context_anomalies_total{reason="malformed_option"} 1
 obsd_tcp_context_anomalies_total{reason="netns_unreadable"} 0
 # HELP obsd_tcp_context_lost_total Trace contexts that did not cross a TCP connection, by reason.
@@ -69,5 +72,50 @@ obsd_tcp_context_read_errors_total 3
 	}
 	if problems, err := testutil.CollectAndLint(c); err != nil || len(problems) > 0 {
 		t.Fatalf("lint: %v %v", problems, err)
+	}
+}
+
+// TestCollectorHeaders: the header injector's series appear only when it
+// is on, and a lost header (no_room) is logged once.
+func TestCollectorHeaders(t *testing.T) {
+	src := &fakeCounters{n: Counters{HeadersInjected: 9, HeadersPresent: 2, HeadersNotHTTP1: 3, HeadersFailed: 1}}
+	var logs bytes.Buffer
+	c := NewCollector(src, slog.New(slog.NewTextHandler(&logs, nil)))
+	if n := testutil.CollectAndCount(c, "obsd_trace_headers_injected_total", "obsd_trace_headers_skipped_total"); n != 0 {
+		t.Fatalf("%d header series with the injector off, want none", n)
+	}
+	src.n.Headers = true
+	want := `
+# HELP obsd_trace_headers_injected_total Outgoing HTTP/1.x requests given a traceparent header (--propagate=headers).
+# TYPE obsd_trace_headers_injected_total counter
+obsd_trace_headers_injected_total 9
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "obsd_trace_headers_injected_total"); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(c)
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() == "obsd_trace_headers_skipped_total" {
+			for _, m := range f.GetMetric() {
+				got[m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+			}
+		}
+	}
+	wantSkips := map[string]float64{"already_present": 2, "not_http1": 3, "head_too_long": 0, "no_room": 1, "raced": 0}
+	if fmt.Sprint(got) != fmt.Sprint(wantSkips) {
+		t.Errorf("skips %v, want %v", got, wantSkips)
+	}
+	testutil.CollectAndCount(c)
+	if n := strings.Count(logs.String(), "reason=no_room"); n != 1 {
+		t.Errorf("no_room logged %d times, want once:\n%s", n, logs.String())
+	}
+	if strings.Contains(logs.String(), "already_present") || strings.Contains(logs.String(), "not_http1") {
+		t.Errorf("an expected skip was logged as a loss:\n%s", logs.String())
 	}
 }

@@ -16,7 +16,12 @@
 //     has that option parsed from its incoming segments, and obsd_tcp_in
 //     keeps the latest context per connection (Incoming);
 //   - Adopt gives the connections a process opened, or its namespace
-//     accepted, before these registrations the same callbacks (Linux 6.12+).
+//     accepted, before these registrations the same callbacks (Linux 6.12+);
+//   - with Options.Headers, a sender's connections opened from then on also
+//     get a traceparent header in each HTTP/1.x request whose context
+//     obsd_tcp_out holds when it is written (an sk_msg program on the
+//     kernel's copy of the message: bpf_msg_push_data, no write into the
+//     process), unless the request carries one already.
 //
 // Both maps are keyed by the connection as the process on that end sees it
 // (Conn), so a server probe finds the caller's context from the accepted
@@ -56,6 +61,9 @@ const (
 
 // ErrNoCgroupV2 means no cgroup v2 hierarchy is mounted.
 var ErrNoCgroupV2 = errors.New("no cgroup v2 hierarchy mounted (tcp propagation needs one; a hybrid host's /sys/fs/cgroup/unified is enough)")
+
+// ErrHeadersUnsupported means the kernel lacks what the header injector needs.
+var ErrHeadersUnsupported = errors.New("kernel lacks the sk_msg helpers the traceparent header injector needs (bpf_msg_push_data, bpf_loop: Linux 5.17 or newer)")
 
 // ErrUnsupported means the kernel lacks the sock_ops header-option hooks.
 var ErrUnsupported = errors.New("kernel lacks sock_ops TCP header-option helpers (needs Linux 5.10 or newer)")
@@ -100,6 +108,17 @@ type Counters struct {
 	Malformed       uint64 // an option with obsd's ExID but the wrong length, ignored
 	FlagsFailed     uint64 // connections that could not get the callbacks
 	NetnsUnreadable uint64 // sockets whose network namespace could not be read
+
+	// Options.Headers: requests given a traceparent header, and those left
+	// as they were, by why.
+	Headers           bool // the header injector is on (the fields below mean something)
+	HeadersInjected   uint64
+	HeadersPresent    uint64 // the request carried a traceparent already
+	HeadersNotHTTP1   uint64 // the context's first message was not an HTTP/1.x request head (HTTP/2, TLS)
+	HeadersTooLong    uint64 // the head was not whole in the first 4 KiB of its first message
+	HeadersFailed     uint64 // the kernel could not make room in the message
+	HeadersRaced      uint64 // the scan buffer was reused mid-scan (a preempted sender)
+	HeadersSockFailed uint64 // connections that could not get the header injector
 }
 
 // Options configure Open. The zero value attaches at the host's cgroup v2
@@ -110,17 +129,31 @@ type Options struct {
 	// cgroup or below it are seen: a child cgroup misses every process
 	// outside it, which is why the default is the root.
 	CgroupPath string
+	// Headers adds a traceparent header to senders' outgoing HTTP/1.x
+	// requests (--propagate=headers; needs sk_msg and bpf_msg_push_data,
+	// Linux 4.20+). NoOptions leaves the TCP option out (headers only).
+	Headers, NoOptions bool
 }
 
 // Propagator owns the loaded program, its maps and its cgroup link.
 type Propagator struct {
-	objs   bpfObjects
+	objs bpfObjects
+	// hdr holds the header injector (Options.Headers), attached to its
+	// sockhash; nil fields otherwise.
+	hdr    hdrObjects
 	link   link.Link
 	cgroup string
 	// adopt gives connections opened before registration the callbacks
 	// (Adopt); nil, with adoptErr saying why, where the kernel cannot.
 	adopt    *adopter
 	adoptErr error
+}
+
+// hdrObjects are bpfObjects and the header injector.
+type hdrObjects struct {
+	bpfObjects
+	Headers *ebpf.Program `ebpf:"obsd_tcpctx_headers"`
+	Socks   *ebpf.Map     `ebpf:"obsd_tcp_socks"`
 }
 
 type bpfObjects struct {
@@ -160,18 +193,46 @@ func Open(opts Options) (*Propagator, error) {
 			return nil, err
 		}
 	}
+	if opts.Headers {
+		for _, fn := range []asm.BuiltinFunc{asm.FnMsgPushData, asm.FnMsgPullData, asm.FnMsgPopData, asm.FnSkStorageGet, asm.FnLoop, asm.FnProbeReadKernel} {
+			if err := features.HaveProgramHelper(ebpf.SkMsg, fn); err != nil {
+				if errors.Is(err, ebpf.ErrNotSupported) {
+					return nil, fmt.Errorf("checking sk_msg helper %v: %w", fn, ErrHeadersUnsupported)
+				}
+				return nil, fmt.Errorf("checking sk_msg helper %v: %w", fn, err)
+			}
+		}
+	}
 	spec, err := bpf.Load()
 	if err != nil {
 		return nil, fmt.Errorf("reading the tcpctx BPF object: %w", err)
 	}
+	for name, v := range map[string]bool{"write_options": !opts.NoOptions, "inject_headers": opts.Headers} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return nil, fmt.Errorf("setting %s in the tcpctx BPF object: %w", name, err)
+		}
+	}
 	p := &Propagator{cgroup: cg}
-	if err := spec.LoadAndAssign(&p.objs, nil); err != nil {
-		p.objs.close()
-		return nil, fmt.Errorf("loading the tcpctx sock_ops program: %w", err)
+	if opts.Headers {
+		err = spec.LoadAndAssign(&p.hdr, nil)
+		p.objs = p.hdr.bpfObjects
+	} else {
+		err = spec.LoadAndAssign(&p.objs, nil)
+	}
+	if err != nil {
+		p.closeObjs()
+		return nil, fmt.Errorf("loading the tcpctx programs: %w", err)
+	}
+	if opts.Headers {
+		err = link.RawAttachProgram(link.RawAttachProgramOptions{Target: p.hdr.Socks.FD(), Program: p.hdr.Headers, Attach: ebpf.AttachSkMsgVerdict})
+		if err != nil {
+			p.closeObjs()
+			return nil, fmt.Errorf("attaching the traceparent header program to its sockhash: %w", err)
+		}
 	}
 	p.link, err = link.AttachCgroup(link.CgroupOptions{Path: cg, Attach: ebpf.AttachCGroupSockOps, Program: p.objs.Prog})
 	if err != nil {
-		p.objs.close()
+		p.closeObjs()
 		return nil, fmt.Errorf("attaching the tcpctx sock_ops program at cgroup %s: %w", cg, err)
 	}
 	p.adopt, p.adoptErr = loadAdopter(p.objs.Receivers)
@@ -193,7 +254,19 @@ func (p *Propagator) Close() error {
 	if p.adopt != nil {
 		errs = append(errs, p.adopt.close())
 	}
-	errs = append(errs, p.objs.close())
+	errs = append(errs, p.closeObjs())
+	return errors.Join(errs...)
+}
+
+// closeObjs releases the programs and maps. Closing the sockhash (its last
+// reference) takes every socket out of it, back to the plain TCP path.
+func (p *Propagator) closeObjs() error {
+	errs := []error{p.objs.close()}
+	for _, c := range []io.Closer{p.hdr.Headers, p.hdr.Socks} {
+		if c != nil {
+			errs = append(errs, c.Close())
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -329,6 +402,15 @@ func (p *Propagator) Counters() (Counters, error) {
 		Malformed:       sums[bpf.CounterMalformed],
 		FlagsFailed:     sums[bpf.CounterFlagsFailed],
 		NetnsUnreadable: sums[bpf.CounterNetnsFailed],
+
+		Headers:           p.hdr.Headers != nil,
+		HeadersInjected:   sums[bpf.CounterHdrInjected],
+		HeadersPresent:    sums[bpf.CounterHdrPresent],
+		HeadersNotHTTP1:   sums[bpf.CounterHdrNotHTTP1],
+		HeadersTooLong:    sums[bpf.CounterHdrTooLong],
+		HeadersFailed:     sums[bpf.CounterHdrFailed],
+		HeadersRaced:      sums[bpf.CounterHdrRaced],
+		HeadersSockFailed: sums[bpf.CounterSocksFailed],
 	}, nil
 }
 

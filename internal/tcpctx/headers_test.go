@@ -1,0 +1,148 @@
+package tcpctx
+
+import (
+	"bytes"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// rawSink accepts one connection on loopback and returns, once the client
+// closes it, every byte that arrived: the truth of what the injector sent.
+func rawSink(t *testing.T) (addr string, got <-chan []byte) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	ch := make(chan []byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			ch <- nil
+			return
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b, _ := io.ReadAll(c)
+		ch <- b
+	}()
+	return ln.Addr().String(), ch
+}
+
+func tpLine(c Context) string {
+	return fmt.Sprintf("traceparent: 00-%s-%s-%02x\r\n", hex.EncodeToString(c.TraceID[:]), hex.EncodeToString(c.SpanID[:]), c.Flags&1)
+}
+
+// TestHeaders sends raw messages, each case on a new connection of this
+// process (a registered sender), with a context set before the first
+// write, and compares what the peer received with what was written: the
+// traceparent line appears exactly before the blank line of an HTTP/1.x
+// head that lacks one, in the first message after the context only, and
+// nothing else changes, ever.
+func TestHeaders(t *testing.T) {
+	p, err := Open(Options{Headers: true, NoOptions: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := p.Close(); err != nil {
+			t.Errorf("closing: %v", err)
+		}
+	})
+	if err := p.AddSender(uint32(os.Getpid())); err != nil {
+		t.Fatal(err)
+	}
+	self, err := NetnsOf(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	head := "GET /a?b=c HTTP/1.1\r\nHost: x\r\nUser-Agent: Go-http-client/1.1\r\n\r\n"
+	post := "POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\nGET / HTTP/1.1\r\n\r\nxx"
+	long := "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 4100) + "\r\n\r\n"
+	for i, tt := range []struct {
+		name   string
+		writes []string
+		noCtx  bool
+		// at: where the line goes in the concatenated writes; -1 nowhere.
+		at     int
+		reason func(Counters) uint64
+	}{
+		{name: "GET head", writes: []string{head}, at: strings.Index(head, "\r\n\r\n") + 2,
+			reason: func(c Counters) uint64 { return c.HeadersInjected }},
+		{name: "POST head and body in one write, body looking like a head", writes: []string{post}, at: strings.Index(post, "\r\n\r\n") + 2,
+			reason: func(c Counters) uint64 { return c.HeadersInjected }},
+		{name: "keep-alive: the second request has no new context", writes: []string{head, head}, at: strings.Index(head, "\r\n\r\n") + 2,
+			reason: func(c Counters) uint64 { return c.HeadersInjected }},
+		{name: "HTTP/1.0", writes: []string{"HEAD / HTTP/1.0\r\n\r\n"}, at: len("HEAD / HTTP/1.0\r\n"),
+			reason: func(c Counters) uint64 { return c.HeadersInjected }},
+		{name: "traceparent already there, any case", writes: []string{"GET / HTTP/1.1\r\nTraceParent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\nHost: x\r\n\r\n"}, at: -1,
+			reason: func(c Counters) uint64 { return c.HeadersPresent }},
+		{name: "no context", writes: []string{head}, noCtx: true, at: -1},
+		{name: "HTTP/2 preface", writes: []string{"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"}, at: -1,
+			reason: func(c Counters) uint64 { return c.HeadersNotHTTP1 }},
+		{name: "TLS-like bytes", writes: []string{"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + strings.Repeat("\x00", 40)}, at: -1,
+			reason: func(c Counters) uint64 { return c.HeadersNotHTTP1 }},
+		{name: "bare LF lines", writes: []string{"GET / HTTP/1.1\nHost: x\n\n"}, at: -1,
+			reason: func(c Counters) uint64 { return c.HeadersNotHTTP1 }},
+		{name: "head split over two writes", writes: []string{"GET / HTTP/1.1\r\nHost: x\r\n", "Accept: */*\r\n\r\n"}, at: -1,
+			reason: func(c Counters) uint64 { return c.HeadersTooLong }},
+		{name: "head longer than 4 KiB", writes: []string{long}, at: -1,
+			reason: func(c Counters) uint64 { return c.HeadersTooLong }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			addr, got := rawSink(t)
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			conn := Conn{Netns: self, Local: addrPort(c.LocalAddr()), Remote: addrPort(c.RemoteAddr())}
+			ctx := ctxFor(i, 1)
+			before, err := p.Counters()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tt.noCtx {
+				if err := p.SetOutgoing(conn, ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var sent []byte
+			for _, w := range tt.writes {
+				if _, err := c.Write([]byte(w)); err != nil {
+					t.Fatal(err)
+				}
+				sent = append(sent, w...)
+				time.Sleep(20 * time.Millisecond) // separate messages
+			}
+			c.Close()
+			recv := <-got
+			want := sent
+			if tt.at >= 0 {
+				want = append(append(append([]byte{}, sent[:tt.at]...), tpLine(ctx)...), sent[tt.at:]...)
+			}
+			if !bytes.Equal(recv, want) {
+				t.Errorf("peer received\n%q\nwant\n%q", recv, want)
+			}
+			after, err := p.Counters()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.reason != nil {
+				if d := tt.reason(after) - tt.reason(before); d != 1 {
+					t.Errorf("the case's counter moved by %d, want 1 (before %+v after %+v)", d, before, after)
+				}
+			}
+			if after.HeadersFailed != 0 || after.HeadersSockFailed != 0 || after.HeadersRaced != 0 {
+				t.Errorf("failures counted: %+v", after)
+			}
+		})
+	}
+}
