@@ -13,7 +13,8 @@
 // dump=1, /call answers 200 with what the callee sent (status line, headers
 // but Date, body) instead of its status. With ctx=request&tp=VALUE, the call
 // carries the header Traceparent: VALUE, as a service using an OpenTelemetry
-// propagator would.
+// propagator would. With ctx=request&also=URL2, the handler then calls
+// URL2 too, under the same context (answering the first non-200 status).
 //
 // It prints the address it listens on as the first line of stdout.
 package main
@@ -99,6 +100,12 @@ func main() {
 				ctx = context.WithValue(ctx, traceparentKey{}, tp)
 			}
 			status, dump, err = call(ctx, to)
+			if also := r.URL.Query().Get("also"); also != "" && err == nil {
+				var st int
+				if st, _, err = call(ctx, also); err == nil && status == 200 {
+					status = st
+				}
+			}
 		case "timeout":
 			ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 			status, dump, err = call(ctx, to)
