@@ -6,6 +6,13 @@ package probe
 // Site whose When names it is attached only then.
 const TCPPropagateConst = "tcp_propagate"
 
+// TCPStreamsWhen is a Site.When for sites that tag an HTTP/2 or gRPC
+// stream's context: attached only when the TCP option carries context
+// (--propagate with tcp), the one mechanism that reads the stream's tag;
+// the header injector (headers alone) needs only the HTTP/1 site. Not a BPF
+// constant: the loader answers it.
+const TCPStreamsWhen = "tcp_streams"
+
 // TCPMaps are the maps a probe including goconn.h shares with
 // internal/tcpctx's sock_ops program (its MapOut, MapIn and MapSenders).
 var TCPMaps = []string{"obsd_tcp_out", "obsd_tcp_in", "obsd_tcp_senders"}

@@ -44,8 +44,9 @@ type Site struct {
 	// VaddrConst is not set for such a site.
 	Calls string
 	// When, if set, names a bool constant of the probe (e.g.
-	// TCPPropagateConst): the site is attached only where the loader sets
-	// it true, so that a feature that is off costs no hit.
+	// TCPPropagateConst), or TCPStreamsWhen: the site is attached only
+	// where the loader sets it true, so that a feature that is off costs
+	// no hit.
 	When string
 	// InlinedOK accepts a binary where Symbol is also inlined somewhere:
 	// the site wants only the calls that enter it (net/http.NotFound

@@ -250,6 +250,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		KeepErrors:      cfg.KeepErrors,
 		DurationBuckets: prom.DurationBuckets,
 		TCPMaps:         tcpMaps,
+		TCPNoOption:     !cfg.Propagate.Has(propagate.TCP),
 	})
 	if err != nil {
 		a.closeTCP()

@@ -105,6 +105,10 @@ type Options struct {
 	// set too. Nil: those probes' copies are one-entry placeholders and
 	// their When-TCP sites are not attached.
 	TCPMaps map[string]*ebpf.Map
+	// TCPNoOption says the TCP option is off (--propagate=headers alone):
+	// the stream sites (probe.TCPStreamsWhen), whose tag only the option
+	// carries, are not attached.
+	TCPNoOption bool
 }
 
 // Manager attaches probes to processes. Methods are safe for concurrent use.
@@ -115,13 +119,14 @@ type Manager struct {
 	// constants (see Options).
 	parentBased, keepErrors bool
 	keepSlow                time.Duration
-	// tcp is TCPPropagateConst: TCPMaps given and spans on.
-	tcp     bool
-	bounds  []uint64 // DurationBuckets in ns
-	log     *slog.Logger
-	offsets *offsets.Table
-	sink    Sink
-	probes  []*loadedProbe
+	// tcp is TCPPropagateConst: TCPMaps given and spans on; tcpStreams,
+	// TCPStreamsWhen: tcp and the option on.
+	tcp, tcpStreams bool
+	bounds          []uint64 // DurationBuckets in ns
+	log             *slog.Logger
+	offsets         *offsets.Table
+	sink            Sink
+	probes          []*loadedProbe
 	// shared holds the maps all probes share (probe.SharedMapPrefix).
 	shared map[string]*ebpf.Map
 	stats  *stats
@@ -243,6 +248,7 @@ func New(o Options) (*Manager, error) {
 		m.bounds = append(m.bounds, uint64(math.Round(b*1e9)))
 	}
 	m.tcp = o.Spans && o.TCPMaps != nil
+	m.tcpStreams = m.tcp && !o.TCPNoOption
 	for _, p := range o.Probes {
 		lp, err := loadProbe(p, m.shared, o.TCPMaps)
 		if err == nil {
@@ -815,7 +821,13 @@ func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *load
 // boolConst is the value the loader gives the bool constant name, for a
 // Site's When.
 func (m *Manager) boolConst(name string) bool {
-	return name == probe.TCPPropagateConst && m.tcp
+	switch name {
+	case probe.TCPPropagateConst:
+		return m.tcp
+	case probe.TCPStreamsWhen:
+		return m.tcpStreams
+	}
+	return false
 }
 
 // notLinked says err is a probe's first site missing from the binary: the

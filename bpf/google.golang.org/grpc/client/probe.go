@@ -70,7 +70,7 @@ func New() *probe.Probe {
 			// --propagate=tcp only: a new stream's HEADERS, on the loopy
 			// writer's goroutine (grpc-go v1.82.1 and later).
 			{Symbol: grpcModule + "/internal/transport.(*loopyWriter).clientHeaderHandler", Program: "rpc_client_stream",
-				VaddrConst: "stream_site_vaddr", Optional: true, When: probe.TCPPropagateConst},
+				VaddrConst: "stream_site_vaddr", Optional: true, When: probe.TCPStreamsWhen},
 		},
 		Consts: append([]probe.Const{
 			{Name: "off_attempt_cs", Field: grpcField(grpcModule, "csAttempt", "cs")},

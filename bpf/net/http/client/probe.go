@@ -121,9 +121,9 @@ func New() *probe.Probe {
 			{Symbol: "net/http.(*persistConn).roundTrip", Program: "http_client_conn", VaddrConst: "conn_site_vaddr", Optional: true, When: probe.TCPPropagateConst},
 			// HTTP/2: the bundled h2 client up to Go 1.26, internal/http2 in 1.27.
 			{Symbol: "net/http.(*http2clientStream).encodeAndWriteHeaders", Program: "http_client_h2", VaddrConst: "h2_site_vaddr",
-				Optional: true, When: probe.TCPPropagateConst},
+				Optional: true, When: probe.TCPStreamsWhen},
 			{Symbol: "net/http/internal/http2.(*clientStream).encodeAndWriteHeaders", Program: "http_client_h2", VaddrConst: "h2_site_vaddr",
-				Optional: true, When: probe.TCPPropagateConst},
+				Optional: true, When: probe.TCPStreamsWhen},
 		},
 		Consts: append([]probe.Const{
 			{Name: "off_request_method", Field: field("net/http", "Request", "Method")},

@@ -112,11 +112,14 @@ func TestDeclaration(t *testing.T) {
 	if len(p.Sites) != 5 || p.Sites[0].Returns || !p.Sites[1].Returns || p.Sites[0].Symbol != p.Sites[1].Symbol {
 		t.Errorf("sites = %+v, want the entry and the RETs of one function, then the HTTP/1 connection's site and the HTTP/2 stream's two names", p.Sites)
 	}
-	// The others cost a hit per request: only with --propagate=tcp, and
-	// optional, each alone (a binary may have either HTTP/2 name, or none).
-	for _, s := range p.Sites[min(2, len(p.Sites)):] {
-		if s.When != probe.TCPPropagateConst || !s.Optional || s.OneOf != "" {
-			t.Errorf("site %s: When %q, Optional %v, OneOf %q; want tcp_propagate, optional, alone", s.Symbol, s.When, s.Optional, s.OneOf)
+	// The others cost a hit per request: only with --propagate (the
+	// HTTP/2 stream's with the TCP option only: it alone carries the
+	// stream's tag), and optional, each alone (a binary may have either
+	// HTTP/2 name, or none).
+	for i, s := range p.Sites[min(2, len(p.Sites)):] {
+		want := map[bool]string{true: probe.TCPPropagateConst, false: probe.TCPStreamsWhen}[i == 0]
+		if s.When != want || !s.Optional || s.OneOf != "" {
+			t.Errorf("site %s: When %q, Optional %v, OneOf %q; want %s, optional, alone", s.Symbol, s.When, s.Optional, s.OneOf, want)
 		}
 	}
 	if off := int(unsafe.Offsetof(bpfHttpClientEvent{}.Method)); off%8 != 0 {
