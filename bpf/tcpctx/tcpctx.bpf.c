@@ -25,6 +25,7 @@
 #include <bpf/bpf_endian.h>
 #include "tcpctx.h"
 #include "tcpctx_rx.h"
+#include "tcpctx_socks.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
 
@@ -162,15 +163,6 @@ static __always_inline int key_of(struct bpf_sock_ops *skops, struct tcpctx_key 
 	return 0;
 }
 
-/* Each propagating socket's key, formed once: reading the namespace and
- * building the key cost more than the per-segment work itself. */
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct tcpctx_key);
-} obsd_tcp_keys SEC(".maps");
-
 /* conn_key returns the socket's key: its stored copy, else one formed in
  * buf (and stored when memory allows); NULL when it cannot be formed. Call
  * it only once the connection is established (addresses final). */
@@ -187,24 +179,6 @@ static __always_inline struct tcpctx_key *conn_key(struct bpf_sock_ops *skops, s
 	k = bpf_sk_storage_get(&obsd_tcp_keys, sk, buf, BPF_SK_STORAGE_GET_F_CREATE);
 	return k ? k : buf;
 }
-
-/* Senders' connections, marked at connect (in the connecting task) so that
- * the established callback, which may run in softirq, knows them. */
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, __u8);
-} obsd_tcp_hdr_mark SEC(".maps");
-
-/* Senders' established connections, by socket cookie, for the sk_msg
- * program attached to this map. The kernel removes a socket at close. */
-struct {
-	__uint(type, BPF_MAP_TYPE_SOCKHASH);
-	__uint(max_entries, TCPCTX_MAX_CONNS);
-	__type(key, __u64);
-	__type(value, __u64);
-} obsd_tcp_socks SEC(".maps");
 
 static __always_inline void set_flags(struct bpf_sock_ops *skops, int add)
 {

@@ -27,9 +27,6 @@ type tcpPropagation struct {
 	// registered and given the callbacks since; adoptErrs, processes whose
 	// older connections could not be (they carry nothing).
 	adopted, adoptErrs prometheus.Counter
-	// options: the TCP option is on (adoption is for it: the header
-	// injector takes connections opened after registration only).
-	options bool
 
 	mu    sync.Mutex
 	netns map[uint32]int // registered processes per network namespace
@@ -65,13 +62,12 @@ func openTCP(mode propagate.Mode, spans bool, log *slog.Logger) (t *tcpPropagati
 	if opts.Headers {
 		hdrRes.State = propagate.Active
 	}
-	if err := p.AdoptErr(); err != nil && !opts.NoOptions {
+	if err := p.AdoptErr(); err != nil {
 		log.Warn("TCP connections opened before obsd instruments their process will not carry trace context (new ones will)", "err", err)
 	}
 	return &tcpPropagation{
-		p:       p,
-		log:     log,
-		options: !opts.NoOptions,
+		p:   p,
+		log: log,
 		errs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "obsd_tcp_context_registration_errors_total",
 			Help: "Processes that could not be registered with (or removed from) the TCP context program: their requests' context does not cross.",
@@ -141,7 +137,7 @@ func (t *tcpPropagation) add(pid int) {
 // otherwise never carry context. Nothing to do where the kernel cannot
 // (logged once at start).
 func (t *tcpPropagation) adoptOld(pid int) {
-	if !t.options || t.p.AdoptErr() != nil {
+	if t.p.AdoptErr() != nil {
 		return
 	}
 	got, err := t.p.Adopt(pid)

@@ -34,18 +34,25 @@ type adopter struct {
 	iter   *link.Iter
 }
 
-// Adopted is the outcome of one Adopt: connections given the callbacks, and
-// those the kernel refused (with its last error).
+// Adopted is the outcome of one Adopt: connections given the callbacks (or,
+// with Options.Headers, the header injector), and those the kernel refused
+// (with its last error).
 type Adopted struct {
 	Connections, Failed uint64
 	LastErr             error
 }
 
-// loadAdopter loads the iterator with the sock_ops program's receivers.
-func loadAdopter(receivers *ebpf.Map) (*adopter, error) {
+// loadAdopter loads the iterator with the sock_ops program's receivers and
+// sockets' maps, and o's choice of mechanisms.
+func loadAdopter(shared *bpfObjects, o Options) (*adopter, error) {
 	spec, err := adopt.Load()
 	if err != nil {
 		return nil, fmt.Errorf("reading the adopt BPF object: %w", err)
+	}
+	for name, v := range map[string]bool{"write_options": !o.NoOptions, "inject_headers": o.Headers} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return nil, fmt.Errorf("setting %s in the adopt BPF object: %w", name, err)
+		}
 	}
 	var objs struct {
 		Prog    *ebpf.Program  `ebpf:"obsd_tcp_adopt_iter"`
@@ -55,7 +62,8 @@ func loadAdopter(receivers *ebpf.Map) (*adopter, error) {
 		Failed  *ebpf.Variable `ebpf:"failed"`
 		LastErr *ebpf.Variable `ebpf:"last_err"`
 	}
-	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{"obsd_tcp_receivers": receivers}}
+	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{"obsd_tcp_receivers": shared.Receivers,
+		"obsd_tcp_keys": shared.Keys, "obsd_tcp_socks": shared.Socks, "obsd_tcp_hdr_mark": shared.HdrMark}}
 	if err := spec.LoadAndAssign(&objs, opts); err != nil {
 		return nil, errors.Join(ErrAdoptUnsupported, fmt.Errorf("loading the adopt iterator: %w", err))
 	}
@@ -76,7 +84,8 @@ func (a *adopter) close() error {
 }
 
 // Adopt gives the TCP connections process pid opened before AddSender the
-// write callbacks, and those accepted in its network namespace before
+// write callbacks (and, with Options.Headers, the header injector), and
+// those accepted in its network namespace before
 // AddReceiver the parse callbacks, as if both had been registered first
 // (only what is registered now: a process not a sender gets no write
 // callbacks, as the sock_ops program would not give it). Needs

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/obsd-dev/obsd/internal/test/e2e"
 )
 
 // rawSink accepts one connection on loopback and returns, once the client
@@ -47,6 +49,7 @@ func tpLine(c Context) string {
 // head that lacks one, in the first message after the context only, and
 // nothing else changes, ever.
 func TestHeaders(t *testing.T) {
+	e2e.RequireRoot(t)
 	p, err := Open(Options{Headers: true, NoOptions: true})
 	if err != nil {
 		t.Fatal(err)
@@ -144,5 +147,65 @@ func TestHeaders(t *testing.T) {
 				t.Errorf("failures counted: %+v", after)
 			}
 		})
+	}
+}
+
+// TestHeadersAdopt: a connection this process opened before the injector
+// loaded gets no header (it never passed the established callback); after
+// Adopt it does, once per context as any other, and a second Adopt finds
+// nothing left to do.
+func TestHeadersAdopt(t *testing.T) {
+	e2e.RequireRoot(t)
+	addr, got := rawSink(t)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p, err := Open(Options{Headers: true, NoOptions: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := p.Close(); err != nil {
+			t.Errorf("closing: %v", err)
+		}
+	})
+	if err := p.AdoptErr(); err != nil {
+		t.Fatalf("this kernel (6.12+) should adopt: %v", err)
+	}
+	if err := p.AddSender(uint32(os.Getpid())); err != nil {
+		t.Fatal(err)
+	}
+	self, err := NetnsOf(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := Conn{Netns: self, Local: addrPort(c.LocalAddr()), Remote: addrPort(c.RemoteAddr())}
+	head := "GET /x HTTP/1.1\r\nHost: x\r\n\r\n"
+	send := func(i int) {
+		t.Helper()
+		if err := p.SetOutgoing(conn, ctxFor(7, i)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write([]byte(head)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	send(0)
+	a, err := p.Adopt(os.Getpid())
+	if err != nil || a.Connections != 1 || a.Failed != 0 {
+		t.Fatalf("Adopt: %+v, %v; want 1 connection", a, err)
+	}
+	send(1)
+	if a, err := p.Adopt(os.Getpid()); err != nil || a.Connections != 0 {
+		t.Errorf("adopting again: %+v, %v; want nothing left to adopt", a, err)
+	}
+	c.Close()
+	at := len(head) - 2
+	want := head + head[:at] + tpLine(ctxFor(7, 1)) + head[at:]
+	if recv := <-got; string(recv) != want {
+		t.Errorf("peer received\n%q\nwant\n%q", recv, want)
 	}
 }

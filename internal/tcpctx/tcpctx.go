@@ -153,7 +153,6 @@ type Propagator struct {
 type hdrObjects struct {
 	bpfObjects
 	Headers *ebpf.Program `ebpf:"obsd_tcpctx_headers"`
-	Socks   *ebpf.Map     `ebpf:"obsd_tcp_socks"`
 }
 
 type bpfObjects struct {
@@ -163,11 +162,15 @@ type bpfObjects struct {
 	Senders   *ebpf.Map     `ebpf:"obsd_tcp_senders"`
 	Receivers *ebpf.Map     `ebpf:"obsd_tcp_receivers"`
 	Counters  *ebpf.Map     `ebpf:"obsd_tcp_counters"`
+	// The sockets' maps, shared with the adopt iterator.
+	Keys    *ebpf.Map `ebpf:"obsd_tcp_keys"`
+	Socks   *ebpf.Map `ebpf:"obsd_tcp_socks"`
+	HdrMark *ebpf.Map `ebpf:"obsd_tcp_hdr_mark"`
 }
 
 func (o *bpfObjects) close() error {
 	var errs []error
-	for _, c := range []io.Closer{o.Prog, o.Out, o.In, o.Senders, o.Receivers, o.Counters} {
+	for _, c := range []io.Closer{o.Prog, o.Out, o.In, o.Senders, o.Receivers, o.Counters, o.Keys, o.Socks, o.HdrMark} {
 		if c != nil {
 			errs = append(errs, c.Close())
 		}
@@ -224,7 +227,7 @@ func Open(opts Options) (*Propagator, error) {
 		return nil, fmt.Errorf("loading the tcpctx programs: %w", err)
 	}
 	if opts.Headers {
-		err = link.RawAttachProgram(link.RawAttachProgramOptions{Target: p.hdr.Socks.FD(), Program: p.hdr.Headers, Attach: ebpf.AttachSkMsgVerdict})
+		err = link.RawAttachProgram(link.RawAttachProgramOptions{Target: p.objs.Socks.FD(), Program: p.hdr.Headers, Attach: ebpf.AttachSkMsgVerdict})
 		if err != nil {
 			p.closeObjs()
 			return nil, fmt.Errorf("attaching the traceparent header program to its sockhash: %w", err)
@@ -235,7 +238,7 @@ func Open(opts Options) (*Propagator, error) {
 		p.closeObjs()
 		return nil, fmt.Errorf("attaching the tcpctx sock_ops program at cgroup %s: %w", cg, err)
 	}
-	p.adopt, p.adoptErr = loadAdopter(p.objs.Receivers)
+	p.adopt, p.adoptErr = loadAdopter(&p.objs, opts)
 	return p, nil
 }
 
@@ -262,10 +265,8 @@ func (p *Propagator) Close() error {
 // reference) takes every socket out of it, back to the plain TCP path.
 func (p *Propagator) closeObjs() error {
 	errs := []error{p.objs.close()}
-	for _, c := range []io.Closer{p.hdr.Headers, p.hdr.Socks} {
-		if c != nil {
-			errs = append(errs, c.Close())
-		}
+	if p.hdr.Headers != nil {
+		errs = append(errs, p.hdr.Headers.Close())
 	}
 	return errors.Join(errs...)
 }

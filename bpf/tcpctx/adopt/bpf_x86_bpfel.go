@@ -13,6 +13,15 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type bpfTcpctxKey struct {
+	_     structs.HostLayout
+	Netns uint32
+	Lport uint16
+	Rport uint16
+	Laddr [16]uint8
+	Raddr [16]uint8
+}
+
 type bpfTcpctxRxKey struct {
 	_     structs.HostLayout
 	Netns uint32
@@ -26,11 +35,16 @@ type bpfTcpctxRxKey struct {
 const (
 	bpfMapObsdTcpAdopt       = "obsd_tcp_adopt"
 	bpfMapObsdTcpAdoptListen = "obsd_tcp_adopt_listen"
+	bpfMapObsdTcpHdrMark     = "obsd_tcp_hdr_mark"
+	bpfMapObsdTcpKeys        = "obsd_tcp_keys"
 	bpfMapObsdTcpReceivers   = "obsd_tcp_receivers"
+	bpfMapObsdTcpSocks       = "obsd_tcp_socks"
 	bpfProgObsdTcpAdoptIter  = "obsd_tcp_adopt_iter"
 	bpfVarAdopted            = "adopted"
 	bpfVarFailed             = "failed"
+	bpfVarInjectHeaders      = "inject_headers"
 	bpfVarLastErr            = "last_err"
+	bpfVarWriteOptions       = "write_options"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -84,16 +98,21 @@ type bpfProgramSpecs struct {
 type bpfMapSpecs struct {
 	ObsdTcpAdopt       *ebpf.MapSpec `ebpf:"obsd_tcp_adopt"`
 	ObsdTcpAdoptListen *ebpf.MapSpec `ebpf:"obsd_tcp_adopt_listen"`
+	ObsdTcpHdrMark     *ebpf.MapSpec `ebpf:"obsd_tcp_hdr_mark"`
+	ObsdTcpKeys        *ebpf.MapSpec `ebpf:"obsd_tcp_keys"`
 	ObsdTcpReceivers   *ebpf.MapSpec `ebpf:"obsd_tcp_receivers"`
+	ObsdTcpSocks       *ebpf.MapSpec `ebpf:"obsd_tcp_socks"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
-	Adopted *ebpf.VariableSpec `ebpf:"adopted"`
-	Failed  *ebpf.VariableSpec `ebpf:"failed"`
-	LastErr *ebpf.VariableSpec `ebpf:"last_err"`
+	Adopted       *ebpf.VariableSpec `ebpf:"adopted"`
+	Failed        *ebpf.VariableSpec `ebpf:"failed"`
+	InjectHeaders *ebpf.VariableSpec `ebpf:"inject_headers"`
+	LastErr       *ebpf.VariableSpec `ebpf:"last_err"`
+	WriteOptions  *ebpf.VariableSpec `ebpf:"write_options"`
 }
 
 // bpfObjects contains all objects after they have been loaded into the kernel.
@@ -118,14 +137,20 @@ func (o *bpfObjects) Close() error {
 type bpfMaps struct {
 	ObsdTcpAdopt       *ebpf.Map `ebpf:"obsd_tcp_adopt"`
 	ObsdTcpAdoptListen *ebpf.Map `ebpf:"obsd_tcp_adopt_listen"`
+	ObsdTcpHdrMark     *ebpf.Map `ebpf:"obsd_tcp_hdr_mark"`
+	ObsdTcpKeys        *ebpf.Map `ebpf:"obsd_tcp_keys"`
 	ObsdTcpReceivers   *ebpf.Map `ebpf:"obsd_tcp_receivers"`
+	ObsdTcpSocks       *ebpf.Map `ebpf:"obsd_tcp_socks"`
 }
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.ObsdTcpAdopt,
 		m.ObsdTcpAdoptListen,
+		m.ObsdTcpHdrMark,
+		m.ObsdTcpKeys,
 		m.ObsdTcpReceivers,
+		m.ObsdTcpSocks,
 	)
 }
 
@@ -133,9 +158,11 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
-	Adopted *ebpf.Variable `ebpf:"adopted"`
-	Failed  *ebpf.Variable `ebpf:"failed"`
-	LastErr *ebpf.Variable `ebpf:"last_err"`
+	Adopted       *ebpf.Variable `ebpf:"adopted"`
+	Failed        *ebpf.Variable `ebpf:"failed"`
+	InjectHeaders *ebpf.Variable `ebpf:"inject_headers"`
+	LastErr       *ebpf.Variable `ebpf:"last_err"`
+	WriteOptions  *ebpf.Variable `ebpf:"write_options"`
 }
 
 // bpfPrograms contains all programs after they have been loaded into the kernel.

@@ -94,7 +94,8 @@ func (r *recorder) head(target string) []string {
 // Requests to a bare recorder arrive byte-identical to those an
 // uninstrumented A sends, but for one traceparent line before the blank
 // line, naming A's client span; a request A already gives a traceparent
-// arrives with that one only.
+// arrives with that one only. A's connection to B is opened before obsd
+// starts (adopted).
 func TestHeadersAcrossServices(t *testing.T) {
 	e2e.RequireRoot(t)
 	obsdBin := builds.Obsd(t)
@@ -150,6 +151,11 @@ func TestHeadersAcrossServices(t *testing.T) {
 	a0.Cmd.Process.Kill()
 
 	a := e2e.Start(t, chainBin, []string{"OTEL_SERVICE_NAME=hdr-a"}, "-addr", "127.0.0.1:0")
+	// A's keep-alive connection to B opens before obsd: adopted when obsd
+	// registers A, or the sequential requests below would not join.
+	if err := get(a, 8000, true, fmt.Sprintf("to=http://%s/items/8000", b.First)); err != nil {
+		t.Fatal(err)
+	}
 	o := e2e.StartObsd(t, obsdBin, otlp, "--pid", strconv.Itoa(a.PID()), "--pid", strconv.Itoa(b.PID()), "--pid", strconv.Itoa(c.PID()),
 		"--propagate=headers", "--traces", "otlp", "--keep-slow=0", "--keep-errors=false")
 	o.WaitScrape(t, 10*time.Second, "A, B and C instrumented", func(f map[string]*dto.MetricFamily) bool {
