@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -146,25 +145,9 @@ func tcpGRPC(t *testing.T, bin string) {
 		}
 	}
 	otherBefore := otherStream(t, o)
-	var wg sync.WaitGroup
-	work := make(chan int)
-	for range workers {
-		wg.Go(func() {
-			for i := range work {
-				if err := call(i, false); err != nil {
-					t.Error(err)
-				}
-			}
-		})
-	}
-	for i := 1000; i < 1000+conc; i++ {
-		work <- i
-	}
-	close(work)
-	wg.Wait()
-	if t.Failed() {
-		t.FailNow()
-	}
+	concurrently(t, workers, seqIDs(nil, 1000, conc), func(i int) error {
+		return call(i, false)
+	})
 
 	want := 3 * (seq + streams + conc)
 	recv.WaitSpans(t, want, 30*time.Second)

@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -104,25 +103,9 @@ func tcpHTTP2(t *testing.T, chainBin, srvBin string) {
 		}
 	}
 	otherBefore := otherStream(t, o)
-	var wg sync.WaitGroup
-	work := make(chan int)
-	for range workers {
-		wg.Go(func() {
-			for i := range work {
-				if err := get(i); err != nil {
-					t.Error(err)
-				}
-			}
-		})
-	}
-	for i := 1000; i < 1000+conc; i++ {
-		work <- i
-	}
-	close(work)
-	wg.Wait()
-	if t.Failed() {
-		t.FailNow()
-	}
+	concurrently(t, workers, seqIDs(nil, 1000, conc), func(i int) error {
+		return get(i)
+	})
 
 	want := 3 * (seq + conc)
 	recv.WaitSpans(t, want, 30*time.Second)

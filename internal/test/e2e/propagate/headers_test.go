@@ -180,28 +180,9 @@ func TestHeadersAcrossServices(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	var wg sync.WaitGroup
-	work := make(chan int)
-	for range workers {
-		wg.Go(func() {
-			for i := range work {
-				if err := get(a, i, i < 3000, bc(i)); err != nil {
-					t.Error(err)
-				}
-			}
-		})
-	}
-	for i := 1000; i < 1000+conc; i++ {
-		work <- i
-	}
-	for i := 3000; i < 3000+unsampled; i++ {
-		work <- i
-	}
-	close(work)
-	wg.Wait()
-	if t.Failed() {
-		t.FailNow()
-	}
+	concurrently(t, workers, seqIDs(seqIDs(nil, 1000, conc), 3000, unsampled), func(i int) error {
+		return get(a, i, i < 3000, bc(i))
+	})
 
 	// Spans: A's server and client per raw request (7000+i, 7100), five
 	// per sampled B+C request.

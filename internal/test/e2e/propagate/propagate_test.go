@@ -409,3 +409,36 @@ func TestPropagationActive(t *testing.T) {
 		})
 	}
 }
+
+// concurrently calls fn for each id, workers at a time, and stops the test
+// if any call failed.
+func concurrently(t *testing.T, workers int, ids []int, fn func(i int) error) {
+	t.Helper()
+	var wg sync.WaitGroup
+	work := make(chan int)
+	for range workers {
+		wg.Go(func() {
+			for i := range work {
+				if err := fn(i); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	for _, i := range ids {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+}
+
+// seqIDs returns from, from+1, ..., from+n-1, appended to more.
+func seqIDs(more []int, from, n int) []int {
+	for i := range n {
+		more = append(more, from+i)
+	}
+	return more
+}

@@ -10,7 +10,6 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -172,28 +171,10 @@ func tcpAcross(t *testing.T, aV, bV e2e.Variant, useTLS bool) {
 			t.Fatal(err)
 		}
 	}
-	var wg sync.WaitGroup
-	work := make(chan int)
-	for range workers {
-		wg.Go(func() {
-			for i := range work {
-				if _, err := get(a, i, i < 3000, bURL(i), ""); err != nil {
-					t.Error(err)
-				}
-			}
-		})
-	}
-	for i := 1000; i < 1000+conc; i++ {
-		work <- i
-	}
-	for i := 3000; i < 3000+unsampled; i++ {
-		work <- i
-	}
-	close(work)
-	wg.Wait()
-	if t.Failed() {
-		t.FailNow()
-	}
+	concurrently(t, workers, seqIDs(seqIDs(nil, 1000, conc), 3000, unsampled), func(i int) error {
+		_, err := get(a, i, i < 3000, bURL(i), "")
+		return err
+	})
 
 	// Three spans per sampled edge request: A's server and client, B's server.
 	want := 3 * (seq + withHeader + conc)
