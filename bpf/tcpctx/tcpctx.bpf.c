@@ -466,33 +466,34 @@ static __always_inline int http1_version(struct hdr_buf *hb, __u32 i)
 	return minor == '0' || minor == '1';
 }
 
-/* scan_byte is the bpf_loop body over the buffer: a request line
- * "METHOD SP target SP HTTP/1.x CRLF" (RFC 9112 §3), header lines ending in
- * CRLF, and the blank line that ends the head. */
-static long scan_byte(__u32 i, void *arg)
+/* scan_method reads byte i of the request line's method (RFC 9112 §3:
+ * "METHOD SP target SP HTTP/1.x CRLF"; Go sends upper-case tokens). Returns
+ * 1 when the scan is over. */
+static __always_inline int scan_method(struct hdr_buf *hb, struct hdr_scan *s, __u32 i)
 {
-	struct hdr_scan *s = arg;
-	__u32 zero = 0;
-	struct hdr_buf *hb = bpf_map_lookup_elem(&obsd_tcp_hdr_buf, &zero);
-	if (!hb || i >= s->len || i >= HDR_SCAN)
+	if (s->method_done)
+		return 0;
+	if (i >= s->len || i >= HDR_SCAN)
 		return 1;
 	__u8 c = HB(i);
-	if (s->line == 0 && !s->method_done) {
-		if (c == ' ' && i >= 3) {
-			s->method_done = 1;
-			return 0;
-		}
-		if (c < 'A' || c > 'Z') {
-			s->verdict = HDR_NOT_HTTP1;
-			return 1;
-		}
+	if (c == ' ' && i >= 3) {
+		s->method_done = 1;
 		return 0;
 	}
-	if (s->line > 0 && i == s->line_start && (c | 0x20) == 't' && line_is_traceparent(hb, i, s->len)) {
-		s->verdict = HDR_HAS_TP;
+	if (c < 'A' || c > 'Z') {
+		s->verdict = HDR_NOT_HTTP1;
 		return 1;
 	}
-	if (c != '\n')
+	return 0;
+}
+
+/* scan_lf handles an LF at i (a candidate: checked here): the end of the
+ * request line (its version checked), of a header line, or of the head
+ * (the blank line); and looks at the line that starts after it for a
+ * traceparent. Returns 1 when the scan is over. */
+static __always_inline int scan_lf(struct hdr_buf *hb, struct hdr_scan *s, __u32 i)
+{
+	if (i >= s->len || i >= HDR_SCAN || HB(i) != '\n')
 		return 0;
 	if (i == 0 || HB(i - 1) != '\r') {
 		s->verdict = HDR_NOT_HTTP1; /* Go writes CRLF; anything else is left alone */
@@ -510,6 +511,42 @@ static long scan_byte(__u32 i, void *arg)
 	}
 	s->line++;
 	s->line_start = i + 1;
+	if ((HB(i + 1) | 0x20) == 't' && line_is_traceparent(hb, i + 1, s->len)) {
+		s->verdict = HDR_HAS_TP;
+		return 1;
+	}
+	return 0;
+}
+
+/* scan_word is the bpf_loop body: bytes 8w to 8w+7 of the head. Past the
+ * method, only the LFs matter, found eight at a time (a zero byte of
+ * word ^ 0x0a..: the classic has-zero test, whose rare false candidates
+ * scan_lf rejects), so a head costs about one call per 8 bytes and one
+ * scan_lf per line. */
+static long scan_word(__u32 w, void *arg)
+{
+	struct hdr_scan *s = arg;
+	__u32 zero = 0;
+	struct hdr_buf *hb = bpf_map_lookup_elem(&obsd_tcp_hdr_buf, &zero);
+	__u32 off = w * 8;
+	if (!hb || off >= s->len || off >= HDR_SCAN)
+		return 1;
+	if (!s->method_done) {
+#pragma unroll
+		for (int j = 0; j < 8; j++)
+			if (scan_method(hb, s, off + j))
+				return 1;
+	}
+	__u64 x;
+	__builtin_memcpy(&x, &hb->b[scan_idx(off) & ~7ULL], 8);
+	x ^= 0x0a0a0a0a0a0a0a0aULL;
+	__u64 m = (x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL;
+	if (!m)
+		return 0;
+#pragma unroll
+	for (int j = 0; j < 8; j++)
+		if (((m >> (8 * j + 7)) & 1) && scan_lf(hb, s, off + j))
+			return 1;
 	return 0;
 }
 
@@ -599,7 +636,7 @@ int obsd_tcpctx_headers(struct sk_msg_md *msg)
 		return SK_PASS;
 	}
 	struct hdr_scan s = {.len = n};
-	bpf_loop(n, scan_byte, &s, 0);
+	bpf_loop((n + 7) / 8, scan_word, &s, 0);
 	if (hb->owner != me) {
 		count(TCPCTX_HDR_RACED);
 		return SK_PASS;
