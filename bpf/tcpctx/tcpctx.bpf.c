@@ -565,7 +565,9 @@ static __always_inline void hex(__u8 *dst, const __u8 *src, int n)
 }
 
 /* insert adds the traceparent line at offset at of the message. The new
- * bytes are the kernel's (push_data allocates them); nothing else moves. */
+ * bytes are the kernel's (push_data allocates them); nothing else moves.
+ * Returns 0, -1 when the message is as it was, -2 when pushed bytes could
+ * be neither written nor taken back (they would be stale kernel memory). */
 static __always_inline int insert(struct sk_msg_md *msg, __u32 at, const struct tcpctx_out *c)
 {
 	if (bpf_msg_push_data(msg, at, TP_LINE, 0) != 0)
@@ -586,8 +588,7 @@ static __always_inline int insert(struct sk_msg_md *msg, __u32 at, const struct 
 	p[69] = '\n';
 	return 0;
 undo:
-	bpf_msg_pop_data(msg, at, TP_LINE, 0);
-	return -1;
+	return bpf_msg_pop_data(msg, at, TP_LINE, 0) == 0 ? -1 : -2;
 }
 
 SEC("sk_msg")
@@ -654,9 +655,14 @@ int obsd_tcpctx_headers(struct sk_msg_md *msg)
 		count(TCPCTX_HDR_TOO_LONG);
 		return SK_PASS;
 	}
-	if (insert(msg, s.end, &c) != 0) {
+	int r = insert(msg, s.end, &c);
+	if (r != 0) {
 		count(TCPCTX_HDR_FAILED);
-		return SK_PASS;
+		/* Never send bytes nobody wrote: the write fails instead
+		 * (EACCES), as on a reset connection. Not seen; the kernel
+		 * would have to fail a pull inside its own new element and
+		 * then the pop of it. */
+		return r == -2 ? SK_DROP : SK_PASS;
 	}
 	count(TCPCTX_HDR_INJECTED);
 	return SK_PASS;
