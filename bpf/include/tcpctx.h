@@ -26,19 +26,7 @@
 
 #include "tcpctx_key.h"
 
-/* obsd_tcp_out's value: the context the next data segments of the
- * connection carry. Writers replace it whole with bpf_map_update_elem (a
- * hash map swaps the element, so the sock_ops program never reads half of
- * one context and half of another) before the request's first byte is
- * written, and delete it for a request that has no context. */
-struct tcpctx_out {
-	__u8 trace_id[16];
-	__u8 span_id[8];
-	__u8 flags;      /* W3C trace-flags; only TCPCTX_FLAG_SAMPLED crosses */
-	__u8 header_tried; /* --propagate=headers: the sk_msg program has looked at this context's request (writers leave 0) */
-	__u8 _pad[2];
-	__u32 tgid;      /* the writer's process: user space deletes its entries when it exits */
-};
+#include "tcpctx_out.h"
 
 /* obsd_tcp_in's value: the latest context that arrived on the connection. */
 struct tcpctx_in {
@@ -51,15 +39,6 @@ struct tcpctx_in {
 	__u32 _pad2;
 };
 
-/* Map sizes: one entry per live propagating connection (deleted at close). */
-#define TCPCTX_MAX_CONNS 16384
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, TCPCTX_MAX_CONNS);
-	__type(key, struct tcpctx_key);
-	__type(value, struct tcpctx_out);
-} obsd_tcp_out SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

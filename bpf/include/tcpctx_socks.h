@@ -30,6 +30,17 @@ struct {
 	__type(value, __u8);
 } obsd_tcp_hdr_mark SEC(".maps");
 
+/* The span ID of the last outgoing context the header injector looked at,
+ * per socket: one look per request's context, kept here rather than in
+ * obsd_tcp_out's element, which a concurrent replacement may already have
+ * handed to another connection. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u64);
+} obsd_tcp_hdr_seen SEC(".maps");
+
 /* Senders' established connections, by socket cookie, for the sk_msg
  * program attached to this map. The kernel removes a socket at close. */
 struct {

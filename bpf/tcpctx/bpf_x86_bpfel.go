@@ -61,13 +61,12 @@ type bpfTcpctxKey struct {
 }
 
 type bpfTcpctxOut struct {
-	_           structs.HostLayout
-	TraceId     [16]uint8
-	SpanId      [8]uint8
-	Flags       uint8
-	HeaderTried uint8
-	Pad         [2]uint8
-	Tgid        uint32
+	_       structs.HostLayout
+	TraceId [16]uint8
+	SpanId  [8]uint8
+	Flags   uint8
+	Pad     [3]uint8
+	Tgid    uint32
 }
 
 type bpfTcpctxRxKey struct {
@@ -84,6 +83,7 @@ const (
 	bpfMapObsdTcpCounters    = "obsd_tcp_counters"
 	bpfMapObsdTcpHdrBuf      = "obsd_tcp_hdr_buf"
 	bpfMapObsdTcpHdrMark     = "obsd_tcp_hdr_mark"
+	bpfMapObsdTcpHdrSeen     = "obsd_tcp_hdr_seen"
 	bpfMapObsdTcpIn          = "obsd_tcp_in"
 	bpfMapObsdTcpKeys        = "obsd_tcp_keys"
 	bpfMapObsdTcpOut         = "obsd_tcp_out"
@@ -149,6 +149,7 @@ type bpfMapSpecs struct {
 	ObsdTcpCounters  *ebpf.MapSpec `ebpf:"obsd_tcp_counters"`
 	ObsdTcpHdrBuf    *ebpf.MapSpec `ebpf:"obsd_tcp_hdr_buf"`
 	ObsdTcpHdrMark   *ebpf.MapSpec `ebpf:"obsd_tcp_hdr_mark"`
+	ObsdTcpHdrSeen   *ebpf.MapSpec `ebpf:"obsd_tcp_hdr_seen"`
 	ObsdTcpIn        *ebpf.MapSpec `ebpf:"obsd_tcp_in"`
 	ObsdTcpKeys      *ebpf.MapSpec `ebpf:"obsd_tcp_keys"`
 	ObsdTcpOut       *ebpf.MapSpec `ebpf:"obsd_tcp_out"`
@@ -188,6 +189,7 @@ type bpfMaps struct {
 	ObsdTcpCounters  *ebpf.Map `ebpf:"obsd_tcp_counters"`
 	ObsdTcpHdrBuf    *ebpf.Map `ebpf:"obsd_tcp_hdr_buf"`
 	ObsdTcpHdrMark   *ebpf.Map `ebpf:"obsd_tcp_hdr_mark"`
+	ObsdTcpHdrSeen   *ebpf.Map `ebpf:"obsd_tcp_hdr_seen"`
 	ObsdTcpIn        *ebpf.Map `ebpf:"obsd_tcp_in"`
 	ObsdTcpKeys      *ebpf.Map `ebpf:"obsd_tcp_keys"`
 	ObsdTcpOut       *ebpf.Map `ebpf:"obsd_tcp_out"`
@@ -201,6 +203,7 @@ func (m *bpfMaps) Close() error {
 		m.ObsdTcpCounters,
 		m.ObsdTcpHdrBuf,
 		m.ObsdTcpHdrMark,
+		m.ObsdTcpHdrSeen,
 		m.ObsdTcpIn,
 		m.ObsdTcpKeys,
 		m.ObsdTcpOut,

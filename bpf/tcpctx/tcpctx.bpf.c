@@ -72,11 +72,17 @@ volatile const __u8 inject_headers = 0;
 typedef struct {
 	struct net *net;
 } __attribute__((preserve_access_index)) possible_net_t;
+struct proto {
+	unsigned long *memory_pressure;
+} __attribute__((preserve_access_index));
 struct sock_common {
 	possible_net_t skc_net;
+	struct proto *skc_prot;
 } __attribute__((preserve_access_index));
 struct sock {
 	struct sock_common __sk_common;
+	int sk_sndbuf;
+	int sk_wmem_queued;
 } __attribute__((preserve_access_index));
 
 /* The wire option. */
@@ -211,7 +217,17 @@ static __always_inline void on_active(struct bpf_sock_ops *skops)
 		return;
 	struct tcpctx_key buf;
 	__u64 cookie = bpf_get_socket_cookie(skops);
-	if (!conn_key(skops, &buf) || bpf_sock_hash_update(skops, &obsd_tcp_socks, &cookie, BPF_NOEXIST) != 0)
+	struct tcpctx_key *k = conn_key(skops, &buf);
+	if (!k) {
+		count(TCPCTX_SOCKS_FAILED);
+		return;
+	}
+	/* No probe has written for this connection yet (its program is still
+	 * dialling): an entry is a leftover of an earlier connection with the
+	 * same addresses that never got the close callback, and must not
+	 * reach this one's first message (a CONNECT to a proxy, say). */
+	bpf_map_delete_elem(&obsd_tcp_out, k);
+	if (bpf_sock_hash_update(skops, &obsd_tcp_socks, &cookie, BPF_NOEXIST) != 0)
 		count(TCPCTX_SOCKS_FAILED);
 }
 
@@ -564,6 +580,29 @@ static __always_inline void hex(__u8 *dst, const __u8 *src, int n)
 	}
 }
 
+/* room says whether the socket can queue the message with the line
+ * without a partial send: after one, tcp_bpf tells the writer it sent
+ * fewer bytes than it did by the ones pushed (net/ipv4/tcp_bpf.c,
+ * tcp_bpf_send_verdict subtracts what is left of the grown message), and
+ * the program would send part of its head twice. A partial send needs the
+ * send buffer full or TCP under memory pressure; both are checked with a
+ * margin (twice the bytes, for the buffers' overhead, plus 4 KiB). */
+static __always_inline int room(struct bpf_sock *bsk, __u32 size)
+{
+	struct sock *sk = (struct sock *)bpf_skc_to_tcp_sock(bsk);
+	if (!sk)
+		return 0;
+	int sndbuf = BPF_CORE_READ(sk, sk_sndbuf);
+	int queued = BPF_CORE_READ(sk, sk_wmem_queued);
+	unsigned long *pressure = BPF_CORE_READ(sk, __sk_common.skc_prot, memory_pressure);
+	unsigned long under = 0;
+	if (pressure && bpf_probe_read_kernel(&under, sizeof(under), pressure) != 0)
+		return 0;
+	if (under)
+		return 0;
+	return (__s64)queued + 2 * ((__s64)size + TP_LINE) + 4096 <= (__s64)sndbuf;
+}
+
 /* insert adds the traceparent line at offset at of the message. The new
  * bytes are the kernel's (push_data allocates them); nothing else moves.
  * Returns 0, -1 when the message is as it was, -2 when pushed bytes could
@@ -601,13 +640,19 @@ int obsd_tcpctx_headers(struct sk_msg_md *msg)
 	if (!k)
 		return SK_PASS;
 	struct tcpctx_out *v = bpf_map_lookup_elem(&obsd_tcp_out, k);
-	if (!v || v->header_tried)
+	if (!v)
 		return SK_PASS;
+	struct tcpctx_out c = *v;
 	/* One look per context: the request's head is the first thing its
 	 * connection sends after the client probe set the context, and a later
-	 * message (a body) must never be taken for a head. */
-	v->header_tried = 1;
-	struct tcpctx_out c = *v;
+	 * message (a body) must never be taken for a head. The socket's lock
+	 * serializes its messages. */
+	__u64 span;
+	__builtin_memcpy(&span, c.span_id, 8);
+	__u64 *seen = bpf_sk_storage_get(&obsd_tcp_hdr_seen, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!seen || *seen == span)
+		return SK_PASS;
+	*seen = span;
 
 	__u32 n = msg->size;
 	if (n > HDR_SCAN)
@@ -655,12 +700,17 @@ int obsd_tcpctx_headers(struct sk_msg_md *msg)
 		count(TCPCTX_HDR_TOO_LONG);
 		return SK_PASS;
 	}
+	if (!room(sk, msg->size)) {
+		count(TCPCTX_HDR_FAILED);
+		return SK_PASS;
+	}
 	int r = insert(msg, s.end, &c);
 	if (r != 0) {
 		count(TCPCTX_HDR_FAILED);
-		/* Never send bytes nobody wrote: the write fails instead
-		 * (EACCES), as on a reset connection. Not seen; the kernel
-		 * would have to fail a pull inside its own new element and
+		/* Never send bytes nobody wrote (stale kernel memory): drop
+		 * instead. The verdict sticks, so every later write on this
+		 * connection fails too and the program redials. Not seen: the
+		 * kernel would have to fail a pull inside its own new element,
 		 * then the pop of it. */
 		return r == -2 ? SK_DROP : SK_PASS;
 	}

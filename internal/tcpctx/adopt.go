@@ -63,7 +63,8 @@ func loadAdopter(shared *bpfObjects, o Options) (*adopter, error) {
 		LastErr *ebpf.Variable `ebpf:"last_err"`
 	}
 	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{"obsd_tcp_receivers": shared.Receivers,
-		"obsd_tcp_keys": shared.Keys, "obsd_tcp_socks": shared.Socks, "obsd_tcp_hdr_mark": shared.HdrMark}}
+		"obsd_tcp_keys": shared.Keys, "obsd_tcp_socks": shared.Socks, "obsd_tcp_hdr_mark": shared.HdrMark,
+		"obsd_tcp_hdr_seen": shared.HdrSeen, "obsd_tcp_out": shared.Out}}
 	if err := spec.LoadAndAssign(&objs, opts); err != nil {
 		return nil, errors.Join(ErrAdoptUnsupported, fmt.Errorf("loading the adopt iterator: %w", err))
 	}

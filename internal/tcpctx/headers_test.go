@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -152,8 +153,9 @@ func TestHeaders(t *testing.T) {
 
 // TestHeadersAdopt: a connection this process opened before the injector
 // loaded gets no header (it never passed the established callback); after
-// Adopt it does, once per context as any other, and a second Adopt finds
-// nothing left to do.
+// Adopt it does, once per context set after adoption (not for the context
+// of a request sent before it), and a second Adopt finds nothing left to
+// do.
 func TestHeadersAdopt(t *testing.T) {
 	e2e.RequireRoot(t)
 	addr, got := rawSink(t)
@@ -198,14 +200,109 @@ func TestHeadersAdopt(t *testing.T) {
 	if err != nil || a.Connections != 1 || a.Failed != 0 {
 		t.Fatalf("Adopt: %+v, %v; want 1 connection", a, err)
 	}
+	// The context set before adoption belongs to a request already sent:
+	// the next write (its body, which may look like a head) is left alone.
+	if _, err := c.Write([]byte(head)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
 	send(1)
 	if a, err := p.Adopt(os.Getpid()); err != nil || a.Connections != 0 {
 		t.Errorf("adopting again: %+v, %v; want nothing left to adopt", a, err)
 	}
 	c.Close()
 	at := len(head) - 2
-	want := head + head[:at] + tpLine(ctxFor(7, 1)) + head[at:]
+	want := head + head + head[:at] + tpLine(ctxFor(7, 1)) + head[at:]
 	if recv := <-got; string(recv) != want {
 		t.Errorf("peer received\n%q\nwant\n%q", recv, want)
+	}
+}
+
+// openHeaders opens the injector alone with this process a sender.
+func openHeaders(t *testing.T) (*Propagator, uint32) {
+	t.Helper()
+	e2e.RequireRoot(t)
+	p, err := Open(Options{Headers: true, NoOptions: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := p.Close(); err != nil {
+			t.Errorf("closing: %v", err)
+		}
+	})
+	if err := p.AddSender(uint32(os.Getpid())); err != nil {
+		t.Fatal(err)
+	}
+	self, err := NetnsOf(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, self
+}
+
+// TestHeadersStaleEntry: a context left under a connection's addresses
+// (an earlier connection that never got the close callback) does not
+// reach a new connection with the same addresses: its first message (a
+// CONNECT to a proxy, here) goes out as written.
+func TestHeadersStaleEntry(t *testing.T) {
+	p, self := openHeaders(t)
+	addr, got := rawSink(t)
+	// A free local port, then a context under it before the dial.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := l.Addr().(*net.TCPAddr)
+	l.Close()
+	remote := netip.MustParseAddrPort(addr)
+	if err := p.SetOutgoing(Conn{Netns: self, Local: local.AddrPort(), Remote: remote}, ctxFor(9, 1)); err != nil {
+		t.Fatal(err)
+	}
+	c, err := (&net.Dialer{LocalAddr: local}).Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	connect := "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
+	if _, err := c.Write([]byte(connect)); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if recv := <-got; string(recv) != connect {
+		t.Errorf("peer received %q, want %q as written", recv, connect)
+	}
+}
+
+// TestHeadersNoRoom: with the socket's send buffer too small to queue the
+// grown message at once (the kernel would then tell the program it sent
+// fewer bytes than it did), the request goes out unchanged and is counted.
+func TestHeadersNoRoom(t *testing.T) {
+	p, self := openHeaders(t)
+	addr, got := rawSink(t)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.(*net.TCPConn).SetWriteBuffer(1); err != nil { // the kernel's minimum, about 4.5 KiB
+		t.Fatal(err)
+	}
+	head := "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: " + strings.Repeat("p", 400) + "\r\n\r\n"
+	conn := Conn{Netns: self, Local: addrPort(c.LocalAddr()), Remote: addrPort(c.RemoteAddr())}
+	if err := p.SetOutgoing(conn, ctxFor(3, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte(head)); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if recv := <-got; string(recv) != head {
+		t.Errorf("peer received %q, want it as written", recv)
+	}
+	n, err := p.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.HeadersFailed != 1 || n.HeadersInjected != 0 {
+		t.Errorf("counters %+v, want one no-room skip and no injection", n)
 	}
 }

@@ -131,7 +131,7 @@ type Options struct {
 	CgroupPath string
 	// Headers adds a traceparent header to senders' outgoing HTTP/1.x
 	// requests (--propagate=headers; needs sk_msg and bpf_msg_push_data,
-	// Linux 4.20+). NoOptions leaves the TCP option out (headers only).
+	// Linux 5.17+). NoOptions leaves the TCP option out (headers only).
 	Headers, NoOptions bool
 }
 
@@ -166,11 +166,12 @@ type bpfObjects struct {
 	Keys    *ebpf.Map `ebpf:"obsd_tcp_keys"`
 	Socks   *ebpf.Map `ebpf:"obsd_tcp_socks"`
 	HdrMark *ebpf.Map `ebpf:"obsd_tcp_hdr_mark"`
+	HdrSeen *ebpf.Map `ebpf:"obsd_tcp_hdr_seen"`
 }
 
 func (o *bpfObjects) close() error {
 	var errs []error
-	for _, c := range []io.Closer{o.Prog, o.Out, o.In, o.Senders, o.Receivers, o.Counters, o.Keys, o.Socks, o.HdrMark} {
+	for _, c := range []io.Closer{o.Prog, o.Out, o.In, o.Senders, o.Receivers, o.Counters, o.Keys, o.Socks, o.HdrMark, o.HdrSeen} {
 		if c != nil {
 			errs = append(errs, c.Close())
 		}

@@ -26,6 +26,7 @@
 #include <bpf/bpf_core_read.h>
 #include "tcpctx_rx.h"
 #include "tcpctx_socks.h"
+#include "tcpctx_out.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
 
@@ -158,6 +159,16 @@ static __always_inline int headers(struct sock *sk, unsigned char state, __u16 l
 		return 0;
 	if (!bpf_sk_storage_get(&obsd_tcp_keys, sk, &k, BPF_SK_STORAGE_GET_F_CREATE))
 		return -1;
+	/* A context the client probe set before now belongs to a request
+	 * whose head has gone out: mark it looked at, or the injector would
+	 * take the connection's next message (that request's body, maybe)
+	 * for its head. */
+	__u64 *seen = bpf_sk_storage_get(&obsd_tcp_hdr_seen, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!seen)
+		return -1;
+	struct tcpctx_out *v = bpf_map_lookup_elem(&obsd_tcp_out, &k);
+	if (v)
+		__builtin_memcpy(seen, v->span_id, 8);
 	__u64 cookie = bpf_get_socket_cookie(sk);
 	long err = bpf_map_update_elem(&obsd_tcp_socks, &cookie, sk, BPF_NOEXIST);
 	if (err == -EEXIST)
@@ -188,19 +199,14 @@ int obsd_tcp_adopt_iter(struct bpf_iter__tcp *ctx)
 	}
 	if (state != TCP_ESTABLISHED && state != TCP_SYN_SENT)
 		return 0;
-	int add = 0, joined = 0;
+	int add = 0, own = 0;
 	__u64 ino = BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino);
 	if (ino && bpf_map_lookup_elem(&obsd_tcp_adopt, &ino) && !bpf_map_lookup_elem(&obsd_tcp_adopt_listen, &lport)) {
+		own = 1;
 		if (write_options)
 			add |= BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG;
-		if (inject_headers) {
+		if (inject_headers)
 			add |= BPF_SOCK_OPS_STATE_CB_FLAG; /* deletes its context at close */
-			joined = headers(sk, state, lport);
-			if (joined < 0) {
-				failed++;
-				joined = 0;
-			}
-		}
 	}
 	if (state == TCP_ESTABLISHED) {
 		struct tcpctx_rx_key rk = {};
@@ -217,18 +223,29 @@ int obsd_tcp_adopt_iter(struct bpf_iter__tcp *ctx)
 			add |= BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG;
 	}
 	int cur = BPF_CORE_READ(tp, bpf_sock_ops_cb_flags);
-	if ((cur | add) == cur) {
-		/* opened after registration: the sock_ops program set them */
-		adopted += joined;
-		return 0;
+	int set = 0;
+	if ((cur | add) != cur) {
+		int v = cur | add;
+		long err = bpf_setsockopt(tp, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, &v, sizeof(v));
+		if (err) {
+			failed++;
+			last_err = err;
+			return 0;
+		}
+		set = 1;
 	}
-	int v = cur | add;
-	long err = bpf_setsockopt(tp, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, &v, sizeof(v));
-	if (err) {
-		failed++;
-		last_err = err;
-		return 0;
+	/* The injector only once the state callback is there, to delete the
+	 * connection's context at close (a kernel that refuses the option
+	 * gets no injector on older connections). */
+	int joined = 0;
+	if (own && inject_headers) {
+		joined = headers(sk, state, lport);
+		if (joined < 0) {
+			failed++;
+			joined = 0;
+		}
 	}
-	adopted++;
+	if (set || joined > 0)
+		adopted++;
 	return 0;
 }

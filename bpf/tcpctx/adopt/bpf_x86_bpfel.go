@@ -22,6 +22,15 @@ type bpfTcpctxKey struct {
 	Raddr [16]uint8
 }
 
+type bpfTcpctxOut struct {
+	_       structs.HostLayout
+	TraceId [16]uint8
+	SpanId  [8]uint8
+	Flags   uint8
+	Pad     [3]uint8
+	Tgid    uint32
+}
+
 type bpfTcpctxRxKey struct {
 	_     structs.HostLayout
 	Netns uint32
@@ -36,7 +45,9 @@ const (
 	bpfMapObsdTcpAdopt       = "obsd_tcp_adopt"
 	bpfMapObsdTcpAdoptListen = "obsd_tcp_adopt_listen"
 	bpfMapObsdTcpHdrMark     = "obsd_tcp_hdr_mark"
+	bpfMapObsdTcpHdrSeen     = "obsd_tcp_hdr_seen"
 	bpfMapObsdTcpKeys        = "obsd_tcp_keys"
+	bpfMapObsdTcpOut         = "obsd_tcp_out"
 	bpfMapObsdTcpReceivers   = "obsd_tcp_receivers"
 	bpfMapObsdTcpSocks       = "obsd_tcp_socks"
 	bpfProgObsdTcpAdoptIter  = "obsd_tcp_adopt_iter"
@@ -99,7 +110,9 @@ type bpfMapSpecs struct {
 	ObsdTcpAdopt       *ebpf.MapSpec `ebpf:"obsd_tcp_adopt"`
 	ObsdTcpAdoptListen *ebpf.MapSpec `ebpf:"obsd_tcp_adopt_listen"`
 	ObsdTcpHdrMark     *ebpf.MapSpec `ebpf:"obsd_tcp_hdr_mark"`
+	ObsdTcpHdrSeen     *ebpf.MapSpec `ebpf:"obsd_tcp_hdr_seen"`
 	ObsdTcpKeys        *ebpf.MapSpec `ebpf:"obsd_tcp_keys"`
+	ObsdTcpOut         *ebpf.MapSpec `ebpf:"obsd_tcp_out"`
 	ObsdTcpReceivers   *ebpf.MapSpec `ebpf:"obsd_tcp_receivers"`
 	ObsdTcpSocks       *ebpf.MapSpec `ebpf:"obsd_tcp_socks"`
 }
@@ -138,7 +151,9 @@ type bpfMaps struct {
 	ObsdTcpAdopt       *ebpf.Map `ebpf:"obsd_tcp_adopt"`
 	ObsdTcpAdoptListen *ebpf.Map `ebpf:"obsd_tcp_adopt_listen"`
 	ObsdTcpHdrMark     *ebpf.Map `ebpf:"obsd_tcp_hdr_mark"`
+	ObsdTcpHdrSeen     *ebpf.Map `ebpf:"obsd_tcp_hdr_seen"`
 	ObsdTcpKeys        *ebpf.Map `ebpf:"obsd_tcp_keys"`
+	ObsdTcpOut         *ebpf.Map `ebpf:"obsd_tcp_out"`
 	ObsdTcpReceivers   *ebpf.Map `ebpf:"obsd_tcp_receivers"`
 	ObsdTcpSocks       *ebpf.Map `ebpf:"obsd_tcp_socks"`
 }
@@ -148,7 +163,9 @@ func (m *bpfMaps) Close() error {
 		m.ObsdTcpAdopt,
 		m.ObsdTcpAdoptListen,
 		m.ObsdTcpHdrMark,
+		m.ObsdTcpHdrSeen,
 		m.ObsdTcpKeys,
+		m.ObsdTcpOut,
 		m.ObsdTcpReceivers,
 		m.ObsdTcpSocks,
 	)

@@ -239,13 +239,12 @@ type bpfTcpctxKey struct {
 }
 
 type bpfTcpctxOut struct {
-	_           structs.HostLayout
-	TraceId     [16]uint8
-	SpanId      [8]uint8
-	Flags       uint8
-	HeaderTried uint8
-	Pad         [2]uint8
-	Tgid        uint32
+	_       structs.HostLayout
+	TraceId [16]uint8
+	SpanId  [8]uint8
+	Flags   uint8
+	Pad     [3]uint8
+	Tgid    uint32
 }
 
 // Names of all BPF objects in the ELF.

@@ -158,7 +158,7 @@ func TestHeadersAcrossServices(t *testing.T) {
 	}
 	o := e2e.StartObsd(t, obsdBin, otlp, "--pid", strconv.Itoa(a.PID()), "--pid", strconv.Itoa(b.PID()), "--pid", strconv.Itoa(c.PID()),
 		"--propagate=headers", "--traces", "otlp", "--keep-slow=0", "--keep-errors=false")
-	o.WaitScrape(t, 10*time.Second, "A, B and C instrumented", func(f map[string]*dto.MetricFamily) bool {
+	o.WaitScrape(t, 60*time.Second, "A, B and C instrumented", func(f map[string]*dto.MetricFamily) bool {
 		return e2e.Sum(f, "obsd_instrumented_processes", nil) == 3
 	})
 
