@@ -49,7 +49,7 @@ enum tcpctx_counter {
 	TCPCTX_HDR_PRESENT,     /* requests that already carried one: left as they were */
 	TCPCTX_HDR_NOT_HTTP1,   /* a context whose first message was not an HTTP/1.x request head (HTTP/2, TLS, ...) */
 	TCPCTX_HDR_TOO_LONG,    /* a request head not whole in its first message's first 4 KiB: left as it was */
-	TCPCTX_HDR_FAILED,      /* the kernel could not make room (bpf_msg_pull_data/push_data): left as it was */
+	TCPCTX_HDR_FAILED,      /* no room: send buffer or TCP memory too tight, or pull/push failed: left as it was */
 	TCPCTX_HDR_RACED,       /* the scan buffer was reused mid-scan on this CPU: left as it was */
 	TCPCTX_SOCKS_FAILED,    /* a sender's connection that could not join obsd_tcp_socks: no headers on it */
 	TCPCTX_CNT_MAX,

@@ -47,7 +47,7 @@ func NewCollector(src counterSource, log *slog.Logger) *Collector {
 		headerSkips: prometheus.NewDesc("obsd_trace_headers_skipped_total",
 			"Outgoing requests with a trace context that got no traceparent header, by reason: already_present (the request carried one), "+
 				"not_http1 (HTTP/2, TLS or another protocol), head_too_long (the head was not whole in the first 4 KiB of its first write), "+
-				"no_room (the kernel could not extend the message), raced (the scan was disturbed on its CPU).", []string{"reason"}, nil),
+				"no_room (a send buffer too full, TCP memory pressure, or the kernel could not extend the message), raced (the scan was disturbed on its CPU).", []string{"reason"}, nil),
 	}
 }
 
