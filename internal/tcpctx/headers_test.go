@@ -50,23 +50,7 @@ func tpLine(c Context) string {
 // head that lacks one, in the first message after the context only, and
 // nothing else changes, ever.
 func TestHeaders(t *testing.T) {
-	e2e.RequireRoot(t)
-	p, err := Open(Options{Headers: true, NoOptions: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := p.Close(); err != nil {
-			t.Errorf("closing: %v", err)
-		}
-	})
-	if err := p.AddSender(uint32(os.Getpid())); err != nil {
-		t.Fatal(err)
-	}
-	self, err := NetnsOf(os.Getpid())
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, self := openHeaders(t)
 	head := "GET /a?b=c HTTP/1.1\r\nHost: x\r\nUser-Agent: Go-http-client/1.1\r\n\r\n"
 	post := "POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\nGET / HTTP/1.1\r\n\r\nxx"
 	long := "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 4100) + "\r\n\r\n"
@@ -164,24 +148,9 @@ func TestHeadersAdopt(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	p, err := Open(Options{Headers: true, NoOptions: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := p.Close(); err != nil {
-			t.Errorf("closing: %v", err)
-		}
-	})
+	p, self := openHeaders(t)
 	if err := p.AdoptErr(); err != nil {
 		t.Fatalf("this kernel (6.12+) should adopt: %v", err)
-	}
-	if err := p.AddSender(uint32(os.Getpid())); err != nil {
-		t.Fatal(err)
-	}
-	self, err := NetnsOf(os.Getpid())
-	if err != nil {
-		t.Fatal(err)
 	}
 	conn := Conn{Netns: self, Local: addrPort(c.LocalAddr()), Remote: addrPort(c.RemoteAddr())}
 	head := "GET /x HTTP/1.1\r\nHost: x\r\n\r\n"
