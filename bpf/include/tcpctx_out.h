@@ -34,4 +34,23 @@ struct {
 	__type(value, struct tcpctx_out);
 } obsd_tcp_out SEC(".maps");
 
+/* An HTTP/2 stream's outgoing context, for the header injector: the
+ * stream's HEADERS frame may leave in one message with other streams' (a
+ * gRPC writer batches them), so the connection's latest context is not
+ * enough. Written by the stream sites (HTTP/2 and gRPC clients) with
+ * --propagate=headers, deleted by the injector when the frame passes; an
+ * LRU, so that the streams of connections it never sees (TLS) age out. */
+struct tcpctx_stream_key {
+	struct tcpctx_key conn;
+	__u32 sid;       /* HTTP/2 stream ID */
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, TCPCTX_MAX_CONNS);
+	__type(key, struct tcpctx_stream_key);
+	__type(value, struct tcpctx_out);
+} obsd_tcp_streams SEC(".maps");
+
 #endif

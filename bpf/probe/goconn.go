@@ -14,8 +14,9 @@ const TCPPropagateConst = "tcp_propagate"
 const TCPStreamsWhen = "tcp_streams"
 
 // TCPMaps are the maps a probe including goconn.h shares with
-// internal/tcpctx's sock_ops program (its MapOut, MapIn and MapSenders).
-var TCPMaps = []string{"obsd_tcp_out", "obsd_tcp_in", "obsd_tcp_senders"}
+// internal/tcpctx's sock_ops program (its MapOut, MapStreams, MapIn and
+// MapSenders).
+var TCPMaps = []string{"obsd_tcp_out", "obsd_tcp_streams", "obsd_tcp_in", "obsd_tcp_senders"}
 
 // TCPConnConsts are the offsets goconn.h needs to form a connection's key
 // from a net.Conn holding a *net.TCPConn (or a *crypto/tls.Conn over one):

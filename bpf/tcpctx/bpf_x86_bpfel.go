@@ -13,6 +13,18 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type bpfH2Conn struct {
+	_       structs.HostLayout
+	NextSeq uint32
+	Skip    uint32
+	MaxSid  uint32
+	Part    [9]uint8
+	Npart   uint8
+	Mode    uint8
+	Named   uint8
+	Pad     [4]uint8
+}
+
 type bpfHdrBuf struct {
 	_     structs.HostLayout
 	Owner uint64
@@ -37,7 +49,8 @@ const (
 	bpfTcpctxCounterTCPCTX_HDR_FAILED    bpfTcpctxCounter = 12
 	bpfTcpctxCounterTCPCTX_HDR_RACED     bpfTcpctxCounter = 13
 	bpfTcpctxCounterTCPCTX_SOCKS_FAILED  bpfTcpctxCounter = 14
-	bpfTcpctxCounterTCPCTX_CNT_MAX       bpfTcpctxCounter = 15
+	bpfTcpctxCounterTCPCTX_HDR_H2LOST    bpfTcpctxCounter = 15
+	bpfTcpctxCounterTCPCTX_CNT_MAX       bpfTcpctxCounter = 16
 )
 
 type bpfTcpctxIn struct {
@@ -76,11 +89,19 @@ type bpfTcpctxRxKey struct {
 	Pad   uint16
 }
 
+type bpfTcpctxStreamKey struct {
+	_    structs.HostLayout
+	Conn bpfTcpctxKey
+	Sid  uint32
+	Pad  uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	bpfMapObsdTcpCounters    = "obsd_tcp_counters"
+	bpfMapObsdTcpH2          = "obsd_tcp_h2"
 	bpfMapObsdTcpHdrBuf      = "obsd_tcp_hdr_buf"
 	bpfMapObsdTcpHdrMark     = "obsd_tcp_hdr_mark"
 	bpfMapObsdTcpHdrSeen     = "obsd_tcp_hdr_seen"
@@ -90,6 +111,7 @@ const (
 	bpfMapObsdTcpReceivers   = "obsd_tcp_receivers"
 	bpfMapObsdTcpSenders     = "obsd_tcp_senders"
 	bpfMapObsdTcpSocks       = "obsd_tcp_socks"
+	bpfMapObsdTcpStreams     = "obsd_tcp_streams"
 	bpfProgObsdTcpctx        = "obsd_tcpctx"
 	bpfProgObsdTcpctxHeaders = "obsd_tcpctx_headers"
 	bpfVarInjectHeaders      = "inject_headers"
@@ -147,6 +169,7 @@ type bpfProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
 	ObsdTcpCounters  *ebpf.MapSpec `ebpf:"obsd_tcp_counters"`
+	ObsdTcpH2        *ebpf.MapSpec `ebpf:"obsd_tcp_h2"`
 	ObsdTcpHdrBuf    *ebpf.MapSpec `ebpf:"obsd_tcp_hdr_buf"`
 	ObsdTcpHdrMark   *ebpf.MapSpec `ebpf:"obsd_tcp_hdr_mark"`
 	ObsdTcpHdrSeen   *ebpf.MapSpec `ebpf:"obsd_tcp_hdr_seen"`
@@ -156,6 +179,7 @@ type bpfMapSpecs struct {
 	ObsdTcpReceivers *ebpf.MapSpec `ebpf:"obsd_tcp_receivers"`
 	ObsdTcpSenders   *ebpf.MapSpec `ebpf:"obsd_tcp_senders"`
 	ObsdTcpSocks     *ebpf.MapSpec `ebpf:"obsd_tcp_socks"`
+	ObsdTcpStreams   *ebpf.MapSpec `ebpf:"obsd_tcp_streams"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -187,6 +211,7 @@ func (o *bpfObjects) Close() error {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
 	ObsdTcpCounters  *ebpf.Map `ebpf:"obsd_tcp_counters"`
+	ObsdTcpH2        *ebpf.Map `ebpf:"obsd_tcp_h2"`
 	ObsdTcpHdrBuf    *ebpf.Map `ebpf:"obsd_tcp_hdr_buf"`
 	ObsdTcpHdrMark   *ebpf.Map `ebpf:"obsd_tcp_hdr_mark"`
 	ObsdTcpHdrSeen   *ebpf.Map `ebpf:"obsd_tcp_hdr_seen"`
@@ -196,11 +221,13 @@ type bpfMaps struct {
 	ObsdTcpReceivers *ebpf.Map `ebpf:"obsd_tcp_receivers"`
 	ObsdTcpSenders   *ebpf.Map `ebpf:"obsd_tcp_senders"`
 	ObsdTcpSocks     *ebpf.Map `ebpf:"obsd_tcp_socks"`
+	ObsdTcpStreams   *ebpf.Map `ebpf:"obsd_tcp_streams"`
 }
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.ObsdTcpCounters,
+		m.ObsdTcpH2,
 		m.ObsdTcpHdrBuf,
 		m.ObsdTcpHdrMark,
 		m.ObsdTcpHdrSeen,
@@ -210,6 +237,7 @@ func (m *bpfMaps) Close() error {
 		m.ObsdTcpReceivers,
 		m.ObsdTcpSenders,
 		m.ObsdTcpSocks,
+		m.ObsdTcpStreams,
 	)
 }
 

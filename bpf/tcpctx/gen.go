@@ -4,7 +4,7 @@
 // both). internal/tcpctx loads and attaches it.
 package tcpctx
 
-//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror" -target amd64 -type tcpctx_key -type tcpctx_out -type tcpctx_in -type tcpctx_rx_key -type tcpctx_counter bpf tcpctx.bpf.c -- -I../include -I/usr/include/x86_64-linux-gnu
+//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror" -target amd64 -type tcpctx_key -type tcpctx_out -type tcpctx_stream_key -type tcpctx_in -type tcpctx_rx_key -type tcpctx_counter bpf tcpctx.bpf.c -- -I../include -I/usr/include/x86_64-linux-gnu
 
 // Load returns the collection spec of the programs "obsd_tcpctx" (sock_ops)
 // and "obsd_tcpctx_headers" (sk_msg) and their maps.
@@ -12,11 +12,12 @@ var Load = loadBpf
 
 // The C types of tcpctx.h and the counter indexes, for internal/tcpctx.
 type (
-	Key     = bpfTcpctxKey
-	Out     = bpfTcpctxOut
-	In      = bpfTcpctxIn
-	RxKey   = bpfTcpctxRxKey
-	Counter = bpfTcpctxCounter
+	Key       = bpfTcpctxKey
+	Out       = bpfTcpctxOut
+	StreamKey = bpfTcpctxStreamKey
+	In        = bpfTcpctxIn
+	RxKey     = bpfTcpctxRxKey
+	Counter   = bpfTcpctxCounter
 )
 
 // Counter indexes (enum tcpctx_counter).
@@ -36,5 +37,6 @@ const (
 	CounterHdrFailed   = bpfTcpctxCounterTCPCTX_HDR_FAILED
 	CounterHdrRaced    = bpfTcpctxCounterTCPCTX_HDR_RACED
 	CounterSocksFailed = bpfTcpctxCounterTCPCTX_SOCKS_FAILED
+	CounterHdrH2Lost   = bpfTcpctxCounterTCPCTX_HDR_H2LOST
 	NumCounters        = int(bpfTcpctxCounterTCPCTX_CNT_MAX)
 )

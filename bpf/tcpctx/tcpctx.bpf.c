@@ -52,6 +52,7 @@ enum tcpctx_counter {
 	TCPCTX_HDR_FAILED,      /* no room: send buffer or TCP memory too tight, or pull/push failed: left as it was */
 	TCPCTX_HDR_RACED,       /* the scan buffer was reused mid-scan on this CPU: left as it was */
 	TCPCTX_SOCKS_FAILED,    /* a sender's connection that could not join obsd_tcp_socks: no headers on it */
+	TCPCTX_HDR_H2_LOST,     /* an HTTP/2 connection whose frames the injector lost track of: no headers on it from then on */
 	TCPCTX_CNT_MAX,
 };
 
@@ -83,6 +84,11 @@ struct sock {
 	struct sock_common __sk_common;
 	int sk_sndbuf;
 	int sk_wmem_queued;
+} __attribute__((preserve_access_index));
+struct tcp_sock {
+	__u64 bytes_sent; /* data bytes sent, retransmissions included */
+	__u32 snd_nxt;
+	__u32 write_seq;  /* sequence number after the last byte queued */
 } __attribute__((preserve_access_index));
 
 /* The wire option. */
@@ -630,14 +636,12 @@ undo:
 	return bpf_msg_pop_data(msg, at, TP_LINE, 0) == 0 ? -1 : -2;
 }
 
-SEC("sk_msg")
-int obsd_tcpctx_headers(struct sk_msg_md *msg)
+/* http1 handles a message of a connection that is not HTTP/2 with prior
+ * knowledge: HTTP/1.x, TLS, or one whose frames were lost track of. */
+__noinline int http1(struct sk_msg_md *msg, struct tcpctx_key *k)
 {
 	struct bpf_sock *sk = msg->sk;
-	if (!sk)
-		return SK_PASS;
-	struct tcpctx_key *k = bpf_sk_storage_get(&obsd_tcp_keys, sk, 0, 0);
-	if (!k)
+	if (!sk || !k)
 		return SK_PASS;
 	struct tcpctx_out *v = bpf_map_lookup_elem(&obsd_tcp_out, k);
 	if (!v)
@@ -716,4 +720,23 @@ int obsd_tcpctx_headers(struct sk_msg_md *msg)
 	}
 	count(TCPCTX_HDR_INJECTED);
 	return SK_PASS;
+}
+
+#include "h2.h"
+
+SEC("sk_msg")
+int obsd_tcpctx_headers(struct sk_msg_md *msg)
+{
+	struct bpf_sock *sk = msg->sk;
+	if (!sk)
+		return SK_PASS;
+	struct tcpctx_key *k = bpf_sk_storage_get(&obsd_tcp_keys, sk, 0, 0);
+	if (!k)
+		return SK_PASS;
+	struct h2_conn *h = bpf_sk_storage_get(&obsd_tcp_h2, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (h && h->mode == H2_UNSEEN)
+		h2_first(msg, sk, h);
+	if (h && h->mode == H2_ON)
+		return h2_message(msg, h, k);
+	return http1(msg, k);
 }

@@ -64,7 +64,7 @@ func loadAdopter(shared *bpfObjects, o Options) (*adopter, error) {
 	}
 	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{"obsd_tcp_receivers": shared.Receivers,
 		"obsd_tcp_keys": shared.Keys, "obsd_tcp_socks": shared.Socks, "obsd_tcp_hdr_mark": shared.HdrMark,
-		"obsd_tcp_hdr_seen": shared.HdrSeen, "obsd_tcp_out": shared.Out}}
+		"obsd_tcp_hdr_seen": shared.HdrSeen, "obsd_tcp_out": shared.Out, "obsd_tcp_streams": shared.Streams}}
 	if err := spec.LoadAndAssign(&objs, opts); err != nil {
 		return nil, errors.Join(ErrAdoptUnsupported, fmt.Errorf("loading the adopt iterator: %w", err))
 	}

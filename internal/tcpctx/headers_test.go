@@ -73,8 +73,6 @@ func TestHeaders(t *testing.T) {
 		{name: "traceparent already there, any case", writes: []string{"GET / HTTP/1.1\r\nTraceParent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\nHost: x\r\n\r\n"}, at: -1,
 			reason: func(c Counters) uint64 { return c.HeadersPresent }},
 		{name: "no context", writes: []string{head}, noCtx: true, at: -1},
-		{name: "HTTP/2 preface", writes: []string{"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"}, at: -1,
-			reason: func(c Counters) uint64 { return c.HeadersNotHTTP1 }},
 		{name: "TLS-like bytes", writes: []string{"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + strings.Repeat("\x00", 40)}, at: -1,
 			reason: func(c Counters) uint64 { return c.HeadersNotHTTP1 }},
 		{name: "bare LF lines", writes: []string{"GET / HTTP/1.1\nHost: x\n\n"}, at: -1,

@@ -43,10 +43,12 @@ func NewCollector(src counterSource, log *slog.Logger) *Collector {
 		readErrors: prometheus.NewDesc("obsd_tcp_context_read_errors_total",
 			"Scrapes that could not read the TCP context program's counters.", nil, nil),
 		headers: prometheus.NewDesc("obsd_trace_headers_injected_total",
-			"Outgoing HTTP/1.x requests given a traceparent header (--propagate=headers).", nil, nil),
+			"Outgoing HTTP/1.x, HTTP/2 and gRPC requests (without TLS) given a traceparent header (--propagate=headers).", nil, nil),
 		headerSkips: prometheus.NewDesc("obsd_trace_headers_skipped_total",
-			"Outgoing requests with a trace context that got no traceparent header, by reason: already_present (the request carried one), "+
-				"not_http1 (HTTP/2, TLS or another protocol), head_too_long (the head was not whole in the first 4 KiB of its first write), "+
+			"Outgoing requests with a trace context that got no traceparent header, by reason: already_present (the request carried one; "+
+				"HTTP/2: or an earlier request on its connection named traceparent in HPACK's dynamic table), "+
+				"not_http1 (TLS, another protocol, or HTTP/2 on a connection not seen from its first byte), "+
+				"head_too_long (the head or HTTP/2 header block was not whole in the first 4 KiB of its write, or its frame would outgrow 16 KiB), "+
 				"no_room (a send buffer too full, TCP memory pressure, or the kernel could not extend the message), raced (the scan was disturbed on its CPU).", []string{"reason"}, nil),
 	}
 }
@@ -80,6 +82,7 @@ func anomalyReasons(n Counters) []reasonCount {
 		{"callbacks_refused", n.FlagsFailed},
 		{"netns_unreadable", n.NetnsUnreadable},
 		{"header_injector_refused", n.HeadersSockFailed},
+		{"http2_frames_lost", n.HeadersLost},
 	}
 }
 

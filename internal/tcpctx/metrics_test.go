@@ -20,7 +20,7 @@ type fakeCounters struct {
 func (f *fakeCounters) Counters() (Counters, error) { return f.n, f.err }
 
 func TestCollector(t *testing.T) {
-	src := &fakeCounters{n: Counters{Written: 7, Parsed: 5, LostNoSpace: 2, Malformed: 1}}
+	src := &fakeCounters{n: Counters{Written: 7, Parsed: 5, LostNoSpace: 2, Malformed: 1, HeadersLost: 4}}
 	var logs bytes.Buffer
 	c := NewCollector(src, slog.New(slog.NewTextHandler(&logs, nil)))
 	want := `
@@ -28,6 +28,7 @@ func TestCollector(t *testing.T) {
 # TYPE obsd_tcp_context_anomalies_total counter
 obsd_tcp_context_anomalies_total{reason="callbacks_refused"} 0
 obsd_tcp_context_anomalies_total{reason="header_injector_refused"} 0
+obsd_tcp_context_anomalies_total{reason="http2_frames_lost"} 4
 obsd_tcp_context_anomalies_total{reason="malformed_option"} 1
 obsd_tcp_context_anomalies_total{reason="netns_unreadable"} 0
 # HELP obsd_tcp_context_lost_total Trace contexts that did not cross a TCP connection, by reason.
@@ -48,10 +49,11 @@ obsd_tcp_context_read_errors_total 0
 			t.Fatal(err)
 		}
 	}
-	if got := strings.Count(logs.String(), "\n"); got != 2 {
-		t.Fatalf("want the two non-zero reasons logged once each, got:\n%s", logs.String())
+	if got := strings.Count(logs.String(), "\n"); got != 3 {
+		t.Fatalf("want the three non-zero reasons logged once each, got:\n%s", logs.String())
 	}
-	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "reason=no_option_space") || !strings.Contains(logs.String(), "reason=malformed_option") {
+	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "reason=no_option_space") ||
+		!strings.Contains(logs.String(), "reason=malformed_option") || !strings.Contains(logs.String(), "reason=http2_frames_lost") {
 		t.Fatalf("logs:\n%s", logs.String())
 	}
 	src.err = errors.New("boom")
@@ -86,7 +88,7 @@ func TestCollectorHeaders(t *testing.T) {
 	}
 	src.n.Headers = true
 	want := `
-# HELP obsd_trace_headers_injected_total Outgoing HTTP/1.x requests given a traceparent header (--propagate=headers).
+# HELP obsd_trace_headers_injected_total Outgoing HTTP/1.x, HTTP/2 and gRPC requests (without TLS) given a traceparent header (--propagate=headers).
 # TYPE obsd_trace_headers_injected_total counter
 obsd_trace_headers_injected_total 9
 `

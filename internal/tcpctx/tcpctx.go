@@ -57,6 +57,7 @@ const (
 	MapOut     = "obsd_tcp_out"
 	MapIn      = "obsd_tcp_in"
 	MapSenders = "obsd_tcp_senders"
+	MapStreams = "obsd_tcp_streams"
 )
 
 // ErrNoCgroupV2 means no cgroup v2 hierarchy is mounted.
@@ -114,11 +115,12 @@ type Counters struct {
 	Headers           bool // the header injector is on (the fields below mean something)
 	HeadersInjected   uint64
 	HeadersPresent    uint64 // the request carried a traceparent already
-	HeadersNotHTTP1   uint64 // the context's first message was not an HTTP/1.x request head (HTTP/2, TLS)
-	HeadersTooLong    uint64 // the head was not whole in the first 4 KiB of its first message
+	HeadersNotHTTP1   uint64 // the context's first message was not an HTTP/1.x request head (TLS, HTTP/2 not from its first byte)
+	HeadersTooLong    uint64 // the head (HTTP/2: header block) was not whole in the first 4 KiB of its message
 	HeadersFailed     uint64 // the kernel could not make room in the message
 	HeadersRaced      uint64 // the scan buffer was reused mid-scan (a preempted sender)
 	HeadersSockFailed uint64 // connections that could not get the header injector
+	HeadersLost       uint64 // HTTP/2 connections whose frames the injector lost track of (a partial send): no headers on them since
 }
 
 // Options configure Open. The zero value attaches at the host's cgroup v2
@@ -158,6 +160,7 @@ type hdrObjects struct {
 type bpfObjects struct {
 	Prog      *ebpf.Program `ebpf:"obsd_tcpctx"`
 	Out       *ebpf.Map     `ebpf:"obsd_tcp_out"`
+	Streams   *ebpf.Map     `ebpf:"obsd_tcp_streams"`
 	In        *ebpf.Map     `ebpf:"obsd_tcp_in"`
 	Senders   *ebpf.Map     `ebpf:"obsd_tcp_senders"`
 	Receivers *ebpf.Map     `ebpf:"obsd_tcp_receivers"`
@@ -171,7 +174,7 @@ type bpfObjects struct {
 
 func (o *bpfObjects) close() error {
 	var errs []error
-	for _, c := range []io.Closer{o.Prog, o.Out, o.In, o.Senders, o.Receivers, o.Counters, o.Keys, o.Socks, o.HdrMark, o.HdrSeen} {
+	for _, c := range []io.Closer{o.Prog, o.Out, o.Streams, o.In, o.Senders, o.Receivers, o.Counters, o.Keys, o.Socks, o.HdrMark, o.HdrSeen} {
 		if c != nil {
 			errs = append(errs, c.Close())
 		}
@@ -275,11 +278,12 @@ func (p *Propagator) closeObjs() error {
 // Cgroup is the cgroup v2 directory the program is attached at.
 func (p *Propagator) Cgroup() string { return p.cgroup }
 
-// Maps returns obsd_tcp_out, obsd_tcp_in and obsd_tcp_senders by name, for
-// a probe's ebpf.CollectionOptions.MapReplacements (its object declares
-// them through bpf/include/tcpctx.h).
+// Maps returns obsd_tcp_out, obsd_tcp_streams, obsd_tcp_in and
+// obsd_tcp_senders by name, for a probe's
+// ebpf.CollectionOptions.MapReplacements (its object declares them through
+// bpf/include/tcpctx.h).
 func (p *Propagator) Maps() map[string]*ebpf.Map {
-	return map[string]*ebpf.Map{MapOut: p.objs.Out, MapIn: p.objs.In, MapSenders: p.objs.Senders}
+	return map[string]*ebpf.Map{MapOut: p.objs.Out, MapStreams: p.objs.Streams, MapIn: p.objs.In, MapSenders: p.objs.Senders}
 }
 
 // AddSender lets the process tgid (as the host's pid namespace numbers it)
@@ -358,6 +362,17 @@ func (p *Propagator) SetOutgoing(c Conn, ctx Context) error {
 	return nil
 }
 
+// SetOutgoingStream gives HTTP/2 stream sid of c the context ctx for the
+// header injector (what an HTTP/2 or gRPC client probe does before the
+// stream's HEADERS frame is written); the injector consumes it.
+func (p *Propagator) SetOutgoingStream(c Conn, sid uint32, ctx Context) error {
+	v := bpf.Out{TraceId: ctx.TraceID, SpanId: ctx.SpanID, Flags: ctx.Flags}
+	if err := p.objs.Streams.Put(bpf.StreamKey{Conn: key(c), Sid: sid}, v); err != nil {
+		return fmt.Errorf("setting the outgoing context of stream %d of %v: %w", sid, c, err)
+	}
+	return nil
+}
+
 // ClearOutgoing stops c's segments carrying a context.
 func (p *Propagator) ClearOutgoing(c Conn) error {
 	if err := p.objs.Out.Delete(key(c)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -413,6 +428,7 @@ func (p *Propagator) Counters() (Counters, error) {
 		HeadersFailed:     sums[bpf.CounterHdrFailed],
 		HeadersRaced:      sums[bpf.CounterHdrRaced],
 		HeadersSockFailed: sums[bpf.CounterSocksFailed],
+		HeadersLost:       sums[bpf.CounterHdrH2Lost],
 	}, nil
 }
 

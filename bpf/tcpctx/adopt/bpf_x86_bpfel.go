@@ -38,6 +38,13 @@ type bpfTcpctxRxKey struct {
 	Pad   uint16
 }
 
+type bpfTcpctxStreamKey struct {
+	_    structs.HostLayout
+	Conn bpfTcpctxKey
+	Sid  uint32
+	Pad  uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -50,6 +57,7 @@ const (
 	bpfMapObsdTcpOut         = "obsd_tcp_out"
 	bpfMapObsdTcpReceivers   = "obsd_tcp_receivers"
 	bpfMapObsdTcpSocks       = "obsd_tcp_socks"
+	bpfMapObsdTcpStreams     = "obsd_tcp_streams"
 	bpfProgObsdTcpAdoptIter  = "obsd_tcp_adopt_iter"
 	bpfVarAdopted            = "adopted"
 	bpfVarFailed             = "failed"
@@ -115,6 +123,7 @@ type bpfMapSpecs struct {
 	ObsdTcpOut         *ebpf.MapSpec `ebpf:"obsd_tcp_out"`
 	ObsdTcpReceivers   *ebpf.MapSpec `ebpf:"obsd_tcp_receivers"`
 	ObsdTcpSocks       *ebpf.MapSpec `ebpf:"obsd_tcp_socks"`
+	ObsdTcpStreams     *ebpf.MapSpec `ebpf:"obsd_tcp_streams"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -156,6 +165,7 @@ type bpfMaps struct {
 	ObsdTcpOut         *ebpf.Map `ebpf:"obsd_tcp_out"`
 	ObsdTcpReceivers   *ebpf.Map `ebpf:"obsd_tcp_receivers"`
 	ObsdTcpSocks       *ebpf.Map `ebpf:"obsd_tcp_socks"`
+	ObsdTcpStreams     *ebpf.Map `ebpf:"obsd_tcp_streams"`
 }
 
 func (m *bpfMaps) Close() error {
@@ -168,6 +178,7 @@ func (m *bpfMaps) Close() error {
 		m.ObsdTcpOut,
 		m.ObsdTcpReceivers,
 		m.ObsdTcpSocks,
+		m.ObsdTcpStreams,
 	)
 }
 
