@@ -18,6 +18,10 @@
 /* Set by the loader when obsd runs with --propagate=tcp and spans on; the
  * maps are then tcpctx's (MapReplacements), else tiny placeholders. */
 volatile const u8 tcp_propagate = 0;
+/* Set with tcp_propagate when the header injector runs (--propagate with
+ * headers): the stream sites then also give each HTTP/2 stream its
+ * context in obsd_tcp_streams. */
+volatile const u8 tcp_headers = 0;
 
 /* Field offsets (the target's DWARF, else the offsets table). */
 volatile const u64 off_conn_fd = OFF_NONE;      /* net.conn.fd, *netFD (TCPConn embeds conn first) */
@@ -77,6 +81,19 @@ static __always_inline int goconn_sender(u32 tgid)
 	return bpf_map_lookup_elem(&obsd_tcp_senders, &tgid) != 0;
 }
 
+/* goconn_value fills v with tc (W3C byte order) for process tgid. */
+static __always_inline void goconn_value(struct tcpctx_out *v, const struct trace_ctx *tc, u32 tgid)
+{
+	u64 w = __builtin_bswap64(tc->trace_hi);
+	__builtin_memcpy(v->trace_id, &w, 8);
+	w = __builtin_bswap64(tc->trace_lo);
+	__builtin_memcpy(v->trace_id + 8, &w, 8);
+	w = __builtin_bswap64(tc->span);
+	__builtin_memcpy(v->span_id, &w, 8);
+	v->flags = (tc->trace & TR_SAMPLED) ? TCPCTX_FLAG_SAMPLED : 0;
+	v->tgid = tgid;
+}
+
 /* goconn_out makes the connection k of process tgid (a sender) carry tc
  * (a CLIENT span's context, as its server's parent), or nothing when tc is
  * NULL or has no span. */
@@ -87,14 +104,7 @@ static __always_inline void goconn_out(struct tcpctx_key *k, const struct trace_
 		return;
 	}
 	struct tcpctx_out v = {};
-	u64 w = __builtin_bswap64(tc->trace_hi);
-	__builtin_memcpy(v.trace_id, &w, 8);
-	w = __builtin_bswap64(tc->trace_lo);
-	__builtin_memcpy(v.trace_id + 8, &w, 8);
-	w = __builtin_bswap64(tc->span);
-	__builtin_memcpy(v.span_id, &w, 8);
-	v.flags = (tc->trace & TR_SAMPLED) ? TCPCTX_FLAG_SAMPLED : 0;
-	v.tgid = tgid;
+	goconn_value(&v, tc, tgid);
 	if (bpf_map_update_elem(&obsd_tcp_out, k, &v, BPF_ANY) != 0)
 		count(CNT_TCPCTX_OUT_FULL);
 }
@@ -146,6 +156,22 @@ static __always_inline u64 goconn_stream_span(u64 span, u32 sid)
 	if (!(s & ~GOCONN_STREAM_MASK)) /* never a zero-looking high part */
 		s |= GOCONN_STREAM_MASK + 1;
 	return s;
+}
+
+/* goconn_out_stream makes the connection k of process tgid carry tc for
+ * HTTP/2 stream sid, whose span ID goconn_stream_span tagged: on the
+ * connection, for the TCP option, and for the stream, for the header
+ * injector, which may see several streams' HEADERS in one message. */
+static __always_inline void goconn_out_stream(struct tcpctx_key *k, u32 sid, const struct trace_ctx *tc, u32 tgid)
+{
+	goconn_out(k, tc, tgid);
+	if (!tcp_headers || !tc || !tc->span)
+		return;
+	struct tcpctx_stream_key sk = {.conn = *k, .sid = sid, ._pad = 0};
+	struct tcpctx_out v = {};
+	goconn_value(&v, tc, tgid);
+	if (bpf_map_update_elem(&obsd_tcp_streams, &sk, &v, BPF_ANY) != 0)
+		count(CNT_TCPCTX_OUT_FULL);
 }
 
 /* goconn_in_stream takes, into tc, the context that arrived on k if it is

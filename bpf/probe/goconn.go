@@ -6,11 +6,16 @@ package probe
 // Site whose When names it is attached only then.
 const TCPPropagateConst = "tcp_propagate"
 
+// TCPHeadersConst is the BPF constant (bpf/include/goconn.h) the loader
+// sets with TCPPropagateConst when the traceparent header injector runs
+// (--propagate with headers): the stream sites then also hand each HTTP/2
+// stream's context to it.
+const TCPHeadersConst = "tcp_headers"
+
 // TCPStreamsWhen is a Site.When for sites that tag an HTTP/2 or gRPC
-// stream's context: attached only when the TCP option carries context
-// (--propagate with tcp), the one mechanism that reads the stream's tag;
-// the header injector (headers alone) needs only the HTTP/1 site. Not a BPF
-// constant: the loader answers it.
+// stream's context: attached when the TCP option (--propagate with tcp)
+// or the header injector (with headers) carries it. Not a BPF constant:
+// the loader answers it.
 const TCPStreamsWhen = "tcp_streams"
 
 // TCPMaps are the maps a probe including goconn.h shares with

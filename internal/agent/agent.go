@@ -251,6 +251,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		DurationBuckets: prom.DurationBuckets,
 		TCPMaps:         tcpMaps,
 		TCPNoOption:     !cfg.Propagate.Has(propagate.TCP),
+		TCPHeaders:      hdrRes.State == propagate.Active,
 	})
 	if err != nil {
 		a.closeTCP()

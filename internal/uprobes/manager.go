@@ -105,10 +105,11 @@ type Options struct {
 	// set too. Nil: those probes' copies are one-entry placeholders and
 	// their When-TCP sites are not attached.
 	TCPMaps map[string]*ebpf.Map
-	// TCPNoOption says the TCP option is off (--propagate=headers alone):
-	// the stream sites (probe.TCPStreamsWhen), whose tag only the option
-	// carries, are not attached.
-	TCPNoOption bool
+	// TCPNoOption says the TCP option is off (--propagate=headers alone);
+	// TCPHeaders, that the header injector runs (probe.TCPHeadersConst).
+	// The stream sites (probe.TCPStreamsWhen) are attached when either
+	// carries what they write.
+	TCPNoOption, TCPHeaders bool
 }
 
 // Manager attaches probes to processes. Methods are safe for concurrent use.
@@ -119,9 +120,10 @@ type Manager struct {
 	// constants (see Options).
 	parentBased, keepErrors bool
 	keepSlow                time.Duration
-	// tcp is TCPPropagateConst: TCPMaps given and spans on; tcpStreams,
-	// TCPStreamsWhen: tcp and the option on.
-	tcp, tcpStreams bool
+	// tcp is TCPPropagateConst: TCPMaps given and spans on; tcpHeaders,
+	// TCPHeadersConst: tcp and the injector on; tcpStreams,
+	// TCPStreamsWhen: tcp and the option or the injector on.
+	tcp, tcpHeaders, tcpStreams bool
 	bounds          []uint64 // DurationBuckets in ns
 	log             *slog.Logger
 	offsets         *offsets.Table
@@ -248,7 +250,8 @@ func New(o Options) (*Manager, error) {
 		m.bounds = append(m.bounds, uint64(math.Round(b*1e9)))
 	}
 	m.tcp = o.Spans && o.TCPMaps != nil
-	m.tcpStreams = m.tcp && !o.TCPNoOption
+	m.tcpHeaders = m.tcp && o.TCPHeaders
+	m.tcpStreams = m.tcp && (!o.TCPNoOption || o.TCPHeaders)
 	for _, p := range o.Probes {
 		lp, err := loadProbe(p, m.shared, o.TCPMaps)
 		if err == nil {
@@ -763,6 +766,7 @@ func (m *Manager) loadProbeFor(bin *loadedBinary, info *inspect.Binary, lp *load
 		keepSlowConst:           uint64(m.keepSlow.Nanoseconds()),
 		keepErrorsConst:         m.keepErrors,
 		probe.TCPPropagateConst: m.tcp,
+		probe.TCPHeadersConst:   m.tcpHeaders,
 	} {
 		if _, ok := spec.Variables[name]; ok {
 			if err := set(name, v); err != nil {

@@ -49,6 +49,13 @@ type bpfTcpctxOut struct {
 	Tgid    uint32
 }
 
+type bpfTcpctxStreamKey struct {
+	_    structs.HostLayout
+	Conn bpfTcpctxKey
+	Sid  uint32
+	Pad  uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -56,6 +63,7 @@ const (
 	bpfMapObsdTcpIn      = "obsd_tcp_in"
 	bpfMapObsdTcpOut     = "obsd_tcp_out"
 	bpfMapObsdTcpSenders = "obsd_tcp_senders"
+	bpfMapObsdTcpStreams = "obsd_tcp_streams"
 	bpfMapResults        = "results"
 	bpfProgGoKey         = "go_key"
 )
@@ -112,6 +120,7 @@ type bpfMapSpecs struct {
 	ObsdTcpIn      *ebpf.MapSpec `ebpf:"obsd_tcp_in"`
 	ObsdTcpOut     *ebpf.MapSpec `ebpf:"obsd_tcp_out"`
 	ObsdTcpSenders *ebpf.MapSpec `ebpf:"obsd_tcp_senders"`
+	ObsdTcpStreams *ebpf.MapSpec `ebpf:"obsd_tcp_streams"`
 	Results        *ebpf.MapSpec `ebpf:"results"`
 }
 
@@ -144,6 +153,7 @@ type bpfMaps struct {
 	ObsdTcpIn      *ebpf.Map `ebpf:"obsd_tcp_in"`
 	ObsdTcpOut     *ebpf.Map `ebpf:"obsd_tcp_out"`
 	ObsdTcpSenders *ebpf.Map `ebpf:"obsd_tcp_senders"`
+	ObsdTcpStreams *ebpf.Map `ebpf:"obsd_tcp_streams"`
 	Results        *ebpf.Map `ebpf:"results"`
 }
 
@@ -152,6 +162,7 @@ func (m *bpfMaps) Close() error {
 		m.ObsdTcpIn,
 		m.ObsdTcpOut,
 		m.ObsdTcpSenders,
+		m.ObsdTcpStreams,
 		m.Results,
 	)
 }

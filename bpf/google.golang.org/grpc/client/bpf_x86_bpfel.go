@@ -192,6 +192,13 @@ type bpfTcpctxOut struct {
 	Tgid    uint32
 }
 
+type bpfTcpctxStreamKey struct {
+	_    structs.HostLayout
+	Conn bpfTcpctxKey
+	Sid  uint32
+	Pad  uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -203,6 +210,7 @@ const (
 	bpfMapObsdTcpIn                = "obsd_tcp_in"
 	bpfMapObsdTcpOut               = "obsd_tcp_out"
 	bpfMapObsdTcpSenders           = "obsd_tcp_senders"
+	bpfMapObsdTcpStreams           = "obsd_tcp_streams"
 	bpfMapRpcClientBudget          = "rpc_client_budget"
 	bpfMapRpcClientCalls           = "rpc_client_calls"
 	bpfMapRpcClientCtx             = "rpc_client_ctx"
@@ -256,6 +264,7 @@ const (
 	bpfVarSampleBound              = "sample_bound"
 	bpfVarStatusErrorFn            = "status_error_fn"
 	bpfVarStreamSiteVaddr          = "stream_site_vaddr"
+	bpfVarTcpHeaders               = "tcp_headers"
 	bpfVarTcpPropagate             = "tcp_propagate"
 	bpfVarUnusedCall               = "unused_call"
 	bpfVarUnusedCallKey            = "unused_call_key"
@@ -325,6 +334,7 @@ type bpfMapSpecs struct {
 	ObsdTcpIn            *ebpf.MapSpec `ebpf:"obsd_tcp_in"`
 	ObsdTcpOut           *ebpf.MapSpec `ebpf:"obsd_tcp_out"`
 	ObsdTcpSenders       *ebpf.MapSpec `ebpf:"obsd_tcp_senders"`
+	ObsdTcpStreams       *ebpf.MapSpec `ebpf:"obsd_tcp_streams"`
 	RpcClientBudget      *ebpf.MapSpec `ebpf:"rpc_client_budget"`
 	RpcClientCalls       *ebpf.MapSpec `ebpf:"rpc_client_calls"`
 	RpcClientCtx         *ebpf.MapSpec `ebpf:"rpc_client_ctx"`
@@ -381,6 +391,7 @@ type bpfVariableSpecs struct {
 	SampleBound              *ebpf.VariableSpec `ebpf:"sample_bound"`
 	StatusErrorFn            *ebpf.VariableSpec `ebpf:"status_error_fn"`
 	StreamSiteVaddr          *ebpf.VariableSpec `ebpf:"stream_site_vaddr"`
+	TcpHeaders               *ebpf.VariableSpec `ebpf:"tcp_headers"`
 	TcpPropagate             *ebpf.VariableSpec `ebpf:"tcp_propagate"`
 	UnusedCall               *ebpf.VariableSpec `ebpf:"unused_call"`
 	UnusedCallKey            *ebpf.VariableSpec `ebpf:"unused_call_key"`
@@ -419,6 +430,7 @@ type bpfMaps struct {
 	ObsdTcpIn            *ebpf.Map `ebpf:"obsd_tcp_in"`
 	ObsdTcpOut           *ebpf.Map `ebpf:"obsd_tcp_out"`
 	ObsdTcpSenders       *ebpf.Map `ebpf:"obsd_tcp_senders"`
+	ObsdTcpStreams       *ebpf.Map `ebpf:"obsd_tcp_streams"`
 	RpcClientBudget      *ebpf.Map `ebpf:"rpc_client_budget"`
 	RpcClientCalls       *ebpf.Map `ebpf:"rpc_client_calls"`
 	RpcClientCtx         *ebpf.Map `ebpf:"rpc_client_ctx"`
@@ -438,6 +450,7 @@ func (m *bpfMaps) Close() error {
 		m.ObsdTcpIn,
 		m.ObsdTcpOut,
 		m.ObsdTcpSenders,
+		m.ObsdTcpStreams,
 		m.RpcClientBudget,
 		m.RpcClientCalls,
 		m.RpcClientCtx,
@@ -495,6 +508,7 @@ type bpfVariables struct {
 	SampleBound              *ebpf.Variable `ebpf:"sample_bound"`
 	StatusErrorFn            *ebpf.Variable `ebpf:"status_error_fn"`
 	StreamSiteVaddr          *ebpf.Variable `ebpf:"stream_site_vaddr"`
+	TcpHeaders               *ebpf.Variable `ebpf:"tcp_headers"`
 	TcpPropagate             *ebpf.Variable `ebpf:"tcp_propagate"`
 	UnusedCall               *ebpf.Variable `ebpf:"unused_call"`
 	UnusedCallKey            *ebpf.Variable `ebpf:"unused_call_key"`

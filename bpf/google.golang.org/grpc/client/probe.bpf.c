@@ -301,7 +301,7 @@ int rpc_client_stream(struct pt_regs *ctx)
 	if (goconn_key(l + off_loopy_conn, load_bias(ctx, stream_site_vaddr), &k) != 0)
 		return 0;
 	c->tc.span = goconn_stream_span(c->tc.span, sid);
-	goconn_out(&k, &c->tc, tgid);
+	goconn_out_stream(&k, sid, &c->tc, tgid);
 	return 0;
 }
 

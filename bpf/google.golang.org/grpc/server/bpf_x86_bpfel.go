@@ -197,6 +197,13 @@ type bpfTcpctxOut struct {
 	Tgid    uint32
 }
 
+type bpfTcpctxStreamKey struct {
+	_    structs.HostLayout
+	Conn bpfTcpctxKey
+	Sid  uint32
+	Pad  uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -208,6 +215,7 @@ const (
 	bpfMapObsdTcpIn                = "obsd_tcp_in"
 	bpfMapObsdTcpOut               = "obsd_tcp_out"
 	bpfMapObsdTcpSenders           = "obsd_tcp_senders"
+	bpfMapObsdTcpStreams           = "obsd_tcp_streams"
 	bpfMapRpcServerBudget          = "rpc_server_budget"
 	bpfMapRpcServerInflight        = "rpc_server_inflight"
 	bpfMapRpcServerMetrics         = "rpc_server_metrics"
@@ -250,6 +258,7 @@ const (
 	bpfVarParentBased              = "parent_based"
 	bpfVarSampleBound              = "sample_bound"
 	bpfVarStartSiteVaddr           = "start_site_vaddr"
+	bpfVarTcpHeaders               = "tcp_headers"
 	bpfVarTcpPropagate             = "tcp_propagate"
 	bpfVarUnusedHist               = "unused_hist"
 	bpfVarUnusedInflight           = "unused_inflight"
@@ -318,6 +327,7 @@ type bpfMapSpecs struct {
 	ObsdTcpIn            *ebpf.MapSpec `ebpf:"obsd_tcp_in"`
 	ObsdTcpOut           *ebpf.MapSpec `ebpf:"obsd_tcp_out"`
 	ObsdTcpSenders       *ebpf.MapSpec `ebpf:"obsd_tcp_senders"`
+	ObsdTcpStreams       *ebpf.MapSpec `ebpf:"obsd_tcp_streams"`
 	RpcServerBudget      *ebpf.MapSpec `ebpf:"rpc_server_budget"`
 	RpcServerInflight    *ebpf.MapSpec `ebpf:"rpc_server_inflight"`
 	RpcServerMetrics     *ebpf.MapSpec `ebpf:"rpc_server_metrics"`
@@ -364,6 +374,7 @@ type bpfVariableSpecs struct {
 	ParentBased              *ebpf.VariableSpec `ebpf:"parent_based"`
 	SampleBound              *ebpf.VariableSpec `ebpf:"sample_bound"`
 	StartSiteVaddr           *ebpf.VariableSpec `ebpf:"start_site_vaddr"`
+	TcpHeaders               *ebpf.VariableSpec `ebpf:"tcp_headers"`
 	TcpPropagate             *ebpf.VariableSpec `ebpf:"tcp_propagate"`
 	UnusedHist               *ebpf.VariableSpec `ebpf:"unused_hist"`
 	UnusedInflight           *ebpf.VariableSpec `ebpf:"unused_inflight"`
@@ -402,6 +413,7 @@ type bpfMaps struct {
 	ObsdTcpIn            *ebpf.Map `ebpf:"obsd_tcp_in"`
 	ObsdTcpOut           *ebpf.Map `ebpf:"obsd_tcp_out"`
 	ObsdTcpSenders       *ebpf.Map `ebpf:"obsd_tcp_senders"`
+	ObsdTcpStreams       *ebpf.Map `ebpf:"obsd_tcp_streams"`
 	RpcServerBudget      *ebpf.Map `ebpf:"rpc_server_budget"`
 	RpcServerInflight    *ebpf.Map `ebpf:"rpc_server_inflight"`
 	RpcServerMetrics     *ebpf.Map `ebpf:"rpc_server_metrics"`
@@ -419,6 +431,7 @@ func (m *bpfMaps) Close() error {
 		m.ObsdTcpIn,
 		m.ObsdTcpOut,
 		m.ObsdTcpSenders,
+		m.ObsdTcpStreams,
 		m.RpcServerBudget,
 		m.RpcServerInflight,
 		m.RpcServerMetrics,
@@ -466,6 +479,7 @@ type bpfVariables struct {
 	ParentBased              *ebpf.Variable `ebpf:"parent_based"`
 	SampleBound              *ebpf.Variable `ebpf:"sample_bound"`
 	StartSiteVaddr           *ebpf.Variable `ebpf:"start_site_vaddr"`
+	TcpHeaders               *ebpf.Variable `ebpf:"tcp_headers"`
 	TcpPropagate             *ebpf.Variable `ebpf:"tcp_propagate"`
 	UnusedHist               *ebpf.Variable `ebpf:"unused_hist"`
 	UnusedInflight           *ebpf.Variable `ebpf:"unused_inflight"`

@@ -215,6 +215,13 @@ type bpfTcpctxOut struct {
 	Tgid    uint32
 }
 
+type bpfTcpctxStreamKey struct {
+	_    structs.HostLayout
+	Conn bpfTcpctxKey
+	Sid  uint32
+	Pad  uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -233,6 +240,7 @@ const (
 	bpfMapObsdTcpIn                 = "obsd_tcp_in"
 	bpfMapObsdTcpOut                = "obsd_tcp_out"
 	bpfMapObsdTcpSenders            = "obsd_tcp_senders"
+	bpfMapObsdTcpStreams            = "obsd_tcp_streams"
 	bpfProgHttpClientConn           = "http_client_conn"
 	bpfProgHttpClientEnd            = "http_client_end"
 	bpfProgHttpClientH2             = "http_client_h2"
@@ -294,6 +302,7 @@ const (
 	bpfVarParentBased               = "parent_based"
 	bpfVarSampleBound               = "sample_bound"
 	bpfVarStartSiteVaddr            = "start_site_vaddr"
+	bpfVarTcpHeaders                = "tcp_headers"
 	bpfVarTcpPropagate              = "tcp_propagate"
 	bpfVarUnusedGoidKey             = "unused_goid_key"
 	bpfVarUnusedHist                = "unused_hist"
@@ -372,6 +381,7 @@ type bpfMapSpecs struct {
 	ObsdTcpIn             *ebpf.MapSpec `ebpf:"obsd_tcp_in"`
 	ObsdTcpOut            *ebpf.MapSpec `ebpf:"obsd_tcp_out"`
 	ObsdTcpSenders        *ebpf.MapSpec `ebpf:"obsd_tcp_senders"`
+	ObsdTcpStreams        *ebpf.MapSpec `ebpf:"obsd_tcp_streams"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -435,6 +445,7 @@ type bpfVariableSpecs struct {
 	ParentBased               *ebpf.VariableSpec `ebpf:"parent_based"`
 	SampleBound               *ebpf.VariableSpec `ebpf:"sample_bound"`
 	StartSiteVaddr            *ebpf.VariableSpec `ebpf:"start_site_vaddr"`
+	TcpHeaders                *ebpf.VariableSpec `ebpf:"tcp_headers"`
 	TcpPropagate              *ebpf.VariableSpec `ebpf:"tcp_propagate"`
 	UnusedGoidKey             *ebpf.VariableSpec `ebpf:"unused_goid_key"`
 	UnusedHist                *ebpf.VariableSpec `ebpf:"unused_hist"`
@@ -481,6 +492,7 @@ type bpfMaps struct {
 	ObsdTcpIn             *ebpf.Map `ebpf:"obsd_tcp_in"`
 	ObsdTcpOut            *ebpf.Map `ebpf:"obsd_tcp_out"`
 	ObsdTcpSenders        *ebpf.Map `ebpf:"obsd_tcp_senders"`
+	ObsdTcpStreams        *ebpf.Map `ebpf:"obsd_tcp_streams"`
 }
 
 func (m *bpfMaps) Close() error {
@@ -499,6 +511,7 @@ func (m *bpfMaps) Close() error {
 		m.ObsdTcpIn,
 		m.ObsdTcpOut,
 		m.ObsdTcpSenders,
+		m.ObsdTcpStreams,
 	)
 }
 
@@ -563,6 +576,7 @@ type bpfVariables struct {
 	ParentBased               *ebpf.Variable `ebpf:"parent_based"`
 	SampleBound               *ebpf.Variable `ebpf:"sample_bound"`
 	StartSiteVaddr            *ebpf.Variable `ebpf:"start_site_vaddr"`
+	TcpHeaders                *ebpf.Variable `ebpf:"tcp_headers"`
 	TcpPropagate              *ebpf.Variable `ebpf:"tcp_propagate"`
 	UnusedGoidKey             *ebpf.Variable `ebpf:"unused_goid_key"`
 	UnusedHist                *ebpf.Variable `ebpf:"unused_hist"`

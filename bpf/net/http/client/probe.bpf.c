@@ -591,6 +591,6 @@ int http_client_h2(struct pt_regs *ctx)
 		return 0;
 	in->h2_tagged = 1;
 	in->tc.span = goconn_stream_span(in->tc.span, sid);
-	goconn_out(&k, &in->tc, tgid);
+	goconn_out_stream(&k, sid, &in->tc, tgid);
 	return 0;
 }

@@ -247,6 +247,13 @@ type bpfTcpctxOut struct {
 	Tgid    uint32
 }
 
+type bpfTcpctxStreamKey struct {
+	_    structs.HostLayout
+	Conn bpfTcpctxKey
+	Sid  uint32
+	Pad  uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -266,6 +273,7 @@ const (
 	bpfMapObsdTcpIn                 = "obsd_tcp_in"
 	bpfMapObsdTcpOut                = "obsd_tcp_out"
 	bpfMapObsdTcpSenders            = "obsd_tcp_senders"
+	bpfMapObsdTcpStreams            = "obsd_tcp_streams"
 	bpfMapRouteScratch              = "route_scratch"
 	bpfProgHttpServerClose          = "http_server_close"
 	bpfProgHttpServerEnd            = "http_server_end"
@@ -341,6 +349,7 @@ const (
 	bpfVarRodataStart               = "rodata_start"
 	bpfVarSampleBound               = "sample_bound"
 	bpfVarStartSiteVaddr            = "start_site_vaddr"
+	bpfVarTcpHeaders                = "tcp_headers"
 	bpfVarTcpPropagate              = "tcp_propagate"
 	bpfVarUnusedBudget              = "unused_budget"
 	bpfVarUnusedHttpServerEvent     = "unused_http_server_event"
@@ -428,6 +437,7 @@ type bpfMapSpecs struct {
 	ObsdTcpIn            *ebpf.MapSpec `ebpf:"obsd_tcp_in"`
 	ObsdTcpOut           *ebpf.MapSpec `ebpf:"obsd_tcp_out"`
 	ObsdTcpSenders       *ebpf.MapSpec `ebpf:"obsd_tcp_senders"`
+	ObsdTcpStreams       *ebpf.MapSpec `ebpf:"obsd_tcp_streams"`
 	RouteScratch         *ebpf.MapSpec `ebpf:"route_scratch"`
 }
 
@@ -499,6 +509,7 @@ type bpfVariableSpecs struct {
 	RodataStart               *ebpf.VariableSpec `ebpf:"rodata_start"`
 	SampleBound               *ebpf.VariableSpec `ebpf:"sample_bound"`
 	StartSiteVaddr            *ebpf.VariableSpec `ebpf:"start_site_vaddr"`
+	TcpHeaders                *ebpf.VariableSpec `ebpf:"tcp_headers"`
 	TcpPropagate              *ebpf.VariableSpec `ebpf:"tcp_propagate"`
 	UnusedBudget              *ebpf.VariableSpec `ebpf:"unused_budget"`
 	UnusedHttpServerEvent     *ebpf.VariableSpec `ebpf:"unused_http_server_event"`
@@ -548,6 +559,7 @@ type bpfMaps struct {
 	ObsdTcpIn            *ebpf.Map `ebpf:"obsd_tcp_in"`
 	ObsdTcpOut           *ebpf.Map `ebpf:"obsd_tcp_out"`
 	ObsdTcpSenders       *ebpf.Map `ebpf:"obsd_tcp_senders"`
+	ObsdTcpStreams       *ebpf.Map `ebpf:"obsd_tcp_streams"`
 	RouteScratch         *ebpf.Map `ebpf:"route_scratch"`
 }
 
@@ -568,6 +580,7 @@ func (m *bpfMaps) Close() error {
 		m.ObsdTcpIn,
 		m.ObsdTcpOut,
 		m.ObsdTcpSenders,
+		m.ObsdTcpStreams,
 		m.RouteScratch,
 	)
 }
@@ -640,6 +653,7 @@ type bpfVariables struct {
 	RodataStart               *ebpf.Variable `ebpf:"rodata_start"`
 	SampleBound               *ebpf.Variable `ebpf:"sample_bound"`
 	StartSiteVaddr            *ebpf.Variable `ebpf:"start_site_vaddr"`
+	TcpHeaders                *ebpf.Variable `ebpf:"tcp_headers"`
 	TcpPropagate              *ebpf.Variable `ebpf:"tcp_propagate"`
 	UnusedBudget              *ebpf.Variable `ebpf:"unused_budget"`
 	UnusedHttpServerEvent     *ebpf.Variable `ebpf:"unused_http_server_event"`
