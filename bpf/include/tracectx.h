@@ -357,8 +357,11 @@ static const u8 hex_val[256] = {
 	0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x10,
 };
 
-/* hex_u64 parses 16 hex digits at s; -1 on a bad digit. */
-static __always_inline int hex_u64(const char *s, u64 *out)
+/* hex_u64 parses 16 hex digits at s; -1 on a bad digit. Not inlined:
+ * three unrolled copies in one frame spill registers past what the
+ * verifier's 512-byte limit on a call chain's stacks leaves (Linux 6.18.44
+ * counted 384 bytes for tc_start alone). */
+static __noinline int hex_u64(const char *s, u64 *out)
 {
 	u64 v = 0;
 	u8 bad = 0;

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -122,5 +123,55 @@ func TestCountersLoggedOnce(t *testing.T) {
 	}
 	if n := strings.Count(out, "reason=end_without_start"); n != 1 {
 		t.Errorf("end_without_start logged %d times, want once:\n%s", n, out)
+	}
+}
+
+// TestProgramsVerify loads every program of every probe into the running
+// kernel in each mode obsd runs in, with every field offset known, so that
+// the verifier sees every code path: a kernel that counts differently
+// fails here, not in a user's process (Linux 6.18.44 refused the HTTP
+// server probe with spans on, a 576-byte call chain that earlier 6.18
+// releases took).
+func TestProgramsVerify(t *testing.T) {
+	e2e.RequireRoot(t)
+	for _, p := range Probes() {
+		for _, mode := range []struct {
+			name string
+			on   []string
+		}{
+			{"spans off", nil},
+			{"spans on", []string{withSpans, parentBasedConst, keepErrorsConst}},
+			{"propagate tcp and headers", []string{withSpans, probe.TCPPropagateConst, probe.TCPHeadersConst}},
+		} {
+			t.Run(p.Name+"/"+mode.name, func(t *testing.T) {
+				spec, err := p.Spec()
+				if err != nil {
+					t.Fatal(err)
+				}
+				for name, v := range spec.Variables {
+					var val uint64
+					switch {
+					case !v.Constant():
+						continue
+					case strings.HasPrefix(name, "off_"):
+						val = 8
+					case slices.Contains(mode.on, name):
+						val = 1
+					default:
+						continue
+					}
+					b := make([]byte, v.Size())
+					b[0] = byte(val)
+					if err := v.Set(b); err != nil {
+						t.Fatalf("setting %s: %v", name, err)
+					}
+				}
+				coll, err := ebpf.NewCollection(spec)
+				if err != nil {
+					t.Fatalf("the verifier refused a program: %v", err)
+				}
+				coll.Close()
+			})
+		}
 	}
 }
