@@ -16,6 +16,8 @@
 // propagator would. With ctx=request&also=URL2, the handler then calls
 // URL2 too, under the same context (answering the first non-200 status).
 //
+// With -h2c, it calls http URLs over HTTP/2 without TLS (Go 1.24+).
+//
 // It prints the address it listens on as the first line of stdout.
 package main
 
@@ -42,6 +44,7 @@ func main() {
 	addr := flag.String("addr", "127.0.0.1:0", "listen address")
 	insecure := flag.Bool("insecure-http1", false, "call https URLs over HTTP/1.1, without verifying the certificate (a self-signed test server)")
 	insecureH2 := flag.Bool("insecure-h2", false, "call https URLs over HTTP/2, without verifying the certificate (a self-signed test server)")
+	h2c := flag.Bool("h2c", false, "call http URLs over HTTP/2 without TLS (prior knowledge; Go 1.24+)")
 	flag.Parse()
 	client := &http.Client{Timeout: 10 * time.Second}
 	switch {
@@ -51,6 +54,12 @@ func main() {
 			// A non-nil empty map turns HTTP/2 off.
 			TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{},
 		}
+	case *h2c:
+		t, err := h2cTransport()
+		if err != nil {
+			log.Fatal(err)
+		}
+		client.Transport = t
 	case *insecureH2:
 		client.Transport = &http.Transport{
 			TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
