@@ -94,8 +94,8 @@ func TestHeadersHTTP2(t *testing.T) {
 		// cuts split the frames' bytes into messages, given each frame's
 		// size; nil: one message. A frame's context is set right before
 		// the message it starts in.
-		cuts    func(sizes []int) []int
-		noPrefc bool // send no preface: the connection is not HTTP/2 from its first byte
+		cuts                       func(sizes []int) []int
+		noPrefc                    bool // send no preface: the connection is not HTTP/2 from its first byte
 		injected, present, tooLong uint64
 	}{
 		{name: "one request", injected: 1,
@@ -142,7 +142,7 @@ func TestHeadersHTTP2(t *testing.T) {
 				var fs []h2frame
 				for _, sid := range []uint32{1, 3} {
 					fs = append(fs, h2frame{typ: http2.FrameHeaders, flags: eh, sid: sid, ctx: ctx(int(sid)),
-						block: block(t, enc, buf, ":method", "GET", ":path", "/", "traceparent", strings.TrimSuffix(tpLine(*ctx(90+int(sid)))[13:], "\r\n"))})
+						block: block(t, enc, buf, ":method", "GET", ":path", "/", "traceparent", strings.TrimSuffix(tpLine(*ctx(90 + int(sid)))[13:], "\r\n"))})
 				}
 				return fs
 			}},

@@ -124,11 +124,11 @@ type Manager struct {
 	// TCPHeadersConst: tcp and the injector on; tcpStreams,
 	// TCPStreamsWhen: tcp and the option or the injector on.
 	tcp, tcpHeaders, tcpStreams bool
-	bounds          []uint64 // DurationBuckets in ns
-	log             *slog.Logger
-	offsets         *offsets.Table
-	sink            Sink
-	probes          []*loadedProbe
+	bounds                      []uint64 // DurationBuckets in ns
+	log                         *slog.Logger
+	offsets                     *offsets.Table
+	sink                        Sink
+	probes                      []*loadedProbe
 	// shared holds the maps all probes share (probe.SharedMapPrefix).
 	shared map[string]*ebpf.Map
 	stats  *stats
