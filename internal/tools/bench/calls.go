@@ -601,8 +601,8 @@ type callSample struct {
 // production-relevant and cheapest obsd setting, so that obsd's cost over
 // the floor is the probes' (spans are measured on the HTTP server load).
 // The HTTP and gRPC client loads also run with spans at 1%, with and
-// without --propagate=tcp (one more site each: their own floor), and the
-// HTTP client's with --propagate=headers (the same site); endpoint is the
+// without --propagate=tcp (one more site each: their own floor), and with
+// --propagate=headers (the same sites); endpoint is the
 // span receiver's.
 func callConfigs(o options, endpoint string) []config {
 	cs := []config{
@@ -626,9 +626,10 @@ func callConfigs(o options, endpoint string) []config {
 			loads: clients, extraHits: 1},
 		config{name: "obsd 1% tcp", label: "obsd (OTLP, 1% sampled, --propagate=tcp)", kind: obsdKind, traces: "otlp", ratio: sampleRatio,
 			env: env, args: tcpArgs, loads: clients, floor: "floor tcp", extraHits: 1},
-		// The header injector acts on HTTP/1.x only: the HTTP client load.
+		// The header injector: HTTP/1.1 heads on the HTTP client load,
+		// HTTP/2 frames (every message of the connection) on the gRPC one.
 		config{name: "obsd 1% headers", label: "obsd (OTLP, 1% sampled, --propagate=headers)", kind: obsdKind, traces: "otlp", ratio: sampleRatio,
-			env: env, args: []string{"--propagate=headers"}, loads: clients[:1], floor: "floor tcp", extraHits: 1},
+			env: env, args: []string{"--propagate=headers"}, loads: clients, floor: "floor tcp", extraHits: 1},
 	)
 }
 
