@@ -50,7 +50,8 @@ const (
 	bpfTcpctxCounterTCPCTX_HDR_RACED     bpfTcpctxCounter = 13
 	bpfTcpctxCounterTCPCTX_SOCKS_FAILED  bpfTcpctxCounter = 14
 	bpfTcpctxCounterTCPCTX_HDR_H2LOST    bpfTcpctxCounter = 15
-	bpfTcpctxCounterTCPCTX_CNT_MAX       bpfTcpctxCounter = 16
+	bpfTcpctxCounterTCPCTX_HDR_H2UNREAD  bpfTcpctxCounter = 16
+	bpfTcpctxCounterTCPCTX_CNT_MAX       bpfTcpctxCounter = 17
 )
 
 type bpfTcpctxIn struct {

@@ -38,5 +38,6 @@ const (
 	CounterHdrRaced    = bpfTcpctxCounterTCPCTX_HDR_RACED
 	CounterSocksFailed = bpfTcpctxCounterTCPCTX_SOCKS_FAILED
 	CounterHdrH2Lost   = bpfTcpctxCounterTCPCTX_HDR_H2LOST
+	CounterHdrH2Unread = bpfTcpctxCounterTCPCTX_HDR_H2UNREAD
 	NumCounters        = int(bpfTcpctxCounterTCPCTX_CNT_MAX)
 )

@@ -24,7 +24,7 @@
  * Go's hpack does), later requests may name it by an index this program
  * cannot resolve without the table: no header is added on that
  * connection again (counted as already present). A block the program
- * cannot read whole has the same effect.
+ * cannot read whole has the same effect (counted apart).
  *
  * Never losing track: a message whose bytes did not all leave (a partial
  * send, after which the writer sends the rest again) would shift the
@@ -46,6 +46,10 @@
 #define H2_FRAMES 4096     /* frames walked per message */
 #define H2_FIELDS 512      /* header fields read per block */
 
+/* Why a connection gets no more headers (h2_conn.named). */
+#define H2_NAMED 1  /* its encoder put traceparent in its dynamic table */
+#define H2_UNREAD 2 /* a header block could not be read whole */
+
 enum h2_mode {
 	H2_UNSEEN = 0, /* no message yet */
 	H2_ON,         /* HTTP/2 from its first byte, frames tracked */
@@ -61,7 +65,7 @@ struct h2_conn {
 	__u8 part[H2_HDR];  /* the first npart bytes of a frame header split over messages */
 	__u8 npart;
 	__u8 mode;          /* enum h2_mode */
-	__u8 named;         /* the encoder may name traceparent by index: no more headers */
+	__u8 named;         /* H2_NAMED or H2_UNREAD: the encoder may name traceparent by index, no more headers */
 	__u8 _pad[4];
 };
 
@@ -371,13 +375,20 @@ __noinline int h2_block(struct sk_msg_md *msg, struct h2_walk *w)
 			}
 		}
 	}
-	int named = w->st.named;
-	if (s.bad || s.indexed)
-		w->st.named = 1; /* it may have named traceparent for later blocks */
+	__u8 named = w->st.named;
+	/* The encoder may have named traceparent for later blocks. */
+	if (s.indexed)
+		w->st.named = H2_NAMED;
+	else if (s.bad && !named)
+		w->st.named = H2_UNREAD;
 	if (!have)
 		return 0;
-	if (s.found || named || s.indexed) {
+	if (s.found || named == H2_NAMED) {
 		count(TCPCTX_HDR_PRESENT);
+		return 0;
+	}
+	if (named == H2_UNREAD) {
+		count(TCPCTX_HDR_H2_UNREAD);
 		return 0;
 	}
 	if (s.bad || !whole || !(flags & H2_END_HEADERS) || (flags & H2_PADDED) || len + H2_TP_FIELD > H2_FRAME_MAX) {

@@ -94,9 +94,9 @@ func TestHeadersHTTP2(t *testing.T) {
 		// cuts split the frames' bytes into messages, given each frame's
 		// size; nil: one message. A frame's context is set right before
 		// the message it starts in.
-		cuts                       func(sizes []int) []int
-		noPrefc                    bool // send no preface: the connection is not HTTP/2 from its first byte
-		injected, present, tooLong uint64
+		cuts                               func(sizes []int) []int
+		noPrefc                            bool // send no preface: the connection is not HTTP/2 from its first byte
+		injected, present, tooLong, unread uint64
 	}{
 		{name: "one request", injected: 1,
 			frames: func(enc *hpack.Encoder, buf *bytes.Buffer, ctx func(int) *Context) []h2frame {
@@ -174,7 +174,7 @@ func TestHeadersHTTP2(t *testing.T) {
 					{typ: http2.FrameHeaders, flags: eh, sid: 5, ctx: ctx(5), inject: true, block: block(t, enc, buf, ":method", "GET")},
 				}
 			}},
-		{name: "CONTINUATION splitting a field: no more headers on the connection", tooLong: 1, present: 1,
+		{name: "CONTINUATION splitting a field: no more headers on the connection", tooLong: 1, unread: 1,
 			frames: func(enc *hpack.Encoder, buf *bytes.Buffer, ctx func(int) *Context) []h2frame {
 				b := block(t, enc, buf, ":method", "GET", "x-a", "some value")
 				return []h2frame{
@@ -183,10 +183,18 @@ func TestHeadersHTTP2(t *testing.T) {
 					{typ: http2.FrameHeaders, flags: eh, sid: 3, ctx: ctx(3), block: block(t, enc, buf, ":method", "GET")},
 				}
 			}},
-		{name: "a block too long to read: no more headers on the connection", tooLong: 1, present: 1,
+		{name: "a block too long to read: no more headers on the connection", tooLong: 1, unread: 1,
 			frames: func(enc *hpack.Encoder, buf *bytes.Buffer, ctx func(int) *Context) []h2frame {
 				return []h2frame{
 					{typ: http2.FrameHeaders, flags: eh, sid: 1, ctx: ctx(1), block: block(t, enc, buf, ":method", "GET", "x-big", strings.Repeat("~", 5000))},
+					{typ: http2.FrameHeaders, flags: eh, sid: 3, ctx: ctx(3), block: block(t, enc, buf, ":method", "GET")},
+				}
+			}},
+		{name: "a header block across writes (a writer's buffer boundary): no more headers on the connection", tooLong: 1, unread: 1,
+			cuts: func(sizes []int) []int { return []int{9 + 3} },
+			frames: func(enc *hpack.Encoder, buf *bytes.Buffer, ctx func(int) *Context) []h2frame {
+				return []h2frame{
+					{typ: http2.FrameHeaders, flags: eh, sid: 1, ctx: ctx(1), block: block(t, enc, buf, ":method", "GET", ":path", "/split", "x-a", "b")},
 					{typ: http2.FrameHeaders, flags: eh, sid: 3, ctx: ctx(3), block: block(t, enc, buf, ":method", "GET")},
 				}
 			}},
@@ -269,6 +277,7 @@ func TestHeadersHTTP2(t *testing.T) {
 				{"injected", after.HeadersInjected - before.HeadersInjected, tt.injected},
 				{"already present", after.HeadersPresent - before.HeadersPresent, tt.present},
 				{"too long", after.HeadersTooLong - before.HeadersTooLong, tt.tooLong},
+				{"unread connection", after.HeadersUnread - before.HeadersUnread, tt.unread},
 				{"failed", after.HeadersFailed - before.HeadersFailed, 0},
 				{"raced", after.HeadersRaced - before.HeadersRaced, 0},
 				{"lost", after.HeadersLost - before.HeadersLost, 0},

@@ -49,7 +49,8 @@ func NewCollector(src counterSource, log *slog.Logger) *Collector {
 				"HTTP/2: or an earlier request on its connection named traceparent in HPACK's dynamic table), "+
 				"not_http1 (TLS, another protocol, or HTTP/2 on a connection not seen from its first byte), "+
 				"head_too_long (the head or HTTP/2 header block was not whole in the first 4 KiB of its write, or its frame would outgrow 16 KiB), "+
-				"no_room (a send buffer too full, TCP memory pressure, or the kernel could not extend the message), raced (the scan was disturbed on its CPU).", []string{"reason"}, nil),
+				"no_room (a send buffer too full, TCP memory pressure, or the kernel could not extend the message), raced (the scan was disturbed on its CPU), "+
+				"http2_connection_unread (an earlier header block on its HTTP/2 connection could not be read whole, so it may have named traceparent).", []string{"reason"}, nil),
 	}
 }
 
@@ -86,7 +87,7 @@ func anomalyReasons(n Counters) []reasonCount {
 	}
 }
 
-// headerSkips are the header injector's skips; the last two lose a header
+// headerSkips are the header injector's skips; the last three lose a header
 // that would have gone out (logged once).
 func headerSkips(n Counters) []reasonCount {
 	return []reasonCount{
@@ -95,6 +96,7 @@ func headerSkips(n Counters) []reasonCount {
 		{"head_too_long", n.HeadersTooLong},
 		{"no_room", n.HeadersFailed},
 		{"raced", n.HeadersRaced},
+		{"http2_connection_unread", n.HeadersUnread},
 	}
 }
 

@@ -80,7 +80,7 @@ obsd_tcp_context_read_errors_total 3
 // TestCollectorHeaders: the header injector's series appear only when it
 // is on, and a lost header (no_room) is logged once.
 func TestCollectorHeaders(t *testing.T) {
-	src := &fakeCounters{n: Counters{HeadersInjected: 9, HeadersPresent: 2, HeadersNotHTTP1: 3, HeadersFailed: 1}}
+	src := &fakeCounters{n: Counters{HeadersInjected: 9, HeadersPresent: 2, HeadersNotHTTP1: 3, HeadersFailed: 1, HeadersUnread: 5}}
 	var logs bytes.Buffer
 	c := NewCollector(src, slog.New(slog.NewTextHandler(&logs, nil)))
 	if n := testutil.CollectAndCount(c, "obsd_trace_headers_injected_total", "obsd_trace_headers_skipped_total"); n != 0 {
@@ -109,13 +109,15 @@ obsd_trace_headers_injected_total 9
 			}
 		}
 	}
-	wantSkips := map[string]float64{"already_present": 2, "not_http1": 3, "head_too_long": 0, "no_room": 1, "raced": 0}
+	wantSkips := map[string]float64{"already_present": 2, "not_http1": 3, "head_too_long": 0, "no_room": 1, "raced": 0, "http2_connection_unread": 5}
 	if fmt.Sprint(got) != fmt.Sprint(wantSkips) {
 		t.Errorf("skips %v, want %v", got, wantSkips)
 	}
 	testutil.CollectAndCount(c)
-	if n := strings.Count(logs.String(), "reason=no_room"); n != 1 {
-		t.Errorf("no_room logged %d times, want once:\n%s", n, logs.String())
+	for _, r := range []string{"no_room", "http2_connection_unread"} {
+		if n := strings.Count(logs.String(), "reason="+r); n != 1 {
+			t.Errorf("%s logged %d times, want once:\n%s", r, n, logs.String())
+		}
 	}
 	if strings.Contains(logs.String(), "already_present") || strings.Contains(logs.String(), "not_http1") {
 		t.Errorf("an expected skip was logged as a loss:\n%s", logs.String())

@@ -120,6 +120,7 @@ type Counters struct {
 	HeadersFailed     uint64 // the kernel could not make room in the message
 	HeadersRaced      uint64 // the scan buffer was reused mid-scan (a preempted sender)
 	HeadersSockFailed uint64 // connections that could not get the header injector
+	HeadersUnread     uint64 // HTTP/2 requests on a connection where an earlier header block could not be read whole
 	HeadersLost       uint64 // HTTP/2 connections whose frames the injector lost track of (a partial send): no headers on them since
 }
 
@@ -429,6 +430,7 @@ func (p *Propagator) Counters() (Counters, error) {
 		HeadersRaced:      sums[bpf.CounterHdrRaced],
 		HeadersSockFailed: sums[bpf.CounterSocksFailed],
 		HeadersLost:       sums[bpf.CounterHdrH2Lost],
+		HeadersUnread:     sums[bpf.CounterHdrH2Unread],
 	}, nil
 }
 
