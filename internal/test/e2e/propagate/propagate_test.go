@@ -308,13 +308,10 @@ func TestPropagationActive(t *testing.T) {
 				t.Errorf("%d links of http_server programs, want 7", n)
 			}
 			// httpclient's TestHTTPClientCountedExactly: 2 http_client
-			// links, and with context to carry the HTTP/1 connection's site,
-			// and with the TCP option the HTTP/2 stream's (one of its two
-			// names is in any binary).
-			wantClient := 3
-			if len(tt.series) == 2 {
-				wantClient = 4
-			}
+			// links, and with context to carry the HTTP/1 connection's site
+			// and the HTTP/2 stream's (one of its two names is in any
+			// binary), for the TCP option and the header injector alike.
+			const wantClient = 4
 			if n := e2e.ProbeLinks(t, "http_client", client.PID()); n != wantClient {
 				t.Errorf("%d links of http_client programs, want %d", n, wantClient)
 			}
