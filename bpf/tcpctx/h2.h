@@ -35,7 +35,6 @@
 
 #define H2_PREFACE_LEN 24
 #define H2_HDR 9
-#define H2_DATA 0x0
 #define H2_HEADERS 0x1
 #define H2_CONTINUATION 0x9
 #define H2_END_HEADERS 0x4

@@ -160,16 +160,7 @@ func TestHeadersHTTP2AndGRPC(t *testing.T) {
 	if len(spans) != want {
 		t.Errorf("received %d spans, want %d", len(spans), want)
 	}
-	type kind struct{ service, kind string }
-	byTrace := map[string]map[kind][]e2e.Span{}
-	for _, s := range spans {
-		tr := hexID(s.GetTraceId())
-		if byTrace[tr] == nil {
-			byTrace[tr] = map[kind][]e2e.Span{}
-		}
-		k := kind{s.Resource["service.name"], strings.TrimPrefix(s.GetKind().String(), "SPAN_KIND_")}
-		byTrace[tr][k] = append(byTrace[tr][k], s)
-	}
+	byTrace := spansByTrace(spans)
 	bad := 0
 	fail := func(i int, format string, args ...any) {
 		bad++

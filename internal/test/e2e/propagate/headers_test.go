@@ -193,16 +193,7 @@ func TestHeadersAcrossServices(t *testing.T) {
 	if len(spans) != want {
 		t.Errorf("received %d spans, want %d", len(spans), want)
 	}
-	type kind struct{ service, kind string }
-	byTrace := map[string]map[kind][]e2e.Span{}
-	for _, s := range spans {
-		tr := hexID(s.GetTraceId())
-		if byTrace[tr] == nil {
-			byTrace[tr] = map[kind][]e2e.Span{}
-		}
-		k := kind{s.Resource["service.name"], strings.TrimPrefix(s.GetKind().String(), "SPAN_KIND_")}
-		byTrace[tr][k] = append(byTrace[tr][k], s)
-	}
+	byTrace := spansByTrace(spans)
 	aServer, aClient, bServer, cServer := kind{"hdr-a", "SERVER"}, kind{"hdr-a", "CLIENT"}, kind{"hdr-b", "SERVER"}, kind{"hdr-c", "SERVER"}
 
 	// The recorder's requests: the baseline plus one line, A's client span.
@@ -285,4 +276,21 @@ func TestHeadersAcrossServices(t *testing.T) {
 		t.Errorf("%v TCP options sent with --propagate=headers alone, want 0", n)
 	}
 	o.Stop(t)
+}
+
+// kind is a span's service and kind ("SERVER", "CLIENT").
+type kind struct{ service, kind string }
+
+// spansByTrace groups spans by trace ID (hex), then by service and kind.
+func spansByTrace(spans []e2e.Span) map[string]map[kind][]e2e.Span {
+	byTrace := map[string]map[kind][]e2e.Span{}
+	for _, s := range spans {
+		tr := hexID(s.GetTraceId())
+		if byTrace[tr] == nil {
+			byTrace[tr] = map[kind][]e2e.Span{}
+		}
+		k := kind{s.Resource["service.name"], strings.TrimPrefix(s.GetKind().String(), "SPAN_KIND_")}
+		byTrace[tr][k] = append(byTrace[tr][k], s)
+	}
+	return byTrace
 }
