@@ -294,13 +294,7 @@ __noinline int h2_insert(struct sk_msg_md *msg, __u32 hdr, __u32 at, __u32 len, 
 	p[1] = 11;
 	__builtin_memcpy(p + 2, "traceparent", 11);
 	p[13] = 55;
-	__builtin_memcpy(p + 14, "00-", 3);
-	hex(p + 17, c->trace_id, 16);
-	p[49] = '-';
-	hex(p + 50, c->span_id, 8);
-	p[66] = '-';
-	p[67] = '0';
-	p[68] = (c->flags & TCPCTX_FLAG_SAMPLED) ? '1' : '0';
+	tp_value(p + 14, c);
 	if (bpf_msg_pull_data(msg, hdr, hdr + 3, 0) != 0)
 		goto undo;
 	p = (__u8 *)(long)msg->data;

@@ -610,12 +610,65 @@ static __always_inline int room(struct bpf_sock *bsk, __u32 size)
 	return (__s64)queued + 2 * ((__s64)size + TP_LINE) + 4096 <= (__s64)sndbuf;
 }
 
+/* tp_value writes the traceparent value of c, "00-" trace "-" span "-0"
+ * flag (55 bytes, W3C Trace Context §3.2), at p. */
+static __always_inline void tp_value(__u8 *p, const struct tcpctx_out *c)
+{
+	__builtin_memcpy(p, "00-", 3);
+	hex(p + 3, c->trace_id, 16);
+	p[35] = '-';
+	hex(p + 36, c->span_id, 8);
+	p[52] = '-';
+	p[53] = '0';
+	p[54] = (c->flags & TCPCTX_FLAG_SAMPLED) ? '1' : '0';
+}
+
+/* append adds the traceparent line to a head that ends the message, at
+ * the blank line's offset at (at + 2 is the message's size): the blank
+ * line's CRLF becomes the line's first two bytes ("tr") and the bytes
+ * pushed at the end hold the rest and a new blank line, so the message is
+ * what insert() would make of it. A push at the end adds one element to
+ * the message where a push inside splits one in three, each a separate
+ * send in tcp_bpf (docs/benchmarks.md). Returns as insert() does, and -3
+ * when the kernel refuses a push at the end (before Linux 6.13), the
+ * message as it was. */
+static __always_inline int append(struct sk_msg_md *msg, __u32 at, const struct tcpctx_out *c)
+{
+	__u32 size = at + 2;
+	if (bpf_msg_push_data(msg, size, TP_LINE, 0) != 0)
+		return -3;
+	if (bpf_msg_pull_data(msg, size, size + TP_LINE, 0) != 0)
+		goto undo;
+	__u8 *p = (__u8 *)(long)msg->data;
+	if (p + TP_LINE > (__u8 *)(long)msg->data_end)
+		goto undo;
+	__builtin_memcpy(p, "aceparent: ", 11);
+	tp_value(p + 11, c);
+	__builtin_memcpy(p + 66, "\r\n\r\n", 4);
+	/* In place: the head was made one element by the pull that read it. */
+	if (bpf_msg_pull_data(msg, at, size, 0) != 0)
+		goto undo;
+	p = (__u8 *)(long)msg->data;
+	if (p + 2 > (__u8 *)(long)msg->data_end)
+		goto undo;
+	p[0] = 't';
+	p[1] = 'r';
+	return 0;
+undo:
+	return bpf_msg_pop_data(msg, size, TP_LINE, 0) == 0 ? -1 : -2;
+}
+
 /* insert adds the traceparent line at offset at of the message. The new
  * bytes are the kernel's (push_data allocates them); nothing else moves.
  * Returns 0, -1 when the message is as it was, -2 when pushed bytes could
  * be neither written nor taken back (they would be stale kernel memory). */
 static __always_inline int insert(struct sk_msg_md *msg, __u32 at, const struct tcpctx_out *c)
 {
+	if (at + 2 == msg->size) {
+		int r = append(msg, at, c);
+		if (r != -3)
+			return r;
+	}
 	if (bpf_msg_push_data(msg, at, TP_LINE, 0) != 0)
 		return -1;
 	if (bpf_msg_pull_data(msg, at, at + TP_LINE, 0) != 0)
@@ -623,13 +676,8 @@ static __always_inline int insert(struct sk_msg_md *msg, __u32 at, const struct 
 	__u8 *p = (__u8 *)(long)msg->data;
 	if (p + TP_LINE > (__u8 *)(long)msg->data_end)
 		goto undo;
-	__builtin_memcpy(p, "traceparent: 00-", 16);
-	hex(p + 16, c->trace_id, 16);
-	p[48] = '-';
-	hex(p + 49, c->span_id, 8);
-	p[65] = '-';
-	p[66] = '0';
-	p[67] = (c->flags & TCPCTX_FLAG_SAMPLED) ? '1' : '0';
+	__builtin_memcpy(p, "traceparent: ", 13);
+	tp_value(p + 13, c);
 	p[68] = '\r';
 	p[69] = '\n';
 	return 0;
