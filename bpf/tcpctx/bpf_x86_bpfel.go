@@ -116,6 +116,7 @@ const (
 	bpfProgObsdTcpctx        = "obsd_tcpctx"
 	bpfProgObsdTcpctxHeaders = "obsd_tcpctx_headers"
 	bpfVarInjectHeaders      = "inject_headers"
+	bpfVarPushAtEnd          = "push_at_end"
 	bpfVarWriteOptions       = "write_options"
 )
 
@@ -188,6 +189,7 @@ type bpfMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
 	InjectHeaders *ebpf.VariableSpec `ebpf:"inject_headers"`
+	PushAtEnd     *ebpf.VariableSpec `ebpf:"push_at_end"`
 	WriteOptions  *ebpf.VariableSpec `ebpf:"write_options"`
 }
 
@@ -247,6 +249,7 @@ func (m *bpfMaps) Close() error {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
 	InjectHeaders *ebpf.Variable `ebpf:"inject_headers"`
+	PushAtEnd     *ebpf.Variable `ebpf:"push_at_end"`
 	WriteOptions  *ebpf.Variable `ebpf:"write_options"`
 }
 

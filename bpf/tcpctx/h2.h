@@ -276,18 +276,37 @@ static __always_inline int msg_bytes(struct sk_msg_md *msg, __u32 off, __u32 n, 
 	return 0;
 }
 
-/* h2_field writes the traceparent field of c into the message at at,
- * then the frame's new payload length len into the header at hdr. Returns
- * as insert() does. */
+/* h2_insert appends the traceparent field of c to the header block that
+ * ends at at, then writes the frame's new payload length len into the
+ * header at hdr. Returns as insert() does. A block that ends the message
+ * is appended to where the kernel allows a push at the end (push_at_end);
+ * elsewhere the bytes go in before the block's last byte, which is then
+ * moved to their front (at > 0: a frame header precedes every block). */
 __noinline int h2_insert(struct sk_msg_md *msg, __u32 hdr, __u32 at, __u32 len, const struct tcpctx_out *c)
 {
-	if (!c)
+	if (!c || at == 0)
 		return -1;
-	if (bpf_msg_push_data(msg, at, H2_TP_FIELD, 0) != 0)
-		return -1;
-	if (bpf_msg_pull_data(msg, at, at + H2_TP_FIELD, 0) != 0)
+	__u32 base = at;
+	if ((at == msg->size && !push_at_end) || bpf_msg_push_data(msg, at, H2_TP_FIELD, 0) != 0) {
+		if (at != msg->size)
+			return -1;
+		base = at - 1;
+		if (bpf_msg_push_data(msg, base, H2_TP_FIELD, 0) != 0)
+			return -1;
+	}
+	/* The bytes to take back if what follows fails: the pushed ones, or,
+	 * once the block's last byte is back in its place, the 69 after it. */
+	__u32 undo_at = base;
+	if (bpf_msg_pull_data(msg, base, at + H2_TP_FIELD, 0) != 0)
 		goto undo;
 	__u8 *p = (__u8 *)(long)msg->data;
+	if (base != at) {
+		if (p + H2_TP_FIELD + 1 > (__u8 *)(long)msg->data_end)
+			goto undo;
+		p[0] = p[H2_TP_FIELD];
+		undo_at = at;
+		p++;
+	}
 	if (p + H2_TP_FIELD > (__u8 *)(long)msg->data_end)
 		goto undo;
 	p[0] = 0x00;
@@ -305,7 +324,7 @@ __noinline int h2_insert(struct sk_msg_md *msg, __u32 hdr, __u32 at, __u32 len, 
 	p[2] = len;
 	return 0;
 undo:
-	return bpf_msg_pop_data(msg, at, H2_TP_FIELD, 0) == 0 ? -1 : -2;
+	return bpf_msg_pop_data(msg, undo_at, H2_TP_FIELD, 0) == 0 ? -1 : -2;
 }
 
 /* h2_block reads the HEADERS or CONTINUATION frame at hand, whose payload

@@ -68,6 +68,11 @@ struct {
  * option (--propagate=tcp), get headers (--propagate=headers), or both. */
 volatile const __u8 write_options = 1;
 volatile const __u8 inject_headers = 0;
+/* 0 makes the injector do what it does where the kernel refuses a push at
+ * a message's end (bpf_msg_push_data returned -EINVAL there until the 2024
+ * fix "bpf, sockmap: Several fixes to bpf_msg_push_data"): tests set it to
+ * cover both paths on one kernel. */
+volatile const __u8 push_at_end = 1;
 
 /* Just the fields used, relocated against the running kernel's BTF
  * (struct net is in tcpctx.h). */
@@ -630,12 +635,12 @@ static __always_inline void tp_value(__u8 *p, const struct tcpctx_out *c)
  * what insert() would make of it. A push at the end adds one element to
  * the message where a push inside splits one in three, each a separate
  * send in tcp_bpf (docs/benchmarks.md). Returns as insert() does, and -3
- * when the kernel refuses a push at the end (before Linux 6.13), the
- * message as it was. */
+ * when the kernel refuses a push at the end (see push_at_end), the message
+ * as it was. */
 static __always_inline int append(struct sk_msg_md *msg, __u32 at, const struct tcpctx_out *c)
 {
 	__u32 size = at + 2;
-	if (bpf_msg_push_data(msg, size, TP_LINE, 0) != 0)
+	if (!push_at_end || bpf_msg_push_data(msg, size, TP_LINE, 0) != 0)
 		return -3;
 	if (bpf_msg_pull_data(msg, size, size + TP_LINE, 0) != 0)
 		goto undo;

@@ -83,7 +83,10 @@ func block(t *testing.T, enc *hpack.Encoder, buf *bytes.Buffer, fields ...string
 // where it belongs, and through x/net's Framer and HPACK decoder (each
 // header block's fields, in order).
 func TestHeadersHTTP2(t *testing.T) {
-	p, self := openHeaders(t)
+	eachPushPath(t, testHeadersHTTP2)
+}
+
+func testHeadersHTTP2(t *testing.T, p *Propagator, self uint32) {
 	const hs = http2.FlagHeadersEndHeaders
 	eh := hs | http2.FlagHeadersEndStream
 	for i, tt := range []struct {

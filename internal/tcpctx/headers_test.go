@@ -50,7 +50,10 @@ func tpLine(c Context) string {
 // head that lacks one, in the first message after the context only, and
 // nothing else changes, ever.
 func TestHeaders(t *testing.T) {
-	p, self := openHeaders(t)
+	eachPushPath(t, testHeaders)
+}
+
+func testHeaders(t *testing.T, p *Propagator, self uint32) {
 	head := "GET /a?b=c HTTP/1.1\r\nHost: x\r\nUser-Agent: Go-http-client/1.1\r\n\r\n"
 	post := "POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\nGET / HTTP/1.1\r\n\r\nxx"
 	long := "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 4100) + "\r\n\r\n"
@@ -188,8 +191,25 @@ func TestHeadersAdopt(t *testing.T) {
 // openHeaders opens the injector alone with this process a sender.
 func openHeaders(t *testing.T) (*Propagator, uint32) {
 	t.Helper()
+	return openHeadersWith(t, Options{Headers: true, NoOptions: true})
+}
+
+// eachPushPath runs test with the injector as this kernel runs it and as
+// one that refuses a push at a message's end runs it (the same bytes must
+// reach the peer either way).
+func eachPushPath(t *testing.T, test func(t *testing.T, p *Propagator, self uint32)) {
+	for _, refused := range []bool{false, true} {
+		t.Run(fmt.Sprintf("push at end refused=%v", refused), func(t *testing.T) {
+			p, self := openHeadersWith(t, Options{Headers: true, NoOptions: true, noPushAtEnd: refused})
+			test(t, p, self)
+		})
+	}
+}
+
+func openHeadersWith(t *testing.T, o Options) (*Propagator, uint32) {
+	t.Helper()
 	e2e.RequireRoot(t)
-	p, err := Open(Options{Headers: true, NoOptions: true})
+	p, err := Open(o)
 	if err != nil {
 		t.Fatal(err)
 	}

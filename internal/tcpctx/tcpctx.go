@@ -136,6 +136,9 @@ type Options struct {
 	// requests (--propagate=headers; needs sk_msg and bpf_msg_push_data,
 	// Linux 5.17+). NoOptions leaves the TCP option out (headers only).
 	Headers, NoOptions bool
+	// noPushAtEnd makes the injector take the path of kernels that refuse
+	// bpf_msg_push_data at a message's end (tests cover both here).
+	noPushAtEnd bool
 }
 
 // Propagator owns the loaded program, its maps and its cgroup link.
@@ -215,7 +218,7 @@ func Open(opts Options) (*Propagator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading the tcpctx BPF object: %w", err)
 	}
-	for name, v := range map[string]bool{"write_options": !opts.NoOptions, "inject_headers": opts.Headers} {
+	for name, v := range map[string]bool{"write_options": !opts.NoOptions, "inject_headers": opts.Headers, "push_at_end": !opts.noPushAtEnd} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return nil, fmt.Errorf("setting %s in the tcpctx BPF object: %w", name, err)
 		}
