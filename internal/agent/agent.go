@@ -392,6 +392,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	case runErr = <-errc:
 	}
+	stopping := time.Now()
 	stop()
 	wg.Wait()
 	// No attach starts after this; those in flight end early once the
@@ -412,7 +413,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if mgrErr != nil {
 		a.log.Warn("obsd stopped; closing some probes failed (the kernel releases them with obsd's file descriptors)", "err", mgrErr)
 	} else {
-		a.log.Info("obsd stopped; all probes detached")
+		a.log.Info("obsd stopped; all probes detached", "took", time.Since(stopping).Round(time.Millisecond))
 	}
 	return errors.Join(errs...)
 }
