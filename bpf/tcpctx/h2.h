@@ -509,6 +509,7 @@ __noinline int h2_message(struct sk_msg_md *msg, struct h2_conn *h, struct tcpct
 		return SK_PASS;
 	int ok;
 	__u32 seq = tcp_seq(bsk, &ok);
+	__u32 size0 = msg->size;
 	struct h2_loop l = {.msg = msg, .w = {.st = *h, .k = *k, .size = msg->size}};
 	struct h2_walk *wp = &l.w;
 	if (!ok || seq != h->next_seq) {
@@ -526,5 +527,7 @@ __noinline int h2_message(struct sk_msg_md *msg, struct h2_conn *h, struct tcpct
 	}
 	*h = w.st;
 	h->next_seq = seq + msg->size;
+	if (w.size != size0 && !w.drop)
+		linearize(msg);
 	return w.drop ? SK_DROP : SK_PASS;
 }

@@ -615,6 +615,20 @@ static __always_inline int room(struct bpf_sock *bsk, __u32 size)
 	return (__s64)queued + 2 * ((__s64)size + TP_LINE) + 4096 <= (__s64)sndbuf;
 }
 
+/* linearize makes a message of at most LINEAR_MAX bytes one element
+ * again after a push: tcp_bpf sends each element as a TCP send of its own
+ * without MSG_MORE (net/ipv4/tcp_bpf.c, tcp_bpf_push), so a head in two or
+ * three elements leaves in as many segments, and a reader that wakes for
+ * the first one parks again for the rest. A failed pull leaves the message
+ * as it was: nothing to undo. */
+#define LINEAR_MAX 8192
+static __always_inline void linearize(struct sk_msg_md *msg)
+{
+	__u32 n = msg->size;
+	if (n <= LINEAR_MAX)
+		bpf_msg_pull_data(msg, 0, n, 0);
+}
+
 /* tp_value writes the traceparent value of c, "00-" trace "-" span "-0"
  * flag (55 bytes, W3C Trace Context §3.2), at p. */
 static __always_inline void tp_value(__u8 *p, const struct tcpctx_out *c)
@@ -772,6 +786,7 @@ __noinline int http1(struct sk_msg_md *msg, struct tcpctx_key *k)
 		 * then the pop of it. */
 		return r == -2 ? SK_DROP : SK_PASS;
 	}
+	linearize(msg);
 	count(TCPCTX_HDR_INJECTED);
 	return SK_PASS;
 }

@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -240,10 +239,7 @@ func testHeadersHTTP2(t *testing.T, p *Propagator, self uint32) {
 				if len(b) == 0 {
 					return
 				}
-				if _, err := c.Write(b); err != nil {
-					t.Fatal(err)
-				}
-				time.Sleep(20 * time.Millisecond) // separate messages
+				writeOne(t, c, b)
 			}
 			write(start)
 			var cuts []int

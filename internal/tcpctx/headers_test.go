@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/obsd-dev/obsd/internal/test/e2e"
 )
 
@@ -105,11 +107,8 @@ func testHeaders(t *testing.T, p *Propagator, self uint32) {
 			}
 			var sent []byte
 			for _, w := range tt.writes {
-				if _, err := c.Write([]byte(w)); err != nil {
-					t.Fatal(err)
-				}
+				writeOne(t, c, []byte(w))
 				sent = append(sent, w...)
-				time.Sleep(20 * time.Millisecond) // separate messages
 			}
 			c.Close()
 			recv := <-got
@@ -189,6 +188,39 @@ func TestHeadersAdopt(t *testing.T) {
 }
 
 // openHeaders opens the injector alone with this process a sender.
+// writeOne writes b as one message and checks that it left in one TCP
+// data segment (tcp_info's tcpi_data_segs_out), grown or not: a message
+// split into several sends costs the reader a wakeup for each.
+func writeOne(t *testing.T, c net.Conn, b []byte) {
+	t.Helper()
+	before := dataSegsOut(t, c)
+	if _, err := c.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond) // separate messages
+	if d := dataSegsOut(t, c) - before; d != 1 {
+		t.Errorf("a %d-byte write left in %d TCP data segments, want 1", len(b), d)
+	}
+}
+
+func dataSegsOut(t *testing.T, c net.Conn) uint32 {
+	t.Helper()
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info *unix.TCPInfo
+	if cerr := rc.Control(func(fd uintptr) {
+		info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	}); cerr != nil {
+		t.Fatal(cerr)
+	}
+	if err != nil {
+		t.Fatalf("TCP_INFO: %v", err)
+	}
+	return info.Data_segs_out
+}
+
 func openHeaders(t *testing.T) (*Propagator, uint32) {
 	t.Helper()
 	return openHeadersWith(t, Options{Headers: true, NoOptions: true})
