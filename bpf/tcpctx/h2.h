@@ -276,15 +276,33 @@ static __always_inline int msg_bytes(struct sk_msg_md *msg, __u32 off, __u32 n, 
 	return 0;
 }
 
+/* h2_field writes the traceparent field of c (H2_TP_FIELD bytes) at p. */
+static __always_inline void h2_field(__u8 *p, const struct tcpctx_out *c)
+{
+	p[0] = 0x00;
+	p[1] = 11;
+	__builtin_memcpy(p + 2, "traceparent", 11);
+	p[13] = 55;
+	tp_value(p + 14, c);
+}
+
 /* h2_insert appends the traceparent field of c to the header block that
- * ends at at, then writes the frame's new payload length len into the
+ * ends at at, and writes the frame's new payload length len into the
  * header at hdr. Returns as insert() does. A block that ends the message
  * is appended to where the kernel allows a push at the end (push_at_end);
  * elsewhere the bytes go in before the block's last byte, which is then
- * moved to their front (at > 0: a frame header precedes every block). */
+ * moved to their front. Every write follows one pull, so that nothing can
+ * fail once a byte is written and an undo only takes the pushed bytes
+ * back. */
 __noinline int h2_insert(struct sk_msg_md *msg, __u32 hdr, __u32 at, __u32 len, const struct tcpctx_out *c)
 {
-	if (!c || at == 0)
+	if (!c || at < hdr + H2_HDR || at - hdr > H2_HDR + HDR_SCAN)
+		return -1;
+	/* The element a push splits is made to start the message: kernels
+	 * without "bpf, sockmap: fix tail fragment offset in
+	 * bpf_msg_push_data" misplace the tail of an element that starts
+	 * further in. Past LINEAR_MAX (grpc-go batches) as before. */
+	if (at <= LINEAR_MAX && bpf_msg_pull_data(msg, 0, at, 0) != 0)
 		return -1;
 	__u32 base = at;
 	if ((at == msg->size && !push_at_end) || bpf_msg_push_data(msg, at, H2_TP_FIELD, 0) != 0) {
@@ -294,37 +312,34 @@ __noinline int h2_insert(struct sk_msg_md *msg, __u32 hdr, __u32 at, __u32 len, 
 		if (bpf_msg_push_data(msg, base, H2_TP_FIELD, 0) != 0)
 			return -1;
 	}
-	/* The bytes to take back if what follows fails: the pushed ones, or,
-	 * once the block's last byte is back in its place, the 69 after it. */
-	__u32 undo_at = base;
-	if (bpf_msg_pull_data(msg, base, at + H2_TP_FIELD, 0) != 0)
+	if (bpf_msg_pull_data(msg, hdr, at + H2_TP_FIELD, 0) != 0)
 		goto undo;
 	__u8 *p = (__u8 *)(long)msg->data;
+	__u8 *end = (__u8 *)(long)msg->data_end;
+	__u32 off = base - hdr;
+	if (off > H2_HDR + HDR_SCAN)
+		goto undo;
+	__u8 *q = p + off;
+	if (p + 3 > end)
+		goto undo;
 	if (base != at) {
-		if (p + H2_TP_FIELD + 1 > (__u8 *)(long)msg->data_end)
+		/* q: the pushed bytes, then the block's last byte, to move in
+		 * front of the field. */
+		if (q + H2_TP_FIELD + 1 > end)
 			goto undo;
-		p[0] = p[H2_TP_FIELD];
-		undo_at = at;
-		p++;
+		q[0] = q[H2_TP_FIELD];
+		h2_field(q + 1, c);
+	} else {
+		if (q + H2_TP_FIELD > end)
+			goto undo;
+		h2_field(q, c);
 	}
-	if (p + H2_TP_FIELD > (__u8 *)(long)msg->data_end)
-		goto undo;
-	p[0] = 0x00;
-	p[1] = 11;
-	__builtin_memcpy(p + 2, "traceparent", 11);
-	p[13] = 55;
-	tp_value(p + 14, c);
-	if (bpf_msg_pull_data(msg, hdr, hdr + 3, 0) != 0)
-		goto undo;
-	p = (__u8 *)(long)msg->data;
-	if (p + 3 > (__u8 *)(long)msg->data_end)
-		goto undo;
 	p[0] = len >> 16;
 	p[1] = len >> 8;
 	p[2] = len;
 	return 0;
 undo:
-	return bpf_msg_pop_data(msg, undo_at, H2_TP_FIELD, 0) == 0 ? -1 : -2;
+	return bpf_msg_pop_data(msg, base, H2_TP_FIELD, 0) == 0 ? -1 : -2;
 }
 
 /* h2_block reads the HEADERS or CONTINUATION frame at hand, whose payload
@@ -519,15 +534,14 @@ __noinline int h2_message(struct sk_msg_md *msg, struct h2_conn *h, struct tcpct
 		if (wp->off < wp->size)
 			wp->lost = 1;
 	}
-	struct h2_walk w = *wp;
-	if (w.lost) {
+	if (wp->lost) {
 		count(TCPCTX_HDR_H2_LOST);
 		h->mode = H2_OFF;
-		return w.drop ? SK_DROP : SK_PASS;
+		return wp->drop ? SK_DROP : SK_PASS;
 	}
-	*h = w.st;
+	*h = wp->st;
 	h->next_seq = seq + msg->size;
-	if (w.size != size0 && !w.drop)
+	if (wp->size != size0 && !wp->drop)
 		linearize(msg);
-	return w.drop ? SK_DROP : SK_PASS;
+	return wp->drop ? SK_DROP : SK_PASS;
 }

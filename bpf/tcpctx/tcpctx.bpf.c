@@ -680,8 +680,10 @@ undo:
 /* insert adds the traceparent line at offset at of the message. The new
  * bytes are the kernel's (push_data allocates them); nothing else moves.
  * Returns 0, -1 when the message is as it was, -2 when pushed bytes could
- * be neither written nor taken back (they would be stale kernel memory). */
-static __always_inline int insert(struct sk_msg_md *msg, __u32 at, const struct tcpctx_out *c)
+ * be neither written nor taken back (they would be stale kernel memory).
+ * A function of its own: inlined, it took http1's frame to 464 bytes, the
+ * call chain's to the verifier's 512-byte limit. */
+static __noinline int insert(struct sk_msg_md *msg, __u32 at, const struct tcpctx_out *c)
 {
 	if (at + 2 == msg->size) {
 		int r = append(msg, at, c);

@@ -239,7 +239,7 @@ func testHeadersHTTP2(t *testing.T, p *Propagator, self uint32) {
 				if len(b) == 0 {
 					return
 				}
-				writeOne(t, c, b)
+				writeOne(t, p, c, b)
 			}
 			write(start)
 			var cuts []int
