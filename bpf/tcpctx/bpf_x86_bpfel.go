@@ -51,7 +51,8 @@ const (
 	bpfTcpctxCounterTCPCTX_SOCKS_FAILED  bpfTcpctxCounter = 14
 	bpfTcpctxCounterTCPCTX_HDR_H2LOST    bpfTcpctxCounter = 15
 	bpfTcpctxCounterTCPCTX_HDR_H2UNREAD  bpfTcpctxCounter = 16
-	bpfTcpctxCounterTCPCTX_CNT_MAX       bpfTcpctxCounter = 17
+	bpfTcpctxCounterTCPCTX_HDR_H2NO_CTX  bpfTcpctxCounter = 17
+	bpfTcpctxCounterTCPCTX_CNT_MAX       bpfTcpctxCounter = 18
 )
 
 type bpfTcpctxIn struct {

@@ -39,5 +39,6 @@ const (
 	CounterSocksFailed = bpfTcpctxCounterTCPCTX_SOCKS_FAILED
 	CounterHdrH2Lost   = bpfTcpctxCounterTCPCTX_HDR_H2LOST
 	CounterHdrH2Unread = bpfTcpctxCounterTCPCTX_HDR_H2UNREAD
+	CounterHdrH2NoCtx  = bpfTcpctxCounterTCPCTX_HDR_H2NO_CTX
 	NumCounters        = int(bpfTcpctxCounterTCPCTX_CNT_MAX)
 )

@@ -361,6 +361,8 @@ __noinline int h2_block(struct sk_msg_md *msg, struct h2_walk *w)
 			c = *v;
 			have = 1;
 			bpf_map_delete_elem(&obsd_tcp_streams, &sk);
+		} else {
+			count(TCPCTX_HDR_H2_NO_CTX);
 		}
 	}
 	/* Read the block: the whole payload must be in this message. */

@@ -54,6 +54,7 @@ enum tcpctx_counter {
 	TCPCTX_SOCKS_FAILED,    /* a sender's connection that could not join obsd_tcp_socks: no headers on it */
 	TCPCTX_HDR_H2_LOST,     /* an HTTP/2 connection whose frames the injector lost track of: no headers on it from then on */
 	TCPCTX_HDR_H2_UNREAD,   /* an HTTP/2 request on a connection where an earlier header block could not be read whole */
+	TCPCTX_HDR_H2_NO_CTX,   /* an HTTP/2 request of a sender with no stream context: a client the stream sites miss */
 	TCPCTX_CNT_MAX,
 };
 

@@ -99,6 +99,7 @@ func testHeadersHTTP2(t *testing.T, p *Propagator, self uint32) {
 		cuts                               func(sizes []int) []int
 		noPrefc                            bool // send no preface: the connection is not HTTP/2 from its first byte
 		injected, present, tooLong, unread uint64
+		noStream                           uint64 // new streams without a context
 	}{
 		{name: "one request", injected: 1,
 			frames: func(enc *hpack.Encoder, buf *bytes.Buffer, ctx func(int) *Context) []h2frame {
@@ -106,7 +107,7 @@ func testHeadersHTTP2(t *testing.T, p *Propagator, self uint32) {
 					block: block(t, enc, buf, ":method", "POST", ":scheme", "http", ":authority", "b", ":path", "/x", "content-type", "application/grpc")},
 					{typ: http2.FrameData, flags: http2.FlagDataEndStream, sid: 1, block: []byte("\x00\x00\x00\x00\x02hi")}}
 			}},
-		{name: "batched streams, some without a context", injected: 2,
+		{name: "batched streams, some without a context", injected: 2, noStream: 1,
 			frames: func(enc *hpack.Encoder, buf *bytes.Buffer, ctx func(int) *Context) []h2frame {
 				var fs []h2frame
 				for _, sid := range []uint32{1, 3, 5} {
@@ -277,6 +278,7 @@ func testHeadersHTTP2(t *testing.T, p *Propagator, self uint32) {
 				{"already present", after.HeadersPresent - before.HeadersPresent, tt.present},
 				{"too long", after.HeadersTooLong - before.HeadersTooLong, tt.tooLong},
 				{"unread connection", after.HeadersUnread - before.HeadersUnread, tt.unread},
+				{"stream without context", after.HeadersNoStream - before.HeadersNoStream, tt.noStream},
 				{"failed", after.HeadersFailed - before.HeadersFailed, 0},
 				{"raced", after.HeadersRaced - before.HeadersRaced, 0},
 				{"lost", after.HeadersLost - before.HeadersLost, 0},

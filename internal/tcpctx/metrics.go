@@ -50,7 +50,8 @@ func NewCollector(src counterSource, log *slog.Logger) *Collector {
 				"not_http1 (TLS, another protocol, or HTTP/2 on a connection not seen from its first byte), "+
 				"head_too_long (the head or HTTP/2 header block was not whole in the first 4 KiB of its write, or its frame would outgrow 16 KiB), "+
 				"no_room (a send buffer too full, TCP memory pressure, or the kernel could not extend the message), raced (the scan was disturbed on its CPU), "+
-				"http2_connection_unread (an earlier header block on its HTTP/2 connection could not be read whole, so it may have named traceparent).", []string{"reason"}, nil),
+				"http2_connection_unread (an earlier header block on its HTTP/2 connection could not be read whole, so it may have named traceparent), "+
+				"http2_stream_without_context (an HTTP/2 request no stream site gave a context: a client obsd does not follow, such as grpc-go before v1.82.1).", []string{"reason"}, nil),
 	}
 }
 
@@ -87,8 +88,8 @@ func anomalyReasons(n Counters) []reasonCount {
 	}
 }
 
-// headerSkips are the header injector's skips; the last three lose a header
-// that would have gone out (logged once).
+// headerSkips are the header injector's skips; those from no_room on lose
+// a header that would have gone out (logged once).
 func headerSkips(n Counters) []reasonCount {
 	return []reasonCount{
 		{"already_present", n.HeadersPresent},
@@ -97,6 +98,7 @@ func headerSkips(n Counters) []reasonCount {
 		{"no_room", n.HeadersFailed},
 		{"raced", n.HeadersRaced},
 		{"http2_connection_unread", n.HeadersUnread},
+		{"http2_stream_without_context", n.HeadersNoStream},
 	}
 }
 

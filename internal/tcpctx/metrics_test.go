@@ -80,7 +80,7 @@ obsd_tcp_context_read_errors_total 3
 // TestCollectorHeaders: the header injector's series appear only when it
 // is on, and a lost header (no_room) is logged once.
 func TestCollectorHeaders(t *testing.T) {
-	src := &fakeCounters{n: Counters{HeadersInjected: 9, HeadersPresent: 2, HeadersNotHTTP1: 3, HeadersFailed: 1, HeadersUnread: 5}}
+	src := &fakeCounters{n: Counters{HeadersInjected: 9, HeadersPresent: 2, HeadersNotHTTP1: 3, HeadersFailed: 1, HeadersUnread: 5, HeadersNoStream: 4}}
 	var logs bytes.Buffer
 	c := NewCollector(src, slog.New(slog.NewTextHandler(&logs, nil)))
 	if n := testutil.CollectAndCount(c, "obsd_trace_headers_injected_total", "obsd_trace_headers_skipped_total"); n != 0 {
@@ -109,12 +109,12 @@ obsd_trace_headers_injected_total 9
 			}
 		}
 	}
-	wantSkips := map[string]float64{"already_present": 2, "not_http1": 3, "head_too_long": 0, "no_room": 1, "raced": 0, "http2_connection_unread": 5}
+	wantSkips := map[string]float64{"already_present": 2, "not_http1": 3, "head_too_long": 0, "no_room": 1, "raced": 0, "http2_connection_unread": 5, "http2_stream_without_context": 4}
 	if fmt.Sprint(got) != fmt.Sprint(wantSkips) {
 		t.Errorf("skips %v, want %v", got, wantSkips)
 	}
 	testutil.CollectAndCount(c)
-	for _, r := range []string{"no_room", "http2_connection_unread"} {
+	for _, r := range []string{"no_room", "http2_connection_unread", "http2_stream_without_context"} {
 		if n := strings.Count(logs.String(), "reason="+r); n != 1 {
 			t.Errorf("%s logged %d times, want once:\n%s", r, n, logs.String())
 		}

@@ -121,6 +121,7 @@ type Counters struct {
 	HeadersRaced      uint64 // the scan buffer was reused mid-scan (a preempted sender)
 	HeadersSockFailed uint64 // connections that could not get the header injector
 	HeadersUnread     uint64 // HTTP/2 requests on a connection where an earlier header block could not be read whole
+	HeadersNoStream   uint64 // HTTP/2 requests of a sender with no stream context (a client the stream sites miss)
 	HeadersLost       uint64 // HTTP/2 connections whose frames the injector lost track of (a partial send): no headers on them since
 }
 
@@ -434,6 +435,7 @@ func (p *Propagator) Counters() (Counters, error) {
 		HeadersSockFailed: sums[bpf.CounterSocksFailed],
 		HeadersLost:       sums[bpf.CounterHdrH2Lost],
 		HeadersUnread:     sums[bpf.CounterHdrH2Unread],
+		HeadersNoStream:   sums[bpf.CounterHdrH2NoCtx],
 	}, nil
 }
 

@@ -248,3 +248,79 @@ func TestHeadersHTTP2AndGRPC(t *testing.T) {
 	}
 	o.Stop(t)
 }
+
+// TestHeadersOldGRPCClient: grpc-go before v1.82.1 has no stream site obsd
+// follows (README), so its calls go out without a traceparent, and not
+// silently: each is counted as http2_stream_without_context. The edge
+// calls A (grpc-go v1.68.1, obsd), which calls C (the SDK, otelgrpc): A's
+// spans join the edge's trace, C's each start a trace of their own.
+func TestHeadersOldGRPCClient(t *testing.T) {
+	e2e.RequireRoot(t)
+	obsdBin := builds.Obsd(t)
+	// The build grpcclient's tests make of the same version (shared cache).
+	oldBin := builds.Program(t, e2e.Program{Name: "grpcapp", Src: filepath.Join(e2e.RepoRoot(), "testdata", "grpc"),
+		Toolchain: "go1.22.12", Require: []string{"google.golang.org/grpc v1.68.1"}})
+	sdkBin := builds.Get(t, "sdkservice", func(out string) error {
+		return e2e.GoBuild(filepath.Join(e2e.RepoRoot(), "manual"), nil, "-o", out, "./internal/sdkservice")
+	})
+	recv := e2e.StartReceiver(t)
+	otlp := []string{"OTEL_EXPORTER_OTLP_ENDPOINT=" + recv.Endpoint, "OTEL_EXPORTER_OTLP_INSECURE=true", "OTEL_BSP_SCHEDULE_DELAY=100"}
+	c := e2e.Start(t, sdkBin, append([]string{"OTEL_SERVICE_NAME=old-c", "OTEL_EXPORTER_OTLP_PROTOCOL=grpc",
+		"OTEL_TRACES_SAMPLER=parentbased_always_on"}, otlp...))
+	cAddrs := strings.Fields(c.First)
+	if len(cAddrs) != 2 {
+		t.Fatalf("sdkservice printed %q, want two addresses", c.First)
+	}
+	a := e2e.Start(t, oldBin, []string{"OTEL_SERVICE_NAME=old-a"}, "-listen", "127.0.0.1:0", "-forward", cAddrs[1])
+	o := e2e.StartObsd(t, obsdBin, otlp, "--propagate=headers", "--traces", "otlp", "--keep-slow=0", "--keep-errors=false",
+		"--pid", strconv.Itoa(a.PID()), "--pid", strconv.Itoa(c.PID()))
+	o.WaitScrape(t, 60*time.Second, "both services instrumented", func(f map[string]*dto.MetricFamily) bool {
+		return e2e.Sum(f, "obsd_instrumented_processes", nil) == 2
+	})
+	cc, err := grpc.NewClient("passthrough:///"+strings.TrimPrefix(a.First, "listening "), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	cl := testpb.NewTestServiceClient(cc)
+	const n = 30
+	for i := range n {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx = metadata.AppendToOutgoingContext(ctx, "traceparent", fmt.Sprintf("00-%s-%s-01", edgeTrace(i), edgeParent))
+		_, err := cl.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("forward")}})
+		cancel()
+		if err != nil {
+			t.Fatalf("edge call %d: %v", i, err)
+		}
+	}
+	recv.WaitSpans(t, 3*n, 30*time.Second)
+	time.Sleep(500 * time.Millisecond) // anything extra would show now
+	spans := recv.Spans()
+	if len(spans) != 3*n {
+		t.Errorf("received %d spans, want %d", len(spans), 3*n)
+	}
+	byTrace := spansByTrace(spans)
+	for i := range n {
+		x := byTrace[edgeTrace(i)]
+		if len(x[kind{"old-a", "SERVER"}]) != 1 || len(x[kind{"old-a", "CLIENT"}]) != 1 || len(x) != 2 {
+			t.Errorf("call %d: the edge's trace holds %v, want A's server and client span alone", i, x)
+		}
+	}
+	roots := 0
+	for _, x := range byTrace {
+		if cs := x[kind{"old-c", "SERVER"}]; len(cs) == 1 && len(x) == 1 && len(cs[0].GetParentSpanId()) == 0 {
+			roots++
+		}
+	}
+	if roots != n {
+		t.Errorf("C made %d root spans alone in their traces, want %d (one per call, none joined)", roots, n)
+	}
+	fams := e2e.Families(t, o.Scrape(t))
+	if got := e2e.Sum(fams, "obsd_trace_headers_skipped_total", map[string]string{"reason": "http2_stream_without_context"}); got != n {
+		t.Errorf("skipped{http2_stream_without_context} = %v, want %d (every call A made)", got, n)
+	}
+	if got := e2e.Sum(fams, "obsd_trace_headers_injected_total", nil); got != 0 {
+		t.Errorf("obsd_trace_headers_injected_total = %v, want 0", got)
+	}
+	o.Stop(t)
+}
