@@ -40,38 +40,51 @@ import (
 func BenchmarkPropagation(b *testing.B) {
 	e2e.RequireRoot(b)
 	np := e2e.NewNetPair(b)
+	benchSetups(b, []string{"off", "attached", "registered", "propagating"}, "off", 5,
+		func(mode string, _ int) (float64, bpfCost) { return propagationRound(b, np, mode, b.N) })
+}
+
+// benchSetups runs round for every setup in turn, rounds times, so that
+// the setups share the host's drift, and reports each one's median ns per
+// request, its median per-round ratio to the setup base, and its
+// program's runs and ns per request; the first setup runs no program.
+// round gets the setup and a number unique to the run.
+func benchSetups(b *testing.B, modes []string, base string, rounds int, round func(mode string, run int) (float64, bpfCost)) {
+	b.Helper()
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer stats.Close()
-	modes := []string{"off", "attached", "registered", "propagating"}
-	const rounds = 5
 	perReq := map[string][]float64{}
 	ratio := map[string][]float64{}
 	runs := map[string][]float64{}
 	bpfNs := map[string][]float64{}
 	for r := 0; r < rounds; r++ {
-		var off float64
-		for _, mode := range modes {
-			ns, st := propagationRound(b, np, mode, b.N)
-			perReq[mode] = append(perReq[mode], ns)
+		ns := map[string]float64{}
+		for i, mode := range modes {
+			n, st := round(mode, r*len(modes)+i)
+			ns[mode] = n
+			perReq[mode] = append(perReq[mode], n)
 			runs[mode] = append(runs[mode], st.runs)
 			bpfNs[mode] = append(bpfNs[mode], st.ns)
-			if mode == "off" {
-				off = ns
-			} else {
-				ratio[mode] = append(ratio[mode], ns/off)
+		}
+		for _, mode := range modes[1:] {
+			if mode != base {
+				ratio[mode] = append(ratio[mode], ns[mode]/ns[base])
 			}
 		}
 	}
-	for _, mode := range modes {
+	for i, mode := range modes {
 		b.ReportMetric(median(perReq[mode]), mode+"-ns/req")
-		if mode != "off" {
-			b.ReportMetric(median(ratio[mode]), mode+"/off")
-			b.ReportMetric(median(runs[mode]), mode+"-bpfruns/req")
-			b.ReportMetric(median(bpfNs[mode]), mode+"-bpfns/req")
+		if i == 0 {
+			continue
 		}
+		if r, ok := ratio[mode]; ok {
+			b.ReportMetric(median(r), mode+"/"+base)
+		}
+		b.ReportMetric(median(runs[mode]), mode+"-bpfruns/req")
+		b.ReportMetric(median(bpfNs[mode]), mode+"-bpfns/req")
 	}
 	b.ReportMetric(0, "ns/op") // the per-setup metrics above are the result
 }

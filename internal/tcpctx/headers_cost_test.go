@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 
 	"github.com/obsd-dev/obsd/internal/test/e2e"
 )
@@ -33,41 +32,8 @@ import (
 func BenchmarkHeaders(b *testing.B) {
 	e2e.RequireRoot(b)
 	np := e2e.NewNetPair(b)
-	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer stats.Close()
-	modes := []string{"off", "idle", "append", "insert"}
-	const rounds = 7
-	perReq := map[string][]float64{}
-	ratio := map[string][]float64{}
-	bpfNs := map[string][]float64{}
-	for r := 0; r < rounds; r++ {
-		var idle float64
-		for i, mode := range modes {
-			ns, st := headersRound(b, np, mode, r*len(modes)+i, b.N)
-			perReq[mode] = append(perReq[mode], ns)
-			bpfNs[mode] = append(bpfNs[mode], st.ns)
-			switch mode {
-			case "off":
-			case "idle":
-				idle = ns
-			default:
-				ratio[mode] = append(ratio[mode], ns/idle)
-			}
-		}
-	}
-	for _, mode := range modes {
-		b.ReportMetric(median(perReq[mode]), mode+"-ns/req")
-		if mode != "off" {
-			b.ReportMetric(median(bpfNs[mode]), mode+"-bpfns/req")
-		}
-		if r, ok := ratio[mode]; ok {
-			b.ReportMetric(median(r), mode+"/idle")
-		}
-	}
-	b.ReportMetric(0, "ns/op") // the per-setup metrics above are the result
+	benchSetups(b, []string{"off", "idle", "append", "insert"}, "idle", 7,
+		func(mode string, run int) (float64, bpfCost) { return headersRound(b, np, mode, run, b.N) })
 }
 
 // headersRound sets mode up, sends n requests on a new connection after
