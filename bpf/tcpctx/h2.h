@@ -291,9 +291,9 @@ static __always_inline void h2_field(__u8 *p, const struct tcpctx_out *c)
  * header at hdr. Returns as insert() does. A block that ends the message
  * is appended to where the kernel allows a push at the end (push_at_end);
  * elsewhere the bytes go in before the block's last byte, which is then
- * moved to their front. Every write follows one pull, so that nothing can
- * fail once a byte is written and an undo only takes the pushed bytes
- * back. */
+ * moved to their front. Every write follows one pull (pull_written), so
+ * that nothing can fail once a byte is written and an undo only takes the
+ * pushed bytes back. */
 __noinline int h2_insert(struct sk_msg_md *msg, __u32 hdr, __u32 at, __u32 len, const struct tcpctx_out *c)
 {
 	if (!c || at < hdr + H2_HDR || at - hdr > H2_HDR + HDR_SCAN)
@@ -312,13 +312,17 @@ __noinline int h2_insert(struct sk_msg_md *msg, __u32 hdr, __u32 at, __u32 len, 
 		if (bpf_msg_push_data(msg, base, H2_TP_FIELD, 0) != 0)
 			return -1;
 	}
-	if (bpf_msg_pull_data(msg, hdr, at + H2_TP_FIELD, 0) != 0)
+	__u32 pb;
+	if (pull_written(msg, hdr, at + H2_TP_FIELD, &pb) != 0)
 		goto undo;
-	__u8 *p = (__u8 *)(long)msg->data;
+	__u32 ho = hdr - pb, off = base - hdr;
+	if (ho > LINEAR_MAX || off > H2_HDR + HDR_SCAN)
+		goto undo; /* not reached */
+	/* Bounds the verifier keeps (clang may recompute a checked value). */
+	asm volatile("%0 &= %1" : "+r"(ho) : "i"(2 * LINEAR_MAX - 1));
+	asm volatile("%0 &= %1" : "+r"(off) : "i"(2 * HDR_SCAN - 1));
+	__u8 *p = (__u8 *)(long)msg->data + ho;
 	__u8 *end = (__u8 *)(long)msg->data_end;
-	__u32 off = base - hdr;
-	if (off > H2_HDR + HDR_SCAN)
-		goto undo;
 	__u8 *q = p + off;
 	if (p + 3 > end)
 		goto undo;
@@ -526,7 +530,6 @@ __noinline int h2_message(struct sk_msg_md *msg, struct h2_conn *h, struct tcpct
 		return SK_PASS;
 	int ok;
 	__u32 seq = tcp_seq(bsk, &ok);
-	__u32 size0 = msg->size;
 	struct h2_loop l = {.msg = msg, .w = {.st = *h, .k = *k, .size = msg->size}};
 	struct h2_walk *wp = &l.w;
 	if (!ok || seq != h->next_seq) {
@@ -543,7 +546,5 @@ __noinline int h2_message(struct sk_msg_md *msg, struct h2_conn *h, struct tcpct
 	}
 	*h = wp->st;
 	h->next_seq = seq + msg->size;
-	if (wp->size != size0 && !wp->drop)
-		linearize(msg);
 	return wp->drop ? SK_DROP : SK_PASS;
 }

@@ -616,18 +616,25 @@ static __always_inline int room(struct bpf_sock *bsk, __u32 size)
 	return (__s64)queued + 2 * ((__s64)size + TP_LINE) + 4096 <= (__s64)sndbuf;
 }
 
-/* linearize makes a message of at most LINEAR_MAX bytes one element
- * again after a push: tcp_bpf sends each element as a TCP send of its own
- * without MSG_MORE (net/ipv4/tcp_bpf.c, tcp_bpf_push), so a head in two or
- * three elements leaves in as many segments, and a reader that wakes for
- * the first one parks again for the rest. A failed pull leaves the message
- * as it was: nothing to undo. */
+/* pull_written pulls the message for writing bytes [from, to) after a
+ * push and returns in *base the offset msg->data then stands for. A message
+ * of at most LINEAR_MAX bytes is pulled whole, which makes it one element
+ * again (base 0): tcp_bpf sends each element as a TCP send of its own
+ * without MSG_MORE (net/ipv4/tcp_bpf.c, tcp_bpf_push), so a message a push
+ * split would leave in two or three segments, and a reader that wakes for
+ * the first parks again for the rest. A longer one, which spans several
+ * segments anyway, gets just the range (base from): no large allocation
+ * per request. A failed pull leaves the message as it was. */
 #define LINEAR_MAX 8192
-static __always_inline void linearize(struct sk_msg_md *msg)
+static __always_inline long pull_written(struct sk_msg_md *msg, __u32 from, __u32 to, __u32 *base)
 {
 	__u32 n = msg->size;
-	if (n <= LINEAR_MAX)
-		bpf_msg_pull_data(msg, 0, n, 0);
+	if (n <= LINEAR_MAX) {
+		*base = 0;
+		return bpf_msg_pull_data(msg, 0, n, 0);
+	}
+	*base = from;
+	return bpf_msg_pull_data(msg, from, to, 0);
 }
 
 /* tp_value writes the traceparent value of c, "00-" trace "-" span "-0"
@@ -643,68 +650,42 @@ static __always_inline void tp_value(__u8 *p, const struct tcpctx_out *c)
 	p[54] = (c->flags & TCPCTX_FLAG_SAMPLED) ? '1' : '0';
 }
 
-/* append adds the traceparent line to a head that ends the message, at
- * the blank line's offset at (at + 2 is the message's size): the blank
- * line's CRLF becomes the line's first two bytes ("tr") and the bytes
- * pushed at the end hold the rest and a new blank line, so the message is
- * what insert() would make of it. A push at the end adds one element to
- * the message where a push inside splits one in three, each a separate
- * send in tcp_bpf (docs/benchmarks.md). Returns as insert() does, and -3
- * when the kernel refuses a push at the end (see push_at_end), the message
- * as it was. */
-static __always_inline int append(struct sk_msg_md *msg, __u32 at, const struct tcpctx_out *c)
-{
-	__u32 size = at + 2;
-	if (!push_at_end || bpf_msg_push_data(msg, size, TP_LINE, 0) != 0)
-		return -3;
-	if (bpf_msg_pull_data(msg, size, size + TP_LINE, 0) != 0)
-		goto undo;
-	__u8 *p = (__u8 *)(long)msg->data;
-	if (p + TP_LINE > (__u8 *)(long)msg->data_end)
-		goto undo;
-	__builtin_memcpy(p, "aceparent: ", 11);
-	tp_value(p + 11, c);
-	__builtin_memcpy(p + 66, "\r\n\r\n", 4);
-	/* In place: the head was made one element by the pull that read it. */
-	if (bpf_msg_pull_data(msg, at, size, 0) != 0)
-		goto undo;
-	p = (__u8 *)(long)msg->data;
-	if (p + 2 > (__u8 *)(long)msg->data_end)
-		goto undo;
-	p[0] = 't';
-	p[1] = 'r';
-	return 0;
-undo:
-	return bpf_msg_pop_data(msg, size, TP_LINE, 0) == 0 ? -1 : -2;
-}
-
-/* insert adds the traceparent line at offset at of the message. The new
- * bytes are the kernel's (push_data allocates them); nothing else moves.
- * Returns 0, -1 when the message is as it was, -2 when pushed bytes could
- * be neither written nor taken back (they would be stale kernel memory).
- * A function of its own: inlined, it took http1's frame to 464 bytes, the
- * call chain's to the verifier's 512-byte limit. */
+/* insert adds the traceparent line before the blank line at offset at of
+ * the message. The new bytes are the kernel's (push_data allocates them).
+ * A head that ends the message gets them pushed at the end, where the
+ * blank line's CRLF becomes the line's first two bytes and a new CRLF
+ * follows it: one element more, where a push inside one splits it in
+ * three (a kernel that refuses a push at the end, see push_at_end, gets
+ * that). Returns 0, -1 when the message is as it was, -2 when pushed bytes
+ * could be neither written nor taken back (they would be stale kernel
+ * memory). A function of its own: inlined, it took http1's frame to 464
+ * bytes, the call chain's to the verifier's 512-byte limit. */
 static __noinline int insert(struct sk_msg_md *msg, __u32 at, const struct tcpctx_out *c)
 {
-	if (at + 2 == msg->size) {
-		int r = append(msg, at, c);
-		if (r != -3)
-			return r;
-	}
-	if (bpf_msg_push_data(msg, at, TP_LINE, 0) != 0)
+	__u32 push = at;
+	if (at + 2 == msg->size && push_at_end && bpf_msg_push_data(msg, at + 2, TP_LINE, 0) == 0)
+		push = at + 2;
+	else if (bpf_msg_push_data(msg, at, TP_LINE, 0) != 0)
 		return -1;
-	if (bpf_msg_pull_data(msg, at, at + TP_LINE, 0) != 0)
+	__u32 base;
+	if (pull_written(msg, at, at + TP_LINE + 2, &base) != 0)
 		goto undo;
-	__u8 *p = (__u8 *)(long)msg->data;
-	if (p + TP_LINE > (__u8 *)(long)msg->data_end)
+	__u32 off = at - base;
+	if (off > HDR_SCAN)
+		goto undo; /* not reached: the head is within HDR_SCAN */
+	asm volatile("%0 &= %1" : "+r"(off) : "i"(2 * HDR_SCAN - 1)); /* a bound the verifier keeps */
+	__u8 *p = (__u8 *)(long)msg->data + off;
+	__u8 *end = (__u8 *)(long)msg->data_end;
+	if (p + TP_LINE + 2 > end)
 		goto undo;
+	/* Nothing fails from here on: an undo never follows a write. The
+	 * last two bytes are the new CRLF, or the old one written again. */
 	__builtin_memcpy(p, "traceparent: ", 13);
 	tp_value(p + 13, c);
-	p[68] = '\r';
-	p[69] = '\n';
+	__builtin_memcpy(p + 68, "\r\n\r\n", 4);
 	return 0;
 undo:
-	return bpf_msg_pop_data(msg, at, TP_LINE, 0) == 0 ? -1 : -2;
+	return bpf_msg_pop_data(msg, push, TP_LINE, 0) == 0 ? -1 : -2;
 }
 
 /* http1 handles a message of a connection that is not HTTP/2 with prior
@@ -789,7 +770,6 @@ __noinline int http1(struct sk_msg_md *msg, struct tcpctx_key *k)
 		 * then the pop of it. */
 		return r == -2 ? SK_DROP : SK_PASS;
 	}
-	linearize(msg);
 	count(TCPCTX_HDR_INJECTED);
 	return SK_PASS;
 }

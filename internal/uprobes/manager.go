@@ -968,7 +968,7 @@ func (p *process) close() error {
 const closeConcurrency = 256
 
 // closeAll closes the links of every process, several at a time: closing
-// a uprobe link waits for the kernel's grace periods (tens of ms each),
+// a uprobe link waits for the kernel's grace periods (see closeConcurrency),
 // which concurrent closes share instead of queueing one after another.
 func closeAll(procs map[int]*process) []error {
 	var (
