@@ -92,6 +92,17 @@ func benchSetups(b *testing.B, modes []string, base string, rounds int, round fu
 // bpfCost is what the program's runs cost, per request.
 type bpfCost struct{ runs, ns float64 }
 
+// costSince is prog's runs and run time per request over the n requests
+// since its statistics read st0.
+func costSince(b *testing.B, prog *ebpf.Program, st0 *ebpf.ProgramStats, n int) bpfCost {
+	b.Helper()
+	st, err := prog.Stats()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return bpfCost{runs: float64(st.RunCount-st0.RunCount) / float64(n), ns: float64((st.Runtime - st0.Runtime).Nanoseconds()) / float64(n)}
+}
+
 // propagationRound sets mode up, sends n requests on a new connection after
 // one to open it, tears it down and returns the ns per request and the
 // program's runs and run time per request.
@@ -141,12 +152,7 @@ func propagationRound(b *testing.B, np *e2e.NetPair, mode string, n int) (float6
 	ns := float64(time.Since(start).Nanoseconds()) / float64(n)
 	var cost bpfCost
 	if p != nil {
-		st, err := p.objs.Prog.Stats()
-		if err != nil {
-			b.Fatal(err)
-		}
-		cost.runs = float64(st.RunCount-st0.RunCount) / float64(n)
-		cost.ns = float64((st.Runtime - st0.Runtime).Nanoseconds()) / float64(n)
+		cost = costSince(b, p.objs.Prog, st0, n)
 		cnt, err := p.Counters()
 		if err != nil {
 			b.Fatal(err)

@@ -79,12 +79,7 @@ func headersRound(b *testing.B, np *e2e.NetPair, mode string, conn, n int) (floa
 	ns := float64(time.Since(start).Nanoseconds()) / float64(n)
 	var cost bpfCost
 	if p != nil {
-		st, err := p.hdr.Headers.Stats()
-		if err != nil {
-			b.Fatal(err)
-		}
-		cost.runs = float64(st.RunCount-st0.RunCount) / float64(n)
-		cost.ns = float64((st.Runtime - st0.Runtime).Nanoseconds()) / float64(n)
+		cost = costSince(b, p.hdr.Headers, st0, n)
 		cnt, err := p.Counters()
 		if err != nil {
 			b.Fatal(err)
